@@ -1,0 +1,72 @@
+"""Atomic outputs: write to a temporary path beside the target, then rename.
+
+A failed command leaves nothing behind, and an existing output is only replaced when
+``force`` is given. Files and whole directories are supported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import OutputExistsError
+
+
+def check_output(path: str | Path, force: bool = False) -> Path:
+    """Return ``path`` as a Path, refusing it if it exists and ``force`` is False."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(path)
+    return path
+
+
+def _staging_dir(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+
+
+@contextmanager
+def atomic_file(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path with the same name as ``path``; rename on success.
+
+    The temporary file keeps the target's file name (inside a hidden staging folder in
+    the same directory), so format detection by extension still works.
+    """
+    path = check_output(path, force)
+    if path.is_dir():
+        raise OutputExistsError(path)
+    staging = _staging_dir(path)
+    try:
+        tmp = staging / path.name
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"{path}: nothing was written to the temporary file")
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory; on success it replaces ``path``.
+
+    With ``force`` an existing directory is moved aside first and removed only after
+    the new one is in place.
+    """
+    path = check_output(path, force)
+    staging = _staging_dir(path)
+    try:
+        tmp = staging / path.name
+        tmp.mkdir()
+        yield tmp
+        old = None
+        if path.exists():
+            old = staging / f"{path.name}.old"
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,190 @@
+"""Loading a diffusion scan: 4D NIfTI + FSL gradients + brain mask, validated once.
+
+:func:`load_dwi` is the one door into difftract for real data. It checks everything a
+later step would trip over and says which file is wrong and how, so that fitting and
+tracking can assume clean inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from dipy.core.gradients import GradientTable, gradient_table
+
+from ..errors import DifftractWarning, InputError
+from .gradients import B0_THRESHOLD, flip_for_fsl, normalize_bvecs, read_bvals, read_bvecs
+from .nifti import load_nifti
+
+log = logging.getLogger("difftract")
+
+GRID_ATOL_MM = 1e-3
+
+
+@dataclass
+class DWI:
+    """A diffusion-weighted scan in memory.
+
+    Attributes
+    ----------
+    data : ndarray, (X, Y, Z, N) float32
+        The signal, volumes last.
+    affine : ndarray, (4, 4)
+        Voxel (centre) to RAS mm.
+    gtab : dipy GradientTable
+        b-values and unit directions in the frame of the data array.
+    mask : ndarray of bool, (X, Y, Z), or None
+        The brain mask.
+    files : dict
+        Where each part came from (``dwi``, ``bval``, ``bvec``, ``mask``).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    gtab: GradientTable
+    mask: np.ndarray | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape[:3])
+
+    @property
+    def voxel_sizes(self) -> np.ndarray:
+        """Voxel edge lengths in mm (the column norms of the affine)."""
+        return np.sqrt(np.sum(self.affine[:3, :3] ** 2, axis=0))
+
+    @property
+    def bvals(self) -> np.ndarray:
+        return self.gtab.bvals
+
+    @property
+    def bvecs(self) -> np.ndarray:
+        return self.gtab.bvecs
+
+    def __repr__(self) -> str:
+        nb0 = int(self.gtab.b0s_mask.sum())
+        shells = np.unique(np.round(self.bvals[~self.gtab.b0s_mask], -2)).astype(int).tolist()
+        nmask = "no mask" if self.mask is None else f"mask {int(self.mask.sum())} voxels"
+        return (f"DWI(shape={self.shape}, volumes={self.data.shape[3]}, b0={nb0}, shells={shells}, "
+                f"voxel_sizes={np.round(self.voxel_sizes, 3).tolist()}, {nmask})")
+
+
+def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Path | None = None, *,
+             zero_nonfinite: bool = False, b0_threshold: float = B0_THRESHOLD) -> DWI:
+    """Load and validate a DWI, its FSL gradient files and an optional brain mask.
+
+    Parameters
+    ----------
+    dwi : path
+        4D NIfTI, volumes last.
+    bval, bvec : path
+        FSL gradient files (bvec 3 x N; N x 3 is accepted with a note).
+    mask : path, optional
+        3D brain mask on the same grid; voxels > 0 are inside.
+    zero_nonfinite : bool
+        Replace NaN/Inf in the data by 0 (with a warning) instead of refusing them.
+    b0_threshold : float
+        Volumes with b <= this are b0s.
+
+    Returns
+    -------
+    DWI
+        float32 data, the affine, a DIPY gradient table in the data-array frame
+        (FSL's x flip undone for positive-determinant affines) and the mask.
+    """
+    dwi, bval, bvec = Path(dwi), Path(bval), Path(bvec)
+    img = load_nifti(dwi, "DWI")
+    if img.ndim != 4:
+        raise InputError(dwi, f"DWI must be 4D (x, y, z, volumes), found {img.ndim}D shape {img.shape}")
+    affine = _check_affine(img.affine, dwi)
+    n_volumes = img.shape[3]
+
+    bvals = read_bvals(bval)
+    if bvals.size != n_volumes:
+        raise InputError(bval, f"bval has {bvals.size} values but the DWI has {n_volumes} volumes")
+    bvecs = read_bvecs(bvec, n_volumes)
+    if not np.any(bvals <= b0_threshold):
+        raise InputError(bval, f"no b0 volume (b <= {b0_threshold:g}); smallest b-value is {bvals.min():g}")
+    bvecs = normalize_bvecs(bvecs, bvals, bvec, b0_threshold)
+    bvecs = flip_for_fsl(bvecs, affine)
+    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
+
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = _check_finite(data, dwi, zero_nonfinite)
+
+    files = {"dwi": dwi, "bval": bval, "bvec": bvec}
+    mask_array = None
+    if mask is not None:
+        mask_array = load_mask(mask, reference_shape=img.shape[:3], reference_affine=affine)
+        files["mask"] = Path(mask)
+    return DWI(data=data, affine=affine, gtab=gtab, mask=mask_array, files=files)
+
+
+def load_mask(path: str | Path, reference_shape: tuple[int, ...] | None = None,
+              reference_affine: np.ndarray | None = None) -> np.ndarray:
+    """Load a binary mask (voxels > 0), checking it is 3D, on the grid given, and not empty."""
+    path = Path(path)
+    img = load_nifti(path, "mask")
+    data = np.asarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(path, f"mask must be 3D, found {data.ndim}D shape {data.shape}")
+    if reference_shape is not None and tuple(data.shape) != tuple(reference_shape):
+        raise InputError(path, f"mask shape {tuple(data.shape)} differs from the DWI grid {tuple(reference_shape)}")
+    if reference_affine is not None and not np.allclose(img.affine, reference_affine, atol=GRID_ATOL_MM):
+        diff = np.abs(img.affine - reference_affine).max()
+        raise InputError(path, f"mask affine differs from the DWI affine (largest difference {diff:.3g} mm)")
+    if not np.all(np.isfinite(data)):
+        raise InputError(path, f"mask contains {int(np.sum(~np.isfinite(data)))} NaN/Inf value(s)")
+    values = np.unique(data)
+    if not np.all(np.isin(values, (0, 1))):
+        log.info("%s: mask is not binary (%d distinct values); using voxels > 0", path, values.size)
+    out = data > 0
+    if not out.any():
+        raise InputError(path, "mask is empty (no voxel > 0)")
+    return out
+
+
+def load_subject(directory: str | Path, **kwargs) -> DWI:
+    """Load a subject directory holding ``dwi.nii.gz``, ``dwi.bval``, ``dwi.bvec`` and ``mask.nii.gz``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(directory, "subject directory not found")
+    dwi = _first_existing(directory, ("dwi.nii.gz", "dwi.nii"))
+    mask = directory / "mask.nii.gz"
+    return load_dwi(dwi, directory / "dwi.bval", directory / "dwi.bvec",
+                    mask if mask.exists() else None, **kwargs)
+
+
+def _first_existing(directory: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        if (directory / name).exists():
+            return directory / name
+    raise InputError(directory, f"none of {', '.join(names)} found in the subject directory")
+
+
+def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InputError(path, "affine contains NaN or Inf")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(path, "affine is singular (zero voxel size or degenerate axes)")
+    return affine
+
+
+def _check_finite(data: np.ndarray, path: Path, zero_nonfinite: bool) -> np.ndarray:
+    bad = ~np.isfinite(data)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return data
+    if not zero_nonfinite:
+        raise InputError(path, f"DWI contains {n_bad} NaN/Inf value(s) in {int(bad.any(axis=3).sum())} voxel(s); "
+                               "fix the data or allow zeroing them (--zero-nonfinite)")
+    warnings.warn(f"{path}: set {n_bad} NaN/Inf value(s) to 0", DifftractWarning, stacklevel=3)
+    data[bad] = 0.0
+    return data

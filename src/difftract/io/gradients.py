@@ -1,0 +1,130 @@
+"""FSL ``.bval``/``.bvec`` files: reading with validation, writing, and frames.
+
+FSL's bvecs are expressed in the image axes, except that the x component is flipped
+when the affine's determinant is positive (FSL assumes a radiological, negative
+determinant, voxel order). MRtrix's ``-fslgrad`` reads them the same way. difftract
+keeps gradients in the frame of the data array (what DIPY's models assume), so the
+flip is undone on reading and redone on writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DifftractWarning, InputError
+from .atomic import atomic_file, check_output
+
+log = logging.getLogger("difftract")
+
+B0_THRESHOLD = 50.0
+UNIT_TOL = 1e-3
+
+
+def _read_numbers(path: Path, what: str) -> np.ndarray:
+    if not path.exists():
+        raise InputError(path, f"{what} file not found")
+    if path.is_dir():
+        raise InputError(path, f"{what} path is a directory")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read {what} as text ({exc})") from None
+    rows = [line.replace(",", " ").split() for line in text.splitlines() if line.strip()]
+    if not rows:
+        raise InputError(path, f"{what} file is empty")
+    if len({len(r) for r in rows}) != 1:
+        raise InputError(path, f"{what} rows have different lengths {sorted({len(r) for r in rows})}")
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except ValueError:
+        bad = next(tok for r in rows for tok in r if not _is_number(tok))
+        raise InputError(path, f"{what} contains a non-numeric value {bad!r}") from None
+    if not np.all(np.isfinite(values)):
+        raise InputError(path, f"{what} contains NaN or Inf")
+    return values
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def read_bvals(path: str | Path) -> np.ndarray:
+    """Read an FSL ``.bval`` file (one row or one column) as a float64 vector in s/mm^2."""
+    path = Path(path)
+    values = _read_numbers(path, "bval")
+    if values.ndim == 2 and min(values.shape) != 1:
+        raise InputError(path, f"bval must be a single row or column, found {values.shape[0]}x{values.shape[1]}")
+    bvals = values.ravel()
+    if np.any(bvals < 0):
+        raise InputError(path, f"bval has {int(np.sum(bvals < 0))} negative value(s)")
+    return bvals
+
+
+def read_bvecs(path: str | Path, n_volumes: int | None = None) -> np.ndarray:
+    """Read an FSL ``.bvec`` file as an (N, 3) array, in the file's (FSL) frame.
+
+    FSL's layout is 3 rows by N columns. An N x 3 file is accepted with a note. With
+    ``n_volumes`` the count is checked against the image.
+    """
+    path = Path(path)
+    values = _read_numbers(path, "bvec")
+    if values.shape[0] == 3:
+        bvecs = values.T
+    elif values.shape[1] == 3:
+        log.info("%s: bvec is N x 3 (%d rows); FSL's layout is 3 x N, reading it transposed", path, values.shape[0])
+        bvecs = values
+    else:
+        raise InputError(path, f"bvec must have 3 rows (FSL layout 3 x N), found {values.shape[0]} x {values.shape[1]}")
+    if n_volumes is not None and bvecs.shape[0] != n_volumes:
+        raise InputError(path, f"bvec has {bvecs.shape[0]} directions but the DWI has {n_volumes} volumes")
+    return np.ascontiguousarray(bvecs)
+
+
+def normalize_bvecs(bvecs: np.ndarray, bvals: np.ndarray, path: str | Path,
+                    b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
+    """Scale the directions of diffusion-weighted volumes to unit length.
+
+    A DW volume with a zero direction is an error; non-unit ones are normalised with a
+    warning. Directions of b0 volumes are kept as they are.
+    """
+    bvecs = np.array(bvecs, dtype=np.float64)
+    dw = bvals > b0_threshold
+    norms = np.linalg.norm(bvecs, axis=1)
+    zero = dw & (norms < 1e-6)
+    if zero.any():
+        raise InputError(path, f"{int(zero.sum())} diffusion-weighted volume(s) have a zero gradient direction "
+                               f"(first at volume {int(np.argmax(zero))})")
+    off = dw & (np.abs(norms - 1.0) > UNIT_TOL)
+    if off.any():
+        warnings.warn(f"{path}: normalised {int(off.sum())} non-unit gradient direction(s) of DW volumes "
+                      f"(norms {norms[off].min():.3g}..{norms[off].max():.3g})", DifftractWarning, stacklevel=3)
+    bvecs[dw] /= norms[dw, None]
+    return bvecs
+
+
+def flip_for_fsl(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Convert between FSL's bvec frame and the data-array frame (the map is its own inverse)."""
+    bvecs = np.array(bvecs, dtype=np.float64, copy=True)
+    if np.linalg.det(np.asarray(affine)[:3, :3]) > 0:
+        bvecs[:, 0] = -bvecs[:, 0]
+    return bvecs
+
+
+def write_bvals_bvecs(bval_path: str | Path, bvec_path: str | Path, bvals: np.ndarray,
+                      bvecs: np.ndarray, affine: np.ndarray, force: bool = False) -> None:
+    """Write FSL files from gradients in the data-array frame (x flipped when det > 0)."""
+    check_output(bval_path, force)
+    check_output(bvec_path, force)
+    fsl = flip_for_fsl(bvecs, affine) + 0.0  # + 0.0 turns -0.0 into 0.0
+    with atomic_file(bval_path, force=force) as tmp:
+        tmp.write_text(" ".join(f"{b:g}" for b in np.asarray(bvals)) + "\n")
+    with atomic_file(bvec_path, force=force) as tmp:
+        tmp.write_text("\n".join(" ".join(f"{v:.8f}" for v in row) for row in fsl.T) + "\n")

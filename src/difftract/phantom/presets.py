@@ -1,0 +1,161 @@
+"""Phantom layouts: ``fibercup``, ``crossing`` and ``random``.
+
+Each preset returns a :class:`Layout`: the grid, the tissue domain (the brain mask) and
+the bundles, all in array mm (see :mod:`.geometry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from .geometry import Bundle, make_tube
+
+Z = np.array([0.0, 0.0, 1.0])
+
+
+@dataclass
+class Layout:
+    """A phantom's geometry before any signal.
+
+    Attributes
+    ----------
+    shape : (3,) ints
+        Grid size in voxels.
+    voxel_size : float
+        Isotropic voxel edge, mm.
+    bundles : list of Bundle
+    domain : callable
+        ``domain(points_mm) -> bool array``: inside the phantom's tissue (the brain mask).
+    """
+
+    shape: tuple[int, int, int]
+    voxel_size: float
+    bundles: list[Bundle]
+    domain: Callable[[np.ndarray], np.ndarray]
+
+
+def fibercup(streamlines_per_bundle: int = 200, voxel_size: float = 2.0, n_slices: int = 10) -> Layout:
+    """A FiberCup-like slab: 7 bundles in a disc of radius 60 mm.
+
+    A ~90 degree crossing (``horizontal`` x ``vertical``), a kissing pair that touches
+    at a bottleneck (``kiss_left``, ``kiss_right``), a tight U-turn (``u_shape``), a
+    fanning bundle whose radius grows fourfold (``fan``) and a long curved bundle
+    (``arc``). Bundles span the slab's thickness, leaving one slice of background above
+    and below. The geometry is fixed; the seed only changes noise and fibre sampling.
+    """
+    if n_slices < 8:
+        raise ConfigError(f"fibercup needs at least 8 slices for 3x3x3 neighbourhoods, got {n_slices}")
+    shape = (64, 64, n_slices)
+    centre = (np.array(shape) - 1) * voxel_size / 2.0
+    half_thick = (n_slices - 2) * voxel_size / 2.0 - 0.5 * voxel_size
+    n = streamlines_per_bundle
+
+    def bundle(name, xy, radius):
+        xy = np.asarray(xy, dtype=np.float64)
+        pts = np.column_stack([xy, np.zeros(len(xy))]) + centre
+        return Bundle(name, pts, radius=radius, thickness=(half_thick,), normal=Z, n_streamlines=n)
+
+    bundles = [
+        bundle("horizontal", [(-52, 6), (-25, 10), (0, 11), (25, 10), (52, 6)], (4.0,)),
+        bundle("vertical", [(-2, -40), (0, -15), (0, 20), (-3, 50)], (4.0,)),
+        bundle("u_shape", [(-38, 40), (-38, 30), (-29, 21), (-20, 30), (-20, 40)], (3.0,)),
+        bundle("fan", [(14, 22), (27, 27), (40, 30)], (2.0, 8.0)),
+        bundle("kiss_left", [(10, -6), (21, -24), (10, -42)], (3.2,)),
+        bundle("kiss_right", [(36, -6), (27, -24), (36, -42)], (3.2,)),
+        bundle("arc", [(-50, -12), (-42, -30), (-28, -42), (-14, -48)], (3.0,)),
+    ]
+
+    def disc(points: np.ndarray) -> np.ndarray:
+        return np.hypot(points[:, 0] - centre[0], points[:, 1] - centre[1]) <= 60.0
+
+    return Layout(shape, voxel_size, bundles, disc)
+
+
+def crossing(angles: tuple[float, ...] = (90.0,), streamlines_per_bundle: int = 100,
+             voxel_size: float = 2.0, shape: tuple[int, int, int] = (24, 24, 8),
+             radius: float = 5.0) -> Layout:
+    """Two or three straight bundles crossing at the grid centre, in the x-y plane.
+
+    ``angles`` are the in-plane angles (degrees) of bundles 2.. relative to bundle 1,
+    which runs along x. The tissue domain is the whole grid.
+    """
+    angles = tuple(float(a) for a in angles)
+    if not 1 <= len(angles) <= 2:
+        raise ConfigError(f"crossing takes 1 or 2 angles (2 or 3 bundles), got {len(angles)}")
+    if any(not 0.0 < a < 180.0 for a in angles):
+        raise ConfigError(f"crossing angles must be in (0, 180) degrees, got {angles}")
+    extent = (np.array(shape) - 1) * voxel_size
+    centre = extent / 2.0
+    half_len = 0.5 * min(extent[0], extent[1]) - radius - voxel_size
+    half_thick = (shape[2] - 2) * voxel_size / 2.0 - 0.5 * voxel_size
+    bundles = []
+    for k, angle in enumerate((0.0,) + angles):
+        d = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle)), 0.0])
+        pts = centre + np.outer([-1.0, 0.0, 1.0], d) * half_len
+        bundles.append(Bundle(f"bundle{k + 1}", pts, radius=(radius,), thickness=(half_thick,),
+                              normal=Z, n_streamlines=streamlines_per_bundle))
+    return Layout(tuple(shape), voxel_size, bundles, lambda p: np.ones(len(p), dtype=bool))
+
+
+def random_layout(rng: np.random.Generator, n_bundles: int = 6, streamlines_per_bundle: int = 150,
+                  voxel_size: float = 2.0, shape: tuple[int, int, int] = (40, 40, 40),
+                  max_tries: int = 200) -> Layout:
+    """``n_bundles`` random smooth 3D bundles in an ellipsoid; they cross where they meet.
+
+    Each bundle joins two points near the ellipsoid's surface at least 60 degrees apart
+    (seen from the centre) through two displaced intermediate points; its radius is
+    2-4 mm and one bundle in three fans out. Bundles leaving the domain are redrawn.
+    """
+    extent = (np.array(shape) - 1) * voxel_size
+    centre = extent / 2.0
+    semi = 0.46 * extent
+
+    def domain(points: np.ndarray) -> np.ndarray:
+        return np.sum(((points - centre) / semi) ** 2, axis=1) <= 1.0
+
+    bundles = []
+    for k in range(n_bundles):
+        for _ in range(max_tries):
+            bundle = _random_bundle(rng, f"bundle{k + 1:02d}", centre, semi, streamlines_per_bundle)
+            if _fits(bundle, domain):
+                bundles.append(bundle)
+                break
+        else:  # pragma: no cover - geometry makes this practically impossible
+            raise ConfigError(f"could not place random bundle {k + 1} inside the domain in {max_tries} tries")
+    return Layout(tuple(shape), voxel_size, bundles, domain)
+
+
+def _random_bundle(rng, name, centre, semi, n) -> Bundle:
+    while True:
+        a, b = rng.normal(size=(2, 3))
+        a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+        if np.degrees(np.arccos(np.clip(a @ b, -1, 1))) >= 60.0:
+            break
+    start, end = centre + 0.8 * semi * a, centre + 0.8 * semi * b
+    mids = [start + f * (end - start) + rng.normal(scale=0.18, size=3) * semi for f in (1 / 3, 2 / 3)]
+    radius = rng.uniform(2.0, 4.0)
+    profile = (radius, radius * rng.uniform(1.6, 2.2)) if rng.uniform() < 1 / 3 else (radius,)
+    return Bundle(name, np.array([start, *mids, end]), radius=profile, n_streamlines=n)
+
+
+def _fits(bundle: Bundle, domain) -> bool:
+    """True when the whole tube surface lies inside the domain."""
+    tube = make_tube(bundle, ds=0.5)
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    rim = tube.fibres(np.column_stack([np.cos(angles), np.sin(angles)]))
+    return bool(np.all(domain(rim.reshape(-1, 3))))
+
+
+def get_layout(preset: str, rng: np.random.Generator, **kwargs) -> Layout:
+    """Build the named preset's layout (extra keyword arguments go to the preset)."""
+    if preset == "fibercup":
+        return fibercup(**kwargs)
+    if preset == "crossing":
+        return crossing(**kwargs)
+    if preset == "random":
+        return random_layout(rng, **kwargs)
+    raise ConfigError(f"unknown phantom preset {preset!r}; choose fibercup, crossing or random")

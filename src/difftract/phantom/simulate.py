@@ -1,0 +1,221 @@
+"""Simulate a ground-truth phantom in memory: DWI, masks, bundles, streamlines.
+
+:func:`simulate` draws everything from one seed through independent streams (geometry,
+fibre sampling, scheme, S0 field, noise), so that changing the SNR, say, does not move
+the fibres. :func:`difftract.phantom.write.save_phantom` writes the result to disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from dipy.tracking.streamline import set_number_of_points
+from scipy import sparse
+
+from ..errors import ConfigError
+from ..eval.traversal import endpoint_voxels, traversed_voxels
+from . import voxelize
+from .geometry import Tube, disc_positions, make_tube
+from .presets import Layout, get_layout
+from .signal import Tissue, add_rician_noise, bias_field, fibre_signal, isotropic_signal, make_scheme
+
+MAX_POPULATIONS = 3
+
+
+@dataclass
+class PhantomConfig:
+    """Everything that defines a phantom. Defaults match ``difftract simulate``."""
+
+    preset: str = "fibercup"
+    seed: int = 0
+    snr: float | None = 20.0                  # b0 SNR in fibre tissue; None: no noise
+    bvals: tuple[float, ...] = (1000.0,)      # one value per shell
+    ndirs: int | tuple[int, ...] = 32         # directions per shell
+    nb0: int = 2
+    scheme: tuple[np.ndarray, np.ndarray] | None = None  # given (bvals, bvecs in the array frame)
+    streamlines_per_bundle: int | None = None  # None: the preset's default
+    step_mm: float = 1.0                      # ground-truth streamline step
+    supersample: int = 3                      # sub-samples per voxel edge
+    radiological: bool = False                # negative-determinant (LAS) affine
+    angles: tuple[float, ...] = (90.0,)       # crossing preset
+    n_bundles: int = 6                        # random preset
+    roi_depth_mm: float | None = None         # end-region depth; None: two voxels
+    mask_threshold: float = 0.1               # bundle mask: fibre fraction >= this, or traversed by its GT
+    tissue: Tissue = field(default_factory=Tissue)
+
+    def __post_init__(self):
+        if self.snr is not None and self.snr <= 0:
+            raise ConfigError(f"snr must be positive (or None for no noise), got {self.snr}")
+        if self.step_mm <= 0:
+            raise ConfigError(f"step_mm must be positive, got {self.step_mm}")
+        if not 0.0 < self.mask_threshold <= 1.0:
+            raise ConfigError(f"mask_threshold must be in (0, 1], got {self.mask_threshold}")
+        if not 1 <= self.supersample <= 8:
+            raise ConfigError(f"supersample must be between 1 and 8, got {self.supersample}")
+
+
+@dataclass
+class BundleTruth:
+    """Ground truth of one bundle: streamlines (voxel space) and voxel regions."""
+
+    name: str
+    streamlines: list[np.ndarray]
+    mask: np.ndarray
+    head: np.ndarray
+    tail: np.ndarray
+
+
+@dataclass
+class Phantom:
+    """A simulated scan with its ground truth (arrays on the phantom's grid)."""
+
+    config: PhantomConfig
+    affine: np.ndarray
+    data: np.ndarray            # (X, Y, Z, N) float32
+    bvals: np.ndarray
+    bvecs: np.ndarray           # (N, 3), data-array frame
+    mask: np.ndarray            # brain (tissue domain), bool
+    wm: np.ndarray              # union of bundle masks, bool
+    bundles: list[BundleTruth]
+    fractions: np.ndarray       # (X, Y, Z, 3) volume fractions of the largest populations
+    peaks: np.ndarray           # (X, Y, Z, 3, 3) their unit directions, data-array frame
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[:3])
+
+    @property
+    def voxel_size(self) -> float:
+        return float(np.linalg.norm(self.affine[:3, 0]))
+
+    @property
+    def streamlines(self) -> list[np.ndarray]:
+        return [s for b in self.bundles for s in b.streamlines]
+
+    def summary(self) -> dict:
+        """Counts and sizes a person checks first."""
+        n_pop = np.sum(self.fractions > 0.1, axis=-1)
+        lengths = [np.linalg.norm(np.diff(s, axis=0), axis=1).sum() * self.voxel_size for s in self.streamlines]
+        return {
+            "preset": self.config.preset, "seed": self.config.seed, "shape": list(self.shape),
+            "voxel_size_mm": self.voxel_size, "volumes": int(self.data.shape[3]),
+            "shells": sorted({int(round(b)) for b in self.bvals if b > 50}),
+            "snr": self.config.snr, "mask_voxels": int(self.mask.sum()), "wm_voxels": int(self.wm.sum()),
+            "crossing_voxels": int(np.sum(n_pop >= 2)),
+            "streamlines": len(lengths), "mean_length_mm": float(np.mean(lengths)) if lengths else 0.0,
+            "bundles": {b.name: {"streamlines": len(b.streamlines), "mask_voxels": int(b.mask.sum()),
+                                 "head_voxels": int(b.head.sum()), "tail_voxels": int(b.tail.sum())}
+                        for b in self.bundles},
+        }
+
+
+def phantom_affine(shape: tuple[int, int, int], voxel_size: float, radiological: bool) -> np.ndarray:
+    """Isotropic affine centring the grid on the origin; x reversed (det < 0) if radiological."""
+    affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
+    if radiological:
+        affine[0, 0] = -voxel_size
+    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    return affine
+
+
+def simulate(config: PhantomConfig | None = None) -> Phantom:
+    """Build a phantom: layout, signal, noise and ground truth."""
+    config = config or PhantomConfig()
+    geo_rng, fib_rng, scheme_rng, bias_rng, noise_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(5))
+    layout = _layout(config, geo_rng)
+    shape, vs = layout.shape, layout.voxel_size
+    n_vox = int(np.prod(shape))
+    if config.scheme is not None:
+        bvals, bvecs = (np.asarray(a, dtype=np.float64) for a in config.scheme)
+    else:
+        bvals, bvecs = make_scheme(config.bvals, config.ndirs, config.nb0, scheme_rng)
+
+    tubes = [make_tube(b) for b in layout.bundles]
+    n = config.supersample
+    coverages = [voxelize.cover(t, shape, vs, n) for t in tubes]
+    voxelize.share_overlaps(coverages, n)
+    centres = np.stack(np.meshgrid(*[np.arange(k) for k in shape], indexing="ij"), -1).reshape(-1, 3) * vs
+    fibre = np.stack([voxelize.fractions(c, n_vox) for c in coverages], axis=1)  # (V, B)
+    brain = layout.domain(centres) | (fibre.sum(axis=1) > 0)  # tubes may clip border voxels
+    background = np.clip(1.0 - fibre.sum(axis=1), 0.0, 1.0) * brain
+    signal = _signal(coverages, background, bvals, bvecs, config.tissue, n_vox)
+    signal *= bias_field(shape, config.tissue.bias, bias_rng).reshape(-1)[:, None]
+    data = signal.reshape(*shape, -1)
+    if config.snr is not None:
+        data = add_rician_noise(data, config.tissue.s0_fibre / config.snr, noise_rng)
+
+    depth = 2.0 * vs if config.roi_depth_mm is None else config.roi_depth_mm
+    truths = [_bundle_truth(t, c, fib_rng, config, shape, depth, layout) for t, c in zip(tubes, coverages)]
+    wm = np.logical_or.reduce([b.mask for b in truths]) if truths else np.zeros(shape, bool)
+    directions = np.stack([voxelize.mean_directions(c, n_vox) for c in coverages], axis=1)
+    fractions, peaks = _top_populations(fibre, directions, shape)
+    return Phantom(config, phantom_affine(shape, vs, config.radiological), data.astype(np.float32),
+                   bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks)
+
+
+def _layout(config: PhantomConfig, rng: np.random.Generator) -> Layout:
+    kwargs = {}
+    if config.streamlines_per_bundle is not None:
+        kwargs["streamlines_per_bundle"] = config.streamlines_per_bundle
+    if config.preset == "crossing":
+        kwargs["angles"] = tuple(config.angles)
+    elif config.preset == "random":
+        kwargs["n_bundles"] = config.n_bundles
+    return get_layout(config.preset, rng, **kwargs)
+
+
+def _signal(coverages, background, bvals, bvecs, tissue: Tissue, n_vox: int, chunk: int = 200_000) -> np.ndarray:
+    """Voxel signals (V, N): fibre samples summed by weight, plus background tissue."""
+    out = np.outer(background * tissue.s0_background, isotropic_signal(bvals, tissue.d_background))
+    for c in coverages:
+        for start in range(0, len(c.voxel), chunk):
+            sl = slice(start, start + chunk)
+            attenuation = fibre_signal(c.direction[sl], bvals, bvecs, tissue)
+            rows = c.voxel[sl]
+            w = sparse.csr_matrix((c.weight[sl] * tissue.s0_fibre, (rows, np.arange(len(rows)))),
+                                  shape=(n_vox, len(rows)))
+            out += w @ attenuation
+    return out
+
+
+def _bundle_truth(tube: Tube, c: voxelize.Coverage, rng, config: PhantomConfig, shape, depth,
+                  layout: Layout) -> BundleTruth:
+    """Streamlines, mask and end regions of one bundle.
+
+    The mask holds the voxels where the bundle's fibre fraction reaches
+    ``config.mask_threshold`` and every voxel its streamlines pass through, so the
+    ground truth stays inside its mask and voxels the tube only grazes do not count.
+    """
+    bundle, vs, step_mm = tube.bundle, layout.voxel_size, config.step_mm
+    dense = tube.fibres(disc_positions(bundle.n_streamlines, rng))
+    outside = ~layout.domain(dense.reshape(-1, 3))
+    if outside.any():
+        raise ConfigError(f"bundle {bundle.name!r} leaves the phantom's tissue domain")
+    streamlines = []
+    for fibre in dense:
+        length = np.linalg.norm(np.diff(fibre, axis=0), axis=1).sum()
+        n_points = max(2, int(round(length / step_mm)) + 1)
+        streamlines.append((set_number_of_points(fibre, n_points) / vs).astype(np.float32))
+    n_vox = int(np.prod(shape))
+    mask = (voxelize.fractions(c, n_vox) >= config.mask_threshold).reshape(shape) \
+        | traversed_voxels(streamlines, shape)
+    head, tail = (r.reshape(shape) for r in voxelize.end_regions(c, tube.length, depth, n_vox))
+    for region, ends in ((head, [s[0] for s in streamlines]), (tail, [s[-1] for s in streamlines])):
+        idx = endpoint_voxels(np.array(ends), shape)
+        region[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    return BundleTruth(bundle.name, streamlines, mask, head & mask, tail & mask)
+
+
+def _top_populations(fibre: np.ndarray, directions: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The (up to) three largest populations per voxel: fractions (X,Y,Z,3), directions (X,Y,Z,3,3)."""
+    k = min(MAX_POPULATIONS, fibre.shape[1])
+    order = np.argsort(-fibre, axis=1)[:, :k]
+    frac = np.take_along_axis(fibre, order, axis=1)
+    dirs = np.take_along_axis(directions, order[:, :, None], axis=1) * (frac > 0)[:, :, None]
+    fractions = np.zeros((fibre.shape[0], MAX_POPULATIONS))
+    peaks = np.zeros((fibre.shape[0], MAX_POPULATIONS, 3))
+    fractions[:, :k], peaks[:, :k] = frac, dirs
+    return (fractions.reshape(*shape, MAX_POPULATIONS).astype(np.float32),
+            peaks.reshape(*shape, MAX_POPULATIONS, 3).astype(np.float32))

@@ -1,0 +1,52 @@
+"""Session fixtures: small phantoms built once and shared by the tests."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from difftract.phantom import PhantomConfig, save_phantom, simulate
+
+
+@pytest.fixture(scope="session")
+def fibercup():
+    """The default fibercup phantom (seed 0, SNR 20, 32 directions at b=1000)."""
+    return simulate(PhantomConfig(preset="fibercup", seed=0))
+
+
+@pytest.fixture(scope="session")
+def crossing_noisefree():
+    """A small 90-degree crossing without noise, 64 directions."""
+    return simulate(PhantomConfig(preset="crossing", seed=0, snr=None, ndirs=64, streamlines_per_bundle=50))
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory, fibercup):
+    """The fibercup phantom written to disk."""
+    out = tmp_path_factory.mktemp("phantoms") / "fibercup"
+    return save_phantom(fibercup, out)
+
+
+@pytest.fixture
+def scan(tmp_path):
+    """Write a tiny valid scan and return a dict of its paths and arrays (edit to make it bad)."""
+
+    def make(affine=None, n_b0=1, n_dw=6, shape=(4, 5, 3), rng_seed=0):
+        rng = np.random.default_rng(rng_seed)
+        affine = np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else np.asarray(affine, float)
+        n = n_b0 + n_dw
+        data = rng.uniform(100, 1000, size=(*shape, n)).astype(np.float32)
+        bvals = np.r_[np.zeros(n_b0), np.full(n_dw, 1000.0)]
+        bvecs = np.zeros((n, 3))
+        dirs = rng.normal(size=(n_dw, 3))
+        bvecs[n_b0:] = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+        paths = {k: tmp_path / v for k, v in
+                 dict(dwi="dwi.nii.gz", bval="dwi.bval", bvec="dwi.bvec", mask="mask.nii.gz").items()}
+        nib.save(nib.Nifti1Image(data, affine), paths["dwi"])
+        nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), affine), paths["mask"])
+        paths["bval"].write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
+        paths["bvec"].write_text("\n".join(" ".join(f"{v:.6f}" for v in row) for row in bvecs.T) + "\n")
+        return {**paths, "data": data, "affine": affine, "bvals": bvals, "bvecs": bvecs, "tmp": tmp_path}
+
+    return make
