@@ -122,3 +122,23 @@ def test_demo_writes_the_phantom_and_its_picture(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "demo" / "phantom" / "qc_phantom.png").is_file()
     assert "horizontal" in out.stdout and "QC picture" in out.stdout
+
+
+@pytest.mark.parametrize("bad", [
+    ["--preset", "random", "--n-bundles", "0"], ["--streamlines-per-bundle", "0"], ["--step-mm", "nan"],
+    ["--bvals", "inf"], ["--bvals", ","], ["--seed", "-1"], ["--ndirs", "100000"], ["--snr", "nan"],
+    ["--snr", "-5"], ["--nb0", "0"], ["--supersample", "0"],
+])
+def test_bad_parameters_refused_in_one_line(tmp_path, bad):
+    _assert_refused(run("simulate", tmp_path / "p", "--preset", "crossing", *bad))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_under_a_file_and_scheme_without_b0_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    _assert_refused(run("simulate", tmp_path / "afile" / "out", "--preset", "crossing"), "is a file")
+    (tmp_path / "s.bval").write_text("1000 1000 1000 1000 1000 1000\n")
+    (tmp_path / "s.bvec").write_text("1 0 0 1 0 1\n0 1 0 1 1 0\n0 0 1 0 1 1\n")
+    _assert_refused(run("simulate", tmp_path / "p", "--scheme", tmp_path / "s.bval", tmp_path / "s.bvec"),
+                    "s.bval", "no b0")
+    assert not (tmp_path / "p").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import ConfigError, DifftractError
+from .errors import ConfigError, DifftractError, InputError
 
 log = logging.getLogger("difftract")
 
@@ -125,13 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _phantom_config(args: argparse.Namespace):
-    from .io.gradients import flip_for_fsl, normalize_bvecs, read_bvals, read_bvecs
+    from .io.gradients import B0_THRESHOLD, flip_for_fsl, normalize_bvecs, read_bvals, read_bvecs
     from .phantom import PhantomConfig
 
     scheme = None
     if args.scheme is not None:
         bval_path, bvec_path = args.scheme
         bvals = read_bvals(bval_path)
+        if not np.any(bvals <= B0_THRESHOLD):
+            raise InputError(bval_path, f"no b0 volume (b <= {B0_THRESHOLD:g}); the scheme needs one")
         bvecs = normalize_bvecs(read_bvecs(bvec_path, len(bvals)), bvals, bvec_path)
         det_sign = -1.0 if args.radiological else 1.0
         scheme = (bvals, flip_for_fsl(bvecs, np.diag([det_sign, 1.0, 1.0, 1.0])))
@@ -153,7 +155,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = _phantom_config(args)
     start = time.perf_counter()
     phantom = simulate(config)
-    save_phantom(phantom, args.out, force=args.force)
+    save_phantom(phantom, args.out, force=args.force, inputs=list(args.scheme or ()))
     _print_summary(phantom.summary(), args.out, time.perf_counter() - start)
     return 0
 
@@ -216,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DifftractError as exc:
         print(f"difftract: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission denied, a file where a folder should be...
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"difftract: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("difftract: error: out of memory (input too large for this machine?)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("difftract: interrupted", file=sys.stderr)

@@ -46,3 +46,24 @@ def test_off_grid_parts_are_dropped_and_single_points_count():
 def test_endpoint_voxels_use_corner_origin_truncation_and_clip():
     pts = np.array([[0.49, 0.5, -0.49], [-0.51, 1.2, 9.7], [3.6, -7.0, 1.5]])
     np.testing.assert_array_equal(endpoint_voxels(pts, (4, 4, 4)), [[0, 1, 0], [0, 1, 3], [3, 0, 2]])
+
+
+def test_segments_starting_on_a_face_include_their_start_voxel():
+    # 3.5 belongs to voxel 4 (floor(p + 0.5)); the segment then runs down into voxel 3.
+    vox = traversed_voxels([np.array([[3.5, 0.0, 0.0], [3.0, 0.0, 0.0]])], (6, 1, 1))
+    assert _set(np.argwhere(vox)) == {(3, 0, 0), (4, 0, 0)}
+    start = endpoint_voxels(np.array([[3.5, 0.0, 0.0]]), (6, 1, 1))[0]
+    assert vox[tuple(start)]
+
+
+def test_segments_along_faces_and_through_corners():
+    along = traversed_voxels([np.array([[0.0, 0.5, 0.0], [3.0, 0.5, 0.0]])], (4, 2, 1))
+    assert _set(np.argwhere(along)) == {(0, 1, 0), (1, 1, 0), (2, 1, 0), (3, 1, 0)}
+    corner = traversed_voxels([np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]])], (2, 2, 1))
+    assert {(0, 0, 0), (1, 1, 0)} <= _set(np.argwhere(corner))
+
+
+def test_far_off_grid_points_are_clipped_not_sampled():
+    sl = [np.array([[1.0, 1.0, 1.0], [1e9, 1.0, 1.0]]), np.array([[-1e9, -1e9, 5.0], [-2e9, 0.0, 5.0]])]
+    vox = traversed_voxels(sl, (4, 3, 3))
+    assert _set(np.argwhere(vox)) == {(1, 1, 1), (2, 1, 1), (3, 1, 1)}

@@ -13,14 +13,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import OutputExistsError
+from ..errors import InputError, OutputExistsError
 
 
 def check_output(path: str | Path, force: bool = False) -> Path:
-    """Return ``path`` as a Path, refusing it if it exists and ``force`` is False."""
+    """Return ``path`` as a Path, refusing it if it exists (without ``force``) or cannot be made."""
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(path)
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(path, f"cannot create output: {parent} is a file, not a directory")
+            break
     return path
 
 
@@ -38,7 +43,7 @@ def atomic_file(path: str | Path, force: bool = False) -> Iterator[Path]:
     """
     path = check_output(path, force)
     if path.is_dir():
-        raise OutputExistsError(path)
+        raise InputError(path, "output is an existing directory, expected a file path")
     staging = _staging_dir(path)
     try:
         tmp = staging / path.name

@@ -97,7 +97,7 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
         (FSL's x flip undone for positive-determinant affines) and the mask.
     """
     dwi, bval, bvec = Path(dwi), Path(bval), Path(bvec)
-    img = load_nifti(dwi, "DWI")
+    img = load_nifti(dwi, "DWI", dtype=np.float32)
     if img.ndim != 4:
         raise InputError(dwi, f"DWI must be 4D (x, y, z, volumes), found {img.ndim}D shape {img.shape}")
     affine = _check_affine(img.affine, dwi)
@@ -113,8 +113,7 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
     bvecs = flip_for_fsl(bvecs, affine)
     gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
 
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    data = _check_finite(data, dwi, zero_nonfinite)
+    data = _check_finite(np.asarray(img.dataobj), dwi, zero_nonfinite)
 
     files = {"dwi": dwi, "bval": bval, "bvec": bvec}
     mask_array = None

@@ -15,11 +15,12 @@ from .atomic import atomic_file, check_output
 from .sidecar import sidecar_path, write_sidecar
 
 
-def load_nifti(path: str | Path, what: str = "image") -> nib.Nifti1Image:
+def load_nifti(path: str | Path, what: str = "image", dtype: type | None = None) -> nib.Nifti1Image:
     """Open a NIfTI file, turning every low-level failure into an :class:`InputError`.
 
-    The voxel data are read once here, so a truncated or corrupt file fails now, with
-    the file's name, rather than later inside a computation.
+    The voxel data are read once here (as ``dtype`` when given, with the header's
+    scaling applied), so a truncated or corrupt file fails now, with the file's name,
+    rather than later inside a computation. Complex data are refused.
 
     Parameters
     ----------
@@ -27,6 +28,8 @@ def load_nifti(path: str | Path, what: str = "image") -> nib.Nifti1Image:
         The ``.nii`` or ``.nii.gz`` file.
     what : str
         What the file is meant to be ("DWI", "mask", ...), used in messages.
+    dtype : numpy dtype, optional
+        Read the data as this floating type (e.g. ``np.float32``) in one pass.
     """
     path = Path(path)
     if not path.exists():
@@ -39,12 +42,24 @@ def load_nifti(path: str | Path, what: str = "image") -> nib.Nifti1Image:
         raise InputError(path, f"cannot read {what} as NIfTI ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"{what} is a {type(img).__name__}, expected NIfTI-1 or NIfTI-2")
+    if img.get_data_dtype().kind == "c":
+        raise InputError(path, f"{what} holds complex values ({img.get_data_dtype()}); give magnitude images")
+    _check_size(img, path, what)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(path, f"{what} data are truncated or corrupt ({type(exc).__name__}: {exc})") from None
-    return nib.Nifti1Image(data, img.affine, img.header) if isinstance(img, nib.Nifti1Image) \
-        else nib.Nifti2Image(data, img.affine, img.header)
+    return type(img)(data, img.affine, img.header)
+
+
+def _check_size(img: nib.Nifti1Image, path: Path, what: str) -> None:
+    """Refuse an uncompressed file shorter than its header promises (before allocating)."""
+    if path.name.endswith(".gz"):
+        return
+    expected = int(img.header["vox_offset"]) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if size < expected:
+        raise InputError(path, f"{what} is truncated: the header promises {expected} bytes, the file has {size}")
 
 
 def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, force: bool = False,

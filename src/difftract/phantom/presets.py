@@ -91,6 +91,7 @@ def crossing(angles: tuple[float, ...] = (90.0,), streamlines_per_bundle: int = 
     extent = (np.array(shape) - 1) * voxel_size
     centre = extent / 2.0
     half_len = 0.5 * min(extent[0], extent[1]) - radius - voxel_size
+    half_len = (np.floor(half_len / voxel_size) + 0.25) * voxel_size  # ends inside voxels, not on faces
     half_thick = (shape[2] - 2) * voxel_size / 2.0 - 0.5 * voxel_size
     bundles = []
     for k, angle in enumerate((0.0,) + angles):
@@ -142,9 +143,17 @@ def _random_bundle(rng, name, centre, semi, n) -> Bundle:
     return Bundle(name, np.array([start, *mids, end]), radius=profile, n_streamlines=n)
 
 
-def _fits(bundle: Bundle, domain) -> bool:
-    """True when the whole tube surface lies inside the domain."""
+def _fits(bundle: Bundle, domain, max_bend: float = 0.8) -> bool:
+    """True when the tube lies inside the domain and never folds onto itself.
+
+    A tube whose radius exceeds the centreline's radius of curvature self-intersects on
+    the inner side of the bend, where fibre directions become ambiguous; we require
+    ``radius <= max_bend * curvature radius`` everywhere.
+    """
     tube = make_tube(bundle, ds=0.5)
+    curvature = np.linalg.norm(np.diff(tube.tangent, axis=0), axis=1) / np.diff(tube.s)
+    if np.any(np.maximum(tube.r1, tube.r2)[1:] * curvature > max_bend):
+        return False
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     rim = tube.fibres(np.column_stack([np.cos(angles), np.sin(angles)]))
     return bool(np.all(domain(rim.reshape(-1, 3))))

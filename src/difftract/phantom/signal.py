@@ -60,10 +60,12 @@ def make_scheme(bvals: tuple[float, ...] = (1000.0,), ndirs: int | tuple[int, ..
     counts = tuple(int(n) for n in np.broadcast_to(np.atleast_1d(ndirs), (len(shells),)))
     if nb0 < 1:
         raise ConfigError(f"a scheme needs at least one b0 volume, got nb0={nb0}")
-    if any(b <= 50 for b in shells):
-        raise ConfigError(f"shell b-values must exceed 50 s/mm^2, got {shells}")
-    if any(n < 6 for n in counts):
-        raise ConfigError(f"each shell needs at least 6 directions, got {counts}")
+    if not shells:
+        raise ConfigError("a scheme needs at least one shell b-value")
+    if any(not (np.isfinite(b) and 50 < b <= 20000) for b in shells):
+        raise ConfigError(f"shell b-values must lie in (50, 20000] s/mm^2, got {shells}")
+    if any(not 6 <= n <= 1000 for n in counts):
+        raise ConfigError(f"each shell needs 6 to 1000 directions, got {counts}")
     all_b, all_v = [np.zeros(nb0)], [np.zeros((nb0, 3))]
     for b, n in zip(shells, counts):
         all_b.append(np.full(n, b))

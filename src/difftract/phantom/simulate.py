@@ -45,14 +45,33 @@ class PhantomConfig:
     tissue: Tissue = field(default_factory=Tissue)
 
     def __post_init__(self):
-        if self.snr is not None and self.snr <= 0:
-            raise ConfigError(f"snr must be positive (or None for no noise), got {self.snr}")
-        if self.step_mm <= 0:
-            raise ConfigError(f"step_mm must be positive, got {self.step_mm}")
+        def positive(name, value):
+            if not (np.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite positive number, got {value}")
+
+        if self.snr is not None:
+            positive("snr", self.snr)
+        positive("step_mm", self.step_mm)
+        if not (isinstance(self.seed, (int, np.integer)) and self.seed >= 0):
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         if not 0.0 < self.mask_threshold <= 1.0:
             raise ConfigError(f"mask_threshold must be in (0, 1], got {self.mask_threshold}")
         if not 1 <= self.supersample <= 8:
             raise ConfigError(f"supersample must be between 1 and 8, got {self.supersample}")
+        if self.streamlines_per_bundle is not None and self.streamlines_per_bundle < 1:
+            raise ConfigError(f"streamlines_per_bundle must be at least 1, got {self.streamlines_per_bundle}")
+        if self.n_bundles < 1:
+            raise ConfigError(f"n_bundles must be at least 1, got {self.n_bundles}")
+        if self.roi_depth_mm is not None:
+            positive("roi_depth_mm", self.roi_depth_mm)
+        if self.scheme is not None:
+            bvals, bvecs = (np.asarray(a, dtype=np.float64) for a in self.scheme)
+            if bvals.ndim != 1 or bvecs.shape != (len(bvals), 3):
+                raise ConfigError(f"scheme needs N b-values and (N, 3) directions, got {bvals.shape} and {bvecs.shape}")
+            if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))) or np.any(bvals < 0):
+                raise ConfigError("scheme b-values and directions must be finite and b >= 0")
+            if not np.any(bvals <= 50):
+                raise ConfigError("scheme has no b0 volume (b <= 50)")
 
 
 @dataclass

@@ -28,15 +28,15 @@ from ..viz.figures import phantom_overview
 from .simulate import MAX_POPULATIONS, Phantom
 
 
-def save_phantom(phantom: Phantom, out: str | Path, force: bool = False,
-                 command: str = "simulate", params: dict | None = None) -> Path:
+def save_phantom(phantom: Phantom, out: str | Path, force: bool = False, command: str = "simulate",
+                 params: dict | None = None, inputs: list[str | Path] | tuple = ()) -> Path:
     """Write ``phantom`` to the directory ``out`` (refused if it exists, unless ``force``).
 
-    Returns the directory path.
+    ``inputs`` (e.g. given scheme files) are recorded in the sidecars. Returns ``out``.
     """
     out = Path(out)
     params = params if params is not None else _config_params(phantom)
-    record = provenance(command, params, seed=phantom.config.seed, summary=phantom.summary(),
+    record = provenance(command, params, seed=phantom.config.seed, inputs=inputs, summary=phantom.summary(),
                         frames={"bvec": "FSL (image axes, x flipped when det(affine) > 0)",
                                 "gt/peaks": "unit vectors in the data-array frame, (x, y, z, 3 populations * 3)",
                                 "streamlines": "RAS mm on disk"})

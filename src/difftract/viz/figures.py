@@ -45,8 +45,8 @@ def phantom_overview(phantom, path: str | Path, force: bool = False) -> Path:
         steps = np.abs(np.concatenate([np.diff(sl, axis=0) for sl in sample]))
         colours = steps / np.maximum(np.linalg.norm(steps, axis=1, keepdims=True), 1e-9)
         ax.add_collection(LineCollection(segments, colors=colours, linewidths=0.5))
-        mid = bundle.streamlines[0][len(bundle.streamlines[0]) // 2]
-        ax.text(mid[0], mid[1], bundle.name, color="white", fontsize=7)
+        head = bundle.streamlines[len(bundle.streamlines) // 2][0]  # label at the bundle's head
+        ax.text(head[0], head[1], bundle.name, color="white", fontsize=7, ha="center", va="center")
     ax.set_xlim(-0.5, phantom.shape[0] - 0.5)
     ax.set_ylim(-0.5, phantom.shape[1] - 0.5)
     ax.set_aspect("equal")
