@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import ConfigError, DifftractError, InputError
+from .errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
 
@@ -125,18 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _phantom_config(args: argparse.Namespace):
-    from .io.gradients import B0_THRESHOLD, flip_for_fsl, normalize_bvecs, read_bvals, read_bvecs
+    from .io.gradients import flip_for_fsl, read_gradients
     from .phantom import PhantomConfig
+    from .phantom.simulate import phantom_affine
 
     scheme = None
-    if args.scheme is not None:
-        bval_path, bvec_path = args.scheme
-        bvals = read_bvals(bval_path)
-        if not np.any(bvals <= B0_THRESHOLD):
-            raise InputError(bval_path, f"no b0 volume (b <= {B0_THRESHOLD:g}); the scheme needs one")
-        bvecs = normalize_bvecs(read_bvecs(bvec_path, len(bvals)), bvals, bvec_path)
-        det_sign = -1.0 if args.radiological else 1.0
-        scheme = (bvals, flip_for_fsl(bvecs, np.diag([det_sign, 1.0, 1.0, 1.0])))
+    if args.scheme is not None:  # FSL files -> the data-array frame of the phantom to be written
+        bvals, bvecs = read_gradients(*args.scheme)
+        scheme = (bvals, flip_for_fsl(bvecs, phantom_affine((1, 1, 1), 1.0, args.radiological)))
     ndirs = args.ndirs[0] if len(args.ndirs) == 1 else args.ndirs
     if len(args.ndirs) not in (1, len(args.bvals)):
         raise ConfigError(f"--ndirs gives {len(args.ndirs)} counts for {len(args.bvals)} shells")

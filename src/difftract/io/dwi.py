@@ -16,7 +16,7 @@ import numpy as np
 from dipy.core.gradients import GradientTable, gradient_table
 
 from ..errors import DifftractWarning, InputError
-from .gradients import B0_THRESHOLD, flip_for_fsl, normalize_bvecs, read_bvals, read_bvecs
+from .gradients import B0_THRESHOLD, flip_for_fsl, read_gradients
 from .nifti import load_nifti
 
 log = logging.getLogger("difftract")
@@ -103,13 +103,7 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
     affine = _check_affine(img.affine, dwi)
     n_volumes = img.shape[3]
 
-    bvals = read_bvals(bval)
-    if bvals.size != n_volumes:
-        raise InputError(bval, f"bval has {bvals.size} values but the DWI has {n_volumes} volumes")
-    bvecs = read_bvecs(bvec, n_volumes)
-    if not np.any(bvals <= b0_threshold):
-        raise InputError(bval, f"no b0 volume (b <= {b0_threshold:g}); smallest b-value is {bvals.min():g}")
-    bvecs = normalize_bvecs(bvecs, bvals, bvec, b0_threshold)
+    bvals, bvecs = read_gradients(bval, bvec, n_volumes, b0_threshold)
     bvecs = flip_for_fsl(bvecs, affine)
     gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
 

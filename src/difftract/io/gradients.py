@@ -110,6 +110,23 @@ def normalize_bvecs(bvecs: np.ndarray, bvals: np.ndarray, path: str | Path,
     return bvecs
 
 
+def read_gradients(bval: str | Path, bvec: str | Path, n_volumes: int | None = None,
+                   b0_threshold: float = B0_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate an FSL bval/bvec pair, in the files' (FSL) frame.
+
+    Checks the counts (against ``n_volumes`` when given), that at least one b0 exists,
+    and normalises the directions of DW volumes. Returns ``(bvals, bvecs (N, 3))``.
+    """
+    bvals = read_bvals(bval)
+    n = bvals.size if n_volumes is None else n_volumes
+    if bvals.size != n:
+        raise InputError(bval, f"bval has {bvals.size} values but the DWI has {n} volumes")
+    bvecs = read_bvecs(bvec, n)
+    if not np.any(bvals <= b0_threshold):
+        raise InputError(bval, f"no b0 volume (b <= {b0_threshold:g}); smallest b-value is {bvals.min():g}")
+    return bvals, normalize_bvecs(bvecs, bvals, bvec, b0_threshold)
+
+
 def flip_for_fsl(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Convert between FSL's bvec frame and the data-array frame (the map is its own inverse)."""
     bvecs = np.array(bvecs, dtype=np.float64, copy=True)

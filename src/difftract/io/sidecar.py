@@ -76,8 +76,9 @@ def provenance(command: str, params: dict[str, Any] | None = None, seed: int | N
     **extra
         Anything else worth keeping (weights checksum, SH basis, summaries).
     """
+    versions = _versions()
     record: dict[str, Any] = {
-        "difftract_version": _versions()["difftract"],
+        "difftract_version": versions["difftract"],
         "command": command,
         "argv": list(sys.argv),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -87,7 +88,7 @@ def provenance(command: str, params: dict[str, Any] | None = None, seed: int | N
             {"path": str(p), "size_bytes": Path(p).stat().st_size if Path(p).exists() else None}
             for p in inputs
         ],
-        "versions": _versions(),
+        "versions": versions,
     }
     record.update(extra)
     return _jsonable(record)

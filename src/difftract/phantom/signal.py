@@ -15,6 +15,7 @@ import numpy as np
 from dipy.core.sphere import HemiSphere, disperse_charges
 
 from ..errors import ConfigError
+from ..io.gradients import B0_THRESHOLD
 
 
 @dataclass
@@ -62,8 +63,8 @@ def make_scheme(bvals: tuple[float, ...] = (1000.0,), ndirs: int | tuple[int, ..
         raise ConfigError(f"a scheme needs at least one b0 volume, got nb0={nb0}")
     if not shells:
         raise ConfigError("a scheme needs at least one shell b-value")
-    if any(not (np.isfinite(b) and 50 < b <= 20000) for b in shells):
-        raise ConfigError(f"shell b-values must lie in (50, 20000] s/mm^2, got {shells}")
+    if any(not (np.isfinite(b) and B0_THRESHOLD < b <= 20000) for b in shells):
+        raise ConfigError(f"shell b-values must lie in ({B0_THRESHOLD:g}, 20000] s/mm^2, got {shells}")
     if any(not 6 <= n <= 1000 for n in counts):
         raise ConfigError(f"each shell needs 6 to 1000 directions, got {counts}")
     all_b, all_v = [np.zeros(nb0)], [np.zeros((nb0, 3))]

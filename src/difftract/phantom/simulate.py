@@ -15,6 +15,7 @@ from scipy import sparse
 
 from ..errors import ConfigError
 from ..eval.traversal import endpoint_voxels, traversed_voxels
+from ..io.gradients import B0_THRESHOLD
 from . import voxelize
 from .geometry import Tube, disc_positions, make_tube
 from .presets import Layout, get_layout
@@ -70,8 +71,8 @@ class PhantomConfig:
                 raise ConfigError(f"scheme needs N b-values and (N, 3) directions, got {bvals.shape} and {bvecs.shape}")
             if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))) or np.any(bvals < 0):
                 raise ConfigError("scheme b-values and directions must be finite and b >= 0")
-            if not np.any(bvals <= 50):
-                raise ConfigError("scheme has no b0 volume (b <= 50)")
+            if not np.any(bvals <= B0_THRESHOLD):
+                raise ConfigError(f"scheme has no b0 volume (b <= {B0_THRESHOLD:g})")
 
 
 @dataclass
@@ -166,7 +167,8 @@ def simulate(config: PhantomConfig | None = None) -> Phantom:
         data = add_rician_noise(data, config.tissue.s0_fibre / config.snr, noise_rng)
 
     depth = 2.0 * vs if config.roi_depth_mm is None else config.roi_depth_mm
-    truths = [_bundle_truth(t, c, fib_rng, config, shape, depth, layout) for t, c in zip(tubes, coverages)]
+    truths = [_bundle_truth(t, c, fibre[:, k], fib_rng, config, shape, depth, layout)
+              for k, (t, c) in enumerate(zip(tubes, coverages))]
     wm = np.logical_or.reduce([b.mask for b in truths]) if truths else np.zeros(shape, bool)
     directions = np.stack([voxelize.mean_directions(c, n_vox) for c in coverages], axis=1)
     fractions, peaks = _top_populations(fibre, directions, shape)
@@ -199,8 +201,8 @@ def _signal(coverages, background, bvals, bvecs, tissue: Tissue, n_vox: int, chu
     return out
 
 
-def _bundle_truth(tube: Tube, c: voxelize.Coverage, rng, config: PhantomConfig, shape, depth,
-                  layout: Layout) -> BundleTruth:
+def _bundle_truth(tube: Tube, c: voxelize.Coverage, fraction: np.ndarray, rng, config: PhantomConfig,
+                  shape, depth, layout: Layout) -> BundleTruth:
     """Streamlines, mask and end regions of one bundle.
 
     The mask holds the voxels where the bundle's fibre fraction reaches
@@ -218,7 +220,7 @@ def _bundle_truth(tube: Tube, c: voxelize.Coverage, rng, config: PhantomConfig, 
         n_points = max(2, int(round(length / step_mm)) + 1)
         streamlines.append((set_number_of_points(fibre, n_points) / vs).astype(np.float32))
     n_vox = int(np.prod(shape))
-    mask = (voxelize.fractions(c, n_vox) >= config.mask_threshold).reshape(shape) \
+    mask = (fraction >= config.mask_threshold).reshape(shape) \
         | traversed_voxels(streamlines, shape)
     head, tail = (r.reshape(shape) for r in voxelize.end_regions(c, tube.length, depth, n_vox))
     for region, ends in ((head, [s[0] for s in streamlines]), (tail, [s[-1] for s in streamlines])):

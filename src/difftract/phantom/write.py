@@ -15,6 +15,7 @@ run leaves nothing. ``scoring.json`` uses the keys of scilpy's
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,6 @@ def _tractogram(p: Phantom, streamlines, per_streamline: dict | None = None) -> 
 
 
 def _config_params(p: Phantom) -> dict:
-    from dataclasses import asdict
-
     params = asdict(p.config)
     if p.config.scheme is not None:
         params["scheme"] = "given bval/bvec"
