@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -50,3 +56,22 @@ def scan(tmp_path):
         return {**paths, "data": data, "affine": affine, "bvals": bvals, "bvecs": bvecs, "tmp": tmp_path}
 
     return make
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).with_name("difftract")
+    if script.exists():  # the installed console script (make test installs it)
+        return [str(script)]
+    found = shutil.which("difftract")
+    return [found] if found else [sys.executable, "-m", "difftract"]
+
+
+@pytest.fixture
+def cli():
+    """Run the ``difftract`` console script in a subprocess: ``cli("fit", "dti", ...)``."""
+
+    def run(*args, cwd=None):
+        env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+        return subprocess.run([*_command(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
+
+    return run

@@ -3,59 +3,41 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("difftract")
-    if script.exists():  # the installed console script (make test installs it)
-        return [str(script)]
-    found = shutil.which("difftract")
-    return [found] if found else [sys.executable, "-m", "difftract"]
-
-
-def run(*args, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    return subprocess.run([*_command(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
-
-
-def test_help_describes_commands():
-    out = run("--help")
+def test_help_describes_commands(cli):
+    out = cli("--help")
     assert out.returncode == 0 and "simulate" in out.stdout and "check" in out.stdout
-    sim = run("simulate", "--help")
+    sim = cli("simulate", "--help")
     assert sim.returncode == 0 and "gt/scoring.json" in sim.stdout and "example" in sim.stdout
 
 
-def test_simulate_crossing_happy_path_and_determinism(tmp_path):
+def test_simulate_crossing_happy_path_and_determinism(cli, tmp_path):
     args = ["--preset", "crossing", "--streamlines-per-bundle", "10", "--ndirs", "12", "--seed", "3"]
-    first = run("simulate", tmp_path / "a", *args)
+    first = cli("simulate", tmp_path / "a", *args)
     assert first.returncode == 0, first.stderr
     assert "bundle1" in first.stdout and "written to" in first.stdout
-    assert run("simulate", tmp_path / "b", *args).returncode == 0
+    assert cli("simulate", tmp_path / "b", *args).returncode == 0
     a = nib.load(tmp_path / "a" / "dwi.nii.gz").get_fdata()
     b = nib.load(tmp_path / "b" / "dwi.nii.gz").get_fdata()
     np.testing.assert_array_equal(a, b)
     assert json.loads((tmp_path / "a" / "dwi.json").read_text())["seed"] == 3
-    ok = run("check", tmp_path / "a" / "dwi.nii.gz", tmp_path / "a" / "dwi.bval", tmp_path / "a" / "dwi.bvec",
+    ok = cli("check", tmp_path / "a" / "dwi.nii.gz", tmp_path / "a" / "dwi.bval", tmp_path / "a" / "dwi.bvec",
              "--mask", tmp_path / "a" / "mask.nii.gz")
     assert ok.returncode == 0 and "volumes=14" in ok.stdout
 
 
-def test_simulate_with_a_given_multishell_scheme(tmp_path):
+def test_simulate_with_a_given_multishell_scheme(cli, tmp_path):
     (tmp_path / "s.bval").write_text("0 1000 1000 1000 2000 2000 2000 2000\n")
     dirs = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]], float)
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     vec = np.vstack([[0, 0, 0], dirs]).T
     (tmp_path / "s.bvec").write_text("\n".join(" ".join(f"{v:.6f}" for v in r) for r in vec))
-    out = run("simulate", tmp_path / "p", "--preset", "crossing", "--streamlines-per-bundle", "5",
+    out = cli("simulate", tmp_path / "p", "--preset", "crossing", "--streamlines-per-bundle", "5",
               "--scheme", tmp_path / "s.bval", tmp_path / "s.bvec")
     assert out.returncode == 0, out.stderr
     np.testing.assert_allclose(np.loadtxt(tmp_path / "p" / "dwi.bvec"), vec, atol=1e-6)  # same FSL file back
@@ -70,25 +52,25 @@ def _assert_refused(out, *words):
         assert str(w) in lines[0]
 
 
-def test_existing_output_is_refused_then_forced(tmp_path):
+def test_existing_output_is_refused_then_forced(cli, tmp_path):
     args = ["--preset", "crossing", "--streamlines-per-bundle", "5", "--ndirs", "6"]
-    assert run("simulate", tmp_path / "p", *args).returncode == 0
+    assert cli("simulate", tmp_path / "p", *args).returncode == 0
     stamp = (tmp_path / "p" / "dwi.nii.gz").stat().st_mtime_ns
-    _assert_refused(run("simulate", tmp_path / "p", *args), tmp_path / "p", "--force")
+    _assert_refused(cli("simulate", tmp_path / "p", *args), tmp_path / "p", "--force")
     assert (tmp_path / "p" / "dwi.nii.gz").stat().st_mtime_ns == stamp
-    assert run("simulate", tmp_path / "p", *args, "--force").returncode == 0
+    assert cli("simulate", tmp_path / "p", *args, "--force").returncode == 0
 
 
-def test_bad_scheme_files_fail_cleanly_and_write_nothing(tmp_path):
+def test_bad_scheme_files_fail_cleanly_and_write_nothing(cli, tmp_path):
     (tmp_path / "s.bval").write_text("0 1000 1000\n")
     (tmp_path / "s.bvec").write_text("0 1 0 0\n0 0 1 0\n0 0 0 1\n")
-    out = run("simulate", tmp_path / "p", "--preset", "crossing", "--scheme", tmp_path / "s.bval", tmp_path / "s.bvec")
+    out = cli("simulate", tmp_path / "p", "--preset", "crossing", "--scheme", tmp_path / "s.bval", tmp_path / "s.bvec")
     _assert_refused(out, "s.bvec", "4 directions", "3 volumes")
     (tmp_path / "s.bval").write_text("0 1000 x\n")
-    _assert_refused(run("simulate", tmp_path / "p", "--scheme", tmp_path / "s.bval", tmp_path / "s.bvec"),
+    _assert_refused(cli("simulate", tmp_path / "p", "--scheme", tmp_path / "s.bval", tmp_path / "s.bvec"),
                     "s.bval", "non-numeric")
-    _assert_refused(run("simulate", tmp_path / "p", "--preset", "crossing", "--ndirs", "10,20"), "--ndirs")
-    _assert_refused(run("simulate", tmp_path / "p", "--preset", "crossing", "--angles", "0"), "angles")
+    _assert_refused(cli("simulate", tmp_path / "p", "--preset", "crossing", "--ndirs", "10,20"), "--ndirs")
+    _assert_refused(cli("simulate", tmp_path / "p", "--preset", "crossing", "--angles", "0"), "angles")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.bval", "s.bvec"]
 
 
@@ -98,7 +80,7 @@ def test_bad_scheme_files_fail_cleanly_and_write_nothing(tmp_path):
     ("mask_grid", ["mask.nii.gz", "differs from the DWI grid"]),
     ("nan", ["dwi.nii.gz", "NaN/Inf"]),
 ])
-def test_check_reports_bad_inputs_in_one_line(scan, problem, words):
+def test_check_reports_bad_inputs_in_one_line(cli, scan, problem, words):
     s = scan()
     if problem == "missing":
         s["dwi"].unlink()
@@ -110,15 +92,15 @@ def test_check_reports_bad_inputs_in_one_line(scan, problem, words):
         data = s["data"].copy()
         data[0, 0, 0, 0] = np.nan
         nib.save(nib.Nifti1Image(data, s["affine"]), s["dwi"])
-    out = run("check", s["dwi"], s["bval"], s["bvec"], "--mask", s["mask"])
+    out = cli("check", s["dwi"], s["bval"], s["bvec"], "--mask", s["mask"])
     _assert_refused(out, *words)
     if problem == "nan":
-        fixed = run("check", s["dwi"], s["bval"], s["bvec"], "--zero-nonfinite")
+        fixed = cli("check", s["dwi"], s["bval"], s["bvec"], "--zero-nonfinite")
         assert fixed.returncode == 0 and "warning" in fixed.stderr
 
 
-def test_demo_writes_the_phantom_and_its_picture(tmp_path):
-    out = run("demo", "--out", tmp_path / "demo")
+def test_demo_writes_the_phantom_and_its_picture(cli, tmp_path):
+    out = cli("demo", "--out", tmp_path / "demo")
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "demo" / "phantom" / "qc_phantom.png").is_file()
     assert "horizontal" in out.stdout and "QC picture" in out.stdout
@@ -129,16 +111,16 @@ def test_demo_writes_the_phantom_and_its_picture(tmp_path):
     ["--bvals", "inf"], ["--bvals", ","], ["--seed", "-1"], ["--ndirs", "100000"], ["--snr", "nan"],
     ["--snr", "-5"], ["--nb0", "0"], ["--supersample", "0"],
 ])
-def test_bad_parameters_refused_in_one_line(tmp_path, bad):
-    _assert_refused(run("simulate", tmp_path / "p", "--preset", "crossing", *bad))
+def test_bad_parameters_refused_in_one_line(cli, tmp_path, bad):
+    _assert_refused(cli("simulate", tmp_path / "p", "--preset", "crossing", *bad))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_output_under_a_file_and_scheme_without_b0_refused(tmp_path):
+def test_output_under_a_file_and_scheme_without_b0_refused(cli, tmp_path):
     (tmp_path / "afile").write_text("x")
-    _assert_refused(run("simulate", tmp_path / "afile" / "out", "--preset", "crossing"), "is a file")
+    _assert_refused(cli("simulate", tmp_path / "afile" / "out", "--preset", "crossing"), "is a file")
     (tmp_path / "s.bval").write_text("1000 1000 1000 1000 1000 1000\n")
     (tmp_path / "s.bvec").write_text("1 0 0 1 0 1\n0 1 0 1 1 0\n0 0 1 0 1 1\n")
-    _assert_refused(run("simulate", tmp_path / "p", "--scheme", tmp_path / "s.bval", tmp_path / "s.bvec"),
+    _assert_refused(cli("simulate", tmp_path / "p", "--scheme", tmp_path / "s.bval", tmp_path / "s.bvec"),
                     "s.bval", "no b0")
     assert not (tmp_path / "p").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .commands import fit
 from .errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
@@ -112,10 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels to 0 instead of refusing")
     check.set_defaults(func=cmd_check)
 
+    fit.add_parser(sub)
+
     demo = sub.add_parser(
         "demo", help="run the main job on the built-in fibercup phantom",
-        description="Simulate the fibercup phantom and summarise it. (Fitting, tracking and scoring join the "
-                    "demo as those capabilities land.)",
+        description="Simulate the fibercup phantom, fit DTI and CSD (fODF and peaks) to it, and write QC "
+                    "pictures. (Tracking and scoring join the demo as those capabilities land.)",
         epilog="example:\n  difftract demo --out demo_out", formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("difftract_demo"), help="output directory (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -168,15 +171,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate the fibercup phantom, then run the same commands a user would on it."""
     from .io.atomic import check_output
     from .phantom import PhantomConfig, save_phantom, simulate
 
     check_output(args.out, args.force)
     start = time.perf_counter()
     phantom = simulate(PhantomConfig(preset="fibercup", seed=args.seed))
-    save_phantom(phantom, args.out / "phantom", force=True)
-    _print_summary(phantom.summary(), args.out / "phantom", time.perf_counter() - start)
-    print(f"QC picture: {args.out / 'phantom' / 'qc_phantom.png'}")
+    ph = args.out / "phantom"
+    save_phantom(phantom, ph, force=True)
+    _print_summary(phantom.summary(), ph, time.perf_counter() - start)
+    scan = [str(ph / "dwi.nii.gz"), str(ph / "dwi.bval"), str(ph / "dwi.bvec"), "--mask", str(ph / "mask.nii.gz")]
+    steps = [["fit", "dti", *scan, "--out-dir", str(args.out / "dti")],
+             ["fit", "csd", *scan, "--out", str(args.out / "fod.nii.gz"), "--peaks", str(args.out / "peaks.nii.gz")]]
+    for argv in steps:
+        print(f"\n$ difftract {' '.join(argv)}")
+        step = build_parser().parse_args((["-q"] if args.quiet else []) + argv + ["--force"])
+        step.func(step)
+    print(f"\nQC pictures: {ph / 'qc_phantom.png'}, {args.out / 'dti' / 'qc_dti.png'}, {args.out / 'fod_qc.png'}")
     return 0
 
 

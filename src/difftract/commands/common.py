@@ -1,0 +1,78 @@
+"""Arguments and steps shared by several commands: scan inputs, device, outputs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..device import resolve_device
+from ..errors import OutputExistsError
+
+log = logging.getLogger("difftract")
+
+
+def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    """DWI BVAL BVEC [--mask M] [--zero-nonfinite], read the same way by every command."""
+    parser.add_argument("dwi", type=Path, metavar="DWI", help="4D NIfTI, volumes last")
+    parser.add_argument("bval", type=Path, metavar="BVAL", help="FSL .bval file")
+    parser.add_argument("bvec", type=Path, metavar="BVEC", help="FSL .bvec file (3 x N)")
+    parser.add_argument("--mask", type=Path, metavar="M",
+                        help="3D brain mask on the DWI grid (default: every voxel is fitted)")
+    parser.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels to 0 instead of refusing")
+
+
+def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --dtype, --chunk-size."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N "
+                                                         "(default: %(default)s)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
+                        help="compute precision; auto is float64 on CPU and float32 on GPU (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=int, default=50_000,
+                        help="voxels fitted at once; bounds memory (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+
+def compute_options(args: argparse.Namespace) -> dict:
+    """Device, dtype, chunk size and progress-bar choice as keyword arguments of ``fit``."""
+    device = resolve_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else ("float64" if device.type == "cpu" else "float32")
+    return {"device": device, "dtype": dtype, "chunk_size": args.chunk_size,
+            "progress": False if args.quiet else None}
+
+
+def load_scan(args: argparse.Namespace):
+    """Load and validate the scan named by :func:`add_scan_arguments`."""
+    from ..io.dwi import load_dwi
+
+    dwi = load_dwi(args.dwi, args.bval, args.bvec, args.mask, zero_nonfinite=args.zero_nonfinite)
+    if dwi.mask is None:
+        log.info("no --mask: fitting all %d voxels", int(np.prod(dwi.shape)))
+    return dwi
+
+
+def scan_inputs(args: argparse.Namespace) -> list[Path]:
+    return [p for p in (args.dwi, args.bval, args.bvec, args.mask) if p is not None]
+
+
+def check_outputs(paths: list[Path], force: bool) -> None:
+    """Refuse before any work if an output (or its sidecar) exists and --force is not given."""
+    from ..io.atomic import check_output
+    from ..io.sidecar import sidecar_path
+
+    for path in paths:
+        check_output(path, force)
+        if path.suffix in (".gz", ".nii", ".trk", ".tck", ".trx") and sidecar_path(path).exists() and not force:
+            raise OutputExistsError(sidecar_path(path))
+
+
+def qc_path(output: Path) -> Path:
+    """``out/SH.nii.gz`` -> ``out/SH_qc.png``."""
+    name = output.name
+    for ext in (".nii.gz", ".nii", ".trk", ".tck", ".trx"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return output.with_name(f"{name}_qc.png")

@@ -1,0 +1,123 @@
+"""DTI fits: DIPY's numbers (WLS and OLS) on noisy phantom data, edge cases, the API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from dipy.core.gradients import gradient_table
+from dipy.reconst import dti as ddti
+
+from difftract.errors import ConfigError
+from difftract.reconst.dti import TensorModel, design_matrix, fit_log_linear
+
+
+def rel(a, b, scale):
+    return float(np.max(np.abs(a - b) / scale))
+
+
+@pytest.mark.parametrize("method", ["WLS", "OLS"])
+def test_matches_dipy_on_noisy_phantom(noisy64, method):
+    data, mask, gtab = noisy64["data"], noisy64["mask"], noisy64["gtab"]
+    ours = TensorModel(gtab, method).fit(data, mask)
+    ref = ddti.TensorModel(gtab, fit_method=method, return_S0_hat=True).fit(data, mask=mask)
+    m = mask
+    q, qr = ours.lower_triangular()[m], ref.lower_triangular()[m]
+    assert rel(q, qr, np.abs(qr).max(-1, keepdims=True)) < 1e-5
+    assert rel(ours.fa[m], ref.fa[m], np.maximum(ref.fa[m], 1e-3)) < 1e-5
+    for name in ("md", "ad", "rd"):
+        assert rel(getattr(ours, name)[m], getattr(ref, name)[m], getattr(ref, name)[m]) < 1e-5, name
+    assert rel(ours.evals[m], ref.evals[m], ref.evals[m].max(-1, keepdims=True)) < 1e-5
+    assert rel(ours.s0[m], ref.S0_hat[m], ref.S0_hat[m]) < 1e-5
+    np.testing.assert_allclose(ours.color_fa[m], ref.color_fa[m], atol=1e-5)
+    # eigenvectors agree up to sign wherever they are well defined
+    ev, evr = ours.evals[m], ref.evals[m]
+    gap = np.min(-np.diff(evr, axis=1), axis=1) / evr[:, 0] > 1e-3
+    dots = np.abs(np.einsum("vik,vik->vk", ours.evecs[m], ref.evecs[m]))
+    assert gap.sum() > 1000 and np.min(dots[gap]) > 1 - 1e-6
+    assert np.all(ours.evals[~m] == 0) and np.all(ours.fa[~m] == 0)
+
+
+def test_float32_path_is_close(noisy64):
+    data, mask, gtab = noisy64["data"], noisy64["mask"], noisy64["gtab"]
+    f64 = TensorModel(gtab).fit(data, mask)
+    f32 = TensorModel(gtab).fit(data, mask, dtype="float32")
+    assert f32.evals.dtype == np.float32
+    assert np.max(np.abs(f32.fa - f64.fa)) < 1e-5
+    assert rel(f32.md[mask], f64.md[mask], f64.md[mask]) < 1e-5
+
+
+def test_chunking_does_not_change_the_result(noisy64):
+    data, mask, gtab = noisy64["data"][:20, :20], noisy64["mask"][:20, :20], noisy64["gtab"]
+    whole = TensorModel(gtab).fit(data, mask, chunk_size=10**6)
+    chunked = TensorModel(gtab).fit(data, mask, chunk_size=7)
+    np.testing.assert_allclose(chunked.lower_triangular(), whole.lower_triangular(), rtol=0, atol=1e-18)
+
+
+def test_min_signal_and_negative_eigenvalues_as_dipy():
+    """Zero and negative signal, DW above b0 (negative eigenvalues): DIPY's clipping, same numbers."""
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=(20, 3))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    gtab = gradient_table(np.r_[0.0, 0.0, np.full(20, 1000.0)], bvecs=np.vstack([[0, 0, 0], [0, 0, 0], g]))
+    data = rng.uniform(100, 900, size=(6, 22))
+    data[0, 5:9] = 0.0          # signal dropouts
+    data[1, 3] = -20.0          # negative values after some correction
+    data[2, 2:] = 2000.0        # DW brighter than b0: negative diffusivities
+    data[3] = 0.0               # empty voxel
+    for method in ("WLS", "OLS"):
+        ours = TensorModel(gtab, method).fit(data)
+        ref = ddti.TensorModel(gtab, fit_method=method).fit(data)
+        np.testing.assert_allclose(ours.evals, ref.evals, rtol=1e-8, atol=1e-15)
+        np.testing.assert_allclose(ours.fa, ref.fa, rtol=1e-8, atol=1e-12)
+    assert np.all(ours.evals[2] == pytest.approx(1e-6 / -design_matrix(gtab).min()))
+
+
+def test_recovers_a_known_tensor_exactly_without_noise():
+    rng = np.random.default_rng(2)
+    g = rng.normal(size=(30, 3))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    bvals = np.r_[0.0, np.full(15, 1000.0), np.full(15, 2000.0)]
+    bvecs = np.vstack([[0, 0, 0], g])
+    rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    D = rot @ np.diag([1.7e-3, 0.4e-3, 0.3e-3]) @ rot.T
+    signal = 800 * np.exp(-bvals * np.einsum("ni,ij,nj->n", bvecs, D, bvecs))
+    fit = TensorModel(gradient_table(bvals, bvecs=bvecs)).fit(signal[None])
+    np.testing.assert_allclose(fit.quadratic_form[0], D, atol=1e-14)
+    np.testing.assert_allclose(fit.evals[0], [1.7e-3, 0.4e-3, 0.3e-3], rtol=1e-10)
+    assert fit.s0[0] == pytest.approx(800, rel=1e-10)
+    assert abs(abs(fit.v1[0] @ rot[:, 0]) - 1) < 1e-10
+
+
+def test_gradients_flow_to_the_signal():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(12, 3))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    X = torch.as_tensor(design_matrix(gradient_table(np.r_[0.0, np.full(12, 1000.0)], bvecs=np.vstack([[0, 0, 0], g]))))
+    signal = torch.tensor(rng.uniform(200, 900, size=(4, 13)), requires_grad=True)
+    beta = fit_log_linear(signal, X, "WLS")
+    beta[:, :6].sum().backward()
+    assert signal.grad is not None and torch.isfinite(signal.grad).all() and signal.grad.abs().sum() > 0
+
+
+def test_bad_models_refused(noisy64):
+    gtab = noisy64["gtab"]
+    with pytest.raises(ConfigError, match="fit_method"):
+        TensorModel(gtab, "NLLS")
+    with pytest.raises(ConfigError, match="min_signal"):
+        TensorModel(gtab, min_signal=0)
+    coplanar = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [1, -1, 0], [2, 1, 0], [1, 2, 0]], float)
+    coplanar /= np.linalg.norm(coplanar, axis=1, keepdims=True)
+    flat = gradient_table(np.r_[0.0, np.full(6, 1000.0)], bvecs=np.vstack([[0, 0, 0], coplanar]))
+    with pytest.raises(ConfigError, match="non-coplanar"):
+        TensorModel(flat)
+    with pytest.raises(ConfigError, match="volumes"):
+        TensorModel(gtab).fit(np.ones((2, 2, 2, 5)))
+
+
+def test_maps_cover_what_users_expect(noisy64):
+    fit = TensorModel(noisy64["gtab"]).fit(noisy64["data"][:8, :8], noisy64["mask"][:8, :8])
+    maps = fit.maps("mrtrix", noisy64["phantom"].affine)
+    assert {"tensor", "fa", "md", "ad", "rd", "rgb", "evals", "evecs", "v1", "s0"} <= set(maps)
+    assert maps["tensor"][0].shape[-1] == 6 and "MRtrix" in maps["tensor"][1]
+    assert maps["evecs"][0].shape[-2:] == (3, 3) and maps["rgb"][0].shape[-1] == 3

@@ -1,0 +1,88 @@
+"""``difftract fit dti|sh`` end to end: outputs, sidecars, QC, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+
+
+def scan_args(d):
+    return [d / "dwi.nii.gz", d / "dwi.bval", d / "dwi.bvec", "--mask", d / "mask.nii.gz"]
+
+
+def test_fit_dti_writes_every_map_with_sidecars(cli, phantom_dir, tmp_path):
+    out = tmp_path / "dti"
+    res = cli("fit", "dti", *scan_args(phantom_dir), "--out-dir", out)
+    assert res.returncode == 0, res.stderr
+    assert "DTI WLS of" in res.stdout and "FA median" in res.stdout
+    for name in ("tensor", "fa", "md", "ad", "rd", "rgb", "evals", "evecs", "v1", "s0"):
+        img = nib.load(out / f"{name}.nii.gz")
+        np.testing.assert_allclose(img.affine, nib.load(phantom_dir / "dwi.nii.gz").affine)
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["command"] == "fit dti" and record["params"]["fit_method"] == "WLS" and record["map"] == name
+    assert (out / "qc_dti.png").stat().st_size > 10_000
+    fa = nib.load(out / "fa.nii.gz").get_fdata()
+    wm = nib.load(phantom_dir / "wm.nii.gz").get_fdata() > 0
+    assert 0.5 < np.median(fa[wm]) < 0.9
+    assert nib.load(out / "evecs.nii.gz").shape[-2:] == (3, 3)
+
+    again = cli("fit", "dti", *scan_args(phantom_dir), "--out-dir", out)
+    assert again.returncode == 2 and "use --force" in again.stderr
+    forced = cli("-q", "fit", "dti", *scan_args(phantom_dir), "--out-dir", out, "--force", "--method", "ols",
+                 "--tensor-format", "fsl")
+    assert forced.returncode == 0, forced.stderr
+    record = json.loads((out / "tensor.json").read_text())
+    assert record["params"]["fit_method"] == "OLS" and record["params"]["tensor_format"] == "fsl"
+    assert "FSL" in record["description"]
+
+
+def test_fit_sh_writes_coefficients_sidecar_and_qc(cli, phantom_dir, tmp_path):
+    out = tmp_path / "sh.nii.gz"
+    res = cli("fit", "sh", *scan_args(phantom_dir), "--out", out, "--lmax", "4", "--legacy")
+    assert res.returncode == 0, res.stderr
+    assert nib.load(out).shape == (64, 64, 10, 15)
+    record = json.loads((tmp_path / "sh.json").read_text())
+    assert record["sh_basis"] == "descoteaux07_legacy" and record["params"]["lmax"] == 4
+    assert record["params"]["legacy"] is True and record["params"]["smooth"] == 0.006
+    assert (tmp_path / "sh_qc.png").exists()
+    again = cli("fit", "sh", *scan_args(phantom_dir), "--out", out)
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_fit_refuses_bad_inputs_and_writes_nothing(cli, phantom_dir, tmp_path):
+    (tmp_path / "bad.bval").write_text("0 1000 1000\n")
+    args = [phantom_dir / "dwi.nii.gz", tmp_path / "bad.bval", phantom_dir / "dwi.bvec"]
+    res = cli("fit", "dti", *args, "--out-dir", tmp_path / "dti")
+    assert res.returncode == 2 and "bad.bval" in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "dti").exists()
+    odd = cli("fit", "sh", *scan_args(phantom_dir), "--out", tmp_path / "sh.nii.gz", "--lmax", "5")
+    assert odd.returncode == 2 and "lmax" in odd.stderr and not (tmp_path / "sh.nii.gz").exists()
+    shell = cli("fit", "sh", *scan_args(phantom_dir), "--out", tmp_path / "sh.nii.gz", "--shell", "3000")
+    assert shell.returncode == 2 and "b = 3000" in shell.stderr
+    gpu = cli("fit", "dti", *scan_args(phantom_dir), "--out-dir", tmp_path / "dti", "--device", "cuda:7")
+    assert gpu.returncode == 2 and "device" in gpu.stderr
+    assert not list(tmp_path.glob("dti*")) and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_fit_csd_writes_fod_peaks_and_qc(cli, phantom_dir, tmp_path):
+    fod, peaks = tmp_path / "fod.nii.gz", tmp_path / "peaks.nii.gz"
+    res = cli("fit", "csd", *scan_args(phantom_dir), "--out", fod, "--peaks", peaks, "--lmax", "6",
+              "--response", "0.0017,0.0004,0.0004,1000")
+    assert res.returncode == 0, res.stderr
+    assert nib.load(fod).shape == (64, 64, 10, 28) and nib.load(peaks).shape == (64, 64, 10, 9)
+    record = json.loads((tmp_path / "fod.json").read_text())
+    assert record["params"]["response"]["source"] == "given" and record["sh_basis"] == "descoteaux07"
+    assert "npeaks" in json.loads((tmp_path / "peaks.json").read_text())["params"]
+    assert (tmp_path / "fod_qc.png").exists()
+    # the first peak follows the ground truth in single-fibre voxels
+    from difftract.reconst.peaks import Peaks
+    found = Peaks.from_volume(nib.load(peaks).get_fdata())
+    truth = nib.load(phantom_dir / "gt" / "peaks.nii.gz").get_fdata()[..., :3]
+    frac = nib.load(phantom_dir / "gt" / "fractions.nii.gz").get_fdata()
+    single = (frac[..., 0] > 0.9) & (frac[..., 1] == 0)
+    cosines = np.abs(np.sum(found.dirs[..., 0, :] * truth, axis=-1))[single]
+    assert np.median(cosines) > np.cos(np.deg2rad(10))
+    bad = cli("fit", "csd", *scan_args(phantom_dir), "--out", tmp_path / "x.nii.gz", "--response", "1,2")
+    assert bad.returncode == 2 and "--response" in bad.stderr and not (tmp_path / "x.nii.gz").exists()
