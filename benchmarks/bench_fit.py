@@ -6,11 +6,13 @@ for a 48x48x30 volume). Prints readable figures, then one JSON object as the las
 The volume: the noise-free fibercup phantom simulated with 64 directions at b = 1000 and
 4 b0 volumes, tiled to 96 x 96 x 60 voxels, then Rician noise at SNR 20 drawn over the
 whole volume (so no two tiles share noise); the brain mask is tiled with it. Both tools
-get the same float64 array and mask, on the CPU, with the same number of threads.
+get the same float64 array and mask, on the CPU; each is timed warm, best of 2 (DIPY) or
+3 (difftract). difftract uses torch's threads (one per core); DIPY's per-voxel
+pseudo-inverses run on one, so difftract is also timed with one thread.
 
 Figures:
 - DIPY ``TensorModel(fit_method='WLS')`` and difftract ``TensorModel('WLS')`` voxel rates
-  (best of 3 for difftract, one run for DIPY), their ratio; the same for OLS;
+  and their ratio (all threads and one thread); the same for OLS;
 - the largest differences of FA (absolute and relative), MD (relative) and tensor
   elements (relative to the voxel's largest element), float64 and float32 paths;
 - SH: the largest relative difference to ``dipy.reconst.shm.sf_to_sh`` for lmax 2-8,
@@ -76,17 +78,21 @@ def dti_differences(ours, ref, mask) -> dict:
 
 def bench_dti(data, mask, gtab, method: str) -> dict:
     n = int(mask.sum())
-    start = time.perf_counter()
-    ref = DipyTensorModel(gtab, fit_method=method).fit(data, mask=mask)
-    t_dipy = time.perf_counter() - start
+    t_dipy, ref = best_of(lambda: DipyTensorModel(gtab, fit_method=method).fit(data, mask=mask), repeats=2)
     model = TensorModel(gtab, method)
     t64, fit64 = best_of(lambda: model.fit(data, mask, dtype="float64", progress=False))
     t32, fit32 = best_of(lambda: model.fit(data, mask, dtype="float32", progress=False))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t64_1, _ = best_of(lambda: model.fit(data, mask, dtype="float64", progress=False))
+    torch.set_num_threads(threads)
     out = {"dipy_voxels_per_s": n / t_dipy, "ours_float64_voxels_per_s": n / t64,
-           "ours_float32_voxels_per_s": n / t32, "ratio_float64": t_dipy / t64, "ratio_float32": t_dipy / t32,
+           "ours_float32_voxels_per_s": n / t32, "ours_float64_1thread_voxels_per_s": n / t64_1,
+           "ratio_float64": t_dipy / t64, "ratio_float32": t_dipy / t32, "ratio_float64_1thread": t_dipy / t64_1,
            "diff_float64": dti_differences(fit64, ref, mask), "diff_float32": dti_differences(fit32, ref, mask)}
     print(f"DTI {method}: DIPY {n / t_dipy:,.0f} voxels/s ({t_dipy:.2f} s); difftract float64 {n / t64:,.0f} "
-          f"voxels/s ({t64:.2f} s, {t_dipy / t64:.1f}x), float32 {n / t32:,.0f} voxels/s ({t_dipy / t32:.1f}x)")
+          f"voxels/s ({t64:.2f} s, {t_dipy / t64:.1f}x), float32 {n / t32:,.0f} voxels/s ({t_dipy / t32:.1f}x), "
+          f"float64 on 1 thread {n / t64_1:,.0f} voxels/s ({t_dipy / t64_1:.1f}x)")
     for label in ("float64", "float32"):
         d = out[f"diff_{label}"]
         print(f"  largest differences ({label}): tensor {d['tensor_rel']:.2e} (relative), FA {d['fa_abs']:.2e} "

@@ -102,8 +102,12 @@ def test_check_reports_bad_inputs_in_one_line(cli, scan, problem, words):
 def test_demo_writes_the_phantom_and_its_picture(cli, tmp_path):
     out = cli("demo", "--out", tmp_path / "demo")
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "demo" / "phantom" / "qc_phantom.png").is_file()
-    assert "horizontal" in out.stdout and "QC picture" in out.stdout
+    demo = tmp_path / "demo"
+    assert (demo / "phantom" / "qc_phantom.png").is_file()
+    assert "horizontal" in out.stdout and "QC pictures" in out.stdout
+    for made in ("dti/fa.nii.gz", "dti/qc_dti.png", "fod.nii.gz", "peaks.nii.gz", "fod_qc.png", "fod.json"):
+        assert (demo / made).is_file(), made
+    assert "$ difftract fit dti" in out.stdout and "$ difftract fit csd" in out.stdout
 
 
 @pytest.mark.parametrize("bad", [

@@ -86,3 +86,22 @@ def test_fit_csd_writes_fod_peaks_and_qc(cli, phantom_dir, tmp_path):
     assert np.median(cosines) > np.cos(np.deg2rad(10))
     bad = cli("fit", "csd", *scan_args(phantom_dir), "--out", tmp_path / "x.nii.gz", "--response", "1,2")
     assert bad.returncode == 2 and "--response" in bad.stderr and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_colliding_or_blocked_outputs_leave_nothing(cli, phantom_dir, tmp_path):
+    args = [*scan_args(phantom_dir), "--lmax", "4", "--response", "0.0017,0.0004,0.0004,1000"]
+    same = cli("fit", "csd", *args, "--out", tmp_path / "f.nii.gz", "--peaks", tmp_path / "f.nii.gz")
+    assert same.returncode == 2 and "two outputs" in same.stderr
+    sidecars = cli("fit", "csd", *args, "--out", tmp_path / "f.nii.gz", "--peaks", tmp_path / "f.nii", "--force")
+    assert sidecars.returncode == 2 and "f.json" in sidecars.stderr
+    (tmp_path / "sh.nii.gz").mkdir()
+    blocked = cli("fit", "sh", *scan_args(phantom_dir), "--out", tmp_path / "sh.nii.gz", "--force")
+    assert blocked.returncode == 2 and "existing directory" in blocked.stderr
+    bad_peaks = cli("fit", "csd", *args, "--out", tmp_path / "g.nii.gz", "--npeaks", "0")
+    assert bad_peaks.returncode == 2 and "npeaks" in bad_peaks.stderr
+    chunk = cli("fit", "dti", *scan_args(phantom_dir), "--out-dir", tmp_path / "dti", "--chunk-size", "0")
+    assert chunk.returncode == 2 and "--chunk-size" in chunk.stderr
+    smooth = cli("fit", "sh", *scan_args(phantom_dir), "--out", tmp_path / "s.nii.gz", "--smooth", "nan")
+    assert smooth.returncode == 2 and "lambda" in smooth.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["sh.nii.gz"], left

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from difftract.errors import OutputExistsError
+from difftract.errors import InputError, OutputExistsError
 from difftract.io import atomic_directory, atomic_file, load_nifti, provenance, save_nifti, sidecar_path
 
 
@@ -69,3 +69,30 @@ def test_save_nifti_with_sidecar_and_refusal(tmp_path):
     with pytest.raises(OutputExistsError, match="x.json"):  # the sidecar alone blocks the write
         save_nifti(tmp_path / "x.nii.gz", np.ones((2, 2, 2)), np.eye(4), sidecar=rec)
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_atomic_outputs_commit_together_or_not_at_all(tmp_path):
+    from difftract.errors import ConfigError
+    from difftract.io.atomic import atomic_outputs, check_outputs
+
+    a, b, c = tmp_path / "a.nii.gz", tmp_path / "a.json", tmp_path / "sub" / "c.png"
+    with atomic_outputs([a, b, c]) as stage:
+        for p in (a, b, c):
+            stage(p).write_text(p.name)
+            assert not p.exists()
+    assert all(p.read_text() == p.name for p in (a, b, c))
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_outputs([tmp_path / "x", tmp_path / "y"]) as stage:
+            stage(tmp_path / "x").write_text("x")
+            raise RuntimeError("boom")
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*tmp*"))
+    with pytest.raises(ConfigError, match="two outputs"):
+        check_outputs([a, tmp_path / "." / "a.nii.gz"], force=True)
+    (tmp_path / "d.nii.gz").mkdir()
+    with pytest.raises(InputError, match="existing directory"):
+        check_outputs([tmp_path / "d.nii.gz"], force=True)
+    with pytest.raises(OutputExistsError):
+        check_outputs([a])
+    with pytest.raises(ValueError, match="not declared"):
+        with atomic_outputs([tmp_path / "z"]) as stage:
+            stage(tmp_path / "other")

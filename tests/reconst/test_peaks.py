@@ -187,6 +187,19 @@ def test_hand_built_odfs():
     assert nan.count[0, 0, 0] == 0
 
 
+def test_a_lone_negative_maximum_is_no_peak():
+    """DIPY's peak_directions gives value 0 for an ODF whose only maximum is negative."""
+    odf = -2 + 0.5 * np.exp(-10 * (1 - np.abs(default_sphere.vertices @ [0, 0, 1.0])))
+    _, ref_values, _ = peak_directions(odf, default_sphere, relative_peak_threshold=0.5, min_separation_angle=25)
+    assert np.all(ref_values <= 0)
+    ours_idx, ours_val = find_peaks(torch.as_tensor(odf)[None], torch.as_tensor(_adjacency(default_sphere.edges, 362)),
+                                    torch.as_tensor(_close_pairs(default_sphere.vertices, 25.0)), 0.5, 3)
+    assert np.all(ours_idx.numpy() == -1) and np.all(ours_val.numpy() == 0)
+    shifted_idx, _ = find_peaks(torch.as_tensor(odf + 3)[None], torch.as_tensor(_adjacency(default_sphere.edges, 362)),
+                                torch.as_tensor(_close_pairs(default_sphere.vertices, 25.0)), 0.5, 3)
+    assert shifted_idx[0, 0] >= 0
+
+
 def test_ties_and_plateaus_follow_dipy():
     """Integer-valued ODFs (many equal neighbours), negative ones, random ones."""
     rng = np.random.default_rng(0)

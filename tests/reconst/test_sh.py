@@ -122,3 +122,12 @@ def test_gfa_matches_dipy():
     coeffs[0] = 0
     np.testing.assert_allclose(gfa(coeffs), _gfa_sh(coeffs), atol=1e-14)
     assert gfa(coeffs)[0] == 0
+
+
+def test_volume_count_and_nonfinite_lambda_refused(noisy64):
+    gtab = noisy64["gtab"]
+    with pytest.raises(ConfigError, match="volumes"):
+        SHModel(gtab, lmax=4).fit(noisy64["data"][..., :-1])
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ConfigError, match="lambda"):
+            SHModel(gtab, lmax=4, smooth=bad)

@@ -115,3 +115,20 @@ def test_export_needs_affine_and_known_format():
         T.export_tensor(lt, "fsl")
     with pytest.raises(ValueError, match="unknown tensor format"):
         T.export_tensor(lt, "ants")
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-3, 1e200])
+def test_jacobi_eigh_is_scale_invariant(scale):
+    m = random_tensors(200, seed=4)
+    evals, evecs = T.eigh3(T.lower_triangular(m * scale))
+    ref = np.linalg.eigh(m)[0][:, ::-1] * scale
+    norm = np.linalg.norm(m, axis=(1, 2))[:, None] * scale
+    assert np.max(np.abs(evals.numpy() - ref) / norm) < 1e-14
+
+
+def test_mrtrix_export_keeps_eigenvalues_for_sheared_affines():
+    affine = np.eye(4)
+    affine[:3, :3] = [[2.0, 0.3, 0.0], [0.0, 2.0, 0.2], [0.1, 0.0, 2.5]]
+    D = np.diag([1.7e-3, 0.4e-3, 0.3e-3])
+    world = T.from_lower_triangular(T.export_tensor(T.lower_triangular(D), "mrtrix", affine), "mrtrix").numpy()
+    np.testing.assert_allclose(np.linalg.eigvalsh(world)[::-1], [1.7e-3, 0.4e-3, 0.3e-3], rtol=1e-12)

@@ -46,3 +46,13 @@ def test_empty_mask_and_bad_chunk():
     assert out["sum"].shape == (0,) and out["pair"].shape == (0, 2) and out["pair"].dtype == np.float32
     with pytest.raises(ValueError, match="chunk_size"):
         map_chunks(kernel, rows, device=torch.device("cpu"), dtype=torch.float32, chunk_size=0)
+
+
+def test_fortran_ordered_data_read_by_coordinates():
+    """NIfTI data come Fortran-ordered: rows must still be the masked voxels in C order."""
+    rng = np.random.default_rng(1)
+    data = np.asfortranarray(rng.normal(size=(5, 6, 7, 4)))
+    mask = rng.random((5, 6, 7)) > 0.3
+    rows, _ = masked_rows(data, mask)
+    np.testing.assert_array_equal(rows[0:len(rows)], data[mask])
+    np.testing.assert_array_equal(rows[5:11], data[mask][5:11])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..device import resolve_device
-from ..errors import OutputExistsError
+from ..errors import ConfigError
 
 log = logging.getLogger("difftract")
 
@@ -30,13 +30,16 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
                                                          "(default: %(default)s)")
     parser.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
                         help="compute precision; auto is float64 on CPU and float32 on GPU (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=int, default=50_000,
-                        help="voxels fitted at once; bounds memory (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="voxels fitted at once; bounds memory (default: the model's, e.g. 50000 for DTI, "
+                             "2000 for CSD on CPU)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
 def compute_options(args: argparse.Namespace) -> dict:
     """Device, dtype, chunk size and progress-bar choice as keyword arguments of ``fit``."""
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     device = resolve_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("float64" if device.type == "cpu" else "float32")
     return {"device": device, "dtype": dtype, "chunk_size": args.chunk_size,
@@ -57,15 +60,11 @@ def scan_inputs(args: argparse.Namespace) -> list[Path]:
     return [p for p in (args.dwi, args.bval, args.bvec, args.mask) if p is not None]
 
 
-def check_outputs(paths: list[Path], force: bool) -> None:
-    """Refuse before any work if an output (or its sidecar) exists and --force is not given."""
-    from ..io.atomic import check_output
+def output_files(*paths: Path | None, sidecars: tuple[Path | None, ...] = ()) -> list[Path]:
+    """The files a command will write: ``paths`` plus the JSON sidecars of ``sidecars``."""
     from ..io.sidecar import sidecar_path
 
-    for path in paths:
-        check_output(path, force)
-        if path.suffix in (".gz", ".nii", ".trk", ".tck", ".trx") and sidecar_path(path).exists() and not force:
-            raise OutputExistsError(sidecar_path(path))
+    return [p for p in paths if p is not None] + [sidecar_path(p) for p in sidecars if p is not None]
 
 
 def qc_path(output: Path) -> Path:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (add_compute_arguments, add_scan_arguments, check_outputs, compute_options, load_scan,
-                     qc_path, scan_inputs)
+from ..errors import ConfigError
+from ..io.atomic import check_output, check_outputs
+from .common import (add_compute_arguments, add_scan_arguments, compute_options, load_scan, output_files, qc_path,
+                     scan_inputs)
 
 log = logging.getLogger("difftract")
 
@@ -68,7 +70,7 @@ def add_parser(sub) -> None:
                     "the fODF coefficients are DIPY's ConstrainedSphericalDeconvModel's. Peaks as DIPY's "
                     "peaks_from_model on its default sphere.",
         epilog="outputs: FOD (X, Y, Z, n_coeffs) fODF SH; --peaks P (X, Y, Z, 3 x npeaks), directions scaled by\n"
-               "their fODF amplitude (MRtrix convention), data-array frame; JSON sidecars; FOD_qc.png\n\n"
+               "their fODF amplitude (MRtrix's layout) in the data-array frame (DIPY's); JSON sidecars; FOD_qc.png\n\n"
                "example:\n  difftract fit csd dwi.nii.gz dwi.bval dwi.bvec --mask mask.nii.gz --out fod.nii.gz "
                "--peaks peaks.nii.gz",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,7 +105,7 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
     from ..reconst.dti import TensorModel
     from ..viz.qc import map_slices
 
-    check_outputs([args.out_dir], args.force)
+    check_output(args.out_dir, args.force)  # a directory, written whole by save_maps
     options = compute_options(args)
     dwi = load_scan(args)
     model = TensorModel(dwi.gtab, fit_method=args.method.upper())
@@ -130,13 +132,15 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_sh(args: argparse.Namespace) -> int:
+    from ..io.atomic import atomic_outputs
     from ..io.nifti import save_nifti
     from ..io.sidecar import provenance
     from ..reconst.sh import SHModel, gfa
     from ..viz.qc import map_slices
 
     qc = qc_path(args.out)
-    check_outputs([args.out, qc], args.force)
+    outputs = output_files(args.out, qc, sidecars=(args.out,))
+    check_outputs(outputs, args.force)
     options = compute_options(args)
     dwi = load_scan(args)
     model = SHModel(dwi.gtab, lmax=args.lmax, legacy=args.legacy, smooth=args.smooth, shell=args.shell)
@@ -145,10 +149,10 @@ def cmd_fit_sh(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     record = provenance("fit sh", {**model.params, "device": str(options["device"]), "dtype": options["dtype"]},
                         inputs=scan_inputs(args), sh_basis=f"descoteaux07{'_legacy' if args.legacy else ''}")
-    map_slices([("GFA", gfa(fit.coeffs), {"vmin": 0}), ("c0", fit.coeffs[..., 0], {"vmin": 0})],
-               qc, mask=fit.mask, title=f"SH lmax {model.lmax} (b = {model.shell:g}): {args.dwi.name}",
-               force=args.force)
-    save_nifti(args.out, fit.coeffs.astype(np.float32), dwi.affine, force=args.force, sidecar=record)
+    with atomic_outputs(outputs, args.force) as stage:
+        save_nifti(stage(args.out), fit.coeffs.astype(np.float32), dwi.affine, sidecar=record)
+        map_slices([("GFA", gfa(fit.coeffs), {"vmin": 0}), ("c0", fit.coeffs[..., 0], {"vmin": 0})],
+                   stage(qc), mask=fit.mask, title=f"SH lmax {model.lmax} (b = {model.shell:g}): {args.dwi.name}")
     n = int(fit.mask.sum())
     print(f"SH lmax {model.lmax} ({fit.coeffs.shape[-1]} coefficients, "
           f"descoteaux07{' legacy' if args.legacy else ''}) of {n} voxels, b = {model.shell:g} "
@@ -164,26 +168,27 @@ def _response(text: str):
     except ValueError:
         values = []
     if len(values) != 4:
-        from ..errors import ConfigError
-
         raise ConfigError(f"--response must be 'auto' or four numbers L1,L2,L3,S0, got {text!r}")
     return np.array(values[:3]), values[3]
 
 
 def cmd_fit_csd(args: argparse.Namespace) -> int:
+    from ..io.atomic import atomic_outputs
     from ..io.nifti import save_nifti
     from ..io.sidecar import provenance
     from ..reconst.csd import CsdModel
+    from ..reconst.peaks import check_peak_options, peaks_from_sh
     from ..reconst.sh import gfa
-    from ..reconst.peaks import peaks_from_sh
     from ..viz.qc import map_slices
 
     qc = qc_path(args.out)
-    check_outputs([args.out, qc] + ([args.peaks] if args.peaks else []), args.force)
+    outputs = output_files(args.out, qc, args.peaks, sidecars=(args.out, args.peaks))
+    check_outputs(outputs, args.force)
+    check_peak_options(args.relative_threshold, args.min_separation, args.npeaks)
+    response = _response(args.response)
     options = compute_options(args)
     dwi = load_scan(args)
-    model = CsdModel(dwi.gtab, response=_response(args.response), lmax=args.lmax, legacy=args.legacy,
-                     shell=args.shell)
+    model = CsdModel(dwi.gtab, response=response, lmax=args.lmax, legacy=args.legacy, shell=args.shell)
     start = time.perf_counter()
     fit = model.fit(dwi.data, dwi.mask, **options)
     peaks = peaks_from_sh(fit, relative_peak_threshold=args.relative_threshold,
@@ -195,17 +200,18 @@ def cmd_fit_csd(args: argparse.Namespace) -> int:
     first = peaks.dirs[..., 0, :]
     strength = peaks.values[..., 0] / max(float(np.percentile(peaks.values[..., 0][fit.mask], 99)), 1e-12) \
         if fit.mask.any() else peaks.values[..., 0]
-    map_slices([("fODF GFA", gfa(fit.coeffs), {"vmin": 0}),
-                ("first peak (|x|,|y|,|z|) x amplitude", np.abs(first) * np.clip(strength, 0, 1)[..., None], {}),
-                ("number of peaks", peaks.count.astype(float), {"vmin": 0, "vmax": args.npeaks})],
-               qc, mask=fit.mask, title=f"CSD lmax {model.lmax} (b = {model.shell:g}): {args.dwi.name}",
-               force=args.force)
-    save_nifti(args.out, fit.coeffs.astype(np.float32), dwi.affine, force=args.force, sidecar=record)
-    if args.peaks:
-        peaks_record = provenance("fit csd", {**peaks.params, **compute}, inputs=scan_inputs(args), sh_basis=basis,
-                                  layout="(X, Y, Z, 3 x npeaks): directions scaled by their fODF amplitude, "
-                                         "data-array frame, zeros where no peak")
-        save_nifti(args.peaks, peaks.to_volume(scaled=True), dwi.affine, force=args.force, sidecar=peaks_record)
+    with atomic_outputs(outputs, args.force) as stage:
+        save_nifti(stage(args.out), fit.coeffs.astype(np.float32), dwi.affine, sidecar=record)
+        if args.peaks:
+            peaks_record = provenance(
+                "fit csd", {**peaks.params, **compute}, inputs=scan_inputs(args), sh_basis=basis,
+                layout="(X, Y, Z, 3 x npeaks) as MRtrix's peaks images, directions scaled by their fODF "
+                       "amplitude, but in the data-array frame (as DIPY's peaks), zeros where no peak")
+            save_nifti(stage(args.peaks), peaks.to_volume(scaled=True), dwi.affine, sidecar=peaks_record)
+        map_slices([("fODF GFA", gfa(fit.coeffs), {"vmin": 0}),
+                    ("first peak (|x|,|y|,|z|) x amplitude", np.abs(first) * np.clip(strength, 0, 1)[..., None], {}),
+                    ("number of peaks", peaks.count.astype(float), {"vmin": 0, "vmax": args.npeaks})],
+                   stage(qc), mask=fit.mask, title=f"CSD lmax {model.lmax} (b = {model.shell:g}): {args.dwi.name}")
     n = int(fit.mask.sum())
     counts = peaks.count[fit.mask]
     response = fit.params["response"]

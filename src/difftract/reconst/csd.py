@@ -235,7 +235,8 @@ class CsdModel:
 
     def estimate_response(self, data: np.ndarray, mask: np.ndarray | None) -> tuple[tuple[np.ndarray, float], dict]:
         """Response from the anisotropic voxels of ``mask`` on this model's shell, and where it came from."""
-        sub = data[..., self.volumes]
+        everything = np.array_equal(self.volumes, np.arange(data.shape[-1]))
+        sub = data if everything else data[..., self.volumes]   # single-shell scans: no copy
         region, threshold = response_region(self.shell_gtab, sub, mask)
         response = response_from_region(self.shell_gtab, sub, region)
         log.info("CSD response: evals %s, S0 %.4g from %d voxels with FA > %.2g",
@@ -283,7 +284,7 @@ class CsdModel:
         if chunk_size is None:
             chunk_size = CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU
         out = map_chunks(self.kernel(matrices, device, dtype), rows, device=device, dtype=dtype,
-                         chunk_size=chunk_size, progress=progress, desc="CSD fit")
+                         chunk_size=chunk_size, progress=progress, desc="CSD fit", progress_min=5_000)
         params = self.fit_params(response, info)
         params["P_regularised"] = matrices.P_regularised
         params["solve_dtype"] = str(solve_dtype_for(matrices.P, dtype)).removeprefix("torch.")

@@ -67,8 +67,10 @@ def fit_log_linear(signal: torch.Tensor, X: torch.Tensor, method: str = "WLS",
     beta_ols = log_s @ torch.linalg.pinv(Xs).T
     if method == "OLS":
         return (beta_ols * scale).to(X.dtype)
-    w2 = torch.exp(2.0 * (beta_ols @ Xs.T))                    # squared OLS-predicted signal
-    w2 = w2 / w2.amax(dim=1, keepdim=True)                     # the scale of the weights is free
+    log_pred = beta_ols @ Xs.T                                 # log of the OLS-predicted signal
+    # squared predicted signal, divided by its largest value per voxel (the scale of the weights is free,
+    # and this keeps exp() finite whatever the signal's magnitude)
+    w2 = torch.exp(2.0 * (log_pred - log_pred.amax(dim=1, keepdim=True)))
     n = X.shape[1]
     upper = w2 @ (Xs[:, _UPPER[0]] * Xs[:, _UPPER[1]])         # (V, 28): upper triangle of X^T W X
     normal = upper[:, _SYMMETRIC.to(upper.device)].view(-1, n, n)
@@ -199,7 +201,7 @@ class TensorModel:
         return kernel
 
     def fit(self, data: np.ndarray, mask: np.ndarray | None = None, *, device: str | torch.device = "cpu",
-            dtype: str | torch.dtype = "float64", chunk_size: int = DEFAULT_CHUNK,
+            dtype: str | torch.dtype = "float64", chunk_size: int | None = None,
             progress: bool | None = None) -> TensorFit:
         """Fit every voxel of ``mask`` (all voxels when None); others get zeros."""
         if data.shape[-1] != len(self.design_matrix):
@@ -207,6 +209,6 @@ class TensorModel:
         rows, mask = masked_rows(data, mask)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         out = map_chunks(self.kernel(device, dtype), rows, device=device, dtype=dtype,
-                         chunk_size=chunk_size, progress=progress, desc=f"DTI {self.fit_method}")
+                         chunk_size=chunk_size or DEFAULT_CHUNK, progress=progress, desc=f"DTI {self.fit_method}")
         return TensorFit(unmask(out["evals"], mask), unmask(out["evecs"], mask), unmask(out["s0"], mask),
                          mask, self.params)

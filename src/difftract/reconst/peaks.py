@@ -141,10 +141,10 @@ def find_peaks(odf: torch.Tensor, neighbours: torch.Tensor, close: torch.Tensor,
     cand, cand_val = cand.gather(1, order), cand_val.gather(1, order)
     valid = torch.arange(K, device=odf.device) < count[:, None]
 
-    # relative threshold above max(0, min odf); a lone maximum is kept whatever its value
+    # relative threshold above max(0, min odf); a lone maximum is kept unless negative (DIPY drops it)
     floor = odf.min(dim=1, keepdim=True).values.clamp(min=0)
     shifted = cand_val - floor
-    valid &= (shifted >= relative_peak_threshold * shifted[:, :1]) | (count[:, None] == 1)
+    valid &= (shifted >= relative_peak_threshold * shifted[:, :1]) | ((count[:, None] == 1) & (cand_val >= 0))
 
     # greedy removal of maxima too close to a kept one (or to its antipode); valid is a prefix
     keep = torch.zeros_like(valid)
@@ -173,10 +173,20 @@ def local_maxima(odf: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
     return ((by_vertex >= nbr_max) & (by_vertex > nbr_min)).T
 
 
+def check_peak_options(relative_peak_threshold: float, min_separation_angle: float, npeaks: int) -> None:
+    """Refuse peak-extraction options out of range (before any expensive fit)."""
+    if not 0.0 <= relative_peak_threshold <= 1.0:
+        raise ConfigError(f"relative_peak_threshold must be in [0, 1], got {relative_peak_threshold}")
+    if not 0.0 <= min_separation_angle <= 90.0:
+        raise ConfigError(f"min_separation_angle must be in [0, 90] degrees, got {min_separation_angle}")
+    if not (isinstance(npeaks, (int, np.integer)) and npeaks >= 1):
+        raise ConfigError(f"npeaks must be a positive integer, got {npeaks!r}")
+
+
 def peaks_from_sh(sh: SHFit | np.ndarray, mask: np.ndarray | None = None, *, legacy: bool | None = None,
                   sphere: Sphere | None = None, relative_peak_threshold: float = 0.5,
                   min_separation_angle: float = 25.0, npeaks: int = 3, device: str | torch.device = "cpu",
-                  dtype: str | torch.dtype = "float64", chunk_size: int = PEAKS_CHUNK,
+                  dtype: str | torch.dtype = "float64", chunk_size: int | None = None,
                   progress: bool | None = None) -> Peaks:
     """Peaks of an SH field on ``sphere`` (DIPY's ``default_sphere`` when None).
 
@@ -203,12 +213,7 @@ def peaks_from_sh(sh: SHFit | np.ndarray, mask: np.ndarray | None = None, *, leg
         lmax = lmax_from_ncoeffs(coeffs.shape[-1])
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if not 0.0 <= relative_peak_threshold <= 1.0:
-        raise ConfigError(f"relative_peak_threshold must be in [0, 1], got {relative_peak_threshold}")
-    if not 0.0 <= min_separation_angle <= 90.0:
-        raise ConfigError(f"min_separation_angle must be in [0, 90] degrees, got {min_separation_angle}")
-    if not (isinstance(npeaks, (int, np.integer)) and npeaks >= 1):
-        raise ConfigError(f"npeaks must be a positive integer, got {npeaks!r}")
+    check_peak_options(relative_peak_threshold, min_separation_angle, npeaks)
     sphere = default_sphere() if sphere is None else sphere
     vertices = np.asarray(sphere.vertices, dtype=np.float64)
     B, _ = sh_basis(vertices, lmax, bool(legacy))
@@ -225,7 +230,7 @@ def peaks_from_sh(sh: SHFit | np.ndarray, mask: np.ndarray | None = None, *, leg
         dirs = vert[idx.clamp(min=0)] * (idx >= 0).unsqueeze(-1)
         return {"indices": idx, "values": val, "dirs": dirs}
 
-    out = map_chunks(kernel, rows, device=device, dtype=dtype, chunk_size=chunk_size, progress=progress,
+    out = map_chunks(kernel, rows, device=device, dtype=dtype, chunk_size=chunk_size or PEAKS_CHUNK, progress=progress,
                      desc="peaks")
     params = {"source": "sh", "lmax": lmax, "legacy": bool(legacy), "sphere_vertices": int(len(vertices)),
               "relative_peak_threshold": float(relative_peak_threshold),

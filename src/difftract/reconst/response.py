@@ -110,9 +110,9 @@ def response_region(gtab: GradientTable, data: np.ndarray, mask: np.ndarray | No
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != spatial:
         raise ValueError(f"mask shape {mask.shape} does not match the data grid {spatial}")
-    rows = data[mask]
-    b0 = rows[:, np.asarray(gtab.b0s_mask)].mean(axis=1)
-    fa = np.where(b0 > 0, _fa(_tensor_evals(gtab, rows)), 0.0)
+    b0 = data[..., np.asarray(gtab.b0s_mask)].mean(axis=-1)[mask]
+    evals = TensorModel(gtab).fit(data, mask, progress=False).evals[mask]   # chunked: no copy of the data
+    fa = np.where(b0 > 0, _fa(evals), 0.0)
 
     ladder = [fa_threshold]                     # 0.7, 0.6, ..., fa_floor
     while ladder[-1] - FA_STEP > fa_floor + 1e-9:

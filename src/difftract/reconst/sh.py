@@ -78,7 +78,7 @@ def sh_fit_matrix(directions: np.ndarray, lmax: int, legacy: bool, smooth: float
 
     Identical to the inverse :func:`dipy.reconst.shm.sf_to_sh` applies.
     """
-    if smooth < 0:
+    if not (np.isfinite(smooth) and smooth >= 0):
         raise ConfigError(f"the regularisation lambda (smooth) must be >= 0, got {smooth}")
     B, l_values = sh_basis(directions, lmax, legacy)
     return smooth_pinv(B, np.sqrt(smooth) * (-l_values * (l_values + 1.0)))
@@ -197,11 +197,13 @@ class SHModel:
         return kernel
 
     def fit(self, data: np.ndarray, mask: np.ndarray | None = None, *, device: str | torch.device = "cpu",
-            dtype: str | torch.dtype = "float64", chunk_size: int = DEFAULT_CHUNK,
+            dtype: str | torch.dtype = "float64", chunk_size: int | None = None,
             progress: bool | None = None) -> SHFit:
         """Fit every voxel of ``mask`` (all voxels when None); others get zeros."""
+        if data.shape[-1] != len(self.gtab.bvals):
+            raise ConfigError(f"data has {data.shape[-1]} volumes but the gradient table {len(self.gtab.bvals)}")
         rows, mask = masked_rows(data, mask)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         out = map_chunks(self.kernel(device, dtype), rows, device=device, dtype=dtype,
-                         chunk_size=chunk_size, progress=progress, desc="SH fit")
+                         chunk_size=chunk_size or DEFAULT_CHUNK, progress=progress, desc="SH fit")
         return SHFit(unmask(out["coeffs"], mask), mask, self.lmax, self.legacy, self.params)

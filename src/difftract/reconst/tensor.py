@@ -11,7 +11,8 @@ the tool expects it, the frame:
 - ``dipy``: (Dxx, Dxy, Dyy, Dxz, Dyz, Dzz), data-array frame;
 - ``fsl``: dtifit's (Dxx, Dxy, Dxz, Dyy, Dyz, Dzz), in FSL's voxel frame (x flipped when
   the affine's determinant is positive, as for ``.bvec`` files);
-- ``mrtrix``: dwi2tensor's (D11, D22, D33, D12, D13, D23), in scanner (RAS mm) axes.
+- ``mrtrix``: dwi2tensor's (D11, D22, D33, D12, D13, D23), in scanner (RAS mm) axes
+  (rotated by the orthogonal part of the affine).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def eigh3(lt, max_sweeps: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     """
     lt = _t(lt)
     shape = lt.shape[:-1]
+    scale = lt.abs().amax(dim=-1, keepdim=True)  # work on unit-scale tensors: no over- or underflow
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    lt = lt / scale
     a = {(0, 0): lt[..., 0], (0, 1): lt[..., 1], (1, 1): lt[..., 2], (0, 2): lt[..., 3], (1, 2): lt[..., 4],
          (2, 2): lt[..., 5]}
     one, zero = torch.ones_like(lt[..., 0]), torch.zeros_like(lt[..., 0])
@@ -92,7 +96,7 @@ def eigh3(lt, max_sweeps: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
             a[rp], a[rq] = c * a[rp] - s * a[rq], s * a[rp] + c * a[rq]
             for i in range(3):
                 v[i][p], v[i][q] = c * v[i][p] - s * v[i][q], s * v[i][p] + c * v[i][q]
-    evals = torch.stack([a[0, 0], a[1, 1], a[2, 2]], dim=-1)
+    evals = torch.stack([a[0, 0], a[1, 1], a[2, 2]], dim=-1) * scale
     evecs = torch.stack([torch.stack(row, dim=-1) for row in v], dim=-2)
     order = torch.argsort(evals, dim=-1, descending=True)
     evals = torch.gather(evals, -1, order)
@@ -155,8 +159,9 @@ def export_tensor(lt, fmt: str, affine: np.ndarray | None = None) -> torch.Tenso
         linear = np.asarray(affine, dtype=np.float64)[:3, :3]
         if fmt == "fsl":
             rotation = np.diag([-1.0 if np.linalg.det(linear) > 0 else 1.0, 1.0, 1.0])
-        else:
-            rotation = linear / np.linalg.norm(linear, axis=0)
+        else:  # the orthogonal factor of the affine's polar decomposition (exact for any shear or zoom)
+            u, _, vt = np.linalg.svd(linear)
+            rotation = u @ vt
         r = torch.as_tensor(rotation, dtype=matrix.dtype, device=matrix.device)
         matrix = r @ matrix @ r.T
     return lower_triangular(matrix, fmt)

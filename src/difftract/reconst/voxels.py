@@ -23,14 +23,15 @@ PROGRESS_MIN_VOXELS = 200_000  # smaller fits finish before a bar is worth drawi
 class MaskedRows:
     """The ``(V, N)`` signal of the voxels in a mask, read chunk by chunk without a full copy.
 
-    ``rows[a:b]`` gathers voxels ``a`` to ``b`` (in C order of the grid) from the data;
+    ``rows[a:b]`` gathers voxels ``a`` to ``b`` (in C order of the grid) from the data by
+    their coordinates, whatever the data's memory layout (NIfTI data are Fortran-ordered);
     ``len(rows)`` is the number of voxels in the mask.
     """
 
     def __init__(self, data: np.ndarray, mask: np.ndarray):
-        self._flat = np.asarray(data).reshape(-1, data.shape[-1])  # a view for contiguous data
-        self._index = np.flatnonzero(mask)
-        self.shape = (len(self._index), data.shape[-1])
+        self._data = data
+        self._coords = np.nonzero(mask)
+        self.shape = (len(self._coords[0]), data.shape[-1])
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -38,7 +39,7 @@ class MaskedRows:
     def __getitem__(self, chunk: slice) -> np.ndarray:
         if not isinstance(chunk, slice):
             raise TypeError("MaskedRows supports slices of voxels only")
-        return self._flat[self._index[chunk]]
+        return self._data[tuple(c[chunk] for c in self._coords)]
 
 
 def masked_rows(data: np.ndarray, mask: np.ndarray | None) -> tuple[MaskedRows, np.ndarray]:
@@ -59,7 +60,8 @@ def unmask(rows: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
 
 def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: np.ndarray | MaskedRows, *,
                device: torch.device, dtype: torch.dtype, chunk_size: int = DEFAULT_CHUNK,
-               progress: bool | None = None, desc: str = "fitting") -> dict[str, np.ndarray]:
+               progress: bool | None = None, desc: str = "fitting",
+               progress_min: int = PROGRESS_MIN_VOXELS) -> dict[str, np.ndarray]:
     """Apply ``kernel`` to ``rows`` chunk by chunk and concatenate its outputs.
 
     Parameters
@@ -72,7 +74,8 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
     chunk_size : int
         Voxels per chunk; bounds the working memory.
     progress : bool or None
-        Show a tqdm bar; None shows one when there are at least 200,000 voxels.
+        Show a tqdm bar; None shows one when there are at least ``progress_min`` voxels
+        (slow models pass a smaller number).
 
     Returns
     -------
@@ -83,7 +86,7 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
         raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
     n = rows.shape[0]
     if progress is None:
-        progress = n >= PROGRESS_MIN_VOXELS
+        progress = n >= progress_min
     outputs: dict[str, np.ndarray] = {}
     with tqdm(total=n, desc=desc, unit="vox", disable=not progress, leave=False) as bar:
         for start in range(0, n, chunk_size):
