@@ -1,5 +1,16 @@
-"""Evaluation: voxel traversal of streamlines (more scorers come with the evaluation issue)."""
+"""Evaluation: the Tractometer, bundle overlap and tensor-metric errors.
 
-from .traversal import endpoint_voxels, traversed_voxels
+- :mod:`.tractometer`   VS/IC/NC, VB, OL/OR/F1 as scilpy 2.3.0 scores them (``--compute_ic --unique``)
+- :mod:`.overlap`       density and binary maps, Dice, weighted Dice, tract detection rate
+- :mod:`.tensor_errors` tensor, FA, MD, AD, RD errors and principal-direction angles
+- :mod:`.traversal`     which voxels streamlines traverse (the Tractometer's rule) and endpoint lookup
+"""
 
-__all__ = ["endpoint_voxels", "traversed_voxels"]
+from .overlap import compare_bundles, density_map, dice, tract_detection_rate, weighted_dice
+from .tensor_errors import TensorErrors, tensor_errors
+from .tractometer import TractometerResult, format_table, load_scoring, score
+from .traversal import endpoint_voxels, streamline_voxels, traversed_voxels
+
+__all__ = ["load_scoring", "score", "format_table", "TractometerResult", "density_map", "dice", "weighted_dice",
+           "tract_detection_rate", "compare_bundles", "tensor_errors", "TensorErrors", "endpoint_voxels",
+           "streamline_voxels", "traversed_voxels"]

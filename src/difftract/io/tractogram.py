@@ -69,6 +69,19 @@ def _transform(seq: ArraySequence, affine: np.ndarray) -> ArraySequence:
     return _sequence(apply_affine(affine, data.astype(np.float64)).astype(np.float32), lengths)
 
 
+def _to_voxels(seq: ArraySequence, affine: np.ndarray) -> ArraySequence:
+    """RAS mm -> voxel coordinates exactly as DIPY's ``StatefulTractogram.to_vox`` computes them.
+
+    DIPY (and so scilpy's Tractometer) applies the inverse affine in float32 in place;
+    doing the same here gives the same bits, so a file scores the same in both.
+    """
+    data, lengths = _flatten(seq)
+    data = np.array(data, dtype=np.float32)
+    if data.size:
+        apply_affine(np.linalg.inv(affine).astype(np.float32), data, inplace=True)
+    return _sequence(data, lengths)
+
+
 def _squeezed(values: np.ndarray) -> np.ndarray:
     """Drop a column axis of width 1."""
     return values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
@@ -147,7 +160,7 @@ class Tractogram:
                    data_per_point: dict[str, ArraySequence] | None = None) -> Tractogram:
         """Build a Tractogram from RAS-mm streamlines on the grid of ``reference``."""
         affine, dims, sizes = reference_grid(reference)
-        voxels = _transform(_points(streamlines_rasmm), np.linalg.inv(affine))
+        voxels = _to_voxels(_points(streamlines_rasmm), affine)
         return cls(voxels, affine, dims, sizes, dict(data_per_streamline or {}), dict(data_per_point or {}))
 
     def lengths_mm(self) -> np.ndarray:

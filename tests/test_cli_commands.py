@@ -1,4 +1,4 @@
-"""``difftract fit dti|sh`` end to end: outputs, sidecars, QC, refusals."""
+"""``difftract fit dti|sh|csd`` and ``difftract score`` end to end: outputs, sidecars, QC, refusals."""
 
 from __future__ import annotations
 
@@ -105,3 +105,18 @@ def test_colliding_or_blocked_outputs_leave_nothing(cli, phantom_dir, tmp_path):
     assert smooth.returncode == 2 and "lambda" in smooth.stderr
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["sh.nii.gz"], left
+
+
+def test_score_prints_a_table_and_writes_scilpy_keys(cli, phantom_dir, tmp_path):
+    out = tmp_path / "metrics.json"
+    res = cli("score", phantom_dir / "tractogram.trk", "--phantom", phantom_dir, "--json", out)
+    assert res.returncode == 0, res.stderr
+    assert "VB 7/7" in res.stdout and "horizontal" in res.stdout and "mean OL" in res.stdout
+    scores = json.loads(out.read_text())
+    assert scores["VB"] == 7 and scores["VS_ratio"] >= 0.95 and scores["mean_OL"] >= 0.8
+    assert {"IC", "NC", "IB", "mean_OR_vs", "mean_OR_gt", "mean_f1", "provenance"} <= set(scores)
+    assert set(scores["bundle_wise"]["arc"]) >= {"TP", "FP", "FN", "OL", "OR_pct_vs", "OR_pct_gt", "f1"}
+    again = cli("score", phantom_dir / "tractogram.trk", "--phantom", phantom_dir, "--json", out)
+    assert again.returncode == 2 and "exists" in again.stderr
+    bad = cli("score", phantom_dir / "tractogram.trk", "--phantom", tmp_path)
+    assert bad.returncode == 2 and "scoring" in bad.stderr
