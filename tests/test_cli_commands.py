@@ -120,3 +120,22 @@ def test_score_prints_a_table_and_writes_scilpy_keys(cli, phantom_dir, tmp_path)
     assert again.returncode == 2 and "exists" in again.stderr
     bad = cli("score", phantom_dir / "tractogram.trk", "--phantom", tmp_path)
     assert bad.returncode == 2 and "scoring" in bad.stderr
+    itself = cli("score", phantom_dir / "tractogram.trk", "--phantom", phantom_dir, "--json",
+                 phantom_dir / "tractogram.trk", "--force")
+    assert itself.returncode == 2 and "overwrite the tractogram" in itself.stderr
+
+
+def test_score_refuses_another_grid_and_warns_off_grid(cli, phantom_dir, tmp_path):
+    from difftract.io.tractogram import Tractogram, save_tractogram
+
+    affine = nib.load(phantom_dir / "mask.nii.gz").affine
+    save_tractogram(Tractogram([np.array([[1.0, 1, 1], [3, 3, 3]])], affine, (64, 64, 10)), tmp_path / "ok.tck")
+    same = cli("score", tmp_path / "ok.tck", "--phantom", phantom_dir, "--reference", phantom_dir / "wm.nii.gz")
+    assert same.returncode == 0, same.stderr
+    small = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), small), tmp_path / "small.nii.gz")
+    other = cli("score", tmp_path / "ok.tck", "--phantom", phantom_dir, "--reference", tmp_path / "small.nii.gz")
+    assert other.returncode == 2 and "grid" in other.stderr
+    save_tractogram(Tractogram([np.array([[-5.0, 1, 1], [3, 3, 3]])], affine, (64, 64, 10)), tmp_path / "off.trk")
+    off = cli("score", tmp_path / "off.trk", "--phantom", phantom_dir)
+    assert off.returncode == 0 and "1 streamline(s) have points off the grid" in off.stderr

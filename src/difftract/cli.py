@@ -186,7 +186,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scan = [str(ph / "dwi.nii.gz"), str(ph / "dwi.bval"), str(ph / "dwi.bvec"), "--mask", str(ph / "mask.nii.gz")]
     steps = [["fit", "dti", *scan, "--out-dir", str(args.out / "dti")],
              ["fit", "csd", *scan, "--out", str(args.out / "fod.nii.gz"), "--peaks", str(args.out / "peaks.nii.gz")],
-             ["score", str(ph / "tractogram.trk"), "--phantom", str(ph), "--json", str(args.out / "scores_gt.json")]]
+             ["score", str(ph / "tractogram.trk"), "--phantom", str(ph),
+              "--json", str(args.out / "scores_gt.json")]]
     for argv in steps:
         print(f"\n$ difftract {' '.join(argv)}")
         step = build_parser().parse_args((["-q"] if args.quiet else []) + argv + ["--force"])

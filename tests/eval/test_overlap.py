@@ -1,9 +1,7 @@
 """Bundle overlap: density maps, Dice, weighted Dice, overlap/overreach, detection rate.
 
-Voxel traversal is the job of :func:`difftract.eval.traversal.streamline_voxels`; these
-tests replace it with a stand-in that follows its contract exactly for the straight,
-axis-aligned streamlines used here, so every number below is known by hand. One test
-runs the real function on the same case.
+Voxel traversal is :func:`difftract.eval.traversal.streamline_voxels` (the Tractometer's
+rule); the straight, axis-aligned streamlines used here make every number known by hand.
 """
 
 from __future__ import annotations
@@ -17,27 +15,6 @@ from difftract.eval import traversal
 from difftract.io.tractogram import Tractogram
 
 SHAPE = (10, 4, 3)
-
-
-def _contract_voxels(streamlines, shape):
-    """Unique (streamline, flat voxel) pairs by dense sampling of every segment; off-grid dropped."""
-    sid, flat = [], []
-    t = np.linspace(0.0, 1.0, 101)[:, None]
-    for i, sl in enumerate(streamlines):
-        sl = np.asarray(sl, dtype=np.float64)
-        points = sl if len(sl) == 1 else np.concatenate([a + t * (b - a) for a, b in zip(sl[:-1], sl[1:])])
-        vox = np.floor(points + 0.5).astype(np.int64)
-        vox = vox[np.all((vox >= 0) & (vox < np.asarray(shape)), axis=1)]
-        cells = np.unique(np.ravel_multi_index(tuple(vox.T), shape))
-        sid.append(np.full(len(cells), i, dtype=np.int64)), flat.append(cells)
-    if not sid:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(sid), np.concatenate(flat)
-
-
-@pytest.fixture
-def contract(monkeypatch):
-    monkeypatch.setattr(traversal, "streamline_voxels", _contract_voxels, raising=False)
 
 
 def row(x0, x1, y=1, z=1, step=1.0):
@@ -54,7 +31,7 @@ def line_map(xs, y=1, z=1, values=1):
 
 # ----------------------------------------------------------------------- density maps
 
-def test_density_counts_each_streamline_once_per_voxel(contract):
+def test_density_counts_each_streamline_once_per_voxel():
     # Two overlapping rows, the first densely sampled (many points per voxel).
     density = O.density_map([row(0, 5, step=0.2), row(3, 9)], SHAPE)
     assert density.dtype == np.int32 and density.shape == SHAPE
@@ -64,14 +41,14 @@ def test_density_counts_each_streamline_once_per_voxel(contract):
     np.testing.assert_array_equal(O.binary_map(density), density > 0)
 
 
-def test_density_drops_off_grid_parts_and_handles_no_streamlines(contract):
+def test_density_drops_off_grid_parts_and_handles_no_streamlines():
     density = O.density_map([row(-4, 2)], SHAPE)
     np.testing.assert_array_equal(np.flatnonzero(density[:, 1, 1]), [0, 1, 2])
     assert density.sum() == 3
     assert not O.density_map([], SHAPE).any()
 
 
-def test_density_of_a_tractogram_uses_its_grid(contract):
+def test_density_of_a_tractogram_uses_its_grid():
     tractogram = Tractogram([row(0, 5), row(3, 9)], np.eye(4), SHAPE)
     np.testing.assert_array_equal(O.density_map(tractogram), O.density_map([row(0, 5), row(3, 9)], SHAPE))
     with pytest.raises(ConfigError, match="differs from the tractogram"):
@@ -79,8 +56,6 @@ def test_density_of_a_tractogram_uses_its_grid(contract):
 
 
 def test_density_with_the_real_traversal():
-    if not hasattr(traversal, "streamline_voxels"):
-        pytest.skip("traversal.streamline_voxels has not landed yet")
     density = O.density_map([row(0, 5, step=0.2), row(3, 9)], SHAPE)
     np.testing.assert_array_equal(density[:, 1, 1], [1, 1, 1, 2, 2, 2, 1, 1, 1, 1])
     assert density.sum() == 13
@@ -116,7 +91,7 @@ def test_binary_maps_give_weighted_dice_equal_to_dice():
 
 # -------------------------------------------------------------------- compare_bundles
 
-def test_compare_bundles_by_hand(contract):
+def test_compare_bundles_by_hand():
     recovered = {"cc": [row(0, 5), row(0, 5), row(2, 7)],      # counts 2,2,3,3,3,3,1,1 on x = 0..7
                  "cst": [row(0, 9, y=3, z=0)]}
     reference = {"cc": [row(2, 9)],                              # 8 voxels, x = 2..9
@@ -148,7 +123,7 @@ def test_compare_bundles_by_hand(contract):
                                  "reference_voxels"}
 
 
-def test_compare_bundles_refusals(contract):
+def test_compare_bundles_refusals():
     ok = {"cc": [row(0, 5)]}
     with pytest.raises(ConfigError, match="without a reference: extra"):
         O.compare_bundles({"extra": [row(0, 5)]}, ok, SHAPE)

@@ -58,7 +58,7 @@ def test_every_number_of_a_hand_built_case(tmp_path):
     r = score(STREAMLINES, config)
     seg = r.segmentation
     assert seg.vs["A"].tolist() == [0, 1, 2] and seg.vs["B"].tolist() == [3]
-    assert {k: v.tolist() for k, v in seg.ic.items()} == {"A_head_B_tail": [4], "A_tail_B_tail": [7]}
+    assert [(k, v.tolist()) for k, v in seg.ic] == [("A_head_B_tail", [4]), ("A_tail_B_tail", [7])]
     assert seg.nc.tolist() == [5, 6]
     s = r.scores
     assert (s["total_streamlines"], s["VS"], s["IC"], s["NC"], s["VB"], s["IB"]) == (8, 4, 2, 2, 2, 2)
@@ -126,3 +126,29 @@ def test_fibercup_ground_truth_scores_perfectly(phantom_dir):
     assert r["VB"] == len(config.bundles) == 7
     assert r["VS_ratio"] >= 0.95 and r["mean_OL"] >= 0.8
     assert r["IC"] == 0 and r["mean_OR_vs"] < 0.01
+
+
+def test_ic_pairs_with_the_same_name_all_count(tmp_path):
+    """ROI files with the same name in different folders: scilpy keeps every pair's streamlines."""
+    d = _write_config(tmp_path)
+    gt = d / "gt"
+    for b in ("A", "B"):
+        (gt / b).mkdir()
+        for end in ("head", "tail"):
+            (gt / "rois" / f"{b}_{end}.nii.gz").rename(gt / b / f"{end}.nii.gz")
+    cfg = {b: {"head": f"{b}/head.nii.gz", "tail": f"{b}/tail.nii.gz", "gt_mask": f"masks/{b}.nii.gz"}
+           for b in ("A", "B")}
+    (gt / "scoring.json").write_text(json.dumps(cfg))
+    r = score(STREAMLINES, load_scoring(d))
+    assert [name for name, _ in r.segmentation.ic] == ["head_tail", "tail_tail"]
+    assert r["IC"] == 2 and r["IB"] == 2 and r["VS"] + r["IC"] + r["NC"] == len(STREAMLINES)
+
+
+def test_paths_must_be_strings(tmp_path):
+    d = _write_config(tmp_path)
+    (d / "gt" / "scoring.json").write_text(json.dumps({"A": {"head": 3, "tail": "rois/A_tail.nii.gz"}}))
+    with pytest.raises(InputError, match="must be a file path"):
+        load_scoring(d)
+    (d / "gt" / "scoring.json").write_text(json.dumps({"A": {"head": "rois", "tail": "rois/A_tail.nii.gz"}}))
+    with pytest.raises(InputError, match="not a file"):
+        load_scoring(d)

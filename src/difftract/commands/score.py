@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+
+log = logging.getLogger("difftract")
 
 EPILOG = """\
 The scores are those of scilpy 2.3.0's scil_tractogram_segment_with_ROI_and_score with
@@ -35,12 +42,15 @@ def add_parser(sub) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from ..eval.tractometer import format_table, load_scoring, score
-    from ..io.atomic import check_output
+    from ..eval.traversal import count_off_grid
+    from ..io.atomic import check_outputs
     from ..io.sidecar import provenance, write_json
     from ..io.tractogram import load_tractogram
 
     if args.json is not None:
-        check_output(args.json, args.force)
+        check_outputs([args.json], args.force)
+        if args.json.resolve() == args.tractogram.resolve():
+            raise ConfigError(f"--json {args.json} would overwrite the tractogram being scored")
     config = load_scoring(args.phantom)
     reference = args.reference
     if reference is None:
@@ -48,6 +58,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         reference = mask if mask.is_file() else config.reference
     start = time.perf_counter()
     tractogram = load_tractogram(args.tractogram, reference=reference)
+    if tuple(tractogram.dimensions) != config.shape or not np.allclose(tractogram.affine, config.affine, atol=1e-4):
+        raise InputError(args.tractogram, f"is on grid {tuple(tractogram.dimensions)} but the ground truth of "
+                                          f"{config.path} is on {config.shape} (or their affines differ)")
+    outside = count_off_grid(tractogram.streamlines, config.shape)
+    if outside:
+        log.warning("%d streamline(s) have points off the grid; their off-grid parts are ignored and their ends "
+                    "take the nearest voxel (scilpy refuses such tractograms)", outside)
     result = score(tractogram.streamlines, config)
     seconds = time.perf_counter() - start
     print(f"{args.tractogram} against {config.path} ({seconds:.1f} s)")

@@ -147,14 +147,14 @@ class OverlapScores:
     dice : float
         2|A∩B| / (|A| + |B|).
     wdice : float
-        Weighted Dice of the (thresholded) density maps, each normalised to sum 1.
+        Weighted Dice of the (thresholded) density maps, raw streamline counts as weights.
     overlap : float
         |A∩B| / |B|, the share of the reference recovered (Tractometer OL).
     overreach : float
         |A\\B| / |A|, the share of the recovered volume outside the reference; NaN when A
         is empty.
     overreach_reference : float
-        |A\\B| / |B| (Tractometer OR; may exceed 1).
+        |A\\B| / |B| (the Tractometer's OR_pct_gt; may exceed 1).
     voxels : int
         |A|, voxels of the recovered bundle.
     reference_voxels : int

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..io.nifti import load_nifti
-from .traversal import endpoint_voxels, streamline_voxels
+from .traversal import endpoint_voxels, traversed_voxels
 
 SUPPORTED_KEYS = {"head", "tail", "gt_mask"}
 
@@ -62,8 +62,10 @@ class ScoringConfig:
 
 
 def _mask(path: Path, config: Path, grid: tuple | None) -> tuple[np.ndarray, tuple]:
-    if not path.is_file():
+    if not path.exists():
         raise InputError(config, f"refers to {path}, which does not exist")
+    if not path.is_file():
+        raise InputError(config, f"refers to {path}, which is not a file")
     img = load_nifti(path, "mask")
     if img.ndim != 3:
         raise InputError(path, f"a mask must be 3D, got shape {img.shape}")
@@ -100,6 +102,9 @@ def load_scoring(path: str | Path, gt_dir: str | Path | None = None) -> ScoringC
                                    f"{sorted(SUPPORTED_KEYS)} (scilpy's head/tail configuration)")
         if "head" not in entry or "tail" not in entry:
             raise InputError(path, f"bundle {name!r} needs both 'head' and 'tail'")
+        for key, value in entry.items():
+            if not isinstance(value, str) or not value:
+                raise InputError(path, f"bundle {name!r}: {key!r} must be a file path, got {value!r}")
         files = {k: str(root / entry[k]) for k in entry}
         head, grid = _mask(Path(files["head"]), path, grid)
         tail, grid = _mask(Path(files["tail"]), path, grid)
@@ -114,10 +119,14 @@ def load_scoring(path: str | Path, gt_dir: str | Path | None = None) -> ScoringC
 
 @dataclass
 class Segmentation:
-    """Which streamlines are VS of which bundle, IC of which ROI pair, or NC (indices)."""
+    """Which streamlines are VS of which bundle, IC of which ROI pair, or NC (indices).
+
+    ``ic`` is a list of (name, indices) in pair order: two pairs may share a name (ROI
+    files with the same name in different folders), as in scilpy.
+    """
 
     vs: dict[str, np.ndarray]
-    ic: dict[str, np.ndarray]
+    ic: list[tuple[str, np.ndarray]]
     nc: np.ndarray
     total: int
 
@@ -133,32 +142,33 @@ def _ends(streamlines, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return out_first, out_last, has
 
 
-def _joins(first, last, roi_a, roi_b) -> np.ndarray:
-    fa, fb = roi_a[tuple(first.T)], roi_b[tuple(first.T)]
-    la, lb = roi_a[tuple(last.T)], roi_b[tuple(last.T)]
-    return (fa & lb) | (la & fb)
-
-
 def segment(streamlines, config: ScoringConfig) -> Segmentation:
     """Assign every streamline (voxel space, centres at integers) to one VS bundle, one IC pair or NC."""
     first, last, has = _ends(streamlines, config.shape)
-    remaining = np.flatnonzero(has)
-    vs = {}
-    for b in config.bundles:
-        hit = _joins(first[remaining], last[remaining], b.head, b.tail)
-        vs[b.name], remaining = remaining[hit], remaining[~hit]
-    rois = {}
+    rois: dict[str, np.ndarray] = {}
     for b in config.bundles:
         rois.setdefault(b.tail_file, b.tail)
         rois.setdefault(b.head_file, b.head)
-    pairs = list(itertools.combinations(sorted(rois), 2))
+    # which ROIs hold each streamline's first and last point, looked up once
+    in_first = {f: roi[tuple(first.T)] for f, roi in rois.items()}
+    in_last = {f: roi[tuple(last.T)] for f, roi in rois.items()}
+
+    def joins(file_a: str, file_b: str, ids: np.ndarray) -> np.ndarray:
+        return (in_first[file_a][ids] & in_last[file_b][ids]) | (in_last[file_a][ids] & in_first[file_b][ids])
+
+    remaining = np.flatnonzero(has)
+    vs = {}
+    for b in config.bundles:
+        hit = joins(b.head_file, b.tail_file, remaining)
+        vs[b.name], remaining = remaining[hit], remaining[~hit]
     own = {tuple(sorted((b.tail_file, b.head_file))) for b in config.bundles}
-    pairs = [p for p in pairs if p not in own]
-    ic = {}
-    for file_a, file_b in pairs:
-        hit = _joins(first[remaining], last[remaining], rois[file_a], rois[file_b])
+    ic = []
+    for file_a, file_b in itertools.combinations(sorted(rois), 2):
+        if (file_a, file_b) in own or remaining.size == 0:
+            continue
+        hit = joins(file_a, file_b, remaining)
         if hit.any():
-            ic[f"{_stem(file_a)}_{_stem(file_b)}"] = remaining[hit]
+            ic.append((f"{_stem(file_a)}_{_stem(file_b)}", remaining[hit]))
             remaining = remaining[~hit]
     nc = np.sort(np.concatenate([remaining, np.flatnonzero(~has)]))
     return Segmentation(vs, ic, nc, len(streamlines))
@@ -180,10 +190,7 @@ def _f1(overlap: float, overreach: float) -> float:
 
 
 def _voxel_map(streamlines, shape) -> np.ndarray:
-    out = np.zeros(int(np.prod(shape)), dtype=bool)
-    _, flat = streamline_voxels(streamlines, shape)
-    out[flat] = True
-    return out.reshape(shape)
+    return traversed_voxels(streamlines, shape)
 
 
 def bundle_scores(streamlines, gt_mask: np.ndarray | None, shape) -> dict:
@@ -228,7 +235,7 @@ def score(streamlines, config: ScoringConfig) -> TractometerResult:
     seg = segment(streamlines, config)
     total = seg.total
     vs_count = sum(len(v) for v in seg.vs.values())
-    ic_count = sum(len(v) for v in seg.ic.values())
+    ic_count = sum(len(ids) for _, ids in seg.ic)
     nc_count = len(seg.nc)
 
     def ratio(n: int) -> float:
@@ -237,7 +244,7 @@ def score(streamlines, config: ScoringConfig) -> TractometerResult:
     scores: dict = {
         "total_streamlines": total, "VB": sum(1 for v in seg.vs.values() if len(v)), "VS": vs_count,
         "VS_ratio": ratio(vs_count), "IS": ic_count + nc_count, "IS_ratio": ratio(ic_count + nc_count),
-        "IB": sum(1 for v in seg.ic.values() if len(v)), "IC": ic_count, "IC_ratio": ratio(ic_count),
+        "IB": sum(1 for _, ids in seg.ic if len(ids)), "IC": ic_count, "IC_ratio": ratio(ic_count),
         "NC": nc_count, "NC_ratio": ratio(nc_count),
     }
     bundle_wise: dict = {}
@@ -251,7 +258,7 @@ def score(streamlines, config: ScoringConfig) -> TractometerResult:
                 sums[key] += entry[key]
     bundle_wise["IB"] = {name: {"IC": len(ids), "nb_voxels": int(_voxel_map([streamlines[i] for i in ids],
                                                                              config.shape).sum())}
-                         for name, ids in seg.ic.items()}
+                         for name, ids in seg.ic}  # a repeated name keeps its last pair, as in scilpy
     scores["bundle_wise"] = bundle_wise
     if scored:
         scores.update(mean_OL=sums["OL"] / scored, mean_OR_gt=sums["OR_pct_gt"] / scored,

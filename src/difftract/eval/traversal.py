@@ -5,8 +5,11 @@ to voxel face in corner-origin voxel coordinates (voxel ``i`` spans [i, i+1)) an
 the voxel holding the midpoint of each piece; the last point of a streamline tags its
 own voxel. Doing the same walk with the same floating-point operations, here over all
 segments at once, gives the same voxels, including where a segment runs along a voxel
-face. Two cases scilpy leaves undefined are made sensible: parts of segments off the
-grid are clipped away, and a one-point streamline tags its own voxel.
+face. Three cases differ on purpose, where scilpy tags voxels that are not traversed:
+parts of segments off the grid are clipped away (scilpy writes out of its array), a tag
+on the grid's upper faces is dropped (scilpy's flat index wraps it to the opposite side),
+and a one-point streamline tags its own voxel (scilpy re-tags the previous streamline's
+last voxel).
 
 Coordinates: streamlines in memory have voxel centres at integers; they are shifted to
 the corner origin in float32, exactly as DIPY's ``StatefulTractogram.to_corner`` does,
@@ -138,6 +141,14 @@ def tagged_voxels(points: np.ndarray, lengths: np.ndarray,
     return sid_all[on_grid], vox_all[on_grid]
 
 
+def _points(streamlines: Sequence[np.ndarray], corner: bool) -> tuple[np.ndarray, np.ndarray]:
+    if not corner:
+        return to_corner(streamlines)
+    lengths = np.array([len(s) for s in streamlines], dtype=np.int64)
+    points = np.concatenate([np.asarray(s).reshape(-1, 3) for s in streamlines]) if lengths.sum() else np.zeros((0, 3))
+    return points, lengths
+
+
 def streamline_voxels(streamlines: Sequence[np.ndarray], shape: tuple[int, int, int], *,
                       corner: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Unique pairs (streamline index, C-order flat voxel index) of the voxels each streamline traverses.
@@ -145,13 +156,7 @@ def streamline_voxels(streamlines: Sequence[np.ndarray], shape: tuple[int, int, 
     ``streamlines`` have voxel centres at integers, or the corner origin with ``corner=True``
     (as DIPY's ``to_corner`` leaves them).
     """
-    if corner:
-        lengths = np.array([len(s) for s in streamlines], dtype=np.int64)
-        points = (np.concatenate([np.asarray(s).reshape(-1, 3) for s in streamlines])
-                  if lengths.sum() else np.zeros((0, 3)))
-    else:
-        points, lengths = to_corner(streamlines)
-    sid, vox = tagged_voxels(points, lengths, shape)
+    sid, vox = tagged_voxels(*_points(streamlines, corner), shape)
     flat = np.ravel_multi_index(tuple(vox.T), shape) if len(vox) else np.zeros(0, dtype=np.int64)
     pairs = np.unique(np.stack([sid, flat.astype(np.int64)], axis=1), axis=0) if len(sid) else np.zeros((0, 2),
                                                                                                        np.int64)
@@ -161,10 +166,11 @@ def streamline_voxels(streamlines: Sequence[np.ndarray], shape: tuple[int, int, 
 def traversed_voxels(streamlines: Sequence[np.ndarray], shape: tuple[int, int, int], *,
                      corner: bool = False) -> np.ndarray:
     """Boolean map of the voxels any streamline passes through (off-grid parts dropped)."""
-    out = np.zeros(int(np.prod(shape)), dtype=bool)
-    _, flat = streamline_voxels(streamlines, shape, corner=corner)
-    out[flat] = True
-    return out.reshape(shape)
+    points, lengths = _points(streamlines, corner)
+    out = np.zeros(shape, dtype=bool)
+    _, vox = tagged_voxels(points, lengths, shape)
+    out[tuple(vox.T)] = True
+    return out
 
 
 def endpoint_voxels(points: np.ndarray, shape: tuple[int, int, int], *, corner: bool = False) -> np.ndarray:
@@ -177,3 +183,13 @@ def endpoint_voxels(points: np.ndarray, shape: tuple[int, int, int], *, corner: 
     corner_points = points if corner else points + np.float32(0.5)
     idx = np.trunc(corner_points).astype(np.int64)
     return np.clip(idx, 0, np.asarray(shape) - 1)
+
+
+def count_off_grid(streamlines: Sequence[np.ndarray], shape: tuple[int, int, int]) -> int:
+    """Number of streamlines with a point outside the grid box (corner coordinates [0, dim])."""
+    points, lengths = to_corner(streamlines)
+    if len(points) == 0:
+        return 0
+    outside = np.any((points < 0) | (points > np.asarray(shape, dtype=np.float32)), axis=1)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    return int(np.unique(owner[outside]).size)
