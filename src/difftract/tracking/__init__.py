@@ -1,0 +1,1 @@
+"""Streamline tracking in torch (in progress: interpolation, stopping criteria and seeding so far)."""

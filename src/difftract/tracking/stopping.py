@@ -1,0 +1,64 @@
+"""Stopping criteria: where a streamline may go on, batched over points.
+
+Each criterion maps points ``(N, 3)`` (voxel coordinates) to DIPY's status codes:
+``TRACKPOINT`` (go on), ``ENDPOINT`` (stop here: the point is dropped, as DIPY does) or
+``OUTSIDEIMAGE``. Angle and length limits are the tracker's, not a criterion's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .interpolate import nearest, trilinear
+
+OUTSIDEIMAGE, INVALIDPOINT, TRACKPOINT, ENDPOINT = -1, 0, 1, 2
+
+
+def _volume(array, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+    if t.dim() != 3:
+        raise ConfigError(f"the {name} must be a 3D volume, got shape {tuple(t.shape)}")
+    return t
+
+
+@dataclass
+class BinaryCriterion:
+    """Go on while the nearest voxel (rounded coordinates) is in the mask (DIPY's BinaryStoppingCriterion)."""
+
+    mask: torch.Tensor
+
+    def __post_init__(self):
+        self.mask = _volume(self.mask, "mask") > 0
+
+    def to(self, device) -> BinaryCriterion:
+        return BinaryCriterion(self.mask.to(device))
+
+    def status(self, points: torch.Tensor) -> torch.Tensor:
+        value, inside = nearest(self.mask.to(points.device), points)
+        code = torch.where(value, TRACKPOINT, ENDPOINT)
+        return torch.where(inside, code, OUTSIDEIMAGE)
+
+
+@dataclass
+class ThresholdCriterion:
+    """Go on while the trilinear value of a map (FA, GFA) exceeds ``threshold`` (DIPY's ThresholdStoppingCriterion)."""
+
+    metric: torch.Tensor
+    threshold: float
+
+    def __post_init__(self):
+        self.metric = _volume(self.metric, "metric map")
+        if not np.isfinite(self.threshold):
+            raise ConfigError(f"the stopping threshold must be finite, got {self.threshold}")
+
+    def to(self, device) -> ThresholdCriterion:
+        return ThresholdCriterion(self.metric.to(device), self.threshold)
+
+    def status(self, points: torch.Tensor) -> torch.Tensor:
+        value, inside = trilinear(self.metric.to(device=points.device, dtype=points.dtype), points)
+        code = torch.where(value > self.threshold, TRACKPOINT, ENDPOINT)
+        return torch.where(inside, code, OUTSIDEIMAGE)
