@@ -1,0 +1,78 @@
+"""The ``peak`` direction rule: a smooth, differentiable blend of per-voxel peak vectors.
+
+At a point, each of the 8 surrounding voxels offers the one of its peaks closest to the
+previous direction (flipped to agree with it); the 8 are blended with the trilinear
+weights of DIPY's interpolation and normalised (EuDX-style). Choosing the peak is a
+discrete decision with no gradient, but the blend is a smooth function of the peak
+vectors and of the position, so gradients flow from streamline points back to the peak
+field (and through it to whatever produced it: a tensor fit, a network).
+
+A direction is invalid where no voxel offers a peak within ``max_angle`` of the
+previous direction, or where the point is outside the grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .integrators import normalize
+from .interpolate import inside_grid
+
+
+class PeakField:
+    """Direction getter over a ``(X, Y, Z, npeaks, 3)`` peak field (zero vectors: no peak).
+
+    Parameters
+    ----------
+    peaks : Tensor
+        Peak directions per voxel, any length (only their direction counts), data-array frame.
+    max_angle : float
+        Degrees; peaks farther than this from the previous direction are not followed.
+    """
+
+    def __init__(self, peaks: torch.Tensor, max_angle: float = 45.0):
+        if peaks.dim() == 4:
+            peaks = peaks.reshape(*peaks.shape[:3], -1, 3)
+        if peaks.dim() != 5 or peaks.shape[-1] != 3:
+            raise ValueError(f"peaks must be (X, Y, Z, npeaks, 3) or (X, Y, Z, 3 * npeaks), got {tuple(peaks.shape)}")
+        self.peaks = peaks
+        self.cos_max_angle = math.cos(math.radians(max_angle))
+
+    def __call__(self, points: torch.Tensor, prev_dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.directions(points, prev_dirs)
+
+    def directions(self, points: torch.Tensor, prev_dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit directions ``(N, 3)`` and a validity mask ``(N,)``."""
+        peaks = self.peaks
+        dims = torch.tensor(peaks.shape[:3], device=points.device)
+        inside = inside_grid(peaks[..., 0, 0], points)
+        safe = torch.where(inside[:, None], points, torch.zeros_like(points))
+        floor = torch.floor(safe)
+        rem = safe - floor
+        flr = floor.long()
+        index = torch.stack([flr + (flr == -1).long(), flr + (flr != dims - 1).long()], dim=-1)
+        weights = torch.stack([1 - rem, rem], dim=-1)
+        flat = peaks.reshape(-1, peaks.shape[-2], 3)
+        blend = torch.zeros_like(points)
+        any_peak = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+        for i in range(2):
+            for j in range(2):
+                for k in range(2):
+                    cell = (index[:, 0, i] * dims[1] + index[:, 1, j]) * dims[2] + index[:, 2, k]
+                    candidates = flat[cell]                                    # (N, npeaks, 3)
+                    unit = normalize(candidates)
+                    cos = (unit * prev_dirs[:, None, :]).sum(dim=-1)           # signed
+                    present = torch.linalg.vector_norm(candidates, dim=-1) > 0
+                    score = torch.where(present, cos.abs(), torch.full_like(cos, -1.0))
+                    best = score.argmax(dim=1)
+                    chosen = unit[torch.arange(len(cell), device=cell.device), best]
+                    ok = score.max(dim=1).values >= self.cos_max_angle
+                    sign = torch.where(cos.gather(1, best[:, None])[:, 0] < 0, -1.0, 1.0).to(points.dtype)
+                    w = weights[:, 0, i] * weights[:, 1, j] * weights[:, 2, k] * ok.to(points.dtype)
+                    blend = blend + (w * sign)[:, None] * chosen
+                    any_peak = any_peak | (ok & (w > 0))
+        norm = torch.linalg.vector_norm(blend, dim=-1)
+        valid = inside & any_peak & (norm > 1e-8)
+        return normalize(blend), valid
