@@ -22,6 +22,30 @@ def inside_grid(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return ((points >= -0.5) & (points < upper)).all(dim=-1)
 
 
+def corners(shape: tuple[int, ...], points: torch.Tensor):
+    """The 8 neighbouring voxels of each point and their trilinear weights, in DIPY's order.
+
+    Yields ``(cell, weight)`` pairs: C-order flat voxel indices ``(N,)`` into a grid of
+    ``shape[:3]`` and weights ``(N,)`` (zero for points outside, see :func:`inside_grid`).
+    The half voxel beyond the outer centres replicates the edge voxel.
+    """
+    dims = torch.tensor(shape[:3], device=points.device)
+    upper = dims.to(points.dtype) - 0.5
+    inside = ((points >= -0.5) & (points < upper)).all(dim=-1)
+    safe = torch.where(inside[:, None], points, torch.zeros_like(points))
+    floor = torch.floor(safe)
+    rem = safe - floor
+    flr = floor.long()
+    index = torch.stack([flr + (flr == -1).long(),            # the half voxel below the first centre
+                         flr + (flr != dims - 1).long()], -1)  # the half voxel above the last centre
+    weights = torch.stack([1 - rem, rem], dim=-1) * inside[:, None, None].to(points.dtype)
+    for i in range(2):                                          # the order of DIPY's loops (same rounding)
+        for j in range(2):
+            for k in range(2):
+                cell = (index[:, 0, i] * dims[1] + index[:, 1, j]) * dims[2] + index[:, 2, k]
+                yield cell, weights[:, 0, i] * weights[:, 1, j] * weights[:, 2, k]
+
+
 def trilinear(volume: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Trilinear samples of ``volume`` ``(X, Y, Z)`` or ``(X, Y, Z, C)`` at ``points`` ``(N, 3)``.
 
@@ -33,27 +57,11 @@ def trilinear(volume: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor,
     """
     scalar = volume.dim() == 3
     vol = volume.unsqueeze(-1) if scalar else volume
-    dims = _dims(vol, points.device)
-    inside = inside_grid(vol, points)
-    safe = torch.where(inside[:, None], points, torch.zeros_like(points))
-    floor = torch.floor(safe)
-    rem = safe - floor
-    flr = floor.long()
-    low = flr + (flr == -1).long()                      # the half voxel below the first centre
-    high = flr + (flr != dims - 1).long()               # the half voxel above the last centre
-    weights = torch.stack([1 - rem, rem], dim=-1)       # (N, 3, 2)
-    index = torch.stack([low, high], dim=-1)            # (N, 3, 2)
     flat = vol.reshape(-1, vol.shape[-1])
-    strides = (dims[1] * dims[2], dims[2])
     out = torch.zeros(points.shape[0], vol.shape[-1], dtype=vol.dtype, device=vol.device)
-    for i in range(2):                                  # the order of DIPY's loops (same rounding)
-        for j in range(2):
-            for k in range(2):
-                w = weights[:, 0, i] * weights[:, 1, j] * weights[:, 2, k]
-                cell = index[:, 0, i] * strides[0] + index[:, 1, j] * strides[1] + index[:, 2, k]
-                out = out + w[:, None].to(vol.dtype) * flat[cell]
-    out = out * inside[:, None].to(out.dtype)
-    return (out[:, 0] if scalar else out), inside
+    for cell, w in corners(vol.shape, points):
+        out = out + w[:, None].to(vol.dtype) * flat[cell]
+    return (out[:, 0] if scalar else out), inside_grid(vol, points)
 
 
 def nearest(volume: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

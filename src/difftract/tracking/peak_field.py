@@ -18,7 +18,7 @@ import math
 import torch
 
 from .integrators import normalize
-from .interpolate import inside_grid
+from .interpolate import corners, inside_grid
 
 
 class PeakField:
@@ -46,33 +46,22 @@ class PeakField:
     def directions(self, points: torch.Tensor, prev_dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit directions ``(N, 3)`` and a validity mask ``(N,)``."""
         peaks = self.peaks
-        dims = torch.tensor(peaks.shape[:3], device=points.device)
-        inside = inside_grid(peaks[..., 0, 0], points)
-        safe = torch.where(inside[:, None], points, torch.zeros_like(points))
-        floor = torch.floor(safe)
-        rem = safe - floor
-        flr = floor.long()
-        index = torch.stack([flr + (flr == -1).long(), flr + (flr != dims - 1).long()], dim=-1)
-        weights = torch.stack([1 - rem, rem], dim=-1)
         flat = peaks.reshape(-1, peaks.shape[-2], 3)
+        rows = torch.arange(points.shape[0], device=points.device)
         blend = torch.zeros_like(points)
         any_peak = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
-        for i in range(2):
-            for j in range(2):
-                for k in range(2):
-                    cell = (index[:, 0, i] * dims[1] + index[:, 1, j]) * dims[2] + index[:, 2, k]
-                    candidates = flat[cell]                                    # (N, npeaks, 3)
-                    unit = normalize(candidates)
-                    cos = (unit * prev_dirs[:, None, :]).sum(dim=-1)           # signed
-                    present = torch.linalg.vector_norm(candidates, dim=-1) > 0
-                    score = torch.where(present, cos.abs(), torch.full_like(cos, -1.0))
-                    best = score.argmax(dim=1)
-                    chosen = unit[torch.arange(len(cell), device=cell.device), best]
-                    ok = score.max(dim=1).values >= self.cos_max_angle
-                    sign = torch.where(cos.gather(1, best[:, None])[:, 0] < 0, -1.0, 1.0).to(points.dtype)
-                    w = weights[:, 0, i] * weights[:, 1, j] * weights[:, 2, k] * ok.to(points.dtype)
-                    blend = blend + (w * sign)[:, None] * chosen
-                    any_peak = any_peak | (ok & (w > 0))
+        for cell, weight in corners(peaks.shape, points):
+            candidates = flat[cell]                                            # (N, npeaks, 3)
+            unit = normalize(candidates)
+            cos = (unit * prev_dirs[:, None, :]).sum(dim=-1)                   # signed
+            present = torch.linalg.vector_norm(candidates, dim=-1) > 0
+            score = torch.where(present, cos.abs(), torch.full_like(cos, -1.0))
+            best = score.argmax(dim=1)
+            ok = score.max(dim=1).values >= self.cos_max_angle
+            sign = torch.where(cos[rows, best] < 0, -1.0, 1.0).to(points.dtype)
+            w = weight * ok.to(points.dtype)
+            blend = blend + (w * sign)[:, None] * unit[rows, best]
+            any_peak = any_peak | (ok & (w > 0))
         norm = torch.linalg.vector_norm(blend, dim=-1)
-        valid = inside & any_peak & (norm > 1e-8)
+        valid = inside_grid(peaks[..., 0, 0], points) & any_peak & (norm > 1e-8)
         return normalize(blend), valid
