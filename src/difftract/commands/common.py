@@ -69,9 +69,6 @@ def output_files(*paths: Path | None, sidecars: tuple[Path | None, ...] = ()) ->
 
 def qc_path(output: Path) -> Path:
     """``out/SH.nii.gz`` -> ``out/SH_qc.png``."""
-    name = output.name
-    for ext in (".nii.gz", ".nii", ".trk", ".tck", ".trx"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return output.with_name(f"{name}_qc.png")
+    from ..io.sidecar import data_stem
+
+    return output.with_name(f"{data_stem(output)}_qc.png")

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..io.nifti import load_nifti
+from ..io.sidecar import data_stem
 from .traversal import endpoint_voxels, traversed_voxels
 
 SUPPORTED_KEYS = {"head", "tail", "gt_mask"}
@@ -168,18 +169,10 @@ def segment(streamlines, config: ScoringConfig) -> Segmentation:
             continue
         hit = joins(file_a, file_b, remaining)
         if hit.any():
-            ic.append((f"{_stem(file_a)}_{_stem(file_b)}", remaining[hit]))
+            ic.append((f"{data_stem(file_a)}_{data_stem(file_b)}", remaining[hit]))
             remaining = remaining[~hit]
     nc = np.sort(np.concatenate([remaining, np.flatnonzero(~has)]))
     return Segmentation(vs, ic, nc, len(streamlines))
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
 
 
 def _f1(overlap: float, overreach: float) -> float:

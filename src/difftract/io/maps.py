@@ -14,7 +14,6 @@ import numpy as np
 
 from .atomic import atomic_directory
 from .nifti import save_nifti
-from .sidecar import write_sidecar
 
 
 def save_maps(out_dir: str | Path, maps: dict[str, tuple[np.ndarray, str]], affine: np.ndarray,
@@ -41,8 +40,8 @@ def save_maps(out_dir: str | Path, maps: dict[str, tuple[np.ndarray, str]], affi
         for name, (array, description) in maps.items():
             data = np.asarray(array)
             data = data.astype(np.float32) if data.dtype.kind == "f" else data
-            save_nifti(tmp / f"{name}.nii.gz", data, affine)
-            write_sidecar(tmp / f"{name}.nii.gz", {**record, "map": name, "description": description})
+            save_nifti(tmp / f"{name}.nii.gz", data, affine,
+                       sidecar={**record, "map": name, "description": description})
         if extra is not None:
             extra(tmp)
     return {name: out_dir / f"{name}.nii.gz" for name in maps}

@@ -23,14 +23,18 @@ DATA_SUFFIXES = (".nii.gz", ".nii", ".trk", ".tck", ".trx", ".png", ".html", ".p
                  ".bval", ".bvec", ".txt", ".npz", ".h5")
 
 
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON sidecar's path for an output ``path``."""
-    path = Path(path)
-    name = path.name
+def data_stem(path: str | Path) -> str:
+    """A data file's name without its (possibly double) suffix: ``fa.nii.gz`` -> ``fa``."""
+    name = Path(path).name
     for suffix in DATA_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
-            return path.with_name(name[: -len(suffix)] + ".json")
-    return path.with_name(name + ".json")
+            return name[: -len(suffix)]
+    return name
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar's path for an output ``path``."""
+    return Path(path).with_name(data_stem(path) + ".json")
 
 
 def _versions() -> dict[str, str]:
