@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..io.nifti import load_nifti
 from ..io.sidecar import data_stem
-from .traversal import endpoint_voxels, traversed_voxels
+from .traversal import endpoint_voxels, to_corner, traversed_voxels
 
 SUPPORTED_KEYS = {"head", "tail", "gt_mask"}
 
@@ -130,17 +130,20 @@ class Segmentation:
     ic: list[tuple[str, np.ndarray]]
     nc: np.ndarray
     total: int
+    first: np.ndarray = field(repr=False)   # (S, 3) voxel of every streamline's first point
+    last: np.ndarray = field(repr=False)
 
 
 def _ends(streamlines, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxels of first and last points, and which streamlines have points at all."""
-    has = np.array([len(s) > 0 for s in streamlines], dtype=bool)
-    first = np.array([s[0] for s, h in zip(streamlines, has) if h], dtype=np.float32).reshape(-1, 3)
-    last = np.array([s[-1] for s, h in zip(streamlines, has) if h], dtype=np.float32).reshape(-1, 3)
-    out_first = np.zeros((len(streamlines), 3), dtype=np.int64)
-    out_last = np.zeros((len(streamlines), 3), dtype=np.int64)
-    out_first[has], out_last[has] = endpoint_voxels(first, shape), endpoint_voxels(last, shape)
-    return out_first, out_last, has
+    points, lengths = to_corner(streamlines)
+    has = lengths > 0
+    ends = np.cumsum(lengths)[has]
+    first = np.zeros((len(lengths), 3), dtype=np.int64)
+    last = np.zeros((len(lengths), 3), dtype=np.int64)
+    first[has] = endpoint_voxels(points[ends - lengths[has]], shape, corner=True)
+    last[has] = endpoint_voxels(points[ends - 1], shape, corner=True)
+    return first, last, has
 
 
 def segment(streamlines, config: ScoringConfig) -> Segmentation:
@@ -172,7 +175,7 @@ def segment(streamlines, config: ScoringConfig) -> Segmentation:
             ic.append((f"{data_stem(file_a)}_{data_stem(file_b)}", remaining[hit]))
             remaining = remaining[~hit]
     nc = np.sort(np.concatenate([remaining, np.flatnonzero(~has)]))
-    return Segmentation(vs, ic, nc, len(streamlines))
+    return Segmentation(vs, ic, nc, len(streamlines), first, last)
 
 
 def _f1(overlap: float, overreach: float) -> float:
@@ -186,8 +189,12 @@ def _voxel_map(streamlines, shape) -> np.ndarray:
     return traversed_voxels(streamlines, shape)
 
 
-def bundle_scores(streamlines, gt_mask: np.ndarray | None, shape) -> dict:
-    """scilpy's per-bundle entry: VS, TP, FP, FN, OL, OR_pct_vs, OR_pct_gt, f1, endpoint counts."""
+def bundle_scores(streamlines, gt_mask: np.ndarray | None, shape,
+                  endpoints: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """scilpy's per-bundle entry: VS, TP, FP, FN, OL, OR_pct_vs, OR_pct_gt, f1, endpoint counts.
+
+    ``endpoints`` (voxels of first and last points) saves looking them up again.
+    """
     result: dict = {"VS": len(streamlines)}
     if gt_mask is None:
         result["Scoring skipped"] = "No gt_mask provided"
@@ -201,8 +208,10 @@ def bundle_scores(streamlines, gt_mask: np.ndarray | None, shape) -> dict:
     fn = int(np.count_nonzero(gt_mask & ~voxels))
     overlap, or_vs, or_gt = tp / (tp + fn), (fp / (tp + fp) if tp + fp else 0), fp / (tp + fn)
     ends = np.zeros(shape, dtype=bool)
-    first, last, has = _ends(streamlines, shape)
-    ends[tuple(first[has].T)] = ends[tuple(last[has].T)] = True
+    if endpoints is None:
+        first, last, has = _ends(streamlines, shape)
+        endpoints = (first[has], last[has])
+    ends[tuple(endpoints[0].T)] = ends[tuple(endpoints[1].T)] = True
     result.update(TP=tp, FP=fp, FN=fn, OL=overlap, OR_pct_vs=or_vs, OR_pct_gt=or_gt, f1=_f1(overlap, or_vs),
                   endpoints_OL=int(np.count_nonzero(ends & gt_mask)),
                   endpoints_OR=int(np.count_nonzero(ends & ~gt_mask)))
@@ -243,7 +252,8 @@ def score(streamlines, config: ScoringConfig) -> TractometerResult:
     bundle_wise: dict = {}
     sums, scored = {"OL": 0.0, "OR_pct_gt": 0.0, "OR_pct_vs": 0.0, "f1": 0.0}, 0
     for b in config.bundles:
-        entry = bundle_scores([streamlines[i] for i in seg.vs[b.name]], b.gt_mask, config.shape)
+        ids = seg.vs[b.name]
+        entry = bundle_scores([streamlines[i] for i in ids], b.gt_mask, config.shape, (seg.first[ids], seg.last[ids]))
         bundle_wise[b.name] = entry
         if b.gt_mask is not None:
             scored += 1

@@ -64,16 +64,6 @@ def check_response(response) -> tuple[np.ndarray, float]:
     return evals, S0
 
 
-def _tensor_evals(gtab: GradientTable, rows: np.ndarray) -> np.ndarray:
-    """Eigenvalues ``(V, 3)`` of the WLS tensor fit (DIPY's numbers) of ``(V, N)`` rows."""
-    return TensorModel(gtab).fit(rows, progress=False).evals
-
-
-def _fa(evals: np.ndarray) -> np.ndarray:
-    """Fractional anisotropy of ``(V, 3)`` eigenvalues, 0 where undefined."""
-    return fractional_anisotropy(evals).numpy()
-
-
 def signal_mask(gtab: GradientTable, data: np.ndarray) -> np.ndarray:
     """Voxels whose mean b0 exceeds a fifth of its 99th percentile: a crude brain mask, so
     that the high FA of pure-noise background voxels never picks the response."""
@@ -112,7 +102,7 @@ def response_region(gtab: GradientTable, data: np.ndarray, mask: np.ndarray | No
         raise ValueError(f"mask shape {mask.shape} does not match the data grid {spatial}")
     b0 = data[..., np.asarray(gtab.b0s_mask)].mean(axis=-1)[mask]
     evals = TensorModel(gtab).fit(data, mask, progress=False).evals[mask]   # chunked: no copy of the data
-    fa = np.where(b0 > 0, _fa(evals), 0.0)
+    fa = np.where(b0 > 0, fractional_anisotropy(evals).numpy(), 0.0)
 
     ladder = [fa_threshold]                     # 0.7, 0.6, ..., fa_floor
     while ladder[-1] - FA_STEP > fa_floor + 1e-9:
@@ -144,7 +134,7 @@ def response_from_region(gtab: GradientTable, data: np.ndarray, region: np.ndarr
     rows = data[np.asarray(region, dtype=bool)]
     if len(rows) == 0:
         raise ConfigError("the response region is empty")
-    top = _tensor_evals(gtab, rows)[:, :2].mean(axis=0)
+    top = TensorModel(gtab).fit(rows, progress=False).evals[:, :2].mean(axis=0)
     S0 = float(np.mean(rows[:, np.asarray(gtab.b0s_mask)]))
     return np.array([top[0], top[1], top[1]]), S0
 
