@@ -26,12 +26,17 @@ import numpy as np
 MAX_STEPS = 100_000  # face crossings per segment, a guard against non-terminating input
 
 
-def to_corner(streamlines: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated corner-origin points (float32, P x 3) and the streamline lengths (S,)."""
+def _concat(streamlines: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All points (float32, P x 3) one streamline after another, and the streamline lengths (S,)."""
     lengths = np.array([len(s) for s in streamlines], dtype=np.int64)
     if lengths.sum() == 0:
         return np.zeros((0, 3), dtype=np.float32), lengths
-    points = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1, 3) for s in streamlines if len(s)])
+    return np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1, 3) for s in streamlines if len(s)]), lengths
+
+
+def to_corner(streamlines: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated corner-origin points (float32, P x 3) and the streamline lengths (S,)."""
+    points, lengths = _concat(streamlines)
     return points + np.float32(0.5), lengths
 
 
@@ -142,11 +147,7 @@ def tagged_voxels(points: np.ndarray, lengths: np.ndarray,
 
 
 def _points(streamlines: Sequence[np.ndarray], corner: bool) -> tuple[np.ndarray, np.ndarray]:
-    if not corner:
-        return to_corner(streamlines)
-    lengths = np.array([len(s) for s in streamlines], dtype=np.int64)
-    points = np.concatenate([np.asarray(s).reshape(-1, 3) for s in streamlines]) if lengths.sum() else np.zeros((0, 3))
-    return points, lengths
+    return _concat(streamlines) if corner else to_corner(streamlines)
 
 
 def streamline_voxels(streamlines: Sequence[np.ndarray], shape: tuple[int, int, int], *,
