@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .commands import fit, score
+from .commands import fit, score, track
 from .errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
@@ -114,13 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     fit.add_parser(sub)
+    track.add_parser(sub)
     score.add_parser(sub)
 
     demo = sub.add_parser(
         "demo", help="run the main job on the built-in fibercup phantom",
         description="Simulate the fibercup phantom, fit DTI and CSD (fODF and peaks) to it, write QC pictures, "
-                    "and score the ground-truth tractogram with the Tractometer (the ceiling a tracker can reach). "
-                    "(Tracking joins the demo when it lands.)",
+                    "track the fODF deterministically in the white matter, and score that tractogram and the "
+                    "ground truth (the ceiling a tracker can reach) with the Tractometer.",
         epilog="example:\n  difftract demo --out demo_out", formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("difftract_demo"), help="output directory (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -186,6 +187,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scan = [str(ph / "dwi.nii.gz"), str(ph / "dwi.bval"), str(ph / "dwi.bvec"), "--mask", str(ph / "mask.nii.gz")]
     steps = [["fit", "dti", *scan, "--out-dir", str(args.out / "dti")],
              ["fit", "csd", *scan, "--out", str(args.out / "fod.nii.gz"), "--peaks", str(args.out / "peaks.nii.gz")],
+             ["track", *scan, "--sh", str(args.out / "fod.nii.gz"), "--stop-mask", str(ph / "wm.nii.gz"),
+              "--seeds-per-voxel", "2", "--method", "det", "--seed", str(args.seed),
+              "--out", str(args.out / "tracks_det.trx")],
+             ["score", str(args.out / "tracks_det.trx"), "--phantom", str(ph),
+              "--json", str(args.out / "scores_det.json")],
              ["score", str(ph / "tractogram.trk"), "--phantom", str(ph),
               "--json", str(args.out / "scores_gt.json")]]
     for argv in steps:

@@ -16,7 +16,7 @@ from dipy.reconst.shm import real_sh_descoteaux
 from difftract.errors import ConfigError
 from difftract.phantom import PhantomConfig, simulate
 from difftract.reconst.csd import CsdModel
-from difftract.reconst.peaks import Peaks, _adjacency, _close_pairs, find_peaks, peaks_from_evecs, peaks_from_sh
+from difftract.reconst.peaks import Peaks, sphere_neighbours, close_pairs, find_peaks, peaks_from_evecs, peaks_from_sh
 from difftract.reconst.sh import SHFit, sh_basis
 
 RESPONSE = (np.array([0.0017, 0.0003, 0.0003]), 1000.0)
@@ -192,11 +192,11 @@ def test_a_lone_negative_maximum_is_no_peak():
     odf = -2 + 0.5 * np.exp(-10 * (1 - np.abs(default_sphere.vertices @ [0, 0, 1.0])))
     _, ref_values, _ = peak_directions(odf, default_sphere, relative_peak_threshold=0.5, min_separation_angle=25)
     assert np.all(ref_values <= 0)
-    ours_idx, ours_val = find_peaks(torch.as_tensor(odf)[None], torch.as_tensor(_adjacency(default_sphere.edges, 362)),
-                                    torch.as_tensor(_close_pairs(default_sphere.vertices, 25.0)), 0.5, 3)
+    ours_idx, ours_val = find_peaks(torch.as_tensor(odf)[None], torch.as_tensor(sphere_neighbours(default_sphere.edges, 362)),
+                                    torch.as_tensor(close_pairs(default_sphere.vertices, 25.0)), 0.5, 3)
     assert np.all(ours_idx.numpy() == -1) and np.all(ours_val.numpy() == 0)
-    shifted_idx, _ = find_peaks(torch.as_tensor(odf + 3)[None], torch.as_tensor(_adjacency(default_sphere.edges, 362)),
-                                torch.as_tensor(_close_pairs(default_sphere.vertices, 25.0)), 0.5, 3)
+    shifted_idx, _ = find_peaks(torch.as_tensor(odf + 3)[None], torch.as_tensor(sphere_neighbours(default_sphere.edges, 362)),
+                                torch.as_tensor(close_pairs(default_sphere.vertices, 25.0)), 0.5, 3)
     assert shifted_idx[0, 0] >= 0
 
 
@@ -210,8 +210,8 @@ def test_ties_and_plateaus_follow_dipy():
     odfs[-3] = 0.0
     odfs[-3, 7] = -1.0                                                # a single dip: a plateau of maxima
     for rel, angle in [(0.5, 25.0), (0.3, 45.0), (1.0, 10.0)]:
-        idx, val = find_peaks(torch.as_tensor(odfs), torch.as_tensor(_adjacency(sphere.edges, n)),
-                              torch.as_tensor(_close_pairs(sphere.vertices, angle)), rel, n)
+        idx, val = find_peaks(torch.as_tensor(odfs), torch.as_tensor(sphere_neighbours(sphere.edges, n)),
+                              torch.as_tensor(close_pairs(sphere.vertices, angle)), rel, n)
         for i, odf in enumerate(odfs):
             _, values, indices = peak_directions(odf, sphere, relative_peak_threshold=rel,
                                                  min_separation_angle=angle)

@@ -24,15 +24,16 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels to 0 instead of refusing")
 
 
-def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+def add_compute_arguments(parser: argparse.ArgumentParser,
+                          dtype_help: str = "compute precision; auto is float64 on CPU and float32 on GPU",
+                          chunk_help: str = "voxels fitted at once; bounds memory (default: the model's, e.g. "
+                                            "50000 for DTI, 2000 for CSD on CPU)") -> None:
     """--device, --dtype, --chunk-size."""
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N "
                                                          "(default: %(default)s)")
     parser.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
-                        help="compute precision; auto is float64 on CPU and float32 on GPU (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=int, default=None,
-                        help="voxels fitted at once; bounds memory (default: the model's, e.g. 50000 for DTI, "
-                             "2000 for CSD on CPU)")
+                        help=f"{dtype_help} (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=int, default=None, help=chunk_help)
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 

@@ -208,12 +208,15 @@ def _write_trk(t: Tractogram, path: Path) -> None:
     dps = {k: v.reshape(len(v), -1) for k, v in t.data_per_streamline.items()}
     tractogram = nib.streamlines.Tractogram(t.to_rasmm(), data_per_streamline=dps,
                                             data_per_point=dpp, affine_to_rasmm=np.eye(4))
-    # nibabel turns RAS mm into TrackVis voxmm (corner origin) from these fields.
-    header = {Field.VOXEL_TO_RASMM: t.affine.astype(np.float32),
-              Field.VOXEL_SIZES: np.asarray(t.voxel_sizes, dtype=np.float32),
-              Field.DIMENSIONS: np.asarray(t.dimensions, dtype=np.int16),
-              Field.VOXEL_ORDER: "".join(aff2axcodes(t.affine))}
-    TrkFile(tractogram, header=header).save(str(path))
+    TrkFile(tractogram, header=trk_header(t.affine, t.dimensions, t.voxel_sizes)).save(str(path))
+
+
+def trk_header(affine: np.ndarray, dimensions, voxel_sizes) -> dict:
+    """The .trk header fields of a grid; nibabel turns RAS mm into TrackVis voxmm (corner origin) from them."""
+    return {Field.VOXEL_TO_RASMM: np.asarray(affine).astype(np.float32),
+            Field.VOXEL_SIZES: np.asarray(voxel_sizes, dtype=np.float32),
+            Field.DIMENSIONS: np.asarray(dimensions, dtype=np.int16),
+            Field.VOXEL_ORDER: "".join(aff2axcodes(affine))}
 
 
 def _write_tck(t: Tractogram, path: Path) -> None:

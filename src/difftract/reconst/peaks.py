@@ -90,7 +90,7 @@ class Peaks:
         return cls(dirs, values, np.full(values.shape, -1, dtype=np.int64), {"source": "volume"})
 
 
-def _adjacency(edges: np.ndarray, n: int) -> np.ndarray:
+def sphere_neighbours(edges: np.ndarray, n: int) -> np.ndarray:
     """``(n, d)`` neighbour table from an edge list, short rows padded with the vertex itself."""
     edges = np.asarray(edges, dtype=np.int64)
     if edges.size and edges.max() >= n:
@@ -105,7 +105,7 @@ def _adjacency(edges: np.ndarray, n: int) -> np.ndarray:
     return table
 
 
-def _close_pairs(vertices: np.ndarray, angle: float) -> np.ndarray:
+def close_pairs(vertices: np.ndarray, angle: float) -> np.ndarray:
     """``(n, n)`` bool: vertex pairs within ``angle`` degrees, antipodes included
     (same arithmetic as DIPY's ``remove_similar_vertices``)."""
     v = np.asarray(vertices, dtype=np.float64)
@@ -221,8 +221,8 @@ def peaks_from_sh(sh: SHFit | np.ndarray, mask: np.ndarray | None = None, *, leg
     rows, mask = masked_rows(coeffs, mask)
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     basis = torch.as_tensor(B.T, device=device, dtype=dtype)
-    neighbours = torch.as_tensor(_adjacency(sphere.edges, len(vertices)), device=device)
-    close = torch.as_tensor(_close_pairs(vertices, min_separation_angle), device=device)
+    neighbours = torch.as_tensor(sphere_neighbours(sphere.edges, len(vertices)), device=device)
+    close = torch.as_tensor(close_pairs(vertices, min_separation_angle), device=device)
     vert = torch.as_tensor(vertices, device=device, dtype=dtype)
 
     def kernel(chunk: torch.Tensor) -> dict[str, torch.Tensor]:

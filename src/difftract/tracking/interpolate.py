@@ -22,32 +22,43 @@ def inside_grid(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return ((points >= -0.5) & (points < upper)).all(dim=-1)
 
 
-def corners(shape: tuple[int, ...], points: torch.Tensor):
+def corner_table(shape: tuple[int, ...], points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The 8 neighbouring voxels of each point and their trilinear weights, in DIPY's order.
 
-    Yields ``(cell, weight)`` pairs: C-order flat voxel indices ``(N,)`` into a grid of
-    ``shape[:3]`` and weights ``(N,)`` (zero for points outside, see :func:`inside_grid`).
-    The half voxel beyond the outer centres replicates the edge voxel.
+    Returns C-order flat voxel indices ``(N, 8)`` into a grid of ``shape[:3]`` and weights
+    ``(N, 8)`` (zero for points outside, see :func:`inside_grid`), corner ``4i + 2j + k``
+    being the x-, y-, z-offsets ``(i, j, k)``. The half voxel beyond the outer centres
+    replicates the edge voxel.
     """
     dims = torch.tensor(shape[:3], device=points.device)
     upper = dims.to(points.dtype) - 0.5
     inside = ((points >= -0.5) & (points < upper)).all(dim=-1)
-    safe = torch.where(inside[:, None], points, torch.zeros_like(points))
-    floor = torch.floor(safe)
-    rem = safe - floor
+    floor = torch.floor(points)
+    rem = points - floor
     flr = floor.long()
-    index = torch.stack([flr + (flr == -1).long(),            # the half voxel below the first centre
-                         flr + (flr != dims - 1).long()], -1)  # the half voxel above the last centre
-    weights = torch.stack([1 - rem, rem], dim=-1) * inside[:, None, None].to(points.dtype)
-    for i in range(2):                                          # the order of DIPY's loops (same rounding)
-        for j in range(2):
-            for k in range(2):
-                cell = (index[:, 0, i] * dims[1] + index[:, 1, j]) * dims[2] + index[:, 2, k]
-                yield cell, weights[:, 0, i] * weights[:, 1, j] * weights[:, 2, k]
+    last = dims - 1
+    # DIPY's i0 = f + (f == -1), i1 = f + (f != dim - 1) for inside points, clamped for the rest
+    index = torch.stack([flr.clamp(min=0), flr + 1], dim=-1)
+    index = torch.minimum(index, last[:, None]).clamp_(min=0)          # (N, 3, 2)
+    index = index * torch.tensor([shape[1] * shape[2], shape[2], 1], device=points.device)[:, None]
+    w = torch.stack([1 - rem, rem], dim=-1) * inside[:, None, None].to(points.dtype)   # (N, 3, 2)
+    cells = index[:, 0, :, None, None] + index[:, 1, None, :, None] + index[:, 2, None, None, :]
+    weights = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
+    return cells.reshape(-1, 8), weights.reshape(-1, 8)
+
+
+def corners(shape: tuple[int, ...], points: torch.Tensor):
+    """Iterate over :func:`corner_table`'s columns: ``(cell (N,), weight (N,))`` pairs."""
+    cells, weights = corner_table(shape, points)
+    for c in range(8):
+        yield cells[:, c], weights[:, c]
 
 
 def trilinear(volume: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Trilinear samples of ``volume`` ``(X, Y, Z)`` or ``(X, Y, Z, C)`` at ``points`` ``(N, 3)``.
+
+    The corners are summed in DIPY's order (fused multiply-adds may round the last bit
+    differently).
 
     Returns
     -------
@@ -58,9 +69,11 @@ def trilinear(volume: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor,
     scalar = volume.dim() == 3
     vol = volume.unsqueeze(-1) if scalar else volume
     flat = vol.reshape(-1, vol.shape[-1])
-    out = torch.zeros(points.shape[0], vol.shape[-1], dtype=vol.dtype, device=vol.device)
-    for cell, w in corners(vol.shape, points):
-        out = out + w[:, None].to(vol.dtype) * flat[cell]
+    cells, weights = corner_table(vol.shape, points)
+    weights = weights.to(vol.dtype)
+    out = flat.index_select(0, cells[:, 0]) * weights[:, :1]
+    for c in range(1, 8):
+        out.addcmul_(flat.index_select(0, cells[:, c]), weights[:, c:c + 1])
     return (out[:, 0] if scalar else out), inside_grid(vol, points)
 
 

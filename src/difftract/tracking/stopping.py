@@ -34,8 +34,13 @@ class BinaryCriterion:
     def __post_init__(self):
         self.mask = _volume(self.mask, "mask") > 0
 
-    def to(self, device) -> BinaryCriterion:
+    def to(self, device, dtype: torch.dtype | None = None) -> BinaryCriterion:
         return BinaryCriterion(self.mask.to(device))
+
+    def margin(self, points: torch.Tensor) -> torch.Tensor:
+        """The trilinear mask value minus 0.5: positive well inside, negative outside (soft stopping)."""
+        value, _ = trilinear(self.mask.to(points.dtype), points)
+        return value - 0.5
 
     def status(self, points: torch.Tensor) -> torch.Tensor:
         value, inside = nearest(self.mask.to(points.device), points)
@@ -55,8 +60,13 @@ class ThresholdCriterion:
         if not np.isfinite(self.threshold):
             raise ConfigError(f"the stopping threshold must be finite, got {self.threshold}")
 
-    def to(self, device) -> ThresholdCriterion:
-        return ThresholdCriterion(self.metric.to(device), self.threshold)
+    def to(self, device, dtype: torch.dtype | None = None) -> ThresholdCriterion:
+        return ThresholdCriterion(self.metric.to(device=device, dtype=dtype or self.metric.dtype), self.threshold)
+
+    def margin(self, points: torch.Tensor) -> torch.Tensor:
+        """The trilinear value minus the threshold (soft stopping)."""
+        value, _ = trilinear(self.metric.to(points.dtype), points)
+        return value - self.threshold
 
     def status(self, points: torch.Tensor) -> torch.Tensor:
         value, inside = trilinear(self.metric.to(device=points.device, dtype=points.dtype), points)

@@ -1,0 +1,285 @@
+"""The tracker: every active streamline advances together, seeds in chunks of bounded memory.
+
+For a chunk of seeds the getter gives the initial directions (none, one or several per
+seed); every streamline then grows a forward half along its initial direction and a
+backward half from the seed the other way, each half one batched loop:
+
+1. the integrator asks the getter for the next direction and moves (Euler, RK2, RK4);
+2. a failed direction (nothing in the cone, off the grid) ends the half with no new point;
+3. the stopping criterion checks the new point; any status but TRACKPOINT ends the half
+   and the point is dropped, as DIPY does (the seed itself is never checked);
+4. a half runs at most ``max_points - 1`` steps and keeps at most ``max_points - 2``
+   points (DIPY's buffer rule);
+
+and only the streamlines still going stay in the batch. A streamline is the reversed
+backward half, the seed once, then the forward half. It is kept when
+``min_points <= n <= max_points`` with ``max_points = int(max_len_mm / step_mm)`` and
+``min_points = int(min_len_mm / step_mm)`` (DIPY's rule: longer ones are discarded, not
+truncated; DIPY's det and prob trackers also truncate the lengths to whole mm first), and, unless ``return_all``, when both halves ended at a stopping point
+(ENDPOINT or OUTSIDEIMAGE) rather than failing to find a direction.
+
+The backward half starts against the first forward step (the normalised voxel-space
+difference of its first point and the seed) when the forward half moved, else against the
+initial direction: DIPY's rule.
+
+Differentiable mode keeps the autograd graph: the returned points are functions of the
+field (and of whatever made it). Stopping and direction choices are discrete decisions
+(boolean masks) with no gradient; ``soft_stop`` adds a per-point weight, the running
+product of ``sigmoid(margin / soft_stop)`` of the criterion, for losses that should
+feel how close a streamline came to stopping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .integrators import INTEGRATORS, normalize, step
+from .stopping import ENDPOINT, OUTSIDEIMAGE, TRACKPOINT
+
+
+@dataclass
+class TrackingParams:
+    """How streamlines grow. Lengths and steps in mm; angles in degrees (the getter's cone)."""
+
+    step_mm: float = 1.0
+    min_len_mm: float = 20.0
+    max_len_mm: float = 250.0
+    integrator: str = "euler"
+    return_all: bool = True
+
+    def __post_init__(self):
+        if not (np.isfinite(self.step_mm) and self.step_mm > 0):
+            raise ConfigError(f"step size must be a positive number of mm, got {self.step_mm}")
+        if not (0 <= self.min_len_mm <= self.max_len_mm and np.isfinite(self.max_len_mm)):
+            raise ConfigError(f"need 0 <= min length <= max length (finite), got {self.min_len_mm} "
+                              f"and {self.max_len_mm} mm")
+        if self.integrator not in INTEGRATORS:
+            raise ConfigError(f"unknown integrator {self.integrator!r}; expected one of {', '.join(INTEGRATORS)}")
+        if self.max_points < 2:
+            raise ConfigError(f"max length {self.max_len_mm} mm is under two steps of {self.step_mm} mm")
+
+    @property
+    def max_points(self) -> int:
+        return int(self.max_len_mm / self.step_mm)
+
+    @property
+    def min_points(self) -> int:
+        return int(self.min_len_mm / self.step_mm)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "max_points": self.max_points, "min_points": self.min_points}
+
+
+@dataclass
+class Streamlines:
+    """A chunk of streamlines, packed: ``points (P, 3)`` voxel coordinates, ``lengths (S,)``.
+
+    ``seed_index`` is each streamline's seed (global index into the seeds given),
+    ``weights (P,)`` the soft-stop weights when asked for.
+    """
+
+    points: torch.Tensor
+    lengths: torch.Tensor
+    seed_index: torch.Tensor
+    weights: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def split(self) -> list[torch.Tensor]:
+        """One ``(n_i, 3)`` tensor per streamline."""
+        return list(torch.split(self.points, self.lengths.tolist()))
+
+
+def _take(state, index):
+    """Rows ``index`` of a getter state (None, a tensor, or a dict of tensors and others)."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state[index]
+    if isinstance(state, dict):
+        return {k: (_take(v, index) if isinstance(v, (torch.Tensor, dict)) else v) for k, v in state.items()}
+    raise TypeError(f"cannot select rows of a getter state of type {type(state).__name__}")
+
+
+@dataclass
+class _Half:
+    ids: torch.Tensor        # (P,) streamline of each recorded point, in step order
+    steps: torch.Tensor      # (P,) 1-based position within its half
+    points: torch.Tensor     # (P, 3)
+    weights: torch.Tensor | None
+    count: torch.Tensor      # (S,) points kept
+    status: torch.Tensor     # (S,) last stopping status
+    dropped: torch.Tensor    # (S,) went past max_points: discarded
+
+
+class Tracker:
+    """Track streamlines from seeds with one getter and one stopping criterion.
+
+    Parameters
+    ----------
+    getter
+        A direction getter (see :mod:`.getters`).
+    criterion
+        A stopping criterion with ``status(points)`` (see :mod:`.stopping`).
+    voxel_sizes : sequence of 3 float
+        mm per voxel along each axis; steps in mm become ``dir / voxel_size * step_mm``.
+    params : TrackingParams
+    device, dtype
+        Where and in which precision to track (float32 by default, float64 for equivalence).
+    chunk_size : int
+        Seeds tracked at once (bounds memory).
+    differentiable : bool
+        Keep the autograd graph (no ``torch.no_grad``).
+    soft_stop : float, optional
+        Temperature of the soft stopping weights (differentiable mode).
+    """
+
+    def __init__(self, getter, criterion, voxel_sizes, params: TrackingParams | None = None, *,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk_size: int = 10_000,
+                 differentiable: bool = False, soft_stop: float | None = None):
+        if chunk_size < 1:
+            raise ConfigError(f"chunk size must be at least 1, got {chunk_size}")
+        sizes = np.asarray(voxel_sizes, dtype=np.float64)
+        if sizes.shape != (3,) or not np.all(sizes > 0):
+            raise ConfigError(f"voxel sizes must be three positive numbers, got {voxel_sizes}")
+        if soft_stop is not None and not hasattr(criterion, "margin"):
+            raise ConfigError(f"{type(criterion).__name__} has no margin for soft stopping")
+        self.params = params or TrackingParams()
+        self.device, self.dtype = torch.device(device), dtype
+        self.getter = getter.to(self.device, dtype)
+        self.criterion = criterion.to(self.device, dtype)
+        self.inv_voxel = torch.as_tensor(1.0 / sizes, device=self.device, dtype=dtype)
+        self.chunk_size = int(chunk_size)
+        self.differentiable = differentiable
+        self.soft_stop = soft_stop
+
+    # ------------------------------------------------------------------ public
+    def track(self, seeds, seed: int = 0, progress=None) -> Iterator[Streamlines]:
+        """Yield the streamlines of each chunk of ``seeds`` (``(N, 3)`` voxel coordinates), in seed order.
+
+        ``seed`` derives each chunk's torch Generator (used by random getters), so a
+        chunk's result depends only on ``seed``, its seeds and the device.
+        """
+        seeds = torch.as_tensor(seeds)
+        if seeds.dim() != 2 or seeds.shape[1] != 3:
+            raise ConfigError(f"seeds must be an (N, 3) array of voxel coordinates, got shape {tuple(seeds.shape)}")
+        for k, start in enumerate(range(0, len(seeds), self.chunk_size)):
+            chunk = seeds[start:start + self.chunk_size].to(self.device, self.dtype)
+            generator = torch.Generator(self.device).manual_seed(_chunk_seed(seed, k))
+            with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+                out = self._track_chunk(chunk, generator)
+            out.seed_index = out.seed_index + start
+            if progress is not None:
+                progress.update(len(chunk))
+            yield out
+
+    # ------------------------------------------------------------------ one chunk
+    def _track_chunk(self, seeds: torch.Tensor, generator: torch.Generator) -> Streamlines:
+        g, p = self.getter, self.params
+        dirs0, seed_index = g.seed_directions(seeds)
+        x0 = seeds[seed_index]
+        S = len(x0)
+        state = g.init(x0, dirs0, generator)
+        fwd = self._half(x0, dirs0, state, budget=None)
+        moved = fwd.count > 0
+        first = torch.zeros_like(x0)
+        is_first = fwd.steps == 1
+        first[fwd.ids[is_first]] = fwd.points[is_first]
+        back_dirs = torch.where(moved[:, None], normalize(first - x0), dirs0)
+        state = g.init(x0, -back_dirs, generator)
+        bwd = self._half(x0, -back_dirs, state, budget=p.max_points - 1 - fwd.count)
+
+        n = bwd.count + 1 + fwd.count
+        keep = ~bwd.dropped & (n >= p.min_points) & (n <= p.max_points)
+        if not p.return_all:
+            stopped = (fwd.status == ENDPOINT) | (fwd.status == OUTSIDEIMAGE)
+            keep &= stopped & ((bwd.status == ENDPOINT) | (bwd.status == OUTSIDEIMAGE))
+        return self._assemble(x0, fwd, bwd, n, keep, seed_index, S)
+
+    def _half(self, x0, dirs0, state, budget) -> _Half:
+        """Grow one half of every streamline; see the module docstring for the rules."""
+        S, M = len(x0), self.params.max_points
+        device = x0.device
+        active = torch.arange(S, device=device)
+        pts, d = x0, dirs0
+        weight = torch.ones(S, dtype=x0.dtype, device=device) if self.soft_stop else None
+        count = torch.zeros(S, dtype=torch.long, device=device)
+        status = torch.full((S,), TRACKPOINT, dtype=torch.long, device=device)
+        dropped = torch.zeros(S, dtype=torch.bool, device=device)
+        rec_ids, rec_steps, rec_pts, rec_w = [], [], [], []
+        cos_max = getattr(self.getter, "cos_max_angle", None)
+        for i in range(1, M):
+            if len(active) == 0:
+                break
+            states = []
+
+            def field(points, prev, _state=state, _states=states):
+                dirs, valid, new_state = self.getter.directions(points, prev, _state)
+                _states.append(new_state)
+                return dirs, valid
+
+            new, d_new, ok = step(field, pts, d, self.params.step_mm, self.params.integrator, cos_max, self.inv_voxel)
+            code = self.criterion.status(new)
+            status[active[ok]] = code[ok]
+            go = ok & (code == TRACKPOINT)
+            if self.soft_stop:
+                weight = weight * torch.sigmoid(self.criterion.margin(new) / self.soft_stop)
+            if budget is not None:
+                over = go & (i > budget[active])
+                dropped[active[over]] = True
+                go &= ~over
+            if i == M - 1:          # DIPY's last buffer slot: computed, never kept
+                break
+            active, pts, d = active[go], new[go], d_new[go]
+            rec_ids.append(active)
+            rec_steps.append(torch.full_like(active, i))
+            rec_pts.append(pts)
+            if self.soft_stop:
+                weight = weight[go]
+                rec_w.append(weight)
+            count[active] = i
+            state = _take(states[0], go)
+        cat = (lambda xs, empty: torch.cat(xs) if xs else empty)
+        empty_long = torch.zeros(0, dtype=torch.long, device=device)
+        return _Half(cat(rec_ids, empty_long), cat(rec_steps, empty_long),
+                     cat(rec_pts, x0.new_zeros(0, 3)),
+                     cat(rec_w, x0.new_zeros(0)) if self.soft_stop else None, count, status, dropped)
+
+    def _assemble(self, x0, fwd: _Half, bwd: _Half, n, keep, seed_index, S) -> Streamlines:
+        """Pack the kept streamlines: reversed backward half, seed, forward half."""
+        device = x0.device
+        new_id = torch.full((S,), -1, dtype=torch.long, device=device)
+        new_id[keep] = torch.arange(int(keep.sum()), device=device)
+        lengths = n[keep]
+        offsets = torch.cumsum(lengths, 0) - lengths
+        kept_bwd = bwd.count[keep]
+        total = int(lengths.sum())
+
+        def place(half: _Half, sign: int):
+            sel = keep[half.ids]
+            ids = new_id[half.ids[sel]]
+            return offsets[ids] + kept_bwd[ids] + sign * half.steps[sel], sel
+
+        pos_f, sel_f = place(fwd, 1)
+        pos_b, sel_b = place(bwd, -1)
+        pos_s = offsets + kept_bwd
+        index = torch.cat([pos_b, pos_s, pos_f])
+        points = torch.cat([bwd.points[sel_b], x0[keep], fwd.points[sel_f]])
+        out = x0.new_zeros(total, 3).index_put((index,), points)
+        weights = None
+        if self.soft_stop:
+            w = torch.cat([bwd.weights[sel_b], torch.ones(len(pos_s), dtype=x0.dtype, device=device),
+                           fwd.weights[sel_f]])
+            weights = x0.new_zeros(total).index_put((index,), w)
+        return Streamlines(out, lengths, seed_index[keep], weights)
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    """An independent 63-bit generator seed for chunk ``chunk`` of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(chunk)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
