@@ -230,12 +230,12 @@ class Tracker:
             go = ok & (code == TRACKPOINT)
             if self.soft_stop:
                 weight = weight * torch.sigmoid(self.criterion.margin(new) / self.soft_stop)
-            if budget is not None:
+            if i == M - 1:          # DIPY's last buffer slot: computed, never kept
+                break
+            if budget is not None:  # this point would make the streamline too long: discard it now
                 over = go & (i > budget[active])
                 dropped[active[over]] = True
                 go &= ~over
-            if i == M - 1:          # DIPY's last buffer slot: computed, never kept
-                break
             active, pts, d = active[go], new[go], d_new[go]
             rec_ids.append(active)
             rec_steps.append(torch.full_like(active, i))
