@@ -1,8 +1,8 @@
 """Tracking benchmark: difftract's batched torch trackers against DIPY 1.12's, and a million seeds.
 
-Run: ``.venv/bin/python benchmarks/bench_tracking.py`` (several minutes on 2 cores; ``--quick``
-for density-1 seeds and no million-seed run). Prints readable figures, then one JSON object
-as the last line.
+Run: ``.venv/bin/python benchmarks/bench_tracking.py`` (about 15 minutes on 2 cores, 10 of them
+the million-seed runs; ``--quick`` for density-1 seeds and no million-seed run, about a minute;
+``--quick --million`` adds it back). Prints readable figures, then one JSON object as the last line.
 
 Field: CSD fODFs (lmax 8, DIPY's legacy basis) of the fibercup phantom at SNR 20, as in
 ``compare_dipy_tracking.setup``; stopping: the binary white-matter mask; seeds: DIPY's
@@ -18,14 +18,16 @@ so torch's first-call warm-up is not timed):
   float64 (chunks of 20,000 seeds): streamlines/s, seeds/s, counts, and the seed-rate ratio
   difftract/DIPY (target >= 3); also float32 on one torch thread;
 - for completeness: DIPY ``probabilistic_tracking`` (2 threads) against ``prob``, and
-  ``closestpeak_tracking`` against ``closest`` on every 8th seed (both are slow: DIPY's
-  closest-peak is the single-threaded ``LocalTracking``, which keeps streamlines of every
-  length, so its count is given raw and after the same length filter);
+  ``closestpeak_tracking`` against ``closest`` on every 8th seed (DIPY's closest-peak is the
+  slow, single-threaded ``LocalTracking``, which keeps streamlines of every length, so its
+  count is given raw and after the same length filter);
 - unless ``--quick``: 1,000,000 random seeds over the white matter (``random_seeds`` with
   enough per voxel, truncated) with ``det`` in float32, each chunk counted and dropped: wall
   time, seeds/s, peak RSS (``ru_maxrss``) before, after the first chunk and at the end, and
-  the current RSS, to show memory stays bounded; when ``difftract.io.stream.open_writer``
-  exists, the same run streamed to a .trx file in a temporary directory (size, RSS);
+  the current RSS, to show memory stays bounded (the peak before already holds the earlier
+  runs' high-water mark, so the current RSS is the telling figure); when
+  ``difftract.io.stream.open_writer`` exists, the same run streamed to a .trx file in a
+  temporary directory (time, size, RSS);
 - with a GPU present, det in float32 on CUDA (chunks of 200,000 seeds).
 
 Every timing also gives the CPU that other processes used meanwhile (``others_cpu_cores``,
@@ -224,8 +226,9 @@ def main() -> None:
     print(f"ratio (difftract det / DIPY det, seeds/s): float32 {figures['ratio_det_float32']:.1f}x, "
           f"float64 {figures['ratio_det_float64']:.1f}x (target >= 3x)")
 
-    figures["million"] = million_run(field, wm, affine, voxel_sizes, 1_000_000) \
-        if (args.million or not args.quick) else None
+    figures["million"] = None
+    if args.million or not args.quick:
+        figures["million"] = million_run(field, wm, affine, voxel_sizes, 1_000_000)
 
     if torch.cuda.is_available():
         tracker = make_tracker("det", field, wm, voxel_sizes, device="cuda", chunk_size=200_000)
