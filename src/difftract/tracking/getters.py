@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ConfigError
 from ..reconst.peaks import find_peaks, local_maxima
-from .integrators import align, normalize
+from .integrators import normalize
 from .interpolate import nearest
 from .peak_field import PeakField
 from .sh_field import SHField
@@ -212,8 +212,8 @@ class PeakGetter:
         return dirs[index], index
 
     def directions(self, points, prev_dirs, state):
-        dirs, valid = self.field(points, prev_dirs)
-        return align(dirs, prev_dirs), valid, state
+        dirs, valid = self.field(points, prev_dirs)      # already blended to agree with prev_dirs
+        return dirs, valid, state
 
 
 def make_getter(method: str, *, sh: SHField | None = None, peaks: torch.Tensor | None = None,

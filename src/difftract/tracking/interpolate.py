@@ -22,13 +22,13 @@ def inside_grid(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return ((points >= -0.5) & (points < upper)).all(dim=-1)
 
 
-def corner_table(shape: tuple[int, ...], points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def corner_table(shape: tuple[int, ...], points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The 8 neighbouring voxels of each point and their trilinear weights, in DIPY's order.
 
     Returns C-order flat voxel indices ``(N, 8)`` into a grid of ``shape[:3]`` and weights
     ``(N, 8)`` (zero for points outside, see :func:`inside_grid`), corner ``4i + 2j + k``
     being the x-, y-, z-offsets ``(i, j, k)``. The half voxel beyond the outer centres
-    replicates the edge voxel.
+    replicates the edge voxel. Also returns the ``(N,)`` inside mask.
     """
     dims = torch.tensor(shape[:3], device=points.device)
     upper = dims.to(points.dtype) - 0.5
@@ -44,12 +44,12 @@ def corner_table(shape: tuple[int, ...], points: torch.Tensor) -> tuple[torch.Te
     w = torch.stack([1 - rem, rem], dim=-1) * inside[:, None, None].to(points.dtype)   # (N, 3, 2)
     cells = index[:, 0, :, None, None] + index[:, 1, None, :, None] + index[:, 2, None, None, :]
     weights = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
-    return cells.reshape(-1, 8), weights.reshape(-1, 8)
+    return cells.reshape(-1, 8), weights.reshape(-1, 8), inside
 
 
 def corners(shape: tuple[int, ...], points: torch.Tensor):
     """Iterate over :func:`corner_table`'s columns: ``(cell (N,), weight (N,))`` pairs."""
-    cells, weights = corner_table(shape, points)
+    cells, weights, _ = corner_table(shape, points)
     for c in range(8):
         yield cells[:, c], weights[:, c]
 
@@ -69,12 +69,12 @@ def trilinear(volume: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor,
     scalar = volume.dim() == 3
     vol = volume.unsqueeze(-1) if scalar else volume
     flat = vol.reshape(-1, vol.shape[-1])
-    cells, weights = corner_table(vol.shape, points)
+    cells, weights, inside = corner_table(vol.shape, points)   # inside computed once per call
     weights = weights.to(vol.dtype)
     out = flat.index_select(0, cells[:, 0]) * weights[:, :1]
     for c in range(1, 8):
         out.addcmul_(flat.index_select(0, cells[:, c]), weights[:, c:c + 1])
-    return (out[:, 0] if scalar else out), inside_grid(vol, points)
+    return (out[:, 0] if scalar else out), inside
 
 
 def nearest(volume: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
