@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .commands import fit, score, track
+from .commands import fit, score, track, train
 from .errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_parser(sub)
     track.add_parser(sub)
     score.add_parser(sub)
+    train.add_parser(sub)
 
     demo = sub.add_parser(
         "demo", help="run the main job on the built-in fibercup phantom",

@@ -26,6 +26,13 @@ outputs (in OUT_DIR, each NIfTI with a JSON sidecar):
 examples:
   difftract fit dti dwi.nii.gz dwi.bval dwi.bvec --mask mask.nii.gz --out-dir dti
   difftract fit dti dwi.nii.gz dwi.bval dwi.bvec --mask mask.nii.gz --out-dir dti --tensor-format mrtrix
+  difftract fit dti dwi6.nii.gz dwi6.bval dwi6.bvec --mask mask.nii.gz --out-dir qcg --method qcg
+  difftract fit dti dwi.nii.gz dwi.bval dwi.bvec --mask mask.nii.gz --out-dir qcg --method qcg --select-six
+
+--method qcg (QCG-DTI) takes one b0 (the first) and exactly six DWIs of any directions and
+b-value; with more DWIs, --select-six picks the six nearest to a rotated DSM6 set on --shell
+(mean angle < 5 degrees, design condition number < 2; --seed draws the rotation). It uses the
+shipped weights unless --weights is given; the sidecar records the six volumes and the checksum.
 """
 
 
@@ -41,7 +48,14 @@ def add_parser(sub) -> None:
         epilog=EPILOG_DTI, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scan_arguments(dti)
     dti.add_argument("--out-dir", type=Path, required=True, metavar="D", help="output directory")
-    dti.add_argument("--method", choices=("wls", "ols"), default="wls", help="fit method (default: %(default)s)")
+    dti.add_argument("--method", choices=("wls", "ols", "qcg"), default="wls",
+                     help="fit method: least squares, or the QCG-DTI network (default: %(default)s)")
+    dti.add_argument("--weights", type=Path, metavar="W", help="QCG-DTI weights (default: the shipped ones)")
+    dti.add_argument("--select-six", action="store_true",
+                     help="QCG-DTI on a scan with more than six DWIs: pick six as described below")
+    dti.add_argument("--shell", type=float, default=None, metavar="B",
+                     help="shell for --select-six (default: the lowest non-zero b-value)")
+    dti.add_argument("--seed", type=int, default=0, help="seed of --select-six's rotation (default: %(default)s)")
     dti.add_argument("--tensor-format", choices=("dipy", "fsl", "mrtrix"), default="dipy",
                      help="element order and frame of tensor.nii.gz (default: %(default)s)")
     add_compute_arguments(dti)
@@ -106,29 +120,53 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
     from ..viz.qc import map_slices
 
     check_output(args.out_dir, args.force)  # a directory, written whole by save_maps
+    if args.method != "qcg" and (args.weights or args.select_six):
+        raise ConfigError("--weights and --select-six apply only to --method qcg")
     options = compute_options(args)
     dwi = load_scan(args)
-    model = TensorModel(dwi.gtab, fit_method=args.method.upper())
     start = time.perf_counter()
-    fit = model.fit(dwi.data, dwi.mask, **options)
+    if args.method == "qcg":
+        model, fit = _fit_qcg(args, dwi, options["device"])
+    else:
+        model = TensorModel(dwi.gtab, fit_method=args.method.upper())
+        fit = model.fit(dwi.data, dwi.mask, **options)
     seconds = time.perf_counter() - start
     n = int(fit.mask.sum())
-    record = provenance("fit dti", {**model.params, "tensor_format": args.tensor_format,
+    record = provenance("fit dti", {**fit.params, "tensor_format": args.tensor_format,
                                     "device": str(options["device"]), "dtype": options["dtype"]},
-                        inputs=scan_inputs(args))
+                        inputs=scan_inputs(args) + ([args.weights] if args.weights else []))
 
     def qc(directory):
         map_slices([("FA", fit.fa, {"vmin": 0, "vmax": 1}), ("colour FA", fit.color_fa, {})],
-                   directory / "qc_dti.png", mask=fit.mask, title=f"DTI {model.fit_method}: {args.dwi.name}")
+                   directory / "qc_dti.png", mask=fit.mask, title=f"DTI {fit.params['fit_method']}: {args.dwi.name}")
 
     save_maps(args.out_dir, fit.maps(args.tensor_format, dwi.affine), dwi.affine, record, args.force, extra=qc)
     fa = fit.fa[fit.mask]
-    print(f"DTI {model.fit_method} of {n} voxels in {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} voxels/s on "
+    print(f"DTI {fit.params['fit_method']} of {n} voxels in {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} voxels/s on "
           f"{options['device']}, {options['dtype']}) -> {args.out_dir}")
     if n:
         print(f"  FA median {np.median(fa):.3f} (5-95%: {np.percentile(fa, 5):.3f}-{np.percentile(fa, 95):.3f}), "
               f"MD median {np.median(fit.md[fit.mask]):.3g} mm^2/s")
     return 0
+
+
+def _fit_qcg(args: argparse.Namespace, dwi, device):
+    """The QCG-DTI model and its fit of ``dwi``: its six DWIs, or six selected from many."""
+    from ..models.qcgdti.predict import QCGTensorModel
+    from ..models.qcgdti.schemes import check_six, flexible_six
+
+    if dwi.mask is None:
+        raise ConfigError("--method qcg needs --mask (intensities are normalised over the brain)")
+    bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
+    six = None
+    if args.select_six:
+        six = flexible_six(bvals, bvecs, np.random.default_rng(args.seed), shell=args.shell)
+        log.info("selected volumes %s on shell b=%g (mean angle %.1f deg, condition %.2f)",
+                 list(six.indices), six.shell, six.mean_angle, six.condition)
+    else:
+        check_six(bvals, bvecs, where=str(args.bval))
+    model = QCGTensorModel.from_weights(args.weights, device)
+    return model, model.fit(dwi.data, bvals, bvecs, dwi.mask, six)
 
 
 def cmd_fit_sh(args: argparse.Namespace) -> int:

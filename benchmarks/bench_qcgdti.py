@@ -1,0 +1,221 @@
+"""QCG-DTI against six-direction WLS on simulated subjects never seen in training.
+
+Run: ``.venv/bin/python benchmarks/bench_qcgdti.py --work qcg_work`` (trains the four variants
+when their weights are not in WORK/weights: about 10 minutes each on 2 CPU cores; then about
+5 minutes of evaluation). ``--quick`` trains tiny models for a smoke run.
+
+1. Training subjects (written once to WORK/train, the commands to WORK/commands.sh): random
+   phantoms (seeds 1001-1006, SNR 10-40) and fibercup-like phantoms (seeds 1101-1102),
+   validation: a random phantom (seed 1201). Scheme: 2 b0, 90 directions at b=1000 and 60 at
+   b=2000 and b=3000. These are also the shipped weights' training data.
+2. Each variant trained by ``difftract train qcgdti`` with the same budget.
+3. Test subjects: random phantoms (seeds 2001, 2002) and the fibercup test phantom (seed 0),
+   all SNR 20 with the same multi-shell scheme. Errors are against the ground truth: WLS on
+   every volume of a noise-free twin (same seed, no noise). Rows: the many-direction
+   reference (WLS on all volumes of the noisy scan), WLS on the six DWIs, and each variant.
+   Fixed: the six volumes nearest DSM6 at b=1000. Flexible: three sets per subject nearest a
+   random rotation of DSM6, on b = 1000, 2000, 3000 in turn.
+4. Downstream: deterministic tracking (fODF maximum, the ``det`` rule) of each tensor field's
+   ODF on the fibercup test phantom, WM-mask stop, 2 seeds per WM voxel; per-bundle Dice of
+   binary density maps (> 5 streamlines) against tracking on the reference tensors, and
+   Tractometer scores.
+
+Prints tables, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difftract.eval.overlap import binary_map, density_map, dice
+from difftract.eval.tensor_errors import tensor_errors
+from difftract.eval.tractometer import load_scoring, score
+from difftract.models.qcgdti.data import reference_tensor
+from difftract.models.qcgdti.predict import QCGTensorModel
+from difftract.models.qcgdti.schemes import fixed_six, flexible_six
+from difftract.phantom import PhantomConfig, save_phantom, simulate
+from difftract.reconst import tensor as T
+from difftract.reconst.sh import sh_basis
+from difftract.tracking.getters import make_getter
+from difftract.tracking.seeding import random_seeds
+from difftract.tracking.sh_field import SHField
+from difftract.tracking.stopping import BinaryCriterion
+from difftract.tracking.tracker import Tracker, TrackingParams
+
+SCHEME = {"bvals": (1000.0, 2000.0, 3000.0), "ndirs": (90, 60, 60), "nb0": 2}
+TRAIN = ([("random", s, snr) for s, snr in zip(range(1001, 1007), (10, 15, 20, 30, 40, 20))]
+         + [("fibercup", 1101, 15), ("fibercup", 1102, 25)] + [("random", 1201, 20)])   # the last validates
+TEST = [("random", 2001), ("random", 2002), ("fibercup", 0)]
+VARIANTS = ("full", "no_qcf", "concat", "resnet")
+METRICS = ("tensor_error", "fa_mae", "md_mae", "ad_mae", "rd_mae", "angle_mean")
+DIFFTRACT = [sys.executable, "-m", "difftract"]
+
+
+def phantom_config(preset: str, seed: int, snr: float | None) -> PhantomConfig:
+    return PhantomConfig(preset=preset, seed=seed, snr=snr, bvals=SCHEME["bvals"], ndirs=SCHEME["ndirs"],
+                         nb0=SCHEME["nb0"])
+
+
+def run(cmd: list[str], log: list[str]) -> None:
+    log.append(shlex.join(["difftract", *cmd[3:]] if cmd[:3] == DIFFTRACT else cmd))
+    print("+", log[-1], flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def training_data(work: Path, log: list[str]) -> list[Path]:
+    dirs = []
+    for preset, seed, snr in TRAIN:
+        d = work / "train" / f"{preset}_{seed}"
+        cmd = [*DIFFTRACT, "-q", "simulate", str(d), "--preset", preset, "--seed", str(seed), "--snr", str(snr),
+               "--bvals", ",".join(f"{b:g}" for b in SCHEME["bvals"]), "--ndirs", ",".join(map(str, SCHEME["ndirs"])),
+               "--nb0", str(SCHEME["nb0"])]
+        if d.exists():
+            log.append(shlex.join(["difftract", *cmd[3:]]))
+        else:
+            run(cmd, log)
+        dirs.append(d)
+    return dirs
+
+
+def train_variants(work: Path, subjects: list[Path], args, log: list[str]) -> dict[str, Path]:
+    weights = {}
+    for variant in args.variants:
+        out = work / "weights" / f"{variant}.pt"
+        cmd = [*DIFFTRACT, "train", "qcgdti", *map(str, subjects), "--out", str(out), "--variant", variant,
+               "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples_per_epoch),
+               "--widths", args.widths, "--val-samples", "16", "--seed", "0", "--device", "cpu"]
+        if out.exists():
+            log.append(shlex.join(["difftract", *cmd[3:]]))
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            run(cmd, log)
+        weights[variant] = out
+    return weights
+
+
+def tensor_sh(lt: np.ndarray, lmax: int = 8) -> np.ndarray:
+    """SH coefficients (legacy descoteaux07) of each tensor's diffusion ODF, ODF(u) ~ (u' D^-1 u)^(-3/2)."""
+    from dipy.data import default_sphere
+
+    u = default_sphere.vertices
+    D = T.from_lower_triangular(torch.from_numpy(lt.astype(np.float64))).numpy()
+    D = D + np.eye(3) * 1e-6                                  # background voxels stay invertible
+    quad = np.einsum("vi,...ij,vj->...v", u, np.linalg.inv(D), u)
+    odf = np.clip(quad, 1e-12, None) ** -1.5
+    B, _ = sh_basis(u, lmax, legacy=True)
+    return (odf @ np.linalg.pinv(B).T).astype(np.float32)
+
+
+def track(lt: np.ndarray, wm: np.ndarray, seeds: torch.Tensor) -> list[np.ndarray]:
+    getter = make_getter("det", sh=SHField(tensor_sh(lt), legacy=True), max_angle=45)
+    tracker = Tracker(getter, BinaryCriterion(wm), (2.0, 2.0, 2.0), TrackingParams(step_mm=1.0), chunk_size=20_000)
+    return [s.numpy() for c in tracker.track(seeds, seed=0) for s in c.split()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("qcg_work"))
+    ap.add_argument("--variants", type=lambda s: tuple(s.split(",")), default=VARIANTS)
+    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--samples-per-epoch", type=int, default=50)
+    ap.add_argument("--widths", default="8,16,32")
+    ap.add_argument("--flexible-sets", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="tiny models, one test subject: a smoke run")
+    args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.samples_per_epoch, args.widths, args.flexible_sets = 1, 4, "4,8", 1
+    torch.set_num_threads(2)
+    log: list[str] = []
+    weights = train_variants(args.work, training_data(args.work, log), args, log)
+    (args.work / "commands.sh").write_text("\n".join(log) + "\n")
+    models = {v: QCGTensorModel.from_weights(w, "cpu") for v, w in weights.items()}
+
+    rows: dict[str, dict[str, list[dict]]] = {}
+    fields = {}
+    tests = TEST[-1:] if args.quick else TEST
+    t0 = time.perf_counter()
+    for preset, seed in tests:
+        noisy = simulate(phantom_config(preset, seed, 20.0))
+        clean = simulate(phantom_config(preset, seed, None))
+        truth = reference_tensor(clean.data, clean.bvals, clean.bvecs, clean.mask)
+        mask = noisy.mask
+        rng = np.random.default_rng(seed)
+        sets = [("fixed", fixed_six(noisy.bvals, noisy.bvecs, 1000.0))]
+        sets += [("flexible", flexible_six(noisy.bvals, noisy.bvecs, rng, shell=b))
+                 for b in (1000.0, 2000.0, 3000.0)[: args.flexible_sets]]
+        reference = reference_tensor(noisy.data, noisy.bvals, noisy.bvecs, mask)
+        for scheme, six in sets:
+            idx = [0, *six.indices]
+            estimates = {"reference (all volumes)": reference,
+                         "WLS, six DWIs": reference_tensor(noisy.data[..., idx], noisy.bvals[idx], noisy.bvecs[idx], mask)}
+            for v, model in models.items():
+                estimates[f"QCG-DTI {v}"] = model.fit(noisy.data, noisy.bvals, noisy.bvecs, mask, six).lower_triangular()
+            for name, est in estimates.items():
+                rows.setdefault(name, {}).setdefault(scheme, []).append(tensor_errors(est, truth, mask).as_dict())
+            if preset == "fibercup" and scheme == "flexible" and "fibercup" not in fields:
+                fields["fibercup"] = (noisy, estimates)
+        print(f"evaluated {preset} seed {seed} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    table = {name: {scheme: {m: float(np.mean([r[m] for r in runs])) for m in METRICS}
+                    for scheme, runs in by_scheme.items()} for name, by_scheme in rows.items()}
+    print(f"\nTensor errors against the noise-free ground truth ({len(tests)} test subjects; diffusivities in "
+          "1e-3 mm^2/s, angle in degrees over voxels with FA > 0.2)")
+    print(f"{'method':26} {'scheme':9} {'tensor':>7} {'FA':>7} {'MD':>7} {'AD':>7} {'RD':>7} {'angle':>7}")
+    for name, by_scheme in table.items():
+        for scheme, m in by_scheme.items():
+            print(f"{name:26} {scheme:9} {m['tensor_error'] * 1e3:7.4f} {m['fa_mae']:7.4f} {m['md_mae'] * 1e3:7.4f} "
+                  f"{m['ad_mae'] * 1e3:7.4f} {m['rd_mae'] * 1e3:7.4f} {m['angle_mean']:7.2f}")
+    summary = {}
+    if "QCG-DTI full" in table:
+        full, wls = table["QCG-DTI full"], table["WLS, six DWIs"]
+        summary = {"fa_ratio_flexible": full["flexible"]["fa_mae"] / wls["flexible"]["fa_mae"],
+                   "angle_ratio_flexible": full["flexible"]["angle_mean"] / wls["flexible"]["angle_mean"],
+                   "fa_flexible_over_fixed": full["flexible"]["fa_mae"] / full["fixed"]["fa_mae"],
+                   "angle_flexible_over_fixed": full["flexible"]["angle_mean"] / full["fixed"]["angle_mean"]}
+        print("\nfull / WLS-6 on flexible: FA {fa_ratio_flexible:.3f} (target <= 0.4), angle {angle_ratio_flexible:.3f} "
+              "(target <= 0.7); full flexible / fixed: FA {fa_flexible_over_fixed:.3f}, angle "
+              "{angle_flexible_over_fixed:.3f} (target <= 1.1)".format(**summary))
+
+    downstream = downstream_tracking(*fields["fibercup"], args.work) if "fibercup" in fields else {}
+    print(json.dumps({"benchmark": "bench_qcgdti", "table": table, "summary": summary, "downstream": downstream,
+                      "commands": log}))
+
+
+def downstream_tracking(phantom, estimates: dict[str, np.ndarray], work: Path) -> dict:
+    """det tracking on each tensor field of the fibercup test phantom: Dice per bundle and Tractometer."""
+    phantom_dir = work / "test_fibercup"
+    if not phantom_dir.exists():
+        save_phantom(phantom, phantom_dir)
+    config = load_scoring(phantom_dir)
+    seeds = random_seeds(phantom.wm, 2, torch.Generator().manual_seed(0))
+    results, maps = {}, {}
+    for name, lt in estimates.items():
+        streamlines = track(lt, phantom.wm, seeds)
+        scored = score(streamlines, config)
+        maps[name] = {b: binary_map(density_map([streamlines[i] for i in ids], phantom.shape), 5)
+                      for b, ids in scored.segmentation.vs.items()}
+        results[name] = {k: scored.scores[k] for k in ("VS_ratio", "IC_ratio", "NC_ratio", "VB", "mean_OL",
+                                                        "mean_OR_vs", "mean_f1")} | {"n": len(streamlines)}
+    ref = maps["reference (all volumes)"]
+    print(f"\nDownstream det tracking on the fibercup test phantom ({len(seeds)} seeds), flexible six-DWI set")
+    print(f"{'field':26} {'n':>6} {'VC':>6} {'IC':>6} {'NC':>6} {'VB':>3} {'OL':>6} {'OR':>6} {'F1':>6} {'Dice':>6}")
+    for name, r in results.items():
+        dices = [dice(maps[name][b], ref[b]) for b in ref]
+        r["dice_per_bundle"] = {b: float(d) for b, d in zip(ref, dices)}
+        r["mean_dice"] = float(np.nanmean(dices))
+        print(f"{name:26} {r['n']:6} {r['VS_ratio']:6.3f} {r['IC_ratio']:6.3f} {r['NC_ratio']:6.3f} {r['VB']:3} "
+              f"{r['mean_OL']:6.3f} {r['mean_OR_vs']:6.3f} {r['mean_f1']:6.3f} {r['mean_dice']:6.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

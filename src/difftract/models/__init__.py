@@ -1,0 +1,1 @@
+"""Learned models: QCG-DTI (tensors from six DWIs) and DDTracking (generative tracking)."""

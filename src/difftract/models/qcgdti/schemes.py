@@ -1,0 +1,125 @@
+"""Choosing six DWIs for QCG-DTI, and checking a six-DWI q-space input.
+
+A "flexible" set is the six scheme directions nearest to a randomly rotated copy of Skare's
+optimised six-direction set DSM6 (Skare et al., JMR 2000), all from one shell. It is kept
+when the mean angle between the chosen and the rotated directions is under 5 degrees and
+the condition number of the tensor design matrix is under 2 (DSM6 itself has 1.32). A
+"fixed" set is the one nearest to the unrotated DSM6.
+
+The design matrix rows are ``(gx^2, 2 gx gy, gy^2, 2 gx gz, 2 gy gz, gz^2)``; its
+condition number uses the directions only, so it measures the geometry of the set
+whatever the b-values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from ...errors import ConfigError
+from ...io.gradients import B0_THRESHOLD
+
+DSM6 = np.array([[0.910, 0.416, 0.0], [0.910, -0.416, 0.0], [0.416, 0.0, 0.910],
+                 [-0.416, 0.0, 0.910], [0.0, 0.910, 0.416], [0.0, 0.910, -0.416]])
+DSM6 /= np.linalg.norm(DSM6, axis=1, keepdims=True)
+MAX_MEAN_ANGLE = 5.0
+MAX_CONDITION = 2.0
+SHELL_TOLERANCE = 100.0   # s/mm^2: b-values this close form one shell
+
+
+@dataclass(frozen=True)
+class SixSet:
+    """Six DWI volume indices and how well they match their target set."""
+
+    indices: tuple[int, ...]
+    shell: float
+    mean_angle: float      # degrees, to the (rotated) DSM6 directions
+    condition: float       # of the direction design matrix
+
+
+def design_condition(directions: np.ndarray) -> float:
+    """Condition number of the six-direction tensor design matrix (directions only)."""
+    x, y, z = np.asarray(directions, dtype=np.float64).T
+    B = np.stack([x * x, 2 * x * y, y * y, 2 * x * z, 2 * y * z, z * z], axis=1)
+    return float(np.linalg.cond(B))
+
+
+def shells(bvals: np.ndarray) -> np.ndarray:
+    """The distinct non-zero b-values (rounded to the nearest 100)."""
+    dw = bvals[bvals > B0_THRESHOLD]
+    return np.unique(np.round(dw / SHELL_TOLERANCE) * SHELL_TOLERANCE)
+
+
+def _nearest(target: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, shell: float) -> SixSet | None:
+    """The scheme volumes of ``shell`` nearest (sign-invariant) to the six ``target`` directions."""
+    candidates = np.flatnonzero(np.abs(bvals - shell) <= SHELL_TOLERANCE / 2)
+    cos = np.abs(target @ bvecs[candidates].T)
+    pick = cos.argmax(axis=1)
+    if len(set(pick.tolist())) < len(target):
+        return None
+    angles = np.degrees(np.arccos(np.clip(cos[np.arange(len(target)), pick], 0.0, 1.0)))
+    idx = candidates[pick]
+    return SixSet(tuple(int(i) for i in idx), float(shell), float(angles.mean()), design_condition(bvecs[idx]))
+
+
+def fixed_six(bvals: np.ndarray, bvecs: np.ndarray, shell: float | None = None) -> SixSet:
+    """The volumes nearest to the unrotated DSM6 on ``shell`` (default: the lowest shell)."""
+    available = shells(bvals)
+    shell = float(available[0] if shell is None else shell)
+    found = _nearest(DSM6, bvals, bvecs, shell) if np.any(np.abs(available - shell) < 1) else None
+    if found is None:
+        raise ConfigError(f"the scheme has no six distinct directions near DSM6 on shell b={shell:g}")
+    return found
+
+
+def flexible_six(bvals: np.ndarray, bvecs: np.ndarray, rng: np.random.Generator,
+                 shell: float | None = None, max_tries: int = 20000) -> SixSet:
+    """Six volumes nearest to a randomly rotated DSM6, on ``shell`` or a random shell.
+
+    Rotations are drawn until the set passes both criteria (mean angle < 5 degrees,
+    condition number < 2); a scheme too sparse for that is an error.
+    """
+    available = shells(bvals)
+    if len(available) == 0:
+        raise ConfigError("the scheme has no diffusion-weighted volumes")
+    for _ in range(max_tries):
+        b = float(rng.choice(available)) if shell is None else float(shell)
+        target = DSM6 @ Rotation.random(random_state=rng).as_matrix().T
+        found = _nearest(target, bvals, bvecs, b)
+        if found is not None and found.mean_angle < MAX_MEAN_ANGLE and found.condition < MAX_CONDITION:
+            return found
+    raise ConfigError(f"no rotation of DSM6 in {max_tries} tries matched six directions within "
+                      f"{MAX_MEAN_ANGLE:g} degrees (condition < {MAX_CONDITION:g}); the shell is too sparse "
+                      "(about 60 or more directions per shell are needed)")
+
+
+def flexible_pool(bvals: np.ndarray, bvecs: np.ndarray, n: int, seed: int) -> list[SixSet]:
+    """``n`` flexible sets drawn once per subject, spread over its shells in turn."""
+    rng = np.random.default_rng(seed)
+    available = shells(bvals)
+    return [flexible_six(bvals, bvecs, rng, shell=available[k % len(available)]) for k in range(n)]
+
+
+def check_six(bvals: np.ndarray, bvecs: np.ndarray, where: str = "input") -> None:
+    """Refuse a q-space input QCG-DTI cannot use: it needs 1+ b0 and exactly six independent DWIs.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``where`` and the problem: no b0, not six DWIs, or directions that cannot
+        determine a tensor (collinear, coplanar or otherwise degenerate).
+    """
+    bvals, bvecs = np.asarray(bvals, dtype=np.float64), np.asarray(bvecs, dtype=np.float64)
+    b0 = bvals <= B0_THRESHOLD
+    if not b0.any():
+        raise ConfigError(f"{where}: QCG-DTI needs a b0 volume (b <= {B0_THRESHOLD:g}); none found")
+    n_dw = int((~b0).sum())
+    if n_dw != 6:
+        raise ConfigError(f"{where}: QCG-DTI takes exactly six diffusion-weighted volumes, got {n_dw} "
+                          "(with more, use --select-six to pick six)")
+    condition = design_condition(bvecs[~b0])
+    if not np.isfinite(condition) or condition > 1e3:
+        raise ConfigError(f"{where}: the six gradient directions cannot determine a tensor (design condition "
+                          f"number {condition:.3g}); they are collinear, coplanar or repeated")

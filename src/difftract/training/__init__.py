@@ -1,0 +1,5 @@
+"""Training: the shared trainer (AdamW, plateau LR, early stopping, checkpoints, DDP)."""
+
+from .loop import TrainConfig, TrainResult, Task, load_weights, output_paths, save_weights, train
+
+__all__ = ["TrainConfig", "TrainResult", "Task", "load_weights", "output_paths", "save_weights", "train"]

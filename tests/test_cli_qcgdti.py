@@ -1,0 +1,118 @@
+"""``difftract train qcgdti`` and ``difftract fit dti --method qcg`` end to end (tiny models)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from difftract.cli import main
+from difftract.io.gradients import flip_for_fsl
+from difftract.models.qcgdti.schemes import DSM6
+from difftract.phantom import PhantomConfig, save_phantom, simulate
+from difftract.weights import sha256
+
+TINY = ["--widths", "4,8", "--patch", "16", "--epochs", "2", "--samples-per-epoch", "4", "--val-samples", "2",
+        "--batch-size", "2", "--device", "cpu"]
+
+
+def scan_args(d, name="dwi"):
+    return [d / f"{name}.nii.gz", d / f"{name}.bval", d / f"{name}.bvec", "--mask", d / "mask.nii.gz"]
+
+
+@pytest.fixture(scope="module")
+def subjects(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qcg_subjects")
+    dirs = []
+    for seed in (1, 2):
+        p = simulate(PhantomConfig(preset="crossing", seed=seed, bvals=(1000.0, 2000.0), ndirs=(60, 60), nb0=1))
+        save_phantom(p, root / f"s{seed}")
+        dirs.append(root / f"s{seed}")
+    return dirs
+
+
+def write_subset(d, name, volumes, bvals=None, bvecs=None):
+    """A scan of some volumes of ``d``'s DWI (optionally with other gradients), FSL convention."""
+    img = nib.load(d / "dwi.nii.gz")
+    data = np.asarray(img.dataobj)[..., volumes]
+    nib.save(nib.Nifti1Image(data, img.affine), d / f"{name}.nii.gz")
+    all_b = np.loadtxt(d / "dwi.bval")
+    all_v = np.loadtxt(d / "dwi.bvec")
+    b = all_b[volumes] if bvals is None else bvals
+    v = all_v[:, volumes] if bvecs is None else flip_for_fsl(bvecs, img.affine).T
+    np.savetxt(d / f"{name}.bval", b[None], fmt="%g")
+    np.savetxt(d / f"{name}.bvec", v, fmt="%.6f")
+
+
+def test_train_then_fit(cli, subjects, tmp_path):
+    out = tmp_path / "w.pt"
+    res = cli("train", "qcgdti", *subjects, "--out", out, *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "QCG-DTI full: 2 epochs" in res.stdout
+    lines = (tmp_path / "w.metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all("val_loss" in json.loads(line) for line in lines)
+    assert (tmp_path / "w.ckpt.pt").exists()
+    record = json.loads((tmp_path / "w.json").read_text())
+    assert record["weights_sha256"] == sha256(out) and record["params"]["val_subjects"] == ["s2"]
+
+    again = cli("train", "qcgdti", *subjects, "--out", out, *TINY)
+    assert again.returncode == 2 and "--force" in again.stderr
+
+    d = subjects[1]
+    fit_dir = tmp_path / "qcg"
+    res = cli("fit", "dti", *scan_args(d), "--method", "qcg", "--weights", out, "--select-six", "--out-dir", fit_dir)
+    assert res.returncode == 0, res.stderr
+    assert "DTI QCG-DTI of" in res.stdout
+    for name in ("tensor", "fa", "md", "v1"):
+        assert (fit_dir / f"{name}.nii.gz").exists()
+    side = json.loads((fit_dir / "tensor.json").read_text())
+    assert side["params"]["fit_method"] == "QCG-DTI" and len(side["params"]["six_indices"]) == 6
+    assert side["params"]["weights_sha256"] == sha256(out)
+
+    # a scan of exactly one b0 and six DWIs is used as it is
+    bvals = np.loadtxt(d / "dwi.bval")
+    write_subset(d, "six", [0, *side["params"]["six_indices"]])
+    res = cli("fit", "dti", *scan_args(d, "six"), "--method", "qcg", "--weights", out, "--out-dir", tmp_path / "q6")
+    assert res.returncode == 0, res.stderr
+    a = nib.load(fit_dir / "tensor.nii.gz").get_fdata()
+    b = nib.load(tmp_path / "q6" / "tensor.nii.gz").get_fdata()
+    np.testing.assert_allclose(a, b, atol=1e-9)
+    assert bvals.size > 7
+
+    # many DWIs without --select-six, and a too-small input, are refused with nothing written
+    res = cli("fit", "dti", *scan_args(d), "--method", "qcg", "--weights", out, "--out-dir", tmp_path / "no")
+    assert res.returncode == 2 and "exactly six" in res.stderr and "--select-six" in res.stderr
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("five", "exactly six diffusion-weighted volumes, got 5"),
+    ("b0only", "got 0"),
+    ("collinear", "collinear"),
+])
+def test_bad_qspace_input_is_refused(subjects, tmp_path, capsys, case, message):
+    d = subjects[0]
+    if case == "five":
+        write_subset(d, case, [0, 1, 2, 3, 4, 5])
+    elif case == "b0only":
+        write_subset(d, case, [0])
+    else:
+        axis = np.array([[0.0, 0.0, 0.0]] + [[0.0, 0.0, 1.0]] * 6)
+        write_subset(d, case, list(range(7)), bvals=np.array([0.0] + [1000.0] * 6), bvecs=axis)
+    code = main(["-q", "fit", "dti", *map(str, scan_args(d, case)), "--method", "qcg", "--out-dir",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and f"{case}.bval" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_qcg_options_need_method_qcg(subjects, tmp_path, capsys):
+    code = main(["fit", "dti", *map(str, scan_args(subjects[0])), "--select-six", "--out-dir", str(tmp_path / "o")])
+    assert code == 2 and "only to --method qcg" in capsys.readouterr().err
+
+
+def test_dsm6_is_six_unit_vectors():
+    assert DSM6.shape == (6, 3) and np.allclose(np.linalg.norm(DSM6, axis=1), 1)
