@@ -10,7 +10,6 @@ import pytest
 
 from difftract.cli import main
 from difftract.io.gradients import flip_for_fsl
-from difftract.models.qcgdti.schemes import DSM6
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from difftract.weights import sha256
 
@@ -72,14 +71,13 @@ def test_train_then_fit(cli, subjects, tmp_path):
     assert side["params"]["weights_sha256"] == sha256(out)
 
     # a scan of exactly one b0 and six DWIs is used as it is
-    bvals = np.loadtxt(d / "dwi.bval")
     write_subset(d, "six", [0, *side["params"]["six_indices"]])
     res = cli("fit", "dti", *scan_args(d, "six"), "--method", "qcg", "--weights", out, "--out-dir", tmp_path / "q6")
     assert res.returncode == 0, res.stderr
     a = nib.load(fit_dir / "tensor.nii.gz").get_fdata()
     b = nib.load(tmp_path / "q6" / "tensor.nii.gz").get_fdata()
     np.testing.assert_allclose(a, b, atol=1e-9)
-    assert bvals.size > 7
+    assert side["params"]["selection"]["shell"] == 1000.0     # the lowest shell by default
 
     # many DWIs without --select-six, and a too-small input, are refused with nothing written
     res = cli("fit", "dti", *scan_args(d), "--method", "qcg", "--weights", out, "--out-dir", tmp_path / "no")
@@ -114,5 +112,27 @@ def test_qcg_options_need_method_qcg(subjects, tmp_path, capsys):
     assert code == 2 and "only to --method qcg" in capsys.readouterr().err
 
 
-def test_dsm6_is_six_unit_vectors():
-    assert DSM6.shape == (6, 3) and np.allclose(np.linalg.norm(DSM6, axis=1), 1)
+def test_select_six_on_a_missing_shell_is_refused(subjects, tmp_path, capsys):
+    code = main(["-q", "fit", "dti", *map(str, scan_args(subjects[0])), "--method", "qcg", "--select-six",
+                 "--shell", "1500", "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no shell b=1500" in err and "1000, 2000" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_train_qcgdti_under_torchrun(subjects, tmp_path):
+    """Two processes (gloo, CPU): DDP training through the CLI writes weights, checkpoint and sidecar once."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "difftract", "-q", "train", "qcgdti", *map(str, subjects), "--out", str(out), *TINY],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.exists() and (tmp_path / "ddp.ckpt.pt").exists()
+    assert len((tmp_path / "ddp.metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((tmp_path / "ddp.json").read_text())["weights_sha256"] == sha256(out)

@@ -132,8 +132,9 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
         fit = model.fit(dwi.data, dwi.mask, **options)
     seconds = time.perf_counter() - start
     n = int(fit.mask.sum())
+    dtype = "float32" if args.method == "qcg" else options["dtype"]   # the network runs in float32
     record = provenance("fit dti", {**fit.params, "tensor_format": args.tensor_format,
-                                    "device": str(options["device"]), "dtype": options["dtype"]},
+                                    "device": str(options["device"]), "dtype": dtype},
                         inputs=scan_inputs(args) + ([args.weights] if args.weights else []))
 
     def qc(directory):
@@ -153,20 +154,25 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
 def _fit_qcg(args: argparse.Namespace, dwi, device):
     """The QCG-DTI model and its fit of ``dwi``: its six DWIs, or six selected from many."""
     from ..models.qcgdti.predict import QCGTensorModel
-    from ..models.qcgdti.schemes import check_six, flexible_six
+    from ..models.qcgdti.schemes import check_six, flexible_six, shells
 
     if dwi.mask is None:
         raise ConfigError("--method qcg needs --mask (intensities are normalised over the brain)")
     bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
     six = None
     if args.select_six:
-        six = flexible_six(bvals, bvecs, np.random.default_rng(args.seed), shell=args.shell)
+        shell = float(shells(bvals)[0]) if args.shell is None and len(shells(bvals)) else args.shell
+        six = flexible_six(bvals, bvecs, np.random.default_rng(args.seed), shell=shell)
         log.info("selected volumes %s on shell b=%g (mean angle %.1f deg, condition %.2f)",
                  list(six.indices), six.shell, six.mean_angle, six.condition)
     else:
         check_six(bvals, bvecs, where=str(args.bval))
     model = QCGTensorModel.from_weights(args.weights, device)
-    return model, model.fit(dwi.data, bvals, bvecs, dwi.mask, six)
+    fit = model.fit(dwi.data, bvals, bvecs, dwi.mask, six)
+    if six is not None:
+        fit.params.update(selection={"rule": "nearest to a rotated DSM6", "shell": six.shell, "seed": args.seed,
+                                     "mean_angle_deg": six.mean_angle, "condition": six.condition})
+    return model, fit
 
 
 def cmd_fit_sh(args: argparse.Namespace) -> int:

@@ -94,6 +94,9 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     subjects = [prepare_subject(d, patch=patch, multiple=config.multiple, seed=args.seed + k)
                 for k, d in enumerate(args.subjects)]
     n_val = args.val_subjects if len(subjects) > 1 else 0
+    if n_val == 0:
+        log.warning("no held-out subject: validation patches come from the training subjects, so early stopping "
+                    "and the best epoch measure fit, not generalisation")
     train_subjects, val_subjects = subjects[: len(subjects) - n_val], subjects[len(subjects) - n_val:] or subjects
     train_set = PatchDataset(train_subjects, args.samples_per_epoch, patch, args.scheme, seed=args.seed)
     val_set = PatchDataset(val_subjects, args.val_samples, patch, args.scheme, seed=args.seed + 10_000,
@@ -109,8 +112,9 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
                      early_stop_patience=args.patience)
     result = train(model, QCGTask(), train_set, val_set, tc, args.out, resume=args.resume, force=args.force,
                    device=device, model_meta=meta, progress=not args.quiet, log=log.info)
-    if int(os.environ.get("RANK", "0")) == 0:
-        _write_sidecar(args, "train qcgdti", meta, tc, result)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    _write_sidecar(args, "train qcgdti", meta, tc, result)
     print(f"QCG-DTI {args.variant}: {result.epochs_run} epochs, best validation loss {result.best_val_loss:.4g} "
           f"at epoch {result.best_epoch} -> {args.out}")
     return 0

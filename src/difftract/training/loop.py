@@ -173,6 +173,12 @@ def train(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, co
     out, ckpt_path, metrics_path = output_paths(out)
     if resume:
         ckpt = _load_checkpoint(ckpt_path, config)
+        saved_meta = ckpt.get("meta")
+        if saved_meta is not None and json.loads(json.dumps(model_meta or {})) != saved_meta:
+            keys = sorted(k for k in set(saved_meta) | set(model_meta or {})
+                          if saved_meta.get(k) != (model_meta or {}).get(k))
+            raise ConfigError(f"{ckpt_path}: cannot resume with a different model or data setup "
+                              f"(changed: {', '.join(keys)})")
     else:
         ckpt = None
         for path in (out, ckpt_path, metrics_path):
@@ -180,6 +186,7 @@ def train(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, co
     device, rank, world, created = _setup_distributed(device)
     try:
         trainer = _Trainer(model, task, train_set, val_set, config, device, rank, world)
+        trainer.meta = json.loads(json.dumps(model_meta or {}))
         if ckpt is not None:
             trainer.restore(ckpt, ckpt_path)
         trainer.wrap()
@@ -373,7 +380,7 @@ class _Trainer:
                     "world_size": self.world, "model": _cpu(self.model.state_dict()),
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                    "progress": vars(self.progress), "rng": rngs}, tmp)
+                    "progress": vars(self.progress), "rng": rngs, "meta": getattr(self, "meta", {})}, tmp)
 
     def result(self) -> TrainResult:
         p = self.progress

@@ -33,8 +33,10 @@ def expected_sums() -> dict[str, str]:
     sums = {}
     for line in SUMS.read_text().splitlines():
         if line.strip():
-            digest, name = line.split(maxsplit=1)
-            sums[name.strip().lstrip("*")] = digest
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                raise InputError(SUMS, f"malformed line {line!r} (expected '<sha256>  <file>')")
+            sums[parts[1].strip().lstrip("*")] = parts[0]
     return sums
 
 

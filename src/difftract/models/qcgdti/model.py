@@ -137,7 +137,9 @@ class QCGDTI(nn.Module):
             x = self.up[level](x)
             x = self.dec[level](self.merge[level](torch.cat([x, skips[level]], dim=1)))
         if self.config.lsq_input:
-            x = torch.cat([x, six_direction_fit(pairs, q)], dim=1)
+            with torch.autocast(pairs.device.type, enabled=False):   # logs and a 6x6 inverse: full precision
+                lsq = six_direction_fit(pairs.float(), q.float())
+            x = torch.cat([x, lsq.to(x.dtype)], dim=1)
         return self.head(x)
 
     def _encode_shared(self, pairs: Tensor, q: Tensor) -> list[Tensor]:

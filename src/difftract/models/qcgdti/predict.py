@@ -35,10 +35,10 @@ def load_qcgdti(weights: str | Path | None = None, device: str | torch.device = 
     meta = blob.get("meta", {})
     if meta.get("model") != "qcgdti":
         raise InputError(path, f"not QCG-DTI weights (model is {meta.get('model')!r})")
-    model = build_model(meta["config"])
     try:
+        model = build_model(meta["config"])
         model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(path, f"weights do not match the QCG-DTI architecture in the file: {exc}") from None
     device = resolve_device(device)
     if device.type == "cpu":
@@ -92,6 +92,7 @@ class QCGTensorModel:
                 mask: np.ndarray) -> np.ndarray:
         """Tensor elements (X, Y, Z, 6) in mm^2/s from one b0 (X, Y, Z) and six DWIs (X, Y, Z, 6)."""
         shape = b0.shape
+        mask = np.asarray(mask, dtype=bool)
         if dwis.shape != (*shape, N_DWI):
             raise ConfigError(f"expected six DWIs of shape {(*shape, N_DWI)}, got {dwis.shape}")
         P, multiple = self.patch, self.model.config.multiple
@@ -115,6 +116,9 @@ class QCGTensorModel:
     def fit(self, data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
             six: SixSet | None = None, b0_index: int | None = None) -> TensorFit:
         """Fit a scan: its six DWIs (or the ``six`` chosen from many) and one b0 (the first)."""
+        if mask is None:
+            raise ConfigError("QCG-DTI needs a brain mask (intensities are normalised over it)")
+        mask = np.asarray(mask, dtype=bool)
         bvals, bvecs = np.asarray(bvals, float), np.asarray(bvecs, float)
         b0s = np.flatnonzero(bvals <= B0_THRESHOLD)
         idx = np.array(six.indices) if six is not None else np.flatnonzero(bvals > B0_THRESHOLD)

@@ -55,6 +55,8 @@ def shells(bvals: np.ndarray) -> np.ndarray:
 def _nearest(target: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, shell: float) -> SixSet | None:
     """The scheme volumes of ``shell`` nearest (sign-invariant) to the six ``target`` directions."""
     candidates = np.flatnonzero(np.abs(bvals - shell) <= SHELL_TOLERANCE / 2)
+    if len(candidates) < len(target):
+        return None
     cos = np.abs(target @ bvecs[candidates].T)
     pick = cos.argmax(axis=1)
     if len(set(pick.tolist())) < len(target):
@@ -76,7 +78,7 @@ def fixed_six(bvals: np.ndarray, bvecs: np.ndarray, shell: float | None = None) 
 
 def flexible_six(bvals: np.ndarray, bvecs: np.ndarray, rng: np.random.Generator,
                  shell: float | None = None, max_tries: int = 20000) -> SixSet:
-    """Six volumes nearest to a randomly rotated DSM6, on ``shell`` or a random shell.
+    """Six volumes nearest to a randomly rotated DSM6, on ``shell`` (None: a random shell per try).
 
     Rotations are drawn until the set passes both criteria (mean angle < 5 degrees,
     condition number < 2); a scheme too sparse for that is an error.
@@ -84,6 +86,9 @@ def flexible_six(bvals: np.ndarray, bvecs: np.ndarray, rng: np.random.Generator,
     available = shells(bvals)
     if len(available) == 0:
         raise ConfigError("the scheme has no diffusion-weighted volumes")
+    if shell is not None and not np.any(np.abs(available - shell) < 1):
+        raise ConfigError(f"the scheme has no shell b={shell:g}; its shells are "
+                          f"{', '.join(f'{b:g}' for b in available)}")
     for _ in range(max_tries):
         b = float(rng.choice(available)) if shell is None else float(shell)
         target = DSM6 @ Rotation.random(random_state=rng).as_matrix().T
