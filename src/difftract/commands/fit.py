@@ -144,7 +144,7 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
     save_maps(args.out_dir, fit.maps(args.tensor_format, dwi.affine), dwi.affine, record, args.force, extra=qc)
     fa = fit.fa[fit.mask]
     print(f"DTI {fit.params['fit_method']} of {n} voxels in {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} voxels/s on "
-          f"{options['device']}, {options['dtype']}) -> {args.out_dir}")
+          f"{options['device']}, {dtype}) -> {args.out_dir}")
     if n:
         print(f"  FA median {np.median(fa):.3f} (5-95%: {np.percentile(fa, 5):.3f}-{np.percentile(fa, 95):.3f}), "
               f"MD median {np.median(fit.md[fit.mask]):.3g} mm^2/s")

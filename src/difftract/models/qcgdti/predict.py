@@ -123,10 +123,10 @@ class QCGTensorModel:
         b0s = np.flatnonzero(bvals <= B0_THRESHOLD)
         idx = np.array(six.indices) if six is not None else np.flatnonzero(bvals > B0_THRESHOLD)
         check_six(np.concatenate([bvals[b0s[:1]], bvals[idx]]), np.concatenate([bvecs[b0s[:1]], bvecs[idx]]))
-        b0 = data[..., int(b0s[0] if b0_index is None else b0_index)].astype(np.float32)
+        b0_index = int(b0s[0] if b0_index is None else b0_index)
+        b0 = data[..., b0_index].astype(np.float32)
         lt = self.predict(b0, data[..., idx].astype(np.float32), bvals[idx], bvecs[idx], mask)
         scale = np.max(bvals[idx])
         evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)), EIGENVALUE_TOL / scale)
-        mask_t = mask[..., None]
-        return TensorFit(evals.numpy() * mask_t, evecs.numpy() * mask[..., None, None], b0 * mask, mask,
-                         {**self.params, "six_indices": idx.tolist(), "b0_index": int(b0s[0] if b0_index is None else b0_index)})
+        return TensorFit(evals.numpy() * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
+                         {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index})
