@@ -1,5 +1,6 @@
 """Training: the shared trainer (AdamW, plateau LR, early stopping, checkpoints, DDP)."""
 
-from .loop import TrainConfig, TrainResult, Task, load_weights, output_paths, save_weights, train
+from .files import load_weights, output_paths, save_weights
+from .loop import TrainConfig, TrainResult, Task, train
 
 __all__ = ["TrainConfig", "TrainResult", "Task", "load_weights", "output_paths", "save_weights", "train"]

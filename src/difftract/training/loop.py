@@ -22,14 +22,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -40,9 +38,9 @@ from tqdm import tqdm
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_file, check_output
+from .files import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, cpu_state, load_checkpoint, output_paths, save_weights
+from .rng import derive_seed, rng_state, seed_globals, set_rng_state
 
-WEIGHTS_FORMAT, WEIGHTS_VERSION = "difftract-weights", 1
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "difftract-checkpoint", 1
 _SHUFFLE, _LOSS, _VAL, _GLOBAL = 1, 2, 3, 4  # streams of derived seeds
 
 
@@ -101,42 +99,6 @@ class TrainResult:
     stopped_early: bool
 
 
-def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
-    """The weights file, its checkpoint and its metrics file: ``W.pt, W.ckpt.pt, W.metrics.jsonl``."""
-    out = Path(out)
-    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-    return out, out.with_name(f"{stem}.ckpt.pt"), out.with_name(f"{stem}.metrics.jsonl")
-
-
-def save_weights(path: str | Path, state_dict: dict[str, Tensor], meta: dict | None = None,
-                 train_info: dict | None = None, force: bool = False) -> Path:
-    """Write a weights file loadable with ``torch.load(path, weights_only=True)``.
-
-    ``meta`` (how to rebuild the model) and ``train_info`` must be JSON-like.
-    """
-    meta, train_info = dict(meta or {}), dict(train_info or {})
-    try:
-        json.dumps([meta, train_info])
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: weights metadata must be JSON-like (str, numbers, lists, dicts): {e}") from None
-    payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "state_dict": _cpu(state_dict),
-               "meta": meta, "train": train_info}
-    with atomic_file(path, force) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
-
-
-def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a weights file written by :func:`save_weights` (``weights_only=True``)."""
-    payload = _load_torch(path, map_location, "weights file")
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT or "state_dict" not in payload:
-        raise InputError(path, f"not a difftract weights file (no format {WEIGHTS_FORMAT!r})")
-    if not isinstance(payload.get("version"), int) or payload["version"] > WEIGHTS_VERSION:
-        raise InputError(path, f"weights format version {payload.get('version')!r} is not one this "
-                               f"difftract reads ({WEIGHTS_VERSION}); upgrade difftract")
-    return payload
-
-
 def train(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, config: TrainConfig,
           out: str | Path, *, resume: bool = False, force: bool = False, device: str | torch.device = "auto",
           model_meta: dict | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
@@ -172,7 +134,7 @@ def train(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, co
         raise ConfigError(f"model_meta must be JSON-like (str, numbers, lists, dicts): {e}") from None
     out, ckpt_path, metrics_path = output_paths(out)
     if resume:
-        ckpt = _load_checkpoint(ckpt_path, config)
+        ckpt = load_checkpoint(ckpt_path, asdict(config))
         saved_meta = ckpt.get("meta")
         if saved_meta is not None and json.loads(json.dumps(model_meta or {})) != saved_meta:
             keys = sorted(k for k in set(saved_meta) | set(model_meta or {})
@@ -245,9 +207,9 @@ class _Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(_seed(config.seed, _LOSS, rank))
+        self.generator.manual_seed(derive_seed(config.seed, _LOSS, rank))
         self.progress = _Progress()
-        _seed_globals(_seed(config.seed, _GLOBAL, rank))
+        seed_globals(derive_seed(config.seed, _GLOBAL, rank))
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Load a checkpoint's model, optimisation, progress and RNG states."""
@@ -261,10 +223,10 @@ class _Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.progress = _Progress(**ckpt["progress"])
         if len(ckpt["rng"]) == self.world:
-            _set_rng_state(ckpt["rng"][self.rank], self.generator)
+            set_rng_state(ckpt["rng"][self.rank], self.generator)
         else:  # another world size splits the data differently anyway: reseed deterministically
-            _seed_globals(_seed(self.config.seed, _GLOBAL, self.rank, self.progress.epoch))
-            self.generator.manual_seed(_seed(self.config.seed, _LOSS, self.rank, self.progress.epoch))
+            seed_globals(derive_seed(self.config.seed, _GLOBAL, self.rank, self.progress.epoch))
+            self.generator.manual_seed(derive_seed(self.config.seed, _LOSS, self.rank, self.progress.epoch))
 
     def wrap(self) -> None:
         """Wrap the model in DDP (after restoring: DDP broadcasts rank 0's weights)."""
@@ -282,7 +244,7 @@ class _Trainer:
             sampler = DistributedSampler(self.train_set, self.world, self.rank, shuffle=True, seed=config.seed)
             sampler.set_epoch(epoch)
         else:
-            shuffle = torch.Generator().manual_seed(_seed(config.seed, _SHUFFLE, epoch))
+            shuffle = torch.Generator().manual_seed(derive_seed(config.seed, _SHUFFLE, epoch))
             sampler = RandomSampler(self.train_set, generator=shuffle)
         sizes = _batch_sizes(len(sampler), config.batch_size, config.max_steps_per_epoch)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -290,7 +252,7 @@ class _Trainer:
                   disable=not show) as bar:
             train = self._pass(self.net, self.train_set, sampler, sizes, self.generator, epoch, bar, training=True)
             val_gen = torch.Generator(device=self.device)
-            val_gen.manual_seed(_seed(config.seed, _VAL, self.rank))  # the same draws every epoch
+            val_gen.manual_seed(derive_seed(config.seed, _VAL, self.rank))  # the same draws every epoch
             val_idx = list(range(self.rank, len(self.val_set), self.world))
             # the bare module: DDP's forward may broadcast buffers, a collective that would
             # hang when ranks hold different numbers of validation batches
@@ -303,7 +265,7 @@ class _Trainer:
         self.scheduler.step(val["loss"])
         if val["loss"] < p.best_val_loss:
             p.best_val_loss, p.best_epoch, p.bad_epochs = val["loss"], epoch, 0
-            p.best_state = _cpu(self.model.state_dict())
+            p.best_state = cpu_state(self.model.state_dict())
         else:
             p.bad_epochs += 1
         p.epoch, p.stopped_early = epoch, 0 < config.early_stop_patience <= p.bad_epochs
@@ -319,7 +281,7 @@ class _Trainer:
               training: bool = False) -> dict[str, float]:
         """One pass over ``dataset``; loss and metrics as sample-weighted means over all ranks."""
         config = self.config
-        base_seed = torch.Generator().manual_seed(_seed(config.seed, _SHUFFLE, epoch, int(training)))
+        base_seed = torch.Generator().manual_seed(derive_seed(config.seed, _SHUFFLE, epoch, int(training)))
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                             collate_fn=getattr(self.task, "collate", None) or default_collate,
                             pin_memory=self.device.type == "cuda", generator=base_seed)  # not the global RNG
@@ -372,12 +334,12 @@ class _Trainer:
 
     def save_checkpoint(self, path: Path) -> None:
         """Collective (gathers every rank's RNG states); only rank 0 writes."""
-        rngs = _gather(_rng_state(self.generator), self.world)
+        rngs = _gather(rng_state(self.generator), self.world)
         if self.rank == 0:
             with atomic_file(path, force=True) as tmp:
                 torch.save({
                     "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": asdict(self.config),
-                    "world_size": self.world, "model": _cpu(self.model.state_dict()),
+                    "world_size": self.world, "model": cpu_state(self.model.state_dict()),
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                     "progress": vars(self.progress), "rng": rngs, "meta": getattr(self, "meta", {})}, tmp)
@@ -402,71 +364,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-
-def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
-def _seed(*keys: int) -> int:
-    """A 63-bit seed derived from non-negative integers (seed, stream, ...)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def _seed_globals(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def _rng_state(generator: torch.Generator) -> dict:
-    """Every RNG the loop touches, as tensors and plain lists (so weights_only loading works)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached": float(cached)},
-            "python": {"version": version, "state": list(py_state), "gauss": gauss},
-            "generator": generator.get_state()}
-
-
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    generator.set_state(state["generator"])
-
-
-def _load_torch(path: str | Path, map_location, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"{what} not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(path, f"cannot read {what} (corrupt, or not written by difftract): {first}") from None
-
-
-def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
-    if not path.is_file():
-        raise InputError(path, "cannot resume: checkpoint not found (start without resume)")
-    ckpt = _load_torch(path, "cpu", "training checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, "not a difftract training checkpoint")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise InputError(path, f"checkpoint version {ckpt.get('version')!r} is not one this difftract reads")
-    saved, now = ckpt["config"], asdict(config)
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k != "epochs" and saved.get(k) != v]
-    if changed:
-        raise ConfigError(f"{path}: cannot resume with a different training configuration "
-                          f"(only epochs may change): {'; '.join(changed)}")
-    return ckpt
 
 
 def _setup_distributed(device_arg) -> tuple[torch.device, int, int, bool]:

@@ -27,7 +27,7 @@ from .schemes import SixSet, check_six
 
 def load_qcgdti(weights: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[QCGDTI, dict]:
     """The network and its weights-file metadata; ``None`` loads the shipped weights."""
-    from ...training.loop import load_weights
+    from ...training.files import load_weights
     from ...weights import sha256, shipped_weights
 
     path = shipped_weights("qcgdti") if weights is None else Path(weights)

@@ -1,0 +1,89 @@
+"""The trainer's files: weights (``W.pt``), checkpoint (``W.ckpt.pt``), metrics (``W.metrics.jsonl``).
+
+Both ``.pt`` files are plain dicts of tensors and JSON-like values, readable with
+``torch.load(..., weights_only=True)``; a foreign, truncated or newer file is an ``InputError``
+naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, InputError
+from ..io.atomic import atomic_file
+
+WEIGHTS_FORMAT, WEIGHTS_VERSION = "difftract-weights", 1
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "difftract-checkpoint", 1
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """The weights file, its checkpoint and its metrics file: ``W.pt, W.ckpt.pt, W.metrics.jsonl``."""
+    out = Path(out)
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return out, out.with_name(f"{stem}.ckpt.pt"), out.with_name(f"{stem}.metrics.jsonl")
+
+
+def save_weights(path: str | Path, state_dict: dict[str, Tensor], meta: dict | None = None,
+                 train_info: dict | None = None, force: bool = False) -> Path:
+    """Write a weights file loadable with ``torch.load(path, weights_only=True)``.
+
+    ``meta`` (how to rebuild the model) and ``train_info`` must be JSON-like.
+    """
+    meta, train_info = dict(meta or {}), dict(train_info or {})
+    try:
+        json.dumps([meta, train_info])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: weights metadata must be JSON-like (str, numbers, lists, dicts): {e}") from None
+    payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "state_dict": cpu_state(state_dict),
+               "meta": meta, "train": train_info}
+    with atomic_file(path, force) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a weights file written by :func:`save_weights` (``weights_only=True``)."""
+    payload = _load_torch(path, map_location, "weights file")
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT or "state_dict" not in payload:
+        raise InputError(path, f"not a difftract weights file (no format {WEIGHTS_FORMAT!r})")
+    if not isinstance(payload.get("version"), int) or payload["version"] > WEIGHTS_VERSION:
+        raise InputError(path, f"weights format version {payload.get('version')!r} is not one this "
+                               f"difftract reads ({WEIGHTS_VERSION}); upgrade difftract")
+    return payload
+
+
+def cpu_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A detached CPU copy of a state dict."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _load_torch(path: str | Path, map_location, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(path, f"cannot read {what} (corrupt, or not written by difftract): {first}") from None
+
+
+def load_checkpoint(path: Path, config: dict) -> dict:
+    if not path.is_file():
+        raise InputError(path, "cannot resume: checkpoint not found (start without resume)")
+    ckpt = _load_torch(path, "cpu", "training checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, "not a difftract training checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise InputError(path, f"checkpoint version {ckpt.get('version')!r} is not one this difftract reads")
+    saved, now = ckpt["config"], config
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k != "epochs" and saved.get(k) != v]
+    if changed:
+        raise ConfigError(f"{path}: cannot resume with a different training configuration "
+                          f"(only epochs may change): {'; '.join(changed)}")
+    return ckpt
