@@ -58,6 +58,10 @@ def test_train_then_fit(cli, subjects, tmp_path):
 
     again = cli("train", "qcgdti", *subjects, "--out", out, *TINY)
     assert again.returncode == 2 and "--force" in again.stderr
+    (tmp_path / "other.json").write_text("{}")              # any output of the run, the sidecar too
+    blocked = cli("train", "qcgdti", *subjects, "--out", tmp_path / "other.pt", *TINY)
+    assert blocked.returncode == 2 and "other.json" in blocked.stderr
+    assert not (tmp_path / "other.pt").exists() and (tmp_path / "other.json").read_text() == "{}"
 
     d = subjects[1]
     fit_dir = tmp_path / "qcg"

@@ -126,10 +126,9 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
     dwi = load_scan(args)
     start = time.perf_counter()
     if args.method == "qcg":
-        model, fit = _fit_qcg(args, dwi, options["device"])
+        fit = _fit_qcg(args, dwi, options["device"])
     else:
-        model = TensorModel(dwi.gtab, fit_method=args.method.upper())
-        fit = model.fit(dwi.data, dwi.mask, **options)
+        fit = TensorModel(dwi.gtab, fit_method=args.method.upper()).fit(dwi.data, dwi.mask, **options)
     seconds = time.perf_counter() - start
     n = int(fit.mask.sum())
     dtype = "float32" if args.method == "qcg" else options["dtype"]   # the network runs in float32
@@ -152,7 +151,7 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
 
 
 def _fit_qcg(args: argparse.Namespace, dwi, device):
-    """The QCG-DTI model and its fit of ``dwi``: its six DWIs, or six selected from many."""
+    """The QCG-DTI fit of ``dwi``: its six DWIs, or six selected from many."""
     from ..models.qcgdti.predict import QCGTensorModel
     from ..models.qcgdti.schemes import check_six, flexible_six, shells
 
@@ -167,12 +166,11 @@ def _fit_qcg(args: argparse.Namespace, dwi, device):
                  list(six.indices), six.shell, six.mean_angle, six.condition)
     else:
         check_six(bvals, bvecs, where=str(args.bval))
-    model = QCGTensorModel.from_weights(args.weights, device)
-    fit = model.fit(dwi.data, bvals, bvecs, dwi.mask, six)
+    fit = QCGTensorModel.from_weights(args.weights, device).fit(dwi.data, bvals, bvecs, dwi.mask, six)
     if six is not None:
         fit.params.update(selection={"rule": "nearest to a rotated DSM6", "shell": six.shell, "seed": args.seed,
                                      "mean_angle_deg": six.mean_angle, "condition": six.condition})
-    return model, fit
+    return fit
 
 
 def cmd_fit_sh(args: argparse.Namespace) -> int:

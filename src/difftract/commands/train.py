@@ -76,13 +76,15 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     import torch
 
     from ..device import resolve_device
-    from ..io.atomic import check_output
+    from ..io.atomic import check_outputs
+    from ..io.sidecar import sidecar_path
     from ..models.qcgdti.data import PatchDataset, QCGTask, prepare_subject
     from ..models.qcgdti.model import QCGConfig, QCGDTI
+    from ..training.files import output_paths
     from ..training.loop import TrainConfig, train
 
-    if not args.resume:
-        check_output(args.out, args.force)
+    if not args.resume:   # every file the run writes, before the subjects are prepared
+        check_outputs([*output_paths(args.out), sidecar_path(args.out)], args.force)
     device = resolve_device(args.device)
     patch = args.patch or (64 if device.type == "cuda" else 32)
     config = QCGConfig(variant=args.variant, widths=_widths(args.widths), lsq_input=not args.no_lsq_input)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
-from ..io.atomic import atomic_file, check_output
+from ..io.atomic import atomic_file, check_outputs
 from .files import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, cpu_state, load_checkpoint, output_paths, save_weights
 from .rng import derive_seed, rng_state, seed_globals, set_rng_state
 
@@ -143,8 +143,7 @@ def train(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, co
                               f"(changed: {', '.join(keys)})")
     else:
         ckpt = None
-        for path in (out, ckpt_path, metrics_path):
-            check_output(path, force)
+        check_outputs([out, ckpt_path, metrics_path], force)
     device, rank, world, created = _setup_distributed(device)
     try:
         trainer = _Trainer(model, task, train_set, val_set, config, device, rank, world)

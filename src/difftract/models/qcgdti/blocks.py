@@ -35,17 +35,6 @@ class MRUnit(nn.Module):
         return x + self.out(self.fuse(branches))
 
 
-class MRDBlock(nn.Module):
-    """Two MR units with a long skip connection around them."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.units = nn.Sequential(MRUnit(channels), MRUnit(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.units(x)
-
-
 class ResUnit(nn.Module):
     """A plain residual unit ``X + conv3(relu(conv3 X))``."""
 
@@ -57,15 +46,24 @@ class ResUnit(nn.Module):
         return x + self.conv2(torch.relu(self.conv1(x)))
 
 
-class ResBlock(nn.Module):
-    """The ``resnet`` ablation of :class:`MRDBlock`: two residual units and the same long skip."""
+class MRDBlock(nn.Module):
+    """Two residual units with a long skip connection around them.
 
-    def __init__(self, channels: int):
+    ``unit=MRUnit`` is the MRD block; ``unit=ResUnit`` the ``resnet`` ablation's block of the
+    same width and depth (:func:`ResBlock`).
+    """
+
+    def __init__(self, channels: int, unit: type[nn.Module] = MRUnit):
         super().__init__()
-        self.units = nn.Sequential(ResUnit(channels), ResUnit(channels))
+        self.units = nn.Sequential(unit(channels), unit(channels))
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.units(x)
+
+
+def ResBlock(channels: int) -> MRDBlock:
+    """The ``resnet`` ablation of :class:`MRDBlock`: plain residual units, the same long skip."""
+    return MRDBlock(channels, ResUnit)
 
 
 class QCF(nn.Module):

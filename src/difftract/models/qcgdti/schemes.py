@@ -16,17 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from dipy.core.gradients import unique_bvals_tolerance
 from scipy.spatial.transform import Rotation
 
 from ...errors import ConfigError
 from ...io.gradients import B0_THRESHOLD
+from ...reconst.sh import SHELL_TOLERANCE
 
 DSM6 = np.array([[0.910, 0.416, 0.0], [0.910, -0.416, 0.0], [0.416, 0.0, 0.910],
                  [-0.416, 0.0, 0.910], [0.0, 0.910, 0.416], [0.0, 0.910, -0.416]])
 DSM6 /= np.linalg.norm(DSM6, axis=1, keepdims=True)
 MAX_MEAN_ANGLE = 5.0
 MAX_CONDITION = 2.0
-SHELL_TOLERANCE = 100.0   # s/mm^2: b-values this close form one shell
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,18 @@ def design_condition(directions: np.ndarray) -> float:
 
 
 def shells(bvals: np.ndarray) -> np.ndarray:
-    """The distinct non-zero b-values (rounded to the nearest 100)."""
+    """The distinct non-zero b-values, grouped as the SH fit groups them (DIPY, +/- SHELL_TOLERANCE)."""
     dw = bvals[bvals > B0_THRESHOLD]
-    return np.unique(np.round(dw / SHELL_TOLERANCE) * SHELL_TOLERANCE)
+    return unique_bvals_tolerance(dw, tol=SHELL_TOLERANCE) if dw.size else np.zeros(0)
+
+
+def _has_shell(bvals: np.ndarray, shell: float) -> bool:
+    return bool(np.any(np.abs(shells(bvals) - shell) <= SHELL_TOLERANCE))
 
 
 def _nearest(target: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, shell: float) -> SixSet | None:
     """The scheme volumes of ``shell`` nearest (sign-invariant) to the six ``target`` directions."""
-    candidates = np.flatnonzero(np.abs(bvals - shell) <= SHELL_TOLERANCE / 2)
+    candidates = np.flatnonzero(np.abs(bvals - shell) <= SHELL_TOLERANCE)
     if len(candidates) < len(target):
         return None
     cos = np.abs(target @ bvecs[candidates].T)
@@ -70,7 +75,7 @@ def fixed_six(bvals: np.ndarray, bvecs: np.ndarray, shell: float | None = None) 
     """The volumes nearest to the unrotated DSM6 on ``shell`` (default: the lowest shell)."""
     available = shells(bvals)
     shell = float(available[0] if shell is None else shell)
-    found = _nearest(DSM6, bvals, bvecs, shell) if np.any(np.abs(available - shell) < 1) else None
+    found = _nearest(DSM6, bvals, bvecs, shell) if _has_shell(bvals, shell) else None
     if found is None:
         raise ConfigError(f"the scheme has no six distinct directions near DSM6 on shell b={shell:g}")
     return found
@@ -86,7 +91,7 @@ def flexible_six(bvals: np.ndarray, bvecs: np.ndarray, rng: np.random.Generator,
     available = shells(bvals)
     if len(available) == 0:
         raise ConfigError("the scheme has no diffusion-weighted volumes")
-    if shell is not None and not np.any(np.abs(available - shell) < 1):
+    if shell is not None and not _has_shell(bvals, shell):
         raise ConfigError(f"the scheme has no shell b={shell:g}; its shells are "
                           f"{', '.join(f'{b:g}' for b in available)}")
     for _ in range(max_tries):
