@@ -106,11 +106,15 @@ def test_demo_writes_the_phantom_and_its_picture(cli, tmp_path):
     assert (demo / "phantom" / "qc_phantom.png").is_file()
     assert "horizontal" in out.stdout and "QC pictures" in out.stdout
     for made in ("dti/fa.nii.gz", "dti/qc_dti.png", "fod.nii.gz", "peaks.nii.gz", "fod_qc.png", "fod.json",
-                 "tracks_det.trx", "tracks_det.json", "scores_det.json", "scores_gt.json"):
+                 "tracks_det.trx", "tracks_det.json", "scores_det.json", "scores_gt.json",
+                 "tracks_ddtracking.trx", "scores_ddtracking.json"):
         assert (demo / made).is_file(), made
     assert "$ difftract fit dti" in out.stdout and "$ difftract fit csd" in out.stdout
     assert "$ difftract track" in out.stdout and "det:" in out.stdout
     assert json.loads((demo / "scores_det.json").read_text())["VB"] == 7
+    assert "ddtracking:" in out.stdout
+    dd = json.loads((demo / "scores_ddtracking.json").read_text())
+    assert dd["VB"] == 7 and dd["VS_ratio"] > 0.7          # the shipped model on the default phantom
 
 
 @pytest.mark.parametrize("bad", [

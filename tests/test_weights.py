@@ -1,4 +1,4 @@
-"""Shipped weights: checksums verified, tampering refused, the QCG-DTI weights load and run."""
+"""Shipped weights: checksums verified, tampering refused, the QCG-DTI and DDTracking weights load and run."""
 
 from __future__ import annotations
 
@@ -54,3 +54,26 @@ def test_shipped_qcgdti_runs_on_a_six_dwi_scan():
     fit = model.fit(p.data, p.bvals, p.bvecs, p.mask, fixed_six(p.bvals, p.bvecs))
     assert np.isfinite(fit.fa).all() and 0 < np.median(fit.fa[p.wm]) <= 1
     assert np.median(fit.md[p.mask]) == pytest.approx(0.8e-3, rel=0.3)
+
+
+def test_shipped_ddtracking_tracks_fibercup(phantom_dir):
+    """The shipped DDTracking model on the default fibercup (a scheme and noise draw it was not trained on)."""
+    import nibabel as nib
+    import torch
+
+    from difftract.eval.tractometer import load_scoring, score
+    from difftract.io.dwi import load_subject
+    from difftract.models.ddtracking import DDTrackingGetter, load_ddtracking, signal_sh
+    from difftract.tracking import BinaryCriterion, Tracker, TrackingParams, random_seeds
+
+    model, meta = load_ddtracking(None)
+    assert meta["config"]["variant"] == "full" and meta["sha256"] == W.expected_sums()["ddtracking.pt"]
+    dwi = load_subject(phantom_dir)
+    wm = np.asarray(nib.load(phantom_dir / "wm.nii.gz").dataobj) > 0
+    seeds = random_seeds(wm, 1, torch.Generator().manual_seed(0))
+    seeds = seeds[torch.randperm(len(seeds), generator=torch.Generator().manual_seed(0))[:400]]
+    getter = DDTrackingGetter(model, signal_sh(dwi), 45.0, voxel_sizes=dwi.voxel_sizes)
+    tracker = Tracker(getter, BinaryCriterion(wm), dwi.voxel_sizes, TrackingParams(step_mm=2.0, min_len_mm=20))
+    lines = [s.numpy() for chunk in tracker.track(seeds) for s in chunk.split()]
+    result = score(lines, load_scoring(phantom_dir)).scores
+    assert result["VB"] == 7 and result["VS_ratio"] > 0.8 and result["NC_ratio"] < 0.15, result

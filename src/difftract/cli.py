@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="run the main job on the built-in fibercup phantom",
         description="Simulate the fibercup phantom, fit DTI and CSD (fODF and peaks) to it, write QC pictures, "
-                    "track the fODF deterministically in the white matter, and score that tractogram and the "
-                    "ground truth (the ceiling a tracker can reach) with the Tractometer.",
+                    "track the fODF deterministically in the white matter, track with the shipped DDTracking model, "
+                    "and score both tractograms and the ground truth (the ceiling a tracker can reach) with "
+                    "the Tractometer.",
         epilog="example:\n  difftract demo --out demo_out", formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", type=Path, default=Path("difftract_demo"), help="output directory (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -193,6 +194,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
               "--out", str(args.out / "tracks_det.trx")],
              ["score", str(args.out / "tracks_det.trx"), "--phantom", str(ph),
               "--json", str(args.out / "scores_det.json")],
+             ["track", *scan, "--stop-mask", str(ph / "wm.nii.gz"), "--method", "ddtracking",
+              "--seeds-per-voxel", "1", "--seed", str(args.seed), "--out", str(args.out / "tracks_ddtracking.trx")],
+             ["score", str(args.out / "tracks_ddtracking.trx"), "--phantom", str(ph),
+              "--json", str(args.out / "scores_ddtracking.json")],
              ["score", str(ph / "tractogram.trk"), "--phantom", str(ph),
               "--json", str(args.out / "scores_gt.json")]]
     for argv in steps:

@@ -23,6 +23,10 @@ direction rules (--method):
   prob     DIPY's probabilistic rule: a direction drawn from the fODF within the cone (--seed)
   closest  DIPY's closest-peak rule: every seed peak starts a streamline
   peak     differentiable blend of per-voxel fODF peaks (the rule gradients flow through)
+  ddtracking  the learned DDTracking policy (--weights, default: the shipped model) on the SH of the
+           b0-normalised DWI (lmax 6, shell nearest b=1000): a GRU over the streamline so far and a
+           diffusion sampler (--sampler-steps; --stochastic draws, fixed by --seed); seeds start along
+           the signal's principal direction; default step: the model's training step (1 voxel)
 
 The fODF is --sh (descoteaux07 SH, basis from its sidecar or --sh-basis) or, without it, a
 CSD fit of the scan (lmax --lmax, auto response). Tracking stops outside --stop-mask (default
@@ -49,18 +53,25 @@ def add_parser(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scan_arguments(p)
     p.add_argument("--out", type=Path, required=True, metavar="T", help="output tractogram (.trx, .trk or .tck)")
-    p.add_argument("--method", choices=METHODS, default="det", help="direction rule (default: %(default)s)")
+    p.add_argument("--method", choices=METHODS + ("ddtracking",), default="det",
+                   help="direction rule (default: %(default)s)")
+    p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped model)")
+    p.add_argument("--sampler-steps", type=int, default=1, metavar="S",
+                   help="DDTracking reverse-diffusion steps (default: %(default)s, the one-step regression)")
+    p.add_argument("--stochastic", action="store_true",
+                   help="DDTracking: sample from noise (probabilistic tracking; --seed fixes the draws)")
     p.add_argument("--sh", type=Path, metavar="FOD", help="fODF SH volume to track (default: fit CSD)")
     p.add_argument("--sh-basis", choices=BASES, help="basis of --sh (default: from its JSON sidecar)")
     p.add_argument("--lmax", type=int, default=8, help="lmax of the CSD fit without --sh (default: %(default)s)")
     seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds-per-voxel", type=int, metavar="N", help="N random seeds in every seed voxel")
+    seeds.add_argument("--seeds-per-voxel", type=int, metavar="N",
+                       help="N random seeds in every seed voxel (default: 1; 5 for ddtracking)")
     seeds.add_argument("--seed-density", type=int, metavar="D", help="a regular D x D x D grid in every seed voxel")
     seeds.add_argument("--seeds-file", type=Path, metavar="S", help="seed points in RAS mm, one 'x y z' per line")
     p.add_argument("--seed-mask", type=Path, metavar="M", help="where to seed (default: the stopping mask)")
     p.add_argument("--stop-mask", type=Path, metavar="M", help="tracking mask (default: --mask)")
     p.add_argument("--fa-threshold", type=float, metavar="T", help="stop where DTI FA <= T instead of at a mask")
-    p.add_argument("--step-mm", type=float, default=1.0, help="step size, mm (default: %(default)s)")
+    p.add_argument("--step-mm", type=float, help="step size, mm (default: 1; ddtracking: the model's step)")
     p.add_argument("--max-angle", type=float, default=45.0, help="largest turn per step, degrees (default: %(default)s)")
     p.add_argument("--min-len-mm", type=float, default=20.0, help="shortest streamline kept, mm (default: %(default)s)")
     p.add_argument("--max-len-mm", type=float, default=250.0, help="longest streamline kept, mm (default: %(default)s)")
@@ -148,6 +159,27 @@ def cmd_track(args: argparse.Namespace) -> int:
     from ..tracking.tracker import Tracker, TrackingParams
 
     check_outputs([args.out, sidecar_path(args.out)], args.force)
+    given = [f"--{k}" for k, on in (("weights", args.weights is not None), ("stochastic", args.stochastic),
+                                     ("sampler-steps", args.sampler_steps != 1)) if on]
+    if given and args.method != "ddtracking":
+        raise ConfigError(f"{', '.join(given)} only apply to --method ddtracking")
+    if args.sampler_steps < 1:
+        raise ConfigError(f"--sampler-steps must be at least 1, got {args.sampler_steps}")
+    if args.method == "ddtracking" and args.integrator != "euler":
+        raise ConfigError("DDTracking advances its GRU one point per step: use --integrator euler")
+    learned = _load_ddtracking(args) if args.method == "ddtracking" else None
+    dwi = load_scan(args)
+    if args.step_mm is None:
+        args.step_mm = 1.0 if learned is None else learned[1].get("step_voxels", 1.0) * float(min(dwi.voxel_sizes))
+    elif learned is not None:
+        trained = learned[1].get("step_voxels", 1.0) * float(min(dwi.voxel_sizes))
+    if learned is not None and not np.allclose(dwi.voxel_sizes, min(dwi.voxel_sizes), rtol=1e-3):
+        log.warning("%s has anisotropic voxels %s: DDTracking was trained in voxel units, so its steps and "
+                    "directions are converted, but resampling to isotropic voxels matches training better",
+                    args.dwi, tuple(round(float(v), 3) for v in dwi.voxel_sizes))
+        if abs(args.step_mm - trained) > 1e-6 * trained:
+            log.warning("--step-mm %g differs from the step DDTracking was trained with (%g mm here)",
+                        args.step_mm, trained)
     params = TrackingParams(step_mm=args.step_mm, min_len_mm=args.min_len_mm, max_len_mm=args.max_len_mm,
                             integrator=args.integrator, return_all=not args.valid_only)
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -160,7 +192,6 @@ def cmd_track(args: argparse.Namespace) -> int:
     if stop_path is None and args.fa_threshold is None:
         raise ConfigError("tracking needs a stopping rule: give --mask, --stop-mask or --fa-threshold")
 
-    dwi = load_scan(args)
     stop = load_mask(stop_path, dwi.shape, dwi.affine) if stop_path is not None else None
     seed_mask = load_mask(args.seed_mask, dwi.shape, dwi.affine) if args.seed_mask else stop
     if args.seeds_file is not None:
@@ -170,17 +201,25 @@ def cmd_track(args: argparse.Namespace) -> int:
     elif args.seed_density is not None:
         seeds = grid_seeds(seed_mask, args.seed_density)
     else:
-        per_voxel = 1 if args.seeds_per_voxel is None else args.seeds_per_voxel
+        per_voxel = args.seeds_per_voxel if args.seeds_per_voxel is not None else (5 if learned is not None else 1)
         seeds = random_seeds(seed_mask, per_voxel, torch.Generator().manual_seed(args.seed))
     seeds = torch.as_tensor(seeds, dtype=torch.float64)
 
-    coeffs, legacy = _fod(args, dwi, fit_options)
-    field = SHField(coeffs, legacy=legacy, pmf_threshold=args.pmf_threshold)
-    peaks = None
-    if args.method == "peak":
-        found = peaks_from_sh(coeffs, dwi.mask, legacy=legacy, **fit_options)
-        peaks = torch.as_tensor(found.dirs)
-    getter = make_getter(args.method, sh=field, peaks=peaks, max_angle=args.max_angle)
+    if learned is not None:
+        from ..models.ddtracking.data import signal_sh
+        from ..models.ddtracking.getter import DDTrackingGetter
+
+        legacy = False
+        getter = DDTrackingGetter(learned[0], signal_sh(dwi, 6, device=device), args.max_angle,
+                                  args.sampler_steps, args.stochastic, voxel_sizes=dwi.voxel_sizes)
+    else:
+        coeffs, legacy = _fod(args, dwi, fit_options)
+        field = SHField(coeffs, legacy=legacy, pmf_threshold=args.pmf_threshold)
+        peaks = None
+        if args.method == "peak":
+            found = peaks_from_sh(coeffs, dwi.mask, legacy=legacy, **fit_options)
+            peaks = torch.as_tensor(found.dirs)
+        getter = make_getter(args.method, sh=field, peaks=peaks, max_angle=args.max_angle)
     if args.fa_threshold is not None:
         from ..reconst.dti import TensorModel
 
@@ -196,9 +235,9 @@ def cmd_track(args: argparse.Namespace) -> int:
                                       f"FA > {args.fa_threshold}" if args.fa_threshold is not None
                                       else f"mask {stop_path}"),
                                   "seeding": _seeding(args), "device": str(device), "dtype": str(dtype),
-                                  "chunk_size": chunk, "fod": str(args.sh) if args.sh else f"CSD lmax {args.lmax}"},
-                        seed=args.seed, inputs=scan_inputs(args) + [p for p in (args.sh, args.stop_mask,
-                                                                                args.seed_mask, args.seeds_file) if p],
+                                  "chunk_size": chunk, **_source(args, learned)},
+                        seed=args.seed, inputs=scan_inputs(args) + [p for p in (args.sh, args.stop_mask, args.seed_mask,
+                                                                                args.seeds_file, args.weights) if p],
                         sh_basis=BASES[int(legacy)])
     start = time.perf_counter()
     lengths_mm = []
@@ -221,10 +260,34 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_ddtracking(args):
+    """The DDTracking network and its weights metadata (checked before the scan is read)."""
+    from ..models.ddtracking.getter import load_ddtracking
+
+    if args.sh is not None:
+        raise ConfigError("--sh gives an fODF for the classical rules; DDTracking reads the DWI itself")
+    model, meta = load_ddtracking(args.weights)
+    if model.config.n_coeffs != 28:
+        raise ConfigError(f"DDTracking weights with {model.config.n_coeffs} SH coefficients are not supported "
+                          "(the input is lmax 6, 28 coefficients)")
+    return model, meta
+
+
+def _source(args, learned) -> dict:
+    """What the directions came from, for the sidecar."""
+    if learned is None:
+        return {"fod": str(args.sh) if args.sh else f"CSD lmax {args.lmax}"}
+    meta = learned[1]
+    return {"model": "ddtracking", "variant": meta["config"]["variant"], "weights": meta["path"],
+            "weights_sha256": meta["sha256"], "sampler_steps": args.sampler_steps,
+            "stochastic": args.stochastic, "input": "SH lmax 6 of the b0-normalised shell nearest b=1000"}
+
+
 def _seeding(args) -> str:
     if args.seeds_file is not None:
         return f"file {args.seeds_file}"
     where = args.seed_mask or args.stop_mask or args.mask
     if args.seed_density is not None:
         return f"grid density {args.seed_density} in {where}"
-    return f"{args.seeds_per_voxel or 1} random per voxel in {where}"
+    per_voxel = args.seeds_per_voxel if args.seeds_per_voxel is not None else (5 if args.method == "ddtracking" else 1)
+    return f"{per_voxel} random per voxel in {where}"

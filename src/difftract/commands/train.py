@@ -33,7 +33,7 @@ examples:
 
 
 def add_parser(sub) -> None:
-    train = sub.add_parser("train", help="train a learned model (QCG-DTI) on subject directories",
+    train = sub.add_parser("train", help="train a learned model (QCG-DTI, DDTracking) on subject directories",
                            description="Train a model with the shared trainer: AdamW, plateau learning-rate "
                                        "schedule, early stopping, checkpoints with exact --resume, DDP under torchrun.")
     models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
@@ -63,6 +63,9 @@ def add_parser(sub) -> None:
     qcg.add_argument("--resume", action="store_true", help="continue from W.ckpt.pt")
     qcg.add_argument("--force", action="store_true", help="overwrite existing outputs")
     qcg.set_defaults(func=cmd_train_qcgdti)
+    from .train_ddtracking import add_parser as add_ddtracking
+
+    add_ddtracking(models)
 
 
 def _widths(text: str) -> tuple[int, ...]:

@@ -20,7 +20,9 @@ truncated; DIPY's det and prob trackers also truncate the lengths to whole mm fi
 
 The backward half starts against the first forward step (the normalised voxel-space
 difference of its first point and the seed) when the forward half moved, else against the
-initial direction: DIPY's rule.
+initial direction: DIPY's rule. A getter with state (DDTracking's GRU) may define
+``init_backward(seeds, dirs, forward_points (S, T, 3), forward_count (S,), generator)`` to
+start the backward half from what the forward half saw.
 
 Differentiable mode keeps the autograd graph: the returned points are functions of the
 field (and of whatever made it). Stopping and direction choices are discrete decisions
@@ -192,7 +194,10 @@ class Tracker:
         is_first = fwd.steps == 1
         first[fwd.ids[is_first]] = fwd.points[is_first]
         back_dirs = torch.where(moved[:, None], normalize(first - x0), dirs0)
-        state = g.init(x0, -back_dirs, generator)
+        if hasattr(g, "init_backward"):   # stateful getters start the backward half from the forward one
+            state = g.init_backward(x0, -back_dirs, _paths(fwd, S), fwd.count, generator)
+        else:
+            state = g.init(x0, -back_dirs, generator)
         bwd = self._half(x0, -back_dirs, state, budget=p.max_points - 1 - fwd.count)
 
         n = bwd.count + 1 + fwd.count
@@ -278,6 +283,14 @@ class Tracker:
                            fwd.weights[sel_f]])
             weights = x0.new_zeros(total).index_put((index,), w)
         return Streamlines(out, lengths, seed_index[keep], weights)
+
+
+def _paths(half: _Half, S: int) -> torch.Tensor:
+    """The points of a half as ``(S, T, 3)``, step 1 first, zero past each streamline's count."""
+    T = int(half.count.max()) if S else 0
+    out = half.points.new_zeros(S, T, 3)
+    out[half.ids, half.steps - 1] = half.points
+    return out
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:

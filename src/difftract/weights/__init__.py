@@ -14,7 +14,7 @@ from ..errors import InputError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 SUMS = WEIGHTS_DIR / "SHA256SUMS"
-SHIPPED = {"qcgdti": "qcgdti.pt"}
+SHIPPED = {"qcgdti": "qcgdti.pt", "ddtracking": "ddtracking.pt"}
 
 
 def sha256(path: str | Path) -> str:

@@ -112,14 +112,13 @@ def sample(denoise: Denoiser, n: int, dim: int = 3, steps: int = 1, stochastic: 
         y = torch.randn(n, dim, generator=generator, device=device, dtype=dtype)
     else:
         y = torch.zeros(n, dim, device=device, dtype=dtype)
-    dk = 1.0 / steps
     for i in range(steps):
-        k = 1.0 - i * dk
-        k_next = max(k - dk, 0.0)
+        k = 1.0 - i / steps
+        k_next = 1.0 - (i + 1) / steps if i + 1 < steps else 0.0   # exactly 0 at the end
         step = k - k_next
         h_pred = denoise(y, torch.full((n, 1), k, device=y.device, dtype=y.dtype))
         y = (k_next / k) * y - (step / k) * h_pred
-        if stochastic and k_next > 0:
+        if stochastic and i + 1 < steps:
             noise = torch.randn(n, dim, generator=generator, device=y.device, dtype=y.dtype)
             y = y + (step * k_next / k) ** 0.5 * noise
     return F.normalize(y, dim=-1) if normalise else y

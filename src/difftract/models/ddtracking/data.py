@@ -1,0 +1,240 @@
+"""DDTracking training data: subjects, streamline samples and the trainer's task.
+
+A subject directory (DESIGN) gives the input volume, the SH coefficients (descoteaux07,
+lmax 6) of its b0-normalised DWI (:func:`signal_sh`), and its reference tractogram
+``tractogram.{trk,tck,trx}``, whose streamlines are resampled to the tracking step in
+voxel space (:func:`resample`). Both are cached per subject (``.npz``, keyed by the input
+files and settings), so a second run starts at once.
+
+A sample is a window of one streamline, in one of its two orientations, a pure function
+of (seed, epoch, index). A model trained on clean streamlines alone learns to trust the
+path so far, and once its own small errors feed back at tracking time it drifts off the
+bundle within a few steps (exposure bias). So the samples show it the states tracking
+produces and how to leave them:
+
+- the inputs are the points but the last, displaced across the streamline by a smooth
+  random offset (an AR(1) process along it: standard deviation ``jitter`` voxels per axis,
+  correlation ``jitter_corr`` from one point to the next, the component along the local
+  tangent removed), with their 3x3x3 SH neighbourhoods;
+- the targets are the unit vectors from each displaced point to the next clean point, so
+  the model learns to steer back;
+- the previous direction of each point is the move that reached it (from the previous
+  displaced point), as at tracking time; at the first point it is the clean tangent turned
+  by a random angle (standard deviation ``seed_angle`` degrees), as the seed direction is an
+  estimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from dipy.core.gradients import unique_bvals_tolerance
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from ...errors import ConfigError, InputError
+from ...io.atomic import atomic_file
+from ...io.gradients import B0_THRESHOLD
+from ...reconst.sh import SHELL_TOLERANCE, SHModel
+from . import diffusion
+from .features import neighbourhood
+
+log = logging.getLogger("difftract")
+TRACTOGRAMS = ("tractogram.trk", "tractogram.tck", "tractogram.trx")
+TARGET_SHELL = 1000.0     # the SH is fitted to the shell nearest this b-value
+
+
+def signal_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
+    """SH coefficients ``(X, Y, Z, m)`` float32 of the b0-normalised shell nearest b = 1000 (0 outside the mask)."""
+    bvals = np.asarray(dwi.bvals, dtype=np.float64)
+    shells = unique_bvals_tolerance(bvals[bvals > B0_THRESHOLD], tol=SHELL_TOLERANCE)
+    if len(shells) == 0:
+        raise ConfigError("the scan has no diffusion-weighted volume")
+    shell = float(shells[np.argmin(np.abs(shells - TARGET_SHELL))])
+    fit = SHModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.data, dwi.mask, device=device,
+                                                                       dtype="float32", progress=False)
+    return fit.coeffs.astype(np.float32)
+
+
+def resample(streamline: np.ndarray, step: float) -> np.ndarray:
+    """Points every ``step`` along the polyline (arc length), from its first point; the tail shorter than a step is dropped."""
+    s = np.asarray(streamline, dtype=np.float64)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(s, axis=0), axis=1))])
+    at = np.arange(0.0, arc[-1] + 1e-9, step)
+    return np.stack([np.interp(at, arc, s[:, i]) for i in range(3)], axis=1).astype(np.float32)
+
+
+@dataclass
+class DDSubject:
+    """A subject prepared for training: its SH volume and resampled streamlines (voxel space)."""
+
+    name: str
+    sh: torch.Tensor                 # (X, Y, Z, m) float32
+    streamlines: list[np.ndarray]    # (n_i, 3) float32, consecutive points ``step`` voxels apart
+
+
+def find_tractogram(directory: Path) -> Path:
+    for name in TRACTOGRAMS:
+        if (directory / name).is_file():
+            return directory / name
+    raise InputError(directory, f"no reference tractogram ({', '.join(TRACTOGRAMS)}) in the subject directory")
+
+
+def prepare_subject(directory: str | Path, *, step: float = 1.0, lmax: int = 6, min_points: int = 3,
+                    cache_dir: str | Path | None = None) -> DDSubject:
+    """Load (or read from ``cache_dir``) a subject's SH volume and resampled reference streamlines."""
+    from ...io.dwi import load_subject
+    from ...io.tractogram import load_tractogram
+
+    directory = Path(directory)
+    tract_path = find_tractogram(directory)
+    cache = _cache_path(directory, tract_path, step, lmax, cache_dir)
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache) as z:
+                points, lengths, sh = z["points"], z["lengths"], z["sh"]
+            return DDSubject(directory.name, torch.from_numpy(sh), np.split(points, np.cumsum(lengths)[:-1]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            log.warning("unreadable feature cache %s (%s): rebuilding it", cache, exc)
+    dwi = load_subject(directory)
+    sh = signal_sh(dwi, lmax)
+    tractogram = load_tractogram(tract_path, reference=(dwi.affine, dwi.shape))
+    streamlines = [r for r in (resample(s, step) for s in tractogram.streamlines) if len(r) >= min_points]
+    if not streamlines:
+        raise InputError(tract_path, f"no streamline is {min_points} steps of {step} voxel long")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(cache, force=True) as tmp, open(tmp, "wb") as f:
+            np.savez(f, points=np.concatenate(streamlines), lengths=np.array([len(s) for s in streamlines]), sh=sh)
+    return DDSubject(directory.name, torch.from_numpy(sh), streamlines)
+
+
+def _cache_path(directory: Path, tract_path: Path, step: float, lmax: int, cache_dir) -> Path | None:
+    if cache_dir is None:
+        return None
+    files = sorted(p for p in directory.iterdir() if p.name.startswith(("dwi.", "mask.")) or p == tract_path)
+    key = json.dumps({"dir": str(directory.resolve()), "step": step, "lmax": lmax, "shell": TARGET_SHELL,
+                      "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
+    return Path(cache_dir) / f"{directory.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+class StreamlineDataset(Dataset):
+    """Streamline windows with their features, a pure function of (seed, epoch, index).
+
+    Parameters
+    ----------
+    subjects : list of DDSubject
+    n_samples : int
+        Windows per epoch.
+    window : int
+        Most input points per sample (long streamlines give a random window; the GRU
+        starts from zero there, as it does at a seed).
+    jitter : float
+        Standard deviation (voxels) of the offset of the input points; 0 for none.
+    jitter_corr : float
+        Correlation of consecutive offsets, in [0, 1).
+    seed_angle : float
+        Standard deviation (degrees) of the error of the first point's previous direction.
+    per_epoch : bool
+        New windows every epoch (training) or the same ones (validation).
+    """
+
+    def __init__(self, subjects: list[DDSubject], n_samples: int, seed: int = 0, window: int = 64,
+                 jitter: float = 0.3, jitter_corr: float = 0.7, seed_angle: float = 15.0, per_epoch: bool = True):
+        if not subjects:
+            raise ConfigError("no subjects")
+        if window < 1 or jitter < 0 or n_samples < 1 or not 0 <= jitter_corr < 1 or seed_angle < 0:
+            raise ConfigError(f"need window >= 1, jitter >= 0, 0 <= jitter_corr < 1, seed_angle >= 0 and "
+                              f"n_samples >= 1, got {window}, {jitter}, {jitter_corr}, {seed_angle}, {n_samples}")
+        self.subjects, self.n_samples, self.seed = subjects, n_samples, seed
+        self.window, self.jitter, self.jitter_corr, self.seed_angle = window, jitter, jitter_corr, seed_angle
+        self.per_epoch, self.epoch = per_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch if self.per_epoch else 0
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        s = self.subjects[index % len(self.subjects)]
+        pts = s.streamlines[rng.integers(len(s.streamlines))]
+        if rng.random() < 0.5:
+            pts = pts[::-1]
+        if len(pts) > self.window + 1:
+            start = rng.integers(len(pts) - self.window)
+            pts = pts[start:start + self.window + 1]
+        pts = torch.from_numpy(np.ascontiguousarray(pts))
+        tangents = F.normalize(pts[1:] - pts[:-1], dim=-1)
+        offsets = torch.from_numpy(self._offsets(rng, len(pts) - 1))
+        inputs = pts[:-1] + offsets - (offsets * tangents).sum(-1, keepdim=True) * tangents   # across only
+        target = F.normalize(pts[1:] - inputs, dim=-1)
+        first = turn(tangents[0].numpy(), self.seed_angle, rng)
+        prev = torch.cat([torch.from_numpy(first)[None], F.normalize(inputs[1:] - inputs[:-1], dim=-1)])
+        return {"patches": neighbourhood(s.sh, inputs), "prev": prev, "target": target}
+
+    def _offsets(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """AR(1) offsets ``(n, 3)``: stationary, standard deviation ``jitter``, lag-1 correlation ``jitter_corr``."""
+        noise = rng.standard_normal((n, 3)) * self.jitter
+        out = np.empty((n, 3))
+        out[0] = noise[0]
+        rho, scale = self.jitter_corr, np.sqrt(1.0 - self.jitter_corr ** 2)
+        for i in range(1, n):
+            out[i] = rho * out[i - 1] + scale * noise[i]
+        return out.astype(np.float32)
+
+
+def turn(direction: np.ndarray, std_deg: float, rng: np.random.Generator) -> np.ndarray:
+    """``direction`` turned by an angle ~ |N(0, std)| about a random perpendicular axis."""
+    if std_deg == 0:
+        return direction.astype(np.float32)
+    axis = np.cross(direction, rng.standard_normal(3))
+    axis /= max(np.linalg.norm(axis), 1e-12)
+    angle = np.radians(std_deg) * rng.standard_normal()
+    out = direction * np.cos(angle) + np.cross(axis, direction) * np.sin(angle)
+    return (out / np.linalg.norm(out)).astype(np.float32)
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Pack samples streamline after streamline, with their ``lengths``."""
+    out = {k: torch.cat([s[k] for s in samples]) for k in ("patches", "prev", "target")}
+    out["lengths"] = torch.tensor([len(s["target"]) for s in samples])
+    return out
+
+
+class DDTrackingTask:
+    """The trainer's task: the decoupled diffusion loss, or SmoothL1 on the direction (regression variants).
+
+    Also reports the mean angle (degrees) between the target and the model's one-shot
+    estimate (``-h_pred`` at the drawn ``k``, or the regressed direction).
+    """
+
+    collate = staticmethod(collate)
+
+    def __init__(self, config: diffusion.DiffusionConfig | None = None):
+        self.config = config or diffusion.DiffusionConfig()
+
+    def loss(self, model, batch, generator=None) -> tuple[torch.Tensor, dict[str, float]]:
+        target = batch["target"]
+        generative = getattr(model, "module", model).config.generative
+        if generative:
+            P = len(target)
+            k = diffusion.sample_k(P, self.config.k_min, generator, target.device, target.dtype)
+            eps = torch.randn(P, 3, generator=generator, device=target.device, dtype=target.dtype)
+            out = model(batch["patches"], batch["prev"], batch["lengths"], diffusion.diffuse(target, k, eps), k)
+            loss, parts = diffusion.decoupled_loss(out["h"], out["eps"], -target, eps, k, self.config.max_weight)
+            estimate = -out["h"]
+        else:
+            out = model(batch["patches"], batch["prev"], batch["lengths"])
+            estimate = out["direction"]
+            loss, parts = F.smooth_l1_loss(estimate, target), {}
+        cos = (F.normalize(estimate.detach().float(), dim=-1) * target).sum(-1).clamp(-1, 1)
+        return loss, {**parts, "angle_deg": float(torch.rad2deg(torch.acos(cos)).mean())}

@@ -1,0 +1,131 @@
+"""DDTracking as the tracker's direction getter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from difftract.errors import ConfigError
+from difftract.models.ddtracking.data import signal_sh
+from difftract.models.ddtracking.features import neighbourhood
+from difftract.models.ddtracking.getter import DDTrackingGetter
+from difftract.models.ddtracking.model import DDTracking, DDTrackingConfig
+from difftract.phantom import PhantomConfig, simulate
+from difftract.tracking.stopping import BinaryCriterion
+from difftract.tracking.tracker import Tracker, TrackingParams
+
+from .test_ddtracking_model import TINY
+
+
+class _Scan:
+    def __init__(self, p):
+        from dipy.core.gradients import gradient_table
+
+        self.data, self.mask, self.bvals, self.bvecs = p.data, p.mask, p.bvals, p.bvecs
+        self.gtab = gradient_table(p.bvals, bvecs=p.bvecs)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return simulate(PhantomConfig(preset="crossing", seed=0, snr=None, ndirs=64, streamlines_per_bundle=20))
+
+
+@pytest.fixture(scope="module")
+def sh(phantom):
+    return signal_sh(_Scan(phantom))
+
+
+def model(variant="full"):
+    torch.manual_seed(0)
+    m = DDTracking(DDTrackingConfig(variant=variant, **TINY)).eval()
+    for p in m.parameters():                       # random, not identity, FiLM: directions vary
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.5)
+    return m
+
+
+def test_seed_directions_follow_the_fibre(phantom, sh):
+    g = DDTrackingGetter(model(), sh)
+    single = np.argwhere((phantom.fractions[..., 0] > 0.5) & (phantom.fractions[..., 1] < 0.05))[:50]
+    assert len(single) > 10
+    seeds = torch.as_tensor(single, dtype=torch.float64)
+    dirs, index = g.seed_directions(seeds)
+    truth = np.array([phantom.peaks[tuple(v)][0] for v in single[index.numpy()]])
+    cos = np.abs((dirs.numpy() * truth).sum(axis=1))
+    assert np.median(cos) > 0.97
+
+
+def test_init_backward_equals_stepping_the_reversed_forward_half(sh):
+    m = model()
+    g = DDTrackingGetter(m, sh)
+    gen = torch.Generator().manual_seed(0)
+    seeds = torch.tensor([[10.0, 10.0, 5.0], [12.0, 8.0, 4.0], [9.0, 9.0, 6.0]])
+    fwd = seeds[:, None] + torch.arange(1, 5.0)[None, :, None] * torch.tensor([0.8, 0.3, 0.1])
+    count = torch.tensor([4, 2, 0])
+    fwd[1, 2:] = 0
+    state = g.init_backward(seeds, -torch.ones(3, 3), fwd, count, gen)
+    for s in range(3):
+        n = int(count[s])
+        q = torch.cat([fwd[s, :n].flip(0), seeds[s:s + 1]])            # f_n .. f_1, seed
+        h = m.temporal.initial(1)
+        for j in range(n):
+            prev = torch.nn.functional.normalize((q[1] - q[0]) if j == 0 else (q[j] - q[j - 1]), dim=0)[None]
+            with torch.no_grad():
+                _, _, h = m.step(neighbourhood(g.sh, q[j:j + 1]), prev, h)
+        torch.testing.assert_close(state["h"][s:s + 1], h, atol=1e-5, rtol=1e-5)
+    assert torch.all(state["h"][2] == 0)                                  # did not move: fresh state
+
+
+def track(getter, phantom, seed=0, n=30, **kw):
+    criterion = BinaryCriterion(phantom.mask)
+    tracker = Tracker(getter, criterion, (2.0, 2.0, 2.0), TrackingParams(step_mm=2.0, min_len_mm=0, max_len_mm=60),
+                      chunk_size=16, **kw)
+    seeds = torch.as_tensor(np.argwhere(phantom.wm)[:n], dtype=torch.float64)
+    out = list(tracker.track(seeds, seed=seed))
+    return [s for chunk in out for s in chunk.split()]
+
+
+def test_tracking_is_reproducible(phantom, sh):
+    det = DDTrackingGetter(model(), sh, max_angle=90)
+    a, b = track(det, phantom), track(det, phantom, seed=5)
+    assert len(a) > 0 and len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))   # no randomness
+    sto = DDTrackingGetter(model(), sh, max_angle=90, steps=3, stochastic=True)
+    s1, s2, s3 = track(sto, phantom, seed=1), track(sto, phantom, seed=1), track(sto, phantom, seed=2)
+    assert len(s1) == len(s2) and all(torch.equal(x, y) for x, y in zip(s1, s2))
+    assert len(s1) != len(s3) or not all(torch.equal(x, y) for x, y in zip(s1, s3))
+    assert any(len(x) > 2 for x in s1)
+
+
+def test_regression_variant_and_float64(phantom, sh):
+    g = DDTrackingGetter(model("temporal"), sh, max_angle=90)
+    lines = track(g, phantom, dtype=torch.float64)
+    assert lines and lines[0].dtype == torch.float64
+
+
+def test_checks(sh):
+    with pytest.raises(ConfigError, match="sampler"):
+        DDTrackingGetter(model(), sh, steps=0)
+    with pytest.raises(ConfigError, match="28 SH"):
+        DDTrackingGetter(model(), sh[..., :15])
+    with pytest.raises(ConfigError, match="Generator"):
+        DDTrackingGetter(model(), sh, stochastic=True).init(torch.zeros(2, 3), torch.zeros(2, 3), None)
+
+
+def test_anisotropic_voxels_move_along_the_networks_voxel_direction(phantom, sh):
+    """The network speaks voxel space, the tracker mm: one step moves along the network's voxel direction."""
+    m = model()
+    sizes = (1.0, 1.0, 2.0)
+    g = DDTrackingGetter(m, sh, max_angle=90, voxel_sizes=sizes)
+    d = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 3.0]]), dim=1)
+    torch.testing.assert_close(g._to_mm(g._to_voxel(d)), d)
+    seeds = torch.as_tensor(np.argwhere(phantom.wm)[:5], dtype=torch.float32)
+    dirs0, index = g.seed_directions(seeds)
+    x0 = seeds[index]
+    state = g.init(x0, dirs0)
+    with torch.no_grad():
+        dirs, valid, _ = g.directions(x0, dirs0, state)
+        c, v, _ = m.step(neighbourhood(g.sh, x0), g._to_voxel(dirs0), m.temporal.initial(len(x0)))
+        expected = m.direction(c, v)
+    move = dirs / torch.tensor(sizes)          # the tracker's move: dir / voxel size * step
+    torch.testing.assert_close(torch.nn.functional.normalize(move, dim=1), expected, atol=1e-5, rtol=1e-5)

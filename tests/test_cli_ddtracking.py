@@ -1,0 +1,139 @@
+"""``difftract train ddtracking`` and ``difftract track --method ddtracking`` end to end (tiny models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from difftract.cli import main
+from difftract.io.tractogram import load_tractogram
+from difftract.phantom import PhantomConfig, save_phantom, simulate
+from difftract.weights import sha256
+
+TINY = ["--gru-hidden", "16", "--z-dim", "8", "--v-dim", "8", "--conv-channels", "4", "--denoiser-width", "8",
+        "--epochs", "2", "--samples-per-epoch", "16", "--val-samples", "8", "--batch-size", "8", "--window", "12",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def subjects(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dd_subjects")
+    dirs = []
+    for seed in (1, 2):
+        p = simulate(PhantomConfig(preset="crossing", seed=seed, ndirs=32, streamlines_per_bundle=40))
+        dirs.append(save_phantom(p, root / f"s{seed}"))
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def weights(subjects, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dd_weights") / "w.pt"
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def scan_args(d):
+    return [d / "dwi.nii.gz", d / "dwi.bval", d / "dwi.bvec", "--mask", d / "wm.nii.gz"]
+
+
+def test_train_outputs(weights, subjects):
+    rows = [json.loads(line) for line in weights.with_name("w.metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["val_loss"]) and "val_angle_deg" in r and "train_loss_h" in r for r in rows)
+    side = json.loads(weights.with_name("w.json").read_text())
+    assert side["weights_sha256"] == sha256(weights)
+    assert side["params"]["config"]["variant"] == "full" and side["params"]["step_voxels"] == 1.0
+    assert side["params"]["val_subjects"] == [subjects[-1].name]
+    blob = torch.load(weights, weights_only=True)
+    assert blob["meta"]["model"] == "ddtracking"
+    assert any(weights.parent.glob("w.cache/*.npz"))
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(weights), *TINY]) != 0  # no --force
+
+
+def test_resume_continues_exactly(subjects, tmp_path):
+    """Interrupted after epoch 1 and resumed: the same weights as an uninterrupted run."""
+    full, part = tmp_path / "full.pt", tmp_path / "part.pt"
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(full), *TINY]) == 0
+    one = [a if a != "2" or TINY[i - 1] != "--epochs" else "1" for i, a in enumerate(TINY)]
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(part), *one]) == 0
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(part), *TINY, "--resume"]) == 0
+    a = torch.load(tmp_path / "full.ckpt.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part.ckpt.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_track_with_ddtracking(weights, subjects, tmp_path, capsys):
+    d = subjects[0]
+    common = [*scan_args(d), "--method", "ddtracking", "--weights", weights, "--seeds-per-voxel", "1",
+              "--min-len-mm", "0"]
+    outs = {}
+    for name, extra in (("det_a", []), ("det_b", ["--seed", "9"]), ("sto_1", ["--stochastic", "--sampler-steps", "3"]),
+                        ("sto_1b", ["--stochastic", "--sampler-steps", "3"]),
+                        ("sto_2", ["--stochastic", "--sampler-steps", "3", "--seed", "2"])):
+        out = tmp_path / f"{name}.trx"
+        assert main(["-q", "track", *map(str, common), "--out", str(out), *extra]) == 0
+        t = load_tractogram(out)
+        outs[name] = (t.streamlines.get_data().copy(), np.asarray(t.streamlines._lengths).copy())
+    same = lambda a, b: a[0].shape == b[0].shape and np.array_equal(a[0], b[0])   # noqa: E731
+    assert len(outs["det_a"][1]) > 0
+    assert not same(outs["det_a"], outs["det_b"])          # another --seed: other random seed points
+    assert same(outs["sto_1"], outs["sto_1b"]) and not same(outs["sto_1"], outs["sto_2"])
+    side = json.loads((tmp_path / "sto_1.json").read_text())
+    assert side["params"]["model"] == "ddtracking" and side["params"]["weights_sha256"] == sha256(weights)
+    assert side["params"]["stochastic"] is True and side["params"]["sampler_steps"] == 3
+    assert side["params"]["step_mm"] == 2.0                  # one voxel of the 2 mm phantom
+
+
+def test_track_deterministic_same_seed_same_tractogram(weights, subjects, tmp_path):
+    d = subjects[1]
+    paths = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.tck"
+        assert main(["-q", "track", *map(str, scan_args(d)), "--method", "ddtracking", "--weights", str(weights),
+                     "--seeds-per-voxel", "1", "--min-len-mm", "0", "--seed", "4", "--out", str(out)]) == 0
+        paths.append(out)
+    a, b = (load_tractogram(p, reference=d / "dwi.nii.gz").streamlines for p in paths)
+    assert len(a) > 0 and np.array_equal(a.get_data(), b.get_data())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "det", "--stochastic"], "only apply to --method ddtracking"),
+    (["--method", "ddtracking", "--sampler-steps", "0"], "at least 1"),
+    (["--method", "ddtracking", "--integrator", "rk4"], "--integrator euler"),
+    (["--method", "det", "--seeds-per-voxel", "0"], "positive integer"),
+])
+def test_bad_options(subjects, tmp_path, capsys, extra, message):
+    d = subjects[0]
+    assert main(["track", *map(str, scan_args(d)), "--out", str(tmp_path / "t.trx"), *extra]) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "t.trx").exists()
+
+
+def test_wrong_weights_are_refused(subjects, tmp_path, capsys):
+    from difftract.training.files import save_weights
+
+    bogus = tmp_path / "qcg.pt"
+    save_weights(bogus, {"w": torch.zeros(1)}, {"model": "qcgdti"})
+    assert main(["track", *map(str, scan_args(subjects[0])), "--out", str(tmp_path / "t.trx"),
+                 "--method", "ddtracking", "--weights", str(bogus)]) != 0
+    err = capsys.readouterr().err
+    assert "qcg.pt" in err and "not DDTracking weights" in err
+
+
+def test_train_under_torchrun(subjects, tmp_path):
+    """Two processes (gloo, CPU): DDP training writes weights, checkpoint, metrics and sidecar once."""
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "difftract", "-q", "train", "ddtracking", *map(str, subjects), "--out", str(out), *TINY],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.exists() and (tmp_path / "ddp.ckpt.pt").exists()
+    assert len((tmp_path / "ddp.metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((tmp_path / "ddp.json").read_text())["weights_sha256"] == sha256(out)
