@@ -31,8 +31,9 @@ direction rules (--method):
 The fODF is --sh (descoteaux07 SH, basis from its sidecar or --sh-basis) or, without it, a
 CSD fit of the scan (lmax --lmax, auto response). Tracking stops outside --stop-mask (default
 --mask; nearest voxel) or, with --fa-threshold, where the (trilinear) DTI FA falls to it.
-Seeds: --seeds-per-voxel random points (default 1) or a --seed-density grid in every voxel of
---seed-mask (default: the stopping mask), or --seeds-file (RAS mm, one "x y z" per line).
+Seeds: --seeds-per-voxel random points (default 1; 5 for ddtracking) or a --seed-density
+grid in every voxel of --seed-mask (default: the stopping mask), or --seeds-file (RAS mm,
+one "x y z" per line).
 A streamline keeps int(min-len/step) to int(max-len/step) points (longer ones are dropped),
 the point that stops it is not kept (DIPY's rules).
 
@@ -40,6 +41,9 @@ examples:
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask wm.nii.gz --out tracks.trx
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask mask.nii.gz --sh fod.nii.gz --fa-threshold 0.2 \\
       --seed-mask wm.nii.gz --seed-density 2 --method prob --seed 3 --out tracks.tck
+  difftract track dwi.nii.gz dwi.bval dwi.bvec --mask wm.nii.gz --method ddtracking --out dd.trx
+  difftract track dwi.nii.gz dwi.bval dwi.bvec --mask wm.nii.gz --method ddtracking --stochastic \\
+      --sampler-steps 5 --seed 1 --weights my_ddtracking.pt --out dd_prob.trx
 """
 
 

@@ -8,11 +8,12 @@ naming it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_file
@@ -55,6 +56,28 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise InputError(path, f"weights format version {payload.get('version')!r} is not one this "
                                f"difftract reads ({WEIGHTS_VERSION}); upgrade difftract")
     return payload
+
+
+def load_model(path: str | Path, name: str, title: str, build: Callable[[Any], nn.Module]) -> tuple[nn.Module, dict]:
+    """A model rebuilt from a weights file whose ``meta["model"]`` is ``name``, and that meta.
+
+    ``build(meta["config"])`` makes the network; a file of another model, or whose state
+    does not fit the architecture it describes, is an ``InputError`` naming it (``title``
+    is the model's name for people). The meta returned adds the file's path and SHA256.
+    """
+    from ..weights import sha256
+
+    blob = load_weights(path)
+    meta = blob.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
+    if meta.get("model") != name:
+        raise InputError(path, f"not {title} weights (model is {meta.get('model')!r})")
+    try:
+        model = build(meta["config"])
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(path, f"weights do not match the {title} architecture in the file: {exc}") from None
+    return model, {**meta, "path": str(path), "sha256": sha256(path)}
 
 
 def cpu_state(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -37,12 +37,12 @@ import numpy as np
 import torch
 from dipy.core.gradients import unique_bvals_tolerance
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 
 from ...errors import ConfigError, InputError
 from ...io.atomic import atomic_file
 from ...io.gradients import B0_THRESHOLD
 from ...reconst.sh import SHELL_TOLERANCE, SHModel
+from ...training.dataset import EpochDataset
 from . import diffusion
 from .features import neighbourhood
 
@@ -125,7 +125,7 @@ def _cache_path(directory: Path, tract_path: Path, step: float, lmax: int, cache
     return Path(cache_dir) / f"{directory.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
-class StreamlineDataset(Dataset):
+class StreamlineDataset(EpochDataset):
     """Streamline windows with their features, a pure function of (seed, epoch, index).
 
     Parameters
@@ -153,18 +153,12 @@ class StreamlineDataset(Dataset):
         if window < 1 or jitter < 0 or n_samples < 1 or not 0 <= jitter_corr < 1 or seed_angle < 0:
             raise ConfigError(f"need window >= 1, jitter >= 0, 0 <= jitter_corr < 1, seed_angle >= 0 and "
                               f"n_samples >= 1, got {window}, {jitter}, {jitter_corr}, {seed_angle}, {n_samples}")
-        self.subjects, self.n_samples, self.seed = subjects, n_samples, seed
+        super().__init__(n_samples, seed, per_epoch)
+        self.subjects = subjects
         self.window, self.jitter, self.jitter_corr, self.seed_angle = window, jitter, jitter_corr, seed_angle
-        self.per_epoch, self.epoch = per_epoch, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch if self.per_epoch else 0
-
-    def __len__(self) -> int:
-        return self.n_samples
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         s = self.subjects[index % len(self.subjects)]
         pts = s.streamlines[rng.integers(len(s.streamlines))]
         if rng.random() < 0.5:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ...errors import ConfigError, InputError
+from ...errors import ConfigError
 from ...reconst.sh import sh_basis
 from ...tracking.getters import _cos
 from ...tracking.interpolate import inside_grid, trilinear
@@ -40,21 +40,12 @@ from .model import DDTracking, build_model
 
 def load_ddtracking(weights: str | Path | None = None) -> tuple[DDTracking, dict]:
     """The network (eval mode, CPU) and its weights-file metadata; ``None`` loads the shipped weights."""
-    from ...training.files import load_weights
-    from ...weights import sha256, shipped_weights
+    from ...training.files import load_model
+    from ...weights import shipped_weights
 
     path = shipped_weights("ddtracking") if weights is None else Path(weights)
-    blob = load_weights(path)
-    meta = blob.get("meta")
-    if not isinstance(meta, dict) or meta.get("model") != "ddtracking":
-        meta = meta if isinstance(meta, dict) else {}
-        raise InputError(path, f"not DDTracking weights (model is {meta.get('model')!r})")
-    try:
-        model = build_model(meta["config"])
-        model.load_state_dict(blob["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(path, f"weights do not match the DDTracking architecture in the file: {exc}") from None
-    return model.eval(), {**meta, "path": str(path), "sha256": sha256(path)}
+    model, meta = load_model(path, "ddtracking", "DDTracking", build_model)
+    return model.eval(), meta
 
 
 class DDTrackingGetter:

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from dipy.core.gradients import gradient_table
-from torch.utils.data import Dataset
 
 from ...errors import ConfigError
 from ...io.dwi import load_subject
 from ...io.gradients import B0_THRESHOLD
 from ...reconst.dti import TensorModel
+from ...training.dataset import EpochDataset
 from .model import N_DWI, TENSOR_SCALE
 from .schemes import SixSet, fixed_six, flexible_pool
 
@@ -101,7 +101,7 @@ def make_input(b0: np.ndarray, dwis: np.ndarray, scale: float) -> np.ndarray:
     return np.stack([b0, np.moveaxis(dwis, -1, 0) / scale], axis=1).astype(np.float32)
 
 
-class PatchDataset(Dataset):
+class PatchDataset(EpochDataset):
     """Random patches with a random b0 and six-DWI set, a pure function of (seed, epoch, index).
 
     Parameters
@@ -125,19 +125,13 @@ class PatchDataset(Dataset):
             raise ConfigError(f"scheme must be 'flexible' or 'fixed', got {scheme!r}")
         if not subjects:
             raise ConfigError("no training subjects")
-        self.subjects, self.n_samples, self.patch, self.scheme = subjects, n_samples, patch, scheme
-        self.seed, self.augment, self.per_epoch, self.epoch = seed, augment, per_epoch, 0
+        super().__init__(n_samples, seed, per_epoch)
+        self.subjects, self.patch, self.scheme, self.augment = subjects, patch, scheme, augment
         self._voxels = [np.argwhere(s.mask) for s in subjects]
         self._scales = [{int(i): brain_scale(s.data[..., i], s.mask) for i in s.b0_indices} for s in subjects]
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch if self.per_epoch else 0
-
-    def __len__(self) -> int:
-        return self.n_samples
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         k = index % len(self.subjects)
         s, P = self.subjects[k], self.patch
         six = s.pool[rng.integers(len(s.pool))] if self.scheme == "flexible" else s.fixed

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ...device import resolve_device
-from ...errors import ConfigError, InputError
+from ...errors import ConfigError
 from ...io.gradients import B0_THRESHOLD
 from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
@@ -27,23 +27,15 @@ from .schemes import SixSet, check_six
 
 def load_qcgdti(weights: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[QCGDTI, dict]:
     """The network and its weights-file metadata; ``None`` loads the shipped weights."""
-    from ...training.files import load_weights
-    from ...weights import sha256, shipped_weights
+    from ...training.files import load_model
+    from ...weights import shipped_weights
 
     path = shipped_weights("qcgdti") if weights is None else Path(weights)
-    blob = load_weights(path)
-    meta = blob.get("meta", {})
-    if meta.get("model") != "qcgdti":
-        raise InputError(path, f"not QCG-DTI weights (model is {meta.get('model')!r})")
-    try:
-        model = build_model(meta["config"])
-        model.load_state_dict(blob["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(path, f"weights do not match the QCG-DTI architecture in the file: {exc}") from None
+    model, meta = load_model(path, "qcgdti", "QCG-DTI", build_model)
     device = resolve_device(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)   # faster 3D convolutions on CPU
-    return model.to(device).eval(), {**meta, "path": str(path), "sha256": sha256(path)}
+    return model.to(device).eval(), meta
 
 
 def _window(patch: int) -> np.ndarray:
