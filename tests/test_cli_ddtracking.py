@@ -39,7 +39,8 @@ def weights(subjects, tmp_path_factory):
 
 
 def scan_args(d):
-    return [d / "dwi.nii.gz", d / "dwi.bval", d / "dwi.bvec", "--mask", d / "wm.nii.gz"]
+    return [d / "dwi.nii.gz", d / "dwi.bval", d / "dwi.bvec", "--mask", d / "mask.nii.gz",
+            "--stop-mask", d / "wm.nii.gz"]
 
 
 def test_train_outputs(weights, subjects):

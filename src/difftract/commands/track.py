@@ -26,7 +26,9 @@ direction rules (--method):
   ddtracking  the learned DDTracking policy (--weights, default: the shipped model) on the SH of the
            b0-normalised DWI (lmax 6, shell nearest b=1000): a GRU over the streamline so far and a
            diffusion sampler (--sampler-steps; --stochastic draws, fixed by --seed); seeds start along
-           the signal's principal direction; default step: the model's training step (1 voxel)
+           the signal's principal direction; default step: the model's training step (1 voxel).
+           The SH is fitted inside --mask: give the brain mask (as in training), and the white
+           matter as --stop-mask
 
 The fODF is --sh (descoteaux07 SH, basis from its sidecar or --sh-basis) or, without it, a
 CSD fit of the scan (lmax --lmax, auto response). Tracking stops outside --stop-mask (default
@@ -41,9 +43,10 @@ examples:
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask wm.nii.gz --out tracks.trx
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask mask.nii.gz --sh fod.nii.gz --fa-threshold 0.2 \\
       --seed-mask wm.nii.gz --seed-density 2 --method prob --seed 3 --out tracks.tck
-  difftract track dwi.nii.gz dwi.bval dwi.bvec --mask wm.nii.gz --method ddtracking --out dd.trx
-  difftract track dwi.nii.gz dwi.bval dwi.bvec --mask wm.nii.gz --method ddtracking --stochastic \\
-      --sampler-steps 5 --seed 1 --weights my_ddtracking.pt --out dd_prob.trx
+  difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \\
+      --method ddtracking --out dd.trx
+  difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \\
+      --method ddtracking --stochastic --sampler-steps 5 --seed 1 --weights my.pt --out dd_prob.trx
 """
 
 
