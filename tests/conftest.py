@@ -67,6 +67,33 @@ def _command() -> list[str]:
 
 
 @pytest.fixture
+def torchrun_train():
+    """Train through the CLI as two DDP processes (gloo, CPU) and check the files were written once.
+
+    ``torchrun_train(model, *args, out=W, epochs=E)`` runs ``difftract -q train MODEL ARGS --out W``
+    under ``torch.distributed.run`` and asserts the weights, checkpoint, one metrics line per
+    epoch and a sidecar naming the weights' SHA256.
+    """
+    import json
+
+    from difftract.training.files import output_paths
+    from difftract.weights import sha256
+
+    def run(model, *args, out, epochs, timeout=300):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "difftract", "-q", "train", model, *map(str, args), "--out", str(out)],
+                             capture_output=True, text=True, env=env, timeout=timeout)
+        assert res.returncode == 0, res.stderr[-2000:]
+        weights, ckpt, metrics = output_paths(out)
+        assert weights.exists() and ckpt.exists()
+        assert len(metrics.read_text().splitlines()) == epochs
+        assert json.loads(out.with_suffix(".json").read_text())["weights_sha256"] == sha256(weights)
+
+    return run
+
+
+@pytest.fixture
 def cli():
     """Run the ``difftract`` console script in a subprocess: ``cli("fit", "dti", ...)``."""
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -127,14 +124,6 @@ def test_wrong_weights_are_refused(subjects, tmp_path, capsys):
     assert "qcg.pt" in err and "not DDTracking weights" in err
 
 
-def test_train_under_torchrun(subjects, tmp_path):
+def test_train_under_torchrun(subjects, tmp_path, torchrun_train):
     """Two processes (gloo, CPU): DDP training writes weights, checkpoint, metrics and sidecar once."""
-    out = tmp_path / "ddp.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "difftract", "-q", "train", "ddtracking", *map(str, subjects), "--out", str(out), *TINY],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert out.exists() and (tmp_path / "ddp.ckpt.pt").exists()
-    assert len((tmp_path / "ddp.metrics.jsonl").read_text().splitlines()) == 2
-    assert json.loads((tmp_path / "ddp.json").read_text())["weights_sha256"] == sha256(out)
+    torchrun_train("ddtracking", *subjects, *TINY, out=tmp_path / "ddp.pt", epochs=2)

@@ -59,7 +59,11 @@ def test_local_condition_reaches_the_full_denoiser_only():
         h1, _ = m.denoise(y, k, c, v)
         v2 = None if v is None else v + 1.0
         h2, _ = m.denoise(y, k, c, v2)
-        assert (not torch.allclose(h1, h2)) == local
+        blocks = (m.denoiser.enc1, m.denoiser.enc2, m.denoiser.mid, m.denoiser.dec2, m.denoiser.dec1)
+        assert all((b.film_l is not None) == local for b in blocks)
+        assert (v is not None) == local
+        if local:
+            assert not torch.allclose(h1, h2)
 
 
 def test_one_head_derives_eps():

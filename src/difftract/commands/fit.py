@@ -153,14 +153,16 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
 def _fit_qcg(args: argparse.Namespace, dwi, device):
     """The QCG-DTI fit of ``dwi``: its six DWIs, or six selected from many."""
     from ..models.qcgdti.predict import QCGTensorModel
-    from ..models.qcgdti.schemes import check_six, flexible_six, shells
+    from ..models.qcgdti.schemes import check_six, flexible_six
+    from ..reconst.sh import shells
 
     if dwi.mask is None:
         raise ConfigError("--method qcg needs --mask (intensities are normalised over the brain)")
     bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
     six = None
     if args.select_six:
-        shell = float(shells(bvals)[0]) if args.shell is None and len(shells(bvals)) else args.shell
+        found = shells(bvals)
+        shell = float(found[0]) if args.shell is None and len(found) else args.shell
         six = flexible_six(bvals, bvecs, np.random.default_rng(args.seed), shell=shell)
         log.info("selected volumes %s on shell b=%g (mean angle %.1f deg, condition %.2f)",
                  list(six.indices), six.shell, six.mean_angle, six.condition)

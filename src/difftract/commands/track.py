@@ -176,17 +176,21 @@ def cmd_track(args: argparse.Namespace) -> int:
         raise ConfigError("DDTracking advances its GRU one point per step: use --integrator euler")
     learned = _load_ddtracking(args) if args.method == "ddtracking" else None
     dwi = load_scan(args)
-    if args.step_mm is None:
-        args.step_mm = 1.0 if learned is None else learned[1].get("step_voxels", 1.0) * float(min(dwi.voxel_sizes))
-    elif learned is not None:
+    if args.seeds_per_voxel is None:
+        args.seeds_per_voxel = 5 if learned is not None else 1
+    if learned is None:
+        args.step_mm = 1.0 if args.step_mm is None else args.step_mm
+    else:
         trained = learned[1].get("step_voxels", 1.0) * float(min(dwi.voxel_sizes))
-    if learned is not None and not np.allclose(dwi.voxel_sizes, min(dwi.voxel_sizes), rtol=1e-3):
-        log.warning("%s has anisotropic voxels %s: DDTracking was trained in voxel units, so its steps and "
-                    "directions are converted, but resampling to isotropic voxels matches training better",
-                    args.dwi, tuple(round(float(v), 3) for v in dwi.voxel_sizes))
-        if abs(args.step_mm - trained) > 1e-6 * trained:
+        if args.step_mm is None:
+            args.step_mm = trained
+        elif abs(args.step_mm - trained) > 1e-6 * trained:
             log.warning("--step-mm %g differs from the step DDTracking was trained with (%g mm here)",
                         args.step_mm, trained)
+        if not np.allclose(dwi.voxel_sizes, min(dwi.voxel_sizes), rtol=1e-3):
+            log.warning("%s has anisotropic voxels %s: DDTracking was trained in voxel units, so its steps and "
+                        "directions are converted, but resampling to isotropic voxels matches training better",
+                        args.dwi, tuple(round(float(v), 3) for v in dwi.voxel_sizes))
     params = TrackingParams(step_mm=args.step_mm, min_len_mm=args.min_len_mm, max_len_mm=args.max_len_mm,
                             integrator=args.integrator, return_all=not args.valid_only)
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -208,16 +212,17 @@ def cmd_track(args: argparse.Namespace) -> int:
     elif args.seed_density is not None:
         seeds = grid_seeds(seed_mask, args.seed_density)
     else:
-        per_voxel = args.seeds_per_voxel if args.seeds_per_voxel is not None else (5 if learned is not None else 1)
-        seeds = random_seeds(seed_mask, per_voxel, torch.Generator().manual_seed(args.seed))
+        seeds = random_seeds(seed_mask, args.seeds_per_voxel, torch.Generator().manual_seed(args.seed))
     seeds = torch.as_tensor(seeds, dtype=torch.float64)
 
     if learned is not None:
         from ..models.ddtracking.data import signal_sh
         from ..models.ddtracking.getter import DDTrackingGetter
+        from ..reconst.sh import lmax_from_ncoeffs
 
         legacy = False
-        getter = DDTrackingGetter(learned[0], signal_sh(dwi, 6, device=device), args.max_angle,
+        sh = signal_sh(dwi, lmax_from_ncoeffs(learned[0].config.n_coeffs), device=device)
+        getter = DDTrackingGetter(learned[0], sh, args.max_angle,
                                   args.sampler_steps, args.stochastic, voxel_sizes=dwi.voxel_sizes)
     else:
         coeffs, legacy = _fod(args, dwi, fit_options)
@@ -273,11 +278,7 @@ def _load_ddtracking(args):
 
     if args.sh is not None:
         raise ConfigError("--sh gives an fODF for the classical rules; DDTracking reads the DWI itself")
-    model, meta = load_ddtracking(args.weights)
-    if model.config.n_coeffs != 28:
-        raise ConfigError(f"DDTracking weights with {model.config.n_coeffs} SH coefficients are not supported "
-                          "(the input is lmax 6, 28 coefficients)")
-    return model, meta
+    return load_ddtracking(args.weights)
 
 
 def _source(args, learned) -> dict:
@@ -287,7 +288,7 @@ def _source(args, learned) -> dict:
     meta = learned[1]
     return {"model": "ddtracking", "variant": meta["config"]["variant"], "weights": meta["path"],
             "weights_sha256": meta["sha256"], "sampler_steps": args.sampler_steps,
-            "stochastic": args.stochastic, "input": "SH lmax 6 of the b0-normalised shell nearest b=1000"}
+            "stochastic": args.stochastic, "input": meta.get("input")}
 
 
 def _seeding(args) -> str:
@@ -296,5 +297,4 @@ def _seeding(args) -> str:
     where = args.seed_mask or args.stop_mask or args.mask
     if args.seed_density is not None:
         return f"grid density {args.seed_density} in {where}"
-    per_voxel = args.seeds_per_voxel if args.seeds_per_voxel is not None else (5 if args.method == "ddtracking" else 1)
-    return f"{per_voxel} random per voxel in {where}"
+    return f"{args.seeds_per_voxel} random per voxel in {where}"

@@ -95,6 +95,13 @@ def gfa(coeffs: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(1.0 - ratio, 0.0, 1.0))
 
 
+def shells(bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
+    """The distinct non-zero b-values, ascending, grouped within ``SHELL_TOLERANCE`` (DIPY's rule)."""
+    bvals = np.asarray(bvals, dtype=np.float64)
+    dw = bvals[bvals > b0_threshold]
+    return unique_bvals_tolerance(dw, tol=SHELL_TOLERANCE) if dw.size else np.zeros(0)
+
+
 def select_shell(gtab: GradientTable, shell: float | None = None,
                  b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
     """Indices of the diffusion-weighted volumes of one shell.
@@ -104,18 +111,18 @@ def select_shell(gtab: GradientTable, shell: float | None = None,
     """
     bvals = np.asarray(gtab.bvals, dtype=np.float64)
     dw = bvals > b0_threshold
-    if not dw.any():
+    found = shells(bvals, b0_threshold)
+    if not len(found):
         raise ConfigError("the scan has no diffusion-weighted volume to fit SH to")
-    shells = unique_bvals_tolerance(bvals[dw], tol=SHELL_TOLERANCE)
     if shell is None:
-        shell = float(shells[-1])
-        if len(shells) > 1:
+        shell = float(found[-1])
+        if len(found) > 1:
             log.info("multi-shell scan (b = %s); fitting SH to the highest shell, b = %g (choose with shell=)",
-                     ", ".join(f"{b:g}" for b in shells), shell)
+                     ", ".join(f"{b:g}" for b in found), shell)
     picked = np.flatnonzero(dw & (np.abs(bvals - shell) <= SHELL_TOLERANCE))
     if picked.size == 0:
         raise ConfigError(f"no volumes with b = {shell:g} (+/- {SHELL_TOLERANCE:g}); the shells are "
-                          + ", ".join(f"{b:g}" for b in shells))
+                          + ", ".join(f"{b:g}" for b in found))
     return picked
 
 

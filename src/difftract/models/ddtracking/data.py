@@ -35,13 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dipy.core.gradients import unique_bvals_tolerance
+from scipy.signal import lfilter
 from torch.nn import functional as F
 
 from ...errors import ConfigError, InputError
 from ...io.atomic import atomic_file
-from ...io.gradients import B0_THRESHOLD
-from ...reconst.sh import SHELL_TOLERANCE, SHModel
+from ...reconst.sh import SHModel, shells
 from ...training.dataset import EpochDataset
 from . import diffusion
 from .features import neighbourhood
@@ -53,11 +52,10 @@ TARGET_SHELL = 1000.0     # the SH is fitted to the shell nearest this b-value
 
 def signal_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
     """SH coefficients ``(X, Y, Z, m)`` float32 of the b0-normalised shell nearest b = 1000 (0 outside the mask)."""
-    bvals = np.asarray(dwi.bvals, dtype=np.float64)
-    shells = unique_bvals_tolerance(bvals[bvals > B0_THRESHOLD], tol=SHELL_TOLERANCE)
-    if len(shells) == 0:
+    found = shells(dwi.bvals)
+    if len(found) == 0:
         raise ConfigError("the scan has no diffusion-weighted volume")
-    shell = float(shells[np.argmin(np.abs(shells - TARGET_SHELL))])
+    shell = float(found[np.argmin(np.abs(found - TARGET_SHELL))])
     fit = SHModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.data, dwi.mask, device=device,
                                                                        dtype="float32", progress=False)
     return fit.coeffs.astype(np.float32)
@@ -177,12 +175,10 @@ class StreamlineDataset(EpochDataset):
 
     def _offsets(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """AR(1) offsets ``(n, 3)``: stationary, standard deviation ``jitter``, lag-1 correlation ``jitter_corr``."""
-        noise = rng.standard_normal((n, 3)) * self.jitter
-        out = np.empty((n, 3))
-        out[0] = noise[0]
+        out = rng.standard_normal((n, 3)) * self.jitter          # out[0] is drawn from the stationary law
         rho, scale = self.jitter_corr, np.sqrt(1.0 - self.jitter_corr ** 2)
-        for i in range(1, n):
-            out[i] = rho * out[i - 1] + scale * noise[i]
+        if n > 1:   # out[i] = rho out[i-1] + scale noise[i]
+            out[1:] = lfilter([scale], [1.0, -rho], out[1:], axis=0, zi=rho * out[:1])[0]
         return out.astype(np.float32)
 
 

@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from ...errors import ConfigError
+from ...reconst.peaks import default_sphere
 from ...reconst.sh import sh_basis
 from ...tracking.getters import _cos
 from ...tracking.interpolate import inside_grid, trilinear
@@ -86,7 +87,7 @@ class DDTrackingGetter:
         self.max_angle, self.cos_max_angle = float(max_angle), _cos(max_angle)
         self.steps, self.stochastic = int(steps), bool(stochastic)
         self.voxel_sizes = torch.as_tensor(sizes / sizes.min(), dtype=sh.dtype)
-        self.sphere = _sphere().to(sh.dtype)
+        self.sphere = torch.as_tensor(np.asarray(default_sphere().vertices), dtype=sh.dtype)   # (V, 3) hemisphere
         self.basis = torch.as_tensor(sh_basis(self.sphere.numpy(), 2, False)[0], dtype=sh.dtype)   # (V, 6)
 
     def to(self, device, dtype):
@@ -161,12 +162,3 @@ class DDTrackingGetter:
             state["generator"] = generator
         return state
 
-
-def _sphere() -> torch.Tensor:
-    """One vertex of each antipodal pair of DIPY's 724-vertex repulsion sphere (362 directions)."""
-    from dipy.data import get_sphere
-
-    v = np.asarray(get_sphere(name="repulsion724").vertices, dtype=np.float64)
-    half = len(v) // 2
-    assert np.allclose(v[:half], -v[half:]), "repulsion724 is stored as antipodal halves"
-    return torch.as_tensor(v[:half])

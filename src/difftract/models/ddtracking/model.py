@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError
+from ...reconst.sh import lmax_from_ncoeffs
 from . import diffusion
 from .denoiser import Denoiser
 from .encoders import SpatialEncoder, TemporalEncoder, time_embedding
@@ -56,6 +57,10 @@ class DDTrackingConfig:
         bad = [k for k, v in sizes.items() if v < 1]
         if bad:
             raise ConfigError(f"DDTracking sizes must be positive: {', '.join(bad)}")
+        try:
+            lmax_from_ncoeffs(self.n_coeffs)
+        except ValueError as exc:
+            raise ConfigError(f"n_coeffs: {exc}") from None
         if self.time_dim % 2:
             raise ConfigError(f"time_dim must be even, got {self.time_dim}")
 

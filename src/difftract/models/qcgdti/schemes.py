@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from dipy.core.gradients import unique_bvals_tolerance
 from scipy.spatial.transform import Rotation
 
 from ...errors import ConfigError
 from ...io.gradients import B0_THRESHOLD
-from ...reconst.sh import SHELL_TOLERANCE
+from ...reconst.sh import SHELL_TOLERANCE, shells
 
 DSM6 = np.array([[0.910, 0.416, 0.0], [0.910, -0.416, 0.0], [0.416, 0.0, 0.910],
                  [-0.416, 0.0, 0.910], [0.0, 0.910, 0.416], [0.0, 0.910, -0.416]])
@@ -45,12 +44,6 @@ def design_condition(directions: np.ndarray) -> float:
     x, y, z = np.asarray(directions, dtype=np.float64).T
     B = np.stack([x * x, 2 * x * y, y * y, 2 * x * z, 2 * y * z, z * z], axis=1)
     return float(np.linalg.cond(B))
-
-
-def shells(bvals: np.ndarray) -> np.ndarray:
-    """The distinct non-zero b-values, grouped as the SH fit groups them (DIPY, +/- SHELL_TOLERANCE)."""
-    dw = bvals[bvals > B0_THRESHOLD]
-    return unique_bvals_tolerance(dw, tol=SHELL_TOLERANCE) if dw.size else np.zeros(0)
 
 
 def _has_shell(bvals: np.ndarray, shell: float) -> bool:
