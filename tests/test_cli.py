@@ -1,4 +1,8 @@
-"""The console script end to end (subprocess): happy paths, refusals and bad inputs."""
+"""The command line end to end: happy paths, refusals and bad inputs.
+
+Most calls run ``main()`` in-process (the ``cli`` fixture); the demo, one refusal and one
+bad parameter go through the installed console script (``cli_script``).
+"""
 
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ def _assert_refused(out, *words):
         assert str(w) in lines[0]
 
 
-def test_existing_output_is_refused_then_forced(cli, tmp_path):
+def test_existing_output_is_refused_then_forced(cli_script, tmp_path):
+    cli = cli_script                                  # through the installed console script
     args = ["--preset", "crossing", "--streamlines-per-bundle", "5", "--ndirs", "6"]
     assert cli("simulate", tmp_path / "p", *args).returncode == 0
     stamp = (tmp_path / "p" / "dwi.nii.gz").stat().st_mtime_ns
@@ -99,7 +104,8 @@ def test_check_reports_bad_inputs_in_one_line(cli, scan, problem, words):
         assert fixed.returncode == 0 and "warning" in fixed.stderr
 
 
-def test_demo_writes_the_phantom_and_its_picture(cli, tmp_path):
+def test_demo_writes_the_phantom_and_its_picture(cli_script, tmp_path):
+    cli = cli_script                                  # through the installed console script
     out = cli("demo", "--out", tmp_path / "demo")
     assert out.returncode == 0, out.stderr
     demo = tmp_path / "demo"
@@ -122,17 +128,10 @@ def test_demo_writes_the_phantom_and_its_picture(cli, tmp_path):
     ["--bvals", "inf"], ["--bvals", ","], ["--seed", "-1"], ["--ndirs", "100000"], ["--snr", "nan"],
     ["--snr", "-5"], ["--nb0", "0"], ["--supersample", "0"],
 ])
-def test_bad_parameters_refused_in_one_line(cli, tmp_path, capsys, bad):
+def test_bad_parameters_refused_in_one_line(cli, cli_script, tmp_path, bad):
     argv = ["simulate", str(tmp_path / "p"), "--preset", "crossing", *bad]
-    if bad[0] == "--preset":                       # one through the console script, the rest in-process
-        _assert_refused(cli(*argv))
-    else:
-        from types import SimpleNamespace
-
-        from difftract.cli import main
-
-        code = main(argv)
-        _assert_refused(SimpleNamespace(returncode=code, stderr=capsys.readouterr().err))
+    run = cli_script if bad[0] == "--preset" else cli     # one through the console script, the rest in-process
+    _assert_refused(run(*argv))
     assert list(tmp_path.iterdir()) == []
 
 
