@@ -18,7 +18,7 @@ import math
 import torch
 
 from .integrators import normalize
-from .interpolate import corners, inside_grid
+from .interpolate import corner_table
 
 
 class PeakField:
@@ -44,24 +44,28 @@ class PeakField:
         return self.directions(points, prev_dirs)
 
     def directions(self, points: torch.Tensor, prev_dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit directions ``(N, 3)`` and a validity mask ``(N,)``."""
+        """Unit directions ``(N, 3)`` and a validity mask ``(N,)``.
+
+        The 8 corners are handled at once; their contributions are added in DIPY's corner
+        order, one after the other.
+        """
         peaks = self.peaks
         flat = peaks.reshape(-1, peaks.shape[-2], 3)
-        rows = torch.arange(points.shape[0], device=points.device)
-        blend = torch.zeros_like(points)
-        any_peak = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
-        for cell, weight in corners(peaks.shape, points):
-            candidates = flat[cell]                                            # (N, npeaks, 3)
-            unit = normalize(candidates)
-            cos = (unit * prev_dirs[:, None, :]).sum(dim=-1)                   # signed
-            present = torch.linalg.vector_norm(candidates, dim=-1) > 0
-            score = torch.where(present, cos.abs(), torch.full_like(cos, -1.0))
-            best = score.argmax(dim=1)
-            ok = score.max(dim=1).values >= self.cos_max_angle
-            sign = torch.where(cos[rows, best] < 0, -1.0, 1.0).to(points.dtype)
-            w = weight * ok.to(points.dtype)
-            blend = blend + (w * sign)[:, None] * unit[rows, best]
-            any_peak = any_peak | (ok & (w > 0))
+        cells, weights, inside = corner_table(peaks.shape, points)                # (N, 8)
+        candidates = flat[cells]                                                  # (N, 8, npeaks, 3)
+        unit = normalize(candidates)
+        cos = (unit * prev_dirs[:, None, None, :]).sum(dim=-1)                   # signed, (N, 8, npeaks)
+        present = torch.linalg.vector_norm(candidates, dim=-1) > 0
+        score = torch.where(present, cos.abs(), torch.full_like(cos, -1.0))
+        top, best = score.max(dim=2)                                              # (N, 8)
+        ok = top >= self.cos_max_angle
+        sign = torch.where(cos.gather(2, best[..., None])[..., 0] < 0, -1.0, 1.0).to(points.dtype)
+        chosen = unit.gather(2, best[..., None, None].expand(*best.shape, 1, 3))[:, :, 0]   # (N, 8, 3)
+        contrib = ((weights.to(points.dtype) * ok.to(points.dtype) * sign)[..., None] * chosen)
+        blend = contrib[:, 0]
+        for c in range(1, 8):
+            blend = blend + contrib[:, c]
+        any_peak = (ok & (weights > 0)).any(dim=1)
         norm = torch.linalg.vector_norm(blend, dim=-1)
-        valid = inside_grid(peaks[..., 0, 0], points) & any_peak & (norm > 1e-8)
+        valid = inside & any_peak & (norm > 1e-8)
         return normalize(blend), valid
