@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ConfigError, InputError
 from ..io.dwi import load_subject
+from ..io.nifti import load_nifti
 from ..io.tractogram import load_tractogram
 from ..models.ddtracking.data import find_tractogram
 from ..models.qcgdti.data import QCGSubject, brain_scale, make_input, prepare_subject, q_coordinates
@@ -77,20 +78,18 @@ def prepare_streamline_subject(directory: str | Path, *, pool_size: int = 50, se
     The volumes are zero-padded at the end to a ``multiple`` of voxels (the network's
     downsampling factor), not to a patch: the whole volume is one sample.
     """
-    import nibabel as nib
-
     directory = Path(directory)
     dwi = load_subject(directory)
     wm_path = directory / "wm.nii.gz"
     if not wm_path.is_file():
         raise InputError(wm_path, "not found: streamline fine-tuning needs the white-matter mask (where tracking "
                                   "may go)")
-    wm = np.asarray(nib.load(wm_path).dataobj) > 0
+    wm = np.asarray(load_nifti(wm_path, "mask").dataobj) > 0
     if wm.shape != dwi.shape:
         raise InputError(wm_path, f"shape {wm.shape} is not the scan's {dwi.shape}")
     tract = load_tractogram(find_tractogram(directory), reference=(dwi.affine, dwi.shape))
-    qcg = prepare_subject(directory, patch=1, multiple=multiple, pool_size=pool_size, seed=seed)
-    sizes = tuple(float(v) for v in np.linalg.norm(dwi.affine[:3, :3], axis=0))
+    qcg = prepare_subject(directory, patch=1, multiple=multiple, pool_size=pool_size, seed=seed, dwi=dwi)
+    sizes = tuple(float(v) for v in dwi.voxel_sizes)
     return StreamlineSubject(qcg, tuple(dwi.shape), sizes, torch.as_tensor(wm),
                              [np.asarray(s, np.float64) for s in tract.streamlines if len(s) > 1])
 

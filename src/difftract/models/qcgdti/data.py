@@ -70,9 +70,9 @@ def pad_to(array: np.ndarray, size: int, multiple: int) -> np.ndarray:
 
 
 def prepare_subject(directory: str | Path, *, patch: int = 32, multiple: int = 4, pool_size: int = 200,
-                    seed: int = 0, device: str = "cpu") -> QCGSubject:
-    """Load a subject directory, fit its reference tensor and draw its flexible sets."""
-    dwi = load_subject(directory)
+                    seed: int = 0, device: str = "cpu", dwi=None) -> QCGSubject:
+    """Load a subject directory (or use its already loaded ``dwi``), fit its reference tensor and draw its flexible sets."""
+    dwi = load_subject(directory) if dwi is None else dwi
     if dwi.mask is None:
         raise ConfigError(f"{directory}: QCG-DTI training needs mask.nii.gz")
     bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
