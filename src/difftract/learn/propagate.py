@@ -14,8 +14,8 @@ Memory. Backpropagating through ``T`` steps keeps every step's interpolation gra
 RK4 about 4 evaluations x 8 corners per point. ``checkpoint_every=K`` runs each block of K
 steps under ``torch.utils.checkpoint``: only the block boundaries (and the points
 themselves) are kept, and each block is recomputed during the backward pass. Gradients are
-exact; on 3,000 streamlines x 300 RK4 steps the graph falls from 2.6 GB to 0.5 GB for 40%
-more time (``benchmarks/bench_backprop_memory.py``).
+exact; on 3,000 streamlines x 300 RK4 steps the graph falls from 2.6 GB to 0.46 GB for a
+third more time (``benchmarks/bench_backprop_memory.py``).
 
 ``truncate_every=K`` detaches the position and direction every K steps (truncated
 backpropagation through time): a point's gradient then reaches the field only through the
