@@ -113,9 +113,12 @@ def test_demo_writes_the_phantom_and_its_picture(cli_script, tmp_path):
     assert "horizontal" in out.stdout and "QC pictures" in out.stdout
     for made in ("dti/fa.nii.gz", "dti/qc_dti.png", "fod.nii.gz", "peaks.nii.gz", "fod_qc.png", "fod.json",
                  "tracks_det.trx", "tracks_det.json", "scores_det.json", "scores_gt.json",
-                 "tracks_ddtracking.trx", "scores_ddtracking.json"):
+                 "tracks_ddtracking.trx", "scores_ddtracking.json", "report.html", "report_bundles.png",
+                 "report_tracks_det.png", "report_tracks_ddtracking.png"):
         assert (demo / made).is_file(), made
     assert "$ difftract fit dti" in out.stdout and "$ difftract fit csd" in out.stdout
+    assert f"report: {demo / 'report.html'}" in out.stdout and ".partial" not in out.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]                   # the staging folder is gone
     assert "$ difftract track" in out.stdout and "det:" in out.stdout
     assert json.loads((demo / "scores_det.json").read_text())["VB"] == 7
     assert "ddtracking:" in out.stdout

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .commands import fit, score, track, train
+from .commands import fit, run, score, track, train
 from .errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels to 0 instead of refusing")
     check.set_defaults(func=cmd_check)
 
+    run.add_parser(sub)
     fit.add_parser(sub)
     track.add_parser(sub)
     score.add_parser(sub)
@@ -176,36 +177,57 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate the fibercup phantom, then run the same commands a user would on it."""
+    """Simulate the fibercup phantom, run the commands a user would on it, score both trackers, write the report.
+
+    Everything is written into a staging folder that becomes ``--out`` only at the end.
+    """
+    import shutil
+
+    from .commands.run import replace_dir, shown_as, staging_dir
     from .io.atomic import check_output
+
+    out = Path(args.out)
+    check_output(out, args.force)
+    work = staging_dir(out)
+    start = time.perf_counter()
+    try:
+        with shown_as(work, out):
+            _demo_steps(args, work, start)
+        replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    print(f"\nQC pictures: {out / 'phantom' / 'qc_phantom.png'}, {out / 'dti' / 'qc_dti.png'}, {out / 'fod_qc.png'}")
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; report: {out / 'report.html'}")
+    return 0
+
+
+def _demo_steps(args: argparse.Namespace, work: Path, start: float) -> None:
+    from .commands.run import report
     from .phantom import PhantomConfig, save_phantom, simulate
 
-    check_output(args.out, args.force)
-    start = time.perf_counter()
     phantom = simulate(PhantomConfig(preset="fibercup", seed=args.seed))
-    ph = args.out / "phantom"
+    ph = work / "phantom"
     save_phantom(phantom, ph, force=True)
     _print_summary(phantom.summary(), ph, time.perf_counter() - start)
     scan = [str(ph / "dwi.nii.gz"), str(ph / "dwi.bval"), str(ph / "dwi.bvec"), "--mask", str(ph / "mask.nii.gz")]
-    steps = [["fit", "dti", *scan, "--out-dir", str(args.out / "dti")],
-             ["fit", "csd", *scan, "--out", str(args.out / "fod.nii.gz"), "--peaks", str(args.out / "peaks.nii.gz")],
-             ["track", *scan, "--sh", str(args.out / "fod.nii.gz"), "--stop-mask", str(ph / "wm.nii.gz"),
-              "--seeds-per-voxel", "2", "--method", "det", "--seed", str(args.seed),
-              "--out", str(args.out / "tracks_det.trx")],
-             ["score", str(args.out / "tracks_det.trx"), "--phantom", str(ph),
-              "--json", str(args.out / "scores_det.json")],
-             ["track", *scan, "--stop-mask", str(ph / "wm.nii.gz"), "--method", "ddtracking",
-              "--seeds-per-voxel", "1", "--seed", str(args.seed), "--out", str(args.out / "tracks_ddtracking.trx")],
-             ["score", str(args.out / "tracks_ddtracking.trx"), "--phantom", str(ph),
-              "--json", str(args.out / "scores_ddtracking.json")],
-             ["score", str(ph / "tractogram.trk"), "--phantom", str(ph),
-              "--json", str(args.out / "scores_gt.json")]]
+    wm, seed = str(ph / "wm.nii.gz"), str(args.seed)
+    steps = [["fit", "dti", *scan, "--out-dir", str(work / "dti")],
+             ["fit", "csd", *scan, "--out", str(work / "fod.nii.gz"), "--peaks", str(work / "peaks.nii.gz")],
+             ["track", *scan, "--sh", str(work / "fod.nii.gz"), "--stop-mask", wm, "--seeds-per-voxel", "2",
+              "--method", "det", "--seed", seed, "--out", str(work / "tracks_det.trx")],
+             ["score", str(work / "tracks_det.trx"), "--phantom", str(ph), "--json", str(work / "scores_det.json")],
+             ["track", *scan, "--stop-mask", wm, "--method", "ddtracking", "--seeds-per-voxel", "1", "--seed", seed,
+              "--out", str(work / "tracks_ddtracking.trx")],
+             ["score", str(work / "tracks_ddtracking.trx"), "--phantom", str(ph),
+              "--json", str(work / "scores_ddtracking.json")],
+             ["score", str(ph / "tractogram.trk"), "--phantom", str(ph), "--json", str(work / "scores_gt.json")]]
     for argv in steps:
-        print(f"\n$ difftract {' '.join(argv)}")
+        print(f"\n$ difftract {' '.join(argv)}", flush=True)
         step = build_parser().parse_args((["-q"] if args.quiet else []) + argv + ["--force"])
         step.func(step)
-    print(f"\nQC pictures: {ph / 'qc_phantom.png'}, {args.out / 'dti' / 'qc_dti.png'}, {args.out / 'fod_qc.png'}")
-    return 0
+    report(work, [("ddtracking", work / "tracks_ddtracking.trx"), ("det", work / "tracks_det.trx")],
+           title="difftract demo: the fibercup phantom", params={"seed": args.seed, "phantom": "fibercup"})
 
 
 def _print_summary(summary: dict, out: Path, seconds: float) -> None:

@@ -82,6 +82,14 @@ def test_subject_directory(scan):
     assert dwi.mask is not None and dwi.files["dwi"].name == "dwi.nii.gz"
     with pytest.raises(InputError, match="subject directory not found"):
         load_subject(s["tmp"] / "nope")
+    hcp = s["tmp"] / "hcp"
+    hcp.mkdir()
+    with pytest.raises(InputError, match="no diffusion scan found.*data.nii.gz, bvals, bvecs"):
+        load_subject(hcp)
+    for src, dst in (("dwi", "data.nii.gz"), ("bval", "bvals"), ("bvec", "bvecs")):
+        (hcp / dst).write_bytes(s[src].read_bytes())
+    dwi = load_subject(hcp)                                       # HCP names, no nodif_brain_mask.nii.gz
+    assert dwi.mask is None and dwi.files["dwi"].name == "data.nii.gz"
 
 
 def _write_vec(path, rows):

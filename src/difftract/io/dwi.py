@@ -143,22 +143,36 @@ def load_mask(path: str | Path, reference_shape: tuple[int, ...] | None = None,
     return out
 
 
-def load_subject(directory: str | Path, **kwargs) -> DWI:
-    """Load a subject directory holding ``dwi.nii.gz``, ``dwi.bval``, ``dwi.bvec`` and ``mask.nii.gz``."""
+SUBJECT_LAYOUTS = (
+    # (DWI, b-values, b-vectors, brain mask): difftract's own names, then the HCP's
+    (("dwi.nii.gz", "dwi.nii"), "dwi.bval", "dwi.bvec", "mask.nii.gz"),
+    (("data.nii.gz", "data.nii"), "bvals", "bvecs", "nodif_brain_mask.nii.gz"),
+)
+
+
+def subject_files(directory: str | Path) -> tuple[Path, Path, Path, Path | None]:
+    """The DWI, b-value, b-vector and mask files of a subject directory (mask None if absent).
+
+    Two layouts are recognised: ``dwi.nii.gz, dwi.bval, dwi.bvec, mask.nii.gz`` (what
+    ``difftract simulate`` writes) and the HCP's ``data.nii.gz, bvals, bvecs,
+    nodif_brain_mask.nii.gz``.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(directory, "subject directory not found")
-    dwi = _first_existing(directory, ("dwi.nii.gz", "dwi.nii"))
-    mask = directory / "mask.nii.gz"
-    return load_dwi(dwi, directory / "dwi.bval", directory / "dwi.bvec",
-                    mask if mask.exists() else None, **kwargs)
+    for names, bval, bvec, mask in SUBJECT_LAYOUTS:
+        found = [directory / n for n in names if (directory / n).exists()]
+        if found:
+            return found[0], directory / bval, directory / bvec, (directory / mask if (directory / mask).exists()
+                                                                   else None)
+    expected = "; ".join(f"{names[0]}, {bval}, {bvec}" for names, bval, bvec, _ in SUBJECT_LAYOUTS)
+    raise InputError(directory, f"no diffusion scan found in the subject directory (expected {expected})")
 
 
-def _first_existing(directory: Path, names: tuple[str, ...]) -> Path:
-    for name in names:
-        if (directory / name).exists():
-            return directory / name
-    raise InputError(directory, f"none of {', '.join(names)} found in the subject directory")
+def load_subject(directory: str | Path, **kwargs) -> DWI:
+    """Load a subject directory (see :func:`subject_files` for the layouts)."""
+    dwi, bval, bvec, mask = subject_files(directory)
+    return load_dwi(dwi, bval, bvec, mask, **kwargs)
 
 
 def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:

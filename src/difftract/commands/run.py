@@ -1,0 +1,208 @@
+"""``difftract run``: one command from a subject directory to a tractogram, its maps and a report.
+
+The steps are the commands a user would type (``fit dti``, ``fit csd`` for the classical
+rules, ``track``, ``score`` when the subject has ground truth), run in this process one
+after the other into a staging folder beside ``OUT``; the report is written last, and the
+folder becomes ``OUT`` only when everything succeeded (an existing ``OUT`` is replaced only
+with ``--force``). A failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+
+log = logging.getLogger("difftract")
+
+METHODS = ("ddtracking", "det", "prob")
+EPILOG = """\
+outputs (in OUT):
+  dti/                  FA, MD, AD, RD, colour FA, tensor, v1 ... (NIfTI + JSON sidecars, qc_dti.png)
+  fod.nii.gz            CSD fODF (det and prob only)
+  stop_mask.nii.gz      where tracking went (only when made from FA, see --stop-mask)
+  tracks.trx            the tractogram (--format), with tracks.json (provenance)
+  scores.json           Tractometer scores (only with ground truth: SUBJECT_DIR/gt/scoring.json)
+  report.html           the report (self-contained), with its report_*.png pictures
+
+subject layouts (SUBJECT_DIR):
+  dwi.nii.gz dwi.bval dwi.bvec mask.nii.gz            (what `difftract simulate` writes)
+  data.nii.gz bvals bvecs nodif_brain_mask.nii.gz     (HCP names)
+
+examples:
+  difftract run sub-01 --out sub-01_tracts                       # DDTracking, shipped weights
+  difftract run sub-01 --out sub-01_det --method det --format trk
+  difftract run 100307/T1w/Diffusion --out hcp_run --stop-mask wm.nii.gz --device cuda
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="the main job: a subject directory to a tractogram, maps and a report",
+                       description="Validate a subject's scan, fit DTI (and CSD for det/prob), track with "
+                                   "DDTracking (the shipped weights unless --weights) or a classical rule, "
+                                   "score against ground truth when the subject has it, and write a report.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("subject", type=Path, metavar="SUBJECT_DIR", help="the subject's folder (layouts below)")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT", help="output folder (created)")
+    p.add_argument("--method", choices=METHODS, default="ddtracking", help="tracking rule (default: %(default)s)")
+    p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped model)")
+    p.add_argument("--format", choices=("trx", "trk", "tck"), default="trx", help="tractogram format "
+                                                                                   "(default: %(default)s)")
+    p.add_argument("--stop-mask", type=Path, metavar="M",
+                   help="tracking (and seeding) mask; default: SUBJECT_DIR/wm.nii.gz if present, else the brain "
+                        "mask where DTI FA > --fa-threshold")
+    p.add_argument("--fa-threshold", type=float, default=0.2,
+                   help="FA above which a brain voxel is tracked, without a white-matter mask (default: %(default)s)")
+    p.add_argument("--seeds-per-voxel", type=int, metavar="N",
+                   help="random seeds per mask voxel (default: 1 for ddtracking, 2 for det and prob)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..io.atomic import check_output
+    from ..io.dwi import subject_files
+
+    if args.weights is not None and args.method != "ddtracking":
+        raise ConfigError("--weights applies only to --method ddtracking")
+    if args.seeds_per_voxel is not None and args.seeds_per_voxel < 1:
+        raise ConfigError(f"--seeds-per-voxel must be at least 1, got {args.seeds_per_voxel}")
+    if not 0.0 <= args.fa_threshold < 1.0:
+        raise ConfigError(f"--fa-threshold must be in [0, 1), got {args.fa_threshold}")
+    out = Path(args.out)
+    check_output(out, args.force)
+    files = subject_files(args.subject)
+    if files[3] is None:
+        raise ConfigError(f"{args.subject}: no brain mask (mask.nii.gz or nodif_brain_mask.nii.gz); run needs one")
+    staging = staging_dir(out)
+    start = time.perf_counter()
+    try:
+        with shown_as(staging, out):
+            summary = _steps(args, files, staging)
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - start
+    print(f"\nrun {args.method}: {summary['streamlines']:,} streamlines, mean length {summary['mean_length_mm']:.1f} mm, "
+          f"{seconds:.0f} s -> {out / 'report.html'}")
+    return 0
+
+
+def _steps(args, files, staging: Path) -> dict:
+    from ..cli import build_parser
+    from ..io.nifti import load_nifti, save_nifti
+
+    dwi, bval, bvec, mask = files
+    scan = [str(dwi), str(bval), str(bvec), "--mask", str(mask)]
+    quiet = ["-q"] if args.quiet else []
+
+    def step(*argv):
+        print(f"\n$ difftract {' '.join(argv)}", flush=True)
+        parsed = build_parser().parse_args(quiet + list(argv))
+        parsed.func(parsed)
+
+    step("fit", "dti", *scan, "--out-dir", str(staging / "dti"), "--device", args.device)
+    stop = args.stop_mask or (args.subject / "wm.nii.gz" if (args.subject / "wm.nii.gz").is_file() else None)
+    if stop is None:
+        fa = load_nifti(staging / "dti" / "fa.nii.gz", "FA")
+        brain = np.asarray(load_nifti(mask, "mask").dataobj) > 0
+        tracked = brain & (np.nan_to_num(np.asarray(fa.dataobj)) > args.fa_threshold)
+        if not tracked.any():
+            raise ConfigError(f"{args.subject}: no brain voxel has FA > {args.fa_threshold}; lower --fa-threshold "
+                              "or give --stop-mask")
+        stop = save_nifti(staging / "stop_mask.nii.gz", tracked, fa.affine,
+                          sidecar={"description": f"brain mask & DTI FA > {args.fa_threshold}"})
+    tracks = staging / f"tracks.{args.format}"
+    seeds = args.seeds_per_voxel or (1 if args.method == "ddtracking" else 2)
+    track = ["track", *scan, "--stop-mask", str(stop), "--method", args.method, "--seeds-per-voxel", str(seeds),
+             "--seed", str(args.seed), "--device", args.device, "--out", str(tracks)]
+    if args.method == "ddtracking":
+        track += ["--weights", str(args.weights)] if args.weights else []
+    else:
+        step("fit", "csd", *scan, "--out", str(staging / "fod.nii.gz"), "--device", args.device)
+        track += ["--sh", str(staging / "fod.nii.gz")]
+    step(*track)
+    truth = args.subject / "gt" / "scoring.json"
+    if truth.is_file():
+        step("score", str(tracks), "--phantom", str(args.subject), "--json", str(staging / "scores.json"))
+    return report(staging, [(args.method, tracks)], title=f"difftract run: {args.subject.name} ({args.method})",
+                  params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"})
+
+
+def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, params: dict) -> dict:
+    """Write ``directory/report.html`` from the run's files; returns the first method's summary."""
+    from ..io.nifti import load_nifti
+    from ..io.tractogram import load_tractogram
+    from ..viz.report import MethodResult, write_report
+
+    rgb = np.asarray(load_nifti(directory / "dti" / "rgb.nii.gz", "colour FA").dataobj)
+    fa_img = load_nifti(directory / "dti" / "fa.nii.gz", "FA")
+    mask = np.asarray(fa_img.dataobj) > 0
+    voxel = float(np.linalg.norm(fa_img.affine[:3, 0]))
+    results = []
+    for name, path in tractograms:
+        tract = load_tractogram(path, reference=(fa_img.affine, fa_img.shape))
+        sidecar = _json(path.with_suffix(".json"))
+        scores_path = directory / ("scores.json" if len(tractograms) == 1 else f"scores_{name}.json")
+        results.append(MethodResult(name, list(tract.streamlines), voxel, _json(scores_path),
+                                    (sidecar or {}).get("seconds"), (sidecar or {}).get("params", {}), sidecar))
+    write_report(directory, title=title, rgb=rgb, mask=mask, results=results, params=params,
+                 provenance={"dti": _json(directory / "dti" / "fa.json")}, force=True)
+    first = results[0]
+    return {"streamlines": len(first.streamlines), "mean_length_mm": first.mean_length_mm}
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class _ShownAs(io.TextIOBase):
+    """A text stream that prints the staging folder's path as the final one."""
+
+    def __init__(self, stream, staging: Path, out: Path):
+        self.stream, self.old, self.new = stream, str(staging), str(out)
+
+    def write(self, text: str) -> int:
+        self.stream.write(text.replace(self.old, self.new))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def shown_as(staging: Path, out: Path):
+    """Within this context, what the steps print names ``out`` where they wrote into ``staging``."""
+    return contextlib.redirect_stdout(_ShownAs(sys.stdout, staging, out))
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh hidden folder beside ``out`` where a run is built before it becomes ``out``."""
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def replace_dir(staging: Path, out: Path) -> None:
+    """Move the finished staging folder to ``out``, replacing an old one (``--force`` was checked)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
