@@ -18,6 +18,12 @@ def test_help_describes_commands(cli):
     assert out.returncode == 0 and "simulate" in out.stdout and "check" in out.stdout
     sim = cli("simulate", "--help")
     assert sim.returncode == 0 and "gt/scoring.json" in sim.stdout and "example" in sim.stdout
+    for command in (["check"], ["run"], ["fit", "dti"], ["fit", "sh"], ["fit", "csd"], ["track"], ["score"],
+                    ["train", "qcgdti"], ["train", "ddtracking"], ["demo"]):
+        text = cli(*command, "--help").stdout
+        assert "example" in text and "usage: difftract " + " ".join(command) in text, command
+    run = cli("run", "--help").stdout
+    assert "report.html" in run and "nodif_brain_mask.nii.gz" in run and "default: ddtracking" in run
 
 
 def test_simulate_crossing_happy_path_and_determinism(cli, tmp_path):
