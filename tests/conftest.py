@@ -118,7 +118,7 @@ def _run_in_process(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["difftract", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
     """Run ``difftract`` in this process: ``cli("fit", "dti", ...)`` gives returncode, stdout and stderr.
 
@@ -128,7 +128,7 @@ def cli():
     return _run_in_process
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli_script():
     """Run the installed ``difftract`` console script in a subprocess (exit codes as a shell sees them)."""
     return _run_script
