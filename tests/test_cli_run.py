@@ -28,6 +28,7 @@ def test_run_det_writes_tractogram_maps_scores_and_report(cli, subject, tmp_path
                  "report.html", "report_colour_fa.png", "report_tracks_det.png", "report_bundles.png"):
         assert (out / made).is_file(), made
     assert not (out / "stop_mask.nii.gz").exists()                 # the phantom's wm.nii.gz was used
+    assert not (out / "sh.nii.gz").exists()                        # det tracks the fODF
     last = res.stdout.strip().splitlines()[-1]
     assert last.startswith("run det: ") and "streamlines, mean length" in last and str(out / "report.html") in last
     assert json.loads((out / "scores.json").read_text())["VB"] == 2
@@ -63,7 +64,7 @@ def test_refusals_and_failures_leave_nothing(cli, cli_script, subject, tmp_path)
     weights = cli("run", subject, "--out", out, "--method", "det", "--weights", subject / "dwi.bval")
     assert weights.returncode == 2 and "--weights applies only" in weights.stderr
     (tmp_path / "bad.pt").write_text("not weights")
-    late = cli("run", subject, "--out", out, "--weights", tmp_path / "bad.pt")   # fails after the DTI fit
+    late = cli("run", subject, "--out", out, "--weights", tmp_path / "bad.pt")   # fails after the DTI and SH fits
     assert late.returncode == 2 and "bad.pt" in late.stderr
     broken = tmp_path / "broken"
     shutil.copytree(subject, broken)

@@ -37,6 +37,7 @@ def test_every_command_happy_path(cli_script, tiny, tmp_path):
                   "--out", tmp_path / "t.tck"],
         "score": ["score", tmp_path / "t.tck", "--phantom", tiny, "--json", tmp_path / "s.json"],
         "run": ["run", tiny, "--out", tmp_path / "run", "--method", "det"],
+        "run ddtracking": ["run", tiny, "--out", tmp_path / "run_dd", "--format", "trk"],
     }
     for name, argv in steps.items():
         res = run(*argv)
@@ -44,7 +45,9 @@ def test_every_command_happy_path(cli_script, tiny, tmp_path):
         assert "error" not in res.stderr, (name, res.stderr[-2000:])
     assert (tmp_path / "dti" / "fa.nii.gz").is_file() and (tmp_path / "sh.json").is_file()
     assert json.loads((tmp_path / "s.json").read_text())["VB"] >= 1
-    assert (tmp_path / "run" / "report.html").is_file()
+    assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "fod.nii.gz").is_file()
+    for made in ("report.html", "tracks.trk", "sh.nii.gz", "dti/fa.nii.gz", "scores.json"):
+        assert (tmp_path / "run_dd" / made).is_file(), made
 
 
 @pytest.mark.parametrize("case", ["missing file", "bvals", "exists"])

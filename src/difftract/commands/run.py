@@ -30,6 +30,7 @@ METHODS = ("ddtracking", "det", "prob")
 EPILOG = """\
 outputs (in OUT):
   dti/                  FA, MD, AD, RD, colour FA, tensor, v1 ... (NIfTI + JSON sidecars, qc_dti.png)
+  sh.nii.gz             signal SH, lmax 6 (ddtracking only; the kind of input DDTracking reads)
   fod.nii.gz            CSD fODF (det and prob only)
   stop_mask.nii.gz      where tracking went (only when made from FA, see --stop-mask)
   tracks.trx            the tractogram (--format), with tracks.json (provenance)
@@ -49,7 +50,8 @@ examples:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="the main job: a subject directory to a tractogram, maps and a report",
-                       description="Validate a subject's scan, fit DTI (and CSD for det/prob), track with "
+                       description="Validate a subject's scan, fit DTI and SH (the signal's for DDTracking, a CSD "
+                                   "fODF for det/prob), track with "
                                    "DDTracking (the shipped weights unless --weights) or a classical rule, "
                                    "score against ground truth when the subject has it, and write a report.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,6 +133,7 @@ def _steps(args, files, staging: Path) -> dict:
     track = ["track", *scan, "--stop-mask", str(stop), "--method", args.method, "--seeds-per-voxel", str(seeds),
              "--seed", str(args.seed), "--device", args.device, "--out", str(tracks)]
     if args.method == "ddtracking":
+        step("fit", "sh", *scan, "--out", str(staging / "sh.nii.gz"), "--lmax", "6", "--device", args.device)
         track += ["--weights", str(args.weights)] if args.weights else []
     else:
         step("fit", "csd", *scan, "--out", str(staging / "fod.nii.gz"), "--device", args.device)
