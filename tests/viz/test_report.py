@@ -78,8 +78,10 @@ def test_the_report_renders_in_headless_chromium(report, tmp_path):
     shot = tmp_path / "shot.png"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([CHROMIUM, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "CONSOLE" not in dom.stderr and "Uncaught" not in dom.stderr, dom.stderr[-2000:]   # no page errors
     assert "Per-bundle scores" in dom.stdout and dom.stdout.count("<img") == 4
     run = subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2400", path.as_uri()],
                          capture_output=True, text=True, timeout=120)
