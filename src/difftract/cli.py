@@ -234,7 +234,8 @@ def _demo_steps(args: argparse.Namespace, work: Path, start: float) -> None:
         step = build_parser().parse_args((["-q"] if args.quiet else []) + argv + ["--force"])
         step.func(step)
     report(work, [("ddtracking", work / "tracks_ddtracking.trx"), ("det", work / "tracks_det.trx")],
-           title="difftract demo: the fibercup phantom", params={"seed": args.seed, "phantom": "fibercup"})
+           title="difftract demo: the fibercup phantom", params={"seed": args.seed, "phantom": "fibercup"},
+           mask=ph / "mask.nii.gz")
 
 
 def _print_summary(summary: dict, out: Path, seconds: float) -> None:

@@ -143,18 +143,23 @@ def _steps(args, files, staging: Path) -> dict:
     if truth.is_file():
         step("score", str(tracks), "--phantom", str(args.subject), "--json", str(staging / "scores.json"))
     return report(staging, [(args.method, tracks)], title=f"difftract run: {args.subject.name} ({args.method})",
-                  params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"})
+                  params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+                  mask=mask)
 
 
-def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, params: dict) -> dict:
-    """Write ``directory/report.html`` from the run's files; returns the first method's summary."""
+def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, params: dict,
+           mask: Path | None = None) -> dict:
+    """Write ``directory/report.html`` from the run's files; returns the first method's summary.
+
+    ``mask`` is the brain mask outlined on the colour FA (default: where FA was fitted).
+    """
     from ..io.nifti import load_nifti
     from ..io.tractogram import load_tractogram
     from ..viz.report import MethodResult, write_report
 
     rgb = np.asarray(load_nifti(directory / "dti" / "rgb.nii.gz", "colour FA").dataobj)
     fa_img = load_nifti(directory / "dti" / "fa.nii.gz", "FA")
-    mask = np.asarray(fa_img.dataobj) > 0
+    mask = np.asarray((load_nifti(mask, "mask") if mask is not None else fa_img).dataobj) > 0
     voxel = float(np.linalg.norm(fa_img.affine[:3, 0]))
     results = []
     for name, path in tractograms:
