@@ -131,14 +131,13 @@ def refine_tensor_field(lt0, stop_mask, streamlines: list[np.ndarray], voxel_siz
                                checkpoint_every=config.checkpoint_every, truncate_every=config.truncate_every)
         value, parts = loss(paths, refs)
         fidelity = ((lt - lt0).square() * m).sum() / scale
-        total = value + config.fidelity * fidelity
-        if config.smoothness:
-            total = total + config.smoothness * roughness(lt, pmask) / scale * m.sum()
+        rough = roughness(lt, pmask) / scale * m.sum()
+        total = value + config.fidelity * fidelity + config.smoothness * rough
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
         row = {"iteration": it, "loss": float(total.detach()), **parts, "fidelity": float(fidelity.detach()),
-               "roughness": float(roughness(lt.detach(), pmask) / scale * m.sum()),
+               "roughness": float(rough.detach()),
                "length_mm": float((paths.length - 1).float().mean() * step_mm), "seconds": time.perf_counter() - t0}
         history.append(row)
         if log is not None:
