@@ -33,7 +33,7 @@ def test_identical_fields_have_no_error():
     assert err.voxels == 3 and err.angle_voxels == 2
     for key, value in err.as_dict().items():
         if key not in ("voxels", "angle_voxels", "fa_threshold"):
-            assert value == pytest.approx(0.0, abs=1e-12), key
+            assert value == 0.0, key      # the same tensors through the same code: exactly zero
     single = tensor_errors(ref.astype(np.float32), ref, mask)    # float32 rounding only
     assert single.tensor_error < 1e-9 and single.fa_mae < 1e-6 and single.angle_mean < 1e-3
 
@@ -43,9 +43,16 @@ def test_rotation_by_a_known_angle(angle, expected):
     ref, mask = field(tensor([L1, L2, L2]))
     est, _ = field(tensor([L1, L2, L2], angle))
     err = tensor_errors(est, ref, mask)
+    # v1 from a Jacobi solve of the rotated tensor: accurate to ~eps*|D|/gap (~1e-15 rad), so 1e-9
+    # degrees is a wide margin over rounding and still far below any wrong-vector error (degrees)
     assert err.angle_mean == pytest.approx(expected, abs=1e-9)
     assert err.angle_median == pytest.approx(expected, abs=1e-9)
-    for key in ("fa_mae", "md_mae", "ad_mae", "rd_mae"):
+    # a rotation keeps the eigenvalues; the rotated tensor (a BLAS 3x3 product) and its Jacobi
+    # eigenvalues are each a few ulps off, which moves FA (order 1) by a few eps: 1e-14 (45 eps);
+    # MD/AD/RD (order 1e-3 mm^2/s) move by a few eps * 1e-3: 1e-15 is ~4e-13 relative. A wrong
+    # eigenvalue would be off by ~1e-4 (diffusivities) or ~0.1 (FA).
+    assert err.fa_mae == pytest.approx(0.0, abs=1e-14)
+    for key in ("md_mae", "ad_mae", "rd_mae"):
         assert getattr(err, key) == pytest.approx(0.0, abs=1e-15), key
     # |dDxx| = |dDyy| = (L1 - L2) sin^2, |dDxy| = (L1 - L2) |sin cos|, the rest 0
     s, c = math.sin(math.radians(angle)), math.cos(math.radians(angle))
@@ -66,7 +73,9 @@ def test_scalar_map_errors_of_known_eigenvalues():
     assert err.md_mre == pytest.approx(0.2, rel=1e-12)
     assert err.ad_mre == pytest.approx(1 / 3, rel=1e-12)
     assert err.rd_mre == pytest.approx(0.0, abs=1e-12)
-    assert err.angle_mean == pytest.approx(0.0, abs=1e-6)
+    # eigenvector of equal-axis tensors, gap 2e-3 of a 3e-3 norm: ~eps*1.5 rad (1e-14 degrees) apart,
+    # measured by atan2 (no arccos loss near 0); 1e-11 degrees keeps a 1000x margin
+    assert err.angle_mean == pytest.approx(0.0, abs=1e-11)
     # the difference is 1e-3 along the 40-degree axis: (cos^2, cos sin, sin^2) times 1e-3
     c, s = math.cos(math.radians(40)), math.sin(math.radians(40))
     assert err.tensor_error == pytest.approx(1e-3 * (c * c + c * s + s * s), rel=1e-12)

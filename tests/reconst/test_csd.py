@@ -40,6 +40,13 @@ def dipy_csd(gtab, data, mask, lmax, response=RESPONSE):
         return model, model.fit(data, mask=mask).shm_coeff
 
 
+# Our batched torch CSD against DIPY's per-voxel numpy CSD, float64: the same iterations and the
+# same active sets, different BLAS calls. The error is eps times the condition of the (regularised)
+# normal matrix, up to ~1e5 for lmax 8 from 32 directions: <= ~2e-11; measured <= 8e-14. A changed
+# constraint, basis or response gives errors of order 1e-2 and more.
+CROSS_IMPL_RTOL = 1e-10
+
+
 def relative_error(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Per-voxel error relative to the reference coefficient norm."""
     return np.linalg.norm(ours - ref, axis=-1) / np.maximum(np.linalg.norm(ref, axis=-1), 1e-12)
@@ -84,7 +91,7 @@ def test_coefficients_equal_dipys(references, name, lmax, legacy):
     fit = CsdModel(gtab_of(phantom), RESPONSE, lmax=lmax, legacy=legacy).fit(phantom.data, mask)
     assert fit.coeffs.shape == mask.shape + (n_coeffs(lmax),)
     err = relative_error(fit.coeffs[mask], ref[mask])
-    assert err.max() < 1e-6, f"max relative error {err.max():.2e}"
+    assert err.max() < CROSS_IMPL_RTOL, f"max relative error {err.max():.2e}"
     assert np.all(fit.coeffs[~mask] == 0)
     assert fit.params["iterations"]["not_converged"] == 0
 
@@ -99,7 +106,7 @@ def test_other_settings_equal_dipys(crossing, settings):
         model = ConstrainedSphericalDeconvModel(gtab, RESPONSE, sh_order_max=6, **settings)
         ref = model.fit(crossing.data, mask=mask).shm_coeff
     fit = CsdModel(gtab, RESPONSE, lmax=6, legacy=True, **settings).fit(crossing.data, mask)
-    assert relative_error(fit.coeffs[mask], ref[mask]).max() < 1e-6
+    assert relative_error(fit.coeffs[mask], ref[mask]).max() < CROSS_IMPL_RTOL
     if settings.get("convergence", 50) < 3:
         assert fit.params["iterations"]["not_converged"] > 0
 
@@ -220,11 +227,13 @@ def test_multi_shell_deconvolves_one_shell():
         sub = gradient_table(phantom.bvals[picked], bvecs=phantom.bvecs[picked])
         _, ref = dipy_csd(sub, phantom.data[..., picked], mask, 6)
         err = relative_error(fit.coeffs[mask], convert_sh_from_legacy(ref, "descoteaux07")[mask])
-        assert err.max() < 1e-6 and fit.params["shell"] == (shell or 2500.0)
+        assert err.max() < CROSS_IMPL_RTOL and fit.params["shell"] == (shell or 2500.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu(references):
     phantom, mask, ref = references["fibercup", 8]
     fit = CsdModel(gtab_of(phantom), RESPONSE, lmax=8, legacy=True).fit(phantom.data, mask, device="cuda")
+    # cuBLAS/cuSOLVER instead of MKL: the same eps x condition bound as CROSS_IMPL_RTOL, but not yet
+    # measured on a GPU; kept at 1e-6 until it is
     assert relative_error(fit.coeffs[mask], ref[mask]).max() < 1e-6
