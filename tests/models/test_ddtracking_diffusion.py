@@ -15,6 +15,8 @@ def test_forward_marginal_is_fading_data_plus_brownian_noise():
     y0 = torch.tensor([[0.6, -0.8, 0.0]]).repeat(200_000, 1)
     k = torch.full((len(y0), 1), 0.3)
     y = diffuse(y0, k, torch.randn(y0.shape, generator=g))
+    # sampling error with n = 2e5: mean sqrt(0.3/n) = 1.2e-3, variance sqrt(2*0.3^2/n) = 9.5e-4, so
+    # 5e-3 is >= 4 standard errors (and the draw is seeded); a wrong schedule is off by > 0.05
     torch.testing.assert_close(y.mean(0), 0.7 * y0[0], atol=5e-3, rtol=0)
     torch.testing.assert_close(y.var(0), torch.full((3,), 0.3), atol=5e-3, rtol=0)
     assert torch.equal(diffuse(y0[:1], torch.ones(1, 1), torch.zeros(1, 3)), torch.zeros(1, 3))
@@ -83,6 +85,8 @@ def test_stochastic_paths_have_the_forward_marginals():
     sample(denoise, n, steps=2, stochastic=True, generator=torch.Generator().manual_seed(5))
     k, y_half = seen[1]
     assert k == 0.5
+    # n = 2e5: standard errors sqrt(0.5/n) = 1.6e-3 (mean) and sqrt(2*0.5^2/n) = 1.6e-3 (variance): 6e-3
+    # is ~3.8 of them (seeded); a missing or doubled noise term moves them by >= 0.1
     torch.testing.assert_close(y_half.mean(0), 0.5 * y0, atol=6e-3, rtol=0)
     torch.testing.assert_close(y_half.var(0), torch.full((3,), 0.5), atol=6e-3, rtol=0)
 

@@ -218,7 +218,11 @@ def test_augmentation_is_physically_consistent(subject):
         wls = reference_tensor(volumes, np.concatenate([[0.0], q[:, 3] * 1000]),
                                np.concatenate([[[0.0, 0.0, 0.0]], q[:, :3]]), inside)
         target = np.moveaxis(sample["target"].numpy(), 0, -1) * 1e-3
-        np.testing.assert_allclose(wls[inside], target[inside], rtol=1e-3, atol=2e-7)
+        # float32 pairs and target (eps 1.2e-7), a well-conditioned six-direction fit (cond ~1.3): a few
+        # eps32 of each voxel's tensor scale (measured 2.7e-7); 1e-5 of it, where an inconsistent flip
+        # or sign (an off-diagonal negated) is off by ~1e-1 of it
+        scale = np.abs(target[inside]).max(-1, keepdims=True)
+        assert np.max(np.abs(wls[inside] - target[inside]) / scale) < 1e-5, index
 
 
 def test_task_loss_is_masked_mse():

@@ -35,6 +35,7 @@ def test_map_chunks_is_chunk_independent(chunk):
     data = np.arange(5 * 4 * 3 * 4, dtype=np.float64).reshape(5, 4, 3, 4)
     rows, mask = masked_rows(data, None)
     out = map_chunks(kernel, rows, device=torch.device("cpu"), dtype=torch.float64, chunk_size=chunk)
+    # exact: integer-valued float64 data, so torch's and numpy's sums are exact in any order or batch
     np.testing.assert_array_equal(out["sum"], data.reshape(-1, 4).sum(1))
     np.testing.assert_array_equal(out["pair"], data.reshape(-1, 4)[:, :2] * 2)
 
