@@ -150,3 +150,38 @@ def test_shipped_weights_name_no_path_outside_the_repository():
         assert blob["meta"]["build"] == f"python scripts/build_weights.py {name} --install"
         assert f"`{blob['meta']['build']}`" in readme
         assert all(not s.startswith(("/", "..")) for s in blob["meta"]["subjects"])
+
+
+def _build_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_weights.py"
+    spec = importlib.util.spec_from_file_location("build_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
+    """scripts/build_weights.py's recipes are those weights/README.md documents (dry run: nothing trained)."""
+    bw = _build_script()
+    readme = (W.WEIGHTS_DIR / "README.md").read_text()
+    args = re.findall(r'^ARGS="(.*)"$', readme, re.M)
+    assert args == [" ".join([*bw.RECIPES[m]["options"], "--device", "cpu"]) for m in ("qcgdti", "ddtracking")]
+    assert " ".join(bw.QCG_SCHEME) in readme   # the scheme of the phantoms in the README's loop
+    for model in ("qcgdti", "ddtracking"):
+        assert bw.main([model, "--dry-run", "--work", str(tmp_path / model)]) == 0
+        log = (tmp_path / model / "commands.sh").read_text()
+        first, last = bw.RECIPES[model]["epochs"]
+        assert f"--out {model}/full.pt --epochs {first} " in log
+        assert f"--out {model}/full_long.pt --epochs {last} " in log and log.rstrip().endswith("--resume")
+        for name in bw.RECIPES[model]["subjects"]:
+            assert f"simulate train/{name} {' '.join(bw.PHANTOMS[name])}" in log
+            preset, seed = name.rsplit("_", 1)
+            opts = bw.PHANTOMS[name]
+            in_loop = f'"{preset} {seed} {opts[opts.index("--snr") + 1]}"' in readme and opts[6:] == bw.QCG_SCHEME
+            assert in_loop or f"simulate train/{name} {' '.join(opts)}" in readme, name
+    with pytest.raises(SystemExit):
+        bw.main(["qcgdti", "--quick", "--install"])
+    assert "never installed" in capsys.readouterr().err
