@@ -11,7 +11,7 @@ import torch
 from difftract.cli import main
 from difftract.io.tractogram import load_tractogram
 from difftract.phantom import PhantomConfig, save_phantom, simulate
-from difftract.weights import sha256
+from difftract.weights import absolute_paths, sha256
 
 TINY = ["--gru-hidden", "16", "--z-dim", "8", "--v-dim", "8", "--conv-channels", "4", "--denoiser-width", "8",
         "--epochs", "2", "--samples-per-epoch", "16", "--val-samples", "8", "--batch-size", "8", "--window", "12",
@@ -50,6 +50,7 @@ def test_train_outputs(weights, subjects):
     assert side["params"]["val_subjects"] == [subjects[-1].name]
     blob = torch.load(weights, weights_only=True)
     assert blob["meta"]["model"] == "ddtracking"
+    assert blob["meta"]["subjects"] == [s.name for s in subjects] and absolute_paths(blob["meta"]) == []
     assert any(weights.parent.glob("w.cache/*.npz"))
     assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(weights), *TINY]) != 0  # no --force
 

@@ -7,11 +7,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from difftract.cli import main
 from difftract.io.gradients import flip_for_fsl
 from difftract.phantom import PhantomConfig, save_phantom, simulate
-from difftract.weights import sha256
+from difftract.weights import absolute_paths, sha256
 
 TINY = ["--widths", "4,8", "--patch", "16", "--epochs", "2", "--samples-per-epoch", "4", "--val-samples", "2",
         "--batch-size", "2", "--device", "cpu"]
@@ -55,6 +56,8 @@ def test_train_then_fit(cli, subjects, tmp_path):
     assert (tmp_path / "w.ckpt.pt").exists()
     record = json.loads((tmp_path / "w.json").read_text())
     assert record["weights_sha256"] == sha256(out) and record["params"]["val_subjects"] == ["s2"]
+    meta = torch.load(out, weights_only=True)["meta"]   # subjects outside the working folder: names only
+    assert meta["subjects"] == ["s1", "s2"] and absolute_paths(meta) == []
 
     again = cli("train", "qcgdti", *subjects, "--out", out, *TINY)
     assert again.returncode == 2 and "--force" in again.stderr

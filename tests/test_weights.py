@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,109 @@ def test_shipped_ddtracking_tracks_fibercup(phantom_dir):
     lines = [s.numpy() for chunk in tracker.track(seeds) for s in chunk.split()]
     result = score(lines, load_scoring(phantom_dir)).scores
     assert result["VB"] == 7 and result["VS_ratio"] > 0.8 and result["NC_ratio"] < 0.15, result
+
+
+def test_set_checksum_keeps_the_other_lines(tmp_path):
+    sums = tmp_path / "SHA256SUMS"
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    sums.write_text(f"{a}  qcgdti.pt\n{b}  ddtracking.pt\n")
+    W.set_checksum("qcgdti.pt", c, sums)
+    assert sums.read_text() == f"{c}  qcgdti.pt\n{b}  ddtracking.pt\n"      # replaced in place, order kept
+    W.set_checksum("ddtracking.pt", a, sums)
+    assert sums.read_text() == f"{c}  qcgdti.pt\n{a}  ddtracking.pt\n"
+    W.set_checksum("new.pt", b, sums)
+    assert sums.read_text().splitlines() == [f"{c}  qcgdti.pt", f"{a}  ddtracking.pt", f"{b}  new.pt"]
+    W.set_checksum("x.pt", a, tmp_path / "fresh")                              # no list yet: created
+    assert (tmp_path / "fresh").read_text() == f"{a}  x.pt\n"
+    with pytest.raises(InputError, match="not a SHA256"):
+        W.set_checksum("qcgdti.pt", "nope", sums)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def test_install_rewrites_one_file_and_its_line(tmp_path, monkeypatch):
+    import torch
+
+    from difftract.training.files import load_weights, save_weights
+
+    monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(W, "SUMS", tmp_path / "weights" / "SHA256SUMS")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "ddtracking.pt").write_bytes(b"other model")
+    other = f"{W.sha256(tmp_path / 'weights' / 'ddtracking.pt')}  ddtracking.pt"
+    W.SUMS.write_text(f"{'0' * 64}  qcgdti.pt\n{other}\n")
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2])}
+    src = save_weights(tmp_path / "trained.pt", state, {"model": "qcgdti", "subjects": ["train/random_1001"]},
+                       {"best_epoch": 3})
+    digest = W.install(src, "qcgdti", {"build": "python scripts/build_weights.py qcgdti --install"})
+    assert W.SUMS.read_text().splitlines() == [f"{digest}  qcgdti.pt", other]
+    assert W.shipped_weights("qcgdti") == tmp_path / "weights" / "qcgdti.pt"
+    blob = load_weights(W.WEIGHTS_DIR / "qcgdti.pt")
+    assert blob["meta"] == {"model": "qcgdti", "subjects": ["train/random_1001"],
+                            "build": "python scripts/build_weights.py qcgdti --install"}
+    assert blob["train"] == {"best_epoch": 3} and all(torch.equal(blob["state_dict"][k], v) for k, v in state.items())
+
+    bad = save_weights(tmp_path / "bad.pt", state, {"model": "qcgdti", "subjects": ["/work/x/train/random_1001"]})
+    with pytest.raises(InputError, match="absolute paths"):
+        W.install(bad, "qcgdti")
+    with pytest.raises(InputError, match="not ddtracking weights"):
+        W.install(src, "ddtracking")
+    assert W.SUMS.read_text().splitlines() == [f"{digest}  qcgdti.pt", other]
+
+
+def test_absolute_paths():
+    meta = {"a": ["train/random_1001", "/work/x", {"b": "~/y"}], "n": "inputs / mean b0; um^2/ms", "c": 3,
+            "/k": 1, "w": "C:\\data"}
+    assert sorted(W.absolute_paths(meta)) == sorted(["/work/x", "~/y", "/k", "C:\\data"])
+
+
+# a path of some machine: after whitespace, a quote, a bracket or '=' (not 'um^2/ms' or 'a/b')
+_PATH_IN_TEXT = re.compile(r"(?:^|[\s`'\"(=\[])((?:/|~/)[A-Za-z0-9_.-]+)")
+
+
+def test_shipped_weights_name_no_path_outside_the_repository():
+    """No README line or weights metadata points to a folder of the machine that built them."""
+    from difftract.training.files import load_weights
+
+    readme = (W.WEIGHTS_DIR / "README.md").read_text()
+    assert _PATH_IN_TEXT.findall(readme) == [] and "/work" not in readme
+    for name, file in W.SHIPPED.items():
+        blob = load_weights(W.WEIGHTS_DIR / file)
+        assert W.absolute_paths(blob["meta"]) == [] and W.absolute_paths(blob["train"]) == [], file
+        assert blob["meta"]["build"] == f"python scripts/build_weights.py {name} --install"
+        assert f"`{blob['meta']['build']}`" in readme
+        assert all(not s.startswith(("/", "..")) for s in blob["meta"]["subjects"])
+
+
+def _build_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_weights.py"
+    spec = importlib.util.spec_from_file_location("build_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
+    """scripts/build_weights.py's recipes are those weights/README.md documents (dry run: nothing trained)."""
+    bw = _build_script()
+    readme = (W.WEIGHTS_DIR / "README.md").read_text()
+    args = re.findall(r'^ARGS="(.*)"$', readme, re.M)
+    assert args == [" ".join([*bw.RECIPES[m]["options"], "--device", "cpu"]) for m in ("qcgdti", "ddtracking")]
+    assert " ".join(bw.QCG_SCHEME) in readme   # the scheme of the phantoms in the README's loop
+    for model in ("qcgdti", "ddtracking"):
+        assert bw.main([model, "--dry-run", "--work", str(tmp_path / model)]) == 0
+        log = (tmp_path / model / "commands.sh").read_text()
+        first, last = bw.RECIPES[model]["epochs"]
+        assert f"--out {model}/full.pt --epochs {first} " in log
+        assert f"--out {model}/full_long.pt --epochs {last} " in log and log.rstrip().endswith("--resume")
+        for name in bw.RECIPES[model]["subjects"]:
+            assert f"simulate train/{name} {' '.join(bw.PHANTOMS[name])}" in log
+            preset, seed = name.rsplit("_", 1)
+            opts = bw.PHANTOMS[name]
+            in_loop = f'"{preset} {seed} {opts[opts.index("--snr") + 1]}"' in readme and opts[6:] == bw.QCG_SCHEME
+            assert in_loop or f"simulate train/{name} {' '.join(opts)}" in readme, name
+    with pytest.raises(SystemExit):
+        bw.main(["qcgdti", "--quick", "--install"])
+    assert "never installed" in capsys.readouterr().err

@@ -83,7 +83,7 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     from ..io.sidecar import sidecar_path
     from ..models.qcgdti.data import PatchDataset, QCGTask, prepare_subject
     from ..models.qcgdti.model import QCGConfig, QCGDTI
-    from ..training.files import output_paths
+    from ..training.files import output_paths, subject_label
     from ..training.loop import TrainConfig, train
 
     if not args.resume:   # every file the run writes, before the subjects are prepared
@@ -111,7 +111,7 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
     meta = {"model": "qcgdti", "config": config.as_dict(), "patch": patch, "scheme": args.scheme,
-            "subjects": [str(d) for d in args.subjects], "val_subjects": [s.name for s in val_subjects],
+            "subjects": [subject_label(d) for d in args.subjects], "val_subjects": [s.name for s in val_subjects],
             "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms"}
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      early_stop_patience=args.patience)

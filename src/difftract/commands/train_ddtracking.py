@@ -109,7 +109,7 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     from ..models.ddtracking.data import DDTrackingTask, StreamlineDataset, prepare_subject
     from ..models.ddtracking.diffusion import DiffusionConfig
     from ..models.ddtracking.model import DDTracking, DDTrackingConfig
-    from ..training.files import output_paths
+    from ..training.files import output_paths, subject_label
     from ..training.loop import TrainConfig, train
     from .train import _write_sidecar
 
@@ -136,7 +136,7 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     meta = {"model": "ddtracking", "config": config.as_dict(), "diffusion": dataclasses.asdict(diff),
             "step_voxels": args.step, **noise,
             "input": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000",
-            "subjects": [str(d) for d in args.subjects], "val_subjects": [s.name for s in val_subjects]}
+            "subjects": [subject_label(d) for d in args.subjects], "val_subjects": [s.name for s in val_subjects]}
     result = train(model, DDTrackingTask(diff), train_set, val_set, tc, args.out, resume=args.resume,
                    force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
     if int(os.environ.get("RANK", "0")) != 0:

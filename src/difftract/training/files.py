@@ -8,6 +8,7 @@ naming it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,22 @@ def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
     out = Path(out)
     stem = out.name[: -len(out.suffix)] if out.suffix else out.name
     return out, out.with_name(f"{stem}.ckpt.pt"), out.with_name(f"{stem}.metrics.jsonl")
+
+
+def subject_label(path: str | Path) -> str:
+    """How a weights file names a training subject: never an absolute path.
+
+    The subject's path relative to the current working folder when it lies inside it (so
+    ``cd WORK && difftract train ... train/random_1001`` records ``train/random_1001``),
+    otherwise only its folder name. Shipped weights thus carry no path of the machine that
+    trained them.
+    """
+    full = Path(os.path.abspath(path))   # abspath, not resolve: a symlinked folder keeps its name
+    try:
+        rel = full.relative_to(os.path.abspath(os.getcwd()))
+    except ValueError:
+        return full.name
+    return rel.as_posix() if rel.parts else full.name
 
 
 def save_weights(path: str | Path, state_dict: dict[str, Tensor], meta: dict | None = None,
