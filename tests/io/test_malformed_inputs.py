@@ -89,6 +89,9 @@ def _break(case, s):
     elif case == "dwi_is_dir":
         s["dwi"].unlink()
         s["dwi"].mkdir()
+    elif case == "bval_is_dir":
+        s["bval"].unlink()
+        s["bval"].mkdir()
     elif case == "mask_is_dir":
         s["mask"].unlink()
         s["mask"].mkdir()
@@ -122,6 +125,7 @@ REFUSED = {
     "dwi_empty": ("dwi", ["DWI file is empty (0 bytes)"]),
     "dwi_is_dir": ("dwi", ["DWI path is a directory, expected a NIfTI file"]),
     "mask_is_dir": ("mask", ["mask path is a directory"]),
+    "bval_is_dir": ("bval", ["bval path is a directory, expected a text file"]),
 }
 
 

@@ -132,8 +132,8 @@ def load_mask(path: str | Path, reference_shape: tuple[int, ...] | None = None,
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(path, f"mask must be 3D, found {data.ndim}D shape {data.shape}; give one 3D brain mask")
-    resample = ("resample it onto the DWI grid (e.g. mrgrid M regrid -template DWI -interp nearest, or "
-                "flirt -applyxfm -usesqform -interp nearestneighbour -ref DWI)")
+    resample = ("resample it onto the DWI grid (e.g. mrgrid MASK regrid -template DWI -interp nearest OUT), or "
+                "make the mask from this DWI")
     if reference_shape is not None and tuple(data.shape) != tuple(reference_shape):
         raise InputError(path, f"mask shape {tuple(data.shape)} differs from the DWI grid {tuple(reference_shape)}; "
                                + resample)

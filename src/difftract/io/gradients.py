@@ -29,7 +29,7 @@ def _read_numbers(path: Path, what: str, allow_nan: bool = False) -> np.ndarray:
     if not path.exists():
         raise InputError(path, f"{what} file not found")
     if path.is_dir():
-        raise InputError(path, f"{what} path is a directory")
+        raise InputError(path, f"{what} path is a directory, expected a text file; give the file itself")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
