@@ -205,12 +205,12 @@ def check_shell_directions(gtab: GradientTable, picked: Shell, lmax: int, what: 
         lower = [(l, g) for g in groups for l in range(lmax - 2, 1, -2) if counts[g.bval] >= min_directions(l)]
         if lower:
             l, g = max(lower, key=lambda lg: (lg[0], counts[lg[1].bval], lg[1].bval))
-            on = "" if g is picked else f" --shell {g.bval:g}"
+            on = "" if g.bval == picked.bval else f" --shell {g.bval:g}"
             hint = f"a lower order would do: --lmax {l}{on} ({counts[g.bval]} directions"
             hint += ", too few to resolve crossing fibres)" if l < 4 else ")"
         else:
-            hint = ("no shell is usable: this scheme supports DTI (fit dti), not an SH or CSD fit; it needs an "
-                    "acquisition with one well-sampled shell")
+            hint = (f"no shell has enough directions for any order (lmax 2 needs {min_directions(2)}): {what} needs "
+                    "an acquisition with one well-sampled shell")
     if len(groups) > 4 and not usable:
         message += f" ({len(groups)} b-values with few directions each: a q-space (DSI-like) scheme, not shells)"
     raise ConfigError(f"{message}; {hint}")
