@@ -22,6 +22,7 @@ from .nifti import load_nifti
 log = logging.getLogger("difftract")
 
 GRID_ATOL_MM = 1e-3
+ANISOTROPY_NOTE = 1.01   # voxel edges differing by more than 1 % get a note
 
 
 @dataclass
@@ -66,10 +67,13 @@ class DWI:
         return self.gtab.bvecs
 
     def __repr__(self) -> str:
+        from ..reconst.sh import shell_groups   # reconst imports io: not at module level
+
         nb0 = int(self.gtab.b0s_mask.sum())
-        shells = np.unique(np.round(self.bvals[~self.gtab.b0s_mask], -2)).astype(int).tolist()
+        shells = [f"{g.describe()}: {len(g.indices)}" for g in shell_groups(self.bvals)]
         nmask = "no mask" if self.mask is None else f"mask {int(self.mask.sum())} voxels"
-        return (f"DWI(shape={self.shape}, volumes={self.data.shape[3]}, b0={nb0}, shells={shells}, "
+        return (f"DWI(shape={self.shape}, volumes={self.data.shape[3]}, b0={nb0}, "
+                f"shells (volumes)=[{', '.join(shells)}], "
                 f"voxel_sizes={np.round(self.voxel_sizes, 3).tolist()}, {nmask})")
 
 
@@ -98,16 +102,17 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
     """
     dwi, bval, bvec = Path(dwi), Path(bval), Path(bvec)
     img = load_nifti(dwi, "DWI", dtype=np.float32)
-    if img.ndim != 4:
-        raise InputError(dwi, f"DWI must be 4D (x, y, z, volumes), found {img.ndim}D shape {img.shape}")
+    data = _check_dims(np.asarray(img.dataobj), dwi)
     affine = _check_affine(img.affine, dwi)
-    n_volumes = img.shape[3]
+    n_volumes = data.shape[3]
 
     bvals, bvecs = read_gradients(bval, bvec, n_volumes, b0_threshold)
     bvecs = flip_for_fsl(bvecs, affine)
     gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
 
-    data = _check_finite(np.asarray(img.dataobj), dwi, zero_nonfinite)
+    data = _check_finite(data, dwi, zero_nonfinite)
+    _check_signal(data, bvals <= b0_threshold, dwi)
+    _note_grid(data.shape[:3], affine, dwi)
 
     files = {"dwi": dwi, "bval": bval, "bvec": bvec}
     mask_array = None
@@ -126,21 +131,41 @@ def load_mask(path: str | Path, reference_shape: tuple[int, ...] | None = None,
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise InputError(path, f"mask must be 3D, found {data.ndim}D shape {data.shape}")
+        raise InputError(path, f"mask must be 3D, found {data.ndim}D shape {data.shape}; give one 3D brain mask")
+    resample = ("resample it onto the DWI grid (e.g. mrgrid MASK regrid -template DWI -interp nearest OUT), or "
+                "make the mask from this DWI")
     if reference_shape is not None and tuple(data.shape) != tuple(reference_shape):
-        raise InputError(path, f"mask shape {tuple(data.shape)} differs from the DWI grid {tuple(reference_shape)}")
+        raise InputError(path, f"mask shape {tuple(data.shape)} differs from the DWI grid {tuple(reference_shape)}; "
+                               + resample)
     if reference_affine is not None and not np.allclose(img.affine, reference_affine, atol=GRID_ATOL_MM):
         diff = np.abs(img.affine - reference_affine).max()
-        raise InputError(path, f"mask affine differs from the DWI affine (largest difference {diff:.3g} mm)")
+        raise InputError(path, f"mask affine differs from the DWI affine (largest difference {diff:.3g} mm), so "
+                               f"its voxels are not the DWI's; {resample}")
     if not np.all(np.isfinite(data)):
-        raise InputError(path, f"mask contains {int(np.sum(~np.isfinite(data)))} NaN/Inf value(s)")
+        raise InputError(path, f"mask contains {int(np.sum(~np.isfinite(data)))} NaN/Inf value(s); give a binary "
+                               "mask (0 outside, 1 inside)")
     values = np.unique(data)
-    if not np.all(np.isin(values, (0, 1))):
-        log.info("%s: mask is not binary (%d distinct values); using voxels > 0", path, values.size)
     out = data > 0
     if not out.any():
-        raise InputError(path, "mask is empty (no voxel > 0)")
+        raise InputError(path, "mask is empty (no voxel > 0); give a brain mask with the brain set to 1 "
+                               "(e.g. from bet or dwi2mask)")
+    if not np.all(np.isin(values, (0, 1))):
+        _note_nonbinary(data, values, out, path)
     return out
+
+
+def _note_nonbinary(data: np.ndarray, values: np.ndarray, inside: np.ndarray, path: Path) -> None:
+    """Say how a non-binary mask is read (voxels > 0, as FSL, MRtrix and DIPY read masks), loudly when
+    it looks like a probability map: there ``> 0`` takes in every voxel with any probability at all."""
+    fractional = (data > 0) & (data < 1)
+    if fractional.any():
+        n_low = int(np.sum((data > 0) & (data < 0.5)))
+        log.warning("%s: mask is not binary but has values between 0 and 1 (a probability map?); every voxel > 0 "
+                    "is used (%d voxels, %d of them below 0.5); if that is not what you want, binarise it first "
+                    "(e.g. fslmaths M -thr 0.5 -bin mask)", path, int(inside.sum()), n_low)
+    else:
+        log.info("%s: mask is not binary (%d distinct values, e.g. labels); using voxels > 0 (%d voxels)",
+                 path, values.size, int(inside.sum()))
 
 
 SUBJECT_LAYOUTS = (
@@ -182,6 +207,42 @@ def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
     if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(path, "affine is singular (zero voxel size or degenerate axes)")
     return affine
+
+
+def _check_dims(data: np.ndarray, path: Path) -> np.ndarray:
+    """A 4D (x, y, z, volumes) array; trailing singleton axes beyond the fourth are dropped."""
+    while data.ndim > 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 4:
+        if data.shape[3] < 2:
+            raise InputError(path, f"DWI has a single volume (shape {data.shape}); give the whole diffusion series "
+                                   "(b0 and diffusion-weighted volumes along the 4th axis)")
+        return data
+    if data.ndim < 4:
+        raise InputError(path, f"DWI must be 4D (x, y, z, volumes), found {data.ndim}D shape {data.shape}; a 3D "
+                               "image is one volume: give the whole diffusion series")
+    raise InputError(path, f"DWI must be 4D (x, y, z, volumes), found {data.ndim}D shape {data.shape}; put the "
+                           "volumes on the 4th axis (e.g. mrconvert DWI -axes 0,1,2,4 dwi4d.nii.gz)")
+
+
+def _check_signal(data: np.ndarray, b0s: np.ndarray, path: Path) -> None:
+    """Refuse a DWI with no signal at all, or none in its b0 volumes (nothing to normalise by)."""
+    if not np.any(data):
+        raise InputError(path, "DWI is all zeros (no signal in any volume); check the file and its conversion")
+    if not np.any(data[..., b0s] > 0):
+        raise InputError(path, f"the b0 volume(s) {np.flatnonzero(b0s).tolist()[:5]} hold no signal (all <= 0); "
+                               "check that the bval file matches the DWI's volume order")
+
+
+def _note_grid(shape: tuple[int, ...], affine: np.ndarray, path: Path) -> None:
+    sizes = np.sqrt(np.sum(affine[:3, :3] ** 2, axis=0))
+    if sizes.max() > ANISOTROPY_NOTE * sizes.min():
+        log.info("%s: anisotropic voxels %s mm; steps are in mm and interpolation is trilinear in voxel space",
+                 path, " x ".join(f"{v:.3g}" for v in sizes))
+    thin = [axis for axis, n in zip("xyz", shape) if n == 1]
+    if thin:
+        log.info("%s: the grid is one voxel thick along %s %s; fits work per voxel; a streamline stops where it "
+                 "leaves that slice", path, "/".join(thin), tuple(shape))
 
 
 def _check_finite(data: np.ndarray, path: Path, zero_nonfinite: bool) -> np.ndarray:

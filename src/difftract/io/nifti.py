@@ -35,11 +35,16 @@ def load_nifti(path: str | Path, what: str = "image", dtype: type | None = None)
     if not path.exists():
         raise InputError(path, f"{what} file not found")
     if path.is_dir():
-        raise InputError(path, f"{what} path is a directory, expected a NIfTI file")
+        raise InputError(path, f"{what} path is a directory, expected a NIfTI file; give the image file itself")
+    _check_container(path, what)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for bad headers
-        raise InputError(path, f"cannot read {what} as NIfTI ({type(exc).__name__}: {exc})") from None
+        detail = str(exc)
+        for quoted in (f'"{path}"', f"'{path}'", str(path)):   # the path is at the front of the message already
+            detail = detail.replace(quoted, "the file")
+        raise InputError(path, f"cannot read {what} as NIfTI ({type(exc).__name__}: {detail}); check it is a NIfTI "
+                               "image (.nii or .nii.gz), e.g. convert DICOMs with dcm2niix") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"{what} is a {type(img).__name__}, expected NIfTI-1 or NIfTI-2")
     if img.get_data_dtype().kind == "c":
@@ -48,8 +53,49 @@ def load_nifti(path: str | Path, what: str = "image", dtype: type | None = None)
     try:
         data = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-        raise InputError(path, f"{what} data are truncated or corrupt ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"{what} data are truncated or corrupt ({type(exc).__name__}: {exc}); the file is "
+                               "incomplete: copy or convert it again") from None
     return type(img)(data, img.affine, img.header)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI_MAGICS = (b"n+1\x00", b"ni1\x00", b"n+2\x00", b"ni2\x00")
+
+
+def _looks_like_nifti(head: bytes) -> bool:
+    """NIfTI-1 keeps its magic at byte 344, NIfTI-2 at byte 4."""
+    return head[344:348] in NIFTI_MAGICS or head[4:8] in NIFTI_MAGICS
+
+
+def _check_container(path: Path, what: str) -> None:
+    """Refuse, with a reason a user can act on, a file that is empty, or whose name and content disagree
+    about gzip, or whose gzip stream ends inside the header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(540)
+    except OSError as exc:
+        raise InputError(path, f"cannot open {what} ({exc.strerror or exc})") from None
+    if not head:
+        raise InputError(path, f"{what} file is empty (0 bytes); copy or convert it again")
+    gz = head[:2] == GZIP_MAGIC
+    if path.name.endswith(".gz") and not gz:
+        if _looks_like_nifti(head):
+            raise InputError(path, f"{what} is named .gz but is an uncompressed NIfTI: rename it to .nii "
+                                   "(or compress it with gzip)")
+        raise InputError(path, f"{what} is named .gz but is not gzip-compressed, and not NIfTI either; "
+                               "check the file (convert DICOMs with dcm2niix)")
+    if gz and path.name.endswith(".nii"):
+        raise InputError(path, f"{what} is gzip-compressed but named .nii: rename it to .nii.gz")
+    if gz:
+        try:
+            with gzip.open(path, "rb") as f:
+                head = f.read(540)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(path, f"{what} is a truncated or damaged gzip file ({type(exc).__name__}: {exc}); the "
+                                   "file is incomplete: copy or convert it again") from None
+        if len(head) < 348:
+            raise InputError(path, f"{what} is truncated or not NIfTI: its gzip stream ends after {len(head)} bytes, "
+                                   "inside where the NIfTI header should be; copy or convert it again")
 
 
 def _check_size(img: nib.Nifti1Image, path: Path, what: str) -> None:

@@ -44,7 +44,7 @@ from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError
 from ..io.gradients import B0_THRESHOLD
 from .response import check_response, response_from_region, response_region, single_shell
-from .sh import SHFit, check_lmax, n_coeffs, sh_basis
+from .sh import SHFit, check_lmax, check_shell_directions, n_coeffs, pick_shell, sh_basis
 from .voxels import map_chunks, masked_rows, unmask
 
 log = logging.getLogger("difftract")
@@ -201,6 +201,8 @@ class CsdModel:
             raise ConfigError(f"convergence (maximal iterations) must be an integer >= 0, got {convergence!r}")
         self.lambda_, self.tau, self.convergence = float(lambda_), float(tau), int(convergence)
         self.b0_threshold = b0_threshold
+        picked = pick_shell(gtab, shell, b0_threshold)
+        n_distinct = check_shell_directions(gtab, picked, self.lmax, "CSD", b0_threshold, shell_given=shell is not None)
         self.volumes, self.shell_gtab = single_shell(gtab, shell, b0_threshold)
         dw = ~np.asarray(self.shell_gtab.b0s_mask)
         self.dw_index = self.volumes[dw]                 # into the caller's volumes
@@ -217,6 +219,20 @@ class CsdModel:
             raise ConfigError(f"response must be None, 'auto' or (evals, S0), got {response!r}")
         else:
             self.response = check_response(response)
+        if self.response is None:
+            self._check_response_scheme(picked, n_distinct)
+
+    def _check_response_scheme(self, picked, n_distinct: int) -> None:
+        """The response is a tensor fitted on the b0s and this shell: refuse early if it cannot be."""
+        from .dti import TensorModel
+
+        try:
+            TensorModel(self.shell_gtab)
+        except ConfigError:
+            raise ConfigError(f"CSD estimates its response from a tensor fit on the b0 volumes and the "
+                              f"{picked.describe()} shell, but its {n_distinct} distinct directions cannot determine "
+                              "a tensor (they need 6 non-coplanar ones); choose another shell (--shell) or give the "
+                              "response (--response L1,L2,L3,S0)") from None
 
     def matrices(self, response: tuple[np.ndarray, float]) -> Deconvolution:
         """The deconvolution matrices for a given response."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from dipy.core.gradients import GradientTable, unique_bvals_tolerance
+from dipy.core.gradients import GradientTable
 from dipy.core.sphere import Sphere
 from dipy.reconst.shm import real_sh_descoteaux, smooth_pinv
 
@@ -33,7 +33,8 @@ from .voxels import DEFAULT_CHUNK, map_chunks, masked_rows, unmask
 log = logging.getLogger("difftract")
 
 DEFAULT_SMOOTH = 0.006  # DIPY's Laplace-Beltrami lambda for its SH models (QballBaseModel)
-SHELL_TOLERANCE = 20.0  # b-values within this of each other form one shell (DIPY's default)
+SHELL_TOLERANCE = 80.0  # b-values linked by gaps <= this form one shell (MRtrix's BValueEpsilon)
+SAME_DIRECTION_DEG = 1.0  # directions (up to sign) closer than this count once
 
 
 def n_coeffs(lmax: int) -> int:
@@ -95,34 +96,151 @@ def gfa(coeffs: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(1.0 - ratio, 0.0, 1.0))
 
 
-def shells(bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
-    """The distinct non-zero b-values, ascending, grouped within ``SHELL_TOLERANCE`` (DIPY's rule)."""
+@dataclass(frozen=True)
+class Shell:
+    """The diffusion-weighted volumes of one shell: b-values that scatter around one nominal value."""
+
+    bval: float             # the shell's b-value: the mean of its volumes', rounded
+    indices: np.ndarray     # its volumes, ascending
+    low: float              # smallest and largest b-value in it
+    high: float
+
+    def describe(self) -> str:
+        spread = f" ({self.low:.0f}-{self.high:.0f})" if round(self.high) > round(self.low) else ""
+        return f"b={self.bval:g}{spread}"
+
+
+def shell_groups(bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> list[Shell]:
+    """The shells of a scheme, ascending: every DW volume belongs to exactly one.
+
+    Sorted b-values are split wherever two neighbours differ by more than
+    ``SHELL_TOLERANCE`` (80 s/mm^2, MRtrix's ``BValueEpsilon``), so values that scatter
+    around a nominal b (995, 1000, 1005 ... as scanners write them) form one shell however
+    many there are. DIPY's ``unique_bvals_tolerance`` (20 s/mm^2, clusters anchored at
+    their first value) splits a scatter of +/- 45 into overlapping clusters with volumes
+    in two of them or in none, so it is not used here.
+    """
     bvals = np.asarray(bvals, dtype=np.float64)
-    dw = bvals[bvals > b0_threshold]
-    return unique_bvals_tolerance(dw, tol=SHELL_TOLERANCE) if dw.size else np.zeros(0)
+    dw = np.flatnonzero(bvals > b0_threshold)
+    if dw.size == 0:
+        return []
+    order = dw[np.argsort(bvals[dw], kind="stable")]
+    cuts = np.flatnonzero(np.diff(bvals[order]) > SHELL_TOLERANCE) + 1
+    groups = []
+    for part in np.split(order, cuts):
+        b = bvals[part]
+        groups.append(Shell(float(np.round(b.mean())), np.sort(part), float(b.min()), float(b.max())))
+    return groups
+
+
+def shells(bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
+    """The b-values of the shells (see :func:`shell_groups`), ascending."""
+    return np.array([g.bval for g in shell_groups(bvals, b0_threshold)], dtype=np.float64)
+
+
+def find_shell(groups: list[Shell], shell: float) -> Shell | None:
+    """The shell whose b-value range is nearest ``shell``, within ``SHELL_TOLERANCE``; None if none is."""
+    if not groups:
+        return None
+    gaps = [max(g.low - shell, shell - g.high, 0.0) for g in groups]
+    best = int(np.argmin(gaps))
+    return groups[best] if gaps[best] <= SHELL_TOLERANCE else None
+
+
+def distinct_directions(bvecs: np.ndarray, tol_deg: float = SAME_DIRECTION_DEG) -> int:
+    """How many directions differ, up to sign, by more than ``tol_deg`` (repeats add no angular information)."""
+    v = np.asarray(bvecs, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1)
+    v = v[norms > 0] / norms[norms > 0, None]
+    kept: list[np.ndarray] = []
+    cos = np.cos(np.radians(tol_deg))
+    for d in v:
+        if not kept or np.max(np.abs(np.asarray(kept) @ d)) < cos:
+            kept.append(d)
+    return len(kept)
+
+
+def min_directions(lmax: int) -> int:
+    """Distinct directions one shell needs for a constrained or regularised fit up to ``lmax``.
+
+    Up to lmax 4 the fit must be determined: n_coeffs(lmax) (6 for lmax 2, 15 for lmax 4;
+    CSD's first, unconstrained estimate is of order 4). Above, the constraint (CSD's
+    "super-resolution", Tournier 2007) or the regulariser may fill in at most as many
+    coefficients again as there are directions: ceil(n_coeffs / 2), so 15 for lmax 6,
+    23 for lmax 8 (a 25- or 32-direction scan runs at lmax 8, as in MRtrix and DIPY),
+    33 for lmax 10.
+    """
+    if lmax <= 4:
+        return n_coeffs(lmax)
+    return max(n_coeffs(4), -(-n_coeffs(lmax) // 2))
+
+
+def scheme_summary(groups: list[Shell], bvecs: np.ndarray) -> str:
+    """``b=317 (310-330): 3 dirs, b=616: 6 dirs, ...`` for messages."""
+    return ", ".join(f"{g.describe()}: {distinct_directions(bvecs[g.indices])}" for g in groups)
+
+
+def check_shell_directions(gtab: GradientTable, picked: Shell, lmax: int, what: str,
+                           b0_threshold: float = B0_THRESHOLD, shell_given: bool = False) -> int:
+    """Refuse a shell with too few distinct directions for ``what`` at ``lmax``, saying what would work.
+
+    Returns the number of distinct directions of ``picked``.
+    """
+    bvecs = np.asarray(gtab.bvecs, dtype=np.float64)
+    have = distinct_directions(bvecs[picked.indices])
+    need = min_directions(lmax)
+    if have >= need:
+        return have
+    groups = shell_groups(gtab.bvals, b0_threshold)
+    counts = {g.bval: distinct_directions(bvecs[g.indices]) for g in groups}
+    which = "the shell fitted" if shell_given or len(groups) == 1 else "the highest shell (the default)"
+    message = (f"{what} at lmax {lmax} needs one shell with at least {need} distinct directions "
+               f"({n_coeffs(lmax)} for a fully determined fit); {which}, {picked.describe()}, has {have}. "
+               f"Shells (distinct directions): {scheme_summary(groups, bvecs)}")
+    usable = [g for g in groups if counts[g.bval] >= need]
+    if usable:
+        best = max(usable, key=lambda g: (counts[g.bval], g.bval))
+        hint = f"the b={best.bval:g} shell ({counts[best.bval]} directions) would do: --shell {best.bval:g}"
+    else:
+        lower = [(l, g) for g in groups for l in range(lmax - 2, 1, -2) if counts[g.bval] >= min_directions(l)]
+        if lower:
+            l, g = max(lower, key=lambda lg: (lg[0], counts[lg[1].bval], lg[1].bval))
+            on = "" if g.bval == picked.bval else f" --shell {g.bval:g}"
+            hint = f"a lower order would do: --lmax {l}{on} ({counts[g.bval]} directions"
+            hint += ", too few to resolve crossing fibres)" if l < 4 else ")"
+        else:
+            hint = (f"no shell has enough directions for any order (lmax 2 needs {min_directions(2)}): {what} needs "
+                    "an acquisition with one well-sampled shell")
+    if len(groups) > 4 and not usable:
+        message += f" ({len(groups)} b-values with few directions each: a q-space (DSI-like) scheme, not shells)"
+    raise ConfigError(f"{message}; {hint}")
 
 
 def select_shell(gtab: GradientTable, shell: float | None = None,
                  b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
-    """Indices of the diffusion-weighted volumes of one shell.
+    """Indices of the diffusion-weighted volumes of one shell (see :func:`shell_groups`).
 
     With ``shell=None`` a single-shell scan gives its shell and a multi-shell scan its
     highest shell (as MRtrix's response estimation does), with a note saying so.
     """
-    bvals = np.asarray(gtab.bvals, dtype=np.float64)
-    dw = bvals > b0_threshold
-    found = shells(bvals, b0_threshold)
-    if not len(found):
-        raise ConfigError("the scan has no diffusion-weighted volume to fit SH to")
+    return pick_shell(gtab, shell, b0_threshold).indices
+
+
+def pick_shell(gtab: GradientTable, shell: float | None = None, b0_threshold: float = B0_THRESHOLD) -> Shell:
+    """The :class:`Shell` that :func:`select_shell` takes."""
+    groups = shell_groups(gtab.bvals, b0_threshold)
+    if not groups:
+        raise ConfigError(f"the scan has no diffusion-weighted volume (b > {b0_threshold:g}) to fit")
     if shell is None:
-        shell = float(found[-1])
-        if len(found) > 1:
-            log.info("multi-shell scan (b = %s); fitting SH to the highest shell, b = %g (choose with shell=)",
-                     ", ".join(f"{b:g}" for b in found), shell)
-    picked = np.flatnonzero(dw & (np.abs(bvals - shell) <= SHELL_TOLERANCE))
-    if picked.size == 0:
+        picked = groups[-1]
+        if len(groups) > 1:
+            log.info("multi-shell scan (b = %s); fitting the highest shell, %s (choose with --shell)",
+                     ", ".join(f"{g.bval:g}" for g in groups), picked.describe())
+        return picked
+    picked = find_shell(groups, float(shell))
+    if picked is None:
         raise ConfigError(f"no volumes with b = {shell:g} (+/- {SHELL_TOLERANCE:g}); the shells are "
-                          + ", ".join(f"{b:g}" for b in found))
+                          + ", ".join(g.describe() for g in groups))
     return picked
 
 
@@ -170,16 +288,20 @@ class SHModel:
     def __init__(self, gtab: GradientTable, lmax: int = 6, legacy: bool = False, smooth: float = DEFAULT_SMOOTH,
                  shell: float | None = None, b0_threshold: float = B0_THRESHOLD):
         self.gtab, self.lmax, self.legacy, self.smooth = gtab, check_lmax(lmax), bool(legacy), float(smooth)
+        if not (np.isfinite(self.smooth) and self.smooth >= 0):
+            raise ConfigError(f"the regularisation lambda (smooth) must be >= 0, got {smooth}")
         bvals = np.asarray(gtab.bvals)
         self.b0_index = np.flatnonzero(bvals <= b0_threshold)
         if self.b0_index.size == 0:
             raise ConfigError(f"the scan has no b0 volume (b <= {b0_threshold:g}) to normalise by")
-        self.dw_index = select_shell(gtab, shell, b0_threshold)
+        picked = pick_shell(gtab, shell, b0_threshold)
+        self.dw_index = picked.indices
         self.shell = float(np.round(bvals[self.dw_index].mean()))
         n_dw, n_c = len(self.dw_index), n_coeffs(self.lmax)
         if n_dw < n_c and self.smooth == 0:
             raise ConfigError(f"lmax {self.lmax} needs {n_c} directions for an unregularised fit; the b = "
                               f"{self.shell:g} shell has {n_dw} (lower lmax or use smooth > 0)")
+        check_shell_directions(gtab, picked, self.lmax, "an SH fit", b0_threshold, shell_given=shell is not None)
         if n_dw < n_c:
             log.info("lmax %d has %d coefficients for %d directions: the fit leans on the regularisation",
                      self.lmax, n_c, n_dw)
