@@ -17,7 +17,8 @@ plain gradient ("exact gradients", README: 7e-8 and 3e-8 relative; checked to 1e
 rounding over 300 RK4 steps, where tests/learn/test_propagate.py checks float64 to 1e-9);
 checkpointing every 10 steps needs less graph memory (peak RSS less the process's own, before
 tracking) than plain ("a fraction of the memory"; README 0.46 GB against 2.6 GB). At small
-``--seeds``/``--steps`` the graph is small against RSS noise, so the memory figure means little.
+``--seeds``/``--steps`` the graph is small against RSS noise: when plain's graph is under
+100 MB the memory target is skipped (said in the table).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ TARGETS = [
     Target("graph_memory_ratio_checkpoint_10", "<", 1.0, "README: checkpointing every 10 steps shrinks the graph "
            "(2.6 GB -> 0.46 GB); checked: less than plain"),
 ]
+
+
+MIN_GRAPH_MB = 100     # below this, peak-RSS differences are noise (the full run's plain graph is 2.6 GB)
 
 
 def child(mode: str, seeds_n: int, steps: int) -> None:
@@ -129,7 +133,11 @@ def main() -> None:
             check.measure(f"grad_rel_diff_checkpoint_{k}", rows[mode]["grad_rel_diff"])
         else:
             check.unmeasured(f"grad_rel_diff_checkpoint_{k}", failed.get(mode) or failed["plain"])
-    if "checkpoint every 10" in rows and "plain" in rows:
+    if "plain" in rows and rows["plain"]["graph_mb"] < MIN_GRAPH_MB:
+        check.skip("graph_memory_ratio_checkpoint_10", f"plain's graph ({rows['plain']['graph_mb']:.0f} MB above "
+                   f"the process's peak) is under {MIN_GRAPH_MB} MB, within RSS noise: a run this small cannot "
+                   "show it")
+    elif "checkpoint every 10" in rows and "plain" in rows:
         check.measure("graph_memory_ratio_checkpoint_10",
                       rows["checkpoint every 10"]["graph_mb"] / max(rows["plain"]["graph_mb"], 1e-9))
     else:
