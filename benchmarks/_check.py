@@ -162,9 +162,9 @@ class Check:
             return
         if hasattr(value, "item"):                 # numpy / torch scalars
             value = value.item()
-        t = self.targets[name] if name in self.targets else None
-        if t is None:
+        if name not in self.targets:
             raise KeyError(f"{self.benchmark}: no target named {name!r}")
+        t = self.targets[name]
         ok = bool(OPS[t.op](value, t.threshold))
         self._set(name, {"status": "pass" if ok else "miss", "value": value, "reason": None})
 
@@ -229,6 +229,8 @@ class Check:
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         if failed:
             verdict = (f"FAILED: {', '.join(failed)}" + ("" if self.enabled else " (not fatal without --check)"))
+        elif counts["skipped"]:
+            verdict = f"no failures ({counts['skipped']} skipped by this run's settings)"
         else:
             verdict = "all targets met"
         print(f"check: {summary}; {verdict}", flush=True)
