@@ -229,10 +229,11 @@ class Check:
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         if failed:
             verdict = (f"FAILED: {', '.join(failed)}" + ("" if self.enabled else " (not fatal without --check)"))
-        elif counts["skipped"]:
-            verdict = f"no failures ({counts['skipped']} skipped by this run's settings)"
         else:
-            verdict = "all targets met"
+            notes = [f"{counts['miss']} soft missed" if counts["miss"] else "",
+                     f"{counts['skipped']} skipped by this run's settings" if counts["skipped"] else ""]
+            notes = "; ".join(n for n in notes if n)
+            verdict = f"no failures ({notes})" if notes else "all targets met"
         print(f"check: {summary}; {verdict}", flush=True)
         figures = dict(figures)
         figures.setdefault("benchmark", self.benchmark)

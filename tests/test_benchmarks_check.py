@@ -61,6 +61,7 @@ def test_met_targets_exit_0_and_the_last_line_is_json_with_the_targets(capsys):
     assert (t["op"], t["threshold"], t["hard"], t["value"], t["source"]) == (">=", 3.0, True, 3.5, "README")
     assert any("MISS (soft)" in line and "soft_ratio" in line for line in lines)
     assert any(line.strip().startswith("PASS") and "speed_ratio" in line for line in lines)
+    assert lines[-2] == "check: 4 pass, 1 miss; no failures (1 soft missed)"
 
 
 def test_a_missed_hard_target_fails_only_under_check(capsys):
