@@ -10,6 +10,15 @@ in the batch, so this is the worst case), then a loss on every point and a backw
 the tensor field. Each mode runs in a fresh process, whose peak resident memory (``ru_maxrss``)
 is the figure; the gradient of each mode is compared with the plain one. The last stdout
 line is one JSON object.
+
+Targets (``--check`` exits 1 when a hard one is missed or a mode's process failed, so its row
+is unmeasured; ``--help`` lists them): every mode's row measured; checkpointing gives the
+plain gradient ("exact gradients", README: 7e-8 and 3e-8 relative; checked to 1e-5, float32
+rounding over 300 RK4 steps, where tests/learn/test_propagate.py checks float64 to 1e-9);
+checkpointing every 10 steps needs less graph memory (peak RSS less the process's own, before
+tracking) than plain ("a fraction of the memory"; README 0.46 GB against 2.6 GB). At small
+``--seeds``/``--steps`` the graph is small against RSS noise: when plain's graph is under
+100 MB the memory target is skipped (said in the table).
 """
 
 from __future__ import annotations
@@ -21,8 +30,23 @@ import subprocess
 import sys
 import time
 
+from _check import Target, parse_args
+
 MODES = {"plain": {}, "checkpoint every 10": {"checkpoint_every": 10}, "checkpoint every 30": {"checkpoint_every": 30},
          "truncate every 10": {"truncate_every": 10}}
+
+
+TARGETS = [
+    *(Target(f"row_{m.replace(' ', '_')}", "measured", None, "README: the memory table (a row per mode)")
+      for m in MODES),
+    *(Target(f"grad_rel_diff_checkpoint_{k}", "<=", 1e-5, f"README: checkpointing gives exact gradients "
+             f"({'7e-8' if k == 10 else '3e-8'} measured); 1e-5 is float32 rounding") for k in (10, 30)),
+    Target("graph_memory_ratio_checkpoint_10", "<", 1.0, "README: checkpointing every 10 steps shrinks the graph "
+           "(2.6 GB -> 0.46 GB); checked: less than plain"),
+]
+
+
+MIN_GRAPH_MB = 100     # below this, peak-RSS differences are noise (the full run's plain graph is 2.6 GB)
 
 
 def child(mode: str, seeds_n: int, steps: int) -> None:
@@ -68,26 +92,57 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3000)
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--child")
-    args = ap.parse_args()
-    if args.child:
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    if "--child" in sys.argv:
+        args = ap.parse_args()
         child(args.child, args.seeds, args.steps)
         return
+    args, check = parse_args(ap, "bench_backprop_memory", TARGETS)
     import numpy as np
 
-    rows = {}
+    rows, failed = {}, {}
     for mode in MODES:
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--seeds", str(args.seeds), "--steps",
-                              str(args.steps)], capture_output=True, text=True, check=True)
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    plain = np.asarray(rows["plain"]["grad"])
+                              str(args.steps)], capture_output=True, text=True)
+        try:
+            if out.returncode != 0:
+                raise RuntimeError(f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1]}")
+            rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        except Exception as e:          # the row is said to be missing and fails under --check
+            failed[mode] = f"the {mode!r} process failed: {type(e).__name__}: {e}"
+            print(failed[mode])
     print(f"{args.seeds} streamlines x {args.steps} RK4 steps (fixed shape), backward to the tensor field")
     print(f"{'mode':22s} {'peak RSS MB':>12s} {'time s':>8s} {'grad rel. diff':>15s}")
+    plain = np.asarray(rows["plain"]["grad"]) if "plain" in rows else None
     for mode, r in rows.items():
         g = np.asarray(r.pop("grad"))
-        r["grad_rel_diff"] = float(np.linalg.norm(g - plain) / max(np.linalg.norm(plain), 1e-30))
-        print(f"{mode:22s} {r['peak_rss_mb']:12.0f} {r['seconds']:8.1f} {r['grad_rel_diff']:15.2e}")
-    print(json.dumps({"seeds": args.seeds, "steps": args.steps, "rows": rows}))
+        r["grad_rel_diff"] = (float(np.linalg.norm(g - plain) / max(np.linalg.norm(plain), 1e-30))
+                              if plain is not None else None)
+        r["graph_mb"] = r["peak_rss_mb"] - r["before_mb"]
+        diff = f"{r['grad_rel_diff']:15.2e}" if r["grad_rel_diff"] is not None else f"{'-':>15s}"
+        print(f"{mode:22s} {r['peak_rss_mb']:12.0f} {r['seconds']:8.1f} {diff}")
+    for mode in MODES:
+        name = f"row_{mode.replace(' ', '_')}"
+        if mode in rows:
+            check.measure(name, rows[mode]["peak_rss_mb"])
+        else:
+            check.unmeasured(name, failed[mode])
+    for k in (10, 30):
+        mode = f"checkpoint every {k}"
+        if mode in rows and plain is not None:
+            check.measure(f"grad_rel_diff_checkpoint_{k}", rows[mode]["grad_rel_diff"])
+        else:
+            check.unmeasured(f"grad_rel_diff_checkpoint_{k}", failed.get(mode) or failed["plain"])
+    if "plain" in rows and rows["plain"]["graph_mb"] < MIN_GRAPH_MB:
+        check.skip("graph_memory_ratio_checkpoint_10", f"plain's graph ({rows['plain']['graph_mb']:.0f} MB above "
+                   f"the process's peak) is under {MIN_GRAPH_MB} MB, within RSS noise: a run this small cannot "
+                   "show it")
+    elif "checkpoint every 10" in rows and "plain" in rows:
+        check.measure("graph_memory_ratio_checkpoint_10",
+                      rows["checkpoint every 10"]["graph_mb"] / max(rows["plain"]["graph_mb"], 1e-9))
+    else:
+        check.unmeasured("graph_memory_ratio_checkpoint_10", failed.get("checkpoint every 10") or failed["plain"])
+    check.finish({"benchmark": "bench_backprop_memory", "seeds": args.seeds, "steps": args.steps, "rows": rows})
 
 
 if __name__ == "__main__":

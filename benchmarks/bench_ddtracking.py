@@ -18,12 +18,20 @@ no sampler). Then: deterministic runs repeat exactly, stochastic runs repeat
 for the same seed and differ for another; and the speed of DDTracking on 10,000 seeds
 (S = 1 and S = 5) with det on the same seeds as the reference, on CPU and, when one is
 present, on the GPU. The last line is one JSON object with every figure.
+
+Targets (``--check`` exits 1 when a hard one is missed or a row could not be measured;
+``--help`` lists them): the three reproducibility claims of the README (checked by this
+benchmark); DDTracking (S = 1) at least det's VC (README: 0.942 against 0.752); all 7 bundles
+found (soft). With ``--weights-dir``, every ablation variant is a row that must be measured
+(a missing ``{variant}.pt`` is reported and fails under ``--check``, it is no longer skipped
+silently), and the README's ablation reading, "the local condition helps both ways" in
+overlap, is checked softly. Without ``--weights-dir`` the ablation targets are skipped (said
+in the table). The speed figures have no stated target and are only reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _check import Target, parse_args
 from difftract.eval.tractometer import load_scoring, score
 from difftract.io.dwi import load_subject
 from difftract.models.ddtracking.data import signal_sh
@@ -46,6 +55,21 @@ from difftract.tracking.tracker import Tracker, TrackingParams
 KEYS = ("VS_ratio", "IC_ratio", "NC_ratio", "VB", "mean_OL", "mean_OR_vs", "mean_f1")
 VARIANTS = ("temporal", "spatial_temporal", "spatial_temporal_generative", "full")
 TEST = dict(preset="fibercup", seed=0, snr=18.0, bvals=(1000.0,), ndirs=48, nb0=2)
+REPRO = ("deterministic_repeats", "stochastic_same_seed_repeats", "stochastic_other_seed_differs")
+README = "README, Learned tracking (DDTracking)"
+TARGETS = [
+    *(Target(name, "==", True, f"{README}: deterministic runs repeat exactly; stochastic runs repeat for the same "
+             "--seed and differ for another") for name in REPRO),
+    Target("ddtracking_vc_over_det", ">=", 1.0, f"{README}: DDTracking keeps 94% of its streamlines valid against "
+           "75% for det (VC of DDTracking S=1 / VC of det)"),
+    Target("ddtracking_vb", ">=", 7, f"{README}: VB 7 of 7 bundles", hard=False),
+    *(Target(f"ablation_{v}", "measured", None, f"{README}: the ablation table (a row per variant, VC reported); "
+             "needs --weights-dir") for v in VARIANTS),
+    Target("ablation_ol_gain_regression", ">", 0.0, f"{README}: the local condition helps (OL spatial_temporal - "
+           "OL temporal)", hard=False),
+    Target("ablation_ol_gain_generative", ">", 0.0, f"{README}: the local condition helps (OL full - "
+           "OL spatial_temporal_generative)", hard=False),
+]
 
 
 def run(tracker: Tracker, seeds, seed: int = 0) -> tuple[list[np.ndarray], float]:
@@ -66,7 +90,9 @@ def main() -> None:
     ap.add_argument("--seeds-per-voxel", type=int, default=1)
     ap.add_argument("--speed-seeds", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--max-seeds", type=int, help="track only the first N seeds (a smoke run; reproducibility on "
+                    "at most 1,000 of them)")
+    args, check = parse_args(ap, "bench_ddtracking", TARGETS)
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp())
     ph = work / "test_fibercup"
@@ -77,7 +103,7 @@ def main() -> None:
     import nibabel as nib
 
     wm = np.asarray(nib.load(ph / "wm.nii.gz").dataobj) > 0
-    seeds = random_seeds(wm, args.seeds_per_voxel, torch.Generator().manual_seed(0))
+    seeds = random_seeds(wm, args.seeds_per_voxel, torch.Generator().manual_seed(0))[: args.max_seeds]
     vox = tuple(float(v) for v in dwi.voxel_sizes)
     criterion = BinaryCriterion(wm)
     rows: dict[str, dict] = {}
@@ -115,10 +141,27 @@ def main() -> None:
     if args.weights_dir is not None:                     # the ablation, equal training budgets
         for variant in VARIANTS:
             path = args.weights_dir / f"{variant}.pt"
+            name = f"ablation {variant} (S=1)"
             if not path.exists():
-                print(f"{variant}: no weights at {path}, skipped")
+                print(f"{variant}: no weights at {path}: row NOT measured")
+                check.unmeasured(f"ablation_{variant}", f"no weights at {path}")
                 continue
-            track_dd(load_ddtracking(path)[0], 1, False, 0, f"ablation {variant} (S=1)")
+            with check.measuring(f"ablation_{variant}", what=f"ablation {variant} ({path})"):
+                track_dd(load_ddtracking(path)[0], 1, False, 0, name)
+                check.measure(f"ablation_{variant}", rows[name]["VS_ratio"])
+        for target, better, worse in (("ablation_ol_gain_regression", "spatial_temporal", "temporal"),
+                                      ("ablation_ol_gain_generative", "full", "spatial_temporal_generative")):
+            a, b = rows.get(f"ablation {better} (S=1)"), rows.get(f"ablation {worse} (S=1)")
+            if a is None or b is None:
+                check.unmeasured(target, f"needs the ablation rows {better} and {worse}")
+            else:
+                check.measure(target, a["mean_OL"] - b["mean_OL"])
+    else:
+        for target in [f"ablation_{v}" for v in VARIANTS] + ["ablation_ol_gain_regression",
+                                                             "ablation_ol_gain_generative"]:
+            check.skip(target, "no --weights-dir: the ablation is not run")
+    check.measure("ddtracking_vc_over_det", rows["ddtracking (S=1)"]["VS_ratio"] / max(rows["det"]["VS_ratio"], 1e-12))
+    check.measure("ddtracking_vb", rows["ddtracking (S=1)"]["VB"])
 
     # reproducibility (on the first 1,000 seeds)
     few = seeds[:1000]
@@ -128,6 +171,8 @@ def main() -> None:
              "stochastic_same_seed_repeats": same(run(sto, few, 3)[0], run(sto, few, 3)[0]),
              "stochastic_other_seed_differs": not same(run(sto, few, 3)[0], run(sto, few, 4)[0])}
     print("reproducibility:", repro)
+    for name in REPRO:
+        check.measure(name, repro[name])
 
     # speed on 10k seeds
     speed_seeds = random_seeds(wm, -(-args.speed_seeds // int(wm.sum())), torch.Generator().manual_seed(1))
@@ -152,10 +197,10 @@ def main() -> None:
         s["ratio_vs_det"] = ratio
         print(f"speed {name:24} {s['streamlines_per_s']:9.1f} streamlines/s {s['seeds_per_s']:9.1f} seeds/s "
               f"({ratio:.3f}x det)")
-    print(json.dumps({"benchmark": "bench_ddtracking", "seeds": int(len(seeds)), "weights": meta["path"],
+    check.finish({"benchmark": "bench_ddtracking", "seeds": int(len(seeds)), "weights": meta["path"],
                       "weights_sha256": meta["sha256"], "rows": _plain(rows), "reproducibility": repro,
                       "speed": _plain(speed), "speed_seeds": int(len(speed_seeds)),
-                      "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}))
+                      "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
 
 
 def _plain(d):

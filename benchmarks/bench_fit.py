@@ -21,12 +21,18 @@ Figures:
   ``peaks_from_model`` with ``ConstrainedSphericalDeconvModel`` (on every 4th voxel):
   rates, the largest fODF coefficient difference, the share of identical peaks;
 - with a GPU present, difftract's WLS voxel rate there (float32 and float64).
+
+Targets (``--check`` exits 1 when a hard one is missed or a DIPY reference could not be
+measured; ``--help`` lists them): WLS float64 at least 5x DIPY (the target this benchmark
+states; the README measures 15.5x); DTI (WLS, OLS), SH and CSD equal to DIPY within the
+tolerances the test suite uses (``tests/reconst``: tensor, FA and MD 1e-5 relative, SH 1e-10,
+CSD fODF 1e-6, identical peaks in >= 99.9% of voxels); OLS and CSD+peaks not slower than DIPY
+(soft: the README reports 2.7x and 3.6x but states no target).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import warnings
@@ -38,12 +44,28 @@ from dipy.core.sphere import Sphere
 from dipy.reconst.dti import TensorModel as DipyTensorModel
 from dipy.reconst.shm import sf_to_sh
 
+from _check import Target, parse_args
 from difftract.phantom import PhantomConfig, simulate
 from difftract.phantom.signal import add_rician_noise
 from difftract.reconst.csd import CsdModel
 from difftract.reconst.dti import TensorModel
 from difftract.reconst.peaks import peaks_from_sh
 from difftract.reconst.sh import SHModel
+
+
+TESTS = "tests/reconst (the tolerance the test suite uses against DIPY)"
+TARGETS = [
+    Target("wls_ratio_float64", ">=", 5.0, "this benchmark's stated target (README: 15.5x)"),
+    Target("wls_tensor_rel_diff", "<=", 1e-5, f"README: equal to DIPY (7e-11); {TESTS}"),
+    Target("wls_fa_rel_diff", "<=", 1e-5, f"README: equal to DIPY (3e-11); {TESTS}"),
+    Target("wls_md_rel_diff", "<=", 1e-5, f"README: equal to DIPY (2e-11); {TESTS}"),
+    Target("ols_tensor_rel_diff", "<=", 1e-5, f"README: equal to DIPY (2e-12); {TESTS}"),
+    Target("ols_ratio_float64", ">=", 1.0, "README reports 2.7x, no stated target: not slower than DIPY", hard=False),
+    Target("sh_worst_rel_diff", "<=", 1e-10, "README: identical to sf_to_sh; tests/reconst/test_sh.py"),
+    Target("csd_coeffs_rel_diff", "<=", 1e-6, "README: fODF 7e-14; tests/reconst/test_csd.py"),
+    Target("csd_peaks_identical", ">=", 0.999, "README: identical peaks in 100%; tests/reconst/test_peaks.py"),
+    Target("csd_ratio", ">=", 1.0, "README reports 3.6x, no stated target: not slower than DIPY", hard=False),
+]
 
 
 def make_volume(shape: tuple[int, int, int], seed: int = 0, snr: float = 20.0):
@@ -183,22 +205,46 @@ def bench_gpu(data, mask, gtab) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="48x48x30 instead of 96x96x60")
-    args = parser.parse_args()
-    shape = (48, 48, 30) if args.quick else (96, 96, 60)
+    parser.add_argument("--shape", type=lambda s: tuple(int(v) for v in s.split("x")),
+                        help="volume shape XxYxZ (a smoke run: e.g. 16x16x10)")
+    args, check = parse_args(parser, "bench_fit", TARGETS)
+    shape = args.shape or ((48, 48, 30) if args.quick else (96, 96, 60))
     data, mask, gtab = make_volume(shape)
     n_dirs = int((gtab.bvals > 50).sum())
     print(f"volume {shape}, {data.shape[-1]} volumes ({n_dirs} directions at b=1000), {int(mask.sum())} voxels in "
           f"the mask; torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}")
     figures = {"shape": list(shape), "volumes": int(data.shape[-1]), "directions": n_dirs,
                "mask_voxels": int(mask.sum()), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
-    figures["dti_wls"] = bench_dti(data, mask, gtab, "WLS")
-    figures["dti_ols"] = bench_dti(data, mask, gtab, "OLS")
-    figures["sh"] = bench_sh(data, mask, gtab)
-    figures["csd"] = bench_csd(data, mask, gtab)
+    for key, fn, names, what in (
+            ("dti_wls", lambda: bench_dti(data, mask, gtab, "WLS"),
+             ("wls_ratio_float64", "wls_tensor_rel_diff", "wls_fa_rel_diff", "wls_md_rel_diff"), "DTI WLS"),
+            ("dti_ols", lambda: bench_dti(data, mask, gtab, "OLS"), ("ols_ratio_float64", "ols_tensor_rel_diff"),
+             "DTI OLS"),
+            ("sh", lambda: bench_sh(data, mask, gtab), ("sh_worst_rel_diff",), "SH"),
+            ("csd", lambda: bench_csd(data, mask, gtab), ("csd_ratio", "csd_coeffs_rel_diff", "csd_peaks_identical"),
+             "CSD + peaks")):
+        figures[key] = None
+        with check.measuring(*names, what=f"{what} (difftract or its DIPY reference)"):
+            figures[key] = fn()
+    if figures["dti_wls"]:
+        w = figures["dti_wls"]
+        check.measure("wls_ratio_float64", w["ratio_float64"])
+        check.measure("wls_tensor_rel_diff", w["diff_float64"]["tensor_rel"])
+        check.measure("wls_fa_rel_diff", w["diff_float64"]["fa_rel"])
+        check.measure("wls_md_rel_diff", w["diff_float64"]["md_rel"])
+        figures["ratio_wls"] = w["ratio_float64"]
+        print(f"ratio (difftract float64 WLS / DIPY WLS): {figures['ratio_wls']:.1f}x (target >= 5x)")
+    if figures["dti_ols"]:
+        check.measure("ols_ratio_float64", figures["dti_ols"]["ratio_float64"])
+        check.measure("ols_tensor_rel_diff", figures["dti_ols"]["diff_float64"]["tensor_rel"])
+    if figures["sh"]:
+        check.measure("sh_worst_rel_diff", figures["sh"]["worst_rel_diff"])
+    if figures["csd"]:
+        check.measure("csd_ratio", figures["csd"]["ratio"])
+        check.measure("csd_coeffs_rel_diff", figures["csd"]["coeffs_max_rel_diff"])
+        check.measure("csd_peaks_identical", figures["csd"]["peak_indices_identical"])
     figures["gpu"] = bench_gpu(data, mask, gtab)
-    figures["ratio_wls"] = figures["dti_wls"]["ratio_float64"]
-    print(f"ratio (difftract float64 WLS / DIPY WLS): {figures['ratio_wls']:.1f}x (target >= 5x)")
-    print(json.dumps(figures))
+    check.finish(figures)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,20 @@ Figures:
   and with 64 directions and noise-free for context;
 - every ground-truth streamline starts in its head ROI, ends in its tail ROI, and only
   traverses voxels of its bundle mask.
+
+Targets (``--check`` exits 1 when a hard one is missed or could not be measured; ``--help``
+lists them): determinism and the ground truth's consistency as stated above; realism, the
+README's claims ("single-fibre FA ~0.76 at b=1000, lower in crossings, MD ~0.8e-3") with the
+acceptance bounds of ``tests/phantom/test_simulate.py`` (median single-fibre FA in 0.6-0.85
+and > 90% of those voxels in it, crossing FA more than 0.2 below, median WM MD in
+0.6-0.9e-3 and > 90% in it); "CSD resolves the crossing": both fibres within 10 degrees in
+> 90% of fibercup's crossing voxels, noise-free (the test's bound, there on the ``crossing``
+preset; 100% measured here).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -32,8 +41,27 @@ from dipy.direction import peaks_from_model
 from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel, auto_response_ssst
 from dipy.reconst.dti import TensorModel
 
+from _check import Target, parse_args
 from difftract.eval.traversal import endpoint_voxels, traversed_voxels
 from difftract.phantom import PhantomConfig, simulate
+
+
+SIM = "tests/phantom/test_simulate.py acceptance bound"
+TARGETS = [
+    Target("same_seed_identical", "==", True, "docstring: same seed -> identical arrays (DESIGN: Randomness)"),
+    Target("random_seeds_differ", "==", True, "docstring: another seed of random -> another geometry"),
+    Target("gt_head_to_tail", ">=", 1.0, "docstring: every ground-truth streamline starts in its head ROI and ends "
+           "in its tail ROI"),
+    Target("gt_inside_mask", ">=", 1.0, "docstring: every ground-truth streamline only traverses its bundle mask"),
+    Target("fa_single_median", "range", (0.6, 0.85), f"README: single-fibre FA ~0.76; {SIM}"),
+    Target("fa_single_in_range", ">", 0.9, f"{SIM} (share of single-fibre voxels with FA in 0.6-0.85)"),
+    Target("fa_single_minus_crossing", ">", 0.2, f"README: FA lower in crossings; {SIM}"),
+    Target("md_wm_median", "range", (0.6e-3, 0.9e-3), f"README: MD ~0.8e-3 mm^2/s; {SIM}"),
+    Target("md_wm_in_range", ">", 0.9, f"{SIM} (share of WM voxels with MD in 0.6-0.9e-3)"),
+    Target("csd_noisefree_both_within_10deg", ">", 0.9, "README: CSD resolves the crossing; the bound of "
+           "tests/phantom/test_simulate.py::test_csd_resolves_the_crossing (there on the crossing preset; "
+           "1.0 here)"),
+]
 
 
 def time_cli(out: Path) -> float:
@@ -92,6 +120,8 @@ def gt_figures(p) -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _, check = parse_args(ap, "bench_phantom", TARGETS)
     with tempfile.TemporaryDirectory() as tmp:
         cli_seconds = time_cli(Path(tmp) / "fibercup")
     start = time.perf_counter()
@@ -111,7 +141,18 @@ def main() -> None:
     }
     for key, value in results.items():
         print(f"{key}: {value}")
-    print(json.dumps(results))
+    dti = results["dti"]
+    check.measure("same_seed_identical", results["same_seed_identical"])
+    check.measure("random_seeds_differ", results["random_seeds_differ"])
+    check.measure("gt_head_to_tail", results["ground_truth"]["head_to_tail"])
+    check.measure("gt_inside_mask", results["ground_truth"]["inside_mask"])
+    check.measure("fa_single_median", dti["fa_single_median"])
+    check.measure("fa_single_in_range", dti["fa_single_in_0.6_0.85"])
+    check.measure("fa_single_minus_crossing", dti["fa_single_median"] - dti["fa_crossing_median"])
+    check.measure("md_wm_median", dti["md_wm_median"])
+    check.measure("md_wm_in_range", dti["md_wm_in_0.6_0.9e-3"])
+    check.measure("csd_noisefree_both_within_10deg", results["csd_noisefree_32dirs"]["both_within_10deg"])
+    check.finish(results)
 
 
 if __name__ == "__main__":

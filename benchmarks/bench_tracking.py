@@ -34,12 +34,20 @@ Every timing also gives the CPU that other processes used meanwhile (``others_cp
 in cores, from /proc/stat): another busy process slows both tools down, and difftract's 2
 torch threads far more (each of the many small ops per step waits for the descheduled
 thread), so figures taken with others above ~0.1 cores mean little.
+
+Targets (``--check`` exits 1 when a hard one is missed or anything it needs could not be
+measured: a DIPY run that fails, the .trx streaming run when ``open_writer`` is missing;
+``--help`` lists them): det float32 at least 3x DIPY's seed rate (the stated target; README
+3.1x); det float64 giving exactly DIPY's streamline count (README: "the same 43,543
+streamlines"; float32 soft); float64 det, prob and closest not slower than DIPY (soft: the
+README reports 2.1x, 2.8x and 2.7x but states no target); the million-seed run's resident
+memory bounded (soft: growth from before the run to its end, counted and streamed to .trx,
+at most 512 MiB; README: 560 -> 749 MiB, 828 MiB with .trx). ``--quick`` skips the million.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import tempfile
@@ -52,6 +60,7 @@ from dipy.tracking.stopping_criterion import BinaryStoppingCriterion
 from dipy.tracking.tracker import closestpeak_tracking, deterministic_tracking, probabilistic_tracking
 from dipy.tracking.utils import seeds_from_mask
 
+from _check import Target, parse_args
 from difftract.phantom import PhantomConfig, simulate
 from difftract.reconst.csd import CsdModel
 from difftract.tracking.getters import make_getter
@@ -62,6 +71,23 @@ from difftract.tracking.tracker import Tracker, TrackingParams
 
 STEP, ANGLE, MIN_LEN, MAX_LEN = 0.5, 30, 10, 250
 DIPY_TRACKERS = {"det": deterministic_tracking, "prob": probabilistic_tracking, "closest": closestpeak_tracking}
+
+
+TARGETS = [
+    Target("det_ratio_float32", ">=", 3.0, "stated target of this benchmark and the README (3.1x measured)"),
+    Target("det_count_diff_float64", "==", 0, "README: det gives the same streamlines as DIPY's (43,543); "
+           "compare_dipy_tracking.py: every streamline matches in float64"),
+    Target("det_count_diff_float32", "==", 0, "README: the same 43,543 streamlines (float32 may differ in rare "
+           "ties)", hard=False),
+    Target("det_ratio_float64", ">=", 1.0, "README reports 2.1x, no stated target: not slower than DIPY", hard=False),
+    Target("prob_ratio_float32", ">=", 1.0, "README reports 2.8x, no stated target: not slower than DIPY", hard=False),
+    Target("closest_ratio_float32", ">=", 1.0, "README reports 2.7x, no stated target: not slower than DIPY",
+           hard=False),
+    Target("million_rss_growth_mib", "<=", 512.0, "README: memory stays flat over a million seeds (560 -> 749 MiB); "
+           "512 MiB is this check's bound", hard=False),
+    Target("million_trx_rss_growth_mib", "<=", 512.0, "README: streamed to .trx (1.2 GB) it ends at 828 MiB; "
+           "512 MiB is this check's bound", hard=False),
+]
 
 
 def setup():
@@ -159,9 +185,11 @@ def million_run(field, wm, affine, voxel_sizes, n_seeds: int) -> dict:
           f"{out['rss_first_chunk_mib']:.0f} -> {out['rss_end_mib']:.0f} MiB")
     try:
         from difftract.io.stream import open_writer
-    except ImportError:
-        print("  writing: difftract.io.stream.open_writer not available, .trx streaming run skipped")
+    except ImportError as e:
+        print(f"  writing: difftract.io.stream.open_writer not available ({e}): the .trx streaming run is NOT "
+              "measured")
         out["trx"] = None
+        out["trx_unmeasured"] = f"difftract.io.stream.open_writer could not be imported: {e}"
         return out
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "million.trx")
@@ -184,14 +212,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="density-1 seeds, no million-seed run")
     ap.add_argument("--million", action="store_true", help="run the million-seed run (the default unless --quick)")
-    args = ap.parse_args()
+    ap.add_argument("--max-seeds", type=int, help="track only the first N grid seeds (a smoke run)")
+    args, check = parse_args(ap, "bench_tracking", TARGETS)
     torch.set_num_threads(2)
     density = 1 if args.quick else 2
     p, fod = setup()
     wm, affine = p.wm, p.affine
     voxel_sizes = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
-    seeds_world = seeds_from_mask(wm, affine, density=density)
-    seeds = grid_seeds(wm, density)
+    seeds_world = seeds_from_mask(wm, affine, density=density)[: args.max_seeds]
+    seeds = grid_seeds(wm, density)[: args.max_seeds]
     mapped = seeds.numpy() @ affine[:3, :3].T + affine[:3, 3]
     seed_diff = float(np.abs(mapped - seeds_world).max())
     assert seed_diff < 1e-9, f"grid_seeds and seeds_from_mask disagree by {seed_diff} mm"
@@ -204,31 +233,59 @@ def main() -> None:
     for method in ("det", "prob", "closest"):
         stride = 8 if method == "closest" else 1
         print(f"{method} ({len(seeds[::stride])} seeds):")
-        r = {"seeds": len(seeds[::stride]), "dipy": time_dipy(method, seeds_world[::stride], wm, affine, fod)}
-        show("DIPY (1 thread)" if method == "closest" else "DIPY (2 threads)", r["dipy"])
+        r = {"seeds": len(seeds[::stride]), "dipy": None}
+        try:
+            r["dipy"] = time_dipy(method, seeds_world[::stride], wm, affine, fod)
+            show("DIPY (1 thread)" if method == "closest" else "DIPY (2 threads)", r["dipy"])
+        except Exception as e:     # the reference is missing: said, and a failure under --check
+            r["dipy_unmeasured"] = f"DIPY {method} reference failed: {type(e).__name__}: {e}"
+            print(f"  DIPY: {r['dipy_unmeasured']}")
         dtypes = (torch.float32, torch.float64) if method == "det" else (torch.float32,)
         for dtype in dtypes:
             name = str(dtype).split(".")[1]
             r[f"ours_{name}"] = time_ours(make_tracker(method, field, wm, voxel_sizes, dtype), seeds[::stride])
-            r[f"ratio_{name}"] = r[f"ours_{name}"]["seeds_per_s"] / r["dipy"]["seeds_per_s"]
+            r[f"ratio_{name}"] = r[f"ours_{name}"]["seeds_per_s"] / r["dipy"]["seeds_per_s"] if r["dipy"] else None
             show(f"difftract {name}", r[f"ours_{name}"])
         if method == "det":     # torch's threads stall when another process holds a core: one thread for scale
             torch.set_num_threads(1)
             r["ours_float32_1thread"] = time_ours(make_tracker(method, field, wm, voxel_sizes), seeds)
-            r["ratio_float32_1thread"] = r["ours_float32_1thread"]["seeds_per_s"] / r["dipy"]["seeds_per_s"]
+            r["ratio_float32_1thread"] = (r["ours_float32_1thread"]["seeds_per_s"] / r["dipy"]["seeds_per_s"]
+                                          if r["dipy"] else None)
             torch.set_num_threads(2)
             show("float32, 1 thread", r["ours_float32_1thread"])
-        print("  ratio difftract/DIPY (seeds/s): " + ", ".join(f"{k[6:]} {v:.1f}x" for k, v in r.items()
-                                                              if k.startswith("ratio")))
+        if r["dipy"]:
+            print("  ratio difftract/DIPY (seeds/s): " + ", ".join(f"{k[6:]} {v:.1f}x" for k, v in r.items()
+                                                                  if k.startswith("ratio")))
         figures[method] = r
+        dtypes = ("float32", "float64") if method == "det" else ("float32",)
+        for name in dtypes:
+            if r["dipy"] is None:
+                check.unmeasured(f"{method}_ratio_{name}", r["dipy_unmeasured"])
+            else:
+                check.measure(f"{method}_ratio_{name}", r[f"ratio_{name}"])
+        if method == "det":
+            for name in dtypes:
+                if r["dipy"] is None:
+                    check.unmeasured(f"det_count_diff_{name}", r["dipy_unmeasured"])
+                else:
+                    check.measure(f"det_count_diff_{name}", r[f"ours_{name}"]["streamlines"] - r["dipy"]["streamlines"])
     figures["ratio_det_float32"] = figures["det"]["ratio_float32"]
     figures["ratio_det_float64"] = figures["det"]["ratio_float64"]
-    print(f"ratio (difftract det / DIPY det, seeds/s): float32 {figures['ratio_det_float32']:.1f}x, "
-          f"float64 {figures['ratio_det_float64']:.1f}x (target >= 3x)")
+    if figures["det"]["dipy"]:
+        print(f"ratio (difftract det / DIPY det, seeds/s): float32 {figures['ratio_det_float32']:.1f}x, "
+              f"float64 {figures['ratio_det_float64']:.1f}x (target >= 3x)")
 
     figures["million"] = None
     if args.million or not args.quick:
-        figures["million"] = million_run(field, wm, affine, voxel_sizes, 1_000_000)
+        m = figures["million"] = million_run(field, wm, affine, voxel_sizes, 1_000_000)
+        check.measure("million_rss_growth_mib", m["rss_end_mib"] - m["rss_before_mib"])
+        if m["trx"] is None:
+            check.unmeasured("million_trx_rss_growth_mib", m["trx_unmeasured"])
+        else:
+            check.measure("million_trx_rss_growth_mib", m["trx"]["rss_end_mib"] - m["rss_before_mib"])
+    else:
+        for name in ("million_rss_growth_mib", "million_trx_rss_growth_mib"):
+            check.skip(name, "--quick without --million")
 
     if torch.cuda.is_available():
         tracker = make_tracker("det", field, wm, voxel_sizes, device="cuda", chunk_size=200_000)
@@ -239,7 +296,7 @@ def main() -> None:
     else:
         print("GPU: none on this machine (CUDA rates not measured)")
         figures["gpu"] = None
-    print(json.dumps(figures))
+    check.finish(figures)
 
 
 if __name__ == "__main__":
