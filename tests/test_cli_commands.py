@@ -123,7 +123,7 @@ def test_score_prints_a_table_and_writes_scilpy_keys(cli, phantom_dir, tmp_path)
     assert bad.returncode == 2 and "scoring" in bad.stderr
     itself = cli("score", phantom_dir / "tractogram.trk", "--phantom", phantom_dir, "--json",
                  phantom_dir / "tractogram.trk", "--force")
-    assert itself.returncode == 2 and "overwrite the tractogram" in itself.stderr
+    assert itself.returncode == 2 and "would overwrite the input" in itself.stderr
 
 
 def test_score_refuses_another_grid_and_warns_off_grid(cli, phantom_dir, tmp_path):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -163,7 +165,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .io.atomic import check_output
     from .phantom import save_phantom, simulate
 
-    check_output(args.out, args.force)
+    check_output(args.out, args.force, inputs=list(args.scheme or ()))
     config = _phantom_config(args)
     start = time.perf_counter()
     phantom = simulate(config)
@@ -188,22 +190,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     Everything is written into a staging folder that becomes ``--out`` only at the end.
     """
-    import shutil
-
-    from .commands.run import replace_dir, shown_as, staging_dir
-    from .io.atomic import check_output
+    from .commands.run import shown_as
+    from .io.atomic import atomic_directory
 
     out = Path(args.out)
-    check_output(out, args.force)
-    work = staging_dir(out)
     start = time.perf_counter()
-    try:
-        with shown_as(work, out):
-            _demo_steps(args, work, start)
-        replace_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    with atomic_directory(out, args.force, kind="partial") as work, shown_as(work, out):
+        _demo_steps(args, work, start)
     print(f"\nQC pictures: {out / 'phantom' / 'qc_phantom.png'}, {out / 'dti' / 'qc_dti.png'}, {out / 'fod_qc.png'}")
     print(f"demo finished in {time.perf_counter() - start:.0f} s; report: {out / 'report.html'}")
     return 0
@@ -263,11 +256,28 @@ def _setup_messages(quiet: bool) -> None:
     warnings.showwarning = show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that every staging folder is removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``difftract`` console script; returns the exit code."""
+    """Entry point of the ``difftract`` console script; returns the exit code.
+
+    A user's mistake (bad input, an existing output, out of memory) is one line on stderr
+    and exit code 2; Ctrl-C gives 130 and SIGTERM 143, both after removing what the
+    command had started to write.
+    """
+    from .memory import is_out_of_memory
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_messages(args.quiet)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return args.func(args)
     except DifftractError as exc:
@@ -277,12 +287,21 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"difftract: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except MemoryError:
-        print("difftract: error: out of memory (input too large for this machine?)", file=sys.stderr)
-        return 2
+    except Terminated:
+        print("difftract: terminated (SIGTERM); partial outputs removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("difftract: interrupted", file=sys.stderr)
+        print("difftract: interrupted; partial outputs removed", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print(f"difftract: error: out of memory during '{args.command}': lower --chunk-size or --batch-size "
+              "where the command has them, or use a machine with more memory", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

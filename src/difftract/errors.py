@@ -44,3 +44,7 @@ class ConfigError(DifftractError, ValueError):
 
 class DifftractWarning(UserWarning):
     """Something was accepted but changed or is doubtful (e.g. bvecs normalised)."""
+
+
+class ResourceError(DifftractError, MemoryError):
+    """A stage ran out of memory; the message names the stage and the option to lower."""

@@ -73,3 +73,11 @@ def qc_path(output: Path) -> Path:
     from ..io.sidecar import data_stem
 
     return output.with_name(f"{data_stem(output)}_qc.png")
+
+
+def memory_guard(stage: str, device, chunk_size: int | None, unit: str = "voxels"):
+    """Out of memory inside the block becomes one line naming ``stage`` and --chunk-size (exit 2)."""
+    from ..memory import oom_guard
+
+    now = f"it was {chunk_size:,} {unit}" if chunk_size else "the default was used"
+    return oom_guard(f"{stage} on {device}", f"lower --chunk-size ({now})")

@@ -11,8 +11,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io.atomic import check_output, check_outputs
-from .common import (add_compute_arguments, add_scan_arguments, compute_options, load_scan, output_files, qc_path,
-                     scan_inputs)
+from .common import (add_compute_arguments, add_scan_arguments, compute_options, load_scan, memory_guard,
+                     output_files, qc_path, scan_inputs)
 
 log = logging.getLogger("difftract")
 
@@ -119,16 +119,17 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
     from ..reconst.dti import TensorModel
     from ..viz.qc import map_slices
 
-    check_output(args.out_dir, args.force)  # a directory, written whole by save_maps
+    check_output(args.out_dir, args.force, inputs=scan_inputs(args))  # a directory, written whole by save_maps
     if args.method != "qcg" and (args.weights or args.select_six):
         raise ConfigError("--weights and --select-six apply only to --method qcg")
     options = compute_options(args)
     dwi = load_scan(args)
     start = time.perf_counter()
-    if args.method == "qcg":
-        fit = _fit_qcg(args, dwi, options["device"])
-    else:
-        fit = TensorModel(dwi.gtab, fit_method=args.method.upper()).fit(dwi.data, dwi.mask, **options)
+    with memory_guard(f"the DTI {args.method.upper()} fit", options["device"], options["chunk_size"]):
+        if args.method == "qcg":
+            fit = _fit_qcg(args, dwi, options["device"])
+        else:
+            fit = TensorModel(dwi.gtab, fit_method=args.method.upper()).fit(dwi.data, dwi.mask, **options)
     seconds = time.perf_counter() - start
     n = int(fit.mask.sum())
     dtype = "float32" if args.method == "qcg" else options["dtype"]   # the network runs in float32
@@ -184,12 +185,13 @@ def cmd_fit_sh(args: argparse.Namespace) -> int:
 
     qc = qc_path(args.out)
     outputs = output_files(args.out, qc, sidecars=(args.out,))
-    check_outputs(outputs, args.force)
+    check_outputs(outputs, args.force, inputs=scan_inputs(args))
     options = compute_options(args)
     dwi = load_scan(args)
     model = SHModel(dwi.gtab, lmax=args.lmax, legacy=args.legacy, smooth=args.smooth, shell=args.shell)
     start = time.perf_counter()
-    fit = model.fit(dwi.data, dwi.mask, **options)
+    with memory_guard("the SH fit", options["device"], options["chunk_size"]):
+        fit = model.fit(dwi.data, dwi.mask, **options)
     seconds = time.perf_counter() - start
     record = provenance("fit sh", {**model.params, "device": str(options["device"]), "dtype": options["dtype"]},
                         inputs=scan_inputs(args), sh_basis=f"descoteaux07{'_legacy' if args.legacy else ''}")
@@ -227,16 +229,17 @@ def cmd_fit_csd(args: argparse.Namespace) -> int:
 
     qc = qc_path(args.out)
     outputs = output_files(args.out, qc, args.peaks, sidecars=(args.out, args.peaks))
-    check_outputs(outputs, args.force)
+    check_outputs(outputs, args.force, inputs=scan_inputs(args))
     check_peak_options(args.relative_threshold, args.min_separation, args.npeaks)
     response = _response(args.response)
     options = compute_options(args)
     dwi = load_scan(args)
     model = CsdModel(dwi.gtab, response=response, lmax=args.lmax, legacy=args.legacy, shell=args.shell)
     start = time.perf_counter()
-    fit = model.fit(dwi.data, dwi.mask, **options)
-    peaks = peaks_from_sh(fit, relative_peak_threshold=args.relative_threshold,
-                          min_separation_angle=args.min_separation, npeaks=args.npeaks, **options)
+    with memory_guard(f"the CSD fit (lmax {model.lmax}) and its peaks", options["device"], options["chunk_size"]):
+        fit = model.fit(dwi.data, dwi.mask, **options)
+        peaks = peaks_from_sh(fit, relative_peak_threshold=args.relative_threshold,
+                              min_separation_angle=args.min_separation, npeaks=args.npeaks, **options)
     seconds = time.perf_counter() - start
     basis = f"descoteaux07{'_legacy' if args.legacy else ''}"
     compute = {"device": str(options["device"]), "dtype": options["dtype"]}

@@ -14,8 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,12 +68,13 @@ def add_parser(sub) -> None:
                    help="random seeds per mask voxel (default: 1 for ddtracking, 2 for det and prob)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..io.atomic import check_output
+    from ..io.atomic import atomic_directory, check_output
     from ..io.dwi import subject_files
 
     if args.weights is not None and args.method != "ddtracking":
@@ -85,19 +84,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.fa_threshold < 1.0:
         raise ConfigError(f"--fa-threshold must be in [0, 1), got {args.fa_threshold}")
     out = Path(args.out)
-    check_output(out, args.force)
     files = subject_files(args.subject)
     if files[3] is None:
         raise ConfigError(f"{args.subject}: no brain mask (mask.nii.gz or nodif_brain_mask.nii.gz); run needs one")
-    staging = staging_dir(out)
+    inputs = [p for p in (*files, args.stop_mask, args.weights) if p is not None]
+    check_output(out, args.force, inputs=[*inputs, args.subject])
     start = time.perf_counter()
-    try:
-        with shown_as(staging, out):
-            summary = _steps(args, files, staging)
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with atomic_directory(out, args.force, kind="partial") as staging, shown_as(staging, out):
+        summary = _steps(args, files, staging)
     seconds = time.perf_counter() - start
     print(f"\nrun {args.method}: {summary['streamlines']:,} streamlines, mean length {summary['mean_length_mm']:.1f} mm, "
           f"{seconds:.0f} s -> {out / 'report.html'}")
@@ -109,7 +103,7 @@ def _steps(args, files, staging: Path) -> dict:
     from ..io.nifti import load_nifti, save_nifti
 
     dwi, bval, bvec, mask = files
-    scan = [str(dwi), str(bval), str(bvec), "--mask", str(mask)]
+    scan = [str(dwi), str(bval), str(bvec), "--mask", str(mask)] + (["--zero-nonfinite"] if args.zero_nonfinite else [])
     quiet = ["-q"] if args.quiet else []
 
     def step(*argv):
@@ -181,36 +175,23 @@ def _json(path: Path) -> dict | None:
 class _ShownAs(io.TextIOBase):
     """A text stream that prints the staging folder's path as the final one."""
 
-    def __init__(self, stream, staging: Path, out: Path):
-        self.stream, self.old, self.new = stream, str(staging), str(out)
+    def __init__(self, stream):
+        self.stream = stream
 
     def write(self, text: str) -> int:
-        self.stream.write(text.replace(self.old, self.new))
+        from ..io.sidecar import shown_path
+
+        self.stream.write(shown_path(text))
         return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
 
 
+@contextlib.contextmanager
 def shown_as(staging: Path, out: Path):
-    """Within this context, what the steps print names ``out`` where they wrote into ``staging``."""
-    return contextlib.redirect_stdout(_ShownAs(sys.stdout, staging, out))
+    """Within this context, what the steps print and record names ``out`` where they wrote into ``staging``."""
+    from ..io.sidecar import final_paths
 
-
-def staging_dir(out: Path) -> Path:
-    """A fresh hidden folder beside ``out`` where a run is built before it becomes ``out``."""
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def replace_dir(staging: Path, out: Path) -> None:
-    """Move the finished staging folder to ``out``, replacing an old one (``--force`` was checked)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with final_paths(staging, out), contextlib.redirect_stdout(_ShownAs(sys.stdout)):
+        yield

@@ -48,9 +48,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ..io.tractogram import load_tractogram
 
     if args.json is not None:
-        check_outputs([args.json], args.force)
-        if args.json.resolve() == args.tractogram.resolve():
-            raise ConfigError(f"--json {args.json} would overwrite the tractogram being scored")
+        check_outputs([args.json], args.force, inputs=[args.tractogram])
     config = load_scoring(args.phantom)
     reference = args.reference
     if reference is None:

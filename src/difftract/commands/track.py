@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from .common import add_compute_arguments, add_scan_arguments, load_scan, scan_inputs
+from .common import add_compute_arguments, add_scan_arguments, load_scan, memory_guard, scan_inputs
 
 log = logging.getLogger("difftract")
 BASES = ("descoteaux07", "descoteaux07_legacy")
@@ -89,7 +89,9 @@ def add_parser(sub) -> None:
                    help="keep only streamlines whose both ends reached a stopping point (not a dead end)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     add_compute_arguments(p, dtype_help="tracking precision; auto is float32 (float64 reproduces DIPY to ~1e-14 mm)",
-                          chunk_help="seeds tracked at once; bounds memory (default: 20000 on CPU, 200000 on GPU)")
+                          chunk_help="seeds tracked at once; bounds memory (default: 20000 on CPU, 200000 on GPU, "
+                                    "fewer when a quarter of the free memory cannot hold them: a DDTracking "
+                                    "seed costs ~10x a classical one)")
     p.set_defaults(func=cmd_track)
 
 
@@ -163,9 +165,11 @@ def cmd_track(args: argparse.Namespace) -> int:
     from ..tracking.seeding import grid_seeds, random_seeds
     from ..tracking.sh_field import SHField
     from ..tracking.stopping import BinaryCriterion, ThresholdCriterion
-    from ..tracking.tracker import Tracker, TrackingParams
+    from ..tracking.tracker import CHUNK_CPU, CHUNK_CUDA, Tracker, TrackingParams, default_chunk_size
 
-    check_outputs([args.out, sidecar_path(args.out)], args.force)
+    check_outputs([args.out, sidecar_path(args.out)], args.force,
+                  inputs=scan_inputs(args) + [p for p in (args.sh, args.stop_mask, args.seed_mask, args.seeds_file,
+                                                          args.weights) if p])
     given = [f"--{k}" for k, on in (("weights", args.weights is not None), ("stochastic", args.stochastic),
                                      ("sampler-steps", args.sampler_steps != 1)) if on]
     if given and args.method != "ddtracking":
@@ -225,7 +229,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         getter = DDTrackingGetter(learned[0], sh, args.max_angle,
                                   args.sampler_steps, args.stochastic, voxel_sizes=dwi.voxel_sizes)
     else:
-        coeffs, legacy = _fod(args, dwi, fit_options)
+        with memory_guard(f"the CSD fit (lmax {args.lmax})", device, None):
+            coeffs, legacy = _fod(args, dwi, fit_options)
         field = SHField(coeffs, legacy=legacy, pmf_threshold=args.pmf_threshold)
         peaks = None
         if args.method == "peak":
@@ -239,7 +244,10 @@ def cmd_track(args: argparse.Namespace) -> int:
         criterion = ThresholdCriterion(fa, args.fa_threshold)
     else:
         criterion = BinaryCriterion(stop)
-    chunk = args.chunk_size or (20_000 if device.type == "cpu" else 200_000)
+    chunk = args.chunk_size or default_chunk_size(getter, params, device, dtype)
+    if args.chunk_size is None and chunk < min(len(seeds), CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU):
+        log.warning("free memory allows %d seeds per chunk, fewer than the default; random draws are made per chunk, "
+                    "so give --chunk-size %d to reproduce this tractogram elsewhere", chunk, chunk)
     tracker = Tracker(getter, criterion, dwi.voxel_sizes, params, device=device, dtype=dtype, chunk_size=chunk)
 
     record = provenance("track", {"method": args.method, **params.to_dict(), "max_angle": args.max_angle,
@@ -256,7 +264,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     with open_writer(args.out, dwi.affine, dwi.shape, force=args.force) as writer, \
             tqdm(total=len(seeds), unit="seed", desc=f"track {args.method}", disable=True if args.quiet else None,
                  leave=False) as bar:
-        for out in tracker.track(seeds, seed=args.seed, progress=bar):
+        for out in _guarded(tracker.track(seeds, seed=args.seed, progress=bar), args.method, device, chunk):
             writer.write(out.points.detach().cpu().numpy(), out.lengths.cpu().numpy())
             lengths_mm.append((out.lengths.cpu().numpy() - 1) * args.step_mm)
         seconds = time.perf_counter() - start
@@ -270,6 +278,17 @@ def cmd_track(args: argparse.Namespace) -> int:
         print(f"  length median {np.median(lengths_mm):.1f} mm (5-95%: {np.percentile(lengths_mm, 5):.1f}-"
               f"{np.percentile(lengths_mm, 95):.1f})")
     return 0
+
+
+def _guarded(chunks, method: str, device, chunk: int):
+    """The tracker's chunks, with running out of memory turned into one line naming --chunk-size."""
+    iterator = iter(chunks)
+    while True:
+        with memory_guard(f"{method} tracking", device, chunk, unit="seeds"):
+            out = next(iterator, None)
+        if out is None:
+            return
+        yield out
 
 
 def _load_ddtracking(args):

@@ -115,8 +115,11 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
             "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms"}
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      early_stop_patience=args.patience)
-    result = train(model, QCGTask(), train_set, val_set, tc, args.out, resume=args.resume, force=args.force,
-                   device=device, model_meta=meta, progress=not args.quiet, log=log.info)
+    from ..memory import oom_guard
+
+    with oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {args.batch_size})"):
+        result = train(model, QCGTask(), train_set, val_set, tc, args.out, resume=args.resume, force=args.force,
+                       device=device, model_meta=meta, progress=not args.quiet, log=log.info)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     _write_sidecar(args, "train qcgdti", meta, tc, result)

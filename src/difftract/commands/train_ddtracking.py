@@ -137,8 +137,11 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
             "step_voxels": args.step, **noise,
             "input": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000",
             "subjects": [subject_label(d) for d in args.subjects], "val_subjects": [s.name for s in val_subjects]}
-    result = train(model, DDTrackingTask(diff), train_set, val_set, tc, args.out, resume=args.resume,
-                   force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
+    from ..memory import oom_guard
+
+    with oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {args.batch_size})"):
+        result = train(model, DDTrackingTask(diff), train_set, val_set, tc, args.out, resume=args.resume,
+                       force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     _write_sidecar(args, "train ddtracking", meta, tc, result)

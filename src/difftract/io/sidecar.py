@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,32 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_name(data_stem(path) + ".json")
 
 
+_FINAL_PATHS: list[tuple[str, str]] = []   # (staging folder, final folder), innermost last
+
+
+@contextmanager
+def final_paths(staging: str | Path, final: str | Path) -> Iterator[None]:
+    """Within this block, records name ``final`` where files are being written into ``staging``.
+
+    A command that builds its outputs in a staging folder (``run``, ``demo``) renames it
+    at the end; the sidecars written meanwhile must name where the files will be, not
+    where they were built.
+    """
+    pair = (str(staging), str(final))
+    _FINAL_PATHS.append(pair)
+    try:
+        yield
+    finally:
+        _FINAL_PATHS.remove(pair)
+
+
+def shown_path(text: str) -> str:
+    """``text`` with every staging folder of :func:`final_paths` replaced by its final one."""
+    for staging, final in reversed(_FINAL_PATHS):
+        text = text.replace(staging, final)
+    return text
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -54,8 +82,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, (Path, str)):
+        return shown_path(str(value))
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,7 +28,7 @@ from nibabel.affines import apply_affine
 from nibabel.streamlines import TckFile, TrkFile
 
 from ..errors import ConfigError
-from .atomic import atomic_file, check_output
+from .atomic import atomic_file, check_output, staging_dir
 from .sidecar import sidecar_path, write_sidecar
 from .tractogram import FORMATS, _checked_grid, trk_header
 
@@ -47,7 +46,9 @@ class StreamWriter:
         check_output(self.path, force)
         self.force = force
         self.affine, self.dimensions, self.voxel_sizes = _checked_grid(affine, dimensions)
-        self.spool = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.spool-", dir=self.path.parent))
+        self._staging = staging_dir(self.path, "spool")   # removed by the next run if this one is killed
+        self.spool = self._staging / "spool"
+        self.spool.mkdir()
         self._positions = open(self.spool / POSITIONS, "wb")
         self._lengths = open(self.spool / "lengths.int64", "wb")
         self.n_streamlines = 0
@@ -79,14 +80,14 @@ class StreamWriter:
             if sidecar is not None:
                 write_sidecar(self.path, sidecar, force=self.force)
         finally:
-            shutil.rmtree(self.spool, ignore_errors=True)
+            shutil.rmtree(self._staging, ignore_errors=True)
         return self.path
 
     def abort(self) -> None:
         """Drop everything written so far."""
         self._positions.close()
         self._lengths.close()
-        shutil.rmtree(self.spool, ignore_errors=True)
+        shutil.rmtree(self._staging, ignore_errors=True)
 
     # ------------------------------------------------------------------ formats
     def _spooled(self) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,8 @@ answers "which way next" (DESIGN's seam). Every getter has
 - ``directions(points, prev_dirs, state) -> (dirs, valid, state)``: unit directions in the
   voxel frame, agreeing in sign with ``prev_dirs``, and where one exists;
 - ``cos_max_angle``: the cone, also used for the RK curvature check;
+- ``bytes_per_seed(dtype_bytes) -> int``: the working memory of one streamline's query,
+  from which the tracker sizes its chunks (:func:`.tracker.default_chunk_size`);
 - ``to(device, dtype)``: a copy on a device.
 
 The classical rules are DIPY 1.12's (``docs/dev/dipy_tracking.md``):
@@ -64,6 +66,11 @@ class _SHGetter:
 
     def init(self, seeds, first_dirs, generator=None):
         return None
+
+    def bytes_per_seed(self, dtype_bytes: int) -> int:
+        """The pmf on the sphere with its cone key and masks (about four V-vectors), and the 8 corners' SH."""
+        V, C = self.field.vertices.shape[0], self.field.basis_t.shape[0]
+        return V * (4 * dtype_bytes + 2) + 8 * C * dtype_bytes
 
     def seed_directions(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The highest local maximum of the raw pmf at each seed (DIPY's det/prob rule).
@@ -202,6 +209,11 @@ class PeakGetter:
 
     def init(self, seeds, first_dirs, generator=None):
         return None
+
+    def bytes_per_seed(self, dtype_bytes: int) -> int:
+        """The 8 corners' peaks, their alignment and blend weights: a peak lookup is cheap."""
+        npeaks = self.field.peaks.shape[-2]
+        return 8 * npeaks * 6 * dtype_bytes
 
     def seed_directions(self, seeds):
         first = self.field.peaks[..., 0, :]

@@ -285,6 +285,28 @@ class Tracker:
         return Streamlines(out, lengths, seed_index[keep], weights)
 
 
+CHUNK_CPU, CHUNK_CUDA = 20_000, 200_000    # seeds at once when memory allows: past these, no faster
+
+
+def default_chunk_size(getter, params: TrackingParams, device: torch.device | str,
+                       dtype: torch.dtype = torch.float32) -> int:
+    """Seeds per chunk: the device's default, or fewer when a quarter of the free memory holds fewer.
+
+    A seed costs the getter's query (``getter.bytes_per_seed``: a DDTracking network step
+    is far more than a pmf lookup) plus the tracker's own record of both halves (up to
+    ``max_points`` points each, with their streamline and step indices, copied once more
+    when the chunk is assembled). The default is kept whenever memory allows, since the
+    random draws of ``prob`` and stochastic getters are made per chunk.
+    """
+    from ..memory import chunk_for
+
+    device = torch.device(device)
+    size = torch.empty(0, dtype=dtype).element_size()
+    tracker = 2 * params.max_points * (3 * size + 16) * 2
+    default = CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU
+    return chunk_for(getter.bytes_per_seed(size) + tracker, device, default, minimum=64)
+
+
 def _paths(half: _Half, S: int) -> torch.Tensor:
     """The points of a half as ``(S, T, 3)``, step 1 first, zero past each streamline's count."""
     T = int(half.count.max()) if S else 0

@@ -84,6 +84,8 @@ def load_model(path: str | Path, name: str, title: str, build: Callable[[Any], n
     """
     from ..weights import sha256
 
+    digest = sha256(path) if Path(path).is_file() else None
+    _check_against_sidecar(path, digest)
     blob = load_weights(path)
     meta = blob.get("meta")
     meta = meta if isinstance(meta, dict) else {}
@@ -94,7 +96,23 @@ def load_model(path: str | Path, name: str, title: str, build: Callable[[Any], n
         model.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(path, f"weights do not match the {title} architecture in the file: {exc}") from None
-    return model, {**meta, "path": str(path), "sha256": sha256(path)}
+    return model, {**meta, "path": str(path), "sha256": digest}
+
+
+def _check_against_sidecar(path: str | Path, digest: str | None) -> None:
+    """Refuse weights whose training sidecar (``W.json``, written by ``difftract train``) lists another SHA256."""
+    from ..io.sidecar import sidecar_path
+
+    sidecar = sidecar_path(path)
+    if digest is None or not sidecar.is_file():
+        return
+    try:
+        listed = json.loads(sidecar.read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return        # not a sidecar of ours: nothing to check against
+    if isinstance(listed, str) and listed != digest:
+        raise InputError(path, f"checksum mismatch: SHA256 {digest} but its sidecar {sidecar.name} lists {listed} "
+                               "(the file is corrupt or was replaced; retrain it, or remove the stale sidecar)")
 
 
 def cpu_state(state: dict[str, Tensor]) -> dict[str, Tensor]:

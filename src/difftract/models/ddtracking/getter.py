@@ -117,6 +117,17 @@ class DDTrackingGetter:
         index = torch.nonzero(inside_grid(self.sh, seeds) & (values.abs().sum(dim=1) > 0))[:, 0]
         return self.sphere[amplitude[index].argmin(dim=1)], index
 
+    def bytes_per_seed(self, dtype_bytes: int) -> int:
+        """One network step per streamline: the 3x3x3 SH neighbourhood, the spatial branches' activations,
+        the GRU's gates and states (three gates per layer), the denoiser, and the forward half kept for
+        :meth:`init_backward`; about 20x a classical pmf query at the paper's sizes."""
+        c = self.model.config
+        neighbourhood = 27 * c.n_coeffs * (1 + c.conv_channels // 8)
+        branches = 27 * c.conv_channels + 2 * c.mlp_hidden + c.z_dim + c.v_dim
+        gru = c.gru_layers * 5 * c.gru_hidden
+        denoiser = 8 * c.denoiser_width + c.time_dim
+        return (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2   # x2: inputs and outputs of each layer live together
+
     def init(self, seeds, first_dirs, generator=None):
         state = {"h": self.model.temporal.initial(len(seeds), seeds.device, seeds.dtype)}
         return self._with_generator(state, generator)
