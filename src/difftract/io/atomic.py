@@ -130,7 +130,7 @@ def check_output(path: str | Path, force: bool = False, inputs: Sequence[str | P
     _writable_ancestor(path)
     for given in inputs:
         given = Path(given)
-        if path.absolute() == given.absolute() or (path.exists() and given.exists() and path.samefile(given)):
+        if os.path.abspath(path) == os.path.abspath(given) or (path.exists() and given.exists() and path.samefile(given)):
             raise ConfigError(f"{path}: the output would overwrite the input {given}; choose another output")
     if path.exists() and not force:
         raise OutputExistsError(path)
@@ -144,7 +144,7 @@ def check_outputs(paths: Sequence[str | Path], force: bool = False,
     paths = [Path(p) for p in paths]
     seen: dict[Path, Path] = {}
     for path in paths:
-        key = path.absolute()
+        key = Path(os.path.abspath(path))       # normalised: a/../b is b
         if key in seen:
             raise ConfigError(f"two outputs would be written to {path} (an output or its JSON sidecar); "
                               "choose distinct names")
