@@ -51,3 +51,25 @@ def test_weights_whose_sidecar_lists_another_checksum_are_refused(tmp_path):
 def test_run_accepts_zero_nonfinite(cli):
     help_text = cli("run", "--help").stdout
     assert "--zero-nonfinite" in help_text
+
+
+def test_run_takes_the_shell_and_lmax_a_q_space_scheme_needs(tmp_path, capsys):
+    """DIPY's small_101D has no shell fit for lmax 8: run refuses and names what works, which run accepts."""
+    import nibabel as nib
+    import numpy as np
+    from dipy.data import get_fnames
+
+    subject = tmp_path / "s101"
+    subject.mkdir()
+    for src, name in zip(get_fnames(name="small_101D"), ("dwi.nii.gz", "dwi.bval", "dwi.bvec")):
+        shutil.copy(src, subject / name)
+    img = nib.load(subject / "dwi.nii.gz")
+    b0 = np.asarray(img.dataobj)[..., 0]
+    nib.save(nib.Nifti1Image((b0 > 0.2 * np.percentile(b0, 99)).astype(np.uint8), img.affine), subject / "mask.nii.gz")
+    out = tmp_path / "out"
+    assert main(["-q", "run", str(subject), "--out", str(out), "--method", "det"]) == 2
+    assert "--lmax 6 --shell 2774" in capsys.readouterr().err and not out.exists()
+    assert main(["-q", "run", str(subject), "--out", str(out), "--method", "det", "--shell", "2774", "--lmax", "6"]) == 0
+    assert json.loads((out / "fod.json").read_text())["params"]["lmax"] == 6
+    assert main(["-q", "run", str(subject), "--out", str(tmp_path / "dd"), "--shell", "2774"]) == 2
+    assert "DDTracking reads" in capsys.readouterr().err

@@ -68,6 +68,9 @@ def add_parser(sub) -> None:
                    help="random seeds per mask voxel (default: 1 for ddtracking, 2 for det and prob)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--shell", type=float, metavar="B",
+                   help="det/prob: the shell of the CSD fit (default: the highest)")
+    p.add_argument("--lmax", type=int, metavar="N", help="det/prob: the CSD fit's lmax (default: 8)")
     p.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=cmd_run)
@@ -79,6 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.weights is not None and args.method != "ddtracking":
         raise ConfigError("--weights applies only to --method ddtracking")
+    if args.method == "ddtracking" and (args.shell is not None or args.lmax is not None):
+        raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob; DDTracking reads the SH "
+                          "(lmax 6) of the shell nearest b=1000, as it was trained")
     if args.seeds_per_voxel is not None and args.seeds_per_voxel < 1:
         raise ConfigError(f"--seeds-per-voxel must be at least 1, got {args.seeds_per_voxel}")
     if not 0.0 <= args.fa_threshold < 1.0:
@@ -130,7 +136,9 @@ def _steps(args, files, staging: Path) -> dict:
         step("fit", "sh", *scan, "--out", str(staging / "sh.nii.gz"), "--lmax", "6", "--device", args.device)
         track += ["--weights", str(args.weights)] if args.weights else []
     else:
-        step("fit", "csd", *scan, "--out", str(staging / "fod.nii.gz"), "--device", args.device)
+        csd = (["--shell", f"{args.shell:g}"] if args.shell is not None else []) + \
+            (["--lmax", str(args.lmax)] if args.lmax is not None else [])
+        step("fit", "csd", *scan, *csd, "--out", str(staging / "fod.nii.gz"), "--device", args.device)
         track += ["--sh", str(staging / "fod.nii.gz")]
     step(*track)
     truth = args.subject / "gt" / "scoring.json"
