@@ -81,6 +81,7 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..io.atomic import check_outputs
     from ..io.sidecar import sidecar_path
+    from ..memory import oom_guard
     from ..models.qcgdti.data import PatchDataset, QCGTask, prepare_subject
     from ..models.qcgdti.model import QCGConfig, QCGDTI
     from ..training.files import output_paths, subject_label
@@ -115,8 +116,6 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
             "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms"}
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      early_stop_patience=args.patience)
-    from ..memory import oom_guard
-
     with oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {args.batch_size})"):
         result = train(model, QCGTask(), train_set, val_set, tc, args.out, resume=args.resume, force=args.force,
                        device=device, model_meta=meta, progress=not args.quiet, log=log.info)

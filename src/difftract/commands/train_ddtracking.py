@@ -106,6 +106,7 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..io.atomic import check_outputs
     from ..io.sidecar import sidecar_path
+    from ..memory import oom_guard
     from ..models.ddtracking.data import DDTrackingTask, StreamlineDataset, prepare_subject
     from ..models.ddtracking.diffusion import DiffusionConfig
     from ..models.ddtracking.model import DDTracking, DDTrackingConfig
@@ -137,8 +138,6 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
             "step_voxels": args.step, **noise,
             "input": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000",
             "subjects": [subject_label(d) for d in args.subjects], "val_subjects": [s.name for s in val_subjects]}
-    from ..memory import oom_guard
-
     with oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {args.batch_size})"):
         result = train(model, DDTrackingTask(diff), train_set, val_set, tc, args.out, resume=args.resume,
                        force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
