@@ -121,7 +121,7 @@ def _check_before_work(args, files) -> None:
         shape, affine = tuple(header.shape[:3]), header.affine
     except Exception:
         return
-    stop = load_mask(args.stop_mask, shape, affine)
+    stop = load_mask(args.stop_mask, shape, affine, "stop mask")
     brain = load_mask(files[3], shape, affine)
     if not (stop & brain).any():
         raise ConfigError(f"{args.stop_mask}: the stop mask has no voxel inside the brain mask {files[3].name} "
