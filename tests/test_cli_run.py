@@ -64,7 +64,7 @@ def test_refusals_and_failures_leave_nothing(cli, cli_script, subject, tmp_path)
     weights = cli("run", subject, "--out", out, "--method", "det", "--weights", subject / "dwi.bval")
     assert weights.returncode == 2 and "--weights applies only" in weights.stderr
     (tmp_path / "bad.pt").write_text("not weights")
-    late = cli("run", subject, "--out", out, "--weights", tmp_path / "bad.pt")   # fails after the DTI and SH fits
+    late = cli("run", subject, "--out", out, "--weights", tmp_path / "bad.pt")   # refused before the fits
     assert late.returncode == 2 and "bad.pt" in late.stderr
     broken = tmp_path / "broken"
     shutil.copytree(subject, broken)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 
 log = logging.getLogger("difftract")
 
@@ -95,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.subject}: no brain mask (mask.nii.gz or nodif_brain_mask.nii.gz); run needs one")
     inputs = [p for p in (*files, args.stop_mask, args.weights) if p is not None]
     check_output(out, args.force, inputs=[*inputs, args.subject])
+    _check_before_work(args, files)
     start = time.perf_counter()
     with atomic_directory(out, args.force, kind="partial") as staging, shown_as(staging, out):
         summary = _steps(args, files, staging)
@@ -102,6 +103,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nrun {args.method}: {summary['streamlines']:,} streamlines, mean length {summary['mean_length_mm']:.1f} mm, "
           f"{seconds:.0f} s -> {out / 'report.html'}")
     return 0
+
+
+def _check_before_work(args, files) -> None:
+    """Refuse bad --weights and a --stop-mask that cannot seed before any fitting (they are read again later).
+
+    The stop mask is run's seed mask too: one on another grid, empty, or with no voxel in
+    the brain mask (where the fits are made) would only fail, or give no streamline, after
+    the fits.
+    """
+    import nibabel as nib
+
+    from ..io.dwi import load_mask
+
+    if args.weights is not None:
+        from ..models.ddtracking.getter import load_ddtracking
+
+        load_ddtracking(args.weights)
+    if args.stop_mask is None:
+        return
+    try:   # the grid from the DWI's header; a DWI that cannot be read is reported by the first step
+        header = nib.load(str(files[0]))
+        shape, affine = tuple(header.shape[:3]), header.affine
+    except Exception:
+        return
+    stop = load_mask(args.stop_mask, shape, affine, "stop mask")
+    brain = load_mask(files[3], shape, affine)
+    if not (stop & brain).any():
+        raise ConfigError(f"{args.stop_mask}: the stop mask has no voxel inside the brain mask {files[3].name} "
+                          f"({int(stop.sum())} voxels, all outside it), so every seed would start where nothing "
+                          "is fitted; give a white-matter mask on this subject's brain")
 
 
 def _steps(args, files, staging: Path) -> dict:
@@ -141,12 +172,29 @@ def _steps(args, files, staging: Path) -> dict:
         step("fit", "csd", *scan, *csd, "--out", str(staging / "fod.nii.gz"), "--device", args.device)
         track += ["--sh", str(staging / "fod.nii.gz")]
     step(*track)
+    _check_tracked(tracks, args, stop, staging)
     truth = args.subject / "gt" / "scoring.json"
     if truth.is_file():
         step("score", str(tracks), "--phantom", str(args.subject), "--json", str(staging / "scores.json"))
     return report(staging, [(args.method, tracks)], title=f"difftract run: {args.subject.name} ({args.method})",
                   params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
                   mask=mask)
+
+
+def _check_tracked(tracks: Path, args, stop: Path, staging: Path) -> None:
+    """Refuse to report an empty tractogram: say where the seeds were and what stopped them."""
+    from ..io.sidecar import sidecar_path
+
+    record = _json(sidecar_path(tracks)) or {}
+    if record.get("n_streamlines", 1) > 0:
+        return
+    seeds, min_len = record.get("n_seeds", 0), record.get("params", {}).get("min_len_mm", 20.0)
+    if Path(stop).parent == staging:   # made from FA: name it in words, not by its staging path
+        raise ConfigError(f"{args.subject}: no streamline: all {seeds:,} seeds in the brain voxels with FA > "
+                          f"{args.fa_threshold:g} stopped before {min_len:g} mm; lower --fa-threshold or give a "
+                          "white-matter --stop-mask")
+    raise InputError(stop, f"no streamline: all {seeds:,} seeds in this stop mask stopped before {min_len:g} mm "
+                           "(the mask is too small or not white matter); give a white-matter --stop-mask")
 
 
 def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, params: dict,

@@ -207,8 +207,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     if stop_path is None and args.fa_threshold is None:
         raise ConfigError("tracking needs a stopping rule: give --mask, --stop-mask or --fa-threshold")
 
-    stop = load_mask(stop_path, dwi.shape, dwi.affine) if stop_path is not None else None
-    seed_mask = load_mask(args.seed_mask, dwi.shape, dwi.affine) if args.seed_mask else stop
+    stop = load_mask(stop_path, dwi.shape, dwi.affine, "stop mask" if args.stop_mask else "brain mask") \
+        if stop_path is not None else None
+    seed_mask = load_mask(args.seed_mask, dwi.shape, dwi.affine, "seed mask") if args.seed_mask else stop
     if args.seeds_file is not None:
         seeds = load_seeds_file(args.seeds_file, dwi.affine)
     elif seed_mask is None:

@@ -194,17 +194,41 @@ def atomic_directory(path: str | Path, force: bool = False, kind: str = "tmp") -
 
     The temporary directory has ``path``'s name (inside a staging folder). With ``force``
     an existing directory is moved aside first and removed only after the new one is in
-    place.
+    place. On failure, the parent folders created for ``path`` are removed again when empty.
     """
     path = check_output(path, force)
+    created = _missing_parents(path)
     staging = staging_dir(path, kind)
+    done = False
     try:
         tmp = staging / path.name
         tmp.mkdir()
         yield tmp
         replace_directory(tmp, path)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            _remove_empty(created)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, innermost first."""
+    missing = []
+    for parent in path.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (innermost first) that a failed command created, as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:   # not empty (someone else wrote there meanwhile) or already gone
+            return
 
 
 @contextmanager

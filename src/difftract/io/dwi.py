@@ -123,8 +123,12 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
 
 
 def load_mask(path: str | Path, reference_shape: tuple[int, ...] | None = None,
-              reference_affine: np.ndarray | None = None) -> np.ndarray:
-    """Load a binary mask (voxels > 0), checking it is 3D, on the grid given, and not empty."""
+              reference_affine: np.ndarray | None = None, what: str = "brain mask") -> np.ndarray:
+    """Load a binary mask (voxels > 0), checking it is 3D, on the grid given, and not empty.
+
+    ``what`` ("brain mask", "stop mask", "seed mask") says in the refusal of an empty mask
+    what the mask should have held.
+    """
     path = Path(path)
     img = load_nifti(path, "mask")
     data = np.asarray(img.dataobj)
@@ -147,8 +151,11 @@ def load_mask(path: str | Path, reference_shape: tuple[int, ...] | None = None,
     values = np.unique(data)
     out = data > 0
     if not out.any():
-        raise InputError(path, "mask is empty (no voxel > 0); give a brain mask with the brain set to 1 "
-                               "(e.g. from bet or dwi2mask)")
+        if what == "brain mask":
+            raise InputError(path, "mask is empty (no voxel > 0); give a brain mask with the brain set to 1 "
+                                   "(e.g. from bet or dwi2mask)")
+        raise InputError(path, f"{what} is empty (no voxel > 0); give a {what} with the region to track (e.g. the "
+                               "white matter) set to 1")
     if not np.all(np.isin(values, (0, 1))):
         _note_nonbinary(data, values, out, path)
     return out
