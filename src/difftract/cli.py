@@ -243,9 +243,17 @@ def _print_summary(summary: dict, out: Path, seconds: float) -> None:
     print(f"  total {summary['streamlines']} streamlines, mean length {summary['mean_length_mm']:.1f} mm")
 
 
+class _LevelFormatter(logging.Formatter):
+    """``difftract: note: ...`` for information, ``difftract: warning: ...`` for warnings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = "warning" if record.levelno >= logging.WARNING else "note"
+        return f"difftract: {kind}: {record.getMessage()}"
+
+
 def _setup_messages(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("difftract: note: %(message)s"))
+    handler.setFormatter(_LevelFormatter())
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False

@@ -149,7 +149,7 @@ def test_refused_by_run_with_exit_2_and_one_line(cli, scan, tmp_path, case):
     _break(case, s)
     res = cli("run", s["tmp"], "--out", tmp_path / "out")
     assert res.returncode == 2, res.stderr
-    lines = [l for l in res.stderr.strip().splitlines() if not l.startswith("difftract: note:")]
+    lines = [l for l in res.stderr.strip().splitlines() if not l.startswith(("difftract: note:", "difftract: warning:"))]
     assert len(lines) == 1 and lines[0].startswith("difftract: error: ") and REFUSED[case][1][0] in lines[0]
     assert not (tmp_path / "out").exists()
 

@@ -68,6 +68,8 @@ def add_parser(sub) -> None:
                    help="random seeds per mask voxel (default: 1 for ddtracking, 2 for det and prob)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--min-len-mm", type=float, default=20.0,
+                   help="shortest streamline kept, mm (default: %(default)s; lower it for a small field of view)")
     p.add_argument("--shell", type=float, metavar="B",
                    help="det/prob: the shell of the CSD fit (default: the highest)")
     p.add_argument("--lmax", type=int, metavar="N", help="det/prob: the CSD fit's lmax (default: 8)")
@@ -162,6 +164,7 @@ def _steps(args, files, staging: Path) -> dict:
     tracks = staging / f"tracks.{args.format}"
     seeds = args.seeds_per_voxel or (1 if args.method == "ddtracking" else 2)
     track = ["track", *scan, "--stop-mask", str(stop), "--method", args.method, "--seeds-per-voxel", str(seeds),
+             "--min-len-mm", f"{args.min_len_mm:g}",
              "--seed", str(args.seed), "--device", args.device, "--out", str(tracks)]
     if args.method == "ddtracking":
         step("fit", "sh", *scan, "--out", str(staging / "sh.nii.gz"), "--lmax", "6", "--device", args.device)
@@ -191,10 +194,11 @@ def _check_tracked(tracks: Path, args, stop: Path, staging: Path) -> None:
     seeds, min_len = record.get("n_seeds", 0), record.get("params", {}).get("min_len_mm", 20.0)
     if Path(stop).parent == staging:   # made from FA: name it in words, not by its staging path
         raise ConfigError(f"{args.subject}: no streamline: all {seeds:,} seeds in the brain voxels with FA > "
-                          f"{args.fa_threshold:g} stopped before {min_len:g} mm; lower --fa-threshold or give a "
-                          "white-matter --stop-mask")
+                          f"{args.fa_threshold:g} stopped before {min_len:g} mm; lower --fa-threshold, give a "
+                          "white-matter --stop-mask, or lower --min-len-mm for a small field of view")
     raise InputError(stop, f"no streamline: all {seeds:,} seeds in this stop mask stopped before {min_len:g} mm "
-                           "(the mask is too small or not white matter); give a white-matter --stop-mask")
+                           "(the mask is too small or not white matter); give a white-matter --stop-mask, or lower "
+                           "--min-len-mm for a small field of view")
 
 
 def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, params: dict,

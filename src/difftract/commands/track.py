@@ -275,6 +275,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     rate = len(seeds) / max(seconds, 1e-9)
     print(f"{args.method}: {writer.n_streamlines:,} streamlines from {len(seeds):,} seeds in {seconds:.1f} s "
           f"({rate:,.0f} seeds/s on {device}, {str(dtype).replace('torch.', '')}) -> {args.out}")
+    if writer.n_streamlines == 0:
+        log.warning("no streamline was kept: every seed stopped before --min-len-mm %g (or found no direction); "
+                    "check the stopping mask and the seeds", args.min_len_mm)
     if len(lengths_mm):
         print(f"  length median {np.median(lengths_mm):.1f} mm (5-95%: {np.percentile(lengths_mm, 5):.1f}-"
               f"{np.percentile(lengths_mm, 95):.1f})")

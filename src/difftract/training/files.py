@@ -128,6 +128,8 @@ def _load_torch(path: str | Path, map_location, what: str) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in first.lower():   # torch's advice (weights_only=False) runs foreign code
+            first = "it holds objects other than tensors and plain values, which difftract never loads"
         raise InputError(path, f"cannot read {what} (corrupt, or not written by difftract): {first}") from None
 
 
