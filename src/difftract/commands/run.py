@@ -86,7 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--weights applies only to --method ddtracking")
     if args.method == "ddtracking" and (args.shell is not None or args.lmax is not None):
         raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob; DDTracking reads the SH "
-                          "(lmax 6) of the shell nearest b=1000, as it was trained")
+                          "(lmax 6) of the shell nearest b=1000, as it was trained; for a scheme without such a shell use "
+                          "--method det or prob with --shell/--lmax")
     if args.seeds_per_voxel is not None and args.seeds_per_voxel < 1:
         raise ConfigError(f"--seeds-per-voxel must be at least 1, got {args.seeds_per_voxel}")
     if not 0.0 <= args.fa_threshold < 1.0:
