@@ -85,6 +85,8 @@ def test_output_checks_happen_before_work(tmp_path):
         check_output(a_file / "sub" / "out.trx")
     with pytest.raises(ConfigError, match="would overwrite the input"):
         check_output(existing, force=True, inputs=[tmp_path / "." / "out.trx"])
+    with pytest.raises(ConfigError, match="holds the input"):     # --out-dir the subject's own folder
+        check_output(tmp_path, force=True, inputs=[existing])
     with pytest.raises(ConfigError, match="two outputs"):
         check_outputs([tmp_path / "a.trx", tmp_path / "x" / ".." / "a.trx"])
     assert check_output(tmp_path / "new" / "deeper" / "out.trx") == tmp_path / "new" / "deeper" / "out.trx"

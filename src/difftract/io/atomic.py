@@ -122,16 +122,20 @@ def check_output(path: str | Path, force: bool = False, inputs: Sequence[str | P
     """Return ``path`` as a Path after checking that it can be written, before any work is done.
 
     Refused: an existing output without ``force``; a path whose nearest existing folder
-    is a file or not writable; the path of one of ``inputs``. Missing parent folders are
+    is a file or not writable; the path of one of ``inputs``, or a folder holding one. Missing parent folders are
     fine (every command creates them when it writes). Staging folders that killed runs
     left for this output are removed.
     """
     path = Path(path)
     _writable_ancestor(path)
+    target = Path(os.path.realpath(path))
     for given in inputs:
         given = Path(given)
         if os.path.abspath(path) == os.path.abspath(given) or (path.exists() and given.exists() and path.samefile(given)):
             raise ConfigError(f"{path}: the output would overwrite the input {given}; choose another output")
+        if target in Path(os.path.realpath(given)).parents:   # an output folder replaced whole with --force
+            raise ConfigError(f"{path}: the output folder holds the input {given} and would replace it; "
+                              "choose another output")
     if path.exists() and not force:
         raise OutputExistsError(path)
     remove_stale(path)
