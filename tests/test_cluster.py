@@ -33,6 +33,24 @@ def test_ari_matches_a_hand_computed_value():
     assert adjusted_rand_index(b, a) == pytest.approx(0.8 / 3.3)          # symmetric
 
 
+def _ari_by_pairs(a, b):
+    """The adjusted Rand index counted pair by pair (the definition, O(n^2))."""
+    n = len(a)
+    i, j = np.triu_indices(n, 1)
+    same_a, same_b = a[i] == a[j], b[i] == b[j]
+    both, pa, pb, total = np.sum(same_a & same_b), same_a.sum(), same_b.sum(), len(i)
+    expected = pa * pb / total
+    return (both - expected) / ((pa + pb) / 2 - expected)
+
+
+def test_ari_matches_pair_counting():
+    rng = np.random.default_rng(2)
+    for n, ka, kb in ((40, 3, 3), (120, 7, 4), (200, 2, 9)):
+        a, b = rng.integers(0, ka, n), rng.integers(0, kb, n)
+        b[: n // 2] = a[: n // 2]
+        assert adjusted_rand_index(a, b) == pytest.approx(_ari_by_pairs(a, b))
+
+
 def test_ari_limits():
     assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 9, 9]) == 1.0          # same partition, other names
     assert adjusted_rand_index([0, 0, 0, 0], [1, 1, 1, 1]) == 1.0          # trivial and equal (sklearn: 1)

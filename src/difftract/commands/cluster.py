@@ -106,11 +106,12 @@ def _truth(tractogram, config, path: Path) -> tuple[np.ndarray, dict]:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from ..eval.clusters import agreement, cluster_figure, quickbundles
+    from ..eval.clusters import agreement, check_parameters, cluster_figure, quickbundles
     from ..io.atomic import atomic_directory, check_output
     from ..io.sidecar import provenance
     from ..io.tractogram import Tractogram, load_tractogram, save_tractogram
 
+    check_parameters(args.threshold, args.nb_points, args.ordering, args.min_size)
     check_output(args.out, args.force, inputs=[args.tractogram])
     config = None
     reference = args.reference
@@ -166,7 +167,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         if keep_data:
             dps = {k: v[idx] for k, v in tractogram.data_per_streamline.items()}
             dps["source_index"] = idx.astype(np.float32 if ext == ".trk" else np.int64)
-        return Tractogram([tractogram.streamlines[i] for i in idx], tractogram.affine, tractogram.dimensions,
+        return Tractogram(tractogram.streamlines[idx], tractogram.affine, tractogram.dimensions,
                           tractogram.voxel_sizes, dps)
 
     with atomic_directory(args.out, args.force) as work:

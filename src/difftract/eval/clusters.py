@@ -71,6 +71,18 @@ class Clustering:
         return len(self.indices)
 
 
+def check_parameters(threshold: float, nb_points: int, ordering: str, min_size: int) -> None:
+    """Refuse parameters QuickBundles cannot use (:class:`ConfigError`), before any work."""
+    if not np.isfinite(threshold) or threshold <= 0:
+        raise ConfigError(f"the threshold must be a positive distance in mm, got {threshold:g}")
+    if nb_points < 2:
+        raise ConfigError(f"the number of resampling points must be at least 2, got {nb_points}")
+    if ordering not in ORDERINGS:
+        raise ConfigError(f"unknown ordering {ordering!r}; use one of {', '.join(ORDERINGS)}")
+    if min_size < 1:
+        raise ConfigError(f"the minimum cluster size must be at least 1, got {min_size}")
+
+
 def visiting_order(streamlines_rasmm, ordering: str = "file", seed: int | None = 0) -> np.ndarray:
     """The order in which QuickBundles visits the streamlines (see the module docstring)."""
     n = len(streamlines_rasmm)
@@ -106,12 +118,7 @@ def quickbundles(streamlines_rasmm, threshold: float = DEFAULT_THRESHOLD_MM, nb_
     from dipy.segment.featurespeed import ResampleFeature
     from dipy.segment.metricspeed import AveragePointwiseEuclideanMetric
 
-    if not np.isfinite(threshold) or threshold <= 0:
-        raise ConfigError(f"the threshold must be a positive distance in mm, got {threshold}")
-    if nb_points < 2:
-        raise ConfigError(f"the number of resampling points must be at least 2, got {nb_points}")
-    if min_size < 1:
-        raise ConfigError(f"the minimum cluster size must be at least 1, got {min_size}")
+    check_parameters(threshold, nb_points, ordering, min_size)
     streamlines = [np.ascontiguousarray(s, dtype=np.float32) for s in streamlines_rasmm]
     n = len(streamlines)
     if n == 0:
