@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .commands import fit, run, score, track, train
+from .commands import cluster, fit, run, score, track, train
 from .errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_parser(sub)
     track.add_parser(sub)
     score.add_parser(sub)
+    cluster.add_parser(sub)
     train.add_parser(sub)
 
     demo = sub.add_parser(
