@@ -109,6 +109,38 @@ def test_the_3d_view_draws_in_headless_chromium_from_two_angles(report, tmp_path
             shutil.copy(shot, Path(keep) / shot.name)
 
 
+INTERACT = """<script>
+var v = window.difftractView, c = document.getElementById('dt3d-canvas'), out = [];
+function note(what) { out.push(what + ':' + v.status + ':' + [v.view.az, v.view.el, v.view.dist.toFixed(1)].join('/')); }
+try {
+  v.setAngles(10, 80); note('angles');
+  var m = document.getElementById('dt3d-method'); m.value = '1'; m.dispatchEvent(new Event('change')); note('method');
+  var s = document.getElementById('dt3d-slices'); s.checked = false; s.dispatchEvent(new Event('change')); note('slices');
+  c.dispatchEvent(new WheelEvent('wheel', {deltaY: 500, cancelable: true})); note('wheel');
+  c.dispatchEvent(new PointerEvent('pointerdown', {clientX: 10, clientY: 10, pointerId: 1}));
+  c.dispatchEvent(new PointerEvent('pointermove', {clientX: 50, clientY: 30, pointerId: 1}));
+  c.dispatchEvent(new PointerEvent('pointerup', {pointerId: 1})); note('drag');
+  document.getElementById('dt3d-reset').click(); note('reset');
+} catch (e) { out.push('threw ' + e.message); }
+document.body.setAttribute('data-interactions', out.join(' '));
+</script></body>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_controls_redraw_without_errors(report, tmp_path):
+    page = tmp_path / "interact.html"
+    page.write_text(report.read_text(encoding="utf-8").replace("</body>", INTERACT), encoding="utf-8")
+    dom = _chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()], tmp_path)
+    assert dom.returncode == 0 and "CONSOLE" not in dom.stderr, dom.stderr[-2000:]
+    steps = dict(s.split(":", 1) for s in re.search(r'data-interactions="([^"]*)"', dom.stdout).group(1).split())
+    assert set(steps) == {"angles", "method", "slices", "wheel", "drag", "reset"}, steps
+    assert all(v.startswith("drawn:") for v in steps.values()), steps
+    view = {k: [float(x) for x in v.split(":")[1].split("/")] for k, v in steps.items()}
+    assert view["angles"][:2] == [10, 80] and view["wheel"][2] > view["slices"][2]    # wheel down: farther
+    assert view["drag"][:2] == [10 - 0.4 * 40, 80 + 0.4 * 20]                         # drag: turn and tilt
+    assert view["reset"] == [-30, 25, view["angles"][2]]                             # back home
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_without_webgl_the_section_says_so_and_the_page_still_works(report, tmp_path):
     dom = _chromium(["--disable-webgl", "--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()], tmp_path)

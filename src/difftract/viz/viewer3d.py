@@ -19,7 +19,7 @@ of the page is unaffected.
 
 For tests and screenshots the page reads ``#view3d=AZ,EL`` from its URL (degrees; the view
 is scrolled to the top of the window) and exposes ``window.difftractView`` with
-``setAngles(az, el)``, ``reset()`` and ``status`` (``"drawn"`` once a frame is drawn,
+``setAngles(az, el)``, ``reset()``, ``view`` (its ``az``, ``el`` and ``dist``) and ``status`` (``"drawn"`` once a frame is drawn,
 ``"no-webgl"`` or ``"error: ..."``); the section's ``data-status`` attribute mirrors it.
 """
 
@@ -268,14 +268,15 @@ api.setAngles = function (az, el) {
   view.az = az; view.el = Math.max(-90, Math.min(90, el)); draw();
 };
 api.reset = function () { view.az = HOME.az; view.el = HOME.el; view.dist = HOME.dist; draw(); };
-api.draw = draw;
+api.draw = draw; api.view = view;
 document.getElementById('dt3d-reset').addEventListener('click', api.reset);
 document.getElementById('dt3d-slices').addEventListener('change', draw);
 var menu = document.getElementById('dt3d-method');
 if (menu) menu.addEventListener('change', function () { current = +menu.value; draw(); });
 var drag = null;
 canvas.addEventListener('pointerdown', function (e) {
-  drag = {x: e.clientX, y: e.clientY}; canvas.setPointerCapture(e.pointerId); canvas.style.cursor = 'grabbing';
+  drag = {x: e.clientX, y: e.clientY}; canvas.style.cursor = 'grabbing';
+  try { canvas.setPointerCapture(e.pointerId); } catch (err) { /* a synthetic pointer: no capture */ }
 });
 canvas.addEventListener('pointermove', function (e) {
   if (!drag) return;
