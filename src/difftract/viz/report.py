@@ -26,6 +26,7 @@ import numpy as np
 from ..io.atomic import atomic_file
 from .figures import _pyplot
 from .qc import _centre, _slices
+from .viewer3d import viewer_section
 
 PLANES = (("axial (x-y)", (0, 1)), ("coronal (x-z)", (0, 2)), ("sagittal (y-z)", (1, 2)))
 SCORE_COLUMNS = (("VC", "VS_ratio"), ("IC", "IC_ratio"), ("NC", "NC_ratio"), ("VB", "VB"), ("OL", "mean_OL"),
@@ -185,6 +186,7 @@ def write_report(out_dir: str | Path, *, title: str, rgb: np.ndarray, mask: np.n
     for r in results:
         png = projections_figure(r.streamlines, shape, out_dir / f"report_tracks_{r.name}.png", r.name, force=force)
         parts.append(_img(png, f"{r.name}: streamlines coloured by direction"))
+    parts.append(viewer_section(rgb, mask, results))                    # interactive WebGL view
     parts.append("<h2>Parameters and provenance</h2>")
     parts.append(_json_block("run parameters", params or {}))
     for r in results:
