@@ -110,5 +110,11 @@ def test_small_and_empty_bundles_and_the_csv(tmp_path):
     assert len(rows) == 3 * 20 and rows[0]["method"] == "det" and rows[0]["node"] == "0"
     assert {r["fa"] for r in rows if r["bundle"] == "none"} == {""}
     path = write_profiles_csv(tmp_path / "profiles.csv", {"det": profiles})
-    assert path.read_text().splitlines()[0] == "method,bundle,node,streamlines,weights,fa,md_mm2_s"
+    assert path.read_text().splitlines()[0] == ("method,bundle,node,streamlines,weights,fa,md_mm2_s,"
+                                                "gt_streamlines,gt_fa,gt_md_mm2_s")
+    assert {r["gt_fa"] for r in rows} == {""}                          # no ground-truth profile attached
+    profiles["three"]["reference"] = profiles["one"]
+    rows = list(csv.DictReader(io.StringIO(profiles_csv({"det": profiles}))))
+    assert [float(r["gt_fa"]) for r in rows if r["bundle"] == "three"] == pytest.approx(profiles["one"]["fa"], rel=1e-5)
+    assert summary(profiles)["three"]["reference"]["n"] == 1
     assert json.loads(sidecar_path(path).read_text())["columns"][0] == "method"

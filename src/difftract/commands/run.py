@@ -237,7 +237,7 @@ def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, par
 
 def _tractometry(directory: Path, results: list, fa_img, truth: Path, tractograms: list[Path]) -> None:
     """With ground truth on the FA's grid: profiles on each result, and ``directory/profiles.csv``."""
-    from ..eval.profiles import N_POINTS, tractometry, write_profiles_csv
+    from ..eval.profiles import N_POINTS, tractometry, truth_profiles, write_profiles_csv
     from ..eval.tractometer import load_scoring
     from ..io.nifti import load_nifti
     from ..io.sidecar import provenance
@@ -250,8 +250,9 @@ def _tractometry(directory: Path, results: list, fa_img, truth: Path, tractogram
         return
     fa = np.asarray(fa_img.dataobj, dtype=np.float64)
     md = np.asarray(load_nifti(directory / "dti" / "md.nii.gz", "MD").dataobj, dtype=np.float64)
+    reference = truth_profiles(config, fa, md, N_POINTS)
     for r in results:
-        r.profiles = tractometry(r.streamlines, config, fa, md, N_POINTS)
+        r.profiles = tractometry(r.streamlines, config, fa, md, N_POINTS, reference)
     record = provenance("tractometry", {"n_points": N_POINTS, "weights": "gaussian (DIPY), mean below 4 streamlines",
                                         "orientation": "head ROI -> tail ROI"},
                         inputs=[*tractograms, directory / "dti" / "fa.nii.gz", directory / "dti" / "md.nii.gz", truth])

@@ -105,40 +105,80 @@ def bundle_profiles(streamlines_by_bundle: dict, fa: np.ndarray, md: np.ndarray,
     return out
 
 
-def tractometry(streamlines, config, fa: np.ndarray, md: np.ndarray, n_points: int = N_POINTS) -> dict:
+def tractometry(streamlines, config, fa: np.ndarray, md: np.ndarray, n_points: int = N_POINTS,
+                reference: dict | None = None) -> dict:
     """Profiles of a tracked tractogram (voxel space) per ground-truth bundle of a ``ScoringConfig``.
 
     Each bundle is profiled on its valid streamlines (the Tractometer's VS), oriented from
-    the bundle's head ROI to its tail ROI.
+    the bundle's head ROI to its tail ROI. ``reference`` (from :func:`truth_profiles`) is
+    attached to each bundle's entry as ``"reference"`` for comparison.
     """
     from .tractometer import segment
 
     seg = segment(streamlines, config)
     by_bundle = {b.name: [streamlines[i] for i in seg.vs[b.name]] for b in config.bundles}
     rois = {b.name: (b.head, b.tail) for b in config.bundles}
+    out = bundle_profiles(by_bundle, fa, md, None, n_points, rois)
+    for name, p in out.items():
+        if reference and name in reference:
+            p["reference"] = reference[name]
+    return out
+
+
+def truth_profiles(config, fa: np.ndarray, md: np.ndarray, n_points: int = N_POINTS) -> dict | None:
+    """The same profiles on the ground-truth streamlines (``gt/bundles/NAME.trk`` beside ``scoring.json``).
+
+    None when a bundle's file is missing (a scoring configuration need not come with streamlines).
+    """
+    from ..io.tractogram import load_tractogram
+
+    files = {b.name: config.path.parent / "bundles" / f"{b.name}.trk" for b in config.bundles}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    by_bundle = {name: list(load_tractogram(f, reference=(config.affine, config.shape)).streamlines)
+                 for name, f in files.items()}
+    rois = {b.name: (b.head, b.tail) for b in config.bundles}
     return bundle_profiles(by_bundle, fa, md, None, n_points, rois)
 
 
+def _means(p: dict) -> dict:
+    return {"n": p["n"], "fa": float(np.mean(p["fa"])) if p["n"] else float("nan"),
+            "md": float(np.mean(p["md"])) if p["n"] else float("nan")}
+
+
 def summary(profiles: dict) -> dict:
-    """name -> {"n", "fa", "md"}: the streamline count and the mean of each profile over its nodes."""
-    return {name: {"n": p["n"], "fa": float(np.mean(p["fa"])) if p["n"] else float("nan"),
-                   "md": float(np.mean(p["md"])) if p["n"] else float("nan")} for name, p in profiles.items()}
+    """name -> {"n", "fa", "md"[, "reference"]}: streamlines and each profile's mean over its nodes."""
+    out = {}
+    for name, p in profiles.items():
+        out[name] = _means(p)
+        if p.get("reference"):
+            out[name]["reference"] = _means(p["reference"])
+    return out
 
 
-CSV_COLUMNS = ("method", "bundle", "node", "streamlines", "weights", "fa", "md_mm2_s")
+CSV_COLUMNS = ("method", "bundle", "node", "streamlines", "weights", "fa", "md_mm2_s",
+               "gt_streamlines", "gt_fa", "gt_md_mm2_s")
+
+
+def _value(x) -> str:
+    return "" if x is None or not np.isfinite(x) else f"{x:.6g}"
 
 
 def profiles_csv(profiles_by_method: dict) -> str:
-    """Long-format CSV text: one row per method x bundle x node (MD in mm^2/s; empty bundles have empty values)."""
+    """Long-format CSV text: one row per method x bundle x node (MD in mm^2/s; missing values empty).
+
+    The ``gt_`` columns hold the ground-truth streamlines' profile where a bundle carries one.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for method, profiles in profiles_by_method.items():
         for name, p in profiles.items():
+            ref = p.get("reference")
             for node in range(len(p["fa"])):
-                fa, md = p["fa"][node], p["md"][node]
-                writer.writerow([method, name, node, p["n"], p["weights"],
-                                 "" if not np.isfinite(fa) else f"{fa:.6g}", "" if not np.isfinite(md) else f"{md:.6g}"])
+                gt = [ref["n"], _value(ref["fa"][node]), _value(ref["md"][node])] if ref else ["", "", ""]
+                writer.writerow([method, name, node, p["n"], p["weights"], _value(p["fa"][node]),
+                                 _value(p["md"][node]), *gt])
     return buffer.getvalue()
 
 
@@ -152,7 +192,7 @@ def write_profiles_csv(path: str | Path, profiles_by_method: dict, force: bool =
     path = Path(path)
     with atomic_file(path, force=force) as tmp:
         tmp.write_text(profiles_csv(profiles_by_method), encoding="utf-8")
-    record = provenance or make_provenance("tractometry", {"n_points": N_POINTS})
+    record = provenance or make_provenance("tractometry", {})
     write_sidecar(path, {**record, "columns": list(CSV_COLUMNS),
                          "description": "FA and MD along each bundle (DIPY afq_profile, Gaussian weights), node 0 "
                                         "at the bundle's head ROI; MD in mm^2/s"}, force=force)

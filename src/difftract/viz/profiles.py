@@ -17,7 +17,7 @@ from .figures import _pyplot
 
 
 def profiles_figure(profiles_by_method: dict, path: str | Path, force: bool = False) -> Path:
-    """Small multiples: one column per bundle, FA (top) and MD (bottom, 10^-3 mm^2/s) against node, one line per method."""
+    """Small multiples: a column per bundle, FA (top) and MD (bottom, 10^-3 mm^2/s) against node, a line per method."""
     from .report import _save
 
     plt = _pyplot()
@@ -26,6 +26,12 @@ def profiles_figure(profiles_by_method: dict, path: str | Path, force: bool = Fa
     fig, axes = plt.subplots(2, cols, figsize=(max(4.0, 2.2 * cols), 4.6), sharex=True, sharey="row",
                              squeeze=False, constrained_layout=True)
     for j, name in enumerate(bundles):
+        ref = next((ps[name]["reference"] for ps in profiles_by_method.values()
+                    if ps.get(name, {}).get("reference") and ps[name]["reference"]["n"]), None)
+        if ref is not None:     # the ground truth's streamlines on the same maps, under the methods
+            nodes = np.arange(len(ref["fa"]))
+            axes[0, j].plot(nodes, ref["fa"], "k--", lw=1, label=f"ground truth ({ref['n']})")
+            axes[1, j].plot(nodes, np.asarray(ref["md"]) * MD_SCALE, "k--", lw=1, label="ground truth")
         for method, profiles in profiles_by_method.items():
             p = profiles.get(name)
             if p is None or not p["n"]:
@@ -50,13 +56,18 @@ def _number(value: float, digits: int = 3) -> str:
 
 def profiles_table(profiles_by_method: dict) -> str:
     """HTML: one row per method x bundle with its streamlines, mean FA and mean MD (over the nodes)."""
-    head = ["method", "bundle", "streamlines", "mean FA", "mean MD (10⁻³ mm²/s)", "weights"]
+    truth = any(p.get("reference") for ps in profiles_by_method.values() for p in ps.values())
+    head = ["method", "bundle", "streamlines", "mean FA", "mean MD (10⁻³ mm²/s)", "weights"] + \
+        (["ground truth: streamlines", "mean FA", "mean MD (10⁻³ mm²/s)"] if truth else [])
     rows = []
     for method, profiles in profiles_by_method.items():
         means = summary(profiles)
         for name, p in profiles.items():
             cells = [html.escape(method), html.escape(name), str(p["n"]), _number(means[name]["fa"]),
                      _number(means[name]["md"] * MD_SCALE), html.escape(p["weights"])]
+            if truth:
+                ref = means[name].get("reference")
+                cells += [str(ref["n"]), _number(ref["fa"]), _number(ref["md"] * MD_SCALE)] if ref else ["–"] * 3
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
@@ -75,6 +86,7 @@ def tractometry_section(results: list, out_dir: str | Path, force: bool = False)
             f"<p>FA and MD along each ground-truth bundle, on the tracked streamlines the Tractometer assigns to it "
             f"(valid streamlines): DIPY's <code>afq_profile</code> over {n_points} nodes from the bundle's head ROI "
             "to its tail ROI, with pyAFQ's Gaussian weights (plain mean where they cannot be computed). "
-            "Means are over the nodes; the profiles are in <code>profiles.csv</code>.</p>",
+            "Means are over the nodes; dashed: the ground truth's streamlines on the same maps; the profiles "
+            "are in <code>profiles.csv</code>.</p>",
             profiles_table(profiles_by_method),
             _img(png, "FA and MD profiles per bundle (node 0 at the head ROI)")]
