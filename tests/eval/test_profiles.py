@@ -118,3 +118,14 @@ def test_small_and_empty_bundles_and_the_csv(tmp_path):
     assert [float(r["gt_fa"]) for r in rows if r["bundle"] == "three"] == pytest.approx(profiles["one"]["fa"], rel=1e-5)
     assert summary(profiles)["three"]["reference"]["n"] == 1
     assert json.loads(sidecar_path(path).read_text())["columns"][0] == "method"
+
+
+def test_streamlines_in_mm_with_the_image_affine_give_the_voxel_space_profile():
+    fa, md = _ramp()
+    affine = np.array([[2.0, 0, 0, -10], [0, 2.0, 0, 5], [0, 0, 2.0, 0], [0, 0, 0, 1]])
+    voxels = _bundle()
+    mm = [s @ affine[:3, :3].T + affine[:3, 3] for s in voxels]
+    in_mm = bundle_profiles({"b": mm}, fa, md, affine)["b"]
+    np.testing.assert_allclose(in_mm["fa"], bundle_profiles({"b": voxels}, fa, md)["b"]["fa"], atol=1e-9)
+    with pytest.raises(ValueError, match="voxel-space"):
+        bundle_profiles({"b": mm}, fa, md, affine, rois={"b": _rois()})
