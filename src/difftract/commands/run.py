@@ -253,8 +253,8 @@ def _tractometry(directory: Path, results: list, fa_img, truth: Path, tractogram
     reference = truth_profiles(config, fa, md, N_POINTS)
     for r in results:
         r.profiles = tractometry(r.streamlines, config, fa, md, N_POINTS, reference)
-    record = provenance("tractometry", {"n_points": N_POINTS, "weights": "gaussian (DIPY); plain mean under 4 streamlines or non-finite weights",
-                                        "orientation": "head ROI -> tail ROI"},
+    record = provenance("tractometry", {"n_points": N_POINTS, "orientation": "head ROI -> tail ROI",
+                                        "weights": "gaussian (DIPY); plain mean under 4 streamlines or non-finite"},
                         inputs=[*tractograms, directory / "dti" / "fa.nii.gz", directory / "dti" / "md.nii.gz", truth])
     write_profiles_csv(directory / "profiles.csv", {r.name: r.profiles for r in results}, force=True,
                        provenance=record)
