@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -33,6 +34,12 @@ def test_run_det_writes_tractogram_maps_scores_and_report(cli, subject, tmp_path
     assert last.startswith("run det: ") and "streamlines, mean length" in last and str(out / "report.html") in last
     assert json.loads((out / "scores.json").read_text())["VB"] == 2
     assert "<td>det</td>" in (out / "report.html").read_text() and _leftovers(tmp_path) == []
+    page = (out / "report.html").read_text()                       # tractometry: profiles per ground-truth bundle
+    assert "<h2>Tractometry</h2>" in page and (out / "report_profiles.png").is_file()
+    rows = list(csv.DictReader((out / "profiles.csv").open()))
+    assert len(rows) == 2 * 20 and {r["bundle"] for r in rows} == {"bundle1", "bundle2"}
+    assert all(0 < float(r["fa"]) < 1 and float(r["gt_fa"]) > 0 for r in rows)
+    assert (out / "profiles.csv.json").is_file()
 
     again = cli("run", subject, "--out", out, "--method", "det")
     assert again.returncode == 2 and "--force" in again.stderr

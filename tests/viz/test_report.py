@@ -87,3 +87,23 @@ def test_the_report_renders_in_headless_chromium(report, tmp_path):
     run = subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2400", path.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_results_with_profiles_get_a_tractometry_section(fibercup, phantom_dir, tmp_path):
+    from difftract.eval.profiles import tractometry, truth_profiles
+
+    config = load_scoring(phantom_dir)
+    fa = 0.75 * np.clip(fibercup.fractions.sum(-1), 0, 1)        # a stand-in FA map: fibre fraction
+    md = np.full(fibercup.shape, 0.8e-3)
+    reference = truth_profiles(config, fa, md)
+    half = fibercup.streamlines[::2]
+    results = [MethodResult("half", half, fibercup.voxel_size, score(half, config).scores,
+                            profiles=tractometry(half, config, fa, md, reference=reference)),
+               MethodResult("plain", half, fibercup.voxel_size)]    # no profiles: left out of the section
+    rgb = np.abs(fibercup.peaks[..., 0, :])
+    text = write_report(tmp_path, title="profiles", rgb=rgb, mask=fibercup.mask, results=results).read_text()
+    assert (tmp_path / "report_profiles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    section = text.split("<h2>Tractometry</h2>")[1].split("<h2>")[0]
+    assert section.count("<tr>") == 1 + len(config.bundles) and "<td>plain</td>" not in section
+    assert "<td>horizontal</td><td>100</td>" in section and "gaussian" in section and "report_profiles.png" in section
+    assert "<td>0.800</td>" in section                                  # MD in 10^-3 mm^2/s

@@ -33,6 +33,7 @@ outputs (in OUT):
   stop_mask.nii.gz      where tracking went (only when made from FA, see --stop-mask)
   tracks.trx            the tractogram (--format), with tracks.json (provenance)
   scores.json           Tractometer scores (only with ground truth: SUBJECT_DIR/gt/scoring.json)
+  profiles.csv          FA and MD along each ground-truth bundle, 20 nodes head -> tail (only with ground truth)
   report.html           the report (self-contained), with its report_*.png pictures
 
 subject layouts (SUBJECT_DIR):
@@ -182,7 +183,7 @@ def _steps(args, files, staging: Path) -> dict:
         step("score", str(tracks), "--phantom", str(args.subject), "--json", str(staging / "scores.json"))
     return report(staging, [(args.method, tracks)], title=f"difftract run: {args.subject.name} ({args.method})",
                   params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
-                  mask=mask)
+                  mask=mask, truth=truth if truth.is_file() else None)
 
 
 def _check_tracked(tracks: Path, args, stop: Path, staging: Path) -> None:
@@ -203,10 +204,13 @@ def _check_tracked(tracks: Path, args, stop: Path, staging: Path) -> None:
 
 
 def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, params: dict,
-           mask: Path | None = None) -> dict:
+           mask: Path | None = None, truth: Path | None = None) -> dict:
     """Write ``directory/report.html`` from the run's files; returns the first method's summary.
 
     ``mask`` is the brain mask outlined on the colour FA (default: where FA was fitted).
+    ``truth`` is the ground truth's ``scoring.json`` (default: ``directory/phantom``'s, where
+    ``demo`` writes its phantom, if any): with it, each method's FA and MD profiles along the
+    ground-truth bundles go into the report and ``directory/profiles.csv``.
     """
     from ..io.nifti import load_nifti
     from ..io.tractogram import load_tractogram
@@ -223,10 +227,37 @@ def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, par
         scores_path = directory / ("scores.json" if len(tractograms) == 1 else f"scores_{name}.json")
         results.append(MethodResult(name, list(tract.streamlines), voxel, _json(scores_path),
                                     (sidecar or {}).get("seconds"), (sidecar or {}).get("params", {}), sidecar))
+    _tractometry(directory, results, fa_img, truth or directory / "phantom" / "gt" / "scoring.json",
+                 [p for _, p in tractograms])
     write_report(directory, title=title, rgb=rgb, mask=mask, results=results, params=params,
                  provenance={"dti": _json(directory / "dti" / "fa.json")}, force=True)
     first = results[0]
     return {"streamlines": len(first.streamlines), "mean_length_mm": first.mean_length_mm}
+
+
+def _tractometry(directory: Path, results: list, fa_img, truth: Path, tractograms: list[Path]) -> None:
+    """With ground truth on the FA's grid: profiles on each result, and ``directory/profiles.csv``."""
+    from ..eval.profiles import N_POINTS, tractometry, truth_profiles, write_profiles_csv
+    from ..eval.tractometer import load_scoring
+    from ..io.nifti import load_nifti
+    from ..io.sidecar import provenance
+
+    if not Path(truth).is_file():
+        return
+    config = load_scoring(truth)
+    if config.shape != tuple(fa_img.shape[:3]) or not np.allclose(config.affine, fa_img.affine, atol=1e-4):
+        log.warning("%s: the ground truth is not on the DTI maps' grid; no tractometry profiles", truth)
+        return
+    fa = np.asarray(fa_img.dataobj, dtype=np.float64)
+    md = np.asarray(load_nifti(directory / "dti" / "md.nii.gz", "MD").dataobj, dtype=np.float64)
+    reference = truth_profiles(config, fa, md, N_POINTS)
+    for r in results:
+        r.profiles = tractometry(r.streamlines, config, fa, md, N_POINTS, reference)
+    record = provenance("tractometry", {"n_points": N_POINTS, "orientation": "head ROI -> tail ROI",
+                                        "weights": "gaussian (DIPY); plain mean under 4 streamlines or non-finite"},
+                        inputs=[*tractograms, directory / "dti" / "fa.nii.gz", directory / "dti" / "md.nii.gz", truth])
+    write_profiles_csv(directory / "profiles.csv", {r.name: r.profiles for r in results}, force=True,
+                       provenance=record)
 
 
 def _json(path: Path) -> dict | None:

@@ -48,6 +48,7 @@ class MethodResult:
     seconds: float | None = None
     params: dict = field(default_factory=dict)
     sidecar: dict | None = None
+    profiles: dict | None = None    # bundle -> FA/MD profiles (difftract.eval.profiles), for the Tractometry section
 
     @property
     def mean_length_mm(self) -> float:
@@ -182,6 +183,8 @@ def write_report(out_dir: str | Path, *, title: str, rgb: np.ndarray, mask: np.n
     bars = bundle_bars_figure(results, out_dir / "report_bundles.png", force)
     if bars is not None:
         parts += ["<h2>Per-bundle scores</h2>", _img(bars, "per-bundle overlap, overreach and F1")]
+    from .profiles import tractometry_section      # FA/MD along each bundle, when the results carry profiles
+    parts += tractometry_section(results, out_dir, force)
     parts.append("<h2>Streamlines</h2>")
     for r in results:
         png = projections_figure(r.streamlines, shape, out_dir / f"report_tracks_{r.name}.png", r.name, force=force)
