@@ -229,7 +229,7 @@ def _demo_steps(args: argparse.Namespace, work: Path, start: float) -> None:
         step.func(step)
     report(work, [("ddtracking", work / "tracks_ddtracking.trx"), ("det", work / "tracks_det.trx")],
            title="difftract demo: the fibercup phantom", params={"seed": args.seed, "phantom": "fibercup"},
-           mask=ph / "mask.nii.gz")
+           mask=ph / "mask.nii.gz", truth=ph / "gt" / "scoring.json")
 
 
 def _print_summary(summary: dict, out: Path, seconds: float) -> None:

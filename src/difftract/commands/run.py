@@ -208,9 +208,8 @@ def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, par
     """Write ``directory/report.html`` from the run's files; returns the first method's summary.
 
     ``mask`` is the brain mask outlined on the colour FA (default: where FA was fitted).
-    ``truth`` is the ground truth's ``scoring.json`` (default: ``directory/phantom``'s, where
-    ``demo`` writes its phantom, if any): with it, each method's FA and MD profiles along the
-    ground-truth bundles go into the report and ``directory/profiles.csv``.
+    ``truth`` is the ground truth's ``scoring.json``, if any: with it, each method's FA and MD
+    profiles along the ground-truth bundles go into the report and ``directory/profiles.csv``.
     """
     from ..io.nifti import load_nifti
     from ..io.tractogram import load_tractogram
@@ -227,8 +226,8 @@ def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, par
         scores_path = directory / ("scores.json" if len(tractograms) == 1 else f"scores_{name}.json")
         results.append(MethodResult(name, list(tract.streamlines), voxel, _json(scores_path),
                                     (sidecar or {}).get("seconds"), (sidecar or {}).get("params", {}), sidecar))
-    _tractometry(directory, results, fa_img, truth or directory / "phantom" / "gt" / "scoring.json",
-                 [p for _, p in tractograms])
+    if truth is not None:
+        _tractometry(directory, results, fa_img, truth, [p for _, p in tractograms])
     write_report(directory, title=title, rgb=rgb, mask=mask, results=results, params=params,
                  provenance={"dti": _json(directory / "dti" / "fa.json")}, force=True)
     first = results[0]
@@ -242,8 +241,6 @@ def _tractometry(directory: Path, results: list, fa_img, truth: Path, tractogram
     from ..io.nifti import load_nifti
     from ..io.sidecar import provenance
 
-    if not Path(truth).is_file():
-        return
     config = load_scoring(truth)
     if config.shape != tuple(fa_img.shape[:3]) or not np.allclose(config.affine, fa_img.affine, atol=1e-4):
         log.warning("%s: the ground truth is not on the DTI maps' grid; no tractometry profiles", truth)
