@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .commands import cluster, fit, run, score, track, train
+from .commands import cluster, connectome, fit, run, score, track, train
 from .errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_parser(sub)
     cluster.add_parser(sub)
     train.add_parser(sub)
+    connectome.add_parser(sub)
 
     demo = sub.add_parser(
         "demo", help="run the main job on the built-in fibercup phantom",
