@@ -133,26 +133,9 @@ def read_streamlines_rasmm(path: str | Path):
     Assignment works on these points rather than on voxel coordinates computed in float32, so an
     end point lying on a voxel boundary is assigned as MRtrix assigns it.
     """
-    from ..errors import DifftractError
-    from ..io.tractogram import FORMATS, _READERS
+    from ..io.tractogram import read_rasmm
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "tractogram file not found")
-    if not path.is_file():
-        raise InputError(path, "expected a tractogram file, found a directory")
-    fmt = path.suffix.lower()
-    if fmt not in _READERS:
-        raise InputError(path, f"unsupported tractogram format {path.suffix!r}; use one of {', '.join(FORMATS)}")
-    try:
-        streamlines, _, _, grid = _READERS[fmt](path)
-    except InputError:
-        raise
-    except DifftractError as exc:
-        raise InputError(path, f"invalid {fmt} file ({exc})") from None
-    except Exception as exc:  # nibabel, trx and zipfile raise many types for bad files
-        raise InputError(path, f"cannot read {fmt} file, it is truncated or corrupt "
-                               f"({type(exc).__name__}: {exc})") from None
+    streamlines, _, _, grid = read_rasmm(path)
     return streamlines, grid
 
 

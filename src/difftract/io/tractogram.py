@@ -317,6 +317,31 @@ _READERS = {".trk": lambda p: _read_nibabel(p, TrkFile),
             ".trx": _read_trx}
 
 
+def read_rasmm(path: str | Path):
+    """The streamlines of a .trk, .tck or .trx file in RAS mm as stored, with its per-streamline and
+    per-point data and its own grid (None for .tck); every failure is an :class:`InputError` naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "tractogram file not found")
+    if not path.is_file():
+        raise InputError(path, "expected a tractogram file, found a directory")
+    fmt = path.suffix.lower()
+    if fmt not in _READERS:
+        raise InputError(path, f"unsupported tractogram format {path.suffix!r}; use one of {', '.join(FORMATS)}")
+    try:
+        return _READERS[fmt](path)
+    except InputError:
+        raise
+    except DifftractError as exc:  # e.g. a singular affine in the header
+        raise InputError(path, f"invalid {fmt} file ({exc})") from None
+    except PermissionError as exc:
+        hint = "; trx-python memory-maps .trx files read-write" if fmt == ".trx" else ""
+        raise InputError(path, f"cannot open {fmt} file ({exc}){hint}") from None
+    except Exception as exc:  # nibabel, trx and zipfile raise many types for bad files
+        raise InputError(path, f"cannot read {fmt} file, it is truncated or corrupt "
+                               f"({type(exc).__name__}: {exc})") from None
+
+
 def load_tractogram(path: str | Path, reference: Any = None) -> Tractogram:
     """Read a .trk, .tck or .trx file into voxel space.
 
@@ -329,28 +354,10 @@ def load_tractogram(path: str | Path, reference: Any = None) -> Tractogram:
         file's own grid (affine to 1e-4, same dimensions).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "tractogram file not found")
-    if not path.is_file():
-        raise InputError(path, "expected a tractogram file, found a directory")
-    fmt = path.suffix.lower()
-    if fmt not in _READERS:
-        raise InputError(path, f"unsupported tractogram format {path.suffix!r}; use one of {', '.join(FORMATS)}")
     grid = None if reference is None else reference_grid(reference)
-    if fmt == ".tck" and grid is None:
+    if path.suffix.lower() == ".tck" and grid is None and path.is_file():
         raise InputError(path, "a .tck file has no grid: give a reference image")
-    try:
-        streamlines, dps, dpp, file_grid = _READERS[fmt](path)
-    except InputError:
-        raise
-    except DifftractError as exc:  # e.g. a singular affine in the header
-        raise InputError(path, f"invalid {fmt} file ({exc})") from None
-    except PermissionError as exc:
-        hint = "; trx-python memory-maps .trx files read-write" if fmt == ".trx" else ""
-        raise InputError(path, f"cannot open {fmt} file ({exc}){hint}") from None
-    except Exception as exc:  # nibabel, trx and zipfile raise many types for bad files
-        raise InputError(path, f"cannot read {fmt} file, it is truncated or corrupt "
-                               f"({type(exc).__name__}: {exc})") from None
+    streamlines, dps, dpp, file_grid = read_rasmm(path)
     if grid is not None and file_grid is not None:
         if file_grid[1] != grid[1] or not np.allclose(file_grid[0], grid[0], rtol=0, atol=1e-4):
             raise InputError(path, f"grid does not match the reference: file has dimensions {file_grid[1]} "
