@@ -30,12 +30,21 @@ class Layout:
     bundles : list of Bundle
     domain : callable
         ``domain(points_mm) -> bool array``: inside the phantom's tissue (the brain mask).
+    origin : (3,) array or None
+        World mm of the centre of voxel (0, 0, 0) (e.g. MNI for the brain presets); None
+        centres the grid on the world origin.
+    isotropic : dict or None
+        Per-voxel fractions (arrays of ``shape``) of isotropic tissue classes, ``"gm"`` and
+        ``"csf"``: the share of each voxel's non-fibre tissue that is grey matter or CSF.
+        None: all non-fibre tissue is the grey-matter-like background.
     """
 
     shape: tuple[int, int, int]
     voxel_size: float
     bundles: list[Bundle]
     domain: Callable[[np.ndarray], np.ndarray]
+    origin: np.ndarray | None = None
+    isotropic: dict[str, np.ndarray] | None = None
 
 
 def fibercup(streamlines_per_bundle: int = 200, voxel_size: float = 2.0, n_slices: int = 10) -> Layout:

@@ -32,14 +32,16 @@ class Tissue:
     f_extra: float = 0.45          # zeppelin fraction; the rest is isotropic
     d_iso: float = 1.0e-3          # isotropic part inside bundles
     d_background: float = 0.8e-3   # background tissue (grey-matter-like)
+    d_csf: float = 3.0e-3          # free water at body temperature
     s0_fibre: float = 1000.0       # b0 signal of fibre tissue (sets the SNR reference)
     s0_background: float = 1150.0  # b0 signal of background tissue
+    s0_csf: float = 2000.0         # CSF's long T2 makes it bright on b0 images
     bias: float = 0.1              # relative amplitude of the smooth S0 field
 
     def __post_init__(self):
         if not 0 <= self.f_intra + self.f_extra <= 1:
             raise ConfigError("tissue fractions f_intra + f_extra must lie in [0, 1]")
-        if min(self.d_par, self.d_perp, self.d_iso, self.d_background) < 0:
+        if min(self.d_par, self.d_perp, self.d_iso, self.d_background, self.d_csf) < 0:
             raise ConfigError("diffusivities must be non-negative")
 
 

@@ -130,12 +130,24 @@ class Phantom:
         }
 
 
-def phantom_affine(shape: tuple[int, int, int], voxel_size: float, radiological: bool) -> np.ndarray:
-    """Isotropic affine centring the grid on the origin; x reversed (det < 0) if radiological."""
+def phantom_affine(shape: tuple[int, int, int], voxel_size: float, radiological: bool,
+                   origin: np.ndarray | None = None) -> np.ndarray:
+    """Isotropic affine; x reversed (det < 0) if radiological.
+
+    Without ``origin`` the grid is centred on the world origin; with it (world mm of voxel
+    0, e.g. MNI) the grid covers the same world box. A radiological phantom is the same
+    array with x reversed in the world, so it is the left-right mirror image: a template
+    phantom's "left" bundles then lie at world x > 0 (for testing conventions, not anatomy).
+    """
     affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
     if radiological:
         affine[0, 0] = -voxel_size
-    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    if origin is None:
+        affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    else:
+        affine[:3, 3] = origin
+        if radiological:
+            affine[0, 3] = origin[0] + (shape[0] - 1) * voxel_size
     return affine
 
 
@@ -160,7 +172,12 @@ def simulate(config: PhantomConfig | None = None) -> Phantom:
     fibre = np.stack([voxelize.fractions(c, n_vox) for c in coverages], axis=1)  # (V, B)
     brain = layout.domain(centres) | (fibre.sum(axis=1) > 0)  # tubes may clip border voxels
     background = np.clip(1.0 - fibre.sum(axis=1), 0.0, 1.0) * brain
+    csf = np.zeros(n_vox)
+    if layout.isotropic is not None:  # split non-fibre tissue between grey matter and CSF
+        csf = background * np.clip(layout.isotropic["csf"].reshape(-1), 0.0, 1.0)
+        background = background - csf
     signal = _signal(coverages, background, bvals, bvecs, config.tissue, n_vox)
+    signal += np.outer(csf * config.tissue.s0_csf, isotropic_signal(bvals, config.tissue.d_csf))
     signal *= bias_field(shape, config.tissue.bias, bias_rng).reshape(-1)[:, None]
     data = signal.reshape(*shape, -1)
     if config.snr is not None:
@@ -172,7 +189,8 @@ def simulate(config: PhantomConfig | None = None) -> Phantom:
     wm = np.logical_or.reduce([b.mask for b in truths]) if truths else np.zeros(shape, bool)
     directions = np.stack([voxelize.mean_directions(c, n_vox) for c in coverages], axis=1)
     fractions, peaks = _top_populations(fibre, directions, shape)
-    return Phantom(config, phantom_affine(shape, vs, config.radiological), data.astype(np.float32),
+    affine = phantom_affine(shape, vs, config.radiological, layout.origin)
+    return Phantom(config, affine, data.astype(np.float32),
                    bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks)
 
 

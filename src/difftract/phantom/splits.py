@@ -1,0 +1,48 @@
+"""Which simulated subjects may be trained on, and which are kept for testing.
+
+A learned model is judged on what it never saw. Phantom seeds are split once, here, for
+every script and command: seeds below :data:`TEST_SEED_START` may be used for training
+and validation; seeds from it on are test subjects, and training refuses them. The
+geometry of the ``random`` and ``brain-random`` presets follows the seed, so a test seed
+is also an unseen geometry. Fixed-geometry presets (``fibercup``, ``crossing``,
+``brain``) are "seen geometry" for any model trained on them, whatever the seed.
+
+Streams of fresh subjects for training (:func:`training_seed`) are laid out so that ranks
+and epochs never overlap and never reach the test range.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+TEST_SEED_START = 9000            # seeds >= this: test subjects only
+STREAM_SEED_START = 100_000_000   # fresh training subjects are drawn from here ...
+STREAM_SEED_STOP = 2**62          # ... to here (far from the hand-picked seeds below 9000)
+
+
+def is_test_seed(seed: int) -> bool:
+    """True for a phantom seed reserved for evaluation."""
+    return TEST_SEED_START <= int(seed) < STREAM_SEED_START
+
+
+def check_training_seed(seed: int, what: str = "training subject") -> None:
+    """Raise when a test seed would be trained on."""
+    if is_test_seed(seed):
+        raise ConfigError(f"{what} uses phantom seed {seed}, which is reserved for testing "
+                          f"(seeds {TEST_SEED_START}..{STREAM_SEED_START - 1}); pick a seed below {TEST_SEED_START}")
+
+
+def training_seed(base: int, index: int, rank: int = 0, world_size: int = 1) -> int:
+    """Seed of fresh training subject ``index`` for ``rank`` of ``world_size``.
+
+    Subjects are interleaved across ranks (rank r takes indices r, r + W, ...) so that no
+    two ranks ever simulate the same subject, and ``base`` separates independent runs.
+    """
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside a world of size {world_size}")
+    if base < 0 or index < 0:
+        raise ConfigError(f"base and index must be non-negative, got {base} and {index}")
+    seed = STREAM_SEED_START + int(base) * 1_000_003_000 + int(index) * world_size + rank
+    if seed >= STREAM_SEED_STOP:
+        raise ConfigError(f"stream seed base {base} is too large")
+    return seed
