@@ -77,7 +77,7 @@ class AcquisitionSampler:
         bvals = self._shells(rng, n_shells)
         ndirs = tuple(int(round(v)) for v in _log_uniform(rng, *r.ndirs, size=n_shells))
         nb0 = int(rng.integers(r.nb0[0], r.nb0[1] + 1))
-        snr = float(_log_uniform(rng, *r.snr))
+        snr = round(float(_log_uniform(rng, *r.snr)), 2)
         multi = rng.uniform() >= r.rician_probability
         coils = int(round(_log_uniform(rng, *r.coils)))
         voxel_size = round(float(rng.uniform(*r.voxel_size)) / 0.05) * 0.05
