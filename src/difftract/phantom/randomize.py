@@ -41,10 +41,10 @@ LOG_SCALE = ("kappa",)  # drawn uniformly in log: dispersion matters in ratios o
 class TissueRanges:
     """Bounds (lo, hi) of every drawn tissue parameter; diffusivities in mm^2/s."""
 
-    d_par: tuple[float, float] = (1.2e-3, 2.4e-3)    # axial diffusivity of stick and zeppelin
+    d_par: tuple[float, float] = (1.2e-3, 2.2e-3)    # axial diffusivity of stick and zeppelin
     perp_ratio: tuple[float, float] = (0.05, 0.6)    # zeppelin radial / axial diffusivity
     f_intra: tuple[float, float] = (0.35, 0.85)      # stick fraction of a population
-    kappa: tuple[float, float] = (6.0, 100.0)        # Watson concentration (ODI ~0.4 to 0.03)
+    kappa: tuple[float, float] = (2.5, 100.0)        # Watson concentration (NODDI's ODI 0.24 to 0.006)
     f_free: tuple[float, float] = (0.0, 0.2)         # free-water fraction, skewed to low values
     spatial_spread: float = 0.75                     # largest amplitude of the fields, logit units
     d_background: tuple[float, float] = (0.65e-3, 1.1e-3)
