@@ -116,28 +116,47 @@ def fibre_signal(directions: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, t
     """Normalised signal (P, N) of fibre populations with unit ``directions`` (P, 3).
 
     ``tissue`` holds the compartment parameters ``d_par``, ``d_perp``, ``f_intra``,
-    ``f_extra``, ``d_iso`` and optionally ``f_free``/``d_free`` (free water: a b0 signal
-    fraction, as in free-water DTI): scalars shared by all populations (a :class:`Tissue`)
-    or (P,) arrays, one value per population (a ``randomize.FibreSamples``).
+    ``f_extra`` and ``d_iso``: scalars shared by all populations (a :class:`Tissue`), or
+    (P,) arrays, one value per population, with free water ``f_free``/``d_free`` (a b0
+    signal fraction, as in free-water DTI; a ``randomize.FibreSamples``).
     """
-    d_par, d_perp, f_intra, f_extra, d_iso = (
-        _per_row(getattr(tissue, k)) for k in ("d_par", "d_perp", "f_intra", "f_extra", "d_iso"))
+    if isinstance(tissue.d_par, np.ndarray):
+        return _per_sample_signal(directions, bvals, bvecs, tissue)
     cos2 = (directions @ bvecs.T) ** 2
     b = bvals[None, :]
-    f_iso = 1.0 - f_intra - f_extra
-    signal = (f_intra * np.exp(-b * d_par * cos2)
-              + f_extra * np.exp(-b * (d_perp + (d_par - d_perp) * cos2))
-              + f_iso * np.exp(-b * d_iso))
-    f_free = getattr(tissue, "f_free", 0.0)
-    if np.any(f_free):  # skipped when absent, so a Tissue's signal is computed exactly as before
-        f_free, d_free = _per_row(f_free), _per_row(tissue.d_free)
-        signal = (1.0 - f_free) * signal + f_free * np.exp(-b * d_free)
+    f_iso = 1.0 - tissue.f_intra - tissue.f_extra
+    return (tissue.f_intra * np.exp(-b * tissue.d_par * cos2)
+            + tissue.f_extra * np.exp(-b * (tissue.d_perp + (tissue.d_par - tissue.d_perp) * cos2))
+            + f_iso * np.exp(-b * tissue.d_iso))
+
+
+def _per_sample_signal(directions: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, t) -> np.ndarray:
+    """:func:`fibre_signal` with one parameter set per population, computed in place.
+
+    The same equations as the shared-tissue case, plus free water; the (P, N) work arrays
+    are reused, since for millions of samples the passes over memory are the cost.
+    """
+    def col(name):
+        return np.asarray(getattr(t, name), dtype=np.float64).reshape(-1, 1)
+
+    d_par, d_perp, f_intra, f_extra = col("d_par"), col("d_perp"), col("f_intra"), col("f_extra")
+    f_free = col("f_free")
+    bcos2 = directions @ bvecs.T
+    np.square(bcos2, out=bcos2)
+    bcos2 *= bvals                                  # b (g . n)^2
+    signal = bcos2 * -d_par                         # stick: exp(-b d_par (g . n)^2)
+    np.exp(signal, out=signal)
+    signal *= f_intra
+    extra = bcos2                                   # zeppelin: exp(-b d_perp - b (d_par - d_perp) (g . n)^2)
+    extra *= d_perp - d_par
+    extra -= d_perp * bvals
+    np.exp(extra, out=extra)
+    extra *= f_extra
+    signal += extra
+    signal += (1.0 - f_intra - f_extra) * np.exp(-bvals * np.asarray(t.d_iso, dtype=np.float64))
+    signal *= 1.0 - f_free
+    signal += f_free * np.exp(-bvals * np.asarray(t.d_free, dtype=np.float64))
     return signal
-
-
-def _per_row(value):
-    """A (P,) parameter as a (P, 1) column that broadcasts over volumes; scalars unchanged."""
-    return value[:, None] if isinstance(value, np.ndarray) and value.ndim == 1 else value
 
 
 def isotropic_signal(bvals: np.ndarray, diffusivity: float) -> np.ndarray:
@@ -166,7 +185,7 @@ def add_rician_noise(signal: np.ndarray, sigma: float, rng: np.random.Generator)
 
 
 def add_coil_noise(signal: np.ndarray, sigma: float, coils: int, rng: np.random.Generator,
-                   chunk: int = 4_000_000) -> np.ndarray:
+                   chunk: int = 4_000_000, dtype=np.float64) -> np.ndarray:
     """Non-central chi noise: the root-sum-of-squares magnitude over ``coils`` receive coils.
 
     Each coil adds complex Gaussian noise of std ``sigma`` per channel. Only the coils'
@@ -175,12 +194,13 @@ def add_coil_noise(signal: np.ndarray, sigma: float, coils: int, rng: np.random.
     (the noise orthogonal to the signal). At high SNR the magnitude's std is ``sigma``, so
     ``S0 / sigma`` is the stated SNR for any coil count; the noise floor, ``E[M^2] = S^2 +
     2 coils sigma^2``, grows with the coils. One coil is Rician. Drawn ``chunk`` values
-    at a time (a brain-size DWI would otherwise need several copies of itself).
+    at a time (a brain-size DWI would otherwise need several copies of itself), into an
+    array of ``dtype``.
     """
     if coils < 1:
         raise ConfigError(f"coil count must be at least 1, got {coils}")
     flat = np.asarray(signal, dtype=np.float64).reshape(-1)
-    out = np.empty_like(flat)
+    out = np.empty(flat.shape, dtype=dtype)
     if sigma <= 0:
         out[:] = flat
         return out.reshape(np.shape(signal))

@@ -213,7 +213,8 @@ def simulate(config: PhantomConfig | None = None) -> Phantom:
     signal *= bias_field(shape, tissue.bias, bias_rng).reshape(-1)[:, None]
     data = signal.reshape(*shape, -1)
     if acquisition is not None and acquisition.snr is not None:
-        data = add_coil_noise(data, tissue.s0_fibre / acquisition.snr, acquisition.coils, noise_rng)
+        data = add_coil_noise(data, tissue.s0_fibre / acquisition.snr, acquisition.coils, noise_rng,
+                              dtype=np.float32)  # the phantom's dtype: no float64 copy of a brain
     elif acquisition is None and config.snr is not None:
         data = add_rician_noise(data, tissue.s0_fibre / config.snr, noise_rng)
 
@@ -224,7 +225,7 @@ def simulate(config: PhantomConfig | None = None) -> Phantom:
     directions = np.stack([voxelize.mean_directions(c, n_vox) for c in coverages], axis=1)
     fractions, peaks = _top_populations(fibre, directions, shape)
     affine = phantom_affine(shape, vs, config.radiological, layout.origin)
-    return Phantom(config, affine, data.astype(np.float32),
+    return Phantom(config, affine, data.astype(np.float32, copy=False),
                    bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks, acquisition, draw)
 
 
