@@ -54,6 +54,23 @@ def test_simulate_with_a_given_multishell_scheme(cli, tmp_path):
     assert "[1000, 2000]" in out.stdout
 
 
+def test_simulate_randomize_records_the_draw_and_refuses_fixed_schemes(cli, tmp_path):
+    args = ["--preset", "crossing", "--streamlines-per-bundle", "5", "--supersample", "2", "--seed", "5", "--randomize"]
+    out = cli("simulate", tmp_path / "r", *args)
+    assert out.returncode == 0, out.stderr
+    assert "randomized:" in out.stdout
+    record = json.loads((tmp_path / "r" / "dwi.json").read_text())
+    drawn = record["summary"]["randomized"]
+    assert record["params"]["randomize"] is True and len(drawn["tissue"]["bundles"]) == 2
+    bvals = np.loadtxt(tmp_path / "r" / "dwi.bval")
+    assert len(bvals) == drawn["acquisition"]["nb0"] + sum(drawn["acquisition"]["ndirs"])
+    assert cli("simulate", tmp_path / "again", *args).returncode == 0
+    np.testing.assert_array_equal(nib.load(tmp_path / "r" / "dwi.nii.gz").get_fdata(),
+                                  nib.load(tmp_path / "again" / "dwi.nii.gz").get_fdata())
+    _assert_refused(cli("simulate", tmp_path / "p", *args, "--bvals", "1000", "--snr", "30"), "--bvals", "--snr")
+    assert not (tmp_path / "p").exists()
+
+
 def _assert_refused(out, *words):
     assert out.returncode == 2, (out.returncode, out.stderr)
     lines = out.stderr.strip().splitlines()

@@ -40,6 +40,7 @@ examples:
   difftract simulate phantom --preset fibercup --seed 0
   difftract simulate xing --preset crossing --angles 60 --snr 30 --bvals 1000,2000 --ndirs 30,60
   difftract simulate train01 --preset random --n-bundles 8 --seed 1
+  difftract simulate train02 --preset random --randomize --seed 2   (tissue and acquisition drawn too)
 """
 
 
@@ -72,19 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate a diffusion phantom with known fibres: each bundle is a tube around a smooth "
                     "centreline; the signal mixes stick + zeppelin fibre populations (partial volume at tube "
                     "borders, sharing in crossings) with isotropic background tissue, a smooth S0 field and "
-                    "Rician noise. The same --seed gives identical arrays.",
+                    "Rician noise. The same --seed gives identical arrays. --randomize draws the tissue (per bundle "
+                    "and voxel) and the acquisition (shells, directions, b0s, SNR, coils, bias, voxel size) from the "
+                    "seed too, and records the draw in dwi.json (see docs/phantoms.md).",
         epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist unless --force)")
     sim.add_argument("--preset", choices=("fibercup", "crossing", "random"), default="fibercup",
                      help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, or random 3D bundles "
                           "(default: %(default)s)")
-    sim.add_argument("--snr", type=float, default=20.0,
-                     help="b0 SNR in fibre tissue (Rician noise); 0 for no noise (default: %(default)s)")
-    sim.add_argument("--bvals", type=_floats, default=(1000.0,), metavar="B[,B...]",
+    sim.add_argument("--snr", type=float, default=None,
+                     help="b0 SNR in fibre tissue (Rician noise); 0 for no noise (default: 20; drawn with --randomize)")
+    sim.add_argument("--bvals", type=_floats, default=None, metavar="B[,B...]",
                      help="shell b-values in s/mm^2 (default: 1000)")
-    sim.add_argument("--ndirs", type=_ints, default=(32,), metavar="N[,N...]",
+    sim.add_argument("--ndirs", type=_ints, default=None, metavar="N[,N...]",
                      help="directions per shell, one number for all shells or one per shell (default: 32)")
-    sim.add_argument("--nb0", type=int, default=2, help="number of b0 volumes (default: %(default)s)")
+    sim.add_argument("--nb0", type=int, default=None, help="number of b0 volumes (default: 2)")
+    sim.add_argument("--randomize", action="store_true",
+                     help="draw tissue and acquisition from the seed (instead of --bvals/--ndirs/--nb0/--snr; "
+                          "--scheme and --snr 0 are kept)")
     sim.add_argument("--scheme", nargs=2, type=Path, metavar=("BVAL", "BVEC"),
                      help="use this FSL gradient scheme instead of --bvals/--ndirs/--nb0")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -153,11 +159,20 @@ def _phantom_config(args: argparse.Namespace):
     if args.scheme is not None:  # FSL files -> the data-array frame of the phantom to be written
         bvals, bvecs = read_gradients(*args.scheme)
         scheme = (bvals, flip_for_fsl(bvecs, phantom_affine((1, 1, 1), 1.0, args.radiological)))
-    ndirs = args.ndirs[0] if len(args.ndirs) == 1 else args.ndirs
-    if len(args.ndirs) not in (1, len(args.bvals)):
-        raise ConfigError(f"--ndirs gives {len(args.ndirs)} counts for {len(args.bvals)} shells")
-    return PhantomConfig(preset=args.preset, seed=args.seed, snr=None if args.snr == 0 else args.snr,
-                         bvals=args.bvals, ndirs=ndirs, nb0=args.nb0, scheme=scheme,
+    if args.randomize:
+        fixed = [f"--{k}" for k in ("bvals", "ndirs", "nb0") if getattr(args, k) is not None]
+        fixed += ["--snr"] if args.snr not in (None, 0) else []
+        if fixed:
+            raise ConfigError(f"--randomize draws the scheme and the SNR; drop {', '.join(fixed)} "
+                              "(--scheme keeps a given scheme, --snr 0 makes a noise-free phantom)")
+    bvals = (1000.0,) if args.bvals is None else args.bvals
+    ndirs = (32,) if args.ndirs is None else args.ndirs
+    if len(ndirs) not in (1, len(bvals)):
+        raise ConfigError(f"--ndirs gives {len(ndirs)} counts for {len(bvals)} shells")
+    snr = 20.0 if args.snr is None else args.snr
+    return PhantomConfig(preset=args.preset, seed=args.seed, snr=None if snr == 0 else snr,
+                         bvals=bvals, ndirs=ndirs[0] if len(ndirs) == 1 else ndirs,
+                         nb0=2 if args.nb0 is None else args.nb0, scheme=scheme, randomize=args.randomize,
                          streamlines_per_bundle=args.streamlines_per_bundle, step_mm=args.step_mm,
                          supersample=args.supersample, radiological=args.radiological,
                          angles=args.angles, n_bundles=args.n_bundles)
@@ -236,13 +251,18 @@ def _demo_steps(args: argparse.Namespace, work: Path, start: float) -> None:
 def _print_summary(summary: dict, out: Path, seconds: float) -> None:
     print(f"phantom '{summary['preset']}' (seed {summary['seed']}) written to {out} in {seconds:.1f} s")
     print(f"  grid {summary['shape']} at {summary['voxel_size_mm']:g} mm, {summary['volumes']} volumes, "
-          f"shells {summary['shells']}, SNR {summary['snr']}")
+          f"shells {summary['shells']}, SNR {'none' if summary['snr'] is None else format(summary['snr'], 'g')}")
     print(f"  brain {summary['mask_voxels']} voxels, white matter {summary['wm_voxels']}, "
           f"crossing voxels {summary['crossing_voxels']}")
     print(f"  {'bundle':<14}{'streamlines':>12}{'mask vox':>10}{'head vox':>10}{'tail vox':>10}")
     for name, b in summary["bundles"].items():
         print(f"  {name:<14}{b['streamlines']:>12}{b['mask_voxels']:>10}{b['head_voxels']:>10}{b['tail_voxels']:>10}")
     print(f"  total {summary['streamlines']} streamlines, mean length {summary['mean_length_mm']:.1f} mm")
+    if "randomized" in summary:
+        acq, tissue = summary["randomized"]["acquisition"], summary["randomized"]["tissue"]
+        noise = "no noise" if acq["snr"] is None else f"{acq['noise']} noise, {acq['coils']} coil(s)"
+        print(f"  randomized: {noise}, S0 {tissue['s0_fibre']:.0f} (bias {tissue['bias']:.2f}); "
+              f"tissue per bundle in dwi.json")
 
 
 class _LevelFormatter(logging.Formatter):

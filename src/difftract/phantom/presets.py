@@ -15,6 +15,10 @@ from ..errors import ConfigError
 from .geometry import Bundle, make_tube
 
 Z = np.array([0.0, 0.0, 1.0])
+# Presets whose geometry holds at any voxel size from 1.25 to 2.5 mm (the grid keeps its
+# shape, the geometry scales with it or stays well inside); fibercup's 120 mm disc needs
+# its 2 mm voxels on a 64-voxel grid.
+SCALABLE_PRESETS = ("crossing", "random")
 
 
 @dataclass

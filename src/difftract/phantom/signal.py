@@ -1,9 +1,11 @@
-"""Diffusion signal of the phantom: acquisition schemes, tissue model, Rician noise.
+"""Diffusion signal of the phantom: acquisition schemes, tissue model, magnitude noise.
 
 Each fibre population is an intra-axonal stick plus an extra-axonal zeppelin and a
-small isotropic part; voxels (sub-sampled on a regular grid) mix fibre populations with
-isotropic background tissue by volume. S0 differs between fibre and background tissue
-and varies smoothly in space (a receive-bias-like field).
+small isotropic part, optionally mixed with free water; voxels (sub-sampled on a
+regular grid) mix fibre populations with isotropic background tissue by volume. S0
+differs between fibre and background tissue and varies smoothly in space (a
+receive-bias-like field). Noise is Rician (one coil) or non-central chi (the
+root-sum-of-squares magnitude over several coils).
 """
 
 from __future__ import annotations
@@ -46,11 +48,14 @@ class Tissue:
 
 
 def make_scheme(bvals: tuple[float, ...] = (1000.0,), ndirs: int | tuple[int, ...] = 32, nb0: int = 2,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                rng: np.random.Generator | None = None, start: str = "random") -> tuple[np.ndarray, np.ndarray]:
     """A single- or multi-shell scheme with near-uniform directions per shell.
 
     Directions come from electrostatic repulsion on the half sphere (DIPY's
-    ``disperse_charges``) started from random points, so each shell has its own set.
+    ``disperse_charges``), so each shell has its own set, started from random points
+    (``start="random"``, 1000 steps) or from a randomly rotated lattice
+    (``start="lattice"``, 50 steps: 150 directions in 0.2 s instead of 2 s, and more even,
+    closest pair 11 degrees apart instead of 7).
     The b0 volumes come first.
 
     Returns
@@ -69,10 +74,12 @@ def make_scheme(bvals: tuple[float, ...] = (1000.0,), ndirs: int | tuple[int, ..
         raise ConfigError(f"shell b-values must lie in ({B0_THRESHOLD:g}, 20000] s/mm^2, got {shells}")
     if any(not 6 <= n <= 1000 for n in counts):
         raise ConfigError(f"each shell needs 6 to 1000 directions, got {counts}")
+    if start not in ("random", "lattice"):
+        raise ConfigError(f"scheme start must be 'random' or 'lattice', got {start!r}")
     all_b, all_v = [np.zeros(nb0)], [np.zeros((nb0, 3))]
     for b, n in zip(shells, counts):
         all_b.append(np.full(n, b))
-        all_v.append(uniform_directions(n, rng))
+        all_v.append(uniform_directions(n, rng) if start == "random" else lattice_directions(n, rng))
     return np.concatenate(all_b), np.concatenate(all_v)
 
 
@@ -86,14 +93,71 @@ def uniform_directions(n: int, rng: np.random.Generator, iters: int = 1000) -> n
     return np.asarray(hemi.vertices, dtype=np.float64)
 
 
-def fibre_signal(directions: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, tissue: Tissue) -> np.ndarray:
-    """Normalised signal (P, N) of fibre populations with unit ``directions`` (P, 3)."""
+def lattice_directions(n: int, rng: np.random.Generator, iters: int = 50) -> np.ndarray:
+    """``n`` unit vectors spread evenly over the half sphere, from a rotated lattice.
+
+    A Fibonacci lattice on the upper half sphere (equal-area rings: z uniform in (0, 1),
+    golden-angle azimuths) is already nearly even, so a few repulsion steps finish it;
+    the random rotation makes every set different.
+    """
+    k = np.arange(n)
+    z = (k + 0.5) / n
+    azimuth = k * np.pi * (3.0 - np.sqrt(5.0))
+    r = np.sqrt(1.0 - z**2)
+    q, upper = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = q * np.sign(np.diag(upper))  # Haar-distributed orthogonal matrix
+    start = np.column_stack([r * np.cos(azimuth), r * np.sin(azimuth), z]) @ rotation.T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hemi, _ = disperse_charges(HemiSphere(xyz=start), iters)
+    return np.asarray(hemi.vertices, dtype=np.float64)
+
+
+def fibre_signal(directions: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, tissue) -> np.ndarray:
+    """Normalised signal (P, N) of fibre populations with unit ``directions`` (P, 3).
+
+    ``tissue`` holds the compartment parameters ``d_par``, ``d_perp``, ``f_intra``,
+    ``f_extra`` and ``d_iso``: scalars shared by all populations (a :class:`Tissue`), or
+    (P,) arrays, one value per population, with free water ``f_free``/``d_free`` (a b0
+    signal fraction, as in free-water DTI; a ``randomize.FibreSamples``).
+    """
+    if isinstance(tissue.d_par, np.ndarray):
+        return _per_sample_signal(directions, bvals, bvecs, tissue)
     cos2 = (directions @ bvecs.T) ** 2
     b = bvals[None, :]
     f_iso = 1.0 - tissue.f_intra - tissue.f_extra
     return (tissue.f_intra * np.exp(-b * tissue.d_par * cos2)
             + tissue.f_extra * np.exp(-b * (tissue.d_perp + (tissue.d_par - tissue.d_perp) * cos2))
             + f_iso * np.exp(-b * tissue.d_iso))
+
+
+def _per_sample_signal(directions: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, t) -> np.ndarray:
+    """:func:`fibre_signal` with one parameter set per population, computed in place.
+
+    The same equations as the shared-tissue case, plus free water; the (P, N) work arrays
+    are reused, since for millions of samples the passes over memory are the cost.
+    """
+    def col(name):
+        return np.asarray(getattr(t, name), dtype=np.float64).reshape(-1, 1)
+
+    d_par, d_perp, f_intra, f_extra = col("d_par"), col("d_perp"), col("f_intra"), col("f_extra")
+    f_free = col("f_free")
+    bcos2 = directions @ bvecs.T
+    np.square(bcos2, out=bcos2)
+    bcos2 *= bvals                                  # b (g . n)^2
+    signal = bcos2 * -d_par                         # stick: exp(-b d_par (g . n)^2)
+    np.exp(signal, out=signal)
+    signal *= f_intra
+    extra = bcos2                                   # zeppelin: exp(-b d_perp - b (d_par - d_perp) (g . n)^2)
+    extra *= d_perp - d_par
+    extra -= d_perp * bvals
+    np.exp(extra, out=extra)
+    extra *= f_extra
+    signal += extra
+    signal += (1.0 - f_intra - f_extra) * np.exp(-bvals * np.asarray(t.d_iso, dtype=np.float64))
+    signal *= 1.0 - f_free
+    signal += f_free * np.exp(-bvals * np.asarray(t.d_free, dtype=np.float64))
+    return signal
 
 
 def isotropic_signal(bvals: np.ndarray, diffusivity: float) -> np.ndarray:
@@ -119,3 +183,31 @@ def add_rician_noise(signal: np.ndarray, sigma: float, rng: np.random.Generator)
     real = signal + rng.normal(scale=sigma, size=signal.shape)
     imag = rng.normal(scale=sigma, size=signal.shape)
     return np.sqrt(real**2 + imag**2)
+
+
+def add_coil_noise(signal: np.ndarray, sigma: float, coils: int, rng: np.random.Generator,
+                   chunk: int = 4_000_000, dtype=np.float64) -> np.ndarray:
+    """Non-central chi noise: the root-sum-of-squares magnitude over ``coils`` receive coils.
+
+    Each coil adds complex Gaussian noise of std ``sigma`` per channel. Only the coils'
+    summed signal power matters, so the image is ``sqrt((S + sigma z)^2 + sigma^2 X)``
+    with ``z`` standard normal and ``X`` chi-square with ``2 coils - 1`` degrees of freedom
+    (the noise orthogonal to the signal). At high SNR the magnitude's std is ``sigma``, so
+    ``S0 / sigma`` is the stated SNR for any coil count; the noise floor, ``E[M^2] = S^2 +
+    2 coils sigma^2``, grows with the coils. One coil is Rician. Drawn ``chunk`` values
+    at a time (a brain-size DWI would otherwise need several copies of itself), into an
+    array of ``dtype``.
+    """
+    if coils < 1:
+        raise ConfigError(f"coil count must be at least 1, got {coils}")
+    flat = np.asarray(signal, dtype=np.float64).reshape(-1)
+    out = np.empty(flat.shape, dtype=dtype)
+    if sigma <= 0:
+        out[:] = flat
+        return out.reshape(np.shape(signal))
+    for start in range(0, flat.size, chunk):
+        s = flat[start:start + chunk]
+        real = s + rng.normal(scale=sigma, size=s.size)
+        orthogonal = rng.chisquare(2 * coils - 1, size=s.size) * sigma**2
+        out[start:start + chunk] = np.sqrt(real**2 + orthogonal)
+    return out.reshape(np.shape(signal))

@@ -1,8 +1,9 @@
 """Simulate a ground-truth phantom in memory: DWI, masks, bundles, streamlines.
 
 :func:`simulate` draws everything from one seed through independent streams (geometry,
-fibre sampling, scheme, S0 field, noise), so that changing the SNR, say, does not move
-the fibres. :func:`difftract.phantom.write.save_phantom` writes the result to disk.
+fibre sampling, scheme, S0 field, noise and, for randomised phantoms, acquisition,
+tissue and dispersion), so that changing the SNR, say, does not move the fibres.
+:func:`difftract.phantom.write.save_phantom` writes the result to disk.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ from ..errors import ConfigError
 from ..eval.traversal import endpoint_voxels, traversed_voxels
 from ..io.gradients import B0_THRESHOLD
 from . import voxelize
+from .acquisition import Acquisition, AcquisitionRanges, AcquisitionSampler
 from .geometry import Tube, disc_positions, make_tube
-from .presets import Layout, get_layout
-from .signal import Tissue, add_rician_noise, bias_field, fibre_signal, isotropic_signal, make_scheme
+from .presets import SCALABLE_PRESETS, Layout, get_layout
+from .randomize import TissueDraw, TissueRanges, TissueSampler, watson_axes
+from .signal import (Tissue, add_coil_noise, add_rician_noise, bias_field, fibre_signal, isotropic_signal,
+                     make_scheme)
 
 MAX_POPULATIONS = 3
+LEGACY_CHUNK = 200_000        # fibre samples per signal chunk before per-sample tissue (see _chunks)
+CHUNK_ELEMENTS = 8_000_000    # samples x volumes per chunk: ~64 MB per temporary array
 
 
 @dataclass
@@ -44,6 +50,13 @@ class PhantomConfig:
     roi_depth_mm: float | None = None         # end-region depth; None: two voxels
     mask_threshold: float = 0.1               # bundle mask: fibre fraction >= this, or traversed by its GT
     tissue: Tissue = field(default_factory=Tissue)
+    voxel_size: float | None = None           # mm; None: the preset's (only presets in SCALABLE_PRESETS)
+    # randomize: draw the tissue (per bundle and voxel) and the acquisition (scheme, SNR, coils,
+    # bias, voxel size) from the seed within these ranges; a given scheme or voxel_size is kept,
+    # snr=None keeps the phantom noise-free, and `tissue` is not used
+    randomize: bool = False
+    tissue_ranges: TissueRanges = field(default_factory=TissueRanges)
+    acquisition_ranges: AcquisitionRanges = field(default_factory=AcquisitionRanges)
 
     def __post_init__(self):
         def positive(name, value):
@@ -65,6 +78,11 @@ class PhantomConfig:
             raise ConfigError(f"n_bundles must be at least 1, got {self.n_bundles}")
         if self.roi_depth_mm is not None:
             positive("roi_depth_mm", self.roi_depth_mm)
+        if self.voxel_size is not None:
+            positive("voxel_size", self.voxel_size)
+            if self.preset not in SCALABLE_PRESETS:
+                raise ConfigError(f"voxel_size: preset {self.preset!r} has a fixed voxel size; "
+                                  f"it can be set for {', '.join(SCALABLE_PRESETS)}")
         if self.scheme is not None:
             bvals, bvecs = (np.asarray(a, dtype=np.float64) for a in self.scheme)
             if bvals.ndim != 1 or bvecs.shape != (len(bvals), 3):
@@ -100,6 +118,8 @@ class Phantom:
     bundles: list[BundleTruth]
     fractions: np.ndarray       # (X, Y, Z, 3) volume fractions of the largest populations
     peaks: np.ndarray           # (X, Y, Z, 3, 3) their unit directions, data-array frame
+    acquisition: Acquisition | None = None  # what a randomised phantom drew
+    tissue_draw: TissueDraw | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -121,12 +141,16 @@ class Phantom:
             "preset": self.config.preset, "seed": self.config.seed, "shape": list(self.shape),
             "voxel_size_mm": self.voxel_size, "volumes": int(self.data.shape[3]),
             "shells": sorted({int(round(b)) for b in self.bvals if b > 50}),
-            "snr": self.config.snr, "mask_voxels": int(self.mask.sum()), "wm_voxels": int(self.wm.sum()),
+            "snr": self.config.snr if self.acquisition is None else self.acquisition.snr,
+            "mask_voxels": int(self.mask.sum()), "wm_voxels": int(self.wm.sum()),
             "crossing_voxels": int(np.sum(n_pop >= 2)),
             "streamlines": len(lengths), "mean_length_mm": float(np.mean(lengths)) if lengths else 0.0,
             "bundles": {b.name: {"streamlines": len(b.streamlines), "mask_voxels": int(b.mask.sum()),
                                  "head_voxels": int(b.head.sum()), "tail_voxels": int(b.tail.sum())}
                         for b in self.bundles},
+            **({} if self.tissue_draw is None else {"randomized": {
+                "acquisition": self.acquisition.record(), "tissue": self.tissue_draw.record(),
+                "bundle_order": [b.name for b in self.bundles]}}),
         }
 
 
@@ -154,13 +178,19 @@ def phantom_affine(shape: tuple[int, int, int], voxel_size: float, radiological:
 def simulate(config: PhantomConfig | None = None) -> Phantom:
     """Build a phantom: layout, signal, noise and ground truth."""
     config = config or PhantomConfig()
-    geo_rng, fib_rng, scheme_rng, bias_rng, noise_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(5))
-    layout = _layout(config, geo_rng)
+    # new streams go at the end: spawn(k)'s first children do not depend on k, so phantoms
+    # without randomize stay bit for bit what they were
+    geo_rng, fib_rng, scheme_rng, bias_rng, noise_rng, acq_rng, tissue_rng, dispersion_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(8))
+    acquisition = _acquisition(config, acq_rng) if config.randomize else None
+    layout = _layout(config, geo_rng, acquisition)
     shape, vs = layout.shape, layout.voxel_size
     n_vox = int(np.prod(shape))
     if config.scheme is not None:
         bvals, bvecs = (np.asarray(a, dtype=np.float64) for a in config.scheme)
+    elif acquisition is not None:
+        bvals, bvecs = make_scheme(acquisition.bvals, acquisition.ndirs, acquisition.nb0, scheme_rng,
+                                   start="lattice")
     else:
         bvals, bvecs = make_scheme(config.bvals, config.ndirs, config.nb0, scheme_rng)
 
@@ -176,12 +206,17 @@ def simulate(config: PhantomConfig | None = None) -> Phantom:
     if layout.isotropic is not None:  # split non-fibre tissue between grey matter and CSF
         csf = background * np.clip(layout.isotropic["csf"].reshape(-1), 0.0, 1.0)
         background = background - csf
-    signal = _signal(coverages, background, bvals, bvecs, config.tissue, n_vox)
-    signal += np.outer(csf * config.tissue.s0_csf, isotropic_signal(bvals, config.tissue.d_csf))
-    signal *= bias_field(shape, config.tissue.bias, bias_rng).reshape(-1)[:, None]
+    draw = TissueSampler(config.tissue_ranges).draw(tissue_rng, len(tubes), shape) if config.randomize else None
+    tissue = config.tissue if draw is None else draw.tissue
+    signal = _signal(coverages, background, bvals, bvecs, tissue, n_vox, draw, dispersion_rng)
+    signal += np.outer(csf * tissue.s0_csf, isotropic_signal(bvals, tissue.d_csf))
+    signal *= bias_field(shape, tissue.bias, bias_rng).reshape(-1)[:, None]
     data = signal.reshape(*shape, -1)
-    if config.snr is not None:
-        data = add_rician_noise(data, config.tissue.s0_fibre / config.snr, noise_rng)
+    if acquisition is not None and acquisition.snr is not None:
+        data = add_coil_noise(data, tissue.s0_fibre / acquisition.snr, acquisition.coils, noise_rng,
+                              dtype=np.float32)  # the phantom's dtype: no float64 copy of a brain
+    elif acquisition is None and config.snr is not None:
+        data = add_rician_noise(data, tissue.s0_fibre / config.snr, noise_rng)
 
     depth = 2.0 * vs if config.roi_depth_mm is None else config.roi_depth_mm
     truths = [_bundle_truth(t, c, fibre[:, k], fib_rng, config, shape, depth, layout)
@@ -190,14 +225,30 @@ def simulate(config: PhantomConfig | None = None) -> Phantom:
     directions = np.stack([voxelize.mean_directions(c, n_vox) for c in coverages], axis=1)
     fractions, peaks = _top_populations(fibre, directions, shape)
     affine = phantom_affine(shape, vs, config.radiological, layout.origin)
-    return Phantom(config, affine, data.astype(np.float32),
-                   bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks)
+    return Phantom(config, affine, data.astype(np.float32, copy=False),
+                   bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks, acquisition, draw)
 
 
-def _layout(config: PhantomConfig, rng: np.random.Generator) -> Layout:
+def _acquisition(config: PhantomConfig, rng: np.random.Generator) -> Acquisition:
+    """The drawn acquisition, less what the configuration fixes (the draw itself never changes)."""
+    drawn = AcquisitionSampler(config.acquisition_ranges).draw(rng)
+    if config.scheme is not None:
+        drawn.bvals = drawn.ndirs = drawn.nb0 = None
+    if config.snr is None:
+        drawn.snr = drawn.coils = None
+    if config.voxel_size is not None or config.preset not in SCALABLE_PRESETS:
+        drawn.voxel_size = None
+    return drawn
+
+
+def _layout(config: PhantomConfig, rng: np.random.Generator, acquisition: Acquisition | None = None) -> Layout:
     kwargs = {}
     if config.streamlines_per_bundle is not None:
         kwargs["streamlines_per_bundle"] = config.streamlines_per_bundle
+    voxel_size = config.voxel_size if acquisition is None or acquisition.voxel_size is None \
+        else acquisition.voxel_size
+    if voxel_size is not None:
+        kwargs["voxel_size"] = voxel_size
     if config.preset == "crossing":
         kwargs["angles"] = tuple(config.angles)
     elif config.preset == "random":
@@ -205,18 +256,44 @@ def _layout(config: PhantomConfig, rng: np.random.Generator) -> Layout:
     return get_layout(config.preset, rng, **kwargs)
 
 
-def _signal(coverages, background, bvals, bvecs, tissue: Tissue, n_vox: int, chunk: int = 200_000) -> np.ndarray:
-    """Voxel signals (V, N): fibre samples summed by weight, plus background tissue."""
+def _signal(coverages, background, bvals, bvecs, tissue: Tissue, n_vox: int, draw: TissueDraw | None = None,
+            rng: np.random.Generator | None = None) -> np.ndarray:
+    """Voxel signals (V, N): fibre samples summed by weight, plus background tissue.
+
+    With a tissue ``draw``, every sample gets its bundle's parameters at its voxel and a
+    Watson-dispersed direction (from ``rng``); without, all share ``tissue``.
+    """
     out = np.outer(background * tissue.s0_background, isotropic_signal(bvals, tissue.d_background))
-    for c in coverages:
-        for start in range(0, len(c.voxel), chunk):
-            sl = slice(start, start + chunk)
-            attenuation = fibre_signal(c.direction[sl], bvals, bvecs, tissue)
+    for k, c in enumerate(coverages):
+        for sl in _chunks(c.voxel, max(1, CHUNK_ELEMENTS // len(bvals))):
             rows = c.voxel[sl]
+            if draw is None:
+                attenuation = fibre_signal(c.direction[sl], bvals, bvecs, tissue)
+            else:
+                fibre = draw.fibre(k, rows)
+                attenuation = fibre_signal(watson_axes(c.direction[sl], fibre.kappa, rng), bvals, bvecs, fibre)
             w = sparse.csr_matrix((c.weight[sl] * tissue.s0_fibre, (rows, np.arange(len(rows)))),
                                   shape=(n_vox, len(rows)))
             out += w @ attenuation
     return out
+
+
+def _chunks(voxel: np.ndarray, size: int) -> list[slice]:
+    """Slices of a coverage's samples (sorted by voxel) of about ``size`` samples at most.
+
+    Cuts fall at every multiple of LEGACY_CHUNK, where the samples were always cut, and,
+    when ``size`` is smaller, also between voxels near every multiple of ``size``. A
+    voxel's samples are then still summed in one product, in the same order, so the
+    phantoms of before are reproduced bit for bit, however many volumes they have.
+    """
+    n = len(voxel)
+    cuts = set(range(0, n, LEGACY_CHUNK))
+    if size < LEGACY_CHUNK and n > size:
+        starts = np.flatnonzero(np.diff(voxel)) + 1  # first sample of each voxel but the first
+        below = np.searchsorted(starts, np.arange(size, n, size), side="right") - 1
+        cuts.update(int(starts[i]) for i in below[below >= 0])
+    edges = sorted(cuts) + [n]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def _bundle_truth(tube: Tube, c: voxelize.Coverage, fraction: np.ndarray, rng, config: PhantomConfig,
