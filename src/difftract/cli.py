@@ -40,6 +40,7 @@ examples:
   difftract simulate phantom --preset fibercup --seed 0
   difftract simulate xing --preset crossing --angles 60 --snr 30 --bvals 1000,2000 --ndirs 30,60
   difftract simulate train01 --preset random --n-bundles 8 --seed 1
+  difftract simulate brain --preset brain --voxel-size 2   (whole brain, MNI152 grid; ~1 min)
 """
 
 
@@ -75,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Rician noise. The same --seed gives identical arrays.",
         epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist unless --force)")
-    sim.add_argument("--preset", choices=("fibercup", "crossing", "random"), default="fibercup",
-                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, or random 3D bundles "
-                          "(default: %(default)s)")
+    sim.add_argument("--preset", choices=("fibercup", "crossing", "random", "brain"), default="fibercup",
+                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, random 3D bundles, or 32 "
+                          "named bundles of a whole brain on the MNI152 template (default: %(default)s)")
     sim.add_argument("--snr", type=float, default=20.0,
                      help="b0 SNR in fibre tissue (Rician noise); 0 for no noise (default: %(default)s)")
     sim.add_argument("--bvals", type=_floats, default=(1000.0,), metavar="B[,B...]",
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="crossing preset: angles of bundles 2 (and 3) to bundle 1, degrees (default: 90)")
     sim.add_argument("--n-bundles", type=int, default=6, help="random preset: number of bundles (default: 6)")
     sim.add_argument("--streamlines-per-bundle", type=int, default=None,
-                     help="ground-truth streamlines per bundle (default: preset's, 200/100/150)")
+                     help="ground-truth streamlines per bundle (default: preset's, 200/100/150/300)")
+    sim.add_argument("--voxel-size", type=float, default=None, metavar="MM",
+                     help="voxel edge in mm (default: 2; brain: 1.25-3; fibercup: 2 only)")
     sim.add_argument("--step-mm", type=float, default=1.0, help="ground-truth streamline step (default: 1 mm)")
     sim.add_argument("--supersample", type=int, default=3,
                      help="sub-samples per voxel edge for partial volume (default: %(default)s)")
@@ -160,7 +163,7 @@ def _phantom_config(args: argparse.Namespace):
                          bvals=args.bvals, ndirs=ndirs, nb0=args.nb0, scheme=scheme,
                          streamlines_per_bundle=args.streamlines_per_bundle, step_mm=args.step_mm,
                          supersample=args.supersample, radiological=args.radiological,
-                         angles=args.angles, n_bundles=args.n_bundles)
+                         angles=args.angles, n_bundles=args.n_bundles, voxel_size=args.voxel_size)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

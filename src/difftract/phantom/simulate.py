@@ -36,6 +36,7 @@ class PhantomConfig:
     nb0: int = 2
     scheme: tuple[np.ndarray, np.ndarray] | None = None  # given (bvals, bvecs in the array frame)
     streamlines_per_bundle: int | None = None  # None: the preset's default
+    voxel_size: float | None = None           # mm; None: the preset's default (2)
     step_mm: float = 1.0                      # ground-truth streamline step
     supersample: int = 3                      # sub-samples per voxel edge
     radiological: bool = False                # negative-determinant (LAS) affine
@@ -61,6 +62,10 @@ class PhantomConfig:
             raise ConfigError(f"supersample must be between 1 and 8, got {self.supersample}")
         if self.streamlines_per_bundle is not None and self.streamlines_per_bundle < 1:
             raise ConfigError(f"streamlines_per_bundle must be at least 1, got {self.streamlines_per_bundle}")
+        if self.voxel_size is not None:
+            positive("voxel_size", self.voxel_size)
+            if self.preset == "fibercup":
+                raise ConfigError("the fibercup preset is drawn on a 2 mm grid; it takes no voxel_size")
         if self.n_bundles < 1:
             raise ConfigError(f"n_bundles must be at least 1, got {self.n_bundles}")
         if self.roi_depth_mm is not None:
@@ -198,6 +203,8 @@ def _layout(config: PhantomConfig, rng: np.random.Generator) -> Layout:
     kwargs = {}
     if config.streamlines_per_bundle is not None:
         kwargs["streamlines_per_bundle"] = config.streamlines_per_bundle
+    if config.voxel_size is not None:
+        kwargs["voxel_size"] = config.voxel_size
     if config.preset == "crossing":
         kwargs["angles"] = tuple(config.angles)
     elif config.preset == "random":
