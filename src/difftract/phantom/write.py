@@ -70,7 +70,14 @@ def _write(p: Phantom, d: Path, record: dict) -> None:
         if p.bundles else np.zeros(0, np.float32)
     everything = _tractogram(p, p.streamlines, {"bundle": labels})
     # a whole brain needs three projections; the slab presets read best from one slice
-    (glass_brain if p.config.preset.startswith("brain") else phantom_overview)(p, d / "qc_phantom.png")
+    if p.config.preset == "brain":
+        from .brain import families
+
+        glass_brain(p, d / "qc_phantom.png", families=families())
+    elif p.config.preset.startswith("brain"):
+        glass_brain(p, d / "qc_phantom.png")
+    else:
+        phantom_overview(p, d / "qc_phantom.png")
     save_tractogram(everything, d / "tractogram.trk",
                     sidecar={**record, "bundle_labels": [b.name for b in p.bundles]})
 

@@ -30,22 +30,44 @@ def tract_name(name: str) -> str:
     return name
 
 
-def tract_colours(names: list[str]) -> dict[str, tuple]:
-    """One colour per tract, in order of appearance: ``tab10``, then ``Dark2`` and ``Set1`` (27 distinct)."""
+FAMILY_MAPS = ("Reds", "Blues", "Greens", "Purples", "Oranges", "Greys")
+
+
+def tract_colours(names: list[str], families: dict[str, str] | None = None) -> dict[str, tuple]:
+    """One colour per tract, in order of appearance.
+
+    With ``families`` (bundle name -> family), each family gets one hue (red, blue, green,
+    purple, orange, grey in order of appearance) and its tracts shades of it; without, the
+    ``tab20`` colours, the ten dark ones first.
+    """
     plt = _pyplot()
-    palette = [c for m in ("tab10", "Dark2", "Set1") for c in plt.get_cmap(m).colors]
     tracts = list(dict.fromkeys(tract_name(n) for n in names))
-    return {t: palette[i % len(palette)] for i, t in enumerate(tracts)}
+    if families is None:
+        tab = plt.get_cmap("tab20").colors
+        palette = list(tab[0::2]) + list(tab[1::2])
+        return {t: palette[i % len(palette)] for i, t in enumerate(tracts)}
+    family_of = {tract_name(n): f for n, f in families.items()}
+    order = list(dict.fromkeys(family_of.get(t, "other") for t in tracts))
+    colours = {}
+    for k, family in enumerate(order):
+        members = [t for t in tracts if family_of.get(t, "other") == family]
+        cmap = plt.get_cmap(FAMILY_MAPS[k % len(FAMILY_MAPS)])
+        for t, level in zip(members, np.linspace(0.9, 0.45, len(members)) if len(members) > 1 else [0.75]):
+            colours[t] = cmap(level)
+    return colours
 
 
-def glass_brain(phantom, path: str | Path, force: bool = False) -> Path:
-    """Write the glass-brain and colour-coded-slice picture of ``phantom`` as PNG."""
+def glass_brain(phantom, path: str | Path, families: dict[str, str] | None = None, force: bool = False) -> Path:
+    """Write the glass-brain and colour-coded-slice picture of ``phantom`` as PNG.
+
+    ``families`` (bundle name -> family, e.g. ``commissural``) colours each family in one hue.
+    """
     plt = _pyplot()
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
     affine = phantom.affine
-    colours = tract_colours([b.name for b in phantom.bundles])
+    colours = tract_colours([b.name for b in phantom.bundles], families)
     fig = plt.figure(figsize=(17, 10.5), constrained_layout=True)
     grid = fig.add_gridspec(2, 4, width_ratios=[1, 1, 1, 0.55])
     for col, (label, a, b) in enumerate(VIEWS):
@@ -65,8 +87,12 @@ def glass_brain(phantom, path: str | Path, force: bool = False) -> Path:
         ax.tick_params(labelsize=7)
     legend = fig.add_subplot(grid[:, 3])
     legend.axis("off")
-    legend.legend(handles=[Line2D([], [], color=c, linewidth=3, label=t) for t, c in colours.items()],
-                  loc="upper left", fontsize=9, frameon=False, title="bundles (left and right alike)")
+    family_of = {tract_name(n): f for n, f in (families or {}).items()}
+    handles = [Line2D([], [], color=c, linewidth=3, label=f"{t} ({family_of[t]})" if t in family_of else t)
+               for t, c in colours.items()]
+    legend.set_facecolor("black")
+    legend.legend(handles=handles, loc="upper left", fontsize=9, frameon=True, facecolor="black", labelcolor="white",
+                  title="bundles (left and right alike)", title_fontproperties={"size": 9}).get_title().set_color("white")
     for col, (label, plane, extent) in enumerate(_colour_slices(phantom)):
         ax = fig.add_subplot(grid[1, col])
         ax.imshow(plane, origin="lower", extent=extent, interpolation="nearest")
