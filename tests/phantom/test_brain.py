@@ -140,3 +140,9 @@ def test_phantom_is_on_the_mni_grid_with_gm_and_csf(tiny_brain):
     ventricle = tuple(np.rint((np.array([-18.0, -30.0, 18.0]) - p.affine[:3, 3]) / 3.0).astype(int))
     assert b0[ventricle] > 1.3 * np.median(b0[p.wm])  # CSF is bright on b0
     assert (out / "qc_phantom.png").stat().st_size > 10_000
+
+
+def test_voxel_size_reaches_the_grid_presets():
+    p = simulate(PhantomConfig(preset="crossing", voxel_size=3.0, streamlines_per_bundle=5, snr=None, ndirs=6,
+                               nb0=1, supersample=1))
+    assert p.voxel_size == 3.0 and p.shape == (24, 24, 8)
