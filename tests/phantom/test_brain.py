@@ -146,3 +146,10 @@ def test_voxel_size_reaches_the_grid_presets():
     p = simulate(PhantomConfig(preset="crossing", voxel_size=3.0, streamlines_per_bundle=5, snr=None, ndirs=6,
                                nb0=1, supersample=1))
     assert p.voxel_size == 3.0 and p.shape == (24, 24, 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("voxel_size", [1.25, 2.5])
+def test_bundles_fit_at_other_voxel_sizes(voxel_size):
+    layout = brain(streamlines_per_bundle=5, voxel_size=voxel_size)  # raises if a bundle leaves the mask
+    assert len(layout.bundles) == 32 and layout.voxel_size == voxel_size

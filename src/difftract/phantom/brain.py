@@ -11,8 +11,10 @@ matter and fan out (a growing radius) where they reach grey matter; they cross w
 anatomy does, e.g. in the centrum semiovale (callosal body x corticospinal x SLF) and in
 the pons (middle cerebellar peduncle x corticospinal).
 
-Left and right bundles are mirror images (x -> -x) of one centreline, as the template is
-symmetric. The tissue around the bundles comes from the template: grey matter and CSF
+The control points were placed from anatomical knowledge, then moved by at most 5 mm where
+that kept the centreline in the template's white matter (``tests/phantom/test_brain.py``
+checks it). Left and right bundles are mirror images (x -> -x) of one centreline, as the
+template is symmetric. The tissue around the bundles comes from the template: grey matter and CSF
 fractions (``Layout.isotropic``) and the brain mask as the tissue domain.
 """
 
