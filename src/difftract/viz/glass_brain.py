@@ -1,8 +1,9 @@
 """QC picture of a whole-brain phantom: a glass brain of its bundles and colour-coded slices.
 
 Top row: the ground-truth streamlines of every bundle projected through the brain (axial,
-coronal and sagittal views, world mm, left on the left), each bundle in its own colour (a
-``_left``/``_right`` pair shares one), over the outline of the brain mask. Bottom row:
+coronal and sagittal views, world mm, left on the left), each tract in its own colour (a
+``_left``/``_right`` pair shares one; shades of one hue per family when families are given),
+over the outline of the brain mask. Bottom row:
 slices of the mean b0 with the ground truth's main fibre direction as colour (|x| red, |y|
 green, |z| blue, as a colour-FA map) where bundles are: what a neuroanatomist checks first
 (the corpus callosum red across the midline, the corticospinal tracts blue, the association
@@ -90,9 +91,9 @@ def glass_brain(phantom, path: str | Path, families: dict[str, str] | None = Non
     family_of = {tract_name(n): f for n, f in (families or {}).items()}
     handles = [Line2D([], [], color=c, linewidth=3, label=f"{t} ({family_of[t]})" if t in family_of else t)
                for t, c in colours.items()]
-    legend.set_facecolor("black")
-    legend.legend(handles=handles, loc="upper left", fontsize=9, frameon=True, facecolor="black", labelcolor="white",
-                  title="bundles (left and right alike)", title_fontproperties={"size": 9}).get_title().set_color("white")
+    box = legend.legend(handles=handles, loc="upper left", fontsize=9, frameon=True, facecolor="black",
+                        labelcolor="white", title="bundles (left and right alike)", title_fontproperties={"size": 9})
+    box.get_title().set_color("white")
     for col, (label, plane, extent) in enumerate(_colour_slices(phantom)):
         ax = fig.add_subplot(grid[1, col])
         ax.imshow(plane, origin="lower", extent=extent, interpolation="nearest")
