@@ -152,7 +152,8 @@ def test_demo_writes_the_phantom_and_its_picture(cli_script, tmp_path):
 @pytest.mark.parametrize("bad", [
     ["--preset", "random", "--n-bundles", "0"], ["--streamlines-per-bundle", "0"], ["--step-mm", "nan"],
     ["--bvals", "inf"], ["--bvals", ","], ["--seed", "-1"], ["--ndirs", "100000"], ["--snr", "nan"],
-    ["--snr", "-5"], ["--nb0", "0"], ["--supersample", "0"],
+    ["--snr", "-5"], ["--nb0", "0"], ["--supersample", "0"], ["--voxel-size", "0"],
+    ["--voxel-size", "5", "--preset", "brain"], ["--voxel-size", "1", "--preset", "fibercup"],
 ])
 def test_bad_parameters_refused_in_one_line(cli, cli_script, tmp_path, bad):
     argv = ["simulate", str(tmp_path / "p"), "--preset", "crossing", *bad]

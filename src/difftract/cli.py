@@ -41,6 +41,7 @@ examples:
   difftract simulate xing --preset crossing --angles 60 --snr 30 --bvals 1000,2000 --ndirs 30,60
   difftract simulate train01 --preset random --n-bundles 8 --seed 1
   difftract simulate train02 --preset random --randomize --seed 2   (tissue and acquisition drawn too)
+  difftract simulate brain --preset brain --voxel-size 2   (whole brain, MNI152 grid; ~1 min)
 """
 
 
@@ -78,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "seed too, and records the draw in dwi.json (see docs/phantoms.md).",
         epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist unless --force)")
-    sim.add_argument("--preset", choices=("fibercup", "crossing", "random"), default="fibercup",
-                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, or random 3D bundles "
-                          "(default: %(default)s)")
+    sim.add_argument("--preset", choices=("fibercup", "crossing", "random", "brain"), default="fibercup",
+                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, random 3D bundles, or 32 "
+                          "named bundles of a whole brain on the MNI152 template (default: %(default)s)")
     sim.add_argument("--snr", type=float, default=None,
                      help="b0 SNR in fibre tissue (Rician noise); 0 for no noise (default: 20; drawn with --randomize)")
     sim.add_argument("--bvals", type=_floats, default=None, metavar="B[,B...]",
@@ -98,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="crossing preset: angles of bundles 2 (and 3) to bundle 1, degrees (default: 90)")
     sim.add_argument("--n-bundles", type=int, default=6, help="random preset: number of bundles (default: 6)")
     sim.add_argument("--streamlines-per-bundle", type=int, default=None,
-                     help="ground-truth streamlines per bundle (default: preset's, 200/100/150)")
+                     help="ground-truth streamlines per bundle (default: preset's, 200/100/150/300)")
+    sim.add_argument("--voxel-size", type=float, default=None, metavar="MM",
+                     help="voxel edge in mm (default: 2; brain: 1.25-3; fibercup: 2 only)")
     sim.add_argument("--step-mm", type=float, default=1.0, help="ground-truth streamline step (default: 1 mm)")
     sim.add_argument("--supersample", type=int, default=3,
                      help="sub-samples per voxel edge for partial volume (default: %(default)s)")
@@ -175,7 +178,7 @@ def _phantom_config(args: argparse.Namespace):
                          nb0=2 if args.nb0 is None else args.nb0, scheme=scheme, randomize=args.randomize,
                          streamlines_per_bundle=args.streamlines_per_bundle, step_mm=args.step_mm,
                          supersample=args.supersample, radiological=args.radiological,
-                         angles=args.angles, n_bundles=args.n_bundles)
+                         angles=args.angles, n_bundles=args.n_bundles, voxel_size=args.voxel_size)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Phantom layouts: ``fibercup``, ``crossing`` and ``random``.
+"""Phantom layouts: ``fibercup``, ``crossing`` and ``random`` (``brain`` is in :mod:`.brain`).
 
 Each preset returns a :class:`Layout`: the grid, the tissue domain (the brain mask) and
 the bundles, all in array mm (see :mod:`.geometry`).
@@ -15,10 +15,10 @@ from ..errors import ConfigError
 from .geometry import Bundle, make_tube
 
 Z = np.array([0.0, 0.0, 1.0])
-# Presets whose geometry holds at any voxel size from 1.25 to 2.5 mm (the grid keeps its
-# shape, the geometry scales with it or stays well inside); fibercup's 120 mm disc needs
-# its 2 mm voxels on a 64-voxel grid.
-SCALABLE_PRESETS = ("crossing", "random")
+# Presets that take any voxel size from 1.25 to 2.5 mm: crossing and random keep their grid
+# shape and the geometry scales with it; the brain presets resample the template and keep
+# their geometry in mm. Fibercup's 120 mm disc needs its 2 mm voxels on a 64-voxel grid.
+SCALABLE_PRESETS = ("crossing", "random", "brain")
 
 
 @dataclass
@@ -180,4 +180,8 @@ def get_layout(preset: str, rng: np.random.Generator, **kwargs) -> Layout:
         return crossing(**kwargs)
     if preset == "random":
         return random_layout(rng, **kwargs)
-    raise ConfigError(f"unknown phantom preset {preset!r}; choose fibercup, crossing or random")
+    if preset == "brain":
+        from .brain import brain  # brain builds on this module's Layout
+
+        return brain(**kwargs)
+    raise ConfigError(f"unknown phantom preset {preset!r}; choose fibercup, crossing, random or brain")

@@ -42,6 +42,7 @@ class PhantomConfig:
     nb0: int = 2
     scheme: tuple[np.ndarray, np.ndarray] | None = None  # given (bvals, bvecs in the array frame)
     streamlines_per_bundle: int | None = None  # None: the preset's default
+    voxel_size: float | None = None           # mm; None: the preset's default (2); SCALABLE_PRESETS only
     step_mm: float = 1.0                      # ground-truth streamline step
     supersample: int = 3                      # sub-samples per voxel edge
     radiological: bool = False                # negative-determinant (LAS) affine
@@ -50,7 +51,6 @@ class PhantomConfig:
     roi_depth_mm: float | None = None         # end-region depth; None: two voxels
     mask_threshold: float = 0.1               # bundle mask: fibre fraction >= this, or traversed by its GT
     tissue: Tissue = field(default_factory=Tissue)
-    voxel_size: float | None = None           # mm; None: the preset's (only presets in SCALABLE_PRESETS)
     # randomize: draw the tissue (per bundle and voxel) and the acquisition (scheme, SNR, coils,
     # bias, voxel size) from the seed within these ranges; a given scheme or voxel_size is kept,
     # snr=None keeps the phantom noise-free, and `tissue` is not used
@@ -222,8 +222,7 @@ def simulate(config: PhantomConfig | None = None) -> Phantom:
     truths = [_bundle_truth(t, c, fibre[:, k], fib_rng, config, shape, depth, layout)
               for k, (t, c) in enumerate(zip(tubes, coverages))]
     wm = np.logical_or.reduce([b.mask for b in truths]) if truths else np.zeros(shape, bool)
-    directions = np.stack([voxelize.mean_directions(c, n_vox) for c in coverages], axis=1)
-    fractions, peaks = _top_populations(fibre, directions, shape)
+    fractions, peaks = _top_populations(fibre, coverages, shape)
     affine = phantom_affine(shape, vs, config.radiological, layout.origin)
     return Phantom(config, affine, data.astype(np.float32, copy=False),
                    bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks, acquisition, draw)
@@ -324,14 +323,20 @@ def _bundle_truth(tube: Tube, c: voxelize.Coverage, fraction: np.ndarray, rng, c
     return BundleTruth(bundle.name, streamlines, mask, head & mask, tail & mask)
 
 
-def _top_populations(fibre: np.ndarray, directions: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
-    """The (up to) three largest populations per voxel: fractions (X,Y,Z,3), directions (X,Y,Z,3,3)."""
+def _top_populations(fibre: np.ndarray, coverages, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The (up to) three largest populations per voxel: fractions (X,Y,Z,3), directions (X,Y,Z,3,3).
+
+    Only voxels holding fibre are sorted: a whole-brain grid is mostly background, and
+    (voxels x bundles x 3) directions over all of it would dominate the memory.
+    """
+    used = np.flatnonzero(fibre.sum(axis=1) > 0)
     k = min(MAX_POPULATIONS, fibre.shape[1])
-    order = np.argsort(-fibre, axis=1)[:, :k]
-    frac = np.take_along_axis(fibre, order, axis=1)
+    directions = np.stack([voxelize.mean_directions(c, fibre.shape[0])[used] for c in coverages], axis=1)
+    order = np.argsort(-fibre[used], axis=1)[:, :k]
+    frac = np.take_along_axis(fibre[used], order, axis=1)
     dirs = np.take_along_axis(directions, order[:, :, None], axis=1) * (frac > 0)[:, :, None]
     fractions = np.zeros((fibre.shape[0], MAX_POPULATIONS))
     peaks = np.zeros((fibre.shape[0], MAX_POPULATIONS, 3))
-    fractions[:, :k], peaks[:, :k] = frac, dirs
+    fractions[used, :k], peaks[used, :k] = frac, dirs
     return (fractions.reshape(*shape, MAX_POPULATIONS).astype(np.float32),
             peaks.reshape(*shape, MAX_POPULATIONS, 3).astype(np.float32))

@@ -127,9 +127,15 @@ def load_template(voxel_size: float = 2.0) -> Template:
     src = nib.affines.apply_affine(np.linalg.inv(affine), mni).T  # 1 mm template indices
     width = voxel_size / float(np.abs(affine[0, 0]))
 
+    size = int(round(width)) if width >= 1.5 else 1
+    # An even-sized box filter averages [i - size/2, i + size/2 - 1]: its value at index i
+    # belongs to position i - 1/2, so sample half a voxel further to keep the maps unshifted
+    # (and the symmetric template symmetric).
+    shifted = src + (size // 2 - (size - 1) / 2.0)
+
     def resample(volume: np.ndarray) -> np.ndarray:
-        smooth = ndimage.uniform_filter(volume, size=int(round(width)), mode="constant") if width >= 1.5 else volume
-        out = ndimage.map_coordinates(smooth, src, order=1, mode="constant", cval=0.0)
+        smooth = ndimage.uniform_filter(volume, size=size, mode="constant") if size > 1 else volume
+        out = ndimage.map_coordinates(smooth, shifted, order=1, mode="constant", cval=0.0)
         return np.clip(out, 0.0, 1.0).reshape(shape).astype(np.float32)
 
     out = {k: resample(v) for k, v in (("gm", gm), ("wm", wm), ("csf", csf), ("brain", brain_1mm),

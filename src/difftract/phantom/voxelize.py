@@ -49,6 +49,13 @@ def cover(tube: Tube, shape: tuple[int, int, int], voxel_size: float, n: int) ->
     hi = np.minimum(np.ceil((tube.centre.max(axis=0) + pad) / voxel_size).astype(int) + 1, shape)
     axes = [np.arange(a, b) for a, b in zip(lo, hi)]
     ijk = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    # Only voxels near the centreline can hold inside sub-samples: a point inside the tube is
+    # within the largest radius plus one sample step of its nearest centreline sample, and a
+    # sub-sample within half a voxel diagonal of its voxel's centre. A long oblique bundle
+    # fills a small part of its bounding box, so this skips most sub-samples (same result).
+    reach = max(tube.r1.max(), tube.r2.max()) + (tube.s[1] - tube.s[0] if len(tube.s) > 1 else 0.0)
+    distance, _ = tube.tree.query(ijk * voxel_size)
+    ijk = ijk[distance <= reach + voxel_size * (np.sqrt(3.0) / 2.0 + 0.5)]
     offsets = subvoxel_offsets(n)
     points = (ijk[:, None, :] + offsets[None]).reshape(-1, 3) * voxel_size
     where = tube.locate(points)

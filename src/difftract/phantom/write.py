@@ -26,6 +26,7 @@ from ..io.nifti import save_nifti
 from ..io.sidecar import provenance, write_json, write_sidecar
 from ..io.tractogram import Tractogram, save_tractogram
 from ..viz.figures import phantom_overview
+from ..viz.glass_brain import glass_brain
 from .simulate import MAX_POPULATIONS, Phantom
 
 
@@ -68,7 +69,15 @@ def _write(p: Phantom, d: Path, record: dict) -> None:
     labels = np.concatenate([np.full(len(b.streamlines), i, dtype=np.float32) for i, b in enumerate(p.bundles)]) \
         if p.bundles else np.zeros(0, np.float32)
     everything = _tractogram(p, p.streamlines, {"bundle": labels})
-    phantom_overview(p, d / "qc_phantom.png")
+    # a whole brain needs three projections; the slab presets read best from one slice
+    if p.config.preset == "brain":
+        from .brain import families
+
+        glass_brain(p, d / "qc_phantom.png", families=families())
+    elif p.config.preset.startswith("brain"):
+        glass_brain(p, d / "qc_phantom.png")
+    else:
+        phantom_overview(p, d / "qc_phantom.png")
     save_tractogram(everything, d / "tractogram.trk",
                     sidecar={**record, "bundle_labels": [b.name for b in p.bundles]})
 
