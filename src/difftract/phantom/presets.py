@@ -1,4 +1,4 @@
-"""Phantom layouts: ``fibercup``, ``crossing`` and ``random``.
+"""Phantom layouts: ``fibercup``, ``crossing`` and ``random`` (``brain-random``: :mod:`.brain_random`).
 
 Each preset returns a :class:`Layout`: the grid, the tissue domain (the brain mask) and
 the bundles, all in array mm (see :mod:`.geometry`).
@@ -176,4 +176,8 @@ def get_layout(preset: str, rng: np.random.Generator, **kwargs) -> Layout:
         return crossing(**kwargs)
     if preset == "random":
         return random_layout(rng, **kwargs)
-    raise ConfigError(f"unknown phantom preset {preset!r}; choose fibercup, crossing or random")
+    if preset == "brain-random":
+        from .brain_random import brain_random_layout  # imports this module: deferred
+
+        return brain_random_layout(rng, **kwargs)
+    raise ConfigError(f"unknown phantom preset {preset!r}; choose fibercup, crossing, random or brain-random")

@@ -43,12 +43,18 @@ def subvoxel_offsets(n: int) -> np.ndarray:
 
 
 def cover(tube: Tube, shape: tuple[int, int, int], voxel_size: float, n: int) -> Coverage:
-    """Sub-samples of the grid that lie inside ``tube`` (searched in its bounding box only)."""
+    """Sub-samples of the grid that lie inside ``tube`` (searched only in voxels near its centreline)."""
     pad = max(tube.r1.max(), tube.r2.max()) + voxel_size
     lo = np.clip(np.floor((tube.centre.min(axis=0) - pad) / voxel_size), 0, None).astype(int)
     hi = np.minimum(np.ceil((tube.centre.max(axis=0) + pad) / voxel_size).astype(int) + 1, shape)
     axes = [np.arange(a, b) for a, b in zip(lo, hi)]
     ijk = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    # A sub-sample inside the tube lies within the largest radius (plus one centreline step along it)
+    # of its nearest centreline sample, and within half a voxel diagonal of its voxel's centre: the
+    # other voxels of a long oblique tube's box hold none.
+    reach = max(tube.r1.max(), tube.r2.max()) + (tube.s[1] - tube.s[0]) + voxel_size * np.sqrt(3.0) / 2.0
+    dist, _ = tube.tree.query(ijk * voxel_size, distance_upper_bound=reach)
+    ijk = ijk[np.isfinite(dist)]
     offsets = subvoxel_offsets(n)
     points = (ijk[:, None, :] + offsets[None]).reshape(-1, 3) * voxel_size
     where = tube.locate(points)
