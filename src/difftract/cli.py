@@ -40,6 +40,7 @@ examples:
   difftract simulate phantom --preset fibercup --seed 0
   difftract simulate xing --preset crossing --angles 60 --snr 30 --bvals 1000,2000 --ndirs 30,60
   difftract simulate train01 --preset random --n-bundles 8 --seed 1
+  difftract simulate subj07 --preset brain-random --seed 7 --voxel-size 2.5
 """
 
 
@@ -75,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Rician noise. The same --seed gives identical arrays.",
         epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist unless --force)")
-    sim.add_argument("--preset", choices=("fibercup", "crossing", "random"), default="fibercup",
-                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, or random 3D bundles "
-                          "(default: %(default)s)")
+    sim.add_argument("--preset", choices=("fibercup", "crossing", "random", "brain-random"), default="fibercup",
+                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, random 3D bundles, or "
+                          "random bundles between grey-matter regions through the MNI152 white matter, new for "
+                          "every seed (default: %(default)s)")
     sim.add_argument("--snr", type=float, default=20.0,
                      help="b0 SNR in fibre tissue (Rician noise); 0 for no noise (default: %(default)s)")
     sim.add_argument("--bvals", type=_floats, default=(1000.0,), metavar="B[,B...]",
@@ -90,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sim.add_argument("--angles", type=_floats, default=(90.0,), metavar="A[,A]",
                      help="crossing preset: angles of bundles 2 (and 3) to bundle 1, degrees (default: 90)")
-    sim.add_argument("--n-bundles", type=int, default=6, help="random preset: number of bundles (default: 6)")
+    sim.add_argument("--n-bundles", type=int, default=None,
+                     help="random presets: number of bundles (default: 6 for random, 12-30 drawn from the seed "
+                          "for brain-random)")
+    sim.add_argument("--voxel-size", type=float, default=None,
+                     help="brain presets: voxel size in mm, 1.25-3 (default: 2)")
     sim.add_argument("--streamlines-per-bundle", type=int, default=None,
                      help="ground-truth streamlines per bundle (default: preset's, 200/100/150)")
     sim.add_argument("--step-mm", type=float, default=1.0, help="ground-truth streamline step (default: 1 mm)")
@@ -160,7 +166,7 @@ def _phantom_config(args: argparse.Namespace):
                          bvals=args.bvals, ndirs=ndirs, nb0=args.nb0, scheme=scheme,
                          streamlines_per_bundle=args.streamlines_per_bundle, step_mm=args.step_mm,
                          supersample=args.supersample, radiological=args.radiological,
-                         angles=args.angles, n_bundles=args.n_bundles)
+                         angles=args.angles, n_bundles=args.n_bundles, voxel_size=args.voxel_size)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -46,9 +46,11 @@ MAX_BEND = 0.8                # radius / radius of curvature, as presets._fits
 MAX_PARALLEL_MM = 10.0        # longest run alongside (< 30 degrees) and inside another tube
 MIN_WM_SHARE = 0.85           # of the centreline away from its ends
 END_MM = 6.0                  # end segments allowed outside white matter
-OCCUPIED_COST = 2.0           # extra routing cost per earlier bundle in a voxel
+ALONG_COST = 4.0              # extra routing cost per mm along an earlier bundle, inside it
+ACROSS_BONUS = 0.5            # routing cost saved per mm across an earlier bundle: crossings are common
 CHECK_DS = 0.5               # centreline sampling of the checks, mm
 GREY_COST = 20.0              # routing cost of grey-matter voxels: entered only at the ends
+AXES_STEPS = np.array([s for s in np.ndindex(3, 3, 3) if s > (1, 1, 1)]) - 1  # the 13 neighbour axes
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Anatomy:
     ends: np.ndarray          # (E,) int, node numbers of the end voxels
     graph: sparse.csr_matrix  # edge lengths in mm between 26-neighbour nodes
     edge_rows: np.ndarray     # row of each stored edge, to reweight the graph
+    edge_axis: np.ndarray     # axis (index into AXES) of each stored edge
     cost: np.ndarray          # (N,) cost per mm: higher near the white-matter border and in grey matter
 
 
@@ -94,7 +97,12 @@ def anatomy(voxel_size: float = 2.0) -> Anatomy:
     r, c, w = (np.concatenate(a) for a in (rows, cols, lengths))
     graph = sparse.csr_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(len(nodes),) * 2)
     edge_rows = np.repeat(np.arange(len(nodes)), np.diff(graph.indptr))
-    return Anatomy(template, wm, nodes, node_index, node_index[end_mask], graph, edge_rows, cost)
+    # Each of the 26 steps (as a base-3 code) to its axis: a step and its opposite share one.
+    axis_of = np.zeros(27, dtype=np.int64)
+    for k, step in enumerate(AXES_STEPS):
+        axis_of[(step + 1) @ [9, 3, 1]] = axis_of[(1 - step) @ [9, 3, 1]] = k
+    edge_axis = axis_of[(nodes[graph.indices] - nodes[edge_rows] + 1) @ [9, 3, 1]]
+    return Anatomy(template, wm, nodes, node_index, node_index[end_mask], graph, edge_rows, edge_axis, cost)
 
 
 def brain_random_layout(rng: np.random.Generator, n_bundles: int | None = None,
@@ -153,7 +161,7 @@ class _Placer:
         self.atlas, self.rng, self.n_streamlines = atlas, rng, int(streamlines_per_bundle)
         self.vs = atlas.template.voxel_size
         self.tubes: list[Tube] = []
-        self.occupancy = np.zeros(len(atlas.nodes))
+        self.alignment = np.zeros((len(atlas.nodes), 3, 3))  # sum of t t^T of the bundles in each voxel
         self.ends_mm = atlas.nodes[atlas.ends] * self.vs
         outside = ~atlas.template.brain
         shell = outside & ndimage.binary_dilation(atlas.template.brain)  # where a tube would first leave
@@ -162,10 +170,20 @@ class _Placer:
 
     # routing ---------------------------------------------------------------------------------
     def _weights(self) -> None:
-        """Edge costs: length times the mean cost per mm of its two nodes, raised where bundles lie."""
+        """Edge costs: length times the mean cost per mm of its two nodes, raised along earlier bundles.
+
+        Inside an earlier bundle a step costs ``1 + ALONG_COST cos^2`` more, the angle taken
+        between the step and that bundle: running alongside is expensive, crossing is free, so
+        routes cross bundles instead of merging with them.
+        """
         a = self.atlas
-        per_mm = a.cost * (1.0 + OCCUPIED_COST * self.occupancy)
-        data = a.graph.data * 0.5 * (per_mm[a.edge_rows] + per_mm[a.graph.indices])
+        units = AXES_STEPS / np.linalg.norm(AXES_STEPS, axis=1, keepdims=True)
+        along = np.einsum("nij,ai,aj->na", self.alignment, units, units)  # (nodes, axes): sum of cos^2
+        count = np.trace(self.alignment, axis1=1, axis2=2)  # bundles in each voxel
+        cos2 = 0.5 * (along[a.edge_rows, a.edge_axis] + along[a.graph.indices, a.edge_axis])
+        sin2 = 0.5 * (count[a.edge_rows] + count[a.graph.indices]) - cos2
+        factor = np.maximum(1.0 + ALONG_COST * cos2 - ACROSS_BONUS * sin2, 1.0 - ACROSS_BONUS)
+        data = a.graph.data * 0.5 * (a.cost[a.edge_rows] + a.cost[a.graph.indices]) * factor
         self.routes = sparse.csr_matrix((data, a.graph.indices, a.graph.indptr), shape=a.graph.shape)
 
     def _route(self, source: int, reach_mm: float) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +353,9 @@ class _Placer:
         near = np.all((nodes_mm >= tube.centre.min(0) - reach) & (nodes_mm <= tube.centre.max(0) + reach), axis=1)
         idx = np.flatnonzero(near)
         dist, j = tube.tree.query(nodes_mm[idx])
-        self.occupancy[idx[dist <= np.maximum(tube.r1, tube.r2)[j]]] += 1.0
+        inside = dist <= np.maximum(tube.r1, tube.r2)[j]
+        t = tube.tangent[j[inside]]
+        self.alignment[idx[inside]] += t[:, :, None] * t[:, None, :]
         self._weights()
 
 

@@ -64,6 +64,8 @@ class PhantomConfig:
             raise ConfigError(f"streamlines_per_bundle must be at least 1, got {self.streamlines_per_bundle}")
         if self.n_bundles is not None and self.n_bundles < 1:
             raise ConfigError(f"n_bundles must be at least 1, got {self.n_bundles}")
+        if self.voxel_size is not None:
+            positive("voxel_size", self.voxel_size)
         if self.roi_depth_mm is not None:
             positive("roi_depth_mm", self.roi_depth_mm)
         if self.scheme is not None:

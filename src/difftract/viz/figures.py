@@ -59,3 +59,38 @@ def phantom_overview(phantom, path: str | Path, force: bool = False) -> Path:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def glass_brain(phantom, path: str | Path, background: np.ndarray | None = None, per_bundle: int = 15,
+                force: bool = False) -> Path:
+    """Ground-truth streamlines projected through the whole volume on three planes.
+
+    ``background`` (X, Y, Z), e.g. the template's white-matter fraction, is shown as its mean
+    along each projection axis (default: the brain mask). Each bundle has its own colour, with
+    ``per_bundle`` streamlines drawn and its end points marked, so one sees at a glance where
+    bundles start and end, whether they stay in the brain and where they cross.
+    """
+    from matplotlib.collections import LineCollection
+
+    plt = _pyplot()
+    background = phantom.mask if background is None else background
+    colours = plt.get_cmap("tab20")(np.arange(max(len(phantom.bundles), 1)) % 20)
+    planes = (("axial (x-y)", (0, 1), 2), ("coronal (x-z)", (0, 2), 1), ("sagittal (y-z)", (1, 2), 0))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), constrained_layout=True)
+    for ax, (label, (a, b), depth) in zip(axes, planes):
+        ax.imshow(background.astype(np.float32).mean(axis=depth).T, origin="lower", cmap="gray")
+        for colour, bundle in zip(colours, phantom.bundles):
+            sample = bundle.streamlines[:: max(1, len(bundle.streamlines) // per_bundle)]
+            segments = [s[:, [a, b]] for s in sample]
+            ax.add_collection(LineCollection(segments, colors=[colour], linewidths=0.5, alpha=0.8))
+            ends = np.array([s[[0, -1]][:, [a, b]] for s in sample]).reshape(-1, 2)
+            ax.plot(ends[:, 0], ends[:, 1], ".", color=colour, markersize=2)
+        ax.set_xlim(-0.5, phantom.shape[a] - 0.5), ax.set_ylim(-0.5, phantom.shape[b] - 0.5)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"difftract phantom '{phantom.config.preset}', seed {phantom.config.seed}: "
+                 f"{len(phantom.bundles)} bundles, {len(phantom.streamlines)} streamlines")
+    with atomic_file(path, force=force) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return Path(path)
