@@ -260,7 +260,8 @@ class _Placer:
         curvature = np.linalg.norm(np.diff(centreline.tangent, axis=0), axis=1) / np.diff(centreline.s)
         bend_room = MAX_BEND / np.maximum(np.r_[curvature[0], curvature], 1e-9)
         dist, _ = self.shell.query(centreline.centre)
-        room = 0.98 * np.minimum(bend_room, dist - self._margin())  # 2 % for the finer sampling of simulate
+        # 10 % spare: finer sampling (simulate's) finds sharper curvature peaks; accept() checks it.
+        room = np.minimum(0.9 * bend_room, dist - self._margin())
         frac = centreline.s / centreline.length
         knots = np.linspace(0.0, 1.0, len(profile))
         step = knots[1]
@@ -327,9 +328,11 @@ class _Placer:
         tube = make_tube(bundle, ds=CHECK_DS)
         if not LENGTH_MM[0] <= tube.length <= LENGTH_MM[1]:
             return False
-        if _folds(tube) or not self._inside(tube) or _white_matter_share(tube, self.atlas) < MIN_WM_SHARE:
+        if folds(tube) or not self._inside(tube) or _white_matter_share(tube, self.atlas) < MIN_WM_SHARE:
             return False
         if self.tubes and _parallel_run(tube, self.tubes) > MAX_PARALLEL_MM:
+            return False
+        if folds(make_tube(bundle)):  # at the sampling simulate() uses
             return False
         self.tubes.append(tube)
         self._occupy(tube)
@@ -359,7 +362,7 @@ class _Placer:
         self._weights()
 
 
-def _folds(tube: Tube) -> bool:
+def folds(tube: Tube) -> bool:
     """True when the tube overlaps itself: locally (radius beyond MAX_BEND of the radius of
     curvature, the inner side of the bend self-intersects) or globally (parts far apart along
     the tube come closer than their radii)."""
