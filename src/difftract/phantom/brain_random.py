@@ -62,10 +62,10 @@ class Anatomy:
     nodes: np.ndarray         # (N, 3) int, voxels of the routing graph: white matter and end voxels
     node_index: np.ndarray    # (X, Y, Z) int, node number or -1
     ends: np.ndarray          # (E,) int, node numbers of the end voxels
-    graph: sparse.csr_matrix  # edge lengths in mm between 26-neighbour nodes
+    graph: sparse.csr_matrix  # routing cost of the edges between 26-neighbour nodes, no bundle placed
     edge_rows: np.ndarray     # row of each stored edge, to reweight the graph
-    edge_axis: np.ndarray     # axis (index into AXES) of each stored edge
-    cost: np.ndarray          # (N,) cost per mm: higher near the white-matter border and in grey matter
+    edge_axis: np.ndarray     # axis (index into AXES_STEPS) of each stored edge
+    twin: np.ndarray          # the stored edge running the other way
 
 
 @lru_cache(maxsize=4)
@@ -80,8 +80,9 @@ def anatomy(voxel_size: float = 2.0) -> Anatomy:
     nodes = np.argwhere(routable)
     node_index = np.full(template.shape, -1, dtype=np.int64)
     node_index[routable] = np.arange(len(nodes))
-    # Cost per mm falls from 3 at the white-matter border to 1 in its core, so routes follow the middle
-    # of the tracts instead of hugging the cortex.
+    # An edge costs its length times the mean cost per mm of its nodes, which falls from 3 at the
+    # white-matter border to 1 in its core, so routes follow the middle of the tracts instead of
+    # hugging the cortex.
     depth = ndimage.distance_transform_edt(wm) * voxel_size
     cost = np.where(wm, 1.0 + 2.0 * np.exp(-(depth - voxel_size) / 4.0), GREY_COST)[routable]
     rows, cols, lengths = [], [], []
@@ -97,12 +98,15 @@ def anatomy(voxel_size: float = 2.0) -> Anatomy:
     r, c, w = (np.concatenate(a) for a in (rows, cols, lengths))
     graph = sparse.csr_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(len(nodes),) * 2)
     edge_rows = np.repeat(np.arange(len(nodes)), np.diff(graph.indptr))
+    graph.data = graph.data * 0.5 * (cost[edge_rows] + cost[graph.indices])
+    # Edges sorted by (column, row) are, for a symmetric pattern, the twins of the edges in CSR order.
+    twin = np.lexsort((edge_rows, graph.indices))
     # Each of the 26 steps (as a base-3 code) to its axis: a step and its opposite share one.
     axis_of = np.zeros(27, dtype=np.int64)
     for k, step in enumerate(AXES_STEPS):
         axis_of[(step + 1) @ [9, 3, 1]] = axis_of[(1 - step) @ [9, 3, 1]] = k
     edge_axis = axis_of[(nodes[graph.indices] - nodes[edge_rows] + 1) @ [9, 3, 1]]
-    return Anatomy(template, wm, nodes, node_index, node_index[end_mask], graph, edge_rows, edge_axis, cost)
+    return Anatomy(template, wm, nodes, node_index, node_index[end_mask], graph, edge_rows, edge_axis, twin)
 
 
 def brain_random_layout(rng: np.random.Generator, n_bundles: int | None = None,
@@ -162,29 +166,35 @@ class _Placer:
         self.vs = atlas.template.voxel_size
         self.tubes: list[Tube] = []
         self.alignment = np.zeros((len(atlas.nodes), 3, 3))  # sum of t t^T of the bundles in each voxel
+        self.along = np.zeros((len(atlas.nodes), len(AXES_STEPS)))  # sum of cos^2 with each axis
+        self.count = np.zeros(len(atlas.nodes))  # bundles in each voxel
+        self.routes = atlas.graph.copy()
         self.ends_mm = atlas.nodes[atlas.ends] * self.vs
         outside = ~atlas.template.brain
         shell = outside & ndimage.binary_dilation(atlas.template.brain)  # where a tube would first leave
         self.shell = cKDTree(np.argwhere(shell) * self.vs)
-        self._weights()
 
     # routing ---------------------------------------------------------------------------------
-    def _weights(self) -> None:
-        """Edge costs: length times the mean cost per mm of its two nodes, raised along earlier bundles.
+    def _reweight(self, changed: np.ndarray) -> None:
+        """Update the costs of the edges at the ``changed`` nodes for the bundles now lying there.
 
-        Inside an earlier bundle a step costs ``1 + ALONG_COST cos^2`` more, the angle taken
-        between the step and that bundle: running alongside is expensive, crossing is free, so
-        routes cross bundles instead of merging with them.
+        Inside earlier bundles a step's cost is multiplied by ``1 + ALONG_COST cos^2 - ACROSS_BONUS
+        sin^2`` summed over those bundles (at least ``1 - ACROSS_BONUS``), the angle taken between the
+        step and each bundle: running alongside is expensive and crossing cheap, so routes cross
+        bundles instead of merging with them.
         """
         a = self.atlas
         units = AXES_STEPS / np.linalg.norm(AXES_STEPS, axis=1, keepdims=True)
-        along = np.einsum("nij,ai,aj->na", self.alignment, units, units)  # (nodes, axes): sum of cos^2
-        count = np.trace(self.alignment, axis1=1, axis2=2)  # bundles in each voxel
-        cos2 = 0.5 * (along[a.edge_rows, a.edge_axis] + along[a.graph.indices, a.edge_axis])
-        sin2 = 0.5 * (count[a.edge_rows] + count[a.graph.indices]) - cos2
+        self.along[changed] = np.einsum("nij,ai,aj->na", self.alignment[changed], units, units)
+        self.count[changed] = np.trace(self.alignment[changed], axis1=1, axis2=2)
+        starts, lengths = a.graph.indptr[changed], np.diff(a.graph.indptr)[changed]
+        edges = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        edges = np.union1d(edges, a.twin[edges])
+        rows, cols, axis = a.edge_rows[edges], a.graph.indices[edges], a.edge_axis[edges]
+        cos2 = 0.5 * (self.along[rows, axis] + self.along[cols, axis])
+        sin2 = 0.5 * (self.count[rows] + self.count[cols]) - cos2
         factor = np.maximum(1.0 + ALONG_COST * cos2 - ACROSS_BONUS * sin2, 1.0 - ACROSS_BONUS)
-        data = a.graph.data * 0.5 * (a.cost[a.edge_rows] + a.cost[a.graph.indices]) * factor
-        self.routes = sparse.csr_matrix((data, a.graph.indices, a.graph.indptr), shape=a.graph.shape)
+        self.routes.data[edges] = a.graph.data[edges] * factor
 
     def _route(self, source: int, reach_mm: float) -> tuple[np.ndarray, np.ndarray]:
         """Cheapest routes from node ``source``: (cost to every node, predecessors).
@@ -359,7 +369,7 @@ class _Placer:
         inside = dist <= np.maximum(tube.r1, tube.r2)[j]
         t = tube.tangent[j[inside]]
         self.alignment[idx[inside]] += t[:, :, None] * t[:, None, :]
-        self._weights()
+        self._reweight(idx[inside])
 
 
 def folds(tube: Tube) -> bool:
