@@ -38,10 +38,12 @@ from difftract.phantom.presets import get_layout
 
 BRIEF = "issue 18 part 3 brief"
 TARGETS = [
-    Target("all_subjects_valid", "==", True, "brief: bundles inside the brain, never fold; every seed a new geometry"),
+    Target("all_subjects_valid", "==", True,
+           "brief: bundles inside the brain, never fold; every seed a new geometry"),
     Target("bundles_per_subject_min", ">=", 12, "brief: default 12-30 bundles"),
     Target("bundles_per_subject_max", "<=", 30, "brief: default 12-30 bundles"),
-    Target("crossing_share_mean", ">=", 0.025, "crossings present: measured 0.026-0.059 per seed (mean 0.035) when set"),
+    Target("crossing_share_mean", ">=", 0.025,
+           "crossings present: measured 0.026-0.059 per seed (mean 0.035) when set"),
     Target("ends_in_grey_matter", ">=", 0.8, "brief: both ends in cortical/deep GM (end points, GM >= 0.3)"),
     Target("mean_length_mm", "range", (50.0, 120.0), "brief: lengths 30-150 mm"),
     Target("cli_seconds_2mm", "<", 120.0, "brief: simulate a 2 mm subject in < 1-2 min"),

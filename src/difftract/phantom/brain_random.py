@@ -6,7 +6,8 @@ matter) along the cheapest path through a graph of white-matter voxels, smoothed
 few spline control points. Three kinds of bundles are drawn:
 
 - ``path``: both ends drawn at random; the route prefers the core of the white matter
-  and avoids voxels that earlier bundles occupy, so bundles cross rather than merge;
+  and avoids running along earlier bundles while crossing them costs less, so bundles
+  cross rather than merge;
 - ``cross``: forced through the middle third of an earlier bundle at 45-90 degrees;
 - ``kiss``: passes tangentially beside an earlier bundle, its axis 0-25 degrees off the
   other's, so the two touch without overlapping.
@@ -48,7 +49,7 @@ MIN_WM_SHARE = 0.85           # of the centreline away from its ends
 END_MM = 6.0                  # end segments allowed outside white matter
 ALONG_COST = 4.0              # extra routing cost per mm along an earlier bundle, inside it
 ACROSS_BONUS = 0.5            # routing cost saved per mm across an earlier bundle: crossings are common
-CHECK_DS = 0.5               # centreline sampling of the checks, mm
+CHECK_DS = 0.5                # centreline sampling of the checks, mm
 GREY_COST = 20.0              # routing cost of grey-matter voxels: entered only at the ends
 AXES_STEPS = np.array([s for s in np.ndindex(3, 3, 3) if s > (1, 1, 1)]) - 1  # the 13 neighbour axes
 
@@ -86,9 +87,7 @@ def anatomy(voxel_size: float = 2.0) -> Anatomy:
     depth = ndimage.distance_transform_edt(wm) * voxel_size
     cost = np.where(wm, 1.0 + 2.0 * np.exp(-(depth - voxel_size) / 4.0), GREY_COST)[routable]
     rows, cols, lengths = [], [], []
-    for offset in np.argwhere(np.ones((3, 3, 3))) - 1:
-        if tuple(offset) <= (0, 0, 0):
-            continue  # each undirected edge once; both directions are stored below
+    for offset in AXES_STEPS:  # each undirected edge once; both directions are stored below
         neighbour = nodes + offset
         ok = np.all((neighbour >= 0) & (neighbour < template.shape), axis=1)
         j = np.full(len(nodes), -1)
@@ -199,8 +198,8 @@ class _Placer:
     def _route(self, source: int, reach_mm: float) -> tuple[np.ndarray, np.ndarray]:
         """Cheapest routes from node ``source``: (cost to every node, predecessors).
 
-        The search stops at twice ``reach_mm`` (the cost per mm is 1 in the white matter core, 3 at its border),
-        which bounds its time; no route we want is longer.
+        The search stops at a cost of twice ``reach_mm`` (a mm costs 1 in the white matter's core,
+        3 at its border), which bounds its time; no route we want is longer.
         """
         return csgraph.dijkstra(self.routes, indices=source, return_predecessors=True, limit=2.0 * reach_mm)
 
