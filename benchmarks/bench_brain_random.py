@@ -13,14 +13,13 @@ is measured here):
   GM fraction >= 0.3 there; centrelines end in GM voxels by construction);
 - validity: simulate() succeeded (every fibre inside the brain), no bundle folds at simulate's
   sampling, and every seed's layout differs from every other's.
-And the time and peak memory (RSS of the child process) of ``difftract simulate OUT --preset
+And the time and peak memory (the process's VmHWM) of ``difftract simulate OUT --preset
 brain-random --seed 0`` at its defaults (SNR 20, 32 directions) at 2 and 2.5 mm.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -51,13 +50,14 @@ TARGETS = [
 ]
 
 
-def subject_figures(seed: int, figures: Path | None) -> dict:
-    config = PhantomConfig(preset="brain-random", seed=seed, snr=None, ndirs=6, nb0=1)
+def subject_figures(seed: int, figures: Path | None, n_bundles: int | None = None) -> dict:
+    config = PhantomConfig(preset="brain-random", seed=seed, snr=None, ndirs=6, nb0=1, n_bundles=n_bundles)
     start = time.perf_counter()
     p = simulate(config)
     seconds = time.perf_counter() - start
     # The same layout simulate() drew: its geometry stream is the first child of the seed.
-    layout = get_layout("brain-random", np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]))
+    kwargs = {} if n_bundles is None else {"n_bundles": n_bundles}
+    layout = get_layout("brain-random", np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]), **kwargs)
     assert [b.name for b in layout.bundles] == [b.name for b in p.bundles]
     template = anatomy(p.voxel_size).template
     f, peaks = p.fractions, p.peaks
@@ -79,23 +79,34 @@ def subject_figures(seed: int, figures: Path | None) -> dict:
             "first_point": layout.bundles[0].points[0].round(3).tolist(), "seconds": round(seconds, 1)}
 
 
+# Runs the CLI and prints its peak RSS (kB) last on stderr. VmHWM is the high-water mark of the
+# process's own memory map; the rusage of a child also counts the parent's size at fork time.
+PEAK_WRAPPER = """import runpy, sys
+try:
+    runpy.run_module("difftract", run_name="__main__", alter_sys=True)
+finally:
+    peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
+    print(peak.split()[1], file=sys.stderr)
+"""
+
+
 def time_cli(out: Path, voxel_size: float) -> tuple[float, float]:
     """Wall time (s) and peak RSS (GB) of one ``difftract simulate`` run."""
-    cmd = [sys.executable, "-m", "difftract", "-q", "simulate", str(out), "--preset", "brain-random", "--seed", "0",
+    cmd = [sys.executable, "-c", PEAK_WRAPPER, "-q", "simulate", str(out), "--preset", "brain-random", "--seed", "0",
            "--voxel-size", str(voxel_size), "--force"]
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, unlike getrusage(RUSAGE_CHILDREN)
-    child.returncode = status
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with status {status}")
-    return seconds, usage.ru_maxrss / 1024**2  # ru_maxrss is in kB on Linux
+    if proc.returncode != 0:
+        raise RuntimeError(f"difftract simulate exited with status {proc.returncode}: {proc.stderr[-500:]}")
+    return seconds, int(proc.stderr.split()[-1]) / 1024**2
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10, help="subjects to measure (seeds 0..N-1; default 10)")
+    ap.add_argument("--n-bundles", type=int, default=None,
+                    help="bundles per subject (default: the preset's, 12-30 drawn per seed)")
     ap.add_argument("--figures", type=Path, default=None, help="write glass-brain pictures of the first 2 seeds here")
     args, check = parse_args(ap, "bench_brain_random", TARGETS)
     if args.figures is not None:
@@ -103,7 +114,7 @@ def main() -> None:
     subjects, failed = [], []
     for seed in range(args.seeds):
         try:
-            subjects.append(subject_figures(seed, args.figures if seed < 2 else None))
+            subjects.append(subject_figures(seed, args.figures if seed < 2 else None, args.n_bundles))
         except ConfigError as e:  # e.g. a bundle leaving the brain: an invalid subject, not a crash
             failed.append({"seed": seed, "error": str(e)})
             print(f"seed {seed}: FAILED: {e}", flush=True)
