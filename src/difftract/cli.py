@@ -42,6 +42,7 @@ examples:
   difftract simulate train01 --preset random --n-bundles 8 --seed 1
   difftract simulate train02 --preset random --randomize --seed 2   (tissue and acquisition drawn too)
   difftract simulate brain --preset brain --voxel-size 2   (whole brain, MNI152 grid; ~1 min)
+  difftract simulate subj07 --preset brain-random --seed 7 --voxel-size 2.5
 """
 
 
@@ -79,9 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "seed too, and records the draw in dwi.json (see docs/phantoms.md).",
         epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist unless --force)")
-    sim.add_argument("--preset", choices=("fibercup", "crossing", "random", "brain"), default="fibercup",
-                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, random 3D bundles, or 32 "
-                          "named bundles of a whole brain on the MNI152 template (default: %(default)s)")
+    sim.add_argument("--preset", choices=("fibercup", "crossing", "random", "brain", "brain-random"),
+                     default="fibercup",
+                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, random 3D bundles, 32 "
+                          "named bundles of a whole brain on the MNI152 template, or random bundles between "
+                          "grey-matter regions through the MNI152 white matter, new for every seed "
+                          "(default: %(default)s)")
     sim.add_argument("--snr", type=float, default=None,
                      help="b0 SNR in fibre tissue (Rician noise); 0 for no noise (default: 20; drawn with --randomize)")
     sim.add_argument("--bvals", type=_floats, default=None, metavar="B[,B...]",
@@ -97,11 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sim.add_argument("--angles", type=_floats, default=(90.0,), metavar="A[,A]",
                      help="crossing preset: angles of bundles 2 (and 3) to bundle 1, degrees (default: 90)")
-    sim.add_argument("--n-bundles", type=int, default=6, help="random preset: number of bundles (default: 6)")
+    sim.add_argument("--n-bundles", type=int, default=None,
+                     help="random presets: number of bundles (default: 6 for random, 12-30 drawn from the seed "
+                          "for brain-random)")
     sim.add_argument("--streamlines-per-bundle", type=int, default=None,
                      help="ground-truth streamlines per bundle (default: preset's, 200/100/150/300)")
     sim.add_argument("--voxel-size", type=float, default=None, metavar="MM",
-                     help="voxel edge in mm (default: 2; brain: 1.25-3; fibercup: 2 only)")
+                     help="voxel edge in mm (default: 2; brain presets: 1.25-3; fibercup: 2 only)")
     sim.add_argument("--step-mm", type=float, default=1.0, help="ground-truth streamline step (default: 1 mm)")
     sim.add_argument("--supersample", type=int, default=3,
                      help="sub-samples per voxel edge for partial volume (default: %(default)s)")

@@ -1,4 +1,5 @@
-"""Phantom layouts: ``fibercup``, ``crossing`` and ``random`` (``brain`` is in :mod:`.brain`).
+"""Phantom layouts: ``fibercup``, ``crossing`` and ``random`` (``brain``: :mod:`.brain`;
+``brain-random``: :mod:`.brain_random`).
 
 Each preset returns a :class:`Layout`: the grid, the tissue domain (the brain mask) and
 the bundles, all in array mm (see :mod:`.geometry`).
@@ -18,7 +19,7 @@ Z = np.array([0.0, 0.0, 1.0])
 # Presets that take any voxel size from 1.25 to 2.5 mm: crossing and random keep their grid
 # shape and the geometry scales with it; the brain presets resample the template and keep
 # their geometry in mm. Fibercup's 120 mm disc needs its 2 mm voxels on a 64-voxel grid.
-SCALABLE_PRESETS = ("crossing", "random", "brain")
+SCALABLE_PRESETS = ("crossing", "random", "brain", "brain-random")
 
 
 @dataclass
@@ -184,4 +185,8 @@ def get_layout(preset: str, rng: np.random.Generator, **kwargs) -> Layout:
         from .brain import brain  # brain builds on this module's Layout
 
         return brain(**kwargs)
-    raise ConfigError(f"unknown phantom preset {preset!r}; choose fibercup, crossing, random or brain")
+    if preset == "brain-random":
+        from .brain_random import brain_random_layout  # imports this module: deferred
+
+        return brain_random_layout(rng, **kwargs)
+    raise ConfigError(f"unknown phantom preset {preset!r}; choose fibercup, crossing, random, brain or brain-random")

@@ -47,7 +47,7 @@ class PhantomConfig:
     supersample: int = 3                      # sub-samples per voxel edge
     radiological: bool = False                # negative-determinant (LAS) affine
     angles: tuple[float, ...] = (90.0,)       # crossing preset
-    n_bundles: int = 6                        # random preset
+    n_bundles: int | None = None              # random presets; None: 6 for random, 12-30 for brain-random
     roi_depth_mm: float | None = None         # end-region depth; None: two voxels
     mask_threshold: float = 0.1               # bundle mask: fibre fraction >= this, or traversed by its GT
     tissue: Tissue = field(default_factory=Tissue)
@@ -74,7 +74,7 @@ class PhantomConfig:
             raise ConfigError(f"supersample must be between 1 and 8, got {self.supersample}")
         if self.streamlines_per_bundle is not None and self.streamlines_per_bundle < 1:
             raise ConfigError(f"streamlines_per_bundle must be at least 1, got {self.streamlines_per_bundle}")
-        if self.n_bundles < 1:
+        if self.n_bundles is not None and self.n_bundles < 1:
             raise ConfigError(f"n_bundles must be at least 1, got {self.n_bundles}")
         if self.roi_depth_mm is not None:
             positive("roi_depth_mm", self.roi_depth_mm)
@@ -250,8 +250,10 @@ def _layout(config: PhantomConfig, rng: np.random.Generator, acquisition: Acquis
         kwargs["voxel_size"] = voxel_size
     if config.preset == "crossing":
         kwargs["angles"] = tuple(config.angles)
-    elif config.preset == "random":
+    elif config.preset in ("random", "brain-random") and config.n_bundles is not None:
         kwargs["n_bundles"] = config.n_bundles
+    if config.preset == "brain-random" and config.voxel_size is not None:
+        kwargs["voxel_size"] = config.voxel_size
     return get_layout(config.preset, rng, **kwargs)
 
 

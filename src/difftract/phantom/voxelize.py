@@ -43,7 +43,7 @@ def subvoxel_offsets(n: int) -> np.ndarray:
 
 
 def cover(tube: Tube, shape: tuple[int, int, int], voxel_size: float, n: int) -> Coverage:
-    """Sub-samples of the grid that lie inside ``tube`` (searched in its bounding box only)."""
+    """Sub-samples of the grid that lie inside ``tube`` (searched only in voxels near its centreline)."""
     pad = max(tube.r1.max(), tube.r2.max()) + voxel_size
     lo = np.clip(np.floor((tube.centre.min(axis=0) - pad) / voxel_size), 0, None).astype(int)
     hi = np.minimum(np.ceil((tube.centre.max(axis=0) + pad) / voxel_size).astype(int) + 1, shape)

@@ -53,10 +53,8 @@ def phantom_overview(phantom, path: str | Path, force: bool = False) -> Path:
     ax.set_title(f"ground-truth streamlines ({sum(len(b.streamlines) for b in phantom.bundles)}), x-y projection")
     for a in axes:
         a.set_xticks([]), a.set_yticks([])
-    snr = phantom.config.snr if phantom.acquisition is None else phantom.acquisition.snr  # drawn if randomised
-    snr = "none" if snr is None else f"{snr:.3g}"
     fig.suptitle(f"difftract phantom '{phantom.config.preset}', seed {phantom.config.seed}, "
-                 f"SNR {snr}, {len(phantom.bvals)} volumes")
+                 f"SNR {phantom.config.snr}, {len(phantom.bvals)} volumes")
     with atomic_file(path, force=force) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
