@@ -1,0 +1,272 @@
+"""A bounded disk pool of simulated training subjects, filled ahead of use by a background process.
+
+:class:`SubjectPool` keeps one ``.npz`` per subject (``s<seed>-<recipe key>.npz``) in a
+folder. A background worker simulates the subjects announced with :meth:`SubjectPool.want`,
+in order, and writes each atomically; :meth:`SubjectPool.get` reads one, asking for it
+first (ahead of the queue) and waiting when it is not there yet. Before each write the
+worker evicts the least recently used files (reading a file touches it) until the pool
+holds fewer than ``max_subjects`` and the new file fits in ``max_bytes``.
+
+Why a process and not a thread: simulation and the reference fits run for seconds in
+numpy, scipy and torch code that often holds the GIL, which would stall the training
+step; a separate process runs beside it on its own core. It is started with 'spawn'
+(never 'fork'), so it inherits no torch or CUDA state and no DDP sockets from the
+trainer. ``background=False`` simulates in the calling process instead (tests, debugging).
+
+Failure is never a hang: a subject that cannot be simulated raises its error in
+:meth:`get`; a worker that dies (killed, out of memory) or a subject not ready within
+``timeout`` seconds raises :class:`StreamError` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+import zipfile
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DifftractError
+from ..io.atomic import atomic_file
+from .recipe import SubjectRecipe
+
+log = logging.getLogger("difftract")
+_POLL = 1.0   # seconds between checks that the worker is alive while waiting
+
+
+class StreamError(DifftractError, RuntimeError):
+    """The subject stream cannot deliver: a subject failed, the worker died, or it timed out."""
+
+
+class SubjectPool:
+    """Simulated subjects on disk, at most ``max_subjects`` files and ``max_bytes`` bytes.
+
+    Parameters
+    ----------
+    recipe : SubjectRecipe
+    folder : path
+        The pool folder (created); pools of several recipes or runs may share it.
+    max_subjects : int
+    max_bytes : int
+    background : bool
+        Simulate in a background process (default) or in the caller.
+    timeout : float
+        Longest wait, in seconds, for one subject.
+    """
+
+    def __init__(self, recipe: SubjectRecipe, folder: str | Path, max_subjects: int = 64,
+                 max_bytes: int = 8 * 2**30, background: bool = True, timeout: float = 3600.0):
+        if max_subjects < 1 or max_bytes < 1 or not timeout > 0:
+            raise ConfigError(f"the subject pool needs max_subjects >= 1, max_bytes >= 1 and a positive timeout, "
+                              f"got {max_subjects}, {max_bytes}, {timeout}")
+        self.recipe, self.folder = recipe, Path(folder)
+        self.max_subjects, self.max_bytes, self.background, self.timeout = max_subjects, max_bytes, background, timeout
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.seconds: dict[int, float] = {}   # seconds spent simulating each subject made by this pool
+        self._made: set[int] = set()          # reported ready by the worker at least once
+        self._failed: dict[int, str] = {}
+        self._process = self._requests = self._replies = None
+
+    @property
+    def mean_seconds(self) -> float:
+        """Mean seconds per subject this pool simulated (NaN when none)."""
+        return float(np.mean(list(self.seconds.values()))) if self.seconds else math.nan
+
+    def path(self, seed: int) -> Path:
+        return self.folder / f"s{int(seed)}-{self.recipe.key}.npz"
+
+    # ------------------------------------------------------------------ the caller's side
+    def want(self, seeds: Sequence[int]) -> None:
+        """Queue these subjects for the worker, in order (those already queued keep their place)."""
+        missing = [int(s) for s in seeds if not self.path(s).is_file()]
+        if missing and self.background:
+            self._send(("want", missing, False))
+
+    def get(self, seed: int) -> dict[str, np.ndarray]:
+        """Subject ``seed``'s arrays, simulated now or waited for if the pool lacks them."""
+        seed = int(seed)
+        deadline, asked = time.monotonic() + self.timeout, False
+        while True:
+            arrays = self._read(seed)
+            if arrays is not None:
+                return arrays
+            if not self.background:
+                return self._make_here(seed)
+            if seed in self._failed:
+                raise StreamError(f"subject seed {seed} could not be simulated: {self._failed[seed]}")
+            if not asked:
+                if seed in self._made:   # ready once, gone now: another writer's eviction
+                    log.warning("subject seed %d was evicted from the pool %s before use; simulating it again "
+                                "(a larger pool avoids this)", seed, self.folder)
+                self._send(("want", [seed], True))
+                asked = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StreamError(f"subject seed {seed} was not ready after {self.timeout:g} s (raise the "
+                                  f"stream timeout, or use a smaller phantom)")
+            if self._receive(min(left, _POLL), seed):
+                asked = False   # ready: read it next; should it be gone already, ask again
+
+    def close(self) -> None:
+        """Stop the worker (the pool's files stay for later runs)."""
+        if self._process is not None:
+            try:
+                self._requests.put(("stop",))
+            except (OSError, ValueError):
+                pass
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(5)
+            self._process = None
+
+    def __enter__(self) -> SubjectPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, message: tuple) -> None:
+        if self._process is None:
+            ctx = mp.get_context("spawn")
+            self._requests, self._replies = ctx.Queue(), ctx.Queue()
+            self._process = ctx.Process(target=_work, name="difftract-subjects", daemon=True,
+                                        args=(self.recipe, str(self.folder), self.max_subjects, self.max_bytes,
+                                              self._requests, self._replies))
+            self._process.start()
+        self._requests.put(message)
+
+    def _receive(self, wait: float, seed: int) -> bool:
+        """Take the worker's reports for up to ``wait`` s; True when ``seed`` was reported ready."""
+        try:
+            reply = self._replies.get(timeout=wait)
+        except queue.Empty:
+            if not self._process.is_alive():
+                code = self._process.exitcode
+                self._process = None
+                why = ", killed: out of memory?" if code in (-9, 137) else ""
+                raise StreamError(f"the subject worker died (exit code {code}{why}) while subject seed {seed} was "
+                                  f"awaited; the pool {self.folder} keeps the finished subjects, so --resume "
+                                  "continues from the last checkpoint") from None
+            return False
+        kind, done, detail = reply
+        if kind == "failed":
+            self._failed[done] = detail
+        else:
+            self._made.add(done)
+            if detail is not None:
+                self.seconds[done] = detail
+        return kind == "ready" and done == seed
+
+    def _read(self, seed: int) -> dict[str, np.ndarray] | None:
+        path = self.path(seed)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            os.utime(path)   # most recently used
+            return arrays
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            log.warning("unreadable pool file %s (%s): simulating the subject again", path, e)
+            path.unlink(missing_ok=True)
+            return None
+
+    def _make_here(self, seed: int) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        try:
+            arrays = self.recipe.make(seed)
+        except DifftractError as e:
+            raise StreamError(f"subject seed {seed} could not be simulated: {e}") from None
+        self.seconds[seed] = time.perf_counter() - t0
+        store(self.path(seed), arrays, self.max_subjects, self.max_bytes)
+        return arrays
+
+
+def store(path: Path, arrays: dict[str, np.ndarray], max_subjects: int, max_bytes: int) -> None:
+    """Write ``arrays`` to ``path`` atomically, evicting least recently used pool files first."""
+    size = sum(a.nbytes for a in arrays.values()) + 4096 * (len(arrays) + 1)   # + zip headers, roughly
+    if size > max_bytes:
+        raise StreamError(f"one subject takes {size / 2**20:.0f} MiB, more than the pool's limit of "
+                          f"{max_bytes / 2**20:.0f} MiB; raise it")
+    evict(path.parent, max_subjects - 1, max_bytes - size)
+    with atomic_file(path, force=True) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def evict(folder: Path, keep: int, keep_bytes: int) -> list[Path]:
+    """Remove the least recently used ``*.npz`` of ``folder`` until at most ``keep`` files and ``keep_bytes`` remain."""
+    files = []
+    for p in folder.glob("*.npz"):
+        try:
+            st = p.stat()
+        except FileNotFoundError:   # another rank's worker evicted it meanwhile
+            continue
+        files.append((st.st_mtime_ns, st.st_size, p))
+    files.sort()
+    total, removed = sum(f[1] for f in files), []
+    for _, size, p in files:
+        if len(files) - len(removed) <= max(keep, 0) and total <= keep_bytes:
+            break
+        p.unlink(missing_ok=True)
+        total -= size
+        removed.append(p)
+    return removed
+
+
+def _work(recipe: SubjectRecipe, folder: str, max_subjects: int, max_bytes: int, requests, replies) -> None:
+    """The worker process: simulate the wanted subjects in order until told to stop or orphaned.
+
+    Every queued request is taken in before the next subject starts, so a subject the
+    trainer waits for (urgent) goes next.
+    """
+    pool = SubjectPool(recipe, folder, max_subjects, max_bytes, background=False)
+    pending: deque[int] = deque()
+    parent = mp.parent_process()
+    while True:
+        try:
+            message = requests.get_nowait() if pending else requests.get(timeout=_POLL)
+        except queue.Empty:
+            message = None
+        if message is not None:
+            if message[0] == "stop":
+                return
+            _queue(pending, *message[1:])
+            continue
+        if parent is not None and not parent.is_alive():   # the trainer was killed: do not linger
+            return
+        if not pending:
+            continue
+        seed = pending.popleft()
+        if pool.path(seed).is_file():
+            replies.put(("ready", seed, None))
+            continue
+        t0 = time.perf_counter()
+        try:
+            store(pool.path(seed), recipe.make(seed), max_subjects, max_bytes)
+        except Exception as e:   # reported to the caller, who raises it where the subject is needed
+            detail = str(e) if isinstance(e, DifftractError) else "".join(traceback.format_exception(e))
+            replies.put(("failed", seed, detail))
+            continue
+        replies.put(("ready", seed, time.perf_counter() - t0))
+
+
+def _queue(pending: deque, seeds: list[int], urgent: bool) -> None:
+    """Add ``seeds`` to the worker's queue: urgent ones to the front, in order; others at the end, once."""
+    for seed in (reversed(seeds) if urgent else seeds):
+        if seed in pending:
+            if not urgent:
+                continue
+            pending.remove(seed)
+        if urgent:
+            pending.appendleft(seed)
+        else:
+            pending.append(seed)
