@@ -11,7 +11,9 @@ Why a process and not a thread: simulation and the reference fits run for second
 numpy, scipy and torch code that often holds the GIL, which would stall the training
 step; a separate process runs beside it on its own core. It is started with 'spawn'
 (never 'fork'), so it inherits no torch or CUDA state and no DDP sockets from the
-trainer. ``background=False`` simulates in the calling process instead (tests, debugging).
+trainer; as with any 'spawn' process, a script that uses the pool needs the
+``if __name__ == "__main__":`` guard. ``background=False`` simulates in the calling process
+instead (tests, debugging).
 
 Failure is never a hang: a subject that cannot be simulated raises its error in
 :meth:`get`; a worker that dies (killed, out of memory) or a subject not ready within
@@ -97,6 +99,7 @@ class SubjectPool:
         while True:
             arrays = self._read(seed)
             if arrays is not None:
+                self._drain()
                 return arrays
             if not self.background:
                 return self._make_here(seed)
@@ -127,6 +130,7 @@ class SubjectPool:
                 self._process.terminate()
                 self._process.join(5)
             self._process = None
+            self._drain()
 
     def __enter__(self) -> SubjectPool:
         return self
@@ -138,10 +142,11 @@ class SubjectPool:
         if self._process is None:
             ctx = mp.get_context("spawn")
             self._requests, self._replies = ctx.Queue(), ctx.Queue()
-            self._process = ctx.Process(target=_work, name="difftract-subjects", daemon=True,
-                                        args=(self.recipe, str(self.folder), self.max_subjects, self.max_bytes,
-                                              self._requests, self._replies))
-            self._process.start()
+            process = ctx.Process(target=_work, name="difftract-subjects", daemon=True,
+                                  args=(self.recipe, str(self.folder), self.max_subjects, self.max_bytes,
+                                        self._requests, self._replies))
+            process.start()
+            self._process = process
         self._requests.put(message)
 
     def _receive(self, wait: float, seed: int) -> bool:
@@ -157,14 +162,25 @@ class SubjectPool:
                                   f"awaited; the pool {self.folder} keeps the finished subjects, so --resume "
                                   "continues from the last checkpoint") from None
             return False
-        kind, done, detail = reply
+        self._note(reply)
+        return reply[0] == "ready" and reply[1] == seed
+
+    def _note(self, reply: tuple) -> None:
+        kind, seed, detail = reply
         if kind == "failed":
-            self._failed[done] = detail
+            self._failed[seed] = detail
         else:
-            self._made.add(done)
+            self._made.add(seed)
             if detail is not None:
-                self.seconds[done] = detail
-        return kind == "ready" and done == seed
+                self.seconds[seed] = detail
+
+    def _drain(self) -> None:
+        """Take the reports already sent (timings of subjects read before their report arrived)."""
+        while self._replies is not None:
+            try:
+                self._note(self._replies.get_nowait())
+            except (queue.Empty, OSError, ValueError):
+                return
 
     def _read(self, seed: int) -> dict[str, np.ndarray] | None:
         path = self.path(seed)

@@ -70,7 +70,8 @@ class StreamPlan:
                               f"{STREAM_VALIDATION_OFFSET} training subjects; use another --stream-base")
         return [training_seed(self.base, k, self.rank, self.world_size) for k in self.indices(epoch)]
 
-    def val_seeds(self) -> list[int]:
+    def validation_seeds(self, epoch: int = 0) -> list[int]:
+        """Phantom seeds of the validation subjects: the same on every rank and in every epoch."""
         return [validation_seed(self.base, j) for j in range(self.val_subjects)]
 
     def describe(self) -> dict:
