@@ -44,10 +44,12 @@ def test_streamed_arrays_match_the_phantom_folder_path(tmp_path):
     # the folder stores bvecs as text and streamlines in RAS mm: float32-level differences
     np.testing.assert_allclose(ddt["sh"], ddt_dir.sh.numpy(), rtol=1e-4, atol=1e-4 * np.abs(ddt["sh"]).max())
     np.testing.assert_allclose(ddt["points"], np.concatenate(ddt_dir.streamlines), atol=1e-4)
-    q, q_dir = qcg.subject_from_arrays("s", qcg.phantom_arrays(phantom), patch=8), qcg.prepare_subject(folder, patch=8)
+    # QCG-DTI: the stream's worker draws the flexible sets (seeded by the phantom's seed) as the loader would
+    q = qcg.subject_from_arrays("s", qcg.phantom_arrays(phantom, pool_size=20), patch=8)
+    q_dir = qcg.prepare_subject(folder, patch=8, pool_size=20, seed=config.seed)
     np.testing.assert_array_equal(q.mask, q_dir.mask)
     np.testing.assert_allclose(q.reference, q_dir.reference, rtol=1e-3, atol=1e-3 * np.abs(q.reference).max())
-    assert [s.indices for s in q.pool] == [s.indices for s in q_dir.pool]
+    assert [s.indices for s in q.pool] == [s.indices for s in q_dir.pool] and q.fixed.indices == q_dir.fixed.indices
 
 
 def test_pool_is_bounded_and_evicts_the_least_recently_used(tmp_path):
