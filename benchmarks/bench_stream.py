@@ -64,8 +64,9 @@ def generation_cost(names: list[str], seeds: int) -> dict:
             sizes.append(sum(a.nbytes for a in arrays.values()) / 2**20)
         out[name] = {"seconds_per_subject": round(float(np.mean(times)), 2), "seconds": [round(t, 2) for t in times],
                      "mib_per_subject": round(float(np.mean(sizes)), 1)}
-        print(f"{name:22} {out[name]['seconds_per_subject']:6.2f} s/subject  ({', '.join(map(str, out[name]['seconds']))})"
-              f"  {out[name]['mib_per_subject']:6.1f} MiB", flush=True)
+        each = ", ".join(map(str, out[name]["seconds"]))
+        print(f"{name:22} {out[name]['seconds_per_subject']:6.2f} s/subject ({each})  "
+              f"{out[name]['mib_per_subject']:6.1f} MiB", flush=True)
     return out
 
 

@@ -38,7 +38,8 @@ def test_streamed_ddtracking_resumes_exactly(tmp_path):
     assert first["val_subject_seeds"] == second["val_subject_seeds"] == [validation_seed(0, 0)]
     assert rows(part) == [{**r, "seconds": p["seconds"]} for r, p in zip(rows(full), rows(part))]
     side = json.loads(full.with_suffix(".json").read_text())
-    assert side["weights_sha256"] == sha256(full) and side["params"]["stream"]["recipe"]["phantom"]["preset"] == "crossing"
+    assert side["weights_sha256"] == sha256(full)
+    assert side["params"]["stream"]["recipe"]["phantom"]["preset"] == "crossing"
     assert side["stream"]["subjects_simulated"] >= 5 and side["stream"]["seconds_per_subject"] > 0
     assert len(list((tmp_path / "full.stream").glob("*.npz"))) <= 2 * 2 + 1     # the default pool bound
     # another stream is another data setup: no resume

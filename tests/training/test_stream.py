@@ -53,7 +53,7 @@ def test_streamed_arrays_match_the_phantom_folder_path(tmp_path):
 
 
 def test_pool_is_bounded_and_evicts_the_least_recently_used(tmp_path):
-    pool = SubjectPool(DD, tmp_path, max_subjects=2, background=False)
+    pool = SubjectPool(DD, tmp_path, max_subjects=2, workers=0)
     first = pool.get(1)
     pool.get(2)
     os.utime(pool.path(2), ns=(1, 1))             # 2 is older than 1 ...
@@ -62,26 +62,26 @@ def test_pool_is_bounded_and_evicts_the_least_recently_used(tmp_path):
     pool.get(1)
     assert set(pool.seconds) == {1, 2, 3}        # 1 was read back, not simulated again
     size = pool.path(1).stat().st_size
-    small = SubjectPool(DD, tmp_path, max_subjects=10, max_bytes=int(1.5 * size), background=False)
+    small = SubjectPool(DD, tmp_path, max_subjects=10, max_bytes=int(1.5 * size), workers=0)
     assert same(small.get(4), DD.make(4)) and len(list(tmp_path.glob("*.npz"))) == 1   # bytes bound
     assert same(small.get(1), first)              # evicted, then simulated again identically
     with pytest.raises(StreamError, match="more than the pool's limit"):
-        SubjectPool(DD, tmp_path / "tiny", max_bytes=1000, background=False).get(1)
+        SubjectPool(DD, tmp_path / "tiny", max_bytes=1000, workers=0).get(1)
     with pytest.raises(ConfigError):
         SubjectPool(DD, tmp_path, max_subjects=0)
 
 
-def test_background_worker_prefetches_and_reports(tmp_path):
-    with SubjectPool(DD, tmp_path, max_subjects=8) as pool:
-        pool.want([11, 12])
+def test_background_workers_prefetch_and_report(tmp_path):
+    with SubjectPool(DD, tmp_path, max_subjects=8, workers=2) as pool:
+        pool.want([11, 12, 13])
         deadline = time.monotonic() + 120
-        while not all(pool.path(s).is_file() for s in (11, 12)) and time.monotonic() < deadline:
+        while not all(pool.path(s).is_file() for s in (11, 12, 13)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert all(pool.path(s).is_file() for s in (11, 12))   # written before anyone asked for them
-        assert same(pool.get(12), DD.make(12)) and same(pool.get(13), DD.make(13))
-        worker = pool._process
-        assert worker.is_alive()
-    assert not worker.is_alive() and {11, 12, 13} <= set(pool.seconds)
+        assert all(pool.path(s).is_file() for s in (11, 12, 13))   # written before anyone asked for them
+        assert same(pool.get(12), DD.make(12)) and same(pool.get(14), DD.make(14))
+        workers = list(pool._processes)
+        assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    assert not any(w.is_alive() for w in workers) and {11, 12, 13, 14} <= set(pool.seconds)
 
 
 def test_worker_failures_are_errors_not_hangs(tmp_path):
@@ -91,7 +91,7 @@ def test_worker_failures_are_errors_not_hangs(tmp_path):
             pool.get(1)
     with SubjectPool(DD, tmp_path / "b") as pool:
         pool.want([1])
-        os.kill(pool._process.pid, signal.SIGKILL)
+        os.kill(pool._processes[0].pid, signal.SIGKILL)
         with pytest.raises(StreamError, match="worker died"):
             pool.get(2)
     with SubjectPool(DD, tmp_path / "c", timeout=0.3) as pool:   # the worker alone takes longer to start
@@ -122,7 +122,7 @@ def test_ranks_and_epochs_never_share_subjects():
 
 def test_stream_dataset_switches_subjects_per_epoch(tmp_path):
     plan = StreamPlan(subjects_per_epoch=2)
-    pool = SubjectPool(DD, tmp_path, background=False)
+    pool = SubjectPool(DD, tmp_path, workers=0)
     build = lambda subjects: dd.StreamlineDataset(subjects, 6, seed=0, window=8)   # noqa: E731
     data = StreamDataset(pool, plan.seeds, lambda seed, arrays: dd.subject_from_arrays(str(seed), arrays), build, 6)
     data.set_epoch(1)

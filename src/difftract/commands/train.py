@@ -161,7 +161,7 @@ def _streamed_patches(args: argparse.Namespace, patch: int, multiple: int):
     load = partial(_streamed_subject, patch=patch, multiple=multiple)
     train_set = StreamDataset(pool, plan.seeds, load, partial(PatchDataset, n_samples=args.samples_per_epoch,
                                                               patch=patch, scheme=args.scheme, seed=args.seed),
-                              args.samples_per_epoch)
+                              args.samples_per_epoch, last_epoch=args.epochs)
     val_set = StreamDataset(pool, plan.validation_seeds, load,
                             partial(PatchDataset, n_samples=args.val_samples, patch=patch, scheme=args.scheme,
                                     seed=args.seed + 10_000, augment=False, per_epoch=False),

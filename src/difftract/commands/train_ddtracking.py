@@ -181,7 +181,7 @@ def _streamed_windows(args: argparse.Namespace, noise: dict):
     pool, plan, record = stream.open_stream(args, phantom_arrays, {"step": args.step}, {})
     train_set = StreamDataset(pool, plan.seeds, _streamed_subject,
                               partial(StreamlineDataset, n_samples=args.samples_per_epoch, seed=args.seed, **noise),
-                              args.samples_per_epoch)
+                              args.samples_per_epoch, last_epoch=args.epochs)
     val_set = StreamDataset(pool, plan.validation_seeds, _streamed_subject,
                             partial(StreamlineDataset, n_samples=args.val_samples, seed=args.seed + 10_000,
                                     per_epoch=False, **noise),

@@ -1,23 +1,28 @@
-"""A bounded disk pool of simulated training subjects, filled ahead of use by a background process.
+"""A bounded disk pool of simulated training subjects, filled ahead of use by background processes.
 
 :class:`SubjectPool` keeps one ``.npz`` per subject (``s<seed>-<recipe key>.npz``) in a
-folder. A background worker simulates the subjects announced with :meth:`SubjectPool.want`,
-in order, and writes each atomically; :meth:`SubjectPool.get` reads one, asking for it
-first (ahead of the queue) and waiting when it is not there yet. Before each write the
-worker evicts the least recently used files (reading a file touches it) until the pool
-holds fewer than ``max_subjects`` and the new file fits in ``max_bytes``.
+folder. Background workers simulate the subjects announced with :meth:`SubjectPool.want`,
+in order, and write each atomically; :meth:`SubjectPool.get` reads one, asking for it
+ahead of the queue and waiting when it is not there yet. Before each write a worker
+evicts the least recently used files (reading a file touches it) until the pool holds
+fewer than ``max_subjects`` and the new file fits in ``max_bytes``. Several workers share
+one queue: a subject is simulated by whichever is free (twice at worst, when one is asked
+for urgently while another worker is on it: same seed, same file).
 
 Why a process and not a thread: simulation and the reference fits run for seconds in
 numpy, scipy and torch code that often holds the GIL, which would stall the training
 step; a separate process runs beside it on its own core. It is started with 'spawn'
 (never 'fork'), so it inherits no torch or CUDA state and no DDP sockets from the
 trainer; as with any 'spawn' process, a script that uses the pool needs the
-``if __name__ == "__main__":`` guard. ``background=False`` simulates in the calling process
+``if __name__ == "__main__":`` guard. ``workers=0`` simulates in the calling process
 instead (tests, debugging).
 
 Failure is never a hang: a subject that cannot be simulated raises its error in
 :meth:`get`; a worker that dies (killed, out of memory) or a subject not ready within
 ``timeout`` seconds raises :class:`StreamError` naming it.
+
+A GPU trains an epoch faster than one worker simulates its subjects; then more workers
+(one per free core) keep it fed.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import queue
 import time
 import traceback
 import zipfile
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,28 +62,30 @@ class SubjectPool:
         The pool folder (created); pools of several recipes or runs may share it.
     max_subjects : int
     max_bytes : int
-    background : bool
-        Simulate in a background process (default) or in the caller.
+    workers : int
+        Background processes simulating subjects; 0: simulate in the caller when asked.
     timeout : float
         Longest wait, in seconds, for one subject.
     """
 
     def __init__(self, recipe: SubjectRecipe, folder: str | Path, max_subjects: int = 64,
-                 max_bytes: int = 8 * 2**30, background: bool = True, timeout: float = 3600.0):
-        if max_subjects < 1 or max_bytes < 1 or not timeout > 0:
-            raise ConfigError(f"the subject pool needs max_subjects >= 1, max_bytes >= 1 and a positive timeout, "
-                              f"got {max_subjects}, {max_bytes}, {timeout}")
+                 max_bytes: int = 8 * 2**30, workers: int = 1, timeout: float = 3600.0):
+        if max_subjects < 1 or max_bytes < 1 or workers < 0 or not timeout > 0:
+            raise ConfigError(f"the subject pool needs max_subjects >= 1, max_bytes >= 1, workers >= 0 and a "
+                              f"positive timeout, got {max_subjects}, {max_bytes}, {workers}, {timeout}")
         self.recipe, self.folder = recipe, Path(folder)
-        self.max_subjects, self.max_bytes, self.background, self.timeout = max_subjects, max_bytes, background, timeout
+        self.max_subjects, self.max_bytes, self.workers, self.timeout = max_subjects, max_bytes, workers, timeout
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.seconds: dict[int, float] = {}   # seconds spent simulating each subject made by this pool
-        self._made: set[int] = set()          # reported ready by the worker at least once
+        self.seconds: dict[int, float] = {}   # seconds spent simulating each subject made for this pool
+        self._made: set[int] = set()          # reported ready by a worker at least once
+        self._queued: set[int] = set()        # sent to the workers' queue
         self._failed: dict[int, str] = {}
-        self._process = self._requests = self._replies = None
+        self._processes: list = []
+        self._queue = self._urgent = self._replies = self._stop = None
 
     @property
     def mean_seconds(self) -> float:
-        """Mean seconds per subject this pool simulated (NaN when none)."""
+        """Mean seconds per subject simulated for this pool (NaN when none)."""
         return float(np.mean(list(self.seconds.values()))) if self.seconds else math.nan
 
     def path(self, seed: int) -> Path:
@@ -87,10 +93,13 @@ class SubjectPool:
 
     # ------------------------------------------------------------------ the caller's side
     def want(self, seeds: Sequence[int]) -> None:
-        """Queue these subjects for the worker, in order (those already queued keep their place)."""
-        missing = [int(s) for s in seeds if not self.path(s).is_file()]
-        if missing and self.background:
-            self._send(("want", missing, False))
+        """Queue these subjects for the workers, in order (each at most once)."""
+        if not self.workers:
+            return
+        for seed in map(int, seeds):
+            if seed not in self._queued and not self.path(seed).is_file():
+                self._start().put(seed)
+                self._queued.add(seed)
 
     def get(self, seed: int) -> dict[str, np.ndarray]:
         """Subject ``seed``'s arrays, simulated now or waited for if the pool lacks them."""
@@ -101,7 +110,7 @@ class SubjectPool:
             if arrays is not None:
                 self._drain()
                 return arrays
-            if not self.background:
+            if not self.workers:
                 return self._make_here(seed)
             if seed in self._failed:
                 raise StreamError(f"subject seed {seed} could not be simulated: {self._failed[seed]}")
@@ -109,7 +118,8 @@ class SubjectPool:
                 if seed in self._made:   # ready once, gone now: another writer's eviction
                     log.warning("subject seed %d was evicted from the pool %s before use; simulating it again "
                                 "(a larger pool avoids this)", seed, self.folder)
-                self._send(("want", [seed], True))
+                self._start()
+                self._urgent.put(seed)
                 asked = True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -119,18 +129,18 @@ class SubjectPool:
                 asked = False   # ready: read it next; should it be gone already, ask again
 
     def close(self) -> None:
-        """Stop the worker (the pool's files stay for later runs)."""
-        if self._process is not None:
-            try:
-                self._requests.put(("stop",))
-            except (OSError, ValueError):
-                pass
-            self._process.join(10)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(5)
-            self._process = None
-            self._drain()
+        """Stop the workers (the pool's files stay for later runs)."""
+        if not self._processes:
+            return
+        self._stop.set()
+        deadline = time.monotonic() + 10   # a worker finishes the subject it is on, if it is quick
+        for process in self._processes:
+            process.join(max(deadline - time.monotonic(), 0.1))
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+        self._processes = []
+        self._drain()
 
     def __enter__(self) -> SubjectPool:
         return self
@@ -138,27 +148,31 @@ class SubjectPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _send(self, message: tuple) -> None:
-        if self._process is None:
+    def _start(self):
+        """Start the workers on first use; the normal queue."""
+        if not self._processes:
             ctx = mp.get_context("spawn")
-            self._requests, self._replies = ctx.Queue(), ctx.Queue()
-            process = ctx.Process(target=_work, name="difftract-subjects", daemon=True,
-                                  args=(self.recipe, str(self.folder), self.max_subjects, self.max_bytes,
-                                        self._requests, self._replies))
-            process.start()
-            self._process = process
-        self._requests.put(message)
+            self._queue, self._urgent, self._replies, self._stop = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
+            self._queued.clear()
+            args = (self.recipe, str(self.folder), self.max_subjects, self.max_bytes,
+                    self._queue, self._urgent, self._stop, self._replies)
+            for k in range(self.workers):
+                process = ctx.Process(target=_work, name=f"difftract-subjects-{k}", args=args, daemon=True)
+                process.start()
+                self._processes.append(process)
+        return self._queue
 
     def _receive(self, wait: float, seed: int) -> bool:
-        """Take the worker's reports for up to ``wait`` s; True when ``seed`` was reported ready."""
+        """Take the workers' reports for up to ``wait`` s; True when ``seed`` was reported ready."""
         try:
             reply = self._replies.get(timeout=wait)
         except queue.Empty:
-            if not self._process.is_alive():
-                code = self._process.exitcode
-                self._process = None
+            dead = [p for p in self._processes if not p.is_alive()]
+            if dead:
+                code = dead[0].exitcode
+                self.close()
                 why = ", killed: out of memory?" if code in (-9, 137) else ""
-                raise StreamError(f"the subject worker died (exit code {code}{why}) while subject seed {seed} was "
+                raise StreamError(f"a subject worker died (exit code {code}{why}) while subject seed {seed} was "
                                   f"awaited; the pool {self.folder} keeps the finished subjects, so --resume "
                                   "continues from the last checkpoint") from None
             return False
@@ -238,30 +252,21 @@ def evict(folder: Path, keep: int, keep_bytes: int) -> list[Path]:
     return removed
 
 
-def _work(recipe: SubjectRecipe, folder: str, max_subjects: int, max_bytes: int, requests, replies) -> None:
-    """The worker process: simulate the wanted subjects in order until told to stop or orphaned.
-
-    Every queued request is taken in before the next subject starts, so a subject the
-    trainer waits for (urgent) goes next.
-    """
-    pool = SubjectPool(recipe, folder, max_subjects, max_bytes, background=False)
-    pending: deque[int] = deque()
+def _work(recipe: SubjectRecipe, folder: str, max_subjects: int, max_bytes: int, jobs, urgent, stop,
+          replies) -> None:
+    """A worker process: simulate queued subjects (urgent ones first) until stopped or orphaned."""
+    pool = SubjectPool(recipe, folder, max_subjects, max_bytes, workers=0)
     parent = mp.parent_process()
-    while True:
-        try:
-            message = requests.get_nowait() if pending else requests.get(timeout=_POLL)
-        except queue.Empty:
-            message = None
-        if message is not None:
-            if message[0] == "stop":
-                return
-            _queue(pending, *message[1:])
-            continue
+    while not stop.is_set():
         if parent is not None and not parent.is_alive():   # the trainer was killed: do not linger
             return
-        if not pending:
-            continue
-        seed = pending.popleft()
+        try:
+            seed = urgent.get_nowait()
+        except queue.Empty:
+            try:
+                seed = jobs.get(timeout=_POLL)
+            except queue.Empty:
+                continue
         if pool.path(seed).is_file():
             replies.put(("ready", seed, None))
             continue
@@ -273,16 +278,3 @@ def _work(recipe: SubjectRecipe, folder: str, max_subjects: int, max_bytes: int,
             replies.put(("failed", seed, detail))
             continue
         replies.put(("ready", seed, time.perf_counter() - t0))
-
-
-def _queue(pending: deque, seeds: list[int], urgent: bool) -> None:
-    """Add ``seeds`` to the worker's queue: urgent ones to the front, in order; others at the end, once."""
-    for seed in (reversed(seeds) if urgent else seeds):
-        if seed in pending:
-            if not urgent:
-                continue
-            pending.remove(seed)
-        if urgent:
-            pending.appendleft(seed)
-        else:
-            pending.append(seed)

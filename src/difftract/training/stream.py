@@ -108,21 +108,24 @@ class StreamDataset(Dataset):
     n_samples : int
         Samples per epoch.
     prefetch : bool
-        Announce the next epoch's subjects to the pool's worker at the start of an epoch.
+        Announce the next epoch's subjects to the pool's workers at the start of an epoch.
+    last_epoch : int, optional
+        No prefetch beyond it (the run's last epoch).
     """
 
     def __init__(self, pool: SubjectPool, seeds: Callable[[int], list[int]], load: Callable, build: Callable,
-                 n_samples: int, prefetch: bool = True):
+                 n_samples: int, prefetch: bool = True, last_epoch: int | None = None):
         if n_samples < 1:
             raise ConfigError(f"a streamed dataset needs at least one sample per epoch, got {n_samples}")
         self.pool, self.seeds, self.load, self.build = pool, seeds, load, build
-        self.n_samples, self.prefetch = int(n_samples), prefetch
+        self.n_samples, self.prefetch, self.last_epoch = int(n_samples), prefetch, last_epoch
         self.current: list[int] = []
         self.data = None
 
     def set_epoch(self, epoch: int) -> None:
         seeds = self.seeds(epoch)
-        upcoming = [s for s in self.seeds(epoch + 1) if s not in seeds] if self.prefetch else []
+        ahead = self.prefetch and (self.last_epoch is None or epoch < self.last_epoch)
+        upcoming = [s for s in self.seeds(epoch + 1) if s not in seeds] if ahead else []
         if seeds != self.current:
             self.pool.want(seeds + upcoming)     # in order: this epoch's, then the next one's
             self.data = self.build([self.load(s, self.pool.get(s)) for s in seeds])
