@@ -76,8 +76,8 @@ def train_streamed(work: Path, args: argparse.Namespace) -> dict:
     command = [sys.executable, "-m", "difftract", "-q", "train", "qcgdti", "--stream", args.preset,
                "--subjects-per-epoch", str(args.subjects_per_epoch), "--epochs", str(args.epochs),
                "--samples-per-epoch", str(args.samples_per_epoch), "--val-samples", "8", "--batch-size", "2",
-               "--patch", str(args.patch), "--widths", args.widths, "--lr", "1e-3", "--device", "cpu",
-               "--out", str(out), "--force"]
+               "--patch", str(args.patch), "--widths", args.widths, "--lr", "1e-3", "--device", args.device,
+               "--stream-workers", str(args.stream_workers), "--out", str(out), "--force"]
     print("$ " + " ".join(command[1:]), flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def train_streamed(work: Path, args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in out.with_name("qcg.metrics.jsonl").read_text().splitlines()]
     side = json.loads(out.with_suffix(".json").read_text())
-    print(f"{'epoch':>5} {'train loss':>11} {'val loss':>10} {'val RMSE':>9} {'seconds':>8}  subject seeds")
+    print(f"{'epoch':>5} {'train loss':>11} {'val loss':>10} {'val RMSE':>9} {'seconds':>8}  subject seeds", flush=True)
     for r in rows:
         print(f"{r['epoch']:5d} {r['train_loss']:11.4g} {r['val_loss']:10.4g} {r['val_rmse_um2_ms']:9.4f} "
               f"{r['seconds']:8.1f}  {r['train_subject_seeds']}")
@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--samples-per-epoch", type=int, default=16)
     ap.add_argument("--patch", type=int, default=16)
     ap.add_argument("--widths", default="8,16,32")
+    ap.add_argument("--device", default="cpu", help="training device (default: cpu)")
+    ap.add_argument("--stream-workers", type=int, default=1, help="simulating processes (default: 1)")
     ap.add_argument("--cost-seeds", type=int, default=2, help="subjects timed per recipe (default: 2)")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="recipes timed (default: all)")
     args, check = parse_args(ap, "bench_stream", TARGETS)
