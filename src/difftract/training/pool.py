@@ -141,6 +141,10 @@ class SubjectPool:
                 process.join(5)
         self._processes = []
         self._drain()
+        for q in (self._queue, self._urgent, self._replies):   # frees their semaphores now, not at exit
+            q.close()
+            q.join_thread()
+        self._queue = self._urgent = self._replies = self._stop = None
 
     def __enter__(self) -> SubjectPool:
         return self
