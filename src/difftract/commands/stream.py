@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_subjects: int) -> Non
                    help="most subjects kept in the pool (default: two epochs' and the validation subjects)")
     g.add_argument("--pool-gb", type=float, default=8.0, help="most gigabytes kept in the pool (default: %(default)s)")
     g.add_argument("--stream-workers", type=int, default=1, metavar="N",
-                   help="processes simulating subjects beside the training; more keep a GPU fed "
-                        "(default: %(default)s)")
+                   help="processes simulating subjects beside the training; more keep a GPU fed; 0 simulates "
+                        "in the training process when a subject is needed (default: %(default)s)")
     g.add_argument("--stream-timeout", type=float, default=3600.0, metavar="S",
                    help="longest wait for one subject, seconds (default: %(default)s)")
 
@@ -97,8 +97,8 @@ def open_stream(args: argparse.Namespace, prepare: Callable, settings: dict, pha
         log.warning("--pool-size %d is under one epoch's subjects and the validation ones: prefetched subjects "
                     "may be evicted before use and simulated again", size)
     folder = args.pool_dir or args.out.with_name(args.out.stem + ".stream")
-    if args.stream_workers < 1:
-        raise ConfigError(f"--stream-workers must be at least 1, got {args.stream_workers}")
+    if args.stream_workers < 0:
+        raise ConfigError(f"--stream-workers must be 0 or more, got {args.stream_workers}")
     pool = SubjectPool(recipe, folder, max_subjects=size, max_bytes=int(args.pool_gb * 2**30),
                        workers=args.stream_workers, timeout=args.stream_timeout)
     record = {"recipe": recipe.describe(), **plan.describe()}
