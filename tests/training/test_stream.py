@@ -14,7 +14,7 @@ import torch
 from difftract.errors import ConfigError
 from difftract.models.ddtracking import data as dd
 from difftract.models.qcgdti import data as qcg
-from difftract.phantom import save_phantom, simulate
+from difftract.phantom import Tissue, save_phantom, simulate
 from difftract.phantom.splits import TEST_SEED_START, is_test_seed, training_seed, validation_seed
 from difftract.training.pool import StreamError, SubjectPool
 from difftract.training.recipe import SubjectRecipe, phantom_recipe
@@ -26,6 +26,17 @@ DD = SubjectRecipe(TINY, dd.phantom_arrays, {"step": 1.0})
 
 def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_phantom_recipe_takes_json_like_settings():
+    config = phantom_recipe("crossing", {"bvals": [1000, 2000], "ndirs": [30, 30], "tissue": {"d_par": 0.002},
+                                         "snr": None})
+    assert config.bvals == (1000, 2000) and config.ndirs == (30, 30) and config.tissue.d_par == 0.002
+    assert config.tissue.d_perp == Tissue().d_perp and config.snr is None
+    for bad, message in (({"seed": 1}, "unknown phantom setting"), ({"tissue": {"nope": 1}}, "tissue"),
+                         ({"snr": -1}, "snr")):
+        with pytest.raises(ConfigError, match=message):
+            phantom_recipe("crossing", bad)
 
 
 def test_a_subject_is_a_pure_function_of_its_seed():

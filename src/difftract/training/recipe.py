@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from dipy.core.gradients import gradient_table
 from ..errors import ConfigError
 from ..io.dwi import DWI
 from ..io.gradients import B0_THRESHOLD
-from ..phantom import Phantom, PhantomConfig, Tissue, simulate
+from ..phantom import Phantom, PhantomConfig, simulate
 
 Prepare = Callable[..., dict[str, np.ndarray]]
 
@@ -75,27 +75,35 @@ class SubjectRecipe:
 def phantom_recipe(preset: str, overrides: dict | None = None) -> PhantomConfig:
     """A phantom template: ``PhantomConfig(preset=preset, **overrides)``, checked field by field.
 
-    Lists become tuples and a ``tissue`` dict a :class:`~difftract.phantom.Tissue`; a
+    JSON-like values are accepted: lists become tuples, and a dict for a field whose value
+    is a dataclass (``tissue``, or ranges of randomised phantoms) builds that dataclass. A
     ``seed`` is refused (subjects get theirs from the stream).
     """
     overrides = dict(overrides or {})
-    known = {f.name for f in fields(PhantomConfig)} - {"seed", "preset"}
-    unknown = sorted(set(overrides) - known)
+    defaults = {f.name: f for f in fields(PhantomConfig) if f.name not in ("seed", "preset")}
+    unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown phantom setting(s) {', '.join(unknown)}; the stream takes "
-                          f"{', '.join(sorted(known))} (the seed comes from the stream)")
+                          f"{', '.join(sorted(defaults))} (the seed comes from the stream)")
     for key, value in overrides.items():
-        if isinstance(value, list):
-            overrides[key] = tuple(value)
-    if isinstance(overrides.get("tissue"), dict):
-        try:
-            overrides["tissue"] = Tissue(**overrides["tissue"])
-        except TypeError as e:
-            raise ConfigError(f"phantom setting tissue: {e}") from None
+        f = defaults[key]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if isinstance(value, dict) and is_dataclass(default):
+            try:
+                overrides[key] = type(default)(**{k: _tuples(v) for k, v in value.items()})
+            except TypeError as e:
+                raise ConfigError(f"phantom setting {key}: {e}") from None
+        else:
+            overrides[key] = _tuples(value)
     try:
         return PhantomConfig(preset=preset, **overrides)
     except TypeError as e:
         raise ConfigError(f"phantom settings: {e}") from None
+
+
+def _tuples(value):
+    """JSON lists as tuples (PhantomConfig's sequences), nested ones too."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def phantom_dwi(phantom: Phantom) -> DWI:
