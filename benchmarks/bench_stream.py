@@ -1,7 +1,7 @@
 """Training on subjects without end: QCG-DTI learns from fresh streamed phantoms; cost of a subject.
 
-Run: ``.venv/bin/python benchmarks/bench_stream.py [--work W] [--epochs 6]`` (a few minutes
-on 2 CPU cores).
+Run: ``.venv/bin/python benchmarks/bench_stream.py [--work W] [--epochs 6]`` (12 minutes on
+2 CPU cores shared with other jobs; ``--device cuda --stream-workers N`` on a GPU machine).
 
 1. Seconds per subject: each stream recipe (phantom preset and the model's preparation)
    makes two fresh training subjects the way the stream's worker does (simulate, then the

@@ -16,8 +16,8 @@ generator seeded from (seed, epoch); datasets that define ``set_epoch`` are told
 so samples can be a pure function of (seed, epoch, index). Datasets that define
 ``epoch_record()`` (a JSON-like dict, e.g. the seeds of streamed subjects) add it to the
 epoch's metrics row, keys prefixed ``train_``/``val_``; under DDP each value is the list of
-every rank's. With the RNG states saved in the
-checkpoint, a run interrupted and resumed on CPU ends with bit-identical weights.
+every rank's. With the RNG states saved in the checkpoint, a run interrupted and resumed on
+CPU ends with bit-identical weights.
 """
 
 from __future__ import annotations
