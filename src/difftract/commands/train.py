@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import stream
 
 log = logging.getLogger("difftract")
 
@@ -29,7 +30,10 @@ outputs:
 examples:
   difftract train qcgdti sims/train* --out qcg.pt --epochs 20
   torchrun --nproc_per_node 2 -m difftract train qcgdti sims/train* --out qcg.pt
+  difftract train qcgdti --stream random --subjects-per-epoch 4 --out qcg.pt --phantom snr=30
 """
+# streamed QCG-DTI subjects default to the scheme of the shipped weights' training phantoms
+QCG_PHANTOM = {"snr": 20.0, "bvals": [1000.0, 2000.0, 3000.0], "ndirs": [90, 60, 60], "nb0": 2}
 
 
 def add_parser(sub) -> None:
@@ -39,8 +43,9 @@ def add_parser(sub) -> None:
     models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
     qcg = models.add_parser("qcgdti", help="QCG-DTI: tensors from one b0 and six DWIs of any scheme",
                             description="Train QCG-DTI on patches of subjects with many directions.",
-                            epilog=EPILOG_QCG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    qcg.add_argument("subjects", type=Path, nargs="+", metavar="SUBJECT_DIR", help="training subject directories")
+                            epilog=EPILOG_QCG + "\n" + stream.EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    qcg.add_argument("subjects", type=Path, nargs="*", metavar="SUBJECT_DIR", help="training subject directories")
     qcg.add_argument("--out", type=Path, required=True, metavar="W", help="output weights (.pt)")
     qcg.add_argument("--variant", choices=("full", "no_qcf", "concat", "resnet"), default="full",
                      help="architecture (ablations of the paper; default: %(default)s)")
@@ -62,6 +67,7 @@ def add_parser(sub) -> None:
     qcg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     qcg.add_argument("--resume", action="store_true", help="continue from W.ckpt.pt")
     qcg.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    stream.add_arguments(qcg, default_subjects=4)
     qcg.set_defaults(func=cmd_train_qcgdti)
     from .train_ddtracking import add_parser as add_ddtracking
 
@@ -82,9 +88,9 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     from ..io.atomic import check_outputs
     from ..io.sidecar import sidecar_path
     from ..memory import oom_guard
-    from ..models.qcgdti.data import PatchDataset, QCGTask, prepare_subject
+    from ..models.qcgdti.data import QCGTask
     from ..models.qcgdti.model import QCGConfig, QCGDTI
-    from ..training.files import output_paths, subject_label
+    from ..training.files import output_paths
     from ..training.loop import TrainConfig, train
 
     if not args.resume:   # every file the run writes, before the subjects are prepared
@@ -94,10 +100,43 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     config = QCGConfig(variant=args.variant, widths=_widths(args.widths), lsq_input=not args.no_lsq_input)
     if patch < 8 or patch % config.multiple:
         raise ConfigError(f"--patch must be a multiple of {config.multiple} and at least 8, got {patch}")
+    stream.check_sources(args)
+    if args.stream:
+        pool, train_set, val_set, data_meta = _streamed_patches(args, patch, config.multiple)
+    else:
+        pool, (train_set, val_set, data_meta) = None, _subject_patches(args, patch, config.multiple)
+    torch.manual_seed(args.seed)
+    model = QCGDTI(config)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
+    meta = {"model": "qcgdti", "config": config.as_dict(), "patch": patch, "scheme": args.scheme, **data_meta,
+            "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms"}
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     early_stop_patience=args.patience)
+    try:
+        with oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {args.batch_size})"):
+            result = train(model, QCGTask(), train_set, val_set, tc, args.out, resume=args.resume, force=args.force,
+                           device=device, model_meta=meta, progress=not args.quiet, log=log.info)
+    finally:
+        if pool is not None:
+            pool.close()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    _write_sidecar(args, "train qcgdti", meta, tc, result, pool)
+    print(f"QCG-DTI {args.variant}: {result.epochs_run} epochs, best validation loss {result.best_val_loss:.4g} "
+          f"at epoch {result.best_epoch} -> {args.out}")
+    return 0
+
+
+def _subject_patches(args: argparse.Namespace, patch: int, multiple: int):
+    """Training and validation patches of SUBJECT_DIRs (the last --val-subjects validate), and their meta."""
+    from ..models.qcgdti.data import PatchDataset, prepare_subject
+    from ..training.files import subject_label
+
     if args.val_subjects < 0 or (len(args.subjects) > 1 and args.val_subjects >= len(args.subjects)):
         raise ConfigError(f"--val-subjects must leave at least one training subject, got {args.val_subjects} "
                           f"of {len(args.subjects)}")
-    subjects = [prepare_subject(d, patch=patch, multiple=config.multiple, seed=args.seed + k)
+    subjects = [prepare_subject(d, patch=patch, multiple=multiple, seed=args.seed + k)
                 for k, d in enumerate(args.subjects)]
     n_val = args.val_subjects if len(subjects) > 1 else 0
     if n_val == 0:
@@ -107,34 +146,44 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     train_set = PatchDataset(train_subjects, args.samples_per_epoch, patch, args.scheme, seed=args.seed)
     val_set = PatchDataset(val_subjects, args.val_samples, patch, args.scheme, seed=args.seed + 10_000,
                            augment=False, per_epoch=False)
-    torch.manual_seed(args.seed)
-    model = QCGDTI(config)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
-    meta = {"model": "qcgdti", "config": config.as_dict(), "patch": patch, "scheme": args.scheme,
-            "subjects": [subject_label(d) for d in args.subjects], "val_subjects": [s.name for s in val_subjects],
-            "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms"}
-    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                     early_stop_patience=args.patience)
-    with oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {args.batch_size})"):
-        result = train(model, QCGTask(), train_set, val_set, tc, args.out, resume=args.resume, force=args.force,
-                       device=device, model_meta=meta, progress=not args.quiet, log=log.info)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    _write_sidecar(args, "train qcgdti", meta, tc, result)
-    print(f"QCG-DTI {args.variant}: {result.epochs_run} epochs, best validation loss {result.best_val_loss:.4g} "
-          f"at epoch {result.best_epoch} -> {args.out}")
-    return 0
+    return train_set, val_set, {"subjects": [subject_label(d) for d in args.subjects],
+                                "val_subjects": [s.name for s in val_subjects]}
 
 
-def _write_sidecar(args: argparse.Namespace, command: str, meta: dict, config, result) -> None:
+def _streamed_patches(args: argparse.Namespace, patch: int, multiple: int):
+    """The pool, training and validation patches of ``--stream`` subjects, and their meta."""
+    from functools import partial
+
+    from ..models.qcgdti.data import PatchDataset, phantom_arrays
+    from ..training.stream import StreamDataset
+
+    pool, plan, record = stream.open_stream(args, phantom_arrays, {}, QCG_PHANTOM)
+    load = partial(_streamed_subject, patch=patch, multiple=multiple)
+    train_set = StreamDataset(pool, plan.seeds, load, partial(PatchDataset, n_samples=args.samples_per_epoch,
+                                                              patch=patch, scheme=args.scheme, seed=args.seed),
+                              args.samples_per_epoch, last_epoch=args.epochs)
+    val_set = StreamDataset(pool, plan.validation_seeds, load,
+                            partial(PatchDataset, n_samples=args.val_samples, patch=patch, scheme=args.scheme,
+                                    seed=args.seed + 10_000, augment=False, per_epoch=False),
+                            args.val_samples, prefetch=False)
+    return pool, train_set, val_set, {"stream": record, "val_subjects": [f"seed{s}" for s in plan.validation_seeds()]}
+
+
+def _streamed_subject(seed: int, arrays: dict, patch: int, multiple: int):
+    from ..models.qcgdti.data import subject_from_arrays
+
+    return subject_from_arrays(f"seed{seed}", arrays, patch=patch, multiple=multiple, seed=seed)
+
+
+def _write_sidecar(args: argparse.Namespace, command: str, meta: dict, config, result, pool=None) -> None:
     """``W.json``: what was trained on, how, the outcome and the weights' SHA256."""
     from ..io.sidecar import provenance, write_sidecar
     from ..weights import sha256
 
     inputs = [d / "dwi.nii.gz" for d in args.subjects if (d / "dwi.nii.gz").exists()]
+    extra = {} if pool is None else {"stream": stream.stream_summary(pool)}
     record = provenance(command, {**meta, "train": dataclasses.asdict(config)}, seed=args.seed, inputs=inputs,
-                        weights_sha256=sha256(args.out),
+                        weights_sha256=sha256(args.out), **extra,
                         result={"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                                 "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early})
     write_sidecar(args.out, record, force=True)

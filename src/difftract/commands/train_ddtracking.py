@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from . import stream
 
 log = logging.getLogger("difftract")
 
@@ -32,6 +33,7 @@ examples:
   difftract train ddtracking sims/train* --out ddt.pt --epochs 30
   difftract train ddtracking sims/train* --out st.pt --variant spatial_temporal
   torchrun --nproc_per_node 2 -m difftract train ddtracking sims/train* --out ddt.pt
+  difftract train ddtracking --stream random --subjects-per-epoch 8 --out ddt.pt
 """
 
 
@@ -41,8 +43,8 @@ def add_parser(models) -> None:
     d = DDTrackingConfig()
     p = models.add_parser("ddtracking", help="DDTracking: a diffusion policy for streamline propagation",
                           description="Train DDTracking on the reference streamlines of subject directories.",
-                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("subjects", type=Path, nargs="+", metavar="SUBJECT_DIR", help="training subject directories")
+                          epilog=EPILOG + "\n" + stream.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("subjects", type=Path, nargs="*", metavar="SUBJECT_DIR", help="training subject directories")
     p.add_argument("--out", type=Path, required=True, metavar="W", help="output weights (.pt)")
     p.add_argument("--variant", choices=VARIANTS, default="full", help="(ablations of the paper; default: %(default)s)")
     arch = p.add_argument_group("architecture (defaults: the paper's)")
@@ -79,6 +81,7 @@ def add_parser(models) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from W.ckpt.pt")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    stream.add_arguments(p, default_subjects=8)
     p.set_defaults(func=cmd_train_ddtracking)
 
 
@@ -107,10 +110,10 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     from ..io.atomic import check_outputs
     from ..io.sidecar import sidecar_path
     from ..memory import oom_guard
-    from ..models.ddtracking.data import DDTrackingTask, StreamlineDataset, prepare_subject
+    from ..models.ddtracking.data import DDTrackingTask
     from ..models.ddtracking.diffusion import DiffusionConfig
     from ..models.ddtracking.model import DDTracking, DDTrackingConfig
-    from ..training.files import output_paths, subject_label
+    from ..training.files import output_paths
     from ..training.loop import TrainConfig, train
     from .train import _write_sidecar
 
@@ -125,27 +128,68 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                      seed=args.seed, early_stop_patience=args.patience)
     device = resolve_device(args.device)
-    cache = args.cache_dir or args.out.with_name(args.out.stem + ".cache")
-    subjects = [prepare_subject(d, step=args.step, cache_dir=cache) for d in args.subjects]
-    train_subjects, val_subjects = split_validation(subjects, args.val_subjects, args.seed)
+    stream.check_sources(args)
     noise = {"window": args.window, "jitter": args.jitter, "jitter_corr": args.jitter_corr,
              "seed_angle": args.seed_angle}
-    train_set = StreamlineDataset(train_subjects, args.samples_per_epoch, seed=args.seed, **noise)
-    val_set = StreamlineDataset(val_subjects, args.val_samples, seed=args.seed + 10_000, per_epoch=False, **noise)
+    if args.stream:
+        pool, train_set, val_set, data_meta = _streamed_windows(args, noise)
+    else:
+        pool, (train_set, val_set, data_meta) = None, _subject_windows(args, noise)
     torch.manual_seed(args.seed)
     model = DDTracking(config)
     meta = {"model": "ddtracking", "config": config.as_dict(), "diffusion": dataclasses.asdict(diff),
             "step_voxels": args.step, **noise,
-            "input": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000",
-            "subjects": [subject_label(d) for d in args.subjects], "val_subjects": [s.name for s in val_subjects]}
-    with oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {args.batch_size})"):
-        result = train(model, DDTrackingTask(diff), train_set, val_set, tc, args.out, resume=args.resume,
-                       force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
+            "input": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000", **data_meta}
+    try:
+        with oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {args.batch_size})"):
+            result = train(model, DDTrackingTask(diff), train_set, val_set, tc, args.out, resume=args.resume,
+                           force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
+    finally:
+        if pool is not None:
+            pool.close()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    _write_sidecar(args, "train ddtracking", meta, tc, result)
+    _write_sidecar(args, "train ddtracking", meta, tc, result, pool)
     last = result.history[-1] if result.history else {}
     print(f"DDTracking {args.variant}: {result.epochs_run} epochs, best validation loss {result.best_val_loss:.4g} "
           f"at epoch {result.best_epoch} (last validation angle {last.get('val_angle_deg', float('nan')):.1f} deg) "
           f"-> {args.out}")
     return 0
+
+
+def _subject_windows(args: argparse.Namespace, noise: dict):
+    """Training and validation windows of SUBJECT_DIRs, and their meta."""
+    from ..models.ddtracking.data import StreamlineDataset, prepare_subject
+    from ..training.files import subject_label
+
+    cache = args.cache_dir or args.out.with_name(args.out.stem + ".cache")
+    subjects = [prepare_subject(d, step=args.step, cache_dir=cache) for d in args.subjects]
+    train_subjects, val_subjects = split_validation(subjects, args.val_subjects, args.seed)
+    train_set = StreamlineDataset(train_subjects, args.samples_per_epoch, seed=args.seed, **noise)
+    val_set = StreamlineDataset(val_subjects, args.val_samples, seed=args.seed + 10_000, per_epoch=False, **noise)
+    return train_set, val_set, {"subjects": [subject_label(d) for d in args.subjects],
+                                "val_subjects": [s.name for s in val_subjects]}
+
+
+def _streamed_windows(args: argparse.Namespace, noise: dict):
+    """The pool, training and validation windows of ``--stream`` subjects, and their meta."""
+    from functools import partial
+
+    from ..models.ddtracking.data import StreamlineDataset, phantom_arrays
+    from ..training.stream import StreamDataset
+
+    pool, plan, record = stream.open_stream(args, phantom_arrays, {"step": args.step}, {})
+    train_set = StreamDataset(pool, plan.seeds, _streamed_subject,
+                              partial(StreamlineDataset, n_samples=args.samples_per_epoch, seed=args.seed, **noise),
+                              args.samples_per_epoch, last_epoch=args.epochs)
+    val_set = StreamDataset(pool, plan.validation_seeds, _streamed_subject,
+                            partial(StreamlineDataset, n_samples=args.val_samples, seed=args.seed + 10_000,
+                                    per_epoch=False, **noise),
+                            args.val_samples, prefetch=False)
+    return pool, train_set, val_set, {"stream": record, "val_subjects": [f"seed{s}" for s in plan.validation_seeds()]}
+
+
+def _streamed_subject(seed: int, arrays: dict):
+    from ..models.ddtracking.data import subject_from_arrays
+
+    return subject_from_arrays(f"seed{seed}", arrays)

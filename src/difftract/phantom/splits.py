@@ -46,3 +46,18 @@ def training_seed(base: int, index: int, rank: int = 0, world_size: int = 1) -> 
     if seed >= STREAM_SEED_STOP:
         raise ConfigError(f"stream seed base {base} is too large")
     return seed
+
+
+STREAM_VALIDATION_OFFSET = 1_000_000_000   # validation seeds of a stream base sit above its training seeds
+
+
+def validation_seed(base: int, index: int) -> int:
+    """Seed of held-back validation subject ``index`` (< 3000) of stream ``base``.
+
+    It lies in the base's block above every seed :func:`training_seed` gives for fewer
+    than a billion subjects, so a streamed run never trains on its own validation
+    subjects, and it is never a test seed.
+    """
+    if not 0 <= index < 3000:
+        raise ConfigError(f"validation subject index must be in 0..2999, got {index}")
+    return training_seed(base, 0) + STREAM_VALIDATION_OFFSET + int(index)

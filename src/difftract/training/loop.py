@@ -13,8 +13,11 @@ Files, written atomically and only by rank 0, for ``out = W.pt``:
 
 Randomness: global RNGs are seeded from ``config.seed`` (and the rank); shuffling uses a
 generator seeded from (seed, epoch); datasets that define ``set_epoch`` are told the epoch,
-so samples can be a pure function of (seed, epoch, index). With the RNG states saved in the
-checkpoint, a run interrupted and resumed on CPU ends with bit-identical weights.
+so samples can be a pure function of (seed, epoch, index). Datasets that define
+``epoch_record()`` (a JSON-like dict, e.g. the seeds of streamed subjects) add it to the
+epoch's metrics row, keys prefixed ``train_``/``val_``; under DDP each value is the list of
+every rank's. With the RNG states saved in the checkpoint, a run interrupted and resumed on
+CPU ends with bit-identical weights.
 """
 
 from __future__ import annotations
@@ -236,9 +239,14 @@ class _Trainer:
     def epoch(self, epoch: int, show: bool) -> dict:
         """Train and validate one epoch, step the schedule and early stopping; return its metrics row."""
         config, p, t0 = self.config, self.progress, time.perf_counter()
-        for dataset in (self.train_set, self.val_set):
+        records = {}
+        for prefix, dataset in (("train", self.train_set), ("val", self.val_set)):
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
+            if hasattr(dataset, "epoch_record"):   # e.g. the seeds of streamed subjects
+                ranks = _gather(dataset.epoch_record(), self.world)
+                records.update({f"{prefix}_{k}": ranks[0][k] if self.world == 1 else [r[k] for r in ranks]
+                                for k in ranks[0]})
         if self.world > 1:
             sampler = DistributedSampler(self.train_set, self.world, self.rank, shuffle=True, seed=config.seed)
             sampler.set_epoch(epoch)
@@ -269,7 +277,7 @@ class _Trainer:
             p.bad_epochs += 1
         p.epoch, p.stopped_early = epoch, 0 < config.early_stop_patience <= p.bad_epochs
         row = {"epoch": epoch, "train_loss": train.pop("loss"), "val_loss": val.pop("loss"), "lr": lr,
-               "seconds": round(time.perf_counter() - t0, 3)}
+               "seconds": round(time.perf_counter() - t0, 3), **records}
         for prefix, stats in (("train", train), ("val", val)):
             for key, value in stats.items():
                 row.setdefault(f"{prefix}_{key}", value)

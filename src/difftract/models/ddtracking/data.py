@@ -97,21 +97,42 @@ def prepare_subject(directory: str | Path, *, step: float = 1.0, lmax: int = 6, 
     if cache is not None and cache.is_file():
         try:
             with np.load(cache) as z:
-                points, lengths, sh = z["points"], z["lengths"], z["sh"]
-            return DDSubject(directory.name, torch.from_numpy(sh), np.split(points, np.cumsum(lengths)[:-1]))
+                arrays = {k: z[k] for k in ("points", "lengths", "sh")}
+            return subject_from_arrays(directory.name, arrays)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             log.warning("unreadable feature cache %s (%s): rebuilding it", cache, exc)
     dwi = load_subject(directory)
-    sh = signal_sh(dwi, lmax)
     tractogram = load_tractogram(tract_path, reference=(dwi.affine, dwi.shape))
-    streamlines = [r for r in (resample(s, step) for s in tractogram.streamlines) if len(r) >= min_points]
-    if not streamlines:
-        raise InputError(tract_path, f"no streamline is {min_points} steps of {step} voxel long")
+    arrays = subject_arrays(dwi, tractogram.streamlines, step=step, lmax=lmax, min_points=min_points, name=tract_path)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache, force=True) as tmp, open(tmp, "wb") as f:
-            np.savez(f, points=np.concatenate(streamlines), lengths=np.array([len(s) for s in streamlines]), sh=sh)
-    return DDSubject(directory.name, torch.from_numpy(sh), streamlines)
+            np.savez(f, **arrays)
+    return subject_from_arrays(directory.name, arrays)
+
+
+def subject_arrays(dwi, streamlines, *, step: float = 1.0, lmax: int = 6, min_points: int = 3,
+                   name: str | Path | None = None) -> dict[str, np.ndarray]:
+    """What training reads of a scan and its reference streamlines (voxel space): the SH volume and
+    the streamlines resampled to ``step`` voxels, packed as ``points`` and ``lengths``."""
+    sh = signal_sh(dwi, lmax)
+    resampled = [r for r in (resample(s, step) for s in streamlines) if len(r) >= min_points]
+    if not resampled:
+        raise InputError(name, f"no streamline is {min_points} steps of {step} voxel long")
+    return {"points": np.concatenate(resampled), "lengths": np.array([len(s) for s in resampled]), "sh": sh}
+
+
+def phantom_arrays(phantom, *, step: float = 1.0, lmax: int = 6, min_points: int = 3) -> dict[str, np.ndarray]:
+    """:func:`subject_arrays` of a simulated phantom and its ground truth (a subject stream's preparation)."""
+    from ...training.recipe import phantom_dwi
+
+    return subject_arrays(phantom_dwi(phantom), phantom.streamlines, step=step, lmax=lmax, min_points=min_points)
+
+
+def subject_from_arrays(name: str, arrays: dict[str, np.ndarray]) -> DDSubject:
+    """A :class:`DDSubject` of :func:`subject_arrays` (or of the feature cache, which holds the same)."""
+    points, lengths = arrays["points"], arrays["lengths"]
+    return DDSubject(name, torch.from_numpy(arrays["sh"]), np.split(points, np.cumsum(lengths)[:-1]))
 
 
 def _cache_path(directory: Path, tract_path: Path, step: float, lmax: int, cache_dir) -> Path | None:

@@ -75,11 +75,45 @@ def prepare_subject(directory: str | Path, *, patch: int = 32, multiple: int = 4
     dwi = load_subject(directory) if dwi is None else dwi
     if dwi.mask is None:
         raise ConfigError(f"{directory}: QCG-DTI training needs mask.nii.gz")
+    return subject_from_arrays(Path(directory).name, subject_arrays(dwi, device), patch=patch, multiple=multiple,
+                               pool_size=pool_size, seed=seed)
+
+
+def subject_arrays(dwi, device: str = "cpu") -> dict[str, np.ndarray]:
+    """What training reads of a scan with a mask: data, bvals, bvecs, mask and the WLS reference tensor."""
     bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
-    reference = reference_tensor(dwi.data, bvals, bvecs, dwi.mask, device)
-    return QCGSubject(Path(directory).name, pad_to(dwi.data.astype(np.float32), patch, multiple), bvals, bvecs,
-                      pad_to(dwi.mask, patch, multiple), pad_to(reference, patch, multiple),
-                      flexible_pool(bvals, bvecs, pool_size, seed), fixed_six(bvals, bvecs))
+    return {"data": dwi.data.astype(np.float32), "bvals": bvals, "bvecs": bvecs, "mask": dwi.mask,
+            "reference": reference_tensor(dwi.data, bvals, bvecs, dwi.mask, device)}
+
+
+def phantom_arrays(phantom, pool_size: int = 200) -> dict[str, np.ndarray]:
+    """:func:`subject_arrays` of a simulated phantom and its flexible sets (a subject stream's preparation).
+
+    The sets (seeded by the phantom's seed) are drawn here, in the stream's worker: drawing
+    them takes seconds that would otherwise stall training when the subject is loaded.
+    """
+    from ...training.recipe import phantom_dwi
+
+    arrays = subject_arrays(phantom_dwi(phantom))
+    sets = flexible_pool(arrays["bvals"], arrays["bvecs"], pool_size, phantom.config.seed)
+    return {**arrays, "six_indices": np.array([s.indices for s in sets]),
+            "six_shell": np.array([s.shell for s in sets]), "six_angle": np.array([s.mean_angle for s in sets]),
+            "six_condition": np.array([s.condition for s in sets])}
+
+
+def subject_from_arrays(name: str, arrays: dict[str, np.ndarray], *, patch: int = 32, multiple: int = 4,
+                        pool_size: int = 200, seed: int = 0) -> QCGSubject:
+    """A :class:`QCGSubject` of :func:`subject_arrays`: padded to the patch, with its six-DWI sets
+    (those stored by :func:`phantom_arrays`, else ``pool_size`` drawn with ``seed``)."""
+    bvals, bvecs = arrays["bvals"], arrays["bvecs"]
+    if "six_indices" in arrays:
+        pool = [SixSet(tuple(int(i) for i in idx), float(b), float(a), float(c)) for idx, b, a, c in
+                zip(arrays["six_indices"], arrays["six_shell"], arrays["six_angle"], arrays["six_condition"])]
+    else:
+        pool = flexible_pool(bvals, bvecs, pool_size, seed)
+    mask = arrays["mask"].astype(bool)
+    return QCGSubject(name, pad_to(arrays["data"], patch, multiple), bvals, bvecs, pad_to(mask, patch, multiple),
+                      pad_to(arrays["reference"], patch, multiple), pool, fixed_six(bvals, bvecs))
 
 
 def brain_scale(b0: np.ndarray, mask: np.ndarray) -> float:

@@ -1,0 +1,110 @@
+"""``--stream``: the options of ``difftract train`` that draw simulated subjects on the fly.
+
+Both trainers take them; a model supplies its preparation (``phantom_arrays``) and how its
+dataset is built from subjects. See :mod:`difftract.training.stream` for the seed layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ConfigError
+
+log = logging.getLogger("difftract")
+
+EPILOG = """\
+streamed subjects (--stream PRESET instead of SUBJECT_DIRs):
+  Every epoch trains on --subjects-per-epoch new phantoms (per rank), simulated by a background
+  process while the previous epoch trains, so no model sees the same geometry twice (with a
+  seed-driven preset such as random). Phantom settings other than the preset are given with
+  --phantom KEY=VALUE (any PhantomConfig field; VALUE is JSON, e.g. snr=30, bvals=[1000,2000]).
+  Validation uses --val-subjects held-back seeds of the same stream; test seeds are never drawn.
+  Subjects are cached in --pool-dir (default W.stream/), bounded by --pool-size and --pool-gb
+  (least recently used evicted); an evicted subject is simulated again identically, so --resume
+  stays exact. The metrics file records the seeds of each epoch's subjects.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_subjects: int) -> None:
+    g = parser.add_argument_group("streamed subjects (instead of SUBJECT_DIRs)")
+    g.add_argument("--stream", metavar="PRESET", help="simulate training subjects on the fly with this phantom preset")
+    g.add_argument("--phantom", action="append", default=[], metavar="KEY=VALUE",
+                   help="a phantom setting of the streamed subjects (repeatable; VALUE is JSON)")
+    g.add_argument("--stream-base", type=int, default=0, metavar="N",
+                   help="stream number: runs with another base never share subjects (default: %(default)s)")
+    g.add_argument("--subjects-per-epoch", type=int, default=default_subjects, metavar="K",
+                   help="subjects per epoch and rank (default: %(default)s)")
+    g.add_argument("--epochs-per-subject", type=int, default=1, metavar="E",
+                   help="epochs each set of subjects serves: 1 new subjects every epoch, 0 the same K "
+                        "throughout (default: %(default)s)")
+    g.add_argument("--pool-dir", type=Path, metavar="D", help="subject cache folder (default: W.stream/)")
+    g.add_argument("--pool-size", type=int, metavar="N",
+                   help="most subjects kept in the pool (default: two epochs' and the validation subjects)")
+    g.add_argument("--pool-gb", type=float, default=8.0, help="most gigabytes kept in the pool (default: %(default)s)")
+    g.add_argument("--stream-workers", type=int, default=1, metavar="N",
+                   help="processes simulating subjects beside the training; more keep a GPU fed; 0 simulates "
+                        "in the training process when a subject is needed (default: %(default)s)")
+    g.add_argument("--stream-timeout", type=float, default=3600.0, metavar="S",
+                   help="longest wait for one subject, seconds (default: %(default)s)")
+
+
+def phantom_overrides(items: list[str], defaults: dict) -> dict:
+    """``--phantom KEY=VALUE`` items over a model's defaults (VALUE parsed as JSON, else kept as text)."""
+    out = dict(defaults)
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--phantom takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(text)
+        except ValueError:
+            out[key.strip()] = text
+    return out
+
+
+def check_sources(args: argparse.Namespace) -> None:
+    """Exactly one of SUBJECT_DIRs and ``--stream``; stream options only with ``--stream``."""
+    if bool(args.subjects) == bool(args.stream):
+        raise ConfigError("give training SUBJECT_DIRs or --stream PRESET (one of the two)")
+    if not args.stream and (args.phantom or args.pool_dir or args.pool_size):
+        raise ConfigError("--phantom, --pool-dir and --pool-size need --stream")
+
+
+def open_stream(args: argparse.Namespace, prepare: Callable, settings: dict, phantom_defaults: dict):
+    """The recipe, pool and plan of ``--stream``: ``(pool, plan, record)``; the caller closes the pool.
+
+    ``record`` (JSON-like) describes the stream for the weights' metadata; resuming with
+    another stream is refused through it. Pool location and size are not part of it.
+    """
+    from ..training.pool import SubjectPool
+    from ..training.recipe import SubjectRecipe, phantom_recipe
+    from ..training.stream import StreamPlan, distributed_rank
+
+    rank, world = distributed_rank()
+    plan = StreamPlan(base=args.stream_base, subjects_per_epoch=args.subjects_per_epoch,
+                      epochs_per_subject=args.epochs_per_subject, val_subjects=args.val_subjects,
+                      rank=rank, world_size=world)
+    recipe = SubjectRecipe(phantom_recipe(args.stream, phantom_overrides(args.phantom, phantom_defaults)),
+                           prepare, settings)
+    if not args.pool_gb > 0:
+        raise ConfigError(f"--pool-gb must be positive, got {args.pool_gb}")
+    size = args.pool_size or 2 * plan.subjects_per_epoch * world + plan.val_subjects
+    if size < plan.subjects_per_epoch + plan.val_subjects:
+        log.warning("--pool-size %d is under one epoch's subjects and the validation ones: prefetched subjects "
+                    "may be evicted before use and simulated again", size)
+    folder = args.pool_dir or args.out.with_name(args.out.stem + ".stream")
+    if args.stream_workers < 0:
+        raise ConfigError(f"--stream-workers must be 0 or more, got {args.stream_workers}")
+    pool = SubjectPool(recipe, folder, max_subjects=size, max_bytes=int(args.pool_gb * 2**30),
+                       workers=args.stream_workers, timeout=args.stream_timeout)
+    record = {"recipe": recipe.describe(), **plan.describe()}
+    return pool, plan, record
+
+
+def stream_summary(pool) -> dict:
+    """Sidecar facts of a finished streamed run: subjects simulated here and their mean time."""
+    return {"subjects_simulated": len(pool.seconds), "seconds_per_subject": round(pool.mean_seconds, 3)}

@@ -1,0 +1,112 @@
+"""How a simulated training subject is made from its seed: a phantom recipe and a model's preparation.
+
+A :class:`SubjectRecipe` holds a :class:`~difftract.phantom.PhantomConfig` template (its seed
+is replaced per subject) and the model's ``prepare(phantom, **settings)``, which turns the
+phantom into the arrays training reads (e.g. the DWI and its reference tensor). A subject
+is thus a pure function of its seed: regenerated after eviction from the pool, or on
+another machine, it is the same. Whatever the template holds (preset, randomised tissue
+or acquisition, scheme) passes through unchanged, so new presets need no code here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+
+import numpy as np
+import torch
+from dipy.core.gradients import gradient_table
+
+from ..errors import ConfigError
+from ..io.dwi import DWI
+from ..io.gradients import B0_THRESHOLD
+from ..phantom import Phantom, PhantomConfig, simulate
+
+Prepare = Callable[..., dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class SubjectRecipe:
+    """A phantom template and the preparation that makes a training subject of a seed.
+
+    Parameters
+    ----------
+    phantom : PhantomConfig
+        Every setting of the phantoms but the seed.
+    prepare : callable
+        ``prepare(phantom, **settings) -> dict of arrays``; a module-level function, so that
+        the background worker (another process) can receive it.
+    settings : dict
+        JSON-like keyword arguments of ``prepare``.
+    """
+
+    phantom: PhantomConfig
+    prepare: Prepare
+    settings: dict = field(default_factory=dict)
+
+    def make(self, seed: int) -> dict[str, np.ndarray]:
+        """Simulate subject ``seed`` and prepare it, on one CPU thread.
+
+        One thread: float reductions that depend on the thread count would make the same
+        seed give slightly different arrays on machines with different core counts.
+        """
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.prepare(simulate(replace(self.phantom, seed=int(seed))), **self.settings)
+        finally:
+            torch.set_num_threads(threads)
+
+    def describe(self) -> dict:
+        """JSON-like record: the phantom template (seed left out), the preparation and its settings."""
+        config = {k: v for k, v in asdict(self.phantom).items() if k != "seed"}
+        config = json.loads(json.dumps(config, default=lambda o: np.asarray(o).tolist()))
+        return {"phantom": config, "prepare": f"{self.prepare.__module__}.{self.prepare.__qualname__}",
+                "settings": json.loads(json.dumps(self.settings))}
+
+    @property
+    def key(self) -> str:
+        """Short hash of :meth:`describe`: pool files of another recipe never pass for this one's."""
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def phantom_recipe(preset: str, overrides: dict | None = None) -> PhantomConfig:
+    """A phantom template: ``PhantomConfig(preset=preset, **overrides)``, checked field by field.
+
+    JSON-like values are accepted: lists become tuples, and a dict for a field whose value
+    is a dataclass (``tissue``, or ranges of randomised phantoms) builds that dataclass. A
+    ``seed`` is refused (subjects get theirs from the stream).
+    """
+    overrides = dict(overrides or {})
+    defaults = {f.name: f for f in fields(PhantomConfig) if f.name not in ("seed", "preset")}
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown phantom setting(s) {', '.join(unknown)}; the stream takes "
+                          f"{', '.join(sorted(defaults))} (the seed comes from the stream)")
+    for key, value in overrides.items():
+        f = defaults[key]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if isinstance(value, dict) and is_dataclass(default):
+            try:
+                overrides[key] = type(default)(**{k: _tuples(v) for k, v in value.items()})
+            except TypeError as e:
+                raise ConfigError(f"phantom setting {key}: {e}") from None
+        else:
+            overrides[key] = _tuples(value)
+    try:
+        return PhantomConfig(preset=preset, **overrides)
+    except TypeError as e:
+        raise ConfigError(f"phantom settings: {e}") from None
+
+
+def _tuples(value):
+    """JSON lists as tuples (PhantomConfig's sequences), nested ones too."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def phantom_dwi(phantom: Phantom) -> DWI:
+    """The phantom's scan as :func:`~difftract.io.dwi.load_subject` would read it from its folder."""
+    gtab = gradient_table(phantom.bvals, bvecs=phantom.bvecs, b0_threshold=B0_THRESHOLD)
+    return DWI(phantom.data, phantom.affine, gtab, phantom.mask)
