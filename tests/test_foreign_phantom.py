@@ -24,6 +24,7 @@ from difftract.errors import ConfigError  # noqa: E402
 from difftract.eval.tractometer import load_scoring, score  # noqa: E402
 from difftract.io.dwi import load_subject  # noqa: E402
 from difftract.io.tractogram import load_tractogram  # noqa: E402
+from difftract.phantom.splits import check_training_subject  # noqa: E402
 
 # a small scheme and few streamlines keep the build to a few seconds
 SMALL = dict(layout="crossroads", seed=9001, snr=20.0, bvals=(1000.0, 2500.0), ndirs=(6, 8), nb0=1,
@@ -118,6 +119,8 @@ def test_the_directory_reads_like_any_phantom(built):
     record = json.loads((out / "dwi.json").read_text())
     assert record["test_data"] is True and record["seed"] == 9001
     assert record["params"]["signal"].startswith("dipy.sims.voxel.multi_tensor")
+    with pytest.raises(ConfigError, match="is test data"):      # training refuses it
+        check_training_subject(out)
 
 
 def test_noise_is_dipy_rician_at_the_asked_snr(built):
