@@ -1,8 +1,9 @@
 """DDTracking against CSD det/prob in three columns: seen geometry, unseen geometry, foreign signal.
 
 Run: ``.venv/bin/python benchmarks/bench_ddtracking.py --work dd_work [--max-seeds 3000] [--speed-seeds 0]``
-(about 10 minutes on 2 CPU cores with --max-seeds 3000 and no speed run; the ablation adds
-about 2 minutes per variant).
+(DDTracking tracks about 100 streamlines/s on 2 free CPU cores; with --max-seeds 3000 and no
+speed run, about 45 minutes on 2 cores shared with other jobs at load ~10; the ablation adds
+a DDTracking row per variant).
 
 Columns (every phantom is a test subject; none of its seeds was used in training):
 

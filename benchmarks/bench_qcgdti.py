@@ -1,9 +1,11 @@
 """QCG-DTI against six-direction WLS/OLS in three columns: seen geometry, unseen geometry, foreign signal.
 
 Run: ``.venv/bin/python benchmarks/bench_qcgdti.py --work qcg_work`` (trains the four variants
-when their weights are not in WORK/weights: about 10 minutes each on 2 CPU cores; then about
-10 minutes of evaluation). ``--shipped`` (or ``--weights W``) evaluates the shipped model (or W)
-without training anything; ``--quick`` trains tiny models for a smoke run.
+when their weights are not in WORK/weights: about 10 minutes each on 2 CPU cores; then the
+evaluation). ``--shipped`` (or ``--weights W``) evaluates the shipped model (or W) without
+training anything; ``--quick`` trains tiny models for a smoke run. A reduced run,
+``--shipped --flexible-sets 1 --unseen-seeds 9001 --foreign crossroads:9101`` (one subject per
+column), took 27 minutes on 2 cores shared with other jobs (load ~10) and 1.1 GB.
 
 1. Training subjects (written once to WORK/train, the commands to WORK/commands.sh): random
    phantoms (seeds 1001-1006, SNR 10-40) and fibercup-like phantoms (seeds 1101-1102),
