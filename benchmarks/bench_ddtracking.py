@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_ddtracking.py --work dd_work [--max-seeds 3000] [--speed-seeds 0]``
 (DDTracking tracks about 100 streamlines/s on 2 free CPU cores; with --max-seeds 3000 and no
-speed run, about 45 minutes on 2 cores shared with other jobs at load ~10; the ablation adds
+speed run, 50 minutes and 1.1 GB on 2 cores shared with other jobs at load ~10; the ablation adds
 a DDTracking row per variant).
 
 Columns (every phantom is a test subject; none of its seeds was used in training):
