@@ -25,7 +25,6 @@ before scoring (DIPY's trackers return all lengths).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path

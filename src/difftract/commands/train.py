@@ -90,11 +90,14 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     from ..memory import oom_guard
     from ..models.qcgdti.data import QCGTask
     from ..models.qcgdti.model import QCGConfig, QCGDTI
+    from ..phantom.splits import check_training_subject
     from ..training.files import output_paths
     from ..training.loop import TrainConfig, train
 
     if not args.resume:   # every file the run writes, before the subjects are prepared
         check_outputs([*output_paths(args.out), sidecar_path(args.out)], args.force)
+    for d in args.subjects:   # before any work: a test phantom is never trained on
+        check_training_subject(d)
     device = resolve_device(args.device)
     patch = args.patch or (64 if device.type == "cuda" else 32)
     config = QCGConfig(variant=args.variant, widths=_widths(args.widths), lsq_input=not args.no_lsq_input)

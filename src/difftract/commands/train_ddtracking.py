@@ -113,12 +113,15 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     from ..models.ddtracking.data import DDTrackingTask
     from ..models.ddtracking.diffusion import DiffusionConfig
     from ..models.ddtracking.model import DDTracking, DDTrackingConfig
+    from ..phantom.splits import check_training_subject
     from ..training.files import output_paths
     from ..training.loop import TrainConfig, train
     from .train import _write_sidecar
 
     if not args.resume:
         check_outputs([*output_paths(args.out), sidecar_path(args.out)], args.force)
+    for d in args.subjects:   # before any work: a test phantom is never trained on
+        check_training_subject(d)
     if not args.step > 0:
         raise ConfigError(f"--step must be positive (voxels), got {args.step}")
     config = DDTrackingConfig(variant=args.variant, gru_hidden=args.gru_hidden, gru_layers=args.gru_layers,

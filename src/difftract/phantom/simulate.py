@@ -175,15 +175,19 @@ def phantom_affine(shape: tuple[int, int, int], voxel_size: float, radiological:
     return affine
 
 
-def simulate(config: PhantomConfig | None = None) -> Phantom:
-    """Build a phantom: layout, signal, noise and ground truth."""
+def simulate(config: PhantomConfig | None = None, layout: Layout | None = None) -> Phantom:
+    """Build a phantom: layout, signal, noise and ground truth.
+
+    ``layout`` replaces the preset's (a hand-made geometry, e.g. a test set's); the seed
+    still drives fibre sampling, scheme and noise, and ``config.preset`` only names it.
+    """
     config = config or PhantomConfig()
     # new streams go at the end: spawn(k)'s first children do not depend on k, so phantoms
     # without randomize stay bit for bit what they were
     geo_rng, fib_rng, scheme_rng, bias_rng, noise_rng, acq_rng, tissue_rng, dispersion_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(8))
     acquisition = _acquisition(config, acq_rng) if config.randomize else None
-    layout = _layout(config, geo_rng, acquisition)
+    layout = _layout(config, geo_rng, acquisition) if layout is None else layout
     shape, vs = layout.shape, layout.voxel_size
     n_vox = int(np.prod(shape))
     if config.scheme is not None:

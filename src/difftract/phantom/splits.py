@@ -9,9 +9,17 @@ is also an unseen geometry. Fixed-geometry presets (``fibercup``, ``crossing``,
 
 Streams of fresh subjects for training (:func:`training_seed`) are laid out so that ranks
 and epochs never overlap and never reach the test range.
+
+A phantom directory carries its seed in ``dwi.json`` (the provenance written with it), so
+the training commands check every subject directory with :func:`check_training_subject`;
+a phantom marked ``"test_data": true`` there (e.g. a foreign-signal test phantom) is
+refused whatever its seed.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -61,3 +69,27 @@ def validation_seed(base: int, index: int) -> int:
     if not 0 <= index < 3000:
         raise ConfigError(f"validation subject index must be in 0..2999, got {index}")
     return training_seed(base, 0) + STREAM_VALIDATION_OFFSET + int(index)
+
+
+def check_training_subject(directory: str | Path) -> None:
+    """Raise when a subject directory is a test phantom (test seed, or marked as test data).
+
+    Only difftract's own provenance is read: a ``dwi.json`` without ``difftract_version``
+    (a scanner's BIDS sidecar, say) or no ``dwi.json`` at all means real data, which
+    carries no split.
+    """
+    sidecar = Path(directory) / "dwi.json"
+    if not sidecar.is_file():
+        return
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{sidecar}: cannot read the phantom's provenance ({e})") from None
+    if not isinstance(record, dict) or "difftract_version" not in record:
+        return
+    if record.get("test_data") is True:
+        raise ConfigError(f"training subject {directory} is test data ({sidecar} says test_data: true); "
+                          "train on phantoms simulated with a training seed")
+    seed = record.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        check_training_seed(seed, what=f"training subject {directory}")

@@ -31,17 +31,20 @@ from .simulate import MAX_POPULATIONS, Phantom
 
 
 def save_phantom(phantom: Phantom, out: str | Path, force: bool = False, command: str = "simulate",
-                 params: dict | None = None, inputs: list[str | Path] | tuple = ()) -> Path:
+                 params: dict | None = None, inputs: list[str | Path] | tuple = (),
+                 extra: dict | None = None) -> Path:
     """Write ``phantom`` to the directory ``out`` (refused if it exists, unless ``force``).
 
-    ``inputs`` (e.g. given scheme files) are recorded in the sidecars. Returns ``out``.
+    ``inputs`` (e.g. given scheme files) are recorded in the sidecars, and so are the
+    top-level keys of ``extra`` (e.g. ``{"test_data": True}``, which training refuses).
+    Returns ``out``.
     """
     out = Path(out)
     params = params if params is not None else _config_params(phantom)
     record = provenance(command, params, seed=phantom.config.seed, inputs=inputs, summary=phantom.summary(),
                         frames={"bvec": "FSL (image axes, x flipped when det(affine) > 0)",
                                 "gt/peaks": "unit vectors in the data-array frame, (x, y, z, 3 populations * 3)",
-                                "streamlines": "RAS mm on disk"})
+                                "streamlines": "RAS mm on disk"}, **(extra or {}))
     with atomic_directory(out, force=force) as tmp:
         _write(phantom, tmp, record)
     return out
