@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from difftract.errors import ConfigError
-from difftract.phantom.geometry import Bundle
-from difftract.phantom.presets import Layout
+from difftract.phantom.presets import Layout, slab
 
-Z = np.array([0.0, 0.0, 1.0])
 LAYOUTS = ("crossroads", "random", "fibercup")
 
 
@@ -26,16 +23,7 @@ def crossroads(streamlines_per_bundle: int = 150, voxel_size: float = 2.0, n_sli
     populations at 60 degrees. Lower left: ``cross_a`` and ``cross_b`` cross at 45 degrees.
     Lower right: ``kiss_top`` and ``kiss_bottom`` bend towards each other and touch.
     """
-    if n_slices < 8:
-        raise ConfigError(f"crossroads needs at least 8 slices for 3x3x3 neighbourhoods, got {n_slices}")
-    shape = (56, 56, n_slices)
-    centre = (np.array(shape) - 1) * voxel_size / 2.0
-    half_thick = (n_slices - 2) * voxel_size / 2.0 - 0.5 * voxel_size
-    n = streamlines_per_bundle
-
-    def bundle(name, xy, radius):
-        pts = np.column_stack([np.asarray(xy, dtype=np.float64), np.zeros(len(xy))]) + centre
-        return Bundle(name, pts, radius=radius, thickness=(half_thick,), normal=Z, n_streamlines=n)
+    shape, centre, bundle = slab("crossroads", 56, n_slices, voxel_size, streamlines_per_bundle)
 
     def line(name, through, angle_deg, half_length, radius):
         d = np.array([np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))])

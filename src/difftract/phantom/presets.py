@@ -52,6 +52,28 @@ class Layout:
     isotropic: dict[str, np.ndarray] | None = None
 
 
+def slab(preset: str, size: int, n_slices: int, voxel_size: float, streamlines_per_bundle: int):
+    """A slab grid (size x size x n_slices) and a maker of in-plane bundles for it.
+
+    Returns the grid shape, its centre in array mm, and ``bundle(name, xy, radius)``: a
+    bundle through in-plane control points ``xy`` (mm from the centre) that spans the slab's
+    thickness but one slice of background above and below (``normal`` fixed to z).
+    """
+    if n_slices < 8:
+        raise ConfigError(f"{preset} needs at least 8 slices for 3x3x3 neighbourhoods, got {n_slices}")
+    shape = (size, size, n_slices)
+    centre = (np.array(shape) - 1) * voxel_size / 2.0
+    half_thick = (n_slices - 2) * voxel_size / 2.0 - 0.5 * voxel_size
+
+    def bundle(name: str, xy, radius: tuple[float, ...]) -> Bundle:
+        xy = np.asarray(xy, dtype=np.float64)
+        pts = np.column_stack([xy, np.zeros(len(xy))]) + centre
+        return Bundle(name, pts, radius=radius, thickness=(half_thick,), normal=Z,
+                      n_streamlines=streamlines_per_bundle)
+
+    return shape, centre, bundle
+
+
 def fibercup(streamlines_per_bundle: int = 200, voxel_size: float = 2.0, n_slices: int = 10) -> Layout:
     """A FiberCup-like slab: 7 bundles in a disc of radius 60 mm.
 
@@ -61,17 +83,7 @@ def fibercup(streamlines_per_bundle: int = 200, voxel_size: float = 2.0, n_slice
     (``arc``). Bundles span the slab's thickness, leaving one slice of background above
     and below. The geometry is fixed; the seed only changes noise and fibre sampling.
     """
-    if n_slices < 8:
-        raise ConfigError(f"fibercup needs at least 8 slices for 3x3x3 neighbourhoods, got {n_slices}")
-    shape = (64, 64, n_slices)
-    centre = (np.array(shape) - 1) * voxel_size / 2.0
-    half_thick = (n_slices - 2) * voxel_size / 2.0 - 0.5 * voxel_size
-    n = streamlines_per_bundle
-
-    def bundle(name, xy, radius):
-        xy = np.asarray(xy, dtype=np.float64)
-        pts = np.column_stack([xy, np.zeros(len(xy))]) + centre
-        return Bundle(name, pts, radius=radius, thickness=(half_thick,), normal=Z, n_streamlines=n)
+    shape, centre, bundle = slab("fibercup", 64, n_slices, voxel_size, streamlines_per_bundle)
 
     bundles = [
         bundle("horizontal", [(-52, 6), (-25, 10), (0, 11), (25, 10), (52, 6)], (4.0,)),
