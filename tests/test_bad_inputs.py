@@ -422,9 +422,12 @@ def test_anisotropic_voxels_run_end_to_end_with_a_note(cli, subject, arrays, tmp
 def _start_run(subject: Path, out: Path) -> subprocess.Popen:
     """``python -m difftract run`` with enough seeds that tracking lasts several seconds."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    # A shell's background job (`make test &`) ignores SIGINT, and a child inherits that, so
+    # Python would install no KeyboardInterrupt handler: give the run the default disposition.
     return subprocess.Popen([sys.executable, "-m", "difftract", "-q", "run", str(subject), "--out", str(out),
                              "--method", "det", "--seeds-per-voxel", "100"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_tracking(proc: subprocess.Popen, out: Path, timeout: float = 120.0) -> Path:

@@ -6,7 +6,7 @@
 
 The directory is a phantom directory like ``difftract simulate`` writes (``difftract
 fit/track/score`` read it), with ``dwi.json`` saying ``"test_data": true``: the training
-commands refuse it. Seeds must be test seeds (>= 9000), so no training subject shares one.
+commands refuse it. Seeds must be test seeds (9000 to 99,999,999), so no training subject shares one.
 Same arguments, same bytes of signal (one seed drives geometry, fibre sampling, scheme,
 eigenvalue drift and noise).
 """

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--streamlines-per-bundle", type=int, default=None,
                      help="ground-truth streamlines per bundle (default: preset's, 200/100/150/300)")
     sim.add_argument("--voxel-size", type=float, default=None, metavar="MM",
-                     help="voxel edge in mm (default: 2; brain presets: 1.25-3; fibercup: 2 only)")
+                     help="voxel edge in mm, for crossing, random and the brain presets (default: 2; brain presets: 1.25-3)")
     sim.add_argument("--step-mm", type=float, default=1.0, help="ground-truth streamline step (default: 1 mm)")
     sim.add_argument("--supersample", type=int, default=3,
                      help="sub-samples per voxel edge for partial volume (default: %(default)s)")

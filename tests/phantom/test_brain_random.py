@@ -107,7 +107,7 @@ def test_simulated_brain_random_phantom(small_phantom, tmp_path):
     np.testing.assert_array_equal(p.mask, template.brain | p.wm)
     ends = np.array([s[i] for s in p.streamlines for i in (0, -1)]) * VOXEL
     assert np.median(template.sample("gm", ends)) >= 0.5
-    assert p.summary()["crossing_voxels"] >= 0 and not (p.wm & ~p.mask).any()
+    assert not (p.wm & ~p.mask).any()
     out = save_phantom(p, tmp_path / "brain_random")
     r = score(load_tractogram(out / "tractogram.trk").streamlines, load_scoring(out))
     assert r["VB"] == 4 and r["VS_ratio"] == 1.0

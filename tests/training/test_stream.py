@@ -16,7 +16,7 @@ from difftract.models.ddtracking import data as dd
 from difftract.models.qcgdti import data as qcg
 from difftract.phantom import Tissue, save_phantom, simulate
 from difftract.phantom.splits import TEST_SEED_START, is_test_seed, training_seed, validation_seed
-from difftract.training.pool import StreamError, SubjectPool
+from difftract.training.pool import StreamError, SubjectPool, evict
 from difftract.training.recipe import SubjectRecipe, phantom_recipe
 from difftract.training.stream import StreamDataset, StreamPlan
 
@@ -143,3 +143,20 @@ def test_stream_dataset_switches_subjects_per_epoch(tmp_path):
     assert [s.name for s in data.data.subjects] == [str(s) for s in plan.seeds(2)]
     data.set_epoch(1)   # back to epoch 1 (a resumed run): the same samples
     assert all(torch.equal(first[k], data[1][k]) for k in first)
+
+
+def test_eviction_and_start_up_touch_only_the_pools_files(tmp_path):
+    """A pool folder shared with other files (a feature cache, data): only pool files go."""
+    mine = [tmp_path / f"s{seed}-0123456789ab.npz" for seed in (1, 2, 3)]
+    theirs = [tmp_path / "features.npz", tmp_path / "s1-notapoolfile.npz"]
+    for k, path in enumerate(mine + theirs):
+        np.savez(path, x=np.zeros(4))
+        os.utime(path, ns=(k * 10**9, k * 10**9))
+    removed = evict(tmp_path, keep=1, keep_bytes=10**9)
+    assert sorted(removed) == sorted(mine[:2])
+    assert all(p.is_file() for p in theirs + mine[2:])
+    # a staging folder left by a killed worker (its owner is gone) is removed when a pool opens
+    stale = tmp_path / f".{mine[0].name}.tmp-999999999-abcd"
+    stale.mkdir()
+    SubjectPool(DD, tmp_path, workers=0)
+    assert not stale.exists() and all(p.is_file() for p in theirs)

@@ -107,4 +107,5 @@ def open_stream(args: argparse.Namespace, prepare: Callable, settings: dict, pha
 
 def stream_summary(pool) -> dict:
     """Sidecar facts of a finished streamed run: subjects simulated here and their mean time."""
-    return {"subjects_simulated": len(pool.seconds), "seconds_per_subject": round(pool.mean_seconds, 3)}
+    seconds = round(pool.mean_seconds, 3) if pool.seconds else None   # strict JSON has no NaN
+    return {"subjects_simulated": len(pool.seconds), "seconds_per_subject": seconds}

@@ -39,9 +39,10 @@ class Layout:
         World mm of the centre of voxel (0, 0, 0) (e.g. MNI for the brain presets); None
         centres the grid on the world origin.
     isotropic : dict or None
-        Per-voxel fractions (arrays of ``shape``) of isotropic tissue classes, ``"gm"`` and
-        ``"csf"``: the share of each voxel's non-fibre tissue that is grey matter or CSF.
-        None: all non-fibre tissue is the grey-matter-like background.
+        Per-voxel volume fractions (arrays of ``shape``) of the template's grey matter
+        (``"gm"``) and CSF (``"csf"``): a voxel's non-fibre tissue is split between the two
+        in their proportions (grey-matter-like where both are 0). None: all non-fibre
+        tissue is the grey-matter-like background.
     """
 
     shape: tuple[int, int, int]

@@ -207,13 +207,19 @@ def simulate(config: PhantomConfig | None = None, layout: Layout | None = None) 
     brain = layout.domain(centres) | (fibre.sum(axis=1) > 0)  # tubes may clip border voxels
     background = np.clip(1.0 - fibre.sum(axis=1), 0.0, 1.0) * brain
     csf = np.zeros(n_vox)
-    if layout.isotropic is not None:  # split non-fibre tissue between grey matter and CSF
-        csf = background * np.clip(layout.isotropic["csf"].reshape(-1), 0.0, 1.0)
+    if layout.isotropic is not None:
+        # The fibres take the white matter's place; what they leave is grey matter and CSF in
+        # the template's proportions (white matter the bundles do not reach stays GM-like).
+        gm = np.clip(layout.isotropic["gm"].reshape(-1), 0.0, 1.0)
+        iso_csf = np.clip(layout.isotropic["csf"].reshape(-1), 0.0, 1.0)
+        share = np.divide(iso_csf, gm + iso_csf, out=np.zeros(n_vox), where=gm + iso_csf > 0)
+        csf = background * share
         background = background - csf
     draw = TissueSampler(config.tissue_ranges).draw(tissue_rng, len(tubes), shape) if config.randomize else None
     tissue = config.tissue if draw is None else draw.tissue
     signal = _signal(coverages, background, bvals, bvecs, tissue, n_vox, draw, dispersion_rng)
-    signal += np.outer(csf * tissue.s0_csf, isotropic_signal(bvals, tissue.d_csf))
+    rows = np.flatnonzero(csf)   # in place, row by row: no second (voxels x volumes) array
+    signal[rows] += np.outer(csf[rows] * tissue.s0_csf, isotropic_signal(bvals, tissue.d_csf))
     signal *= bias_field(shape, tissue.bias, bias_rng).reshape(-1)[:, None]
     data = signal.reshape(*shape, -1)
     if acquisition is not None and acquisition.snr is not None:

@@ -8,9 +8,9 @@ of its range (as nilearn's ``load_mni152_brain_mask``); CSF is the brain not cla
 grey or white matter, which is what makes the ventricles and sulci CSF.
 
 :func:`load_template` resamples the maps onto an isotropic grid that covers the brain with
-a small margin. Each target voxel gets the mean of the 1 mm fractions inside it (a box
-filter of the voxel's width before sampling), so partial volume is preserved rather than
-aliased. Coordinates: ``array mm`` (voxel index times voxel size) plus ``origin`` gives
+a small margin. Each target voxel gets the mean of the 1 mm fractions in a box of the
+voxel's width rounded to whole millimetres (none below 1.5 mm) before trilinear sampling,
+so partial volume is kept rather than aliased. Coordinates: ``array mm`` (voxel index times voxel size) plus ``origin`` gives
 MNI mm; the phantom's affine is therefore the template's world frame.
 """
 
@@ -127,7 +127,7 @@ def load_template(voxel_size: float = 2.0) -> Template:
     src = nib.affines.apply_affine(np.linalg.inv(affine), mni).T  # 1 mm template indices
     width = voxel_size / float(np.abs(affine[0, 0]))
 
-    size = int(round(width)) if width >= 1.5 else 1
+    size = int(np.floor(width + 0.5)) if width >= 1.5 else 1   # the nearest whole box; 2.5 mm: 3
     # An even-sized box filter averages [i - size/2, i + size/2 - 1]: its value at index i
     # belongs to position i - 1/2, so sample half a voxel further to keep the maps unshifted
     # (and the symmetric template symmetric).

@@ -32,6 +32,9 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import re
+import signal
+import sys
 import time
 import traceback
 import zipfile
@@ -41,10 +44,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DifftractError
-from ..io.atomic import atomic_file
+from ..io.atomic import atomic_file, remove_stale
 from .recipe import SubjectRecipe
 
 log = logging.getLogger("difftract")
+POOL_FILE = re.compile(r"s\d+-[0-9a-f]{12}\.npz")   # SubjectPool.path's names
 _POLL = 1.0   # seconds between checks that the worker is alive while waiting
 
 
@@ -76,6 +80,9 @@ class SubjectPool:
         self.recipe, self.folder = recipe, Path(folder)
         self.max_subjects, self.max_bytes, self.workers, self.timeout = max_subjects, max_bytes, workers, timeout
         self.folder.mkdir(parents=True, exist_ok=True)
+        # a worker killed while writing leaves a staging folder that eviction cannot see
+        for entry in self.folder.glob(".s*.npz.*"):
+            remove_stale(self.folder / (entry.name[1:].split(".npz.", 1)[0] + ".npz"))
         self.seconds: dict[int, float] = {}   # seconds spent simulating each subject made for this pool
         self._made: set[int] = set()          # reported ready by a worker at least once
         self._queued: set[int] = set()        # sent to the workers' queue
@@ -160,10 +167,11 @@ class SubjectPool:
             self._queued.clear()
             args = (self.recipe, str(self.folder), self.max_subjects, self.max_bytes,
                     self._queue, self._urgent, self._stop, self._replies)
-            for k in range(self.workers):
-                process = ctx.Process(target=_work, name=f"difftract-subjects-{k}", args=args, daemon=True)
-                process.start()
-                self._processes.append(process)
+            with _single_threaded_children():
+                for k in range(self.workers):
+                    process = ctx.Process(target=_work, name=f"difftract-subjects-{k}", args=args, daemon=True)
+                    process.start()
+                    self._processes.append(process)
         return self._queue
 
     def _receive(self, wait: float, seed: int) -> bool:
@@ -240,6 +248,8 @@ def evict(folder: Path, keep: int, keep_bytes: int) -> list[Path]:
     """Remove the least recently used ``*.npz`` of ``folder`` until at most ``keep`` files and ``keep_bytes`` remain."""
     files = []
     for p in folder.glob("*.npz"):
+        if POOL_FILE.fullmatch(p.name) is None:   # never another tool's files sharing the folder
+            continue
         try:
             st = p.stat()
         except FileNotFoundError:   # another rank's worker evicted it meanwhile
@@ -256,9 +266,32 @@ def evict(folder: Path, keep: int, keep_bytes: int) -> list[Path]:
     return removed
 
 
+class _single_threaded_children:
+    """Spawned workers start with one BLAS/OpenMP thread each (the variables are read at import).
+
+    Simulation is numpy/scipy; left at the default, every worker's BLAS would take every core
+    from the training step it is meant to run beside.
+    """
+
+    NAMES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.NAMES}
+        os.environ.update({k: "1" for k in self.NAMES})
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _work(recipe: SubjectRecipe, folder: str, max_subjects: int, max_bytes: int, jobs, urgent, stop,
           replies) -> None:
     """A worker process: simulate queued subjects (urgent ones first) until stopped or orphaned."""
+    # close() terminates a worker that is slow to stop: exit through the atomic writers' cleanup
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pool = SubjectPool(recipe, folder, max_subjects, max_bytes, workers=0)
     parent = mp.parent_process()
     while not stop.is_set():

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from dipy.core.gradients import gradient_table
 
+from .. import __version__
 from ..errors import ConfigError
 from ..io.dwi import DWI
 from ..io.gradients import B0_THRESHOLD
@@ -63,8 +64,9 @@ class SubjectRecipe:
         """JSON-like record: the phantom template (seed left out), the preparation and its settings."""
         config = {k: v for k, v in asdict(self.phantom).items() if k != "seed"}
         config = json.loads(json.dumps(config, default=lambda o: np.asarray(o).tolist()))
+        # the version too: a pool kept across an upgrade must not hand back the old code's subjects
         return {"phantom": config, "prepare": f"{self.prepare.__module__}.{self.prepare.__qualname__}",
-                "settings": json.loads(json.dumps(self.settings))}
+                "settings": json.loads(json.dumps(self.settings)), "difftract_version": __version__}
 
     @property
     def key(self) -> str:

@@ -102,9 +102,11 @@ def glass_brain(phantom, path: str | Path, families: dict[str, str] | None = Non
     fig.suptitle(f"difftract phantom '{phantom.config.preset}', seed {phantom.config.seed}: "
                  f"{len(phantom.bundles)} bundles, {sum(len(b.streamlines) for b in phantom.bundles)} streamlines "
                  f"(world mm; left on the left)")
-    with atomic_file(path, force=force) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    try:
+        with atomic_file(path, force=force) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)   # also when the output exists: a loop of figures must not leak them
     return Path(path)
 
 
