@@ -71,6 +71,10 @@ def test_streamed_qcgdti(tmp_path):
     (["--stream", "crossing", "--phantom", "seed=3"], "unknown phantom setting(s) seed"),
     (["--stream", "crossing", "--phantom", "snr"], "KEY=VALUE"),
     (["--stream", "crossing", "--subjects-per-epoch", "0"], "subjects per epoch >= 1"),
+    (["--stream", "no-such-preset"], "unknown phantom preset 'no-such-preset'"),
+    (["--stream", "crossing", "--pool-size", "0"], "--pool-size must be at least 1"),
+    (["--stream", "crossing", "--cache-dir", "c"], "--cache-dir is for SUBJECT_DIRs"),
+    (["somedir", "--stream-workers", "2", "--epochs-per-subject", "3"], "--epochs-per-subject, --stream-workers need --stream"),
 ])
 def test_stream_refusals(tmp_path, capsys, args, message):
     assert main(["train", "ddtracking", "--out", str(tmp_path / "w.pt"), *args]) == 2

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .commands import cluster, connectome, fit, run, score, track, train
+from .phantom.presets import PRESETS
 from .errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "seed too, and records the draw in dwi.json (see docs/phantoms.md).",
         epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist unless --force)")
-    sim.add_argument("--preset", choices=("fibercup", "crossing", "random", "brain", "brain-random"),
+    sim.add_argument("--preset", choices=PRESETS,
                      default="fibercup",
                      help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, random 3D bundles, 32 "
                           "named bundles of a whole brain on the MNI152 template, or random bundles between "

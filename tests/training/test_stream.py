@@ -96,9 +96,11 @@ def test_background_workers_prefetch_and_report(tmp_path):
 
 
 def test_worker_failures_are_errors_not_hangs(tmp_path):
-    broken = SubjectRecipe(phantom_recipe("no-such-preset"), dd.phantom_arrays, {"step": 1.0})
+    with pytest.raises(ConfigError, match="unknown phantom preset"):   # refused before any worker starts
+        phantom_recipe("no-such-preset")
+    broken = SubjectRecipe(phantom_recipe("crossing", {"angles": [0.0]}), dd.phantom_arrays, {"step": 1.0})
     with SubjectPool(broken, tmp_path / "a") as pool:
-        with pytest.raises(StreamError, match="seed 1 could not be simulated: unknown phantom preset"):
+        with pytest.raises(StreamError, match="seed 1 could not be simulated: crossing angles"):
             pool.get(1)
     with SubjectPool(DD, tmp_path / "b") as pool:
         pool.want([1])

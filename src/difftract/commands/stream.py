@@ -32,24 +32,31 @@ streamed subjects (--stream PRESET instead of SUBJECT_DIRs):
 def add_arguments(parser: argparse.ArgumentParser, default_subjects: int) -> None:
     g = parser.add_argument_group("streamed subjects (instead of SUBJECT_DIRs)")
     g.add_argument("--stream", metavar="PRESET", help="simulate training subjects on the fly with this phantom preset")
-    g.add_argument("--phantom", action="append", default=[], metavar="KEY=VALUE",
-                   help="a phantom setting of the streamed subjects (repeatable; VALUE is JSON)")
-    g.add_argument("--stream-base", type=int, default=0, metavar="N",
-                   help="stream number: runs with another base never share subjects (default: %(default)s)")
-    g.add_argument("--subjects-per-epoch", type=int, default=default_subjects, metavar="K",
-                   help="subjects per epoch and rank (default: %(default)s)")
-    g.add_argument("--epochs-per-subject", type=int, default=1, metavar="E",
-                   help="epochs each set of subjects serves: 1 new subjects every epoch, 0 the same K "
-                        "throughout (default: %(default)s)")
-    g.add_argument("--pool-dir", type=Path, metavar="D", help="subject cache folder (default: W.stream/)")
-    g.add_argument("--pool-size", type=int, metavar="N",
-                   help="most subjects kept in the pool (default: two epochs' and the validation subjects)")
-    g.add_argument("--pool-gb", type=float, default=8.0, help="most gigabytes kept in the pool (default: %(default)s)")
-    g.add_argument("--stream-workers", type=int, default=1, metavar="N",
-                   help="processes simulating subjects beside the training; more keep a GPU fed; 0 simulates "
-                        "in the training process when a subject is needed (default: %(default)s)")
-    g.add_argument("--stream-timeout", type=float, default=3600.0, metavar="S",
-                   help="longest wait for one subject, seconds (default: %(default)s)")
+    stream_options = []
+
+    def option(*names, **kwargs):
+        stream_options.append(g.add_argument(*names, **kwargs))
+
+    option("--phantom", action="append", default=[], metavar="KEY=VALUE",
+           help="a phantom setting of the streamed subjects (repeatable; VALUE is JSON)")
+    option("--stream-base", type=int, default=0, metavar="N",
+           help="stream number: runs with another base never share subjects (default: %(default)s)")
+    option("--subjects-per-epoch", type=int, default=default_subjects, metavar="K",
+           help="subjects per epoch and rank (default: %(default)s)")
+    option("--epochs-per-subject", type=int, default=1, metavar="E",
+           help="epochs each set of subjects serves: 1 new subjects every epoch, 0 the same K "
+                "throughout (default: %(default)s)")
+    option("--pool-dir", type=Path, metavar="D", help="subject cache folder (default: W.stream/)")
+    option("--pool-size", type=int, metavar="N",
+           help="most subjects kept in the pool (default: two epochs' and the validation subjects)")
+    option("--pool-gb", type=float, default=8.0, help="most gigabytes kept in the pool (default: %(default)s)")
+    option("--stream-workers", type=int, default=1, metavar="N",
+           help="processes simulating subjects beside the training; more keep a GPU fed; 0 simulates "
+                "in the training process when a subject is needed (default: %(default)s)")
+    option("--stream-timeout", type=float, default=3600.0, metavar="S",
+           help="longest wait for one subject, seconds (default: %(default)s)")
+    # what check_sources compares with: a stream option given without --stream is refused
+    parser.set_defaults(stream_defaults={a.dest: a.default for a in stream_options})
 
 
 def phantom_overrides(items: list[str], defaults: dict) -> dict:
@@ -70,8 +77,13 @@ def check_sources(args: argparse.Namespace) -> None:
     """Exactly one of SUBJECT_DIRs and ``--stream``; stream options only with ``--stream``."""
     if bool(args.subjects) == bool(args.stream):
         raise ConfigError("give training SUBJECT_DIRs or --stream PRESET (one of the two)")
-    if not args.stream and (args.phantom or args.pool_dir or args.pool_size):
-        raise ConfigError("--phantom, --pool-dir and --pool-size need --stream")
+    if not args.stream:
+        given = [f"--{k.replace('_', '-')}" for k, default in args.stream_defaults.items()
+                 if getattr(args, k) != default]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --stream")
+    elif getattr(args, "cache_dir", None) is not None:
+        raise ConfigError("--cache-dir is for SUBJECT_DIRs; streamed subjects are cached in --pool-dir")
 
 
 def open_stream(args: argparse.Namespace, prepare: Callable, settings: dict, phantom_defaults: dict):
@@ -92,10 +104,13 @@ def open_stream(args: argparse.Namespace, prepare: Callable, settings: dict, pha
                            prepare, settings)
     if not args.pool_gb > 0:
         raise ConfigError(f"--pool-gb must be positive, got {args.pool_gb}")
-    size = args.pool_size or 2 * plan.subjects_per_epoch * world + plan.val_subjects
-    if size < plan.subjects_per_epoch + plan.val_subjects:
-        log.warning("--pool-size %d is under one epoch's subjects and the validation ones: prefetched subjects "
-                    "may be evicted before use and simulated again", size)
+    if args.pool_size is not None and args.pool_size < 1:
+        raise ConfigError(f"--pool-size must be at least 1, got {args.pool_size}")
+    # every rank's worker writes to the same pool: one epoch needs each rank's subjects at once
+    size = 2 * plan.subjects_per_epoch * world + plan.val_subjects if args.pool_size is None else args.pool_size
+    if size < plan.subjects_per_epoch * world + plan.val_subjects:
+        log.warning("--pool-size %d is under one epoch's subjects (all ranks) and the validation ones: "
+                    "prefetched subjects may be evicted before use and simulated again", size)
     folder = args.pool_dir or args.out.with_name(args.out.stem + ".stream")
     if args.stream_workers < 0:
         raise ConfigError(f"--stream-workers must be 0 or more, got {args.stream_workers}")

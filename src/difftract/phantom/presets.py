@@ -20,6 +20,7 @@ Z = np.array([0.0, 0.0, 1.0])
 # shape and the geometry scales with it; the brain presets resample the template and keep
 # their geometry in mm. Fibercup's 120 mm disc needs its 2 mm voxels on a 64-voxel grid.
 SCALABLE_PRESETS = ("crossing", "random", "brain", "brain-random")
+PRESETS = ("fibercup", "crossing", "random", "brain", "brain-random")
 
 
 @dataclass
@@ -202,4 +203,4 @@ def get_layout(preset: str, rng: np.random.Generator, **kwargs) -> Layout:
         from .brain_random import brain_random_layout  # imports this module: deferred
 
         return brain_random_layout(rng, **kwargs)
-    raise ConfigError(f"unknown phantom preset {preset!r}; choose fibercup, crossing, random, brain or brain-random")
+    raise ConfigError(f"unknown phantom preset {preset!r}; choose {', '.join(PRESETS)}")
