@@ -20,7 +20,7 @@ from ..io.gradients import B0_THRESHOLD
 from . import voxelize
 from .acquisition import Acquisition, AcquisitionRanges, AcquisitionSampler
 from .geometry import Tube, disc_positions, make_tube
-from .presets import PRESETS, SCALABLE_PRESETS, Layout, get_layout
+from .presets import SCALABLE_PRESETS, Layout, get_layout
 from .randomize import TissueDraw, TissueRanges, TissueSampler, watson_axes
 from .signal import (Tissue, add_coil_noise, add_rician_noise, bias_field, fibre_signal, isotropic_signal,
                      make_scheme)
@@ -63,8 +63,6 @@ class PhantomConfig:
             if not (np.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite positive number, got {value}")
 
-        if self.preset not in PRESETS:   # checked here, not when a worker first simulates it
-            raise ConfigError(f"unknown phantom preset {self.preset!r}; choose {', '.join(PRESETS)}")
         if self.snr is not None:
             positive("snr", self.snr)
         positive("step_mm", self.step_mm)

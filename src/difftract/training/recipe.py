@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..io.dwi import DWI
 from ..io.gradients import B0_THRESHOLD
 from ..phantom import Phantom, PhantomConfig, simulate
+from ..phantom.presets import PRESETS
 
 Prepare = Callable[..., dict[str, np.ndarray]]
 
@@ -81,6 +82,8 @@ def phantom_recipe(preset: str, overrides: dict | None = None) -> PhantomConfig:
     is a dataclass (``tissue``, or ranges of randomised phantoms) builds that dataclass. A
     ``seed`` is refused (subjects get theirs from the stream).
     """
+    if preset not in PRESETS:   # here, not when a worker first simulates a subject
+        raise ConfigError(f"unknown phantom preset {preset!r}; choose {', '.join(PRESETS)}")
     overrides = dict(overrides or {})
     defaults = {f.name: f for f in fields(PhantomConfig) if f.name not in ("seed", "preset")}
     unknown = sorted(set(overrides) - set(defaults))
