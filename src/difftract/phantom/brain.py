@@ -147,20 +147,6 @@ def families() -> dict[str, str]:
     return {t.name: t.family for t in brain_tracts()}
 
 
-def brain_domain(template: Template):
-    """``domain(points_mm)``: inside the template's brain mask, read at the nearest voxel."""
-    shape = np.array(template.shape)
-
-    def domain(points: np.ndarray) -> np.ndarray:
-        index = np.rint(np.asarray(points) / template.voxel_size).astype(np.int64)
-        ok = np.all((index >= 0) & (index < shape), axis=1)
-        out = np.zeros(len(index), dtype=bool)
-        out[ok] = template.brain[tuple(index[ok].T)]
-        return out
-
-    return domain
-
-
 def brain(streamlines_per_bundle: int = 300, voxel_size: float = 2.0,
           template: Template | None = None) -> Layout:
     """The whole-brain layout on the MNI152 grid of ``voxel_size`` mm (1.25-3).
@@ -169,7 +155,7 @@ def brain(streamlines_per_bundle: int = 300, voxel_size: float = 2.0,
     fixed geometry avoids at every supported voxel size).
     """
     template = template or load_template(voxel_size)
-    domain = brain_domain(template)
+    domain = template.in_brain
     bundles = []
     for t in brain_tracts():
         bundle = Bundle(t.name, template.to_array_mm(np.array(t.points, dtype=np.float64)),

@@ -31,7 +31,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import ConfigError
 from .geometry import Bundle, Tube, make_tube
-from .presets import Layout
+from .presets import MAX_BEND, Layout, folds_locally
 from .template import Template, load_template
 
 N_BUNDLES = (12, 30)          # default count, drawn per seed (inclusive)
@@ -43,7 +43,6 @@ MIN_END_RADIUS_MM = 1.0
 KIND_WEIGHTS = {"path": 0.4, "cross": 0.4, "kiss": 0.2}
 CROSS_ANGLE_DEG = (45.0, 90.0)
 KISS_ANGLE_DEG = (0.0, 25.0)
-MAX_BEND = 0.8                # radius / radius of curvature, as presets._fits
 MAX_PARALLEL_MM = 10.0        # longest run alongside (< 30 degrees) and inside another tube
 MIN_WM_SHARE = 0.85           # of the centreline away from its ends
 END_MM = 6.0                  # end segments allowed outside white matter
@@ -141,20 +140,8 @@ def brain_random_layout(rng: np.random.Generator, n_bundles: int | None = None,
             raise ConfigError(f"brain-random: could not place bundle {k + 1} of {n} in {max_tries} tries; "
                               f"ask for fewer bundles (n_bundles) or a finer voxel_size")
 
-    def domain(points: np.ndarray) -> np.ndarray:
-        return _in_mask(template.brain, points, template.voxel_size)
-
-    return Layout(template.shape, template.voxel_size, [t.bundle for t in placer.tubes], domain,
+    return Layout(template.shape, template.voxel_size, [t.bundle for t in placer.tubes], template.in_brain,
                   origin=template.origin, isotropic={"gm": template.gm, "csf": template.csf})
-
-
-def _in_mask(mask: np.ndarray, points: np.ndarray, voxel_size: float) -> np.ndarray:
-    """Nearest-voxel lookup of array-mm points in a boolean volume (outside the grid: False)."""
-    index = np.rint(np.asarray(points, dtype=np.float64) / voxel_size).astype(np.int64)
-    inside = np.all((index >= 0) & (index < mask.shape), axis=1)
-    out = np.zeros(len(index), dtype=bool)
-    out[inside] = mask[tuple(index[inside].T)]
-    return out
 
 
 class _Placer:
@@ -375,10 +362,9 @@ def folds(tube: Tube) -> bool:
     """True when the tube overlaps itself: locally (radius beyond MAX_BEND of the radius of
     curvature, the inner side of the bend self-intersects) or globally (parts far apart along
     the tube come closer than their radii)."""
-    r = np.maximum(tube.r1, tube.r2)
-    curvature = np.linalg.norm(np.diff(tube.tangent, axis=0), axis=1) / np.diff(tube.s)
-    if np.any(r[1:] * curvature > MAX_BEND):
+    if folds_locally(tube, MAX_BEND):
         return True
+    r = np.maximum(tube.r1, tube.r2)
     pairs = tube.tree.query_pairs(2.0 * r.max(), output_type="ndarray")
     if len(pairs) == 0:
         return False

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
-from .geometry import Bundle, make_tube
+from .geometry import Bundle, Tube, make_tube
 
 Z = np.array([0.0, 0.0, 1.0])
 # Presets that take any voxel size from 1.25 to 2.5 mm: crossing and random keep their grid
@@ -171,16 +171,23 @@ def _random_bundle(rng, name, centre, semi, n) -> Bundle:
     return Bundle(name, np.array([start, *mids, end]), radius=profile, n_streamlines=n)
 
 
-def _fits(bundle: Bundle, domain, max_bend: float = 0.8) -> bool:
-    """True when the tube lies inside the domain and never folds onto itself.
+MAX_BEND = 0.8   # largest tube radius / radius of curvature of its centreline
 
-    A tube whose radius exceeds the centreline's radius of curvature self-intersects on
-    the inner side of the bend, where fibre directions become ambiguous; we require
-    ``radius <= max_bend * curvature radius`` everywhere.
+
+def folds_locally(tube: Tube, max_bend: float = MAX_BEND) -> bool:
+    """True where the tube's radius exceeds ``max_bend`` times its centreline's radius of curvature.
+
+    Such a tube self-intersects on the inner side of the bend, where fibre directions
+    become ambiguous.
     """
-    tube = make_tube(bundle, ds=0.5)
     curvature = np.linalg.norm(np.diff(tube.tangent, axis=0), axis=1) / np.diff(tube.s)
-    if np.any(np.maximum(tube.r1, tube.r2)[1:] * curvature > max_bend):
+    return bool(np.any(np.maximum(tube.r1, tube.r2)[1:] * curvature > max_bend))
+
+
+def _fits(bundle: Bundle, domain, max_bend: float = MAX_BEND) -> bool:
+    """True when the tube lies inside the domain and never folds onto itself (:func:`folds_locally`)."""
+    tube = make_tube(bundle, ds=0.5)
+    if folds_locally(tube, max_bend):
         return False
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     rim = tube.fibres(np.column_stack([np.cos(angles), np.sin(angles)]))

@@ -262,8 +262,6 @@ def _layout(config: PhantomConfig, rng: np.random.Generator, acquisition: Acquis
         kwargs["angles"] = tuple(config.angles)
     elif config.preset in ("random", "brain-random") and config.n_bundles is not None:
         kwargs["n_bundles"] = config.n_bundles
-    if config.preset == "brain-random" and config.voxel_size is not None:
-        kwargs["voxel_size"] = config.voxel_size
     return get_layout(config.preset, rng, **kwargs)
 
 

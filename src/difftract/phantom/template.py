@@ -77,6 +77,17 @@ class Template:
         """MNI mm (..., 3) to the phantom's array mm."""
         return np.asarray(mni, dtype=np.float64) - self.origin
 
+    def in_brain(self, array_mm: np.ndarray) -> np.ndarray:
+        """The brain mask at points in array mm (P, 3), read at the nearest voxel (off the grid: False).
+
+        This is a phantom's tissue domain (``Layout.domain``) on the template.
+        """
+        index = np.rint(np.asarray(array_mm, dtype=np.float64) / self.voxel_size).astype(np.int64)
+        inside = np.all((index >= 0) & (index < self.brain.shape), axis=1)
+        out = np.zeros(len(index), dtype=bool)
+        out[inside] = self.brain[tuple(index[inside].T)]
+        return out
+
     def sample(self, name: str, array_mm: np.ndarray) -> np.ndarray:
         """Trilinear value of map ``name`` (gm, wm, csf, t1) at points in array mm (P, 3)."""
         volume = getattr(self, name)
