@@ -15,7 +15,8 @@ from difftract.errors import ConfigError
 from difftract.models.ddtracking import data as dd
 from difftract.models.qcgdti import data as qcg
 from difftract.phantom import Tissue, save_phantom, simulate
-from difftract.phantom.splits import TEST_SEED_START, is_test_seed, training_seed, validation_seed
+from difftract.phantom.splits import (STREAM_VALIDATION_OFFSET, TEST_SEED_START, is_test_seed, training_seed,
+                                     validation_seed)
 from difftract.training.pool import StreamError, SubjectPool, evict
 from difftract.training.recipe import SubjectRecipe, phantom_recipe
 from difftract.training.stream import StreamDataset, StreamPlan
@@ -123,6 +124,11 @@ def test_ranks_and_epochs_never_share_subjects():
     assert plans[1].seeds(2)[0] == training_seed(2, 5, 1, world)
     other = StreamPlan(base=3, subjects_per_epoch=5, world_size=world)
     assert not set(other.seeds(1)) & set(drawn) and validation_seed(3, 0) not in drawn
+    # the last training seed of a base sits just below its first validation seed, and no further
+    last = STREAM_VALIDATION_OFFSET // 2 - 1
+    assert training_seed(2, last, 1, 2) == validation_seed(2, 0) - 1
+    with pytest.raises(ConfigError, match="beyond"):
+        training_seed(2, last + 1, 0, 2)
     fixed = StreamPlan(subjects_per_epoch=2, epochs_per_subject=0)
     assert fixed.seeds(1) == fixed.seeds(9)
     slow = StreamPlan(subjects_per_epoch=2, epochs_per_subject=2)

@@ -26,6 +26,10 @@ from ..errors import ConfigError
 TEST_SEED_START = 9000            # seeds >= this: test subjects only
 STREAM_SEED_START = 100_000_000   # fresh training subjects are drawn from here ...
 STREAM_SEED_STOP = 2**62          # ... to here (far from the hand-picked seeds below 9000)
+# Each stream base owns a block: training subjects first, then its validation subjects.
+STREAM_VALIDATION_OFFSET = 1_000_000_000   # training subjects of a base (all ranks together)
+MAX_VALIDATION_SUBJECTS = 3000
+STREAM_BASE_STRIDE = STREAM_VALIDATION_OFFSET + MAX_VALIDATION_SUBJECTS
 
 
 def is_test_seed(seed: int) -> bool:
@@ -50,24 +54,25 @@ def training_seed(base: int, index: int, rank: int = 0, world_size: int = 1) -> 
         raise ConfigError(f"rank {rank} is outside a world of size {world_size}")
     if base < 0 or index < 0:
         raise ConfigError(f"base and index must be non-negative, got {base} and {index}")
-    seed = STREAM_SEED_START + int(base) * 1_000_003_000 + int(index) * world_size + rank
+    slot = int(index) * world_size + rank
+    if slot >= STREAM_VALIDATION_OFFSET:   # beyond: the base's validation seeds
+        raise ConfigError(f"stream subject {index} (rank {rank} of {world_size}) is beyond the "
+                          f"{STREAM_VALIDATION_OFFSET:,} training subjects of a stream base")
+    seed = STREAM_SEED_START + int(base) * STREAM_BASE_STRIDE + slot
     if seed >= STREAM_SEED_STOP:
         raise ConfigError(f"stream seed base {base} is too large")
     return seed
 
 
-STREAM_VALIDATION_OFFSET = 1_000_000_000   # validation seeds of a stream base sit above its training seeds
-
-
 def validation_seed(base: int, index: int) -> int:
-    """Seed of held-back validation subject ``index`` (< 3000) of stream ``base``.
+    """Seed of held-back validation subject ``index`` (< MAX_VALIDATION_SUBJECTS) of stream ``base``.
 
     It lies in the base's block above every seed :func:`training_seed` gives for fewer
     than a billion subjects, so a streamed run never trains on its own validation
     subjects, and it is never a test seed.
     """
-    if not 0 <= index < 3000:
-        raise ConfigError(f"validation subject index must be in 0..2999, got {index}")
+    if not 0 <= index < MAX_VALIDATION_SUBJECTS:
+        raise ConfigError(f"validation subject index must be in 0..{MAX_VALIDATION_SUBJECTS - 1}, got {index}")
     return training_seed(base, 0) + STREAM_VALIDATION_OFFSET + int(index)
 
 
