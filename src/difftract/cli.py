@@ -175,14 +175,16 @@ def _phantom_config(args: argparse.Namespace):
         if fixed:
             raise ConfigError(f"--randomize draws the scheme and the SNR; drop {', '.join(fixed)} "
                               "(--scheme keeps a given scheme, --snr 0 makes a noise-free phantom)")
-    bvals = (1000.0,) if args.bvals is None else args.bvals
-    ndirs = (32,) if args.ndirs is None else args.ndirs
-    if len(ndirs) not in (1, len(bvals)):
-        raise ConfigError(f"--ndirs gives {len(ndirs)} counts for {len(bvals)} shells")
-    snr = 20.0 if args.snr is None else args.snr
-    return PhantomConfig(preset=args.preset, seed=args.seed, snr=None if snr == 0 else snr,
-                         bvals=bvals, ndirs=ndirs[0] if len(ndirs) == 1 else ndirs,
-                         nb0=2 if args.nb0 is None else args.nb0, scheme=scheme, randomize=args.randomize,
+    # options left out take PhantomConfig's defaults (the one place they are written)
+    given = {k: getattr(args, k) for k in ("bvals", "nb0") if getattr(args, k) is not None}
+    if args.snr is not None:
+        given["snr"] = None if args.snr == 0 else args.snr
+    if args.ndirs is not None:
+        shells = len(given.get("bvals", PhantomConfig.bvals))
+        if len(args.ndirs) not in (1, shells):
+            raise ConfigError(f"--ndirs gives {len(args.ndirs)} counts for {shells} shells")
+        given["ndirs"] = args.ndirs[0] if len(args.ndirs) == 1 else args.ndirs
+    return PhantomConfig(preset=args.preset, seed=args.seed, **given, scheme=scheme, randomize=args.randomize,
                          streamlines_per_bundle=args.streamlines_per_bundle, step_mm=args.step_mm,
                          supersample=args.supersample, radiological=args.radiological,
                          angles=args.angles, n_bundles=args.n_bundles, voxel_size=args.voxel_size)
