@@ -32,13 +32,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from dipy.core.gradients import gradient_table
 from dipy.tracking.stopping_criterion import BinaryStoppingCriterion
 from dipy.tracking.tracker import deterministic_tracking, probabilistic_tracking
 
 from _check import Target, parse_args
 from difftract.eval.tractometer import load_scoring, score
-from difftract.io.dwi import load_dwi
+from difftract.io.dwi import load_subject
 from difftract.io.tractogram import load_tractogram
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from difftract.reconst.csd import CsdModel
@@ -81,7 +80,7 @@ def voxel_streamlines(world: list[np.ndarray], affine: np.ndarray, voxel_mm: flo
     return out
 
 
-def row(name: str, streamlines: list[np.ndarray], config, seconds: float | None) -> dict:
+def row(streamlines: list[np.ndarray], config, seconds: float | None) -> dict:
     scores = score(streamlines, config).scores
     r = {k: scores[k] for k in KEYS} | {"n": len(streamlines)}
     if seconds is not None:
@@ -102,14 +101,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ph = phantom_dir(args, Path(tmp))
         config = load_scoring(ph)
-        dwi = load_dwi(ph / "dwi.nii.gz", ph / "dwi.bval", ph / "dwi.bvec", mask=ph / "mask.nii.gz")
+        dwi = load_subject(ph)
         wm = np.asarray(nib.load(ph / "wm.nii.gz").dataobj) > 0
         affine = dwi.affine
-        voxel = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
+        voxel = [float(v) for v in dwi.voxel_sizes]
         step = min(1.0, min(voxel))
-        gtab = gradient_table(dwi.bvals, bvecs=dwi.bvecs)
         t0 = time.perf_counter()
-        fod = CsdModel(gtab, lmax=8, legacy=True).fit(dwi.data, dwi.mask, progress=False).coeffs
+        fod = CsdModel(dwi.gtab, lmax=8, legacy=True).fit(dwi.data, dwi.mask, progress=False).coeffs
         figures["csd_seconds"] = round(time.perf_counter() - t0, 1)
 
         rng = np.random.default_rng(0)
@@ -123,14 +121,14 @@ def main() -> None:
 
         rows: dict[str, dict] = {}
         gt = load_tractogram(ph / "tractogram.trk", reference=ph / "mask.nii.gz")
-        rows["ground truth"] = row("ground truth", list(gt.streamlines), config, None)
+        rows["ground truth"] = row(list(gt.streamlines), config, None)
         common = dict(sh=fod, step_size=step, max_angle=ANGLE, min_len=2, max_len=MAX_LEN_MM)
         for name, fn in (("dipy det", deterministic_tracking), ("dipy prob", probabilistic_tracking)):
             t0 = time.perf_counter()
             out = list(fn(seeds_world, BinaryStoppingCriterion(wm.astype(float)), affine, random_seed=1,
                           nbr_threads=2, **common))
             seconds = time.perf_counter() - t0
-            rows[name] = row(name, voxel_streamlines(out, affine, min(voxel)), config, seconds)
+            rows[name] = row(voxel_streamlines(out, affine, min(voxel)), config, seconds)
             print(f"{name}: {rows[name]['n']} streamlines in {seconds:.1f} s", flush=True)
         field = SHField(fod, legacy=True)
         params = TrackingParams(step_mm=step, min_len_mm=MIN_LEN_MM, max_len_mm=MAX_LEN_MM)
@@ -139,7 +137,7 @@ def main() -> None:
             t0 = time.perf_counter()
             streamlines = [s.numpy() for c in tracker.track(torch.as_tensor(seeds), seed=0) for s in c.split()]
             seconds = time.perf_counter() - t0
-            rows[f"difftract {method}"] = row(method, streamlines, config, seconds)
+            rows[f"difftract {method}"] = row(streamlines, config, seconds)
             print(f"difftract {method}: {len(streamlines)} streamlines in {seconds:.1f} s", flush=True)
 
     print(f"\n{figures['phantom']}: {figures['shape']} at {voxel[0]:g} mm, {len(config.bundles)} bundles, "
@@ -154,8 +152,16 @@ def main() -> None:
     check.measure("det_f1_vs_dipy", rows["difftract det"]["mean_f1"] - rows["dipy det"]["mean_f1"])
     check.measure("dipy_det_f1", rows["dipy det"]["mean_f1"])
     check.measure("difftract_prob_f1", rows["difftract prob"]["mean_f1"])
-    figures["rows"] = {k: {kk: (float(v) if isinstance(v, (float, np.floating)) else v) for kk, v in r.items()}
-                       for k, r in rows.items()}
+    # difftract against DIPY, the same rule on the same field and seeds, in this run
+    figures["ratios_vs_dipy"] = {
+        method: {"F1": rows[f"difftract {method}"]["mean_f1"] / rows[f"dipy {method}"]["mean_f1"],
+                 "VC": rows[f"difftract {method}"]["VS_ratio"] / rows[f"dipy {method}"]["VS_ratio"],
+                 "streamlines_per_s": (rows[f"difftract {method}"]["n"] / rows[f"difftract {method}"]["seconds"])
+                 / (rows[f"dipy {method}"]["n"] / rows[f"dipy {method}"]["seconds"])}
+        for method in ("det", "prob")}
+    for method, r in figures["ratios_vs_dipy"].items():
+        print(f"difftract / DIPY, {method}: F1 {r['F1']:.3f}, VC {r['VC']:.3f}, streamlines/s {r['streamlines_per_s']:.2f}")
+    figures["rows"] = rows
     check.finish(figures)
 
 
