@@ -120,7 +120,25 @@ def open_stream(args: argparse.Namespace, prepare: Callable, settings: dict, pha
     return pool, plan, record
 
 
+def open_datasets(args: argparse.Namespace, prepare: Callable, settings: dict, phantom_defaults: dict,
+                  load: Callable, dataset: Callable):
+    """The pool, training and validation datasets of ``--stream`` subjects, and their meta.
+
+    ``load(seed, arrays)`` makes a model's subject from the pool's arrays, and
+    ``dataset(n_samples, seed, validation)`` the model's dataset over a list of subjects
+    (a partial): training draws new samples every epoch, validation the same ones.
+    """
+    from ..training.stream import StreamDataset
+
+    pool, plan, record = open_stream(args, prepare, settings, phantom_defaults)
+    train_set = StreamDataset(pool, plan.seeds, load, dataset(args.samples_per_epoch, args.seed, False),
+                              args.samples_per_epoch, last_epoch=args.epochs)
+    val_set = StreamDataset(pool, plan.validation_seeds, load, dataset(args.val_samples, args.seed + 10_000, True),
+                            args.val_samples, prefetch=False)
+    return pool, train_set, val_set, {"stream": record, "val_subjects": [f"seed{s}" for s in plan.validation_seeds()]}
+
+
 def stream_summary(pool) -> dict:
     """Sidecar facts of a finished streamed run: subjects simulated here and their mean time."""
-    seconds = round(pool.mean_seconds, 3) if pool.seconds else None   # strict JSON has no NaN
+    seconds = round(sum(pool.seconds.values()) / len(pool.seconds), 3) if pool.seconds else None
     return {"subjects_simulated": len(pool.seconds), "seconds_per_subject": seconds}

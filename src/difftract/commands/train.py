@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -116,13 +117,10 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
             "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms"}
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      early_stop_patience=args.patience)
-    try:
-        with oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {args.batch_size})"):
-            result = train(model, QCGTask(), train_set, val_set, tc, args.out, resume=args.resume, force=args.force,
-                           device=device, model_meta=meta, progress=not args.quiet, log=log.info)
-    finally:
-        if pool is not None:
-            pool.close()
+    with pool if pool is not None else contextlib.nullcontext(), \
+            oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {args.batch_size})"):
+        result = train(model, QCGTask(), train_set, val_set, tc, args.out, resume=args.resume, force=args.force,
+                       device=device, model_meta=meta, progress=not args.quiet, log=log.info)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     _write_sidecar(args, "train qcgdti", meta, tc, result, pool)
@@ -158,18 +156,13 @@ def _streamed_patches(args: argparse.Namespace, patch: int, multiple: int):
     from functools import partial
 
     from ..models.qcgdti.data import PatchDataset, phantom_arrays
-    from ..training.stream import StreamDataset
 
-    pool, plan, record = stream.open_stream(args, phantom_arrays, {}, QCG_PHANTOM)
-    load = partial(_streamed_subject, patch=patch, multiple=multiple)
-    train_set = StreamDataset(pool, plan.seeds, load, partial(PatchDataset, n_samples=args.samples_per_epoch,
-                                                              patch=patch, scheme=args.scheme, seed=args.seed),
-                              args.samples_per_epoch, last_epoch=args.epochs)
-    val_set = StreamDataset(pool, plan.validation_seeds, load,
-                            partial(PatchDataset, n_samples=args.val_samples, patch=patch, scheme=args.scheme,
-                                    seed=args.seed + 10_000, augment=False, per_epoch=False),
-                            args.val_samples, prefetch=False)
-    return pool, train_set, val_set, {"stream": record, "val_subjects": [f"seed{s}" for s in plan.validation_seeds()]}
+    def dataset(n_samples: int, seed: int, validation: bool):
+        fixed = {"augment": False, "per_epoch": False} if validation else {}
+        return partial(PatchDataset, n_samples=n_samples, patch=patch, scheme=args.scheme, seed=seed, **fixed)
+
+    return stream.open_datasets(args, phantom_arrays, {}, QCG_PHANTOM,
+                                partial(_streamed_subject, patch=patch, multiple=multiple), dataset)
 
 
 def _streamed_subject(seed: int, arrays: dict, patch: int, multiple: int):

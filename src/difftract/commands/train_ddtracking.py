@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -143,13 +144,10 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     meta = {"model": "ddtracking", "config": config.as_dict(), "diffusion": dataclasses.asdict(diff),
             "step_voxels": args.step, **noise,
             "input": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000", **data_meta}
-    try:
-        with oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {args.batch_size})"):
-            result = train(model, DDTrackingTask(diff), train_set, val_set, tc, args.out, resume=args.resume,
-                           force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
-    finally:
-        if pool is not None:
-            pool.close()
+    with pool if pool is not None else contextlib.nullcontext(), \
+            oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {args.batch_size})"):
+        result = train(model, DDTrackingTask(diff), train_set, val_set, tc, args.out, resume=args.resume,
+                       force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     _write_sidecar(args, "train ddtracking", meta, tc, result, pool)
@@ -179,17 +177,12 @@ def _streamed_windows(args: argparse.Namespace, noise: dict):
     from functools import partial
 
     from ..models.ddtracking.data import StreamlineDataset, phantom_arrays
-    from ..training.stream import StreamDataset
 
-    pool, plan, record = stream.open_stream(args, phantom_arrays, {"step": args.step}, {})
-    train_set = StreamDataset(pool, plan.seeds, _streamed_subject,
-                              partial(StreamlineDataset, n_samples=args.samples_per_epoch, seed=args.seed, **noise),
-                              args.samples_per_epoch, last_epoch=args.epochs)
-    val_set = StreamDataset(pool, plan.validation_seeds, _streamed_subject,
-                            partial(StreamlineDataset, n_samples=args.val_samples, seed=args.seed + 10_000,
-                                    per_epoch=False, **noise),
-                            args.val_samples, prefetch=False)
-    return pool, train_set, val_set, {"stream": record, "val_subjects": [f"seed{s}" for s in plan.validation_seeds()]}
+    def dataset(n_samples: int, seed: int, validation: bool):
+        fixed = {"per_epoch": False} if validation else {}
+        return partial(StreamlineDataset, n_samples=n_samples, seed=seed, **fixed, **noise)
+
+    return stream.open_datasets(args, phantom_arrays, {"step": args.step}, {}, _streamed_subject, dataset)
 
 
 def _streamed_subject(seed: int, arrays: dict):

@@ -57,7 +57,7 @@ def training_seed(base: int, index: int, rank: int = 0, world_size: int = 1) -> 
     slot = int(index) * world_size + rank
     if slot >= STREAM_VALIDATION_OFFSET:   # beyond: the base's validation seeds
         raise ConfigError(f"stream subject {index} (rank {rank} of {world_size}) is beyond the "
-                          f"{STREAM_VALIDATION_OFFSET:,} training subjects of a stream base")
+                          f"{STREAM_VALIDATION_OFFSET:,} training subjects of a stream base; use another --stream-base")
     seed = STREAM_SEED_START + int(base) * STREAM_BASE_STRIDE + slot
     if seed >= STREAM_SEED_STOP:
         raise ConfigError(f"stream seed base {base} is too large")

@@ -28,7 +28,6 @@ A GPU trains an epoch faster than one worker simulates its subjects; then more w
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -78,11 +77,12 @@ class SubjectPool:
             raise ConfigError(f"the subject pool needs max_subjects >= 1, max_bytes >= 1, workers >= 0 and a "
                               f"positive timeout, got {max_subjects}, {max_bytes}, {workers}, {timeout}")
         self.recipe, self.folder = recipe, Path(folder)
+        self._key = recipe.key   # a hash of the recipe's description: computed once, not per path
         self.max_subjects, self.max_bytes, self.workers, self.timeout = max_subjects, max_bytes, workers, timeout
         self.folder.mkdir(parents=True, exist_ok=True)
         # a worker killed while writing leaves a staging folder that eviction cannot see
-        for entry in self.folder.glob(".s*.npz.*"):
-            remove_stale(self.folder / (entry.name[1:].split(".npz.", 1)[0] + ".npz"))
+        for target in {entry.name[1:].split(".npz.", 1)[0] for entry in self.folder.glob(".s*.npz.*")}:
+            remove_stale(self.folder / f"{target}.npz")
         self.seconds: dict[int, float] = {}   # seconds spent simulating each subject made for this pool
         self._made: set[int] = set()          # reported ready by a worker at least once
         self._queued: set[int] = set()        # sent to the workers' queue
@@ -90,13 +90,8 @@ class SubjectPool:
         self._processes: list = []
         self._queue = self._urgent = self._replies = self._stop = None
 
-    @property
-    def mean_seconds(self) -> float:
-        """Mean seconds per subject simulated for this pool (NaN when none)."""
-        return float(np.mean(list(self.seconds.values()))) if self.seconds else math.nan
-
     def path(self, seed: int) -> Path:
-        return self.folder / f"s{int(seed)}-{self.recipe.key}.npz"
+        return self.folder / f"s{int(seed)}-{self._key}.npz"
 
     # ------------------------------------------------------------------ the caller's side
     def want(self, seeds: Sequence[int]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..phantom.splits import STREAM_VALIDATION_OFFSET, training_seed, validation_seed
+from ..phantom.splits import MAX_VALIDATION_SUBJECTS, training_seed, validation_seed
 from .pool import SubjectPool
 
 
@@ -51,9 +51,9 @@ class StreamPlan:
     world_size: int = 1
 
     def __post_init__(self):
-        if self.subjects_per_epoch < 1 or self.epochs_per_subject < 0 or not 1 <= self.val_subjects <= 3000:
+        if self.subjects_per_epoch < 1 or self.epochs_per_subject < 0 or not 1 <= self.val_subjects <= MAX_VALIDATION_SUBJECTS:
             raise ConfigError(f"the subject stream needs subjects per epoch >= 1, epochs per subject >= 0 and "
-                              f"1..3000 validation subjects, got {self.subjects_per_epoch}, "
+                              f"1..{MAX_VALIDATION_SUBJECTS} validation subjects, got {self.subjects_per_epoch}, "
                               f"{self.epochs_per_subject}, {self.val_subjects}")
         training_seed(self.base, 0, self.rank, self.world_size)   # checks base, rank and world
 
@@ -64,10 +64,6 @@ class StreamPlan:
 
     def seeds(self, epoch: int) -> list[int]:
         """Phantom seeds of this rank's training subjects in ``epoch``."""
-        last = self.indices(epoch)[-1] * self.world_size + self.rank
-        if last >= STREAM_VALIDATION_OFFSET:
-            raise ConfigError(f"epoch {epoch} would draw stream subject {last}, beyond the stream's "
-                              f"{STREAM_VALIDATION_OFFSET} training subjects; use another --stream-base")
         return [training_seed(self.base, k, self.rank, self.world_size) for k in self.indices(epoch)]
 
     def validation_seeds(self, epoch: int = 0) -> list[int]:
