@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from _check import Target, parse_args
+from difftract.commands.train import QCG_PHANTOM
 from difftract.models.ddtracking.data import phantom_arrays as ddtracking_arrays
 from difftract.models.qcgdti.data import phantom_arrays as qcgdti_arrays
 from difftract.phantom.splits import training_seed
 from difftract.training.recipe import SubjectRecipe, phantom_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-QCG_SCAN = {"snr": 20.0, "bvals": [1000.0, 2000.0, 3000.0], "ndirs": [90, 60, 60], "nb0": 2}   # train.py's default
+QCG_SCAN = QCG_PHANTOM   # the scan `train qcgdti --stream` simulates by default
 RECIPES = {   # name -> (preset, phantom settings, preparation, its settings)
     "crossing/ddtracking": ("crossing", {}, ddtracking_arrays, {"step": 1.0}),
     "random/ddtracking": ("random", {}, ddtracking_arrays, {"step": 1.0}),
