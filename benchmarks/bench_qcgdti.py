@@ -1,4 +1,4 @@
-"""QCG-DTI against six-direction WLS/OLS in three columns: seen geometry, unseen geometry, foreign signal.
+"""QCG-DTI against six-direction WLS in three columns: seen geometry, unseen geometry, foreign signal.
 
 Run: ``.venv/bin/python benchmarks/bench_qcgdti.py --work qcg_work`` (trains the four variants
 when their weights are not in WORK/weights: about 10 minutes each on 2 CPU cores; then the
@@ -23,8 +23,8 @@ column), took 27 minutes on 2 cores shared with other jobs (load ~10) and 1.1 GB
    ``crossroads`` slab (seed 9101) and a random geometry (seed 9102) (``--foreign``).
    Errors are against the ground truth: WLS on every volume of the noise-free twin (same
    seed, no noise). Rows: the many-direction reference (WLS on all volumes of the noisy
-   scan), WLS and OLS on the six DWIs (one b0 + six DWIs determine the tensor exactly, so the
-   two coincide up to rounding), WLS on the six noise-free DWIs (the bias of a six-DWI fit of
+   scan), WLS on the six DWIs (one b0 + six DWIs determine the tensor exactly, so OLS would
+   coincide with it up to rounding: not repeated), WLS on the six noise-free DWIs (the bias of a six-DWI fit of
    a non-Gaussian signal: a floor), and each model. Fixed: the six volumes nearest DSM6 at
    b=1000. Flexible: sets per shell and subject nearest a random rotation of DSM6 (b = 1000,
    2000, 3000); "flexible (all shells)" pools them. A column's figures are means over its
@@ -59,19 +59,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dipy.core.gradients import gradient_table
 
 from _check import Target, parse_args
 from difftract.eval.overlap import binary_map, density_map, dice
 from difftract.eval.tensor_errors import tensor_errors
 from difftract.eval.tractometer import load_scoring, score
-from difftract.io.gradients import B0_THRESHOLD
 from difftract.models.qcgdti.data import reference_tensor
 from difftract.models.qcgdti.predict import QCGTensorModel
 from difftract.models.qcgdti.schemes import fixed_six, flexible_six
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from difftract.reconst import tensor as T
-from difftract.reconst.dti import TensorModel
 from difftract.reconst.sh import sh_basis
 from difftract.tracking.getters import make_getter
 from difftract.tracking.seeding import random_seeds
@@ -203,13 +200,6 @@ def _ours(preset: str, seed: int):
     return noisy, clean, lambda d: save_phantom(noisy, d)
 
 
-def six_fit(data, bvals, bvecs, mask, method: str) -> np.ndarray:
-    """The tensor of one b0 and six DWIs by ``method`` (WLS or OLS), (X, Y, Z, 6)."""
-    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_THRESHOLD)
-    fit = TensorModel(gtab, method).fit(data, mask, dtype="float64", progress=False)
-    return fit.lower_triangular().astype(np.float32)
-
-
 def foreign_spec(text: str) -> tuple[tuple[str, int], ...]:
     """``crossroads:9101,random:9102`` -> ((layout, seed), ...)."""
     return tuple((item.split(":")[0], int(item.split(":")[1])) for item in text.split(","))
@@ -264,9 +254,8 @@ def main() -> None:
             idx = [0, *six.indices]
             sub = (noisy.data[..., idx], noisy.bvals[idx], noisy.bvecs[idx], mask)
             estimates = {"reference (all volumes)": reference,
-                         "WLS, six DWIs": six_fit(*sub, "WLS"),
-                         "OLS, six DWIs": six_fit(*sub, "OLS"),
-                         "WLS, six DWIs, no noise": six_fit(clean[..., idx], *sub[1:], "WLS")}
+                         "WLS, six DWIs": reference_tensor(*sub),
+                         "WLS, six DWIs, no noise": reference_tensor(clean[..., idx], *sub[1:])}
             for v, model in models.items():
                 fit = model.fit(noisy.data, noisy.bvals, noisy.bvecs, mask, six)
                 estimates[f"QCG-DTI {v}"] = fit.lower_triangular()

@@ -55,10 +55,10 @@ class QCGSubject:
 
 
 def reference_tensor(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
-                     device: str = "cpu") -> np.ndarray:
-    """WLS tensor on every volume, (X, Y, Z, 6) in mm^2/s (zero outside the mask)."""
+                     device: str = "cpu", method: str = "WLS") -> np.ndarray:
+    """The tensor of the given volumes by ``method`` (default WLS), (X, Y, Z, 6) in mm^2/s (zero outside the mask)."""
     gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_THRESHOLD)
-    fit = TensorModel(gtab, "WLS").fit(data, mask, device=device, dtype="float64", progress=False)
+    fit = TensorModel(gtab, method).fit(data, mask, device=device, dtype="float64", progress=False)
     return fit.lower_triangular().astype(np.float32)
 
 
