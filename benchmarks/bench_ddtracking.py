@@ -183,12 +183,16 @@ def main() -> None:
     args.work = args.work or Path(tempfile.mkdtemp())
     model, meta = load_ddtracking(args.weights)          # the shipped model by default
     tables: dict[str, dict[str, dict]] = {}
-    subjects: dict[str, Subject] = {}
+    seen = None   # the first seen-geometry subject: reproducibility and speed run on it
+    ablation = {} if args.weights_dir is None else {   # loaded once, used on every unseen phantom
+        v: load_ddtracking(args.weights_dir / f"{v}.pt")[0] for v in VARIANTS if (args.weights_dir / f"{v}.pt").exists()}
     header = (f"{'rule':34} {'n':>6} {'VC':>6} {'IC':>6} {'NC':>6} {'VB':>3} {'OL':>6} {'OR':>6} {'F1':>6} "
               f"{'seconds':>8}")
     for col, items in phantoms(args).items():
         for label, directory in items:
-            s = subjects[label] = Subject(directory, args.seeds_per_voxel, args.max_seeds)
+            s = Subject(directory, args.seeds_per_voxel, args.max_seeds)
+            if col == "seen" and seen is None:
+                seen = s
             rows = tables.setdefault(col, {})[label] = {}
 
             def add(name, lines, seconds):
@@ -206,16 +210,12 @@ def main() -> None:
             add(DD, *run(s.learned(model, 1, False, chunk_size=10_000), s.seeds))
             if args.stochastic:
                 add("ddtracking (stochastic S=5)", *run(s.learned(model, 5, True, chunk_size=10_000), s.seeds))
-            if col == "unseen" and args.weights_dir is not None:
-                for variant in VARIANTS:
-                    path = args.weights_dir / f"{variant}.pt"
-                    if path.exists():
-                        add(f"ablation {variant} (S=1)",
-                            *run(s.learned(load_ddtracking(path)[0], 1, False, chunk_size=10_000), s.seeds))
+            if col == "unseen":
+                for variant, variant_model in ablation.items():
+                    add(f"ablation {variant} (S=1)", *run(s.learned(variant_model, 1, False, chunk_size=10_000), s.seeds))
     columns = summarise(tables)
     print_columns(columns)
     measure_targets(check, columns, args)
-    seen = subjects[next(iter(tables["seen"]))]
     repro = reproducibility(check, seen, model)
     speed = speed_run(seen, model, args.speed_seeds)
     check.finish({"benchmark": "bench_ddtracking", "weights": meta["path"], "weights_sha256": meta["sha256"],
