@@ -33,12 +33,12 @@ import time
 
 import numpy as np
 from dipy.core.gradients import gradient_table
-from dipy.reconst.dti import TensorModel
+from dipy.reconst.dti import TensorModel, fractional_anisotropy, mean_diffusivity
 from scipy import optimize, stats
 
 from _check import Target, parse_args
 from difftract.phantom import PhantomConfig, simulate
-from difftract.phantom.randomize import fa_md, tissue_tensor
+from difftract.phantom.randomize import tissue_tensor
 
 DOC = "docs/phantoms.md ranges (issue 18 part 2)"
 # quantity: (lo, hi, tolerance for reaching the ends, unit scale for printing)
@@ -119,7 +119,8 @@ def subject(seed: int, args) -> dict:
     fa, md, free, voxels = [], [], [], []
     for k, vox in single_fibre_voxels(p).items():
         fibre = draw.fibre(k, vox)
-        a, m = fa_md(*tissue_tensor(fibre))
+        evals = tissue_tensor(fibre)
+        a, m = fractional_anisotropy(evals), mean_diffusivity(evals)
         fa.append(a), md.append(m), free.append(fibre.f_free), voxels.append(vox)
     voxels = np.concatenate(voxels)
     noisy_sf = p.data.reshape(-1, p.data.shape[-1])[voxels]

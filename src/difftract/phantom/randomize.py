@@ -18,9 +18,9 @@ Dispersion perturbs the fibre direction of every sub-voxel sample by a draw from
 Watson distribution around it (:func:`watson_axes`), so a voxel's orientation
 distribution is its ``supersample^3`` samples: real tissue's voxel-to-voxel spread
 comes with it. The ground-truth peaks stay the undispersed (mean) directions.
-:func:`tissue_tensor` gives the diffusion tensor that the parameters imply (the signal's
-low-b limit, with the Watson distribution's exact second moment), which is what the
-ranges are tuned on: single-fibre FA about 0.3-0.95 and MD 0.5-1.3e-3 mm^2/s.
+:func:`tissue_tensor` gives the eigenvalues of the diffusion tensor that the parameters
+imply (the signal's low-b limit, with the Watson distribution's exact second moment),
+which is what the ranges are tuned on: single-fibre FA about 0.3-0.95 and MD 0.5-1.3e-3 mm^2/s.
 """
 
 from __future__ import annotations
@@ -81,8 +81,7 @@ class FibreSamples:
     f_extra: np.ndarray
     f_free: np.ndarray
     kappa: np.ndarray
-    d_free: float
-    d_iso: float = 0.0  # no restricted isotropic part: f_intra + f_extra = 1
+    d_free: float       # f_intra + f_extra = 1: the only isotropic part is free water
 
 
 @dataclass
@@ -211,25 +210,19 @@ def watson_mean_cos2(kappa: np.ndarray) -> np.ndarray:
     return np.where(kappa < 1e-3, 1.0 / 3.0 + 4.0 * kappa / 45.0, closed)
 
 
-def tissue_tensor(fibre: FibreSamples) -> tuple[np.ndarray, np.ndarray]:
-    """Axial and radial eigenvalues of the tensor the parameters imply (signal's low-b limit).
+def tissue_tensor(fibre: FibreSamples) -> np.ndarray:
+    """Eigenvalues (P, 3): axial, radial, radial, of the tensor the parameters imply (signal's low-b limit).
 
     Each compartment's tensor, weighted by its signal fraction, with the fibre axis's
     outer product replaced by its Watson average (``tau`` along the mean direction and
     ``(1 - tau) / 2`` across it); free water adds ``d_free`` isotropically.
     """
     tau = watson_mean_cos2(fibre.kappa)
-    f_iso = 1.0 - fibre.f_intra - fibre.f_extra
     extra_gap = fibre.d_par - fibre.d_perp
-    axial = (fibre.f_intra * fibre.d_par * tau + fibre.f_extra * (fibre.d_perp + extra_gap * tau)
-             + f_iso * fibre.d_iso)
+    axial = fibre.f_intra * fibre.d_par * tau + fibre.f_extra * (fibre.d_perp + extra_gap * tau)
     radial = (fibre.f_intra * fibre.d_par * (1.0 - tau) / 2.0
-              + fibre.f_extra * (fibre.d_perp + extra_gap * (1.0 - tau) / 2.0) + f_iso * fibre.d_iso)
+              + fibre.f_extra * (fibre.d_perp + extra_gap * (1.0 - tau) / 2.0))
     free = fibre.f_free
-    return (1.0 - free) * axial + free * fibre.d_free, (1.0 - free) * radial + free * fibre.d_free
+    axial, radial = (1.0 - free) * axial + free * fibre.d_free, (1.0 - free) * radial + free * fibre.d_free
+    return np.stack(np.broadcast_arrays(axial, radial, radial), axis=-1)   # DIPY's evals: FA, MD from dipy.reconst.dti
 
-
-def fa_md(axial: np.ndarray, radial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FA and MD of axially symmetric tensors."""
-    fa = np.abs(axial - radial) / np.sqrt(axial**2 + 2.0 * radial**2)
-    return fa, (axial + 2.0 * radial) / 3.0

@@ -116,9 +116,10 @@ def lattice_directions(n: int, rng: np.random.Generator, iters: int = 50) -> np.
 def fibre_signal(directions: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, tissue) -> np.ndarray:
     """Normalised signal (P, N) of fibre populations with unit ``directions`` (P, 3).
 
-    ``tissue`` holds the compartment parameters ``d_par``, ``d_perp``, ``f_intra``,
-    ``f_extra`` and ``d_iso``: scalars shared by all populations (a :class:`Tissue`), or
-    (P,) arrays, one value per population, with free water ``f_free``/``d_free`` (a b0
+    ``tissue`` holds the compartment parameters: scalars ``d_par``, ``d_perp``,
+    ``f_intra``, ``f_extra`` and ``d_iso`` shared by all populations (a :class:`Tissue`),
+    or (P,) arrays ``d_par``, ``d_perp``, ``f_intra``, ``f_extra = 1 - f_intra``, one value
+    per population, with free water ``f_free``/``d_free`` as the only isotropic part (a b0
     signal fraction, as in free-water DTI; a ``randomize.FibreSamples``).
     """
     if isinstance(tissue.d_par, np.ndarray):
@@ -154,7 +155,6 @@ def _per_sample_signal(directions: np.ndarray, bvals: np.ndarray, bvecs: np.ndar
     np.exp(extra, out=extra)
     extra *= f_extra
     signal += extra
-    signal += (1.0 - f_intra - f_extra) * np.exp(-bvals * np.asarray(t.d_iso, dtype=np.float64))
     signal *= 1.0 - f_free
     signal += f_free * np.exp(-bvals * np.asarray(t.d_free, dtype=np.float64))
     return signal
