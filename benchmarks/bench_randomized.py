@@ -37,6 +37,7 @@ from dipy.reconst.dti import TensorModel, fractional_anisotropy, mean_diffusivit
 from scipy import optimize, stats
 
 from _check import Target, parse_args
+from difftract.io.gradients import B0_THRESHOLD
 from difftract.phantom import PhantomConfig, simulate
 from difftract.phantom.randomize import tissue_tensor
 
@@ -125,7 +126,7 @@ def subject(seed: int, args) -> dict:
     voxels = np.concatenate(voxels)
     noisy_sf = p.data.reshape(-1, p.data.shape[-1])[voxels]
     clean_sf = clean.data.reshape(-1, p.data.shape[-1])[voxels]
-    b0 = p.bvals <= 50
+    b0 = p.bvals <= B0_THRESHOLD
     stated_sigma = draw.tissue.s0_fibre / acq.snr
     sigma = noise_sigma(noisy_sf, clean_sf, acq.coils, stated_sigma)
     # context: DTI on the noise-free signal from the b0s and the lowest shell

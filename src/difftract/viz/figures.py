@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_file
+from ..io.gradients import B0_THRESHOLD
 
 
 def _pyplot():
@@ -18,6 +19,16 @@ def _pyplot():
     return plt
 
 
+def mean_b0(phantom) -> np.ndarray:
+    """The phantom's mean b0 volume (X, Y, Z)."""
+    return phantom.data[..., phantom.bvals <= B0_THRESHOLD].mean(axis=-1)
+
+
+def direction_colour(phantom) -> np.ndarray:
+    """(X, Y, Z, 3): the largest population's direction (|x|, |y|, |z| as RGB) times its volume fraction."""
+    return np.abs(phantom.peaks[..., 0, :]) * np.clip(phantom.fractions[..., :1], 0, 1)
+
+
 def phantom_overview(phantom, path: str | Path, force: bool = False) -> Path:
     """Three panels of the phantom's middle slice: b0, ground-truth fibre colour, streamlines.
 
@@ -27,8 +38,8 @@ def phantom_overview(phantom, path: str | Path, force: bool = False) -> Path:
     """
     plt = _pyplot()
     z = phantom.shape[2] // 2
-    b0 = phantom.data[..., phantom.bvals <= 50].mean(axis=-1)[:, :, z]
-    rgb = np.abs(phantom.peaks[:, :, z, 0]) * np.clip(phantom.fractions[:, :, z, :1], 0, 1)
+    b0 = mean_b0(phantom)[:, :, z]
+    rgb = direction_colour(phantom)[:, :, z]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
     axes[0].imshow(b0.T, origin="lower", cmap="gray")
     axes[0].contour(phantom.mask[:, :, z].T, levels=[0.5], colors="y", linewidths=0.6)

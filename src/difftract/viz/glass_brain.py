@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from nibabel.affines import apply_affine
 
 from ..io.atomic import atomic_file
-from .figures import _pyplot
+from .figures import _pyplot, direction_colour, mean_b0
 
 VIEWS = (("axial (from above)", 0, 1), ("coronal (from behind)", 0, 2), ("sagittal (from the right)", 1, 2))
 PER_BUNDLE = 25  # streamlines drawn per bundle: enough to show its course, few enough to see through
@@ -77,7 +78,7 @@ def glass_brain(phantom, path: str | Path, families: dict[str, str] | None = Non
         _mask_shadow(ax, phantom.mask, affine, a, b)
         for bundle in phantom.bundles:
             step = max(1, len(bundle.streamlines) // PER_BUNDLE)
-            lines = [_world(s, affine)[:, [a, b]] for s in bundle.streamlines[::step]]
+            lines = [apply_affine(affine, s)[:, [a, b]] for s in bundle.streamlines[::step]]
             ax.add_collection(LineCollection(lines, colors=[colours[tract_name(bundle.name)]],
                                              linewidths=0.5, alpha=0.8))
         ax.autoscale()
@@ -110,10 +111,6 @@ def glass_brain(phantom, path: str | Path, families: dict[str, str] | None = Non
     return Path(path)
 
 
-def _world(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return points @ affine[:3, :3].T + affine[:3, 3]
-
-
 def _axis_mm(affine: np.ndarray, axis: int, n: int) -> np.ndarray:
     """World coordinate of voxel centres along an (axis-aligned) array axis."""
     return affine[axis, axis] * np.arange(n) + affine[axis, 3]
@@ -129,9 +126,9 @@ def _mask_shadow(ax, mask: np.ndarray, affine: np.ndarray, a: int, b: int) -> No
 
 def _colour_slices(phantom) -> list[tuple[str, np.ndarray, list[float]]]:
     """Axial, coronal and sagittal slices: grey b0 with the main GT direction coloured in bundles."""
-    b0 = phantom.data[..., phantom.bvals <= 50].mean(axis=-1)
+    b0 = mean_b0(phantom)
     b0 = np.clip(b0 / max(float(np.percentile(b0[phantom.mask], 99)), 1e-6), 0, 1) if phantom.mask.any() else b0
-    rgb = np.abs(phantom.peaks[..., 0, :]) * np.clip(phantom.fractions[..., :1], 0, 1)
+    rgb = direction_colour(phantom)
     weight = np.clip(phantom.fractions[..., :1] * 2, 0, 1)
     image = (1 - weight) * b0[..., None] * 0.8 + weight * rgb / max(float(rgb.max()), 1e-6)
     inside = np.argwhere(phantom.mask)
