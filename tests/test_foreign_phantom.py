@@ -149,3 +149,9 @@ def test_the_script_writes_a_phantom_and_refuses_a_training_seed(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "must be a test seed" in bad.stderr
     assert not (tmp_path / "bad").exists()
+    good = subprocess.run([sys.executable, str(script), str(tmp_path / "good"), "--seed", "9001", *args],
+                          capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr[-2000:]
+    record = json.loads((tmp_path / "good" / "dwi.json").read_text())
+    assert record["test_data"] is True and record["seed"] == 9001
+    assert (tmp_path / "good" / "gt" / "scoring.json").is_file()
