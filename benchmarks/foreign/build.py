@@ -78,7 +78,7 @@ def build_foreign(config: ForeignConfig) -> ForeignPhantom:
     if config.layout == "crossroads":
         layout = crossroads(**({} if config.streamlines_per_bundle is None
                                else {"streamlines_per_bundle": config.streamlines_per_bundle}))
-    ours = simulate(pc, layout=layout)      # its signal is discarded: only geometry and truth are kept
+    ours = simulate(pc, layout=layout, signal=False)   # geometry and ground truth only: the signal is DIPY's
     drift_rng, noise_rng = (np.random.default_rng(s)
                             for s in np.random.SeedSequence([config.seed, FOREIGN_STREAM]).spawn(2))
     drift = 0.5 * bias_field(ours.shape, 1.0, drift_rng)    # smooth, in [0, 1]: eigenvalues drift along bundles

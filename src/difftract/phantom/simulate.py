@@ -175,11 +175,14 @@ def phantom_affine(shape: tuple[int, int, int], voxel_size: float, radiological:
     return affine
 
 
-def simulate(config: PhantomConfig | None = None, layout: Layout | None = None) -> Phantom:
+def simulate(config: PhantomConfig | None = None, layout: Layout | None = None, signal: bool = True) -> Phantom:
     """Build a phantom: layout, signal, noise and ground truth.
 
     ``layout`` replaces the preset's (a hand-made geometry, e.g. a test set's); the seed
     still drives fibre sampling, scheme and noise, and ``config.preset`` only names it.
+    ``signal=False`` skips the signal, bias and noise (the data are zeros): for a caller
+    that brings its own signal model to this geometry and ground truth. Every random
+    stream is independent, so the rest is what ``signal=True`` gives.
     """
     config = config or PhantomConfig()
     # new streams go at the end: spawn(k)'s first children do not depend on k, so phantoms
@@ -217,16 +220,11 @@ def simulate(config: PhantomConfig | None = None, layout: Layout | None = None) 
         background = background - csf
     draw = TissueSampler(config.tissue_ranges).draw(tissue_rng, len(tubes), shape) if config.randomize else None
     tissue = config.tissue if draw is None else draw.tissue
-    signal = _signal(coverages, background, bvals, bvecs, tissue, n_vox, draw, dispersion_rng)
-    rows = np.flatnonzero(csf)   # in place, row by row: no second (voxels x volumes) array
-    signal[rows] += np.outer(csf[rows] * tissue.s0_csf, isotropic_signal(bvals, tissue.d_csf))
-    signal *= bias_field(shape, tissue.bias, bias_rng).reshape(-1)[:, None]
-    data = signal.reshape(*shape, -1)
-    if acquisition is not None and acquisition.snr is not None:
-        data = add_coil_noise(data, tissue.s0_fibre / acquisition.snr, acquisition.coils, noise_rng,
-                              dtype=np.float32)  # the phantom's dtype: no float64 copy of a brain
-    elif acquisition is None and config.snr is not None:
-        data = add_rician_noise(data, tissue.s0_fibre / config.snr, noise_rng)
+    if signal:
+        data = _noisy_signal(coverages, background, csf, bvals, bvecs, tissue, draw, shape, config, acquisition,
+                             dispersion_rng, bias_rng, noise_rng)
+    else:
+        data = np.zeros((*shape, len(bvals)), dtype=np.float32)
 
     depth = 2.0 * vs if config.roi_depth_mm is None else config.roi_depth_mm
     truths = [_bundle_truth(t, c, fibre[:, k], fib_rng, config, shape, depth, layout)
@@ -236,6 +234,23 @@ def simulate(config: PhantomConfig | None = None, layout: Layout | None = None) 
     affine = phantom_affine(shape, vs, config.radiological, layout.origin)
     return Phantom(config, affine, data.astype(np.float32, copy=False),
                    bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks, acquisition, draw)
+
+
+def _noisy_signal(coverages, background, csf, bvals, bvecs, tissue, draw, shape, config: PhantomConfig,
+                  acquisition: Acquisition | None, dispersion_rng, bias_rng, noise_rng) -> np.ndarray:
+    """The DWI (X, Y, Z, N): fibre, background and CSF signal, the S0 field, then noise."""
+    n_vox = int(np.prod(shape))
+    signal = _signal(coverages, background, bvals, bvecs, tissue, n_vox, draw, dispersion_rng)
+    rows = np.flatnonzero(csf)   # in place, row by row: no second (voxels x volumes) array
+    signal[rows] += np.outer(csf[rows] * tissue.s0_csf, isotropic_signal(bvals, tissue.d_csf))
+    signal *= bias_field(shape, tissue.bias, bias_rng).reshape(-1)[:, None]
+    data = signal.reshape(*shape, -1)
+    if acquisition is not None and acquisition.snr is not None:
+        return add_coil_noise(data, tissue.s0_fibre / acquisition.snr, acquisition.coils, noise_rng,
+                              dtype=np.float32)  # the phantom's dtype: no float64 copy of a brain
+    if acquisition is None and config.snr is not None:
+        return add_rician_noise(data, tissue.s0_fibre / config.snr, noise_rng)
+    return data
 
 
 def _acquisition(config: PhantomConfig, rng: np.random.Generator) -> Acquisition:
