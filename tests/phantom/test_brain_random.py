@@ -78,15 +78,10 @@ def test_the_fold_check_the_placer_relies_on():
     assert not folds_locally(loop_tube) and folds(loop_tube)   # gently bent, but its end comes back through its start
 
 
-def test_bundles_locate_their_own_fibres(layouts):
+def test_bundles_locate_their_own_fibres(layouts, locates_own_fibres):
     for lay in layouts:
         for bundle in lay.bundles:
-            tube = make_tube(bundle)
-            u = disc_positions(30, np.random.default_rng(0)) * 0.95
-            points = tube.fibres(u)[:, 5:-5:11]  # points on known fibres, away from the caps
-            where = tube.locate(points.reshape(-1, 3))
-            expected = np.repeat(u, points.shape[1], axis=0)
-            assert where["inside"].all() and np.abs(where["u"] - expected).max() < 0.05, bundle.name
+            locates_own_fibres(bundle, stride=11)
 
 
 def test_crossing_bundles_pass_through_an_earlier_bundle_at_45_degrees_or_more(layouts):

@@ -39,19 +39,13 @@ def test_random_preset_geometry_changes_with_seed():
     assert a.mask.sum() > a.wm.sum() > 0 and not (a.wm & ~a.mask).any()
 
 
-def test_random_bundles_never_fold_and_locate_their_own_fibres():
-    from difftract.phantom.geometry import disc_positions, make_tube
+def test_random_bundles_locate_their_own_fibres(locates_own_fibres):
     from difftract.phantom.presets import random_layout
 
     for seed in range(6):
         layout = random_layout(np.random.default_rng(seed), n_bundles=6)
         for bundle in layout.bundles:
-            tube = make_tube(bundle)
-            u = disc_positions(30, np.random.default_rng(0)) * 0.95
-            fibres = tube.fibres(u)[:, 5:-5:7]  # points on known fibres, away from the caps
-            where = tube.locate(fibres.reshape(-1, 3))
-            expected = np.repeat(u, fibres.shape[1], axis=0)
-            assert where["inside"].all() and np.abs(where["u"] - expected).max() < 0.05, (seed, bundle.name)
+            locates_own_fibres(bundle, stride=7, label=(seed, bundle.name))
 
 
 def test_crossing_rois_are_symmetric():
