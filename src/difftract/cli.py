@@ -12,7 +12,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -192,14 +191,11 @@ def _phantom_config(args: argparse.Namespace):
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .io.atomic import check_output
-    from .phantom import save_phantom, simulate
+    from .pipeline import Console, simulate_to
 
     check_output(args.out, args.force, inputs=list(args.scheme or ()))
-    config = _phantom_config(args)
-    start = time.perf_counter()
-    phantom = simulate(config)
-    save_phantom(phantom, args.out, force=args.force, inputs=list(args.scheme or ()))
-    _print_summary(phantom.summary(), args.out, time.perf_counter() - start)
+    simulate_to(_phantom_config(args), args.out, console=Console(quiet=args.quiet), force=args.force,
+                inputs=list(args.scheme or ()))
     return 0
 
 
@@ -215,66 +211,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate the fibercup phantom, run the commands a user would on it, score both trackers, write the report.
+    from .pipeline import Console, run_demo
 
-    Everything is written into a staging folder that becomes ``--out`` only at the end.
-    """
-    from .commands.run import shown_as
-    from .io.atomic import atomic_directory
-
-    out = Path(args.out)
-    start = time.perf_counter()
-    with atomic_directory(out, args.force, kind="partial") as work, shown_as(work, out):
-        _demo_steps(args, work, start)
-    print(f"\nQC pictures: {out / 'phantom' / 'qc_phantom.png'}, {out / 'dti' / 'qc_dti.png'}, {out / 'fod_qc.png'}")
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; report: {out / 'report.html'}")
+    run_demo(args.out, args.seed, console=Console(quiet=args.quiet), force=args.force)
     return 0
-
-
-def _demo_steps(args: argparse.Namespace, work: Path, start: float) -> None:
-    from .commands.run import report
-    from .phantom import PhantomConfig, save_phantom, simulate
-
-    phantom = simulate(PhantomConfig(preset="fibercup", seed=args.seed))
-    ph = work / "phantom"
-    save_phantom(phantom, ph, force=True)
-    _print_summary(phantom.summary(), ph, time.perf_counter() - start)
-    scan = [str(ph / "dwi.nii.gz"), str(ph / "dwi.bval"), str(ph / "dwi.bvec"), "--mask", str(ph / "mask.nii.gz")]
-    wm, seed = str(ph / "wm.nii.gz"), str(args.seed)
-    steps = [["fit", "dti", *scan, "--out-dir", str(work / "dti")],
-             ["fit", "csd", *scan, "--out", str(work / "fod.nii.gz"), "--peaks", str(work / "peaks.nii.gz")],
-             ["track", *scan, "--sh", str(work / "fod.nii.gz"), "--stop-mask", wm, "--seeds-per-voxel", "2",
-              "--method", "det", "--seed", seed, "--out", str(work / "tracks_det.trx")],
-             ["score", str(work / "tracks_det.trx"), "--phantom", str(ph), "--json", str(work / "scores_det.json")],
-             ["track", *scan, "--stop-mask", wm, "--method", "ddtracking", "--seeds-per-voxel", "1", "--seed", seed,
-              "--out", str(work / "tracks_ddtracking.trx")],
-             ["score", str(work / "tracks_ddtracking.trx"), "--phantom", str(ph),
-              "--json", str(work / "scores_ddtracking.json")],
-             ["score", str(ph / "tractogram.trk"), "--phantom", str(ph), "--json", str(work / "scores_gt.json")]]
-    for argv in steps:
-        print(f"\n$ difftract {' '.join(argv)}", flush=True)
-        step = build_parser().parse_args((["-q"] if args.quiet else []) + argv + ["--force"])
-        step.func(step)
-    report(work, [("ddtracking", work / "tracks_ddtracking.trx"), ("det", work / "tracks_det.trx")],
-           title="difftract demo: the fibercup phantom", params={"seed": args.seed, "phantom": "fibercup"},
-           mask=ph / "mask.nii.gz", truth=ph / "gt" / "scoring.json")
-
-
-def _print_summary(summary: dict, out: Path, seconds: float) -> None:
-    print(f"phantom '{summary['preset']}' (seed {summary['seed']}) written to {out} in {seconds:.1f} s")
-    print(f"  grid {summary['shape']} at {summary['voxel_size_mm']:g} mm, {summary['volumes']} volumes, "
-          f"shells {summary['shells']}, SNR {'none' if summary['snr'] is None else format(summary['snr'], 'g')}")
-    print(f"  brain {summary['mask_voxels']} voxels, white matter {summary['wm_voxels']}, "
-          f"crossing voxels {summary['crossing_voxels']}")
-    print(f"  {'bundle':<14}{'streamlines':>12}{'mask vox':>10}{'head vox':>10}{'tail vox':>10}")
-    for name, b in summary["bundles"].items():
-        print(f"  {name:<14}{b['streamlines']:>12}{b['mask_voxels']:>10}{b['head_voxels']:>10}{b['tail_voxels']:>10}")
-    print(f"  total {summary['streamlines']} streamlines, mean length {summary['mean_length_mm']:.1f} mm")
-    if "randomized" in summary:
-        acq, tissue = summary["randomized"]["acquisition"], summary["randomized"]["tissue"]
-        noise = "no noise" if acq["snr"] is None else f"{acq['noise']} noise, {acq['coils']} coil(s)"
-        print(f"  randomized: {noise}, S0 {tissue['s0_fibre']:.0f} (bias {tissue['bias']:.2f}); "
-              f"tissue per bundle in dwi.json")
 
 
 class _LevelFormatter(logging.Formatter):

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import resolve_device
-from ..errors import ConfigError
 
 log = logging.getLogger("difftract")
 
@@ -37,14 +35,13 @@ def add_compute_arguments(parser: argparse.ArgumentParser,
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
-def compute_options(args: argparse.Namespace) -> dict:
-    """Device, dtype, chunk size and progress-bar choice as keyword arguments of ``fit``."""
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise ConfigError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    device = resolve_device(args.device)
-    dtype = args.dtype if args.dtype != "auto" else ("float64" if device.type == "cpu" else "float32")
-    return {"device": device, "dtype": dtype, "chunk_size": args.chunk_size,
-            "progress": False if args.quiet else None}
+def compute_of(args: argparse.Namespace):
+    """--device, --dtype and --chunk-size as the pipeline's :class:`~difftract.pipeline.Compute` (checked now)."""
+    from ..pipeline.compute import Compute
+
+    compute = Compute(device=args.device, dtype=args.dtype, chunk_size=args.chunk_size)
+    compute.torch_device     # an unknown or absent device is refused before the scan is read
+    return compute
 
 
 def load_scan(args: argparse.Namespace):
@@ -66,18 +63,3 @@ def output_files(*paths: Path | None, sidecars: tuple[Path | None, ...] = ()) ->
     from ..io.sidecar import sidecar_path
 
     return [p for p in paths if p is not None] + [sidecar_path(p) for p in sidecars if p is not None]
-
-
-def qc_path(output: Path) -> Path:
-    """``out/SH.nii.gz`` -> ``out/SH_qc.png``."""
-    from ..io.sidecar import data_stem
-
-    return output.with_name(f"{data_stem(output)}_qc.png")
-
-
-def memory_guard(stage: str, device, chunk_size: int | None, unit: str = "voxels"):
-    """Out of memory inside the block becomes one line naming ``stage`` and --chunk-size (exit 2)."""
-    from ..memory import oom_guard
-
-    now = f"it was {chunk_size:,} {unit}" if chunk_size else "the default was used"
-    return oom_guard(f"{stage} on {device}", f"lower --chunk-size ({now})")

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import time
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import ConfigError
 from ..io.atomic import check_output, check_outputs
-from .common import (add_compute_arguments, add_scan_arguments, compute_options, load_scan, memory_guard,
-                     output_files, qc_path, scan_inputs)
-
-log = logging.getLogger("difftract")
+from .common import add_compute_arguments, add_scan_arguments, compute_of, load_scan, output_files, scan_inputs
 
 EPILOG_DTI = """\
 outputs (in OUT_DIR, each NIfTI with a JSON sidecar):
@@ -114,155 +106,38 @@ def add_sh_arguments(parser: argparse.ArgumentParser, default_lmax: int) -> None
 
 
 def cmd_fit_dti(args: argparse.Namespace) -> int:
-    from ..io.maps import save_maps
-    from ..io.sidecar import provenance
-    from ..reconst.dti import TensorModel
-    from ..viz.qc import map_slices
+    from ..pipeline import Console, fit_dti
 
-    check_output(args.out_dir, args.force, inputs=scan_inputs(args))  # a directory, written whole by save_maps
-    if args.method != "qcg" and (args.weights or args.select_six):
-        raise ConfigError("--weights and --select-six apply only to --method qcg")
-    options = compute_options(args)
-    dwi = load_scan(args)
-    start = time.perf_counter()
-    with memory_guard(f"the DTI {args.method.upper()} fit", options["device"], options["chunk_size"]):
-        if args.method == "qcg":
-            fit = _fit_qcg(args, dwi, options["device"])
-        else:
-            fit = TensorModel(dwi.gtab, fit_method=args.method.upper()).fit(dwi.data, dwi.mask, **options)
-    seconds = time.perf_counter() - start
-    n = int(fit.mask.sum())
-    dtype = "float32" if args.method == "qcg" else options["dtype"]   # the network runs in float32
-    record = provenance("fit dti", {**fit.params, "tensor_format": args.tensor_format,
-                                    "device": str(options["device"]), "dtype": dtype},
-                        inputs=scan_inputs(args) + ([args.weights] if args.weights else []))
-
-    def qc(directory):
-        map_slices([("FA", fit.fa, {"vmin": 0, "vmax": 1}), ("colour FA", fit.color_fa, {})],
-                   directory / "qc_dti.png", mask=fit.mask, title=f"DTI {fit.params['fit_method']}: {args.dwi.name}")
-
-    save_maps(args.out_dir, fit.maps(args.tensor_format, dwi.affine), dwi.affine, record, args.force, extra=qc)
-    fa = fit.fa[fit.mask]
-    print(f"DTI {fit.params['fit_method']} of {n} voxels in {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} voxels/s on "
-          f"{options['device']}, {dtype}) -> {args.out_dir}")
-    if n:
-        print(f"  FA median {np.median(fa):.3f} (5-95%: {np.percentile(fa, 5):.3f}-{np.percentile(fa, 95):.3f}), "
-              f"MD median {np.median(fit.md[fit.mask]):.3g} mm^2/s")
+    check_output(args.out_dir, args.force, inputs=scan_inputs(args))
+    compute = compute_of(args)
+    fit_dti(load_scan(args), args.out_dir, method=args.method, tensor_format=args.tensor_format, weights=args.weights,
+            select_six=args.select_six, shell=args.shell, seed=args.seed, compute=compute,
+            console=Console(quiet=args.quiet), force=args.force)
     return 0
-
-
-def _fit_qcg(args: argparse.Namespace, dwi, device):
-    """The QCG-DTI fit of ``dwi``: its six DWIs, or six selected from many."""
-    from ..models.qcgdti.predict import QCGTensorModel
-    from ..models.qcgdti.schemes import check_six, flexible_six
-    from ..reconst.sh import shells
-
-    if dwi.mask is None:
-        raise ConfigError("--method qcg needs --mask (intensities are normalised over the brain)")
-    bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
-    six = None
-    if args.select_six:
-        found = shells(bvals)
-        shell = float(found[0]) if args.shell is None and len(found) else args.shell
-        six = flexible_six(bvals, bvecs, np.random.default_rng(args.seed), shell=shell)
-        log.info("selected volumes %s on shell b=%g (mean angle %.1f deg, condition %.2f)",
-                 list(six.indices), six.shell, six.mean_angle, six.condition)
-    else:
-        check_six(bvals, bvecs, where=str(args.bval))
-    fit = QCGTensorModel.from_weights(args.weights, device).fit(dwi.data, bvals, bvecs, dwi.mask, six)
-    if six is not None:
-        fit.params.update(selection={"rule": "nearest to a rotated DSM6", "shell": six.shell, "seed": args.seed,
-                                     "mean_angle_deg": six.mean_angle, "condition": six.condition})
-    return fit
 
 
 def cmd_fit_sh(args: argparse.Namespace) -> int:
-    from ..io.atomic import atomic_outputs
-    from ..io.nifti import save_nifti
-    from ..io.sidecar import provenance
-    from ..reconst.sh import SHModel, gfa
-    from ..viz.qc import map_slices
+    from ..pipeline import Console, fit_sh
+    from ..pipeline.fits import qc_path
 
-    qc = qc_path(args.out)
-    outputs = output_files(args.out, qc, sidecars=(args.out,))
-    check_outputs(outputs, args.force, inputs=scan_inputs(args))
-    options = compute_options(args)
-    dwi = load_scan(args)
-    model = SHModel(dwi.gtab, lmax=args.lmax, legacy=args.legacy, smooth=args.smooth, shell=args.shell)
-    start = time.perf_counter()
-    with memory_guard("the SH fit", options["device"], options["chunk_size"]):
-        fit = model.fit(dwi.data, dwi.mask, **options)
-    seconds = time.perf_counter() - start
-    record = provenance("fit sh", {**model.params, "device": str(options["device"]), "dtype": options["dtype"]},
-                        inputs=scan_inputs(args), sh_basis=f"descoteaux07{'_legacy' if args.legacy else ''}")
-    with atomic_outputs(outputs, args.force) as stage:
-        save_nifti(stage(args.out), fit.coeffs.astype(np.float32), dwi.affine, sidecar=record)
-        map_slices([("GFA", gfa(fit.coeffs), {"vmin": 0}), ("c0", fit.coeffs[..., 0], {"vmin": 0})],
-                   stage(qc), mask=fit.mask, title=f"SH lmax {model.lmax} (b = {model.shell:g}): {args.dwi.name}")
-    n = int(fit.mask.sum())
-    print(f"SH lmax {model.lmax} ({fit.coeffs.shape[-1]} coefficients, "
-          f"descoteaux07{' legacy' if args.legacy else ''}) of {n} voxels, b = {model.shell:g} "
-          f"({len(model.dw_index)} directions), in {seconds:.2f} s -> {args.out}")
+    check_outputs(output_files(args.out, qc_path(args.out), sidecars=(args.out,)), args.force, inputs=scan_inputs(args))
+    compute = compute_of(args)
+    fit_sh(load_scan(args), args.out, lmax=args.lmax, legacy=args.legacy, smooth=args.smooth, shell=args.shell,
+           compute=compute, console=Console(quiet=args.quiet), force=args.force)
     return 0
 
 
-def _response(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise ConfigError(f"--response must be 'auto' or four numbers L1,L2,L3,S0, got {text!r}")
-    return np.array(values[:3]), values[3]
-
-
 def cmd_fit_csd(args: argparse.Namespace) -> int:
-    from ..io.atomic import atomic_outputs
-    from ..io.nifti import save_nifti
-    from ..io.sidecar import provenance
-    from ..reconst.csd import CsdModel
-    from ..reconst.peaks import check_peak_options, peaks_from_sh
-    from ..reconst.sh import gfa
-    from ..viz.qc import map_slices
+    from ..pipeline import Console, fit_csd
+    from ..pipeline.fits import parse_response, qc_path
+    from ..reconst.peaks import check_peak_options
 
-    qc = qc_path(args.out)
-    outputs = output_files(args.out, qc, args.peaks, sidecars=(args.out, args.peaks))
+    outputs = output_files(args.out, qc_path(args.out), args.peaks, sidecars=(args.out, args.peaks))
     check_outputs(outputs, args.force, inputs=scan_inputs(args))
     check_peak_options(args.relative_threshold, args.min_separation, args.npeaks)
-    response = _response(args.response)
-    options = compute_options(args)
-    dwi = load_scan(args)
-    model = CsdModel(dwi.gtab, response=response, lmax=args.lmax, legacy=args.legacy, shell=args.shell)
-    start = time.perf_counter()
-    with memory_guard(f"the CSD fit (lmax {model.lmax}) and its peaks", options["device"], options["chunk_size"]):
-        fit = model.fit(dwi.data, dwi.mask, **options)
-        peaks = peaks_from_sh(fit, relative_peak_threshold=args.relative_threshold,
-                              min_separation_angle=args.min_separation, npeaks=args.npeaks, **options)
-    seconds = time.perf_counter() - start
-    basis = f"descoteaux07{'_legacy' if args.legacy else ''}"
-    compute = {"device": str(options["device"]), "dtype": options["dtype"]}
-    record = provenance("fit csd", {**fit.params, **compute}, inputs=scan_inputs(args), sh_basis=basis)
-    first = peaks.dirs[..., 0, :]
-    strength = peaks.values[..., 0] / max(float(np.percentile(peaks.values[..., 0][fit.mask], 99)), 1e-12) \
-        if fit.mask.any() else peaks.values[..., 0]
-    with atomic_outputs(outputs, args.force) as stage:
-        save_nifti(stage(args.out), fit.coeffs.astype(np.float32), dwi.affine, sidecar=record)
-        if args.peaks:
-            peaks_record = provenance(
-                "fit csd", {**peaks.params, **compute}, inputs=scan_inputs(args), sh_basis=basis,
-                layout="(X, Y, Z, 3 x npeaks) as MRtrix's peaks images, directions scaled by their fODF "
-                       "amplitude, but in the data-array frame (as DIPY's peaks), zeros where no peak")
-            save_nifti(stage(args.peaks), peaks.to_volume(scaled=True), dwi.affine, sidecar=peaks_record)
-        map_slices([("fODF GFA", gfa(fit.coeffs), {"vmin": 0}),
-                    ("first peak (|x|,|y|,|z|) x amplitude", np.abs(first) * np.clip(strength, 0, 1)[..., None], {}),
-                    ("number of peaks", peaks.count.astype(float), {"vmin": 0, "vmax": args.npeaks})],
-                   stage(qc), mask=fit.mask, title=f"CSD lmax {model.lmax} (b = {model.shell:g}): {args.dwi.name}")
-    n = int(fit.mask.sum())
-    counts = peaks.count[fit.mask]
-    response = fit.params["response"]
-    print(f"CSD lmax {model.lmax} ({basis}) of {n} voxels, b = {model.shell:g}, in {seconds:.2f} s -> {args.out}")
-    print(f"  response evals {np.array2string(np.array(response['evals']), precision=6)} S0 {response['S0']:.4g}; "
-          f"voxels with 1/2/3+ peaks: {(counts == 1).sum()}/{(counts == 2).sum()}/{(counts >= 3).sum()}")
+    parse_response(args.response)
+    compute = compute_of(args)
+    fit_csd(load_scan(args), args.out, peaks_out=args.peaks, lmax=args.lmax, legacy=args.legacy, shell=args.shell,
+            response=args.response, relative_threshold=args.relative_threshold, min_separation=args.min_separation,
+            npeaks=args.npeaks, compute=compute, console=Console(quiet=args.quiet), force=args.force)
     return 0

@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import time
 from pathlib import Path
-
-import numpy as np
-
-from ..errors import InputError
-
-log = logging.getLogger("difftract")
 
 EPILOG = """\
 The scores are those of scilpy 2.3.0's scil_tractogram_segment_with_ROI_and_score with
@@ -41,35 +33,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..eval.tractometer import format_table, load_scoring, score
-    from ..eval.traversal import count_off_grid
-    from ..io.atomic import check_outputs
-    from ..io.sidecar import provenance, write_json
-    from ..io.tractogram import load_tractogram
+    from ..pipeline import Console, score_tractogram
 
-    if args.json is not None:
-        check_outputs([args.json], args.force, inputs=[args.tractogram])
-    config = load_scoring(args.phantom)
-    reference = args.reference
-    if reference is None:
-        mask = config.path.parent.parent / "mask.nii.gz"
-        reference = mask if mask.is_file() else config.reference
-    start = time.perf_counter()
-    tractogram = load_tractogram(args.tractogram, reference=reference)
-    if tuple(tractogram.dimensions) != config.shape or not np.allclose(tractogram.affine, config.affine, atol=1e-4):
-        raise InputError(args.tractogram, f"is on grid {tuple(tractogram.dimensions)} but the ground truth of "
-                                          f"{config.path} is on {config.shape} (or their affines differ)")
-    outside = count_off_grid(tractogram.streamlines, config.shape)
-    if outside:
-        log.warning("%d streamline(s) have points off the grid; their off-grid parts are ignored and their ends "
-                    "take the nearest voxel (scilpy refuses such tractograms)", outside)
-    result = score(tractogram.streamlines, config)
-    seconds = time.perf_counter() - start
-    print(f"{args.tractogram} against {config.path} ({seconds:.1f} s)")
-    print(format_table(result))
-    if args.json is not None:
-        record = {**result.scores, "tractogram_filename": str(args.tractogram),
-                  "provenance": provenance("score", {"mode": "unique, compute_ic (scilpy 2.3.0 semantics)"},
-                                           inputs=[args.tractogram, config.path])}
-        write_json(args.json, record, force=args.force)
+    score_tractogram(args.tractogram, args.phantom, args.json, reference=args.reference,
+                     console=Console(quiet=args.quiet), force=args.force)
     return 0

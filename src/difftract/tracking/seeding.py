@@ -11,6 +11,10 @@ import torch
 
 from ..errors import ConfigError
 
+# Random seeds per seed-mask voxel when nobody says (DDTracking's come from its weights):
+# one per voxel covers a brain's white matter in about as many seeds as MRtrix's usual counts.
+SEEDS_PER_VOXEL = 1
+
 
 def _voxels(mask) -> torch.Tensor:
     mask = np.asarray(mask)

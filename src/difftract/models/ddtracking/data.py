@@ -50,12 +50,17 @@ TRACTOGRAMS = ("tractogram.trk", "tractogram.tck", "tractogram.trx")
 TARGET_SHELL = 1000.0     # the SH is fitted to the shell nearest this b-value
 
 
-def signal_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
-    """SH coefficients ``(X, Y, Z, m)`` float32 of the b0-normalised shell nearest b = 1000 (0 outside the mask)."""
-    found = shells(dwi.bvals)
+def signal_sh_shell(bvals) -> float:
+    """The shell DDTracking reads: the one nearest b = 1000."""
+    found = shells(bvals)
     if len(found) == 0:
         raise ConfigError("the scan has no diffusion-weighted volume")
-    shell = float(found[np.argmin(np.abs(found - TARGET_SHELL))])
+    return float(found[np.argmin(np.abs(found - TARGET_SHELL))])
+
+
+def signal_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
+    """SH coefficients ``(X, Y, Z, m)`` float32 of the b0-normalised shell nearest b = 1000 (0 outside the mask)."""
+    shell = signal_sh_shell(dwi.bvals)
     fit = SHModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.data, dwi.mask, device=device,
                                                                        dtype="float32", progress=False)
     return fit.coeffs.astype(np.float32)

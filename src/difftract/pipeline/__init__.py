@@ -1,0 +1,21 @@
+"""The main job as library calls: load a scan once, fit, track, score, report.
+
+>>> from difftract.pipeline import RunOptions, run_subject
+>>> summary = run_subject("sub-01", "sub-01_det", RunOptions(methods=("det",)))   # doctest: +SKIP
+
+The CLI's ``run``, ``demo``, ``fit``, ``track`` and ``score`` parse their options and call
+these functions (``docs/pipeline.md`` walks a scan through them file by file).
+"""
+
+from .compute import Compute
+from .console import Console, command_line
+from .demo import run_demo, simulate_to
+from .fits import fit_csd, fit_dti, fit_sh
+from .run import RunOptions, RunSummary, run_into, run_subject
+from .score import score_tractogram
+from .subject import Subject
+from .track import FodSource, LearnedSource, Seeding, Stopping, TrackOptions, TrackResult, track
+
+__all__ = ["Compute", "Console", "command_line", "run_demo", "simulate_to", "fit_csd", "fit_dti", "fit_sh",
+           "RunOptions", "RunSummary", "run_into", "run_subject", "score_tractogram", "Subject", "FodSource",
+           "LearnedSource", "Seeding", "Stopping", "TrackOptions", "TrackResult", "track"]

@@ -1,0 +1,305 @@
+"""The main job as a library call: a subject directory -> maps, a tractogram, scores and a report.
+
+:func:`run_subject` reads the scan once, then fits, tracks, scores and reports through the
+same stage functions as the single commands (:mod:`.fits`, :mod:`.track`, :mod:`.score`,
+:mod:`.report`), passing what each stage made to the next in memory. Everything is
+written into a staging folder beside ``out`` that becomes ``out`` only when all succeeded
+(:func:`difftract.io.atomic.atomic_directory`); an existing ``out`` is replaced only with
+``force``. Each stage prints, and its sidecar records, the single command that redoes it.
+
+``difftract run`` parses its options into :class:`RunOptions` and calls this;
+:func:`.demo.run_demo` runs it on the simulated phantom.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from .compute import Compute
+from .console import Console, command_line
+from .subject import Subject
+
+log = logging.getLogger("difftract")
+
+METHODS = ("ddtracking", "det", "prob")
+FORMATS = ("trx", "trk", "tck")
+CSD_LMAX = 8
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run does (``None``: the default of the stage that uses it).
+
+    Attributes
+    ----------
+    methods : tuple of str
+        Tracking rules, each giving one tractogram (``tracks.FORMAT`` for one method,
+        ``tracks_METHOD.FORMAT`` for several).
+    weights : path, optional
+        DDTracking weights (default: the shipped model).
+    stop_mask : path, optional
+        Tracking and seeding mask; default the subject's ``wm.nii.gz``, else the brain mask
+        where DTI FA > ``fa_threshold`` (written as ``stop_mask.nii.gz``).
+    seeds_per_voxel : int, optional
+        Random seeds per mask voxel (default: the rule's; DDTracking's from its weights).
+    shell, lmax : optional
+        The CSD fit's shell (default: the highest) and lmax (default 8), for det and prob.
+    peaks : bool
+        Also write the CSD peaks (``peaks.nii.gz``).
+    """
+
+    methods: tuple[str, ...] = ("ddtracking",)
+    weights: Path | None = None
+    format: str = "trx"
+    stop_mask: Path | None = None
+    fa_threshold: float = 0.2
+    seeds_per_voxel: int | None = None
+    seed: int = 0
+    min_len_mm: float = 20.0
+    shell: float | None = None
+    lmax: int | None = None
+    peaks: bool = False
+    zero_nonfinite: bool = False
+    compute: Compute = field(default_factory=Compute)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods must be distinct ones of {', '.join(METHODS)}, got {list(self.methods)}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.weights is not None and "ddtracking" not in self.methods:
+            raise ConfigError("--weights applies only to --method ddtracking")
+        if self.methods == ("ddtracking",) and (self.shell is not None or self.lmax is not None):
+            raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob; DDTracking reads the SH "
+                              "(lmax 6) of the shell nearest b=1000, as it was trained; for a scheme without such a "
+                              "shell use --method det or prob with --shell/--lmax")
+        if self.seeds_per_voxel is not None and self.seeds_per_voxel < 1:
+            raise ConfigError(f"--seeds-per-voxel must be at least 1, got {self.seeds_per_voxel}")
+        if not 0.0 <= self.fa_threshold < 1.0:
+            raise ConfigError(f"--fa-threshold must be in [0, 1), got {self.fa_threshold}")
+
+    def tracks_name(self, method: str) -> str:
+        return f"tracks.{self.format}" if len(self.methods) == 1 else f"tracks_{method}.{self.format}"
+
+    def scores_name(self, method: str) -> str:
+        return "scores.json" if len(self.methods) == 1 else f"scores_{method}.json"
+
+
+@dataclass
+class RunSummary:
+    """What a run made: per method, its tractogram and result; the seconds it took."""
+
+    out: Path
+    tracks: dict[str, Path]
+    streamlines: dict[str, int]
+    mean_length_mm: dict[str, float]
+    scores: dict[str, dict]
+    seconds: float = 0.0
+
+
+def run_subject(subject: str | Path | Subject, out: str | Path, options: RunOptions = RunOptions(), *,
+                console: Console = Console(), force: bool = False) -> RunSummary:
+    """Run the main job on one subject directory into ``out`` (see the module docstring).
+
+    Parameters
+    ----------
+    subject : path or Subject
+        The subject's folder (difftract's or the HCP's layout; a brain mask is required).
+    out : path
+        The output folder (created; replaced only with ``force``).
+    options : RunOptions
+    console : Console
+        Where stage lines and summaries go (``Console(quiet=True)`` for none).
+
+    Returns
+    -------
+    RunSummary
+    """
+    from ..io.atomic import atomic_directory, check_output
+    from ..io.sidecar import final_paths
+
+    subject = subject if isinstance(subject, Subject) else Subject.find(subject)
+    subject.require_mask()
+    out = Path(out)
+    check_output(out, force, inputs=[*subject.files, *(p for p in (options.stop_mask, options.weights) if p),
+                                     subject.directory])
+    learned = _load_model(options)              # bad weights are refused before any fitting
+    start = time.perf_counter()
+    dwi = subject.load(options.zero_nonfinite)  # the one read of the scan
+    stop_given = given_stop_mask(options, subject, dwi)
+    with atomic_directory(out, force, kind="partial") as staging, final_paths(staging, out):
+        summary = run_into(subject, dwi, staging, options, console=console, learned=learned, stop_given=stop_given)
+    summary.out, summary.seconds = out, time.perf_counter() - start
+    summary.tracks = {m: out / p.name for m, p in summary.tracks.items()}
+    first = options.methods[0]
+    console.say(f"\nrun {first}: {summary.streamlines[first]:,} streamlines, mean length "
+                f"{summary.mean_length_mm[first]:.1f} mm, {summary.seconds:.0f} s -> {out / 'report.html'}")
+    return summary
+
+
+def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, console: Console = Console(),
+             learned=None, stop_given: np.ndarray | None = None, title: str | None = None) -> RunSummary:
+    """The run's stages, written into an existing (staging) ``directory``; :func:`run_subject` and the demo share it."""
+    from ..io.nifti import save_nifti
+    from .fits import fit_csd, fit_dti
+    from .report import report
+    from .score import score_tractogram
+
+    compute = options.compute
+    scan = (subject.dwi, subject.bval, subject.bvec)
+    common = {"mask": subject.mask, "zero_nonfinite": options.zero_nonfinite}
+    device = {"device": compute.device if compute.device != "auto" else None}
+
+    line = command_line("fit dti", *scan, **common, out_dir=directory / "dti", **device)
+    console.stage(line)
+    dti = fit_dti(dwi, directory / "dti", compute=compute, console=console, equivalent=line)
+
+    stop_path = options.stop_mask or subject.wm
+    if stop_given is not None:
+        stop, stop_name = stop_given, str(stop_path)
+    else:
+        stop = dwi.mask & (np.nan_to_num(dti.fa) > options.fa_threshold)
+        if not stop.any():
+            raise ConfigError(f"{subject.directory}: no brain voxel has FA > {options.fa_threshold}; lower "
+                              "--fa-threshold or give --stop-mask")
+        stop_path = save_nifti(directory / "stop_mask.nii.gz", stop, dwi.affine,
+                               sidecar={"description": f"brain mask & DTI FA > {options.fa_threshold}"})
+        stop_name = f"brain voxels with FA > {options.fa_threshold:g}"
+    del dti
+
+    fod = None
+    summary = RunSummary(directory, {}, {}, {}, {})
+    for method in options.methods:
+        if method == "ddtracking":
+            source = _signal_sh_stage(subject, dwi, directory, learned, options, console)
+            track_extra = {"weights": options.weights}
+        else:
+            if fod is None:
+                fod = _csd_stage(subject, dwi, directory, options, console, fit_csd)
+            source = fod
+            track_extra = {"sh": directory / "fod.nii.gz"}
+        tracks = directory / options.tracks_name(method)
+        result = _track_stage(subject, dwi, tracks, method, source, stop, stop_path, stop_name, options, console,
+                              track_extra)
+        summary.tracks[method] = tracks
+        summary.streamlines[method] = result.n_streamlines
+        summary.mean_length_mm[method] = float(result.lengths_mm.mean()) if len(result.lengths_mm) else 0.0
+        if subject.truth is not None:
+            scores = directory / options.scores_name(method)
+            line = command_line("score", tracks, phantom=subject.directory, json=scores)
+            console.stage(line)
+            summary.scores[method] = score_tractogram(tracks, subject.directory, scores, console=console,
+                                                      equivalent=line).scores
+    params = {"subject": str(subject.directory), **{k: v for k, v in asdict(options).items() if k != "compute"},
+              **asdict(options.compute)}
+    report(directory, [(m, summary.tracks[m]) for m in options.methods],
+           title=title or f"difftract run: {subject.name} ({', '.join(options.methods)})",
+           params={k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()},
+           mask=subject.mask, truth=subject.truth)
+    return summary
+
+
+def _load_model(options: RunOptions):
+    """DDTracking's network and metadata when a method needs it (read before the scan, so bad weights fail first)."""
+    if "ddtracking" not in options.methods:
+        return None
+    from ..models.ddtracking.getter import load_ddtracking
+
+    return load_ddtracking(options.weights)
+
+
+def given_stop_mask(options: RunOptions, subject: Subject, dwi) -> np.ndarray | None:
+    """The given stop mask (or the subject's white matter), checked to seed inside the brain, before any fit.
+
+    The stop mask is run's seed mask too: one on another grid, empty, or with no voxel in
+    the brain mask (where the fits are made) would only fail, or give no streamline, after
+    the fits.
+    """
+    from ..io.dwi import load_mask
+
+    path = options.stop_mask or subject.wm
+    if path is None:
+        return None
+    stop = load_mask(path, dwi.shape, dwi.affine, "stop mask")
+    if not (stop & dwi.mask).any():
+        raise ConfigError(f"{path}: the stop mask has no voxel inside the brain mask {subject.mask.name} "
+                          f"({int(stop.sum())} voxels, all outside it), so every seed would start where nothing "
+                          "is fitted; give a white-matter mask on this subject's brain")
+    return stop
+
+
+def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions, console: Console):
+    """DDTracking's input, fitted once: written as ``sh.nii.gz`` and tracked, the same array."""
+    from ..io.sidecar import provenance
+    from ..models.ddtracking.data import TARGET_SHELL, signal_sh, signal_sh_shell
+    from ..reconst.sh import lmax_from_ncoeffs
+    from .fits import scan_inputs, write_sh
+    from .track import LearnedSource
+
+    model, meta = learned
+    lmax, shell = lmax_from_ncoeffs(model.config.n_coeffs), signal_sh_shell(dwi.bvals)
+    out = directory / "sh.nii.gz"
+    line = command_line("fit sh", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
+                        zero_nonfinite=options.zero_nonfinite, out=out, lmax=lmax, shell=shell, dtype="float32",
+                        device=options.compute.device if options.compute.device != "auto" else None)
+    console.stage(line)
+    start = time.perf_counter()
+    sh = signal_sh(dwi, lmax, device=options.compute.torch_device)
+    record = provenance("fit sh", {"lmax": lmax, "shell": shell, "legacy": False, "dtype": "float32",
+                                   "why": f"DDTracking's input: the shell nearest b={TARGET_SHELL:g}, "
+                                          "the array the tracker read"},
+                        inputs=scan_inputs(dwi), sh_basis="descoteaux07", equivalent=line)
+    write_sh(out, sh, dwi.mask, dwi, record, title=f"SH lmax {lmax} (b = {shell:g}): {subject.dwi.name}")
+    console.say(f"SH lmax {lmax} of {int(dwi.mask.sum())} voxels, b = {shell:g}, in "
+                f"{time.perf_counter() - start:.2f} s -> {out}")
+    return LearnedSource(model, meta, sh)
+
+
+def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Console, fit_csd):
+    """The CSD fODF for the classical rules, kept in float32 (the values written to ``fod.nii.gz``)."""
+    from .track import FodSource
+
+    out = directory / "fod.nii.gz"
+    peaks = directory / "peaks.nii.gz" if options.peaks else None
+    lmax = options.lmax if options.lmax is not None else CSD_LMAX
+    line = command_line("fit csd", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
+                        zero_nonfinite=options.zero_nonfinite, out=out, peaks=peaks, lmax=lmax, shell=options.shell,
+                        device=options.compute.device if options.compute.device != "auto" else None)
+    console.stage(line)
+    fit = fit_csd(dwi, out, peaks_out=peaks, lmax=lmax, shell=options.shell, compute=options.compute,
+                  console=console, equivalent=line)
+    return FodSource(fit.coeffs.astype(np.float32), legacy=False, description=str(out), mask=dwi.mask)
+
+
+def _track_stage(subject, dwi, tracks: Path, method: str, source, stop, stop_path, stop_name: str,
+                 options: RunOptions, console: Console, extra: dict):
+    from .track import Seeding, Stopping, TrackOptions, track
+
+    track_options = TrackOptions(method=method, seeds_per_voxel=options.seeds_per_voxel,
+                                 min_len_mm=options.min_len_mm, seed=options.seed)
+    line = command_line("track", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
+                        zero_nonfinite=options.zero_nonfinite, stop_mask=stop_path, method=method,
+                        seeds_per_voxel=options.seeds_per_voxel, min_len_mm=options.min_len_mm, seed=options.seed,
+                        device=options.compute.device if options.compute.device != "auto" else None,
+                        out=tracks, **extra)
+    console.stage(line)
+    result = track(dwi, tracks, source, Stopping.from_mask(stop, str(stop_path)), Seeding(mask=stop,
+                   description=str(stop_path)), track_options, compute=Compute(options.compute.device),
+                   console=console, inputs=[p for p in (stop_path, extra.get("sh"), extra.get("weights")) if p],
+                   equivalent=line)
+    if result.n_streamlines == 0:
+        if stop_name != str(stop_path):   # made from FA: name it in words, not by its staging path
+            raise ConfigError(f"{subject.directory}: no streamline: all {result.n_seeds:,} seeds in the {stop_name} "
+                              f"stopped before {options.min_len_mm:g} mm; lower --fa-threshold, give a white-matter "
+                              "--stop-mask, or lower --min-len-mm for a small field of view")
+        raise InputError(stop_path, f"no streamline: all {result.n_seeds:,} seeds in this stop mask stopped before "
+                                    f"{options.min_len_mm:g} mm (the mask is too small or not white matter); give a "
+                                    "white-matter --stop-mask, or lower --min-len-mm for a small field of view")
+    return result

@@ -1,0 +1,275 @@
+"""Tracking as a pipeline stage: a direction source, a stopping rule and seeds -> a tractogram file.
+
+``difftract track`` and :func:`.run.run_subject` both call :func:`track`. The direction
+source is a classical fODF (:class:`FodSource`: det, prob, closest, peak) or the DDTracking
+network on the signal's SH (:class:`LearnedSource`); the defaults that belong to a rule
+live with it (:data:`~difftract.tracking.seeding.SEEDS_PER_VOXEL`, the tracker's 1 mm step,
+and a model's own from its weights: :class:`~difftract.models.ddtracking.defaults.TrackingDefaults`).
+Streamlines are streamed to the file chunk by chunk, so memory is bounded by the chunk
+size (sized from the getter's per-seed cost and the free memory), not by the tractogram.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..io.atomic import check_outputs
+from ..io.sidecar import provenance, sidecar_path
+from ..tracking.seeding import SEEDS_PER_VOXEL
+from .compute import Compute, memory_guard
+from .console import Console
+
+log = logging.getLogger("difftract")
+SH_BASES = ("descoteaux07", "descoteaux07_legacy")
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """How streamlines grow and are kept (``None``: the rule's own default)."""
+
+    method: str = "det"
+    step_mm: float | None = None          # 1 mm; DDTracking: its training step
+    seeds_per_voxel: int | None = None    # SEEDS_PER_VOXEL; DDTracking: its weights'
+    max_angle: float = 45.0
+    min_len_mm: float = 20.0
+    max_len_mm: float = 250.0
+    integrator: str = "euler"
+    pmf_threshold: float = 0.1
+    valid_only: bool = False
+    sampler_steps: int = 1
+    stochastic: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.seeds_per_voxel is not None and self.seeds_per_voxel < 1:
+            raise ConfigError(f"--seeds-per-voxel must be at least 1, got {self.seeds_per_voxel}")
+        if self.sampler_steps < 1:
+            raise ConfigError(f"--sampler-steps must be at least 1, got {self.sampler_steps}")
+        learned_only = [f"--{k}" for k, on in (("stochastic", self.stochastic),
+                                               ("sampler-steps", self.sampler_steps != 1)) if on]
+        if learned_only and self.method != "ddtracking":
+            raise ConfigError(f"{', '.join(learned_only)} only apply to --method ddtracking")
+        if self.method == "ddtracking" and self.integrator != "euler":
+            raise ConfigError("DDTracking advances its GRU one point per step: use --integrator euler")
+
+
+@dataclass
+class FodSource:
+    """A classical rule's field: fODF SH coefficients ``(X, Y, Z, m)`` and their basis."""
+
+    coeffs: np.ndarray
+    legacy: bool = False
+    description: str = "CSD"
+    mask: np.ndarray | None = None     # where ``peak`` looks for peaks (default: everywhere)
+
+    def defaults(self, voxel_sizes) -> tuple[float, int]:
+        return 1.0, SEEDS_PER_VOXEL
+
+    def getter(self, options: TrackOptions, voxel_sizes, compute: Compute, console: Console):
+        from ..reconst.peaks import peaks_from_sh
+        from ..tracking.getters import make_getter
+        from ..tracking.sh_field import SHField
+
+        field = SHField(self.coeffs, legacy=self.legacy, pmf_threshold=options.pmf_threshold)
+        peaks = None
+        if options.method == "peak":
+            found = peaks_from_sh(self.coeffs, self.mask, legacy=self.legacy, **compute.fit_options(console.bars))
+            peaks = torch.as_tensor(found.dirs)
+        return make_getter(options.method, sh=field, peaks=peaks, max_angle=options.max_angle)
+
+    @property
+    def sh_basis(self) -> str:
+        return SH_BASES[int(self.legacy)]
+
+    def record(self) -> dict:
+        return {"fod": self.description}
+
+
+@dataclass
+class LearnedSource:
+    """The DDTracking network, its weights' metadata, and the signal SH it reads (``signal_sh`` of the scan)."""
+
+    model: torch.nn.Module
+    meta: dict
+    sh: np.ndarray
+
+    @classmethod
+    def load(cls, dwi, weights: Path | None = None, device="cpu") -> LearnedSource:
+        """The network of ``weights`` (default: the shipped one) and the SH it reads, fitted from ``dwi``."""
+        from ..models.ddtracking.data import signal_sh
+        from ..models.ddtracking.getter import load_ddtracking
+        from ..reconst.sh import lmax_from_ncoeffs
+
+        model, meta = load_ddtracking(weights)
+        return cls(model, meta, signal_sh(dwi, lmax_from_ncoeffs(model.config.n_coeffs), device=device))
+
+    def defaults(self, voxel_sizes) -> tuple[float, int]:
+        from ..models.ddtracking.defaults import TrackingDefaults
+
+        own = TrackingDefaults.from_meta(self.meta)
+        return own.step_mm(voxel_sizes), own.seeds_per_voxel
+
+    def getter(self, options: TrackOptions, voxel_sizes, compute: Compute, console: Console):
+        from ..models.ddtracking.getter import DDTrackingGetter
+
+        trained = self.defaults(voxel_sizes)[0]
+        if options.step_mm is not None and abs(options.step_mm - trained) > 1e-6 * trained:
+            log.warning("--step-mm %g differs from the step DDTracking was trained with (%g mm here)",
+                        options.step_mm, trained)
+        if not np.allclose(voxel_sizes, min(voxel_sizes), rtol=1e-3):
+            log.warning("anisotropic voxels %s: DDTracking was trained in voxel units, so its steps and directions "
+                        "are converted, but resampling to isotropic voxels matches training better",
+                        tuple(round(float(v), 3) for v in voxel_sizes))
+        return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
+                                voxel_sizes=voxel_sizes)
+
+    sh_basis = "descoteaux07"     # signal_sh fits the published basis
+
+    def record(self) -> dict:
+        meta = self.meta
+        return {"model": "ddtracking", "variant": meta["config"]["variant"], "weights": meta["path"],
+                "weights_sha256": meta["sha256"], "input": meta.get("input")}
+
+
+@dataclass
+class Stopping:
+    """The stopping criterion and how the sidecar names it."""
+
+    criterion: object
+    description: str
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, name: str) -> Stopping:
+        from ..tracking.stopping import BinaryCriterion
+
+        return cls(BinaryCriterion(mask), f"mask {name}")
+
+    @classmethod
+    def from_fa(cls, dwi, threshold: float, compute: Compute, console: Console) -> Stopping:
+        """Stop where the (trilinear) DTI FA falls to ``threshold``; the tensor is fitted here."""
+        from ..reconst.dti import TensorModel
+        from ..tracking.stopping import ThresholdCriterion
+
+        fa = np.nan_to_num(TensorModel(dwi.gtab).fit(dwi.data, dwi.mask, **compute.fit_options(console.bars)).fa)
+        return cls(ThresholdCriterion(fa, threshold), f"FA > {threshold}")
+
+
+@dataclass
+class Seeding:
+    """Where streamlines start: random points per voxel of ``mask``, a ``density`` grid, or given ``points``."""
+
+    mask: np.ndarray | None = None
+    density: int | None = None
+    points: np.ndarray | None = None      # voxel coordinates (N, 3)
+    description: str = ""
+
+    def seeds(self, per_voxel: int, seed: int) -> torch.Tensor:
+        from ..tracking.seeding import grid_seeds, random_seeds
+
+        if self.points is not None:
+            return torch.as_tensor(self.points, dtype=torch.float64)
+        if self.mask is None:
+            raise ConfigError("no seed mask: give --seed-mask (or --stop-mask/--mask), or --seeds-file")
+        if self.density is not None:
+            return grid_seeds(self.mask, self.density)
+        return random_seeds(self.mask, per_voxel, torch.Generator().manual_seed(seed))
+
+    def record(self, per_voxel: int) -> str:
+        if self.points is not None:
+            return f"file {self.description}" if self.description else f"{len(self.points)} given points"
+        if self.density is not None:
+            return f"grid density {self.density} in {self.description}"
+        return f"{per_voxel} random per voxel in {self.description}"
+
+
+@dataclass
+class TrackResult:
+    """What a tracking stage made."""
+
+    path: Path
+    n_seeds: int
+    n_streamlines: int
+    seconds: float
+    lengths_mm: np.ndarray
+
+
+def track(dwi, out: Path, source: FodSource | LearnedSource, stopping: Stopping, seeding: Seeding,
+          options: TrackOptions = TrackOptions(), *, compute: Compute = Compute(), console: Console = Console(),
+          force: bool = False, inputs: list[Path] = (), equivalent: str | None = None) -> TrackResult:
+    """Track ``dwi``'s field from ``seeding`` until ``stopping`` and stream the streamlines to ``out``.
+
+    ``out`` (.trx, .trk or .tck) and its JSON sidecar appear together, only on success.
+    ``inputs`` are the files the sidecar lists besides the scan's.
+    """
+    from ..io.stream import open_writer
+    from ..tracking.tracker import CHUNK_CPU, CHUNK_CUDA, Tracker, TrackingParams, default_chunk_size
+    from .fits import scan_inputs
+
+    out = Path(out)
+    inputs = scan_inputs(dwi) + [Path(p) for p in inputs]
+    check_outputs([out, sidecar_path(out)], force, inputs=inputs)
+    if isinstance(source, LearnedSource) != (options.method == "ddtracking"):
+        wanted = "the DDTracking network" if options.method == "ddtracking" else "an fODF (FodSource)"
+        raise ConfigError(f"--method {options.method} tracks {wanted}, not a {type(source).__name__}")
+    step_mm, per_voxel = source.defaults(dwi.voxel_sizes)
+    step_mm = options.step_mm if options.step_mm is not None else step_mm
+    per_voxel = options.seeds_per_voxel or per_voxel
+    params = TrackingParams(step_mm=step_mm, min_len_mm=options.min_len_mm, max_len_mm=options.max_len_mm,
+                            integrator=options.integrator, return_all=not options.valid_only)
+    device = compute.torch_device
+    dtype = torch.float64 if compute.dtype == "float64" else torch.float32
+    seeds = seeding.seeds(per_voxel, options.seed)
+    getter = source.getter(options, dwi.voxel_sizes, compute, console)
+    chunk = compute.chunk_size or default_chunk_size(getter, params, device, dtype)
+    if compute.chunk_size is None and chunk < min(len(seeds), CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU):
+        log.warning("free memory allows %d seeds per chunk, fewer than the default; random draws are made per chunk, "
+                    "so give --chunk-size %d to reproduce this tractogram elsewhere", chunk, chunk)
+    tracker = Tracker(getter, stopping.criterion, dwi.voxel_sizes, params, device=device, dtype=dtype,
+                      chunk_size=chunk)
+    learned = {"sampler_steps": options.sampler_steps, "stochastic": options.stochastic} \
+        if isinstance(source, LearnedSource) else {}
+    record = provenance("track", {"method": options.method, **params.to_dict(), "max_angle": options.max_angle,
+                                  "pmf_threshold": options.pmf_threshold, "stopping": stopping.description,
+                                  "seeding": seeding.record(per_voxel), "device": str(device),
+                                  "dtype": str(dtype), "chunk_size": chunk, **source.record(), **learned},
+                        seed=options.seed, inputs=inputs, equivalent=equivalent,
+                        sh_basis=source.sh_basis)
+    start = time.perf_counter()
+    lengths = []
+    with open_writer(out, dwi.affine, dwi.shape, force=force) as writer, \
+            console.progress(len(seeds), f"track {options.method}", "seed") as bar:
+        for part in _guarded(tracker.track(seeds, seed=options.seed, progress=bar), options.method, device, chunk):
+            writer.write(part.points.detach().cpu().numpy(), part.lengths.cpu().numpy())
+            lengths.append((part.lengths.cpu().numpy() - 1) * step_mm)
+        seconds = time.perf_counter() - start
+        writer.sidecar = {**record, "n_seeds": int(len(seeds)), "n_streamlines": int(writer.n_streamlines),
+                          "n_points": int(writer.n_points), "seconds": round(seconds, 3)}
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0)
+    rate = len(seeds) / max(seconds, 1e-9)
+    console.say(f"{options.method}: {writer.n_streamlines:,} streamlines from {len(seeds):,} seeds in {seconds:.1f} s "
+                f"({rate:,.0f} seeds/s on {device}, {str(dtype).replace('torch.', '')}) -> {out}")
+    if writer.n_streamlines == 0:
+        log.warning("no streamline was kept: every seed stopped before --min-len-mm %g (or found no direction); "
+                    "check the stopping mask and the seeds", options.min_len_mm)
+    if len(lengths):
+        console.say(f"  length median {np.median(lengths):.1f} mm (5-95%: {np.percentile(lengths, 5):.1f}-"
+                    f"{np.percentile(lengths, 95):.1f})")
+    return TrackResult(out, int(len(seeds)), int(writer.n_streamlines), seconds, lengths)
+
+
+def _guarded(chunks, method: str, device, chunk: int):
+    """The tracker's chunks, with running out of memory turned into one line naming --chunk-size."""
+    iterator = iter(chunks)
+    while True:
+        with memory_guard(f"{method} tracking", device, chunk, unit="seeds"):
+            out = next(iterator, None)
+        if out is None:
+            return
+        yield out
