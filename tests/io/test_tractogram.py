@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import types
 import warnings
 import zipfile
 
@@ -13,9 +14,11 @@ import numpy as np
 import pytest
 from nibabel.streamlines import ArraySequence, TckFile, TrkFile
 from nibabel.streamlines.trk import Field
+from dipy.core.gradients import gradient_table
 from trx import trx_file_memmap as tmm
 
 from difftract.errors import ConfigError, DifftractWarning, InputError, OutputExistsError
+from difftract.io.dwi import DWI
 from difftract.io.sidecar import sidecar_path
 from difftract.io.tractogram import Tractogram, load_tractogram, reference_grid, save_tractogram
 
@@ -231,7 +234,8 @@ def test_reference_grid_accepts_every_kind(tmp_path):
     path = _tg_nifti(tmp_path, "las")
     img = nib.load(str(path))
     from_path = reference_grid(path)
-    for ref in (str(path), img, _tg_make("las"), (img.affine, img.shape)):
+    dwi = DWI(np.zeros(DIMS + (2,), np.float32), img.affine, gradient_table([0.0, 1000.0], bvecs=np.eye(3)[:2]))
+    for ref in (str(path), img, dwi, _tg_make("las"), (img.affine, img.shape)):
         affine, dims, sizes = reference_grid(ref)
         np.testing.assert_allclose(affine, from_path[0], atol=1e-5)
         assert dims == DIMS
@@ -247,6 +251,8 @@ def test_reference_grid_missing_or_unreadable(tmp_path):
         reference_grid(bad)
     with pytest.raises(ConfigError):
         reference_grid(42)
+    with pytest.raises(ConfigError, match="SimpleNamespace"):     # an object with an affine and a shape is not enough
+        reference_grid(types.SimpleNamespace(affine=np.eye(4), shape=DIMS))
 
 
 @pytest.mark.parametrize("ext", [".trk", ".trx"])

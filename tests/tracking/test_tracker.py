@@ -1,6 +1,7 @@
 """The batched tracker: streamline-by-streamline equivalence with DIPY 1.12, DIPY's length and
-``return_all`` rules, chunking, precision, seeds, differentiability, soft stopping,
-integrators and configuration errors (``docs/dev/dipy_tracking.md``)."""
+``return_all`` rules, chunking, precision, seeds, inference only (no graph), integrators and
+configuration errors (``docs/dev/dipy_tracking.md``). Gradients and soft stopping are
+:func:`difftract.learn.propagate`'s (``tests/learn/test_propagate.py``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from difftract.errors import ConfigError
 from difftract.tracking.getters import make_getter
 from difftract.tracking.sh_field import SHField
 from difftract.tracking.stopping import BinaryCriterion, ThresholdCriterion
-from difftract.tracking.tracker import Streamlines, Tracker, TrackingParams
+from difftract.tracking.tracker import Tracker, TrackingParams
 
 # DIPY's trackers assume the legacy descoteaux07 basis, which DIPY 1.12 warns about
 pytestmark = pytest.mark.filterwarnings("ignore:The legacy descoteaux07 SH basis:PendingDeprecationWarning")
@@ -230,11 +231,6 @@ def flat(chunks):
             torch.cat([c.seed_index for c in chunks]))
 
 
-def flat_with_weights(chunks) -> Streamlines:
-    chunks = list(chunks)
-    return Streamlines(*flat(chunks), torch.cat([c.weights for c in chunks]))
-
-
 @pytest.mark.parametrize("method", ["det", "closest"])
 def test_classical_results_do_not_depend_on_the_chunk_size(method):
     sh, mask, fa, seeds = curved_field()
@@ -356,7 +352,7 @@ def test_seeds_off_the_grid_give_nothing_and_streamlines_are_in_seed_order(metho
         assert int((s == all_seeds[i]).all(dim=1).sum()) == 1   # the seed, exactly once
 
 
-# ----------------------------------------------------------------------------- 7. differentiable
+# ----------------------------------------------------------------------------- 7. inference only
 PEAK_SHAPE = (7, 3, 3)
 
 
@@ -372,87 +368,20 @@ def smooth_peaks(first=None):
     return torch.stack([first, 0.7 * second], dim=-2)
 
 
-def peak_mask():
+def test_the_tracker_keeps_no_graph_even_with_gradients_enabled():
+    """Inference only: gradients come from learn.propagate (tests/learn/test_propagate.py)."""
+    peaks = smooth_peaks().requires_grad_(True)
     mask = np.zeros(PEAK_SHAPE, bool)
-    mask[2:5] = True                               # the streamlines stop at x = 1.5 and 4.5 (rint)
-    return mask
-
-
-# every point (and the dropped stopping points) about 0.1 voxel from the mask's x = 1.5 and 4.5 borders:
-# no stopping decision flips under gradcheck's perturbations
-DIFF_SEEDS = torch.tensor([[2.8, 0.8, 1.1], [3.2, 1.3, 0.7], [3.6, 1.1, 1.4], [2.4, 0.6, 0.9]],
-                          dtype=torch.float64)
-
-
-def peak_tracks(peaks, integrator="euler", differentiable=True, soft_stop=None):
-    tracker = Tracker(make_getter("peak", peaks=peaks, max_angle=40), BinaryCriterion(peak_mask()),
-                      [1.0, 1.1, 0.9], TrackingParams(step_mm=0.4, min_len_mm=0, max_len_mm=6, integrator=integrator),
-                      dtype=torch.float64, differentiable=differentiable, soft_stop=soft_stop)
-    (chunk,) = tracker.track(DIFF_SEEDS)
-    return chunk
-
-
-@pytest.mark.parametrize("integrator", ["euler", "rk4"])
-def test_gradients_flow_from_points_to_the_peak_field(integrator):
-    peaks = smooth_peaks().requires_grad_(True)
-    out = peak_tracks(peaks, integrator)
-    assert len(out) == len(DIFF_SEEDS) and out.lengths.min() >= 5       # every streamline, several steps
-    out.points.sum().backward()
-    assert peaks.grad is not None and torch.isfinite(peaks.grad).all() and peaks.grad[..., 0, :].abs().sum() > 0
-
-    lengths = out.lengths
-
-    def points(first):
-        chunk = peak_tracks(smooth_peaks(first), integrator)
-        assert torch.equal(chunk.lengths, lengths)   # no stopping decision flipped by the perturbation
-        return chunk.points
-
-    first = smooth_peaks()[..., 0, :].clone().requires_grad_(True)
-    # a random projection v.J.u against central differences first: it fails fast, where gradcheck
-    # computes the whole Jacobian for its message (minutes)
-    gen = torch.Generator().manual_seed(1)
-    u = torch.randn(first.shape, generator=gen, dtype=torch.float64)
-    v = torch.randn(out.points.shape, generator=gen, dtype=torch.float64)
-    (grad,) = torch.autograd.grad((points(first) * v).sum(), first)
-    with torch.no_grad():
-        numeric = ((points(first + 1e-6 * u) - points(first - 1e-6 * u)) * v).sum() / 2e-6
-    assert abs((grad * u).sum() - numeric) < 1e-5 * (1 + abs(numeric))
-    torch.manual_seed(0)
-    assert torch.autograd.gradcheck(points, (first,), eps=1e-6, atol=1e-5, fast_mode=True)
-
-
-def test_not_differentiable_means_no_graph():
-    peaks = smooth_peaks().requires_grad_(True)
-    out = peak_tracks(peaks, differentiable=False)
-    assert len(out) > 0
+    mask[2:5] = True
+    tracker = Tracker(make_getter("peak", peaks=peaks, max_angle=40), BinaryCriterion(mask), [1.0, 1.1, 0.9],
+                      TrackingParams(step_mm=0.4, min_len_mm=0, max_len_mm=6), dtype=torch.float64)
+    with torch.enable_grad():
+        (out,) = tracker.track(torch.tensor([[2.8, 0.8, 1.1], [3.2, 1.3, 0.7]], dtype=torch.float64))
+    assert len(out) == 2 and out.lengths.min() >= 5
     assert out.points.grad_fn is None and not out.points.requires_grad
 
 
-# ----------------------------------------------------------------------------- 8. soft stop
-@pytest.mark.parametrize("method", ["peak", "det"])
-def test_soft_stop_weights_are_one_at_the_seed_and_decay_along_each_half(method):
-    if method == "peak":
-        out = peak_tracks(smooth_peaks(), differentiable=True, soft_stop=0.2)
-        seeds = DIFF_SEEDS
-    else:
-        sh, mask, fa, seeds = curved_field()
-        seeds = torch.as_tensor(seeds[:20])
-        tracker = Tracker(make_getter("det", sh=SHField(sh, legacy=True), max_angle=35), BinaryCriterion(mask), VOX,
-                          TrackingParams(step_mm=0.5, min_len_mm=2, max_len_mm=60), dtype=torch.float64,
-                          soft_stop=0.2)
-        out = flat_with_weights(tracker.track(seeds))
-    assert out.weights is not None and out.weights.shape == (len(out.points),)
-    assert len(out) > 3
-    for s, w, i in zip(out.split(), torch.split(out.weights, out.lengths.tolist()), out.seed_index.tolist()):
-        (k,) = torch.nonzero((s == seeds[i]).all(dim=1))[:, 0].tolist()
-        assert w[k] == 1
-        assert torch.all(w > 0) and torch.all(w <= 1)
-        assert torch.all(torch.diff(w[k:]) <= 0) and torch.all(torch.diff(w[:k + 1]) >= 0)
-        assert torch.all(torch.cat([w[:k], w[k + 1:]]) < 1)    # every step away from the seed costs
-    assert out.weights.min() < 0.9                              # near the border, the weight drops
-
-
-# ----------------------------------------------------------------------------- 9. integrators
+# ----------------------------------------------------------------------------- 8. integrators
 def test_runge_kutta_follows_a_circular_field_better_than_euler():
     """Peaks tangent to circles around the z axis through (7, 7); a wall behind the seed stops the
     backward half at once, so every integrator runs the same arc (16 steps of 0.5 mm)."""
@@ -479,7 +408,7 @@ def test_runge_kutta_follows_a_circular_field_better_than_euler():
     assert drift["rk2"] < drift["euler"] / 50 and drift["rk4"] < drift["euler"] / 50
 
 
-# ----------------------------------------------------------------------------- 10. configuration
+# ----------------------------------------------------------------------------- 9. configuration
 @pytest.mark.parametrize("kwargs,match", [
     (dict(step_mm=0), "step"),
     (dict(step_mm=-0.5), "step"),

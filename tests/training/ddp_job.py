@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 DIM = 4
 
@@ -31,6 +31,9 @@ class NoisyLinear(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def epoch_record(self) -> dict:
+        return {}
+
     def __len__(self) -> int:
         return self.n
 
@@ -44,6 +47,8 @@ class NoisyLinear(Dataset):
 
 class MSETask:
     """Mean squared error; training inputs get a little jitter from the trainer's generator."""
+
+    collate = staticmethod(default_collate)
 
     def loss(self, model, batch, generator):
         x, y = batch

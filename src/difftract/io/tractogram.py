@@ -20,11 +20,13 @@ import nibabel as nib
 import numpy as np
 from nibabel.affines import apply_affine, voxel_sizes
 from nibabel.orientations import aff2axcodes
+from nibabel.spatialimages import SpatialImage
 from nibabel.streamlines import ArraySequence, TckFile, TrkFile
 from nibabel.streamlines.trk import Field
 
 from ..errors import ConfigError, DifftractError, DifftractWarning, InputError
 from .atomic import atomic_file, check_output
+from .dwi import DWI
 from .sidecar import sidecar_path, write_sidecar
 
 FORMATS = (".trk", ".tck", ".trx")
@@ -177,8 +179,8 @@ def reference_grid(reference: Any) -> Grid:
 
     Parameters
     ----------
-    reference : str, Path, nibabel image, Tractogram or (affine, shape)
-        A NIfTI file, a loaded image, a tractogram, or an explicit grid.
+    reference : str, Path, nibabel image, DWI, Tractogram or (affine, shape)
+        A NIfTI file, a loaded image or scan, a tractogram, or an explicit grid.
     """
     if isinstance(reference, Tractogram):
         return reference.affine.copy(), reference.dimensions, reference.voxel_sizes
@@ -193,10 +195,10 @@ def reference_grid(reference: Any) -> Grid:
             return _checked_grid(image.affine, image.shape)
         except Exception as exc:  # nibabel raises many types for bad headers
             raise InputError(path, f"cannot read reference image ({type(exc).__name__}: {exc})") from None
-    if hasattr(reference, "affine") and hasattr(reference, "shape"):
+    if isinstance(reference, (SpatialImage, DWI)):
         return _checked_grid(reference.affine, reference.shape)
     raise ConfigError(f"cannot take a grid from a {type(reference).__name__}: give a NIfTI path, "
-                      "an image, a Tractogram or (affine, shape)")
+                      "an image, a DWI, a Tractogram or (affine, shape)")
 
 
 # ----------------------------------------------------------------------------- writing

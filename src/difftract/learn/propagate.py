@@ -8,7 +8,8 @@ directly. The steps are the tracker's (:func:`~difftract.tracking.integrators.st
 getter's cone, the criterion's status codes): a forward half's points are the tracker's
 exactly. :func:`propagate_both` starts the backward half against the seed direction (the
 tracker starts it against the first forward step), and a half that finds no direction
-reports ``INVALIDPOINT``.
+reports ``INVALIDPOINT``. This is the package's one differentiable propagator: the tracker
+runs under ``torch.no_grad``.
 
 Memory. Backpropagating through ``T`` steps keeps every step's interpolation graph: for
 RK4 about 4 evaluations x 8 corners per point. ``checkpoint_every=K`` runs each block of K
@@ -39,8 +40,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
+from ..tracking.getter_protocol import Getter
 from ..tracking.integrators import INTEGRATORS, step
-from ..tracking.stopping import INVALIDPOINT, TRACKPOINT
+from ..tracking.stopping import INVALIDPOINT, TRACKPOINT, Criterion
 
 
 @dataclass
@@ -84,22 +86,24 @@ class Paths:
         return torch.stack([ends[n:], ends[:n]], dim=1)
 
 
-def propagate(getter, seeds: torch.Tensor, dirs: torch.Tensor, n_steps: int, *, step_mm: float,
-              voxel_sizes, integrator: str = "rk4", criterion=None, soft_stop: float | None = None,
+def propagate(getter: Getter, seeds: torch.Tensor, dirs: torch.Tensor, n_steps: int, *, step_mm: float,
+              voxel_sizes, integrator: str = "rk4", criterion: Criterion | None = None, soft_stop: float | None = None,
               checkpoint_every: int | None = None, truncate_every: int | None = None) -> Paths:
     """Advance every seed ``n_steps`` steps from ``seeds (S, 3)`` along ``dirs (S, 3)``.
 
     Parameters
     ----------
-    getter
+    getter : Getter
         A stateless direction getter (its ``directions`` decides, its ``cos_max_angle`` is
         the cone and the RK curvature check).
     seeds, dirs
         Voxel coordinates and initial (previous) directions, unit, in the voxel frame.
     step_mm, voxel_sizes
         Step length in mm and mm per voxel (three numbers).
-    criterion
-        A stopping criterion (``status(points)``; ``margin`` too for ``soft_stop``), or None.
+    criterion : Criterion, optional
+        Stops streamlines (its ``margin`` gives the ``soft_stop`` weights); None runs every step.
+    soft_stop : float, optional
+        Temperature of the soft-stop weights (:attr:`Paths.weights`).
     checkpoint_every, truncate_every
         Steps per checkpointed block and per truncation window (see the module docstring).
     """
@@ -114,11 +118,11 @@ def propagate(getter, seeds: torch.Tensor, dirs: torch.Tensor, n_steps: int, *, 
         raise ConfigError(f"seeds and dirs must both be (S, 3), got {tuple(seeds.shape)} and {tuple(dirs.shape)}")
     if getter.init(seeds[:0], dirs[:0], None) is not None:
         raise ConfigError(f"{type(getter).__name__} keeps per-streamline state; propagate needs a stateless getter")
-    if soft_stop is not None and (criterion is None or not hasattr(criterion, "margin")):
-        raise ConfigError("soft_stop needs a criterion with a margin")
+    if soft_stop is not None and criterion is None:
+        raise ConfigError("soft_stop needs a stopping criterion (its margin gives the weights)")
     sizes = np.asarray(voxel_sizes, dtype=np.float64)
     inv_voxel = torch.as_tensor(1.0 / sizes, dtype=seeds.dtype, device=seeds.device)
-    cos_max = getattr(getter, "cos_max_angle", None)
+    cos_max = getter.cos_max_angle
 
     def field(points, prev):
         d, ok, _ = getter.directions(points, prev, None)
@@ -173,6 +177,6 @@ def propagate(getter, seeds: torch.Tensor, dirs: torch.Tensor, n_steps: int, *, 
     return Paths(points, length, status, torch.cat(weights, 1) if soft_stop is not None else None)
 
 
-def propagate_both(getter, seeds: torch.Tensor, dirs: torch.Tensor, n_steps: int, **kwargs) -> Paths:
+def propagate_both(getter: Getter, seeds: torch.Tensor, dirs: torch.Tensor, n_steps: int, **kwargs) -> Paths:
     """Both halves of every streamline: rows ``0..S-1`` along ``dirs``, rows ``S..2S-1`` against them."""
     return propagate(getter, torch.cat([seeds, seeds]), torch.cat([dirs, -dirs]), n_steps, **kwargs)

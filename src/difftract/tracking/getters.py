@@ -1,18 +1,11 @@
 """Direction getters: which way each active streamline goes next, all at once.
 
 The tracker owns integration, stopping, the active set and writing; a getter only
-answers "which way next" (DESIGN's seam). Every getter has
-
-- ``seed_directions(seeds) -> (dirs (M, 3), seed_index (M,))``: the initial directions,
-  zero, one or several per seed (a seed without one gives no streamline);
-- ``init(seeds, first_dirs, generator) -> state``: per-streamline state (``None`` for the
-  classical getters; a dict of tensors with one row per streamline, or a generator);
-- ``directions(points, prev_dirs, state) -> (dirs, valid, state)``: unit directions in the
-  voxel frame, agreeing in sign with ``prev_dirs``, and where one exists;
-- ``cos_max_angle``: the cone, also used for the RK curvature check;
-- ``bytes_per_seed(dtype_bytes) -> int``: the working memory of one streamline's query,
-  from which the tracker sizes its chunks (:func:`.tracker.default_chunk_size`);
-- ``to(device, dtype)``: a copy on a device.
+answers "which way next" (DESIGN's seam). Every getter satisfies
+:class:`~.getter_protocol.Getter` (name, cone, ``to``, ``seed_directions``, ``init``,
+``init_backward``, ``directions``, ``bytes_per_seed``); the classical ones below keep no
+per-streamline state and take their state hooks from
+:class:`~.getter_protocol.StatelessGetter`.
 
 The classical rules are DIPY 1.12's (``docs/dev/dipy_tracking.md``):
 
@@ -35,6 +28,7 @@ import torch
 
 from ..errors import ConfigError
 from ..reconst.peaks import find_peaks, local_maxima
+from .getter_protocol import Getter, StatelessGetter
 from .integrators import normalize
 from .interpolate import nearest
 from .peak_field import PeakField
@@ -50,7 +44,7 @@ def _cos(max_angle: float) -> float:
     return math.cos(math.radians(max_angle))
 
 
-class _SHGetter:
+class _SHGetter(StatelessGetter):
     """Shared parts of the getters that read an :class:`SHField`."""
 
     def __init__(self, field: SHField, max_angle: float):
@@ -63,9 +57,6 @@ class _SHGetter:
         out.__dict__.update(self.__dict__)
         out.field = self.field.to(device, dtype)
         return out
-
-    def init(self, seeds, first_dirs, generator=None):
-        return None
 
     def bytes_per_seed(self, dtype_bytes: int) -> int:
         """The pmf on the sphere with its cone key and masks (about four V-vectors), and the 8 corners' SH."""
@@ -191,7 +182,7 @@ class ClosestPeakGetter(_SHGetter):
         return torch.where((dot >= 0)[:, None], peak, -peak), valid, state
 
 
-class PeakGetter:
+class PeakGetter(StatelessGetter):
     """The differentiable ``peak`` rule over a per-voxel peak field (see :class:`PeakField`).
 
     Seeds start along the largest peak of their nearest voxel, refined by the blend there.
@@ -206,9 +197,6 @@ class PeakGetter:
 
     def to(self, device, dtype):
         return PeakGetter(self.field.peaks.to(device=device, dtype=dtype), self.max_angle)
-
-    def init(self, seeds, first_dirs, generator=None):
-        return None
 
     def bytes_per_seed(self, dtype_bytes: int) -> int:
         """The 8 corners' peaks, their alignment and blend weights: a peak lookup is cheap."""
@@ -229,7 +217,7 @@ class PeakGetter:
 
 
 def make_getter(method: str, *, sh: SHField | None = None, peaks: torch.Tensor | None = None,
-                max_angle: float = 45.0):
+                max_angle: float = 45.0) -> Getter:
     """The getter for ``method`` (det, prob, closest: an SH field; peak: a peak field)."""
     if method not in METHODS:
         raise ConfigError(f"unknown tracking method {method!r}; expected one of {', '.join(METHODS)}")

@@ -2,12 +2,15 @@
 
 Each criterion maps points ``(N, 3)`` (voxel coordinates) to DIPY's status codes:
 ``TRACKPOINT`` (go on), ``ENDPOINT`` (stop here: the point is dropped, as DIPY does) or
-``OUTSIDEIMAGE``. Angle and length limits are the tracker's, not a criterion's.
+``OUTSIDEIMAGE``. Angle and length limits are the tracker's, not a criterion's. Every
+criterion satisfies :class:`Criterion`, ``margin`` included (soft stopping in
+:func:`~difftract.learn.propagate` reads it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,6 +19,22 @@ from ..errors import ConfigError
 from .interpolate import nearest, trilinear
 
 OUTSIDEIMAGE, INVALIDPOINT, TRACKPOINT, ENDPOINT = -1, 0, 1, 2
+
+
+class Criterion(Protocol):
+    """Where a streamline may go on (the tracker's and the propagator's seam)."""
+
+    def status(self, points: torch.Tensor) -> torch.Tensor:
+        """DIPY's status code of each point ``(N, 3)`` -> ``(N,)`` long."""
+        ...
+
+    def margin(self, points: torch.Tensor) -> torch.Tensor:
+        """A smooth signed distance to stopping ``(N,)``: positive where tracking goes on (soft stopping)."""
+        ...
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Criterion:
+        """A copy on ``device`` (maps in ``dtype``)."""
+        ...
 
 
 def _volume(array, name: str) -> torch.Tensor:

@@ -20,15 +20,17 @@ truncated; DIPY's det and prob trackers also truncate the lengths to whole mm fi
 
 The backward half starts against the first forward step (the normalised voxel-space
 difference of its first point and the seed) when the forward half moved, else against the
-initial direction: DIPY's rule. A getter with state (DDTracking's GRU) may define
-``init_backward(seeds, dirs, forward_points (S, T, 3), forward_count (S,), generator)`` to
-start the backward half from what the forward half saw.
+initial direction: DIPY's rule. Its state comes from the getter's ``init_backward(seeds,
+dirs, forward_points (S, T, 3), forward_count (S,), generator)``: stateless getters start
+it afresh, DDTracking's GRU from what the forward half saw.
 
-Differentiable mode keeps the autograd graph: the returned points are functions of the
-field (and of whatever made it). Stopping and direction choices are discrete decisions
-(boolean masks) with no gradient; ``soft_stop`` adds a per-point weight, the running
-product of ``sigmoid(margin / soft_stop)`` of the criterion, for losses that should
-feel how close a streamline came to stopping.
+The tracker is inference only: it runs under ``torch.no_grad`` whatever the caller's mode,
+so no step's graph is kept. Its packed, shrinking-active-set loop exists to equal DIPY
+streamline for streamline and to write files; gradients belong to the fixed-shape
+:func:`difftract.learn.propagate` (the differentiable propagator, with soft-stop weights,
+checkpointing and truncation), whose forward half takes this tracker's steps and gives
+its points exactly (``tests/learn/test_propagate.py``). One loop per purpose, instead of a
+differentiable mode here that nothing but its tests used.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .getter_protocol import Getter, State
 from .integrators import INTEGRATORS, normalize, step
-from .stopping import ENDPOINT, OUTSIDEIMAGE, TRACKPOINT
+from .stopping import ENDPOINT, OUTSIDEIMAGE, TRACKPOINT, Criterion
 
 
 @dataclass
@@ -81,14 +84,12 @@ class TrackingParams:
 class Streamlines:
     """A chunk of streamlines, packed: ``points (P, 3)`` voxel coordinates, ``lengths (S,)``.
 
-    ``seed_index`` is each streamline's seed (global index into the seeds given),
-    ``weights (P,)`` the soft-stop weights when asked for.
+    ``seed_index`` is each streamline's seed (global index into the seeds given).
     """
 
     points: torch.Tensor
     lengths: torch.Tensor
     seed_index: torch.Tensor
-    weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -98,7 +99,7 @@ class Streamlines:
         return list(torch.split(self.points, self.lengths.tolist()))
 
 
-def _take(state, index):
+def _take(state: State, index: torch.Tensor) -> State:
     """Rows ``index`` of a getter state (None, a tensor, or a dict of tensors and others)."""
     if state is None:
         return None
@@ -114,7 +115,6 @@ class _Half:
     ids: torch.Tensor        # (P,) streamline of each recorded point, in step order
     steps: torch.Tensor      # (P,) 1-based position within its half
     points: torch.Tensor     # (P, 3)
-    weights: torch.Tensor | None
     count: torch.Tensor      # (S,) points kept
     status: torch.Tensor     # (S,) last stopping status
     dropped: torch.Tensor    # (S,) went past max_points: discarded
@@ -125,10 +125,10 @@ class Tracker:
 
     Parameters
     ----------
-    getter
+    getter : Getter
         A direction getter (see :mod:`.getters`).
-    criterion
-        A stopping criterion with ``status(points)`` (see :mod:`.stopping`).
+    criterion : Criterion
+        A stopping criterion (see :mod:`.stopping`).
     voxel_sizes : sequence of 3 float
         mm per voxel along each axis; steps in mm become ``dir / voxel_size * step_mm``.
     params : TrackingParams
@@ -136,30 +136,21 @@ class Tracker:
         Where and in which precision to track (float32 by default, float64 for equivalence).
     chunk_size : int
         Seeds tracked at once (bounds memory).
-    differentiable : bool
-        Keep the autograd graph (no ``torch.no_grad``).
-    soft_stop : float, optional
-        Temperature of the soft stopping weights (differentiable mode).
     """
 
-    def __init__(self, getter, criterion, voxel_sizes, params: TrackingParams | None = None, *,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk_size: int = 10_000,
-                 differentiable: bool = False, soft_stop: float | None = None):
+    def __init__(self, getter: Getter, criterion: Criterion, voxel_sizes, params: TrackingParams | None = None, *,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk_size: int = 10_000):
         if chunk_size < 1:
             raise ConfigError(f"chunk size must be at least 1, got {chunk_size}")
         sizes = np.asarray(voxel_sizes, dtype=np.float64)
         if sizes.shape != (3,) or not np.all(sizes > 0):
             raise ConfigError(f"voxel sizes must be three positive numbers, got {voxel_sizes}")
-        if soft_stop is not None and not hasattr(criterion, "margin"):
-            raise ConfigError(f"{type(criterion).__name__} has no margin for soft stopping")
         self.params = params or TrackingParams()
         self.device, self.dtype = torch.device(device), dtype
         self.getter = getter.to(self.device, dtype)
         self.criterion = criterion.to(self.device, dtype)
         self.inv_voxel = torch.as_tensor(1.0 / sizes, device=self.device, dtype=dtype)
         self.chunk_size = int(chunk_size)
-        self.differentiable = differentiable
-        self.soft_stop = soft_stop
 
     # ------------------------------------------------------------------ public
     def track(self, seeds, seed: int = 0, progress=None) -> Iterator[Streamlines]:
@@ -174,7 +165,7 @@ class Tracker:
         for k, start in enumerate(range(0, len(seeds), self.chunk_size)):
             chunk = seeds[start:start + self.chunk_size].to(self.device, self.dtype)
             generator = torch.Generator(self.device).manual_seed(_chunk_seed(seed, k))
-            with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+            with torch.no_grad():
                 out = self._track_chunk(chunk, generator)
             out.seed_index = out.seed_index + start
             if progress is not None:
@@ -194,10 +185,7 @@ class Tracker:
         is_first = fwd.steps == 1
         first[fwd.ids[is_first]] = fwd.points[is_first]
         back_dirs = torch.where(moved[:, None], normalize(first - x0), dirs0)
-        if hasattr(g, "init_backward"):   # stateful getters start the backward half from the forward one
-            state = g.init_backward(x0, -back_dirs, _paths(fwd, S), fwd.count, generator)
-        else:
-            state = g.init(x0, -back_dirs, generator)
+        state = g.init_backward(x0, -back_dirs, _paths(fwd, S), fwd.count, generator)
         bwd = self._half(x0, -back_dirs, state, budget=p.max_points - 1 - fwd.count)
 
         n = bwd.count + 1 + fwd.count
@@ -213,12 +201,11 @@ class Tracker:
         device = x0.device
         active = torch.arange(S, device=device)
         pts, d = x0, dirs0
-        weight = torch.ones(S, dtype=x0.dtype, device=device) if self.soft_stop else None
         count = torch.zeros(S, dtype=torch.long, device=device)
         status = torch.full((S,), TRACKPOINT, dtype=torch.long, device=device)
         dropped = torch.zeros(S, dtype=torch.bool, device=device)
-        rec_ids, rec_steps, rec_pts, rec_w = [], [], [], []
-        cos_max = getattr(self.getter, "cos_max_angle", None)
+        rec_ids, rec_steps, rec_pts = [], [], []
+        cos_max = self.getter.cos_max_angle
         for i in range(1, M):
             if len(active) == 0:
                 break
@@ -233,8 +220,6 @@ class Tracker:
             code = self.criterion.status(new)
             status[active[ok]] = code[ok]
             go = ok & (code == TRACKPOINT)
-            if self.soft_stop:
-                weight = weight * torch.sigmoid(self.criterion.margin(new) / self.soft_stop)
             if i == M - 1:          # DIPY's last buffer slot: computed, never kept
                 break
             if budget is not None:  # this point would make the streamline too long: discard it now
@@ -245,16 +230,12 @@ class Tracker:
             rec_ids.append(active)
             rec_steps.append(torch.full_like(active, i))
             rec_pts.append(pts)
-            if self.soft_stop:
-                weight = weight[go]
-                rec_w.append(weight)
             count[active] = i
             state = _take(states[0], go)
         cat = (lambda xs, empty: torch.cat(xs) if xs else empty)
         empty_long = torch.zeros(0, dtype=torch.long, device=device)
         return _Half(cat(rec_ids, empty_long), cat(rec_steps, empty_long),
-                     cat(rec_pts, x0.new_zeros(0, 3)),
-                     cat(rec_w, x0.new_zeros(0)) if self.soft_stop else None, count, status, dropped)
+                     cat(rec_pts, x0.new_zeros(0, 3)), count, status, dropped)
 
     def _assemble(self, x0, fwd: _Half, bwd: _Half, n, keep, seed_index, S) -> Streamlines:
         """Pack the kept streamlines: reversed backward half, seed, forward half."""
@@ -277,18 +258,13 @@ class Tracker:
         index = torch.cat([pos_b, pos_s, pos_f])
         points = torch.cat([bwd.points[sel_b], x0[keep], fwd.points[sel_f]])
         out = x0.new_zeros(total, 3).index_put((index,), points)
-        weights = None
-        if self.soft_stop:
-            w = torch.cat([bwd.weights[sel_b], torch.ones(len(pos_s), dtype=x0.dtype, device=device),
-                           fwd.weights[sel_f]])
-            weights = x0.new_zeros(total).index_put((index,), w)
-        return Streamlines(out, lengths, seed_index[keep], weights)
+        return Streamlines(out, lengths, seed_index[keep])
 
 
 CHUNK_CPU, CHUNK_CUDA = 20_000, 200_000    # seeds at once when memory allows: past these, no faster
 
 
-def default_chunk_size(getter, params: TrackingParams, device: torch.device | str,
+def default_chunk_size(getter: Getter, params: TrackingParams, device: torch.device | str,
                        dtype: torch.dtype = torch.float32) -> int:
     """Seeds per chunk: the device's default, or fewer when a quarter of the free memory holds fewer.
 

@@ -1,9 +1,32 @@
-"""Datasets whose samples are a pure function of (seed, epoch, index): what exact resume needs."""
+"""Datasets whose samples are a pure function of (seed, epoch, index): what exact resume needs.
+
+:class:`EpochSet` is what the trainer asks of its training and validation sets;
+:class:`EpochDataset` is the usual base.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Protocol, runtime_checkable
+
 import numpy as np
 from torch.utils.data import Dataset
+
+
+@runtime_checkable
+class EpochSet(Protocol):
+    """A training or validation set as the trainer uses it."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch (samples may depend on it)."""
+        ...
+
+    def epoch_record(self) -> dict:
+        """JSON-like facts about the epoch for its metrics row (e.g. streamed subjects' seeds), or ``{}``."""
+        ...
 
 
 class EpochDataset(Dataset):
@@ -18,6 +41,10 @@ class EpochDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch if self.per_epoch else 0
+
+    def epoch_record(self) -> dict:
+        """Nothing to record: the samples follow from (seed, epoch, index)."""
+        return {}
 
     def __len__(self) -> int:
         return self.n_samples

@@ -12,11 +12,11 @@ Files, written atomically and only by rank 0, for ``out = W.pt``:
 - ``W.metrics.jsonl`` one JSON line per epoch.
 
 Randomness: global RNGs are seeded from ``config.seed`` (and the rank); shuffling uses a
-generator seeded from (seed, epoch); datasets that define ``set_epoch`` are told the epoch,
-so samples can be a pure function of (seed, epoch, index). Datasets that define
-``epoch_record()`` (a JSON-like dict, e.g. the seeds of streamed subjects) add it to the
-epoch's metrics row, keys prefixed ``train_``/``val_``; under DDP each value is the list of
-every rank's. With the RNG states saved in the checkpoint, a run interrupted and resumed on
+generator seeded from (seed, epoch); datasets (:class:`~.dataset.EpochSet`) are told the
+epoch with ``set_epoch``, so samples can be a pure function of (seed, epoch, index), and
+their ``epoch_record()`` (a JSON-like dict, e.g. the seeds of streamed subjects; usually
+empty) joins the epoch's metrics row, keys prefixed ``train_``/``val_``; under DDP each
+value is the list of every rank's. With the RNG states saved in the checkpoint, a run interrupted and resumed on
 CPU ends with bit-identical weights.
 """
 
@@ -35,12 +35,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, default_collate
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from ..device import resolve_device
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_file, check_outputs
+from .dataset import EpochSet
 from .files import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, cpu_state, load_checkpoint, output_paths, save_weights
 from .rng import derive_seed, rng_state, seed_globals, set_rng_state
 
@@ -78,9 +79,13 @@ class TrainConfig:
 class Task(Protocol):
     """What the trainer needs from a model family.
 
-    A task may also define ``collate(samples) -> batch`` (default: torch's default_collate).
-    Batches reach :meth:`loss` with their tensors already on the model's device.
+    Batches (made by :meth:`collate`) reach :meth:`loss` with their tensors already on the
+    model's device.
     """
+
+    def collate(self, samples: list) -> Any:
+        """A batch from a list of samples (``staticmethod(default_collate)`` for torch's default)."""
+        ...
 
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         """Scalar loss (mean over the batch) and named float metrics for logging.
@@ -102,7 +107,7 @@ class TrainResult:
     stopped_early: bool
 
 
-def train(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, config: TrainConfig,
+def train(model: nn.Module, task: Task, train_set: EpochSet, val_set: EpochSet, config: TrainConfig,
           out: str | Path, *, resume: bool = False, force: bool = False, device: str | torch.device = "auto",
           model_meta: dict | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
           stop_after_epoch: int | None = None) -> TrainResult:
@@ -129,6 +134,10 @@ def train(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, co
     TrainResult
         On return ``model`` holds the best-validation weights (unless interrupted).
     """
+    for name, dataset in (("training", train_set), ("validation", val_set)):
+        if not isinstance(dataset, EpochSet):
+            raise ConfigError(f"the {name} set ({type(dataset).__name__}) needs set_epoch and epoch_record: "
+                              "derive it from difftract.training.dataset.EpochDataset")
     if len(train_set) == 0 or len(val_set) == 0:
         raise ConfigError("training needs a non-empty training set and a non-empty validation set")
     try:
@@ -211,6 +220,7 @@ class _Trainer:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(derive_seed(config.seed, _LOSS, rank))
         self.progress = _Progress()
+        self.meta: dict = {}           # model_meta, stored in the checkpoint
         seed_globals(derive_seed(config.seed, _GLOBAL, rank))
 
     def restore(self, ckpt: dict, path: Path) -> None:
@@ -241,10 +251,10 @@ class _Trainer:
         config, p, t0 = self.config, self.progress, time.perf_counter()
         records = {}
         for prefix, dataset in (("train", self.train_set), ("val", self.val_set)):
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            if hasattr(dataset, "epoch_record"):   # e.g. the seeds of streamed subjects
-                ranks = _gather(dataset.epoch_record(), self.world)
+            dataset.set_epoch(epoch)
+            record = dataset.epoch_record()
+            if record:   # e.g. the seeds of streamed subjects (a dataset type records always or never)
+                ranks = _gather(record, self.world)
                 records.update({f"{prefix}_{k}": ranks[0][k] if self.world == 1 else [r[k] for r in ranks]
                                 for k in ranks[0]})
         if self.world > 1:
@@ -290,7 +300,7 @@ class _Trainer:
         config = self.config
         base_seed = torch.Generator().manual_seed(derive_seed(config.seed, _SHUFFLE, epoch, int(training)))
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                            collate_fn=getattr(self.task, "collate", None) or default_collate,
+                            collate_fn=self.task.collate,
                             pin_memory=self.device.type == "cuda", generator=base_seed)  # not the global RNG
         net.train(training)
         total, sums = 0.0, {}
@@ -349,7 +359,7 @@ class _Trainer:
                     "world_size": self.world, "model": cpu_state(self.model.state_dict()),
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                    "progress": vars(self.progress), "rng": rngs, "meta": getattr(self, "meta", {})}, tmp)
+                    "progress": vars(self.progress), "rng": rngs, "meta": self.meta}, tmp)
 
     def result(self) -> TrainResult:
         p = self.progress

@@ -50,7 +50,7 @@ def load_ddtracking(weights: str | Path | None = None) -> tuple[DDTracking, dict
 
 
 class DDTrackingGetter:
-    """The getter (see :mod:`difftract.tracking.getters` for the protocol).
+    """A :class:`~difftract.tracking.getter_protocol.Getter` with per-streamline state (the GRU's).
 
     Parameters
     ----------
@@ -71,6 +71,7 @@ class DDTrackingGetter:
     """
 
     name = "ddtracking"
+    cos_max_angle: float
 
     def __init__(self, model: DDTracking, sh, max_angle: float = 45.0, steps: int = 1, stochastic: bool = False,
                  voxel_sizes=(1.0, 1.0, 1.0)):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from dipy.core.gradients import gradient_table
+from torch.utils.data import default_collate
 
 from ...errors import ConfigError
 from ...io.dwi import load_subject
@@ -200,6 +201,8 @@ def _augment(rng: np.random.Generator, pairs, q, target, mask):
 
 class QCGTask:
     """The trainer's task: mean squared error over masked voxels and the six elements."""
+
+    collate = staticmethod(default_collate)
 
     def loss(self, model, batch, generator=None) -> tuple[torch.Tensor, dict[str, float]]:
         pred = model(batch["pairs"], batch["q"])
