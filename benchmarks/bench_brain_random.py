@@ -32,7 +32,7 @@ from _check import Target, parse_args
 from difftract.errors import ConfigError
 from difftract.phantom import PhantomConfig, simulate
 from difftract.phantom.brain_random import anatomy
-from difftract.phantom.presets import get_layout
+from difftract.phantom.registry import get_layout
 
 BRIEF = "issue 18 part 3 brief"
 TARGETS = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -92,7 +91,7 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     from ..models.qcgdti.data import QCGTask
     from ..models.qcgdti.model import QCGConfig, QCGDTI
     from ..phantom.splits import check_training_subject
-    from ..training.files import output_paths
+    from ..training.files import output_paths, write_training_sidecar
     from ..training.loop import TrainConfig, train
 
     if not args.resume:   # every file the run writes, before the subjects are prepared
@@ -123,7 +122,8 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
                        device=device, model_meta=meta, progress=not args.quiet, log=log.info)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    _write_sidecar(args, "train qcgdti", meta, tc, result, pool)
+    write_training_sidecar(args.out, "train qcgdti", meta, tc, result, seed=args.seed, subjects=args.subjects,
+                           stream=None if pool is None else stream.stream_summary(pool))
     print(f"QCG-DTI {args.variant}: {result.epochs_run} epochs, best validation loss {result.best_val_loss:.4g} "
           f"at epoch {result.best_epoch} -> {args.out}")
     return 0
@@ -169,17 +169,3 @@ def _streamed_subject(seed: int, arrays: dict, patch: int, multiple: int):
     from ..models.qcgdti.data import subject_from_arrays
 
     return subject_from_arrays(f"seed{seed}", arrays, patch=patch, multiple=multiple, seed=seed)
-
-
-def _write_sidecar(args: argparse.Namespace, command: str, meta: dict, config, result, pool=None) -> None:
-    """``W.json``: what was trained on, how, the outcome and the weights' SHA256."""
-    from ..io.sidecar import provenance, write_sidecar
-    from ..weights import sha256
-
-    inputs = [d / "dwi.nii.gz" for d in args.subjects if (d / "dwi.nii.gz").exists()]
-    extra = {} if pool is None else {"stream": stream.stream_summary(pool)}
-    record = provenance(command, {**meta, "train": dataclasses.asdict(config)}, seed=args.seed, inputs=inputs,
-                        weights_sha256=sha256(args.out), **extra,
-                        result={"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                                "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early})
-    write_sidecar(args.out, record, force=True)

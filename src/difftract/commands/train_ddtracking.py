@@ -115,9 +115,8 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     from ..models.ddtracking.diffusion import DiffusionConfig
     from ..models.ddtracking.model import DDTracking, DDTrackingConfig
     from ..phantom.splits import check_training_subject
-    from ..training.files import output_paths
+    from ..training.files import output_paths, write_training_sidecar
     from ..training.loop import TrainConfig, train
-    from .train import _write_sidecar
 
     if not args.resume:
         check_outputs([*output_paths(args.out), sidecar_path(args.out)], args.force)
@@ -150,7 +149,8 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
                        force=args.force, device=device, model_meta=meta, progress=not args.quiet, log=log.info)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    _write_sidecar(args, "train ddtracking", meta, tc, result, pool)
+    write_training_sidecar(args.out, "train ddtracking", meta, tc, result, seed=args.seed, subjects=args.subjects,
+                           stream=None if pool is None else stream.stream_summary(pool))
     last = result.history[-1] if result.history else {}
     print(f"DDTracking {args.variant}: {result.epochs_run} epochs, best validation loss {result.best_val_loss:.4g} "
           f"at epoch {result.best_epoch} (last validation angle {last.get('val_angle_deg', float('nan')):.1f} deg) "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ..io.nifti import load_nifti
 from ..io.sidecar import data_stem
 from .traversal import endpoint_voxels, to_corner, traversed_voxels

@@ -192,22 +192,3 @@ def _fits(bundle: Bundle, domain, max_bend: float = MAX_BEND) -> bool:
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     rim = tube.fibres(np.column_stack([np.cos(angles), np.sin(angles)]))
     return bool(np.all(domain(rim.reshape(-1, 3))))
-
-
-def get_layout(preset: str, rng: np.random.Generator, **kwargs) -> Layout:
-    """Build the named preset's layout (extra keyword arguments go to the preset)."""
-    if preset == "fibercup":
-        return fibercup(**kwargs)
-    if preset == "crossing":
-        return crossing(**kwargs)
-    if preset == "random":
-        return random_layout(rng, **kwargs)
-    if preset == "brain":
-        from .brain import brain  # brain builds on this module's Layout
-
-        return brain(**kwargs)
-    if preset == "brain-random":
-        from .brain_random import brain_random_layout  # imports this module: deferred
-
-        return brain_random_layout(rng, **kwargs)
-    raise ConfigError(f"unknown phantom preset {preset!r}; choose {', '.join(PRESETS)}")

@@ -20,7 +20,8 @@ from ..io.gradients import B0_THRESHOLD
 from . import voxelize
 from .acquisition import Acquisition, AcquisitionRanges, AcquisitionSampler
 from .geometry import Tube, disc_positions, make_tube
-from .presets import SCALABLE_PRESETS, Layout, get_layout
+from .presets import SCALABLE_PRESETS, Layout
+from .registry import get_layout
 from .randomize import TissueDraw, TissueRanges, TissueSampler, watson_axes
 from .signal import (Tissue, add_coil_noise, add_rician_noise, bias_field, fibre_signal, isotropic_signal,
                      make_scheme)

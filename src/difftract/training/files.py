@@ -82,7 +82,7 @@ def load_model(path: str | Path, name: str, title: str, build: Callable[[Any], n
     does not fit the architecture it describes, is an ``InputError`` naming it (``title``
     is the model's name for people). The meta returned adds the file's path and SHA256.
     """
-    from ..weights import sha256
+    from ..io.checksum import sha256
 
     digest = sha256(path) if Path(path).is_file() else None
     _check_against_sidecar(path, digest)
@@ -147,3 +147,21 @@ def load_checkpoint(path: Path, config: dict) -> dict:
         raise ConfigError(f"{path}: cannot resume with a different training configuration "
                           f"(only epochs may change): {'; '.join(changed)}")
     return ckpt
+
+
+def write_training_sidecar(out: str | Path, command: str, meta: dict, config, result, *, seed: int,
+                           subjects: list[Path] = (), stream: dict | None = None) -> None:
+    """``W.json`` beside the weights ``out``: what was trained on, how, the outcome and the weights' SHA256."""
+    import dataclasses
+
+    from ..io.sidecar import provenance, write_sidecar
+    from ..io.checksum import sha256
+
+    inputs = [Path(d) / "dwi.nii.gz" for d in subjects if (Path(d) / "dwi.nii.gz").exists()]
+    extra = {} if stream is None else {"stream": stream}
+    record = provenance(command, {**meta, "train": dataclasses.asdict(config)}, seed=seed, inputs=inputs,
+                        weights_sha256=sha256(out), **extra,
+                        result={"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                                "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early})
+    write_sidecar(out, record, force=True)
+

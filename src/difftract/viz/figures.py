@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +72,19 @@ def phantom_overview(phantom, path: str | Path, force: bool = False) -> Path:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def save_figure(fig, path: Path, force: bool) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    plt = _pyplot()
+    with atomic_file(path, force=force) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def embed_png(path: Path, alt: str) -> str:
+    """An HTML figure holding the PNG at ``path`` inline, captioned ``alt``, linking to the file."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
+           f'{html.escape(alt)} (<a href="{html.escape(path.name)}">{html.escape(path.name)}</a>)</figcaption></figure>'

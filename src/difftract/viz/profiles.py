@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..eval.profiles import MD_SCALE, summary
-from .figures import _pyplot
+from .figures import _pyplot, embed_png, save_figure
 
 
 def profiles_figure(profiles_by_method: dict, path: str | Path, force: bool = False) -> Path:
     """Small multiples: a column per bundle, FA (top) and MD (bottom, 10^-3 mm^2/s) against node, a line per method."""
-    from .report import _save
 
     plt = _pyplot()
     bundles = list(dict.fromkeys(name for profiles in profiles_by_method.values() for name in profiles))
@@ -47,7 +46,7 @@ def profiles_figure(profiles_by_method: dict, path: str | Path, force: bool = Fa
             ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("FA", fontsize=8)
     axes[1, 0].set_ylabel("MD (10$^{-3}$ mm$^2$/s)", fontsize=8)
-    return _save(fig, Path(path), force)
+    return save_figure(fig, Path(path), force)
 
 
 def _number(value: float, digits: int = 3) -> str:
@@ -75,7 +74,6 @@ def profiles_table(profiles_by_method: dict) -> str:
 
 def tractometry_section(results: list, out_dir: str | Path, force: bool = False) -> list[str]:
     """The report's HTML parts for the methods that carry profiles (none: an empty list)."""
-    from .report import _img
 
     profiles_by_method = {r.name: r.profiles for r in results if r.profiles}
     if not profiles_by_method:
@@ -89,4 +87,4 @@ def tractometry_section(results: list, out_dir: str | Path, force: bool = False)
             "Means are over the nodes; dashed: the ground truth's streamlines on the same maps; the profiles "
             "are in <code>profiles.csv</code>.</p>",
             profiles_table(profiles_by_method),
-            _img(png, "FA and MD profiles per bundle (node 0 at the head ROI)")]
+            embed_png(png, "FA and MD profiles per bundle (node 0 at the head ROI)")]

@@ -15,7 +15,6 @@ the same pictures are written beside it as PNG files. Every file is written atom
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_file
-from .figures import _pyplot
+from .figures import _pyplot, embed_png, save_figure
 from .qc import _centre, _slices
 from .viewer3d import viewer_section
 
@@ -58,14 +57,6 @@ class MethodResult:
                      * self.voxel_size)
 
 
-def _save(fig, path: Path, force: bool) -> Path:
-    plt = _pyplot()
-    with atomic_file(path, force=force) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
-
-
 def colour_fa_figure(rgb: np.ndarray, mask: np.ndarray | None, path: str | Path, force: bool = False) -> Path:
     """Colour FA ``(X, Y, Z, 3)`` in three slices with the mask outline (yellow)."""
     plt = _pyplot()
@@ -79,7 +70,7 @@ def colour_fa_figure(rgb: np.ndarray, mask: np.ndarray | None, path: str | Path,
             ax.contour(mplane.T, levels=[0.5], colors="y", linewidths=0.6)
         ax.set_title(f"colour FA: {label}", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-    return _save(fig, Path(path), force)
+    return save_figure(fig, Path(path), force)
 
 
 def projections_figure(streamlines: list[np.ndarray], shape: tuple[int, int, int], path: str | Path,
@@ -107,7 +98,7 @@ def projections_figure(streamlines: list[np.ndarray], shape: tuple[int, int, int
         ax.set_xticks([]), ax.set_yticks([])
     shown = f"{len(sample)} of {len(streamlines)}" if step > 1 else f"{len(streamlines)}"
     fig.suptitle(f"{title}: {shown} streamlines" if title else f"{shown} streamlines")
-    return _save(fig, Path(path), force)
+    return save_figure(fig, Path(path), force)
 
 
 def bundle_bars_figure(results: list[MethodResult], path: str | Path, force: bool = False) -> Path | None:
@@ -128,13 +119,7 @@ def bundle_bars_figure(results: list[MethodResult], path: str | Path, force: boo
         ax.set_title(label, fontsize=10)
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
     axes[1].legend(fontsize=8, loc="upper right")          # overreach is usually low: room at the top
-    return _save(fig, Path(path), force)
-
-
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
-           f'{html.escape(alt)} (<a href="{html.escape(path.name)}">{html.escape(path.name)}</a>)</figcaption></figure>'
+    return save_figure(fig, Path(path), force)
 
 
 def _fmt(value) -> str:
@@ -178,17 +163,17 @@ def write_report(out_dir: str | Path, *, title: str, rgb: np.ndarray, mask: np.n
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = rgb.shape[:3]
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Metrics</h2>", _table(results),
-             "<h2>Colour FA</h2>", _img(colour_fa_figure(rgb, mask, out_dir / "report_colour_fa.png", force),
+             "<h2>Colour FA</h2>", embed_png(colour_fa_figure(rgb, mask, out_dir / "report_colour_fa.png", force),
                                          "colour FA, mask outlined in yellow")]
     bars = bundle_bars_figure(results, out_dir / "report_bundles.png", force)
     if bars is not None:
-        parts += ["<h2>Per-bundle scores</h2>", _img(bars, "per-bundle overlap, overreach and F1")]
+        parts += ["<h2>Per-bundle scores</h2>", embed_png(bars, "per-bundle overlap, overreach and F1")]
     from .profiles import tractometry_section      # FA/MD along each bundle, when the results carry profiles
     parts += tractometry_section(results, out_dir, force)
     parts.append("<h2>Streamlines</h2>")
     for r in results:
         png = projections_figure(r.streamlines, shape, out_dir / f"report_tracks_{r.name}.png", r.name, force=force)
-        parts.append(_img(png, f"{r.name}: streamlines coloured by direction"))
+        parts.append(embed_png(png, f"{r.name}: streamlines coloured by direction"))
     parts.append(viewer_section(rgb, mask, results))                    # interactive WebGL view
     parts.append("<h2>Parameters and provenance</h2>")
     parts.append(_json_block("run parameters", params or {}))

@@ -9,26 +9,17 @@ rebuilt file with :func:`install`, which rewrites only that file's line of ``SHA
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from ..io.atomic import atomic_file
+from ..io.checksum import sha256
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 SUMS = WEIGHTS_DIR / "SHA256SUMS"
 SHIPPED = {"qcgdti": "qcgdti.pt", "ddtracking": "ddtracking.pt"}
-
-
-def sha256(path: str | Path) -> str:
-    """SHA256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def expected_sums() -> dict[str, str]:

@@ -1,0 +1,102 @@
+"""``difftract.pipeline``: the run as a library call, one read of the scan, and the stage lines it prints being true."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from difftract.io.tractogram import load_tractogram
+from difftract.phantom import PhantomConfig, save_phantom, simulate
+from difftract.pipeline import Console, RunOptions, Subject, run_subject
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    ph = simulate(PhantomConfig(preset="crossing", seed=3, streamlines_per_bundle=30))
+    return save_phantom(ph, tmp_path_factory.mktemp("pipeline") / "xing")
+
+
+def _points(path, reference):
+    tract = load_tractogram(path, reference=reference)
+    return [np.asarray(s) for s in tract.streamlines]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_run_reads_the_dwi_once_and_python_equals_the_cli(cli, subject, tmp_path, monkeypatch):
+    reads = []
+    real = nib.load
+
+    def counting(filename, *args, **kwargs):
+        reads.append(str(filename))
+        return real(filename, *args, **kwargs)
+
+    monkeypatch.setattr(nib, "load", counting)
+    res = cli("run", subject, "--out", tmp_path / "cli", "--method", "det", "--seed", "4")
+    assert res.returncode == 0, res.stderr
+    assert reads.count(str(subject / "dwi.nii.gz")) == 1, reads
+    monkeypatch.setattr(nib, "load", real)
+
+    summary = run_subject(subject, tmp_path / "py", RunOptions(methods=("det",), seed=4), console=Console(quiet=True))
+    reference = subject / "mask.nii.gz"
+    from_cli = _points(tmp_path / "cli" / "tracks.trx", reference)
+    from_python = _points(summary.tracks["det"], reference)
+    assert len(from_cli) > 20 and _same(from_cli, from_python)
+    assert summary.streamlines["det"] == len(from_python)
+    assert json.loads((tmp_path / "py" / "scores.json").read_text())["VS"] == summary.scores["det"]["VS"]
+
+
+def test_the_printed_track_line_alone_reproduces_the_run(cli, subject, tmp_path):
+    out = tmp_path / "run"
+    res = cli("run", subject, "--out", out, "--method", "det", "--seed", "2")
+    assert res.returncode == 0, res.stderr
+    lines = [line[2:] for line in res.stdout.splitlines() if line.startswith("$ difftract ")]
+    assert [shlex.split(line)[1] for line in lines] == ["fit", "fit", "track", "score"]
+    assert all(str(out) in line and ".partial" not in line for line in lines)      # final paths, not staging
+    track_line = shlex.split(lines[2])[1:]
+    alone = tmp_path / "alone.trx"
+    track_line[track_line.index("--out") + 1] = str(alone)
+    again = cli(*track_line)
+    assert again.returncode == 0, again.stderr
+    reference = subject / "mask.nii.gz"
+    assert _same(_points(out / "tracks.trx", reference), _points(alone, reference))
+    record = json.loads((out / "tracks.json").read_text())
+    assert record["equivalent"] == lines[2] and record["params"]["seeding"].startswith("1 random per voxel")
+
+
+def test_ddtracking_run_writes_the_very_sh_it_tracked(subject, tmp_path, monkeypatch):
+    from difftract.models.ddtracking import getter as dd
+
+    tracked = []
+    original = dd.DDTrackingGetter.__init__
+
+    def spy(self, model, sh, *args, **kwargs):
+        tracked.append(np.array(sh, copy=True))
+        original(self, model, sh, *args, **kwargs)
+
+    monkeypatch.setattr(dd.DDTrackingGetter, "__init__", spy)
+    out = tmp_path / "dd"
+    run_subject(Subject.find(subject), out, RunOptions(methods=("ddtracking",), seed=1, min_len_mm=10),
+                console=Console(quiet=True))
+    written = np.asarray(nib.load(str(out / "sh.nii.gz")).dataobj)
+    assert len(tracked) == 1 and written.dtype == np.float32
+    assert np.array_equal(written, tracked[0])
+    shell = json.loads((out / "sh.json").read_text())["params"]["shell"]
+    assert shell == 1000.0            # the shell nearest b=1000, as DDTracking was trained
+
+
+def test_run_options_refuse_what_cannot_work(subject):
+    from difftract.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--weights applies only"):
+        RunOptions(methods=("det",), weights=subject / "dwi.bval")
+    with pytest.raises(ConfigError, match="distinct"):
+        RunOptions(methods=("det", "det"))
+    with pytest.raises(ConfigError, match="--shell and --lmax"):
+        RunOptions(methods=("ddtracking",), lmax=6)
