@@ -105,7 +105,7 @@ def test_track_deterministic_same_seed_same_tractogram(weights, subjects, tmp_pa
     (["--method", "det", "--stochastic"], "only apply to --method ddtracking"),
     (["--method", "ddtracking", "--sampler-steps", "0"], "at least 1"),
     (["--method", "ddtracking", "--integrator", "rk4"], "--integrator euler"),
-    (["--method", "det", "--seeds-per-voxel", "0"], "positive integer"),
+    (["--method", "det", "--seeds-per-voxel", "0"], "--seeds-per-voxel must be at least 1"),
 ])
 def test_bad_options(subjects, tmp_path, capsys, extra, message):
     d = subjects[0]

@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="outputs (in OUT):\n"
                "  phantom/               the simulated scan and its ground truth (see `difftract simulate --help`)\n"
                "  dti/ fod.nii.gz peaks.nii.gz   DTI maps, CSD fODF and peaks, with sidecars and QC pictures\n"
+               "  sh.nii.gz              the signal SH DDTracking tracked\n"
                "  tracks_det.trx tracks_ddtracking.trx   the two tractograms, with their sidecars\n"
                "  scores_det.json scores_ddtracking.json scores_gt.json   Tractometer scores\n"
                "  report.html            the report (self-contained), with its report_*.png pictures\n\n"

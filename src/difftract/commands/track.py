@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
+from ..io.sh import BASES as SH_BASES
 from ..pipeline.compute import memory_guard
 from .common import add_compute_arguments, add_scan_arguments, load_scan, scan_inputs
 
 log = logging.getLogger("difftract")
-BASES = ("descoteaux07", "descoteaux07_legacy")
 
 EPILOG = """\
 direction rules (--method):
@@ -68,7 +67,7 @@ def add_parser(sub) -> None:
     p.add_argument("--stochastic", action="store_true",
                    help="DDTracking: sample from noise (probabilistic tracking; --seed fixes the draws)")
     p.add_argument("--sh", type=Path, metavar="FOD", help="fODF SH volume to track (default: fit CSD)")
-    p.add_argument("--sh-basis", choices=BASES, help="basis of --sh (default: from its JSON sidecar)")
+    p.add_argument("--sh-basis", choices=SH_BASES, help="basis of --sh (default: from its JSON sidecar)")
     p.add_argument("--lmax", type=int, default=8, help="lmax of the CSD fit without --sh (default: %(default)s)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds-per-voxel", type=int, metavar="N",
@@ -95,57 +94,11 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_track)
 
 
-def sh_basis_of(path: Path, given: str | None) -> bool:
-    """Whether the SH file uses the legacy basis: from ``given`` or from the file's sidecar."""
-    from ..io.sidecar import sidecar_path
-
-    if given is not None:
-        return given == "descoteaux07_legacy"
-    sidecar = sidecar_path(path)
-    try:
-        basis = json.loads(sidecar.read_text()).get("sh_basis")
-    except (OSError, ValueError):
-        basis = None
-    if basis not in BASES:
-        raise InputError(path, f"cannot tell its SH basis (no 'sh_basis' in {sidecar.name}): give --sh-basis "
-                               "descoteaux07 (difftract's default) or descoteaux07_legacy (DIPY's and scilpy's)")
-    return basis == "descoteaux07_legacy"
-
-
-def load_seeds_file(path: Path, affine: np.ndarray) -> np.ndarray:
-    """Seeds in RAS mm (one ``x y z`` per line) -> voxel coordinates."""
-    from nibabel.affines import apply_affine
-
-    if not path.is_file():
-        raise InputError(path, "seeds file not found" if not path.exists() else "seeds path is not a file")
-    try:
-        points = np.loadtxt(path, dtype=np.float64, ndmin=2, comments="#")
-    except ValueError as exc:
-        raise InputError(path, f"seeds file is not numeric 'x y z' lines ({exc})") from None
-    if points.size == 0:
-        raise InputError(path, "seeds file holds no seed")
-    if points.shape[1] != 3:
-        raise InputError(path, f"seeds file needs 3 columns (x y z in mm), found {points.shape[1]}")
-    if not np.isfinite(points).all():
-        raise InputError(path, "seeds file contains NaN or Inf")
-    return apply_affine(np.linalg.inv(affine), points)
-
-
-def load_fod(path: Path, basis: str | None, dwi) -> np.ndarray:
-    """The fODF SH volume of ``--sh``, checked to be on the scan's grid (float32)."""
-    from ..io.nifti import load_nifti
-
-    img = load_nifti(path, "fODF SH", dtype=np.float32)
-    if img.ndim != 4 or img.shape[:3] != dwi.shape:
-        raise InputError(path, f"fODF SH must be (X, Y, Z, n_coeffs) on the DWI grid {dwi.shape}, got {img.shape}")
-    if not np.allclose(img.affine, dwi.affine, atol=1e-3):
-        raise InputError(path, "fODF SH affine differs from the DWI affine")
-    return np.asarray(img.dataobj)
-
-
 def cmd_track(args: argparse.Namespace) -> int:
     from ..io.atomic import check_outputs
     from ..io.dwi import load_mask
+    from ..io.seeds import load_seeds_file
+    from ..io.sh import load_sh, sh_basis_of
     from ..io.sidecar import sidecar_path
     from ..pipeline import Compute, Console, FodSource, LearnedSource, Seeding, Stopping, TrackOptions, track
 
@@ -174,7 +127,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if model is not None:
         source = LearnedSource(*model, signal_sh(dwi, model[0].config.n_coeffs, compute))
     elif args.sh is not None:
-        source = FodSource(load_fod(args.sh, args.sh_basis, dwi), sh_basis_of(args.sh, args.sh_basis),
+        source = FodSource(load_sh(args.sh, dwi), sh_basis_of(args.sh, args.sh_basis),
                            description=str(args.sh), mask=dwi.mask)
     else:
         from ..reconst.csd import CsdModel
