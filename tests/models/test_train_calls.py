@@ -1,4 +1,4 @@
-"""``train_qcgdti`` and ``train_ddtracking`` called from Python: the weights and sidecar the CLI makes, without argparse."""
+"""``train_qcgdti`` and ``train_ddtracking`` called from Python: the CLI's weights and sidecar, without argparse."""
 
 from __future__ import annotations
 
@@ -33,13 +33,14 @@ def test_train_qcgdti_on_a_stream_is_the_cli(cli, tmp_path):
     options = QCGTrainOptions(model=QCGConfig(widths=(4, 8)), patch=16, epochs=1, samples_per_epoch=4,
                               val_samples=2, batch_size=2, device="cpu")
     # one pool for both runs: the CLI's trains on the subjects the first simulated (a subject is its seed)
-    stream = StreamOptions("crossing", phantom=phantom, subjects_per_epoch=1, workers=0, pool_dir=tmp_path / "pool")
+    stream = StreamOptions("crossing", phantom=phantom, subjects_per_epoch=1, workers=0,
+                           pool_dir=tmp_path / "pool")
     printed = io.StringIO()
     result = train_qcgdti(tmp_path / "lib.pt", options=options, stream=stream, console=Console(stream=printed))
     res = cli("-q", "train", "qcgdti", "--out", tmp_path / "cli.pt", "--stream", "crossing",
               *[w for k, v in phantom.items() for w in ("--phantom", f"{k}={json.dumps(v)}")],
-              "--subjects-per-epoch", "1", "--stream-workers", "0", "--pool-dir", tmp_path / "pool", "--widths", "4,8", "--patch", "16",
-              "--epochs", "1", "--samples-per-epoch", "4", "--val-samples", "2", "--batch-size", "2", "--device", "cpu")
+              "--subjects-per-epoch", "1", "--stream-workers", "0", "--pool-dir", tmp_path / "pool",
+              "--widths", "4,8", "--patch", "16", "--epochs", "1", "--samples-per-epoch", "4", "--val-samples", "2", "--batch-size", "2", "--device", "cpu")
     assert res.returncode == 0, res.stderr
     assert same_weights(tmp_path / "lib.pt", tmp_path / "cli.pt")
     assert sidecar_params(tmp_path / "lib.pt") == sidecar_params(tmp_path / "cli.pt")
@@ -63,6 +64,7 @@ def test_train_ddtracking_on_folders_is_the_cli(cli, tmp_path):
     assert res.returncode == 0, res.stderr
     assert same_weights(tmp_path / "lib.pt", tmp_path / "cli.pt")
     assert sidecar_params(tmp_path / "lib.pt") == sidecar_params(tmp_path / "cli.pt")
-    assert result.epochs_run == 1 and torch.load(tmp_path / "lib.pt", weights_only=True)["meta"]["val_subjects"] == ["s2"]
+    assert result.epochs_run == 1
+    assert torch.load(tmp_path / "lib.pt", weights_only=True)["meta"]["val_subjects"] == ["s2"]
     with pytest.raises(ConfigError, match="--cache-dir is for SUBJECT_DIRs"):
         train_ddtracking(tmp_path / "s.pt", options=options, stream=StreamOptions("crossing"))

@@ -1,4 +1,4 @@
-"""``difftract train ddtracking``: parse the options and call :func:`difftract.models.ddtracking.train.train_ddtracking`."""
+"""``difftract train ddtracking``: parse the options and call :func:`.models.ddtracking.train.train_ddtracking`."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def add_parser(models) -> None:
                           epilog=EPILOG + "\n" + stream.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("subjects", type=Path, nargs="*", metavar="SUBJECT_DIR", help="training subject directories")
     p.add_argument("--out", type=Path, required=True, metavar="W", help="output weights (.pt)")
-    p.add_argument("--variant", choices=VARIANTS, default=d.variant, help="(ablations of the paper; default: %(default)s)")
+    p.add_argument("--variant", choices=VARIANTS, default=d.variant,
+                   help="(ablations of the paper; default: %(default)s)")
     arch = p.add_argument_group("architecture (defaults: the paper's)")
     arch.add_argument("--gru-hidden", type=int, default=d.gru_hidden, help="(default: %(default)s)")
     arch.add_argument("--gru-layers", type=int, default=d.gru_layers, help="(default: %(default)s)")
@@ -51,7 +52,8 @@ def add_parser(models) -> None:
     arch.add_argument("--one-head", action="store_true", help="predict h only; eps derived from it")
     data = p.add_argument_group("data")
     data.add_argument("--step", type=float, default=o.step, help="tracking step, voxels (default: %(default)s)")
-    data.add_argument("--window", type=int, default=o.window, help="most points per training sequence (default: %(default)s)")
+    data.add_argument("--window", type=int, default=o.window,
+                      help="most points per training sequence (default: %(default)s)")
     data.add_argument("--jitter", type=float, default=o.jitter,
                       help="offset of the input points from the streamline, voxels (default: %(default)s)")
     data.add_argument("--jitter-corr", type=float, default=o.jitter_corr,
@@ -60,14 +62,17 @@ def add_parser(models) -> None:
                       help="error of the first previous direction, degrees (default: %(default)s)")
     data.add_argument("--samples-per-epoch", type=int, default=o.samples_per_epoch, help="(default: %(default)s)")
     data.add_argument("--val-samples", type=int, default=o.val_samples, help="(default: %(default)s)")
-    data.add_argument("--val-subjects", type=int, default=o.val_subjects, help="subjects held out (default: %(default)s)")
+    data.add_argument("--val-subjects", type=int, default=o.val_subjects,
+                      help="subjects held out (default: %(default)s)")
     data.add_argument("--cache-dir", type=Path, help="feature cache (default: W.cache/)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=o.epochs, help="(default: %(default)s)")
-    opt.add_argument("--batch-size", type=int, default=o.batch_size, help="streamline windows per step (default: %(default)s)")
+    opt.add_argument("--batch-size", type=int, default=o.batch_size,
+                     help="streamline windows per step (default: %(default)s)")
     opt.add_argument("--lr", type=float, default=o.lr, help="AdamW learning rate (default: %(default)s)")
     opt.add_argument("--weight-decay", type=float, default=o.weight_decay, help="(default: %(default)s)")
-    opt.add_argument("--patience", type=int, default=o.patience, help="early-stopping patience, epochs (default: %(default)s)")
+    opt.add_argument("--patience", type=int, default=o.patience,
+                     help="early-stopping patience, epochs (default: %(default)s)")
     opt.add_argument("--k-min", type=float, default=diff.k_min, help="smallest diffusion time (default: %(default)s)")
     opt.add_argument("--max-weight", type=float, default=diff.max_weight,
                      help="clip of the loss weights lambda1, lambda2 (default: %(default)s)")

@@ -7,7 +7,8 @@ provenance sidecar, and optionally the full JSON record and each streamline's no
 all or none of them.
 
 >>> from difftract.pipeline import ConnectomeOptions, connectome_of
->>> conn = connectome_of("tracks.trx", "parc.nii.gz", "conn.csv", ConnectomeOptions(scale="invlength"))  # doctest: +SKIP
+>>> options = ConnectomeOptions(scale="invlength")
+>>> conn = connectome_of("tracks.trx", "parc.nii.gz", "conn.csv", options)   # doctest: +SKIP
 """
 
 from __future__ import annotations

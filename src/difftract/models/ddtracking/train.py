@@ -6,7 +6,8 @@ because what it holds is this model's recipe; :mod:`difftract.training` stays th
 model-agnostic trainer and never imports a model.
 
 >>> from difftract.models.ddtracking.train import DDTrackingTrainOptions, train_ddtracking
->>> result = train_ddtracking("ddt.pt", ["sims/train1", "sims/train2"], DDTrackingTrainOptions(epochs=2))  # doctest: +SKIP
+>>> options = DDTrackingTrainOptions(epochs=2)
+>>> result = train_ddtracking("ddt.pt", ["sims/train1", "sims/train2"], options)   # doctest: +SKIP
 """
 
 from __future__ import annotations
