@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from _check import Target, parse_args
-from difftract.commands.train import QCG_PHANTOM
+from difftract.models.qcgdti.train import QCG_PHANTOM
 from difftract.models.ddtracking.data import phantom_arrays as ddtracking_arrays
 from difftract.models.qcgdti.data import phantom_arrays as qcgdti_arrays
 from difftract.phantom.splits import training_seed

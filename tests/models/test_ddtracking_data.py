@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from difftract.commands.train_ddtracking import split_validation
+from difftract.models.ddtracking.train import split_validation
 from difftract.errors import ConfigError, InputError
 from difftract.models.ddtracking.data import (DDSubject, DDTrackingTask, StreamlineDataset, collate, prepare_subject,
                                               resample)

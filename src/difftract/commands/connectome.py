@@ -1,18 +1,12 @@
-"""``difftract connectome``: a structural connectome (node x node CSV) with MRtrix tck2connectome's semantics."""
+"""``difftract connectome``: parse the options and call :func:`difftract.pipeline.connectome.connectome_of`.
+
+A structural connectome (node x node CSV) with MRtrix tck2connectome's semantics.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import time
 from pathlib import Path
-
-import numpy as np
-
-from ..errors import ConfigError
-
-log = logging.getLogger("difftract")
 
 EPILOG = """\
 Semantics of MRtrix 3.0's tck2connectome (checked against it by benchmarks/bench_connectome.py):
@@ -47,6 +41,9 @@ examples:
 
 def add_parser(sub) -> None:
     from ..eval.connectome import ASSIGNMENTS, DEFAULT_RADIUS_MM, SCALES
+    from ..pipeline.connectome import ConnectomeOptions
+
+    d = ConnectomeOptions()
 
     p = sub.add_parser("connectome", help="node x node connectome of a tractogram and a parcellation (tck2connectome)",
                        description="Count (or weigh by length) the streamlines joining each pair of parcels of an "
@@ -58,11 +55,11 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="OUT", help="output CSV matrix")
     p.add_argument("--lut", type=Path, metavar="FILE",
                    help="lookup table naming the labels ('INDEX NAME ...' lines, e.g. FreeSurferColorLUT.txt)")
-    p.add_argument("--assignment", choices=ASSIGNMENTS, default="radial",
+    p.add_argument("--assignment", choices=ASSIGNMENTS, default=d.assignment,
                    help="end-point assignment (default: %(default)s)")
     p.add_argument("--radius", type=float, default=None, metavar="MM",
                    help=f"radial search radius in mm (default: {DEFAULT_RADIUS_MM:g})")
-    p.add_argument("--scale", choices=SCALES, default="count",
+    p.add_argument("--scale", choices=SCALES, default=d.scale,
                    help="what each streamline adds: 1, its length or its inverse length (default: %(default)s)")
     p.add_argument("--keep-unassigned", action="store_true",
                    help="keep node 0 (unassigned ends) as the first row and column")
@@ -77,59 +74,12 @@ def add_parser(sub) -> None:
 
 
 def cmd_connectome(args: argparse.Namespace) -> int:
-    from ..eval.connectome import (DEFAULT_RADIUS_MM, build_connectome, check_grid, format_csv,
-                                   load_parcellation, read_streamlines_rasmm)
-    from ..io.atomic import atomic_outputs, check_outputs
-    from ..io.sidecar import provenance, sidecar_path
+    from ..pipeline import Console
+    from ..pipeline.connectome import ConnectomeOptions, connectome_of
 
-    if args.radius is not None and args.assignment != "radial":
-        raise ConfigError("--radius applies to --assignment radial only")
-    radius = DEFAULT_RADIUS_MM if args.radius is None else args.radius
-    if not (np.isfinite(radius) and radius > 0):
-        raise ConfigError(f"--radius must be a positive number of mm, got {radius:g}")
-    if args.out.suffix.lower() == ".json":
-        raise ConfigError(f"{args.out}: --out is the CSV matrix; use --json for a JSON file")
-    outputs = [args.out, sidecar_path(args.out), args.json, args.assignments]
-    outputs = [p for p in outputs if p is not None]
-    inputs = [p for p in (args.tractogram, args.labels, args.lut) if p is not None]
-    check_outputs(outputs, args.force, inputs=inputs)
-
-    start = time.perf_counter()
-    parcellation = load_parcellation(args.labels, args.lut)
-    streamlines, grid = read_streamlines_rasmm(args.tractogram)
-    if not args.any_grid:
-        check_grid(grid, parcellation, args.tractogram)
-    conn = build_connectome(streamlines, parcellation, args.assignment, radius, args.scale,
-                            keep_unassigned=args.keep_unassigned, zero_diagonal=args.zero_diagonal)
-    summary = conn.summary()
-    params = {**conn.params, "lut": args.lut, "any_grid": args.any_grid}
-    record = provenance("connectome", params, inputs=inputs, summary=summary,
-                        equivalent="tck2connectome TRACTO PARC OUT -symmetric"
-                                   + (" -assignment_end_voxels" if args.assignment == "end"
-                                      else f" -assignment_radial_search {radius:g}")
-                                   + {"count": "", "length": " -scale_length",
-                                      "invlength": " -scale_invlength"}[args.scale]
-                                   + (" -keep_unassigned" if args.keep_unassigned else "")
-                                   + (" -zero_diagonal" if args.zero_diagonal else ""))
-    with atomic_outputs(outputs, force=args.force) as stage:
-        stage(args.out).write_text(format_csv(conn))
-        stage(sidecar_path(args.out)).write_text(json.dumps(record, indent=2) + "\n")
-        if args.json is not None:
-            full = {"node_labels": conn.node_labels, "node_names": conn.node_names,
-                    "matrix": conn.matrix.tolist(), "summary": summary, "provenance": record}
-            stage(args.json).write_text(json.dumps(full, indent=1) + "\n")
-        if args.assignments is not None:
-            stage(args.assignments).write_text("".join(f"{a} {b}\n" for a, b in conn.assignments))
-    seconds = time.perf_counter() - start
-    n = summary["streamlines"]
-    print(f"{args.tractogram}: {n} streamlines, {summary['assigned']} with both ends assigned "
-          f"({summary['one_end_unassigned']} with one end and {summary['both_ends_unassigned']} with none "
-          f"unassigned), {summary['self_connections']} self-connections")
-    print(f"{len(conn.node_labels)} x {len(conn.node_labels)} matrix ({args.assignment}"
-          f"{f' {radius:g} mm' if args.assignment == 'radial' else ''}, {args.scale}), "
-          f"{summary['edges']} edges, upper-triangle sum {summary['upper_sum']:.6g} -> {args.out} "
-          f"({seconds:.1f} s)")
-    if summary["assigned"] == 0 and n:
-        log.warning("no streamline has both ends in labelled parcels: is the parcellation in the "
-                    "tractogram's space?")
+    options = ConnectomeOptions(assignment=args.assignment, radius=args.radius, scale=args.scale,
+                                keep_unassigned=args.keep_unassigned, zero_diagonal=args.zero_diagonal,
+                                any_grid=args.any_grid)
+    connectome_of(args.tractogram, args.labels, args.out, options, lut=args.lut, json_out=args.json,
+                  assignments_out=args.assignments, console=Console(quiet=args.quiet), force=args.force)
     return 0

@@ -9,19 +9,84 @@ exact resume working when the pool has evicted a subject, or on another machine.
 Fresh subjects (:func:`~difftract.phantom.splits.training_seed`) are interleaved across
 ranks, so DDP ranks never share one; validation uses held-back seeds of the same stream
 (:func:`~difftract.phantom.splits.validation_seed`), never test seeds.
+
+A trainer given :class:`StreamOptions` (``difftract train --stream``) gets its pool and
+datasets from :func:`open_datasets`; the model supplies its preparation and datasets.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..phantom.splits import MAX_VALIDATION_SUBJECTS, training_seed, validation_seed
 from .pool import SubjectPool
+
+log = logging.getLogger("difftract")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Training subjects simulated on the fly, instead of subject folders.
+
+    Attributes
+    ----------
+    preset : str
+        Phantom preset of the subjects (e.g. ``random``, whose geometry is new for every seed).
+    phantom : mapping
+        Other :class:`~difftract.phantom.PhantomConfig` settings, over the model's defaults
+        (e.g. ``{"snr": 30}``).
+    base : int
+        Stream number: runs with another base never share subjects.
+    subjects_per_epoch : int, optional
+        Subjects per epoch and rank (default: the model's).
+    epochs_per_subject : int
+        Epochs each set of subjects serves: 1 new subjects every epoch, 0 the same throughout.
+    pool_dir : Path, optional
+        Subject cache folder (default: ``W.stream/`` beside the weights ``W.pt``).
+    pool_size : int, optional
+        Most subjects kept (default: two epochs' subjects of all ranks and the validation ones).
+    pool_gb : float
+        Most gigabytes kept (least recently used evicted).
+    workers : int
+        Processes simulating subjects beside the training; 0 simulates in the training
+        process when a subject is needed.
+    timeout : float
+        Longest wait for one subject, seconds.
+    """
+
+    preset: str
+    phantom: Mapping[str, Any] = field(default_factory=dict)
+    base: int = 0
+    subjects_per_epoch: int | None = None
+    epochs_per_subject: int = 1
+    pool_dir: Path | None = None
+    pool_size: int | None = None
+    pool_gb: float = 8.0
+    workers: int = 1
+    timeout: float = 3600.0
+
+    @staticmethod
+    def defaults() -> dict[str, Any]:
+        """Each field's default (``preset`` has none)."""
+        return {f.name: f.default for f in fields(StreamOptions) if f.name not in ("preset", "phantom")}
+
+
+class Schedule(Protocol):
+    """What :func:`open_datasets` reads of a trainer's options."""
+
+    epochs: int
+    samples_per_epoch: int
+    val_samples: int
+    val_subjects: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -145,3 +210,61 @@ class StreamDataset(Dataset):
     def __getstate__(self) -> dict:
         """DataLoader workers get the loaded subjects, not the pool (its worker process stays here)."""
         return {**self.__dict__, "pool": None}
+
+
+def open_stream(stream: StreamOptions, out: Path, val_subjects: int, prepare: Callable, settings: dict,
+                phantom_defaults: dict, subjects_per_epoch: int):
+    """The pool and plan of a stream: ``(pool, plan, record)``; the caller closes the pool.
+
+    ``subjects_per_epoch`` is the model's default for ``stream.subjects_per_epoch``.
+    ``record`` (JSON-like) describes the stream for the weights' metadata; resuming with
+    another stream is refused through it. Pool location and size are not part of it.
+    """
+    from .recipe import SubjectRecipe, phantom_recipe
+
+    rank, world = distributed_rank()
+    per_epoch = subjects_per_epoch if stream.subjects_per_epoch is None else stream.subjects_per_epoch
+    plan = StreamPlan(base=stream.base, subjects_per_epoch=per_epoch, epochs_per_subject=stream.epochs_per_subject,
+                      val_subjects=val_subjects, rank=rank, world_size=world)
+    recipe = SubjectRecipe(phantom_recipe(stream.preset, {**phantom_defaults, **stream.phantom}), prepare, settings)
+    if not stream.pool_gb > 0:
+        raise ConfigError(f"--pool-gb must be positive, got {stream.pool_gb}")
+    if stream.pool_size is not None and stream.pool_size < 1:
+        raise ConfigError(f"--pool-size must be at least 1, got {stream.pool_size}")
+    # every rank's worker writes to the same pool: one epoch needs each rank's subjects at once
+    size = 2 * plan.subjects_per_epoch * world + plan.val_subjects if stream.pool_size is None else stream.pool_size
+    if size < plan.subjects_per_epoch * world + plan.val_subjects:
+        log.warning("--pool-size %d is under one epoch's subjects (all ranks) and the validation ones: "
+                    "prefetched subjects may be evicted before use and simulated again", size)
+    folder = stream.pool_dir or out.with_name(out.stem + ".stream")
+    if stream.workers < 0:
+        raise ConfigError(f"--stream-workers must be 0 or more, got {stream.workers}")
+    pool = SubjectPool(recipe, folder, max_subjects=size, max_bytes=int(stream.pool_gb * 2**30),
+                       workers=stream.workers, timeout=stream.timeout)
+    record = {"recipe": recipe.describe(), **plan.describe()}
+    return pool, plan, record
+
+
+def open_datasets(stream: StreamOptions, out: Path, schedule: Schedule, prepare: Callable, settings: dict,
+                  phantom_defaults: dict, subjects_per_epoch: int, load: Callable, dataset: Callable):
+    """The pool, training and validation datasets of a stream, and their meta.
+
+    ``prepare(phantom, **settings)`` makes the arrays a subject is stored as (the model's
+    ``phantom_arrays``), ``load(seed, arrays)`` a model's subject from them, and
+    ``dataset(n_samples, seed, validation)`` the model's dataset over a list of subjects
+    (a partial): training draws new samples every epoch, validation the same ones.
+    """
+    pool, plan, record = open_stream(stream, Path(out), schedule.val_subjects, prepare, settings, phantom_defaults,
+                                     subjects_per_epoch)
+    train_set = StreamDataset(pool, plan.seeds, load, dataset(schedule.samples_per_epoch, schedule.seed, False),
+                              schedule.samples_per_epoch, last_epoch=schedule.epochs)
+    val_set = StreamDataset(pool, plan.validation_seeds, load,
+                            dataset(schedule.val_samples, schedule.seed + 10_000, True), schedule.val_samples,
+                            prefetch=False)
+    return pool, train_set, val_set, {"stream": record, "val_subjects": [f"seed{s}" for s in plan.validation_seeds()]}
+
+
+def stream_summary(pool: SubjectPool) -> dict:
+    """Sidecar facts of a finished streamed run: subjects simulated here and their mean time."""
+    seconds = round(sum(pool.seconds.values()) / len(pool.seconds), 3) if pool.seconds else None
+    return {"subjects_simulated": len(pool.seconds), "seconds_per_subject": seconds}

@@ -1,0 +1,167 @@
+"""How QCG-DTI is trained: patches of subjects (folders, or phantoms simulated on the fly) through the shared trainer.
+
+:func:`train_qcgdti` is ``difftract train qcgdti`` as a library call (also under
+``torchrun``). It lives with the model, beside the patches it draws (:mod:`.data`),
+because what it holds is this model's recipe; :mod:`difftract.training` stays the
+model-agnostic trainer and never imports a model.
+
+>>> from difftract.models.qcgdti.train import QCGTrainOptions, train_qcgdti
+>>> result = train_qcgdti("qcg.pt", ["sims/train1", "sims/train2"], QCGTrainOptions(epochs=2))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from ...errors import ConfigError
+from ...pipeline.console import Console
+from ...training.stream import StreamOptions
+from .model import QCGConfig, QCGDTI
+
+log = logging.getLogger("difftract")
+
+# streamed subjects default to the scheme of the shipped weights' training phantoms
+QCG_PHANTOM = {"snr": 20.0, "bvals": [1000.0, 2000.0, 3000.0], "ndirs": [90, 60, 60], "nb0": 2}
+STREAM_SUBJECTS_PER_EPOCH = 4
+SCHEMES = ("flexible", "fixed")     # the six-DWI input sets PatchDataset draws
+
+
+@dataclass(frozen=True)
+class QCGTrainOptions:
+    """The network, its patches and the optimisation.
+
+    Attributes
+    ----------
+    model : QCGConfig
+        Architecture (variant, widths, least-squares input).
+    scheme : str
+        Six-DWI input sets: ``flexible`` (nearest a randomly rotated DSM6) or ``fixed`` (DSM6).
+    patch : int, optional
+        Patch edge in voxels (default: 32 on CPU, 64 on GPU).
+    samples_per_epoch, val_samples : int
+        Training patches per epoch, validation patches.
+    val_subjects : int
+        Subjects held out for validation (the last ones; with one subject, other patches of it).
+    epochs, batch_size, lr, patience : int, int, float, int
+        AdamW and early stopping.
+    seed : int
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    model: QCGConfig = field(default_factory=QCGConfig)
+    scheme: str = "flexible"
+    patch: int | None = None
+    epochs: int = 20
+    samples_per_epoch: int = 200
+    val_samples: int = 32
+    val_subjects: int = 1
+    batch_size: int = 2
+    lr: float = 1e-3
+    patience: int = 6
+    seed: int = 0
+    device: str = "auto"
+
+
+def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: QCGTrainOptions = QCGTrainOptions(),
+                 *, stream: StreamOptions | None = None, console: Console = Console(), resume: bool = False,
+                 force: bool = False):
+    """Train QCG-DTI on ``subjects`` (folders) or a ``stream`` of phantoms; weights to ``out``.
+
+    Writes ``out`` (best validation), ``W.ckpt.pt``, ``W.metrics.jsonl`` and, on rank 0, the
+    sidecar ``W.json``. Returns the :class:`~difftract.training.loop.TrainResult`.
+    """
+    import torch
+
+    from ...device import resolve_device
+    from ...io.atomic import check_outputs
+    from ...io.sidecar import sidecar_path
+    from ...memory import oom_guard
+    from ...phantom.splits import check_training_subject
+    from ...training.files import output_paths, write_training_sidecar
+    from ...training.loop import TrainConfig, train
+    from ...training.stream import stream_summary
+    from .data import QCGTask
+
+    out, subjects = Path(out), [Path(d) for d in subjects]
+    if not resume:   # every file the run writes, before the subjects are prepared
+        check_outputs([*output_paths(out), sidecar_path(out)], force)
+    for d in subjects:   # before any work: a test phantom is never trained on
+        check_training_subject(d)
+    device = resolve_device(options.device)
+    patch = options.patch or (64 if device.type == "cuda" else 32)
+    config = options.model
+    if patch < 8 or patch % config.multiple:
+        raise ConfigError(f"--patch must be a multiple of {config.multiple} and at least 8, got {patch}")
+    if bool(subjects) == (stream is not None):
+        raise ConfigError("give training SUBJECT_DIRs or --stream PRESET (one of the two)")
+    if stream is not None:
+        pool, train_set, val_set, data_meta = _streamed_patches(out, stream, options, patch, config.multiple)
+    else:
+        pool, (train_set, val_set, data_meta) = None, _subject_patches(subjects, options, patch, config.multiple)
+    torch.manual_seed(options.seed)
+    model = QCGDTI(config)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
+    meta = {"model": "qcgdti", "config": config.as_dict(), "patch": patch, "scheme": options.scheme, **data_meta,
+            "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms"}
+    tc = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, seed=options.seed,
+                     early_stop_patience=options.patience)
+    with pool if pool is not None else contextlib.nullcontext(), \
+            oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {options.batch_size})"):
+        result = train(model, QCGTask(), train_set, val_set, tc, out, resume=resume, force=force,
+                       device=device, model_meta=meta, progress=not console.quiet, log=log.info)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return result
+    write_training_sidecar(out, "train qcgdti", meta, tc, result, seed=options.seed, subjects=subjects,
+                           stream=None if pool is None else stream_summary(pool))
+    console.say(f"QCG-DTI {config.variant}: {result.epochs_run} epochs, best validation loss "
+                f"{result.best_val_loss:.4g} at epoch {result.best_epoch} -> {out}")
+    return result
+
+
+def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int, multiple: int):
+    """Training and validation patches of subject folders (the last ``val_subjects`` validate), and their meta."""
+    from ...training.files import subject_label
+    from .data import PatchDataset, prepare_subject
+
+    if options.val_subjects < 0 or (len(subjects) > 1 and options.val_subjects >= len(subjects)):
+        raise ConfigError(f"--val-subjects must leave at least one training subject, got {options.val_subjects} "
+                          f"of {len(subjects)}")
+    prepared = [prepare_subject(d, patch=patch, multiple=multiple, seed=options.seed + k)
+                for k, d in enumerate(subjects)]
+    n_val = options.val_subjects if len(prepared) > 1 else 0
+    if n_val == 0:
+        log.warning("no held-out subject: validation patches come from the training subjects, so early stopping "
+                    "and the best epoch measure fit, not generalisation")
+    train_subjects, val_subjects = prepared[: len(prepared) - n_val], prepared[len(prepared) - n_val:] or prepared
+    train_set = PatchDataset(train_subjects, options.samples_per_epoch, patch, options.scheme, seed=options.seed)
+    val_set = PatchDataset(val_subjects, options.val_samples, patch, options.scheme, seed=options.seed + 10_000,
+                           augment=False, per_epoch=False)
+    return train_set, val_set, {"subjects": [subject_label(d) for d in subjects],
+                                "val_subjects": [s.name for s in val_subjects]}
+
+
+def _streamed_patches(out: Path, stream: StreamOptions, options: QCGTrainOptions, patch: int, multiple: int):
+    """The pool, training and validation patches of streamed subjects, and their meta."""
+    from ...training.stream import open_datasets
+    from .data import PatchDataset, phantom_arrays
+
+    def dataset(n_samples: int, seed: int, validation: bool):
+        fixed = {"augment": False, "per_epoch": False} if validation else {}
+        return partial(PatchDataset, n_samples=n_samples, patch=patch, scheme=options.scheme, seed=seed, **fixed)
+
+    return open_datasets(stream, out, options, phantom_arrays, {}, QCG_PHANTOM, STREAM_SUBJECTS_PER_EPOCH,
+                         partial(_streamed_subject, patch=patch, multiple=multiple), dataset)
+
+
+def _streamed_subject(seed: int, arrays: dict, patch: int, multiple: int):
+    from .data import subject_from_arrays
+
+    return subject_from_arrays(f"seed{seed}", arrays, patch=patch, multiple=multiple, seed=seed)
