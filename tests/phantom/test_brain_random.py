@@ -131,11 +131,12 @@ def test_bad_requests_are_refused():
 
 
 def test_cli_passes_preset_count_and_voxel_size():
-    from difftract.cli import _phantom_config, build_parser
+    from difftract.cli import build_parser
+    from difftract.commands.simulate import phantom_config
 
     args = build_parser().parse_args(["simulate", "out", "--preset", "brain-random", "--seed", "3",
                                       "--n-bundles", "9", "--voxel-size", "2.5"])
-    config = _phantom_config(args)
+    config = phantom_config(args)
     assert (config.preset, config.seed, config.n_bundles, config.voxel_size) == ("brain-random", 3, 9, 2.5)
-    default = _phantom_config(build_parser().parse_args(["simulate", "out", "--preset", "brain-random"]))
+    default = phantom_config(build_parser().parse_args(["simulate", "out", "--preset", "brain-random"]))
     assert default.n_bundles is None and default.voxel_size is None
