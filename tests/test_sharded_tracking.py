@@ -121,6 +121,22 @@ def test_shards_are_contiguous_balanced_ranges_in_rank_order():
             assert max(sizes) - min(sizes) <= 1
 
 
+def test_rank_0_refuses_a_shard_it_cannot_see_or_that_is_incomplete(tmp_path):
+    from difftract.errors import DifftractError
+    from difftract.pipeline.shards import Shard, _read_shard
+
+    shard = Shard(rank=1, device="cpu", chunks=(3, 6), n_streamlines=2, n_points=5, dtype="<f4")
+    with pytest.raises(DifftractError, match="rank 1's shard is missing .* every machine shares"):
+        _read_shard(tmp_path, shard)
+    np.array([2, 3], "<i8").tofile(tmp_path / "rank1.lengths")
+    np.zeros((4, 3), "<f4").tofile(tmp_path / "rank1.points")          # one point short
+    with pytest.raises(DifftractError, match="incomplete"):
+        _read_shard(tmp_path, shard)
+    np.zeros((5, 3), "<f4").tofile(tmp_path / "rank1.points")
+    counts, points = _read_shard(tmp_path, shard)
+    assert counts.tolist() == [2, 3] and points.shape == (5, 3)
+
+
 def test_a_subset_of_chunks_gives_that_part_of_the_whole_run():
     """Tracker.track(chunks=...) keeps each chunk's global index, hence its random draws."""
     import torch

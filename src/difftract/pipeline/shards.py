@@ -142,8 +142,11 @@ def chunk_ranges(n_chunks: int, world: int) -> list[range]:
 
 def shard_seeds(group: Group, n_chunks: int, chunk_size: int, n_seeds: int) -> int:
     """How many of the ``n_seeds`` seeds this rank tracks."""
-    mine = chunk_ranges(n_chunks, group.world)[group.rank]
-    return min(mine.stop * chunk_size, n_seeds) - min(mine.start * chunk_size, n_seeds)
+    return _seeds_in(chunk_ranges(n_chunks, group.world)[group.rank], chunk_size, n_seeds)
+
+
+def _seeds_in(chunks: range, chunk_size: int, n_seeds: int) -> int:
+    return min(chunks.stop * chunk_size, n_seeds) - min(chunks.start * chunk_size, n_seeds)
 
 
 @dataclass
@@ -194,9 +197,19 @@ def track_shards(group: Group, parts: Callable[[range], Iterable], n_chunks: int
                     "spreads the work (the tractogram then equals a single process's with that --chunk-size)",
                     n_chunks, chunk_size, group.world, group.world - n_chunks)
     folder = _agree_folder(group, Path(out))
+    try:
+        return _track_and_merge(group, folder, parts, mine, chunk_size, n_seeds, out, affine, shape, force, record,
+                                start)
+    finally:    # whatever happened, rank 0 leaves no shard behind (the other ranks are done with them)
+        if group.leader:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _track_and_merge(group: Group, folder: Path, parts: Callable[[range], Iterable], mine: range, chunk_size: int,
+                     n_seeds: int, out: Path, affine, shape, force: bool, record: dict, start: float) -> Merged:
     out = Path(group.broadcast(str(out)))     # rank 0's output (the ranks' own ``out`` may be staged elsewhere)
     shard = Shard(group.rank, str(group.device), (mine.start, mine.stop),
-                  n_seeds=shard_seeds(group, n_chunks, chunk_size, n_seeds))
+                  n_seeds=_seeds_in(mine, chunk_size, n_seeds))
     failure = None
     try:
         lengths = _write_shard(folder, shard, parts(mine))
@@ -205,17 +218,14 @@ def track_shards(group: Group, parts: Callable[[range], Iterable], n_chunks: int
         shard.error = f"{type(exc).__name__}: {exc}"
     shard.seconds = round(time.perf_counter() - start, 3)
     shards = group.gather(shard)
-    _raise_if_failed(group, folder, shards, failure)
+    _raise_if_failed(shards, failure)
 
     merged = None
-    try:
-        if group.leader:
+    if group.leader:
+        try:
             merged = _merge(folder, shards, out, affine, shape, force, record, n_seeds, start)
-    except Exception as exc:
-        failure = exc
-    finally:
-        if group.leader:
-            shutil.rmtree(folder, ignore_errors=True)
+        except Exception as exc:
+            failure = exc
     outcome = group.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
     if failure is not None:
         raise failure
@@ -260,12 +270,11 @@ def _write_shard(folder: Path, shard: Shard, parts: Iterable) -> np.ndarray:
     return np.concatenate(all_lengths) if all_lengths else np.zeros(0, np.int64)
 
 
-def _raise_if_failed(group: Group, folder: Path, shards: list[Shard], failure: Exception | None) -> None:
+def _raise_if_failed(shards: list[Shard], failure: Exception | None) -> None:
+    """Raise this rank's own failure, else the first other rank's, if any rank failed."""
     failed = [s for s in shards if s.error is not None]
     if not failed:
         return
-    if group.leader:
-        shutil.rmtree(folder, ignore_errors=True)
     if failure is not None:
         raise failure
     first = failed[0]
