@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ def track_args(phantom: Path, fod: Path) -> list[str]:
 
 
 def job(phantom: str, fod: str, out: str) -> None:
-    """One rank's part (under torchrun): det, prob, then a run where rank 1 fails mid-way."""
+    """One rank's part (under torchrun): det, prob, then a run where rank 1 fails while tracking."""
     from difftract.cli import main
     from difftract.errors import ResourceError
     from difftract.tracking.tracker import Tracker
@@ -44,15 +43,11 @@ def job(phantom: str, fod: str, out: str) -> None:
     (out / f"codes{rank}.json").write_text(json.dumps(codes))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     """A small crossing (936 white-matter voxels) and its CSD fODF, written once."""
+    from dipy.core.gradients import gradient_table
+
     from difftract.io.nifti import save_nifti
     from difftract.phantom import PhantomConfig, save_phantom, simulate
     from difftract.reconst.csd import CsdModel
@@ -60,8 +55,6 @@ def phantom(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shards")
     p = simulate(PhantomConfig(preset="crossing", seed=1, streamlines_per_bundle=20))
     save_phantom(p, folder / "ph")
-    from dipy.core.gradients import gradient_table
-
     fit = CsdModel(gradient_table(p.bvals, bvecs=p.bvecs), lmax=6, legacy=False).fit(p.data, p.wm, progress=False)
     fod = save_nifti(folder / "fod.nii.gz", fit.coeffs.astype(np.float32), p.affine,
                      sidecar={"sh_basis": "descoteaux07"})
@@ -77,9 +70,9 @@ def test_two_ranks_write_the_single_process_tractogram(phantom, cli, tmp_path):
     multi = tmp_path / "multi"
     multi.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-                           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__,
-                           str(ph), str(fod), str(multi)], env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           __file__, str(ph), str(fod), str(multi)],            # --standalone: a free port
+                          env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)        # as torchrun's ranks (OMP_NUM_THREADS=1), and no oversubscribed cores
