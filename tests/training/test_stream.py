@@ -139,6 +139,21 @@ def test_ranks_and_epochs_never_share_subjects():
         StreamPlan(subjects_per_epoch=0)
 
 
+def test_ranks_of_several_nodes_take_their_global_rank(monkeypatch):
+    """torchrun --nnodes 2 --nproc-per-node 4: rank 5 is node 1's local rank 1; the plan uses the global rank."""
+    from difftract.training.stream import distributed_rank
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed_rank() == (5, 8)
+    plans = [StreamPlan(subjects_per_epoch=3, rank=r, world_size=8) for r in range(8)]
+    drawn = [s for p in plans for e in (1, 2) for s in p.seeds(e)]
+    assert len(drawn) == len(set(drawn)) == 8 * 2 * 3       # no subject on two ranks, of one node or two
+    assert set(plans[5].seeds(1)).isdisjoint(plans[1].seeds(1))   # local rank 1 of each node: distinct
+
+
 def test_stream_dataset_switches_subjects_per_epoch(tmp_path):
     plan = StreamPlan(subjects_per_epoch=2)
     pool = SubjectPool(DD, tmp_path, workers=0)

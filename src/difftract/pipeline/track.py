@@ -7,6 +7,8 @@ live with it (:data:`~difftract.tracking.seeding.SEEDS_PER_VOXEL`, the tracker's
 and a model's own from its weights: :class:`~difftract.models.ddtracking.defaults.TrackingDefaults`).
 Streamlines are streamed to the file chunk by chunk, so memory is bounded by the chunk
 size (sized from the getter's per-seed cost and the free memory), not by the tractogram.
+Under ``torchrun`` (``WORLD_SIZE > 1``) every rank tracks whole chunks of the same seeds and
+rank 0 merges them into ``out``, equal to a single process's file (:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -211,6 +213,7 @@ def track(dwi, out: Path, source: FodSource | LearnedSource, stopping: Stopping,
     from ..io.stream import open_writer
     from ..tracking.tracker import CHUNK_CPU, CHUNK_CUDA, Tracker, TrackingParams, default_chunk_size
     from .fits import scan_inputs
+    from .shards import join, shard_seeds, track_shards
 
     out = Path(out)
     inputs = scan_inputs(dwi) + [Path(p) for p in inputs]
@@ -223,11 +226,16 @@ def track(dwi, out: Path, source: FodSource | LearnedSource, stopping: Stopping,
     per_voxel = options.seeds_per_voxel or per_voxel
     params = TrackingParams(step_mm=step_mm, min_len_mm=options.min_len_mm, max_len_mm=options.max_len_mm,
                             integrator=options.integrator, return_all=not options.valid_only)
-    device = compute.torch_device
+    group = join(compute.torch_device)      # None unless torchrun started several ranks: see .shards
+    device = compute.torch_device if group is None else group.device
+    if group is not None and not group.leader:
+        console = Console(quiet=True)
     dtype = torch.float64 if compute.dtype == "float64" else torch.float32
     seeds = seeding.seeds(per_voxel, options.seed)
     getter = source.getter(options, dwi.voxel_sizes, compute, console)
     chunk = compute.chunk_size or default_chunk_size(getter, params, device, dtype)
+    if group is not None and compute.chunk_size is None:    # the same chunks on every rank
+        chunk = group.smallest(chunk)
     if compute.chunk_size is None and chunk < min(len(seeds), CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU):
         log.warning("free memory allows %d seeds per chunk, fewer than the default; random draws are made per chunk, "
                     "so give --chunk-size %d to reproduce this tractogram elsewhere", chunk, chunk)
@@ -243,25 +251,42 @@ def track(dwi, out: Path, source: FodSource | LearnedSource, stopping: Stopping,
                         sh_basis=source.sh_basis)
     start = time.perf_counter()
     lengths = []
-    with open_writer(out, dwi.affine, dwi.shape, force=force) as writer, \
-            console.progress(len(seeds), f"track {options.method}", "seed") as bar:
-        for part in _guarded(tracker.track(seeds, seed=options.seed, progress=bar), options.method, device, chunk):
-            writer.write(part.points.detach().cpu().numpy(), part.lengths.cpu().numpy())
-            lengths.append((part.lengths.cpu().numpy() - 1) * step_mm)
-        seconds = time.perf_counter() - start
-        writer.sidecar = {**record, "n_seeds": int(len(seeds)), "n_streamlines": int(writer.n_streamlines),
-                          "n_points": int(writer.n_points), "seconds": round(seconds, 3)}
+    if group is None:
+        with open_writer(out, dwi.affine, dwi.shape, force=force) as writer, \
+                console.progress(len(seeds), f"track {options.method}", "seed") as bar:
+            for part in _guarded(tracker.track(seeds, seed=options.seed, progress=bar), options.method, device,
+                                 chunk):
+                writer.write(part.points.detach().cpu().numpy(), part.lengths.cpu().numpy())
+                lengths.append((part.lengths.cpu().numpy() - 1) * step_mm)
+            seconds = time.perf_counter() - start
+            writer.sidecar = {**record, "n_seeds": int(len(seeds)), "n_streamlines": int(writer.n_streamlines),
+                              "n_points": int(writer.n_points), "seconds": round(seconds, 3)}
+        n_streamlines, where = writer.n_streamlines, str(device)
+    else:   # this rank's whole chunks, then rank 0 merges them all in seed order
+        n_chunks = tracker.n_chunks(len(seeds))
+        with console.progress(shard_seeds(group, n_chunks, chunk, len(seeds)), f"track {options.method}",
+                              "seed") as bar:
+            def parts(chunks):
+                return _guarded(tracker.track(seeds, seed=options.seed, progress=bar, chunks=chunks),
+                                options.method, device, chunk)
+
+            merged = track_shards(group, parts, n_chunks, chunk, len(seeds), out, dwi.affine, dwi.shape,
+                                  force=force, record=record)
+        out, n_streamlines, seconds = merged.path, merged.n_streamlines, merged.seconds
+        lengths, where = [(merged.lengths - 1) * step_mm], f"{group.world} ranks ({device.type})"
+        if not group.leader:     # rank 0 speaks for the run
+            return TrackResult(out, int(len(seeds)), int(n_streamlines), seconds, lengths[0])
     lengths = np.concatenate(lengths) if lengths else np.zeros(0)
     rate = len(seeds) / max(seconds, 1e-9)
-    console.say(f"{options.method}: {writer.n_streamlines:,} streamlines from {len(seeds):,} seeds in {seconds:.1f} s "
-                f"({rate:,.0f} seeds/s on {device}, {str(dtype).replace('torch.', '')}) -> {out}")
-    if writer.n_streamlines == 0:
+    console.say(f"{options.method}: {n_streamlines:,} streamlines from {len(seeds):,} seeds in {seconds:.1f} s "
+                f"({rate:,.0f} seeds/s on {where}, {str(dtype).replace('torch.', '')}) -> {out}")
+    if n_streamlines == 0:
         log.warning("no streamline was kept: every seed stopped before --min-len-mm %g (or found no direction); "
                     "check the stopping mask and the seeds", options.min_len_mm)
     if len(lengths):
         console.say(f"  length median {np.median(lengths):.1f} mm (5-95%: {np.percentile(lengths, 5):.1f}-"
                     f"{np.percentile(lengths, 95):.1f})")
-    return TrackResult(out, int(len(seeds)), int(writer.n_streamlines), seconds, lengths)
+    return TrackResult(out, int(len(seeds)), int(n_streamlines), seconds, lengths)
 
 
 def _guarded(chunks, method: str, device, chunk: int):

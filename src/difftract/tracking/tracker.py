@@ -35,7 +35,7 @@ differentiable mode here that nothing but its tests used.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -153,16 +153,23 @@ class Tracker:
         self.chunk_size = int(chunk_size)
 
     # ------------------------------------------------------------------ public
-    def track(self, seeds, seed: int = 0, progress=None) -> Iterator[Streamlines]:
+    def track(self, seeds, seed: int = 0, progress=None, chunks: Sequence[int] | None = None) -> Iterator[Streamlines]:
         """Yield the streamlines of each chunk of ``seeds`` (``(N, 3)`` voxel coordinates), in seed order.
 
         ``seed`` derives each chunk's torch Generator (used by random getters), so a
-        chunk's result depends only on ``seed``, its seeds and the device.
+        chunk's result depends only on ``seed``, its index, its seeds and the device.
+        ``chunks`` (indices, of :meth:`n_chunks`) tracks only those chunks, as the whole
+        run would: a shard of the chunks gives that part of the run's streamlines exactly.
         """
         seeds = torch.as_tensor(seeds)
         if seeds.dim() != 2 or seeds.shape[1] != 3:
             raise ConfigError(f"seeds must be an (N, 3) array of voxel coordinates, got shape {tuple(seeds.shape)}")
-        for k, start in enumerate(range(0, len(seeds), self.chunk_size)):
+        starts = range(0, len(seeds), self.chunk_size)
+        if chunks is not None and any(not 0 <= k < len(starts) for k in chunks):
+            raise ConfigError(f"chunk indices must lie in 0..{len(starts) - 1} ({len(seeds)} seeds in chunks of "
+                              f"{self.chunk_size}), got {list(chunks)}")
+        for k in (range(len(starts)) if chunks is None else chunks):
+            start = starts[k]
             chunk = seeds[start:start + self.chunk_size].to(self.device, self.dtype)
             generator = torch.Generator(self.device).manual_seed(_chunk_seed(seed, k))
             with torch.no_grad():
@@ -171,6 +178,10 @@ class Tracker:
             if progress is not None:
                 progress.update(len(chunk))
             yield out
+
+    def n_chunks(self, n_seeds: int) -> int:
+        """How many chunks :meth:`track` cuts ``n_seeds`` seeds into."""
+        return -(-int(n_seeds) // self.chunk_size)
 
     # ------------------------------------------------------------------ one chunk
     def _track_chunk(self, seeds: torch.Tensor, generator: torch.Generator) -> Streamlines:

@@ -144,7 +144,11 @@ class StreamPlan:
 
 
 def distributed_rank() -> tuple[int, int]:
-    """(rank, world size): torch.distributed's when initialised, else torchrun's environment, else (0, 1)."""
+    """(rank, world size): torch.distributed's when initialised, else torchrun's environment, else (0, 1).
+
+    The rank is the global one (``RANK``, unique across nodes), never ``LOCAL_RANK``, which
+    repeats on every node: with it, rank ``r`` of every node would draw the same subjects.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
