@@ -101,6 +101,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from ..io.sh import load_sh, sh_basis_of
     from ..io.sidecar import sidecar_path
     from ..pipeline import Compute, Console, FodSource, LearnedSource, Seeding, Stopping, TrackOptions, track
+    from ..pipeline.shards import join
 
     given = [p for p in (args.sh, args.stop_mask, args.seed_mask, args.seeds_file, args.weights) if p]
     check_outputs([args.out, sidecar_path(args.out)], args.force, inputs=scan_inputs(args) + given)
@@ -113,7 +114,8 @@ def cmd_track(args: argparse.Namespace) -> int:
                            integrator=args.integrator, pmf_threshold=args.pmf_threshold, valid_only=args.valid_only,
                            sampler_steps=args.sampler_steps, stochastic=args.stochastic, seed=args.seed)
     compute = Compute(device=args.device, dtype=args.dtype, chunk_size=args.chunk_size)
-    console = Console(quiet=args.quiet)
+    group = join(compute.torch_device)     # under torchrun: each rank on its own device, rank 0 speaks
+    console = Console(quiet=args.quiet or (group is not None and not group.leader))
     model = None
     if args.method == "ddtracking":     # bad weights are refused before the scan is read
         from ..models.ddtracking.getter import load_ddtracking

@@ -124,6 +124,7 @@ def run_subject(subject: str | Path | Subject, out: str | Path, options: RunOpti
     """
     from ..io.atomic import atomic_directory, check_output
     from ..io.sidecar import final_paths
+    from .shards import join
 
     subject = subject if isinstance(subject, Subject) else Subject.find(subject)
     subject.require_mask()
@@ -134,6 +135,9 @@ def run_subject(subject: str | Path | Subject, out: str | Path, options: RunOpti
     start = time.perf_counter()
     dwi = subject.load(options.zero_nonfinite)  # the one read of the scan
     stop_given = given_stop_mask(options, subject, dwi)
+    group = join(options.compute.torch_device)   # under torchrun the ranks share the tracking (.shards)
+    if group is not None and not group.leader:
+        return _help_track(subject, dwi, out, options, learned, stop_given)
     with atomic_directory(out, force, kind="partial") as staging, final_paths(staging, out):
         summary = run_into(subject, dwi, staging, options, console=console, learned=learned, stop_given=stop_given)
     summary.out, summary.seconds = out, time.perf_counter() - start
@@ -145,7 +149,8 @@ def run_subject(subject: str | Path | Subject, out: str | Path, options: RunOpti
 
 
 def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, console: Console = Console(),
-             learned=None, stop_given: np.ndarray | None = None, title: str | None = None) -> RunSummary:
+             learned=None, stop_given: np.ndarray | None = None, title: str | None = None,
+             helper: bool = False) -> RunSummary:
     """The run's stages, written into an existing (staging) ``directory``; :func:`run_subject` and the demo share it."""
     from ..io.nifti import save_nifti
     from .fits import fit_csd, fit_dti
@@ -191,12 +196,14 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
         summary.tracks[method] = tracks
         summary.streamlines[method] = result.n_streamlines
         summary.mean_length_mm[method] = float(result.lengths_mm.mean()) if len(result.lengths_mm) else 0.0
-        if subject.truth is not None:
+        if subject.truth is not None and not helper:
             scores = directory / options.scores_name(method)
             line = command_line("score", tracks, phantom=subject.directory, json=scores)
             console.stage(line)
             summary.scores[method] = score_tractogram(tracks, subject.directory, scores, console=console,
                                                       equivalent=line).scores
+    if helper:
+        return summary
     params = {"subject": str(subject.directory), **{k: v for k, v in asdict(options).items() if k != "compute"},
               **asdict(options.compute)}
     report(directory, [(m, summary.tracks[m]) for m in options.methods],
@@ -204,6 +211,23 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
            params={k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()},
            mask=subject.mask, truth=subject.truth)
     return summary
+
+
+def _help_track(subject: Subject, dwi, out: Path, options: RunOptions, learned, stop_given) -> RunSummary:
+    """A rank other than 0 under torchrun: the fits and its share of the tracking, in a scratch folder it removes.
+
+    Rank 0 writes ``out``, scores and reports; this summary has the run's streamline counts only.
+    """
+    import shutil
+
+    from ..io.atomic import staging_dir
+
+    scratch = staging_dir(out, "tmp")
+    try:
+        return run_into(subject, dwi, scratch, options, console=Console(quiet=True), learned=learned,
+                        stop_given=stop_given, helper=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _load_model(options: RunOptions):
@@ -291,7 +315,8 @@ def _track_stage(subject, dwi, tracks: Path, method: str, source, stop, stop_pat
                         out=tracks, **extra)
     console.stage(line)
     result = track(dwi, tracks, source, Stopping.from_mask(stop, str(stop_path)), Seeding(mask=stop,
-                   description=str(stop_path)), track_options, compute=Compute(options.compute.device),
+                   description=str(stop_path)), track_options,
+                   compute=Compute(options.compute.device, chunk_size=options.compute.chunk_size),
                    console=console, inputs=[p for p in (stop_path, extra.get("sh"), extra.get("weights")) if p],
                    equivalent=line)
     if result.n_streamlines == 0:
