@@ -129,7 +129,7 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
         if args.method == "qcg":
             fit = _fit_qcg(args, dwi, options["device"])
         else:
-            fit = TensorModel(dwi.gtab, fit_method=args.method.upper()).fit(dwi.data, dwi.mask, **options)
+            fit = TensorModel(dwi.gtab, fit_method=args.method.upper()).fit(dwi.signal, dwi.mask, **options)
     seconds = time.perf_counter() - start
     n = int(fit.mask.sum())
     dtype = "float32" if args.method == "qcg" else options["dtype"]   # the network runs in float32
@@ -169,7 +169,7 @@ def _fit_qcg(args: argparse.Namespace, dwi, device):
                  list(six.indices), six.shell, six.mean_angle, six.condition)
     else:
         check_six(bvals, bvecs, where=str(args.bval))
-    fit = QCGTensorModel.from_weights(args.weights, device).fit(dwi.data, bvals, bvecs, dwi.mask, six)
+    fit = QCGTensorModel.from_weights(args.weights, device).fit(dwi.signal, bvals, bvecs, dwi.mask, six)
     if six is not None:
         fit.params.update(selection={"rule": "nearest to a rotated DSM6", "shell": six.shell, "seed": args.seed,
                                      "mean_angle_deg": six.mean_angle, "condition": six.condition})
@@ -191,7 +191,7 @@ def cmd_fit_sh(args: argparse.Namespace) -> int:
     model = SHModel(dwi.gtab, lmax=args.lmax, legacy=args.legacy, smooth=args.smooth, shell=args.shell)
     start = time.perf_counter()
     with memory_guard("the SH fit", options["device"], options["chunk_size"]):
-        fit = model.fit(dwi.data, dwi.mask, **options)
+        fit = model.fit(dwi.signal, dwi.mask, **options)
     seconds = time.perf_counter() - start
     record = provenance("fit sh", {**model.params, "device": str(options["device"]), "dtype": options["dtype"]},
                         inputs=scan_inputs(args), sh_basis=f"descoteaux07{'_legacy' if args.legacy else ''}")
@@ -237,7 +237,7 @@ def cmd_fit_csd(args: argparse.Namespace) -> int:
     model = CsdModel(dwi.gtab, response=response, lmax=args.lmax, legacy=args.legacy, shell=args.shell)
     start = time.perf_counter()
     with memory_guard(f"the CSD fit (lmax {model.lmax}) and its peaks", options["device"], options["chunk_size"]):
-        fit = model.fit(dwi.data, dwi.mask, **options)
+        fit = model.fit(dwi.signal, dwi.mask, **options)
         peaks = peaks_from_sh(fit, relative_peak_threshold=args.relative_threshold,
                               min_separation_angle=args.min_separation, npeaks=args.npeaks, **options)
     seconds = time.perf_counter() - start

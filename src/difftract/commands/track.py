@@ -147,7 +147,7 @@ def _fod(args, dwi, options):
     from ..reconst.csd import CsdModel
 
     log.info("no --sh: fitting CSD (lmax %d, auto response)", args.lmax)
-    fit = CsdModel(dwi.gtab, lmax=args.lmax, legacy=False).fit(dwi.data, dwi.mask, **options)
+    fit = CsdModel(dwi.gtab, lmax=args.lmax, legacy=False).fit(dwi.signal, dwi.mask, **options)
     return fit.coeffs.astype(np.float32), False
 
 
@@ -241,7 +241,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.fa_threshold is not None:
         from ..reconst.dti import TensorModel
 
-        fa = np.nan_to_num(TensorModel(dwi.gtab).fit(dwi.data, dwi.mask, **fit_options).fa)
+        fa = np.nan_to_num(TensorModel(dwi.gtab).fit(dwi.signal, dwi.mask, **fit_options).fa)
         criterion = ThresholdCriterion(fa, args.fa_threshold)
     else:
         criterion = BinaryCriterion(stop)

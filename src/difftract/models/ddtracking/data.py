@@ -56,7 +56,7 @@ def signal_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
     if len(found) == 0:
         raise ConfigError("the scan has no diffusion-weighted volume")
     shell = float(found[np.argmin(np.abs(found - TARGET_SHELL))])
-    fit = SHModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.data, dwi.mask, device=device,
+    fit = SHModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.signal, dwi.mask, device=device,
                                                                        dtype="float32", progress=False)
     return fit.coeffs.astype(np.float32)
 
