@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import shutil
 import subprocess
 import sys
@@ -52,7 +51,7 @@ import nibabel as nib
 import numpy as np
 
 from _check import Target, parse_args
-from _cli import PEAK_WRAPPER, run_cli
+from _cli import run_cli
 
 TARGETS = [
     Target("fit_csd_peak_gb", "<=", 6.0, "issue 21: peak RSS <= 6 GB for an HCP-sized scan"),

@@ -17,8 +17,8 @@ import numpy as np
 from dipy.core.gradients import GradientTable, gradient_table
 
 from ..errors import DifftractWarning, InputError
-from .gradients import B0_THRESHOLD, flip_for_fsl, read_gradients
 from ..reconst.voxels import MaskedSignal
+from .gradients import B0_THRESHOLD, flip_for_fsl, read_gradients
 from .nifti import iter_volumes, load_nifti, open_nifti
 
 log = logging.getLogger("difftract")

@@ -250,7 +250,8 @@ class CsdModel:
                 "reg_sphere_vertices": int(len(self.reg_sphere.vertices)),
                 "signal": "raw DW signal of one shell (the response carries S0)"}
 
-    def estimate_response(self, data: np.ndarray | MaskedSignal, mask: np.ndarray | None) -> tuple[tuple[np.ndarray, float], dict]:
+    def estimate_response(self, data: np.ndarray | MaskedSignal,
+                          mask: np.ndarray | None) -> tuple[tuple[np.ndarray, float], dict]:
         """Response from the anisotropic voxels of ``mask`` on this model's shell, and where it came from."""
         everything = np.array_equal(self.volumes, np.arange(data.shape[-1]))
         sub = data if everything else take_volumes(data, self.volumes)   # single-shell scans: no copy

@@ -95,7 +95,7 @@ def take_volumes(data: np.ndarray | MaskedSignal, volumes: np.ndarray) -> np.nda
 
 def row_means(data: np.ndarray | MaskedSignal, mask: np.ndarray | None, volumes: np.ndarray,
               chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of ``volumes`` in each voxel of ``mask`` ``(V,)``, chunk by chunk, and the mask (see :func:`masked_rows`)."""
+    """Mean of ``volumes`` in each voxel of ``mask`` ``(V,)``, chunk by chunk, and the mask (see masked_rows)."""
     rows, mask = masked_rows(data, mask)
     means = [np.asarray(rows[a:a + chunk_size])[:, volumes].mean(axis=1) for a in range(0, rows.shape[0], chunk_size)]
     return (np.concatenate(means) if means else np.zeros(0, dtype=data.dtype)), mask
