@@ -23,6 +23,7 @@ class _Scan:
         from dipy.core.gradients import gradient_table
 
         self.data, self.mask, self.bvals, self.bvecs = p.data, p.mask, p.bvals, p.bvecs
+        self.signal = p.data          # what signal_sh fits (a DWI's bounded signal, here the array)
         self.gtab = gradient_table(p.bvals, bvecs=p.bvecs)
 
 

@@ -35,7 +35,7 @@ def test_layout_and_scoring_json(phantom_dir, fibercup):
 def test_files_read_back_as_simulated(phantom_dir, fibercup):
     dwi = load_dwi(phantom_dir / "dwi.nii.gz", phantom_dir / "dwi.bval", phantom_dir / "dwi.bvec",
                    phantom_dir / "mask.nii.gz")
-    np.testing.assert_array_equal(dwi.data, fibercup.data)
+    np.testing.assert_array_equal(dwi.signal.rows, fibercup.data[fibercup.mask])   # load_dwi holds the mask's voxels
     np.testing.assert_allclose(dwi.bvecs, fibercup.bvecs, atol=1e-7)
     np.testing.assert_array_equal(dwi.mask, fibercup.mask)
     np.testing.assert_array_equal(load_mask(phantom_dir / "gt/masks/fan.nii.gz"), fibercup.bundles[3].mask)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from difftract.reconst.voxels import map_chunks, masked_rows, unmask
+from difftract.errors import ConfigError
+from difftract.reconst.voxels import MaskedSignal, map_chunks, masked_rows, unmask
 
 
 def kernel(x):
@@ -57,3 +58,42 @@ def test_fortran_ordered_data_read_by_coordinates():
     rows, _ = masked_rows(data, mask)
     np.testing.assert_array_equal(rows[0:len(rows)], data[mask])
     np.testing.assert_array_equal(rows[5:11], data[mask][5:11])
+
+
+def test_masked_signal_rows_sub_masks_and_volume():
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(5, 4, 3, 6)).astype(np.float32)
+    held = rng.random((5, 4, 3)) > 0.3
+    signal = MaskedSignal(data[held], held)
+    assert signal.shape == data.shape and signal.ndim == 4 and not signal.complete
+    rows, mask = masked_rows(signal, None)                 # None: the held voxels, the held rows themselves
+    assert rows is signal.rows and mask is signal.mask
+    assert masked_rows(signal, held.copy())[0] is signal.rows
+    sub = held & (rng.random(held.shape) > 0.5)
+    rows, mask = masked_rows(signal, sub)
+    np.testing.assert_array_equal(rows[0:len(rows)], data[sub])
+    np.testing.assert_array_equal(rows[2:5], data[sub][2:5])
+    with pytest.raises(ConfigError, match=r"reaches 1 voxel\(s\) outside"):
+        masked_rows(signal, held | (np.arange(held.size).reshape(held.shape) == np.flatnonzero(~held)[0]))
+    full = signal.volume()
+    np.testing.assert_array_equal(full[held], data[held])
+    assert not full[~held].any()
+    np.testing.assert_array_equal(signal.volume(np.array([4, 1])), full[..., [4, 1]])
+    np.testing.assert_array_equal(signal.take(np.array([0, 5])).rows, data[held][:, [0, 5]])
+    everything = MaskedSignal(data.reshape(-1, 6).copy(), np.ones(held.shape, bool))
+    assert everything.complete and np.shares_memory(everything.volume(), everything.rows)
+    with pytest.raises(ValueError, match="rows"):
+        MaskedSignal(data[held][1:], held)
+
+
+def test_map_chunks_never_hands_the_kernel_the_held_rows():
+    """A kernel working in place must not change the scan (the chunk is a copy, even in the rows' dtype)."""
+    signal = MaskedSignal(np.ones((10, 3), np.float32), np.ones((10, 1, 1), bool))
+
+    def in_place(x):
+        x.mul_(0)
+        return {"x": x}
+
+    rows, _ = masked_rows(signal, None)
+    map_chunks(in_place, rows, device=torch.device("cpu"), dtype=torch.float32, chunk_size=4)
+    assert np.all(signal.rows == 1)

@@ -31,5 +31,5 @@ def cmd_check(args: argparse.Namespace) -> int:
     det = np.linalg.det(dwi.affine[:3, :3])
     print(f"{args.dwi}: {dwi!r}")
     print(f"  affine determinant {'positive (FSL bvec x flipped on reading)' if det > 0 else 'negative'}; "
-          f"data range {float(dwi.data.min()):.4g}..{float(dwi.data.max()):.4g}")
+          f"data range {dwi.data_range[0]:.4g}..{dwi.data_range[1]:.4g}")
     return 0

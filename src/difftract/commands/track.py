@@ -136,7 +136,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
         log.info("no --sh: fitting CSD (lmax %d, auto response)", args.lmax)
         with memory_guard(f"the CSD fit (lmax {args.lmax})", compute.torch_device, None):
-            fit = CsdModel(dwi.gtab, lmax=args.lmax, legacy=False).fit(dwi.data, dwi.mask,
+            fit = CsdModel(dwi.gtab, lmax=args.lmax, legacy=False).fit(dwi.signal, dwi.mask,
                                                                        **fit_compute.fit_options(console.bars))
         source = FodSource(fit.coeffs.astype(np.float32), description=f"CSD lmax {args.lmax}", mask=dwi.mask)
     stop = load_mask(stop_path, dwi.shape, dwi.affine, "stop mask" if args.stop_mask else "brain mask") \

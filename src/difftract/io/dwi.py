@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from dipy.core.gradients import GradientTable, gradient_table
 
 from ..errors import DifftractWarning, InputError
+from ..reconst.voxels import MaskedSignal
 from .gradients import B0_THRESHOLD, flip_for_fsl, read_gradients
-from .nifti import load_nifti
+from .nifti import iter_volumes, load_nifti, open_nifti
 
 log = logging.getLogger("difftract")
 
@@ -31,8 +33,11 @@ class DWI:
 
     Attributes
     ----------
-    data : ndarray, (X, Y, Z, N) float32
-        The signal, volumes last.
+    signal : MaskedSignal or ndarray (X, Y, Z, N)
+        What the fits read. :func:`load_dwi` holds only the voxels of the mask (all
+        voxels without a mask) as a float32 :class:`~difftract.reconst.voxels.MaskedSignal`;
+        a DWI built from an array (a phantom) holds that array. Every model's ``fit``
+        takes either.
     affine : ndarray, (4, 4)
         Voxel (centre) to RAS mm.
     gtab : dipy GradientTable
@@ -41,17 +46,42 @@ class DWI:
         The brain mask.
     files : dict
         Where each part came from (``dwi``, ``bval``, ``bvec``, ``mask``).
+    value_range : (float, float) or None
+        Smallest and largest value of the whole image as read (background included);
+        None: taken from the data when asked (:attr:`data_range`).
     """
 
-    data: np.ndarray
+    signal: np.ndarray | MaskedSignal
     affine: np.ndarray
     gtab: GradientTable
     mask: np.ndarray | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    value_range: tuple[float, float] | None = None
+
+    @cached_property
+    def data(self) -> np.ndarray:
+        """The 4D ``(X, Y, Z, N)`` float32 signal, built on first use and kept.
+
+        From a loaded scan it is zero outside the mask (only the mask's voxels are
+        read into memory); without a mask it is a view of the held rows, not a copy.
+        Whole-brain code should read :attr:`signal` instead: this array is the full grid.
+        """
+        return self.signal.volume() if isinstance(self.signal, MaskedSignal) else self.signal
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """(min, max) of the image's values (all voxels, as read)."""
+        if self.value_range is None:
+            self.value_range = (float(np.min(self.data)), float(np.max(self.data)))
+        return self.value_range
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.data.shape[:3])
+        return tuple(int(s) for s in self.signal.shape[:3])
+
+    @property
+    def n_volumes(self) -> int:
+        return int(self.signal.shape[3])
 
     @property
     def voxel_sizes(self) -> np.ndarray:
@@ -72,7 +102,7 @@ class DWI:
         nb0 = int(self.gtab.b0s_mask.sum())
         shells = [f"{g.describe()}: {len(g.indices)}" for g in shell_groups(self.bvals)]
         nmask = "no mask" if self.mask is None else f"mask {int(self.mask.sum())} voxels"
-        return (f"DWI(shape={self.shape}, volumes={self.data.shape[3]}, b0={nb0}, "
+        return (f"DWI(shape={self.shape}, volumes={self.n_volumes}, b0={nb0}, "
                 f"shells (volumes)=[{', '.join(shells)}], "
                 f"voxel_sizes={np.round(self.voxel_sizes, 3).tolist()}, {nmask})")
 
@@ -81,6 +111,11 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
              zero_nonfinite: bool = False, b0_threshold: float = B0_THRESHOLD) -> DWI:
     """Load and validate a DWI, its FSL gradient files and an optional brain mask.
 
+    The image is read volume by volume (one forward pass through a ``.nii.gz``) and only
+    the voxels of the mask are kept, as a ``(V, N)`` float32 matrix: a whole-brain scan
+    takes the memory of its brain, not of its grid. Every volume is still read and
+    checked, so a truncated file fails here with its name.
+
     Parameters
     ----------
     dwi : path
@@ -88,7 +123,8 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
     bval, bvec : path
         FSL gradient files (bvec 3 x N; N x 3 is accepted with a note).
     mask : path, optional
-        3D brain mask on the same grid; voxels > 0 are inside.
+        3D brain mask on the same grid; voxels > 0 are inside. Without one every voxel
+        is kept.
     zero_nonfinite : bool
         Replace NaN/Inf in the data by 0 (with a warning) instead of refusing them.
     b0_threshold : float
@@ -97,29 +133,30 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
     Returns
     -------
     DWI
-        float32 data, the affine, a DIPY gradient table in the data-array frame
-        (FSL's x flip undone for positive-determinant affines) and the mask.
+        The signal of the mask's voxels (:attr:`DWI.signal`; :attr:`DWI.data` gives the
+        4D array), the affine, a DIPY gradient table in the data-array frame (FSL's x
+        flip undone for positive-determinant affines) and the mask.
     """
     dwi, bval, bvec = Path(dwi), Path(bval), Path(bvec)
-    img = load_nifti(dwi, "DWI", dtype=np.float32)
-    data = _check_dims(np.asarray(img.dataobj), dwi)
+    img = open_nifti(dwi, "DWI", keep_file_open=True)
+    shape = _check_dims(img.shape, dwi)
     affine = _check_affine(img.affine, dwi)
-    n_volumes = data.shape[3]
+    n_volumes = shape[3]
 
     bvals, bvecs = read_gradients(bval, bvec, n_volumes, b0_threshold)
     bvecs = flip_for_fsl(bvecs, affine)
     gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
 
-    data = _check_finite(data, dwi, zero_nonfinite)
-    _check_signal(data, bvals <= b0_threshold, dwi)
-    _note_grid(data.shape[:3], affine, dwi)
-
     files = {"dwi": dwi, "bval": bval, "bvec": bvec}
     mask_array = None
     if mask is not None:
-        mask_array = load_mask(mask, reference_shape=img.shape[:3], reference_affine=affine)
+        mask_array = load_mask(mask, reference_shape=shape[:3], reference_affine=affine)
         files["mask"] = Path(mask)
-    return DWI(data=data, affine=affine, gtab=gtab, mask=mask_array, files=files)
+    held = np.ones(shape[:3], dtype=bool) if mask_array is None else mask_array
+    rows, value_range = _read_rows(img, dwi, held, bvals <= b0_threshold, zero_nonfinite)
+    _note_grid(shape[:3], affine, dwi)
+    return DWI(signal=MaskedSignal(rows, held), affine=affine, gtab=gtab, mask=mask_array, files=files,
+               value_range=value_range)
 
 
 def load_mask(path: str | Path, reference_shape: tuple[int, ...] | None = None,
@@ -216,27 +253,67 @@ def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
     return affine
 
 
-def _check_dims(data: np.ndarray, path: Path) -> np.ndarray:
-    """A 4D (x, y, z, volumes) array; trailing singleton axes beyond the fourth are dropped."""
-    while data.ndim > 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 4:
-        if data.shape[3] < 2:
-            raise InputError(path, f"DWI has a single volume (shape {data.shape}); give the whole diffusion series "
+def _check_dims(shape: tuple[int, ...], path: Path) -> tuple[int, int, int, int]:
+    """A 4D (x, y, z, volumes) shape; trailing singleton axes beyond the fourth are dropped."""
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 4 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 4:
+        if shape[3] < 2:
+            raise InputError(path, f"DWI has a single volume (shape {shape}); give the whole diffusion series "
                                    "(b0 and diffusion-weighted volumes along the 4th axis)")
-        return data
-    if data.ndim < 4:
-        raise InputError(path, f"DWI must be 4D (x, y, z, volumes), found {data.ndim}D shape {data.shape}; a 3D "
+        return shape
+    if len(shape) < 4:
+        raise InputError(path, f"DWI must be 4D (x, y, z, volumes), found {len(shape)}D shape {shape}; a 3D "
                                "image is one volume: give the whole diffusion series")
-    raise InputError(path, f"DWI must be 4D (x, y, z, volumes), found {data.ndim}D shape {data.shape}; put the "
+    raise InputError(path, f"DWI must be 4D (x, y, z, volumes), found {len(shape)}D shape {shape}; put the "
                            "volumes on the 4th axis (e.g. mrconvert DWI -axes 0,1,2,4 dwi4d.nii.gz)")
 
 
-def _check_signal(data: np.ndarray, b0s: np.ndarray, path: Path) -> None:
+BLOCK = 8   # volumes gathered before they are written into the rows (contiguous writes)
+
+
+def _read_rows(img, path: Path, held: np.ndarray, b0s: np.ndarray,
+               zero_nonfinite: bool) -> tuple[np.ndarray, tuple[float, float]]:
+    """The ``(V, N)`` float32 rows of the ``held`` voxels, read one volume at a time, and the value range.
+
+    Each volume is checked as it passes (NaN/Inf, signal) over all its voxels, background
+    included, as a whole-image check would; no full-size temporary is made.
+    """
+    n = len(b0s)
+    rows = np.empty((int(held.sum()), n), dtype=np.float32)
+    bad_voxels = np.zeros(held.shape, dtype=bool)
+    n_bad, any_signal, b0_signal = 0, False, False
+    lo, hi = np.inf, -np.inf
+    block = np.empty((min(BLOCK, n), rows.shape[0]), dtype=np.float32)
+    for t, volume in enumerate(iter_volumes(img, path, "DWI", np.float32)):
+        finite = np.isfinite(volume)
+        if not finite.all():
+            bad = ~finite
+            n_bad += int(bad.sum())
+            bad_voxels |= bad
+            volume[bad] = 0.0          # counted; refused below unless zero_nonfinite
+        any_signal = any_signal or bool(np.any(volume))
+        b0_signal = b0_signal or bool(b0s[t] and np.any(volume > 0))
+        lo, hi = min(lo, float(volume.min())), max(hi, float(volume.max()))
+        block[t % BLOCK] = volume[held]
+        if t % BLOCK == BLOCK - 1 or t == n - 1:
+            first = t - t % BLOCK
+            rows[:, first:t + 1] = block[:t + 1 - first].T
+    if n_bad:
+        if not zero_nonfinite:
+            raise InputError(path, f"DWI contains {n_bad} NaN/Inf value(s) in {int(bad_voxels.sum())} voxel(s); "
+                                   "fix the data or allow zeroing them (--zero-nonfinite)")
+        warnings.warn(f"{path}: set {n_bad} NaN/Inf value(s) to 0", DifftractWarning, stacklevel=3)
+    _check_signal(any_signal, b0_signal, b0s, path)
+    return rows, (lo, hi)
+
+
+def _check_signal(any_signal: bool, b0_signal: bool, b0s: np.ndarray, path: Path) -> None:
     """Refuse a DWI with no signal at all, or none in its b0 volumes (nothing to normalise by)."""
-    if not np.any(data):
+    if not any_signal:
         raise InputError(path, "DWI is all zeros (no signal in any volume); check the file and its conversion")
-    if not np.any(data[..., b0s] > 0):
+    if not b0_signal:
         raise InputError(path, f"the b0 volume(s) {np.flatnonzero(b0s).tolist()[:5]} hold no signal (all <= 0); "
                                "check that the bval file matches the DWI's volume order")
 
@@ -250,16 +327,3 @@ def _note_grid(shape: tuple[int, ...], affine: np.ndarray, path: Path) -> None:
     if thin:
         log.info("%s: the grid is one voxel thick along %s %s; fits work per voxel; a streamline stops where it "
                  "leaves that slice", path, "/".join(thin), tuple(shape))
-
-
-def _check_finite(data: np.ndarray, path: Path, zero_nonfinite: bool) -> np.ndarray:
-    bad = ~np.isfinite(data)
-    n_bad = int(bad.sum())
-    if n_bad == 0:
-        return data
-    if not zero_nonfinite:
-        raise InputError(path, f"DWI contains {n_bad} NaN/Inf value(s) in {int(bad.any(axis=3).sum())} voxel(s); "
-                               "fix the data or allow zeroing them (--zero-nonfinite)")
-    warnings.warn(f"{path}: set {n_bad} NaN/Inf value(s) to 0", DifftractWarning, stacklevel=3)
-    data[bad] = 0.0
-    return data

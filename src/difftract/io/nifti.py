@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +17,13 @@ from .atomic import atomic_file, check_output
 from .sidecar import sidecar_path, write_sidecar
 
 
-def load_nifti(path: str | Path, what: str = "image", dtype: type | None = None) -> nib.Nifti1Image:
-    """Open a NIfTI file, turning every low-level failure into an :class:`InputError`.
+def open_nifti(path: str | Path, what: str = "image", keep_file_open: bool = False) -> nib.Nifti1Image:
+    """Open a NIfTI file and check its container and header, without reading the voxel data.
 
-    The voxel data are read once here (as ``dtype`` when given, with the header's
-    scaling applied), so a truncated or corrupt file fails now, with the file's name,
-    rather than later inside a computation. Complex data are refused.
-
-    Parameters
-    ----------
-    path : str or Path
-        The ``.nii`` or ``.nii.gz`` file.
-    what : str
-        What the file is meant to be ("DWI", "mask", ...), used in messages.
-    dtype : numpy dtype, optional
-        Read the data as this floating type (e.g. ``np.float32``) in one pass.
+    Every low-level failure becomes an :class:`InputError`; complex data are refused and an
+    uncompressed file shorter than its header promises is refused before anything is read.
+    ``keep_file_open`` keeps one handle for the image's life, so that reading a ``.nii.gz``
+    volume after volume (:func:`iter_volumes`) is one forward pass through the gzip stream.
     """
     path = Path(path)
     if not path.exists():
@@ -38,7 +32,7 @@ def load_nifti(path: str | Path, what: str = "image", dtype: type | None = None)
         raise InputError(path, f"{what} path is a directory, expected a NIfTI file; give the image file itself")
     _check_container(path, what)
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path), keep_file_open=keep_file_open)
     except Exception as exc:  # nibabel raises many types for bad headers
         detail = str(exc)
         for quoted in (f'"{path}"', f"'{path}'", str(path)):   # the path is at the front of the message already
@@ -50,12 +44,58 @@ def load_nifti(path: str | Path, what: str = "image", dtype: type | None = None)
     if img.get_data_dtype().kind == "c":
         raise InputError(path, f"{what} holds complex values ({img.get_data_dtype()}); give magnitude images")
     _check_size(img, path, what)
-    try:
+    return img
+
+
+def load_nifti(path: str | Path, what: str = "image", dtype: type | None = None) -> nib.Nifti1Image:
+    """Open a NIfTI file, turning every low-level failure into an :class:`InputError`.
+
+    The voxel data are read once here (as ``dtype`` when given, with the header's
+    scaling applied), so a truncated or corrupt file fails now, with the file's name,
+    rather than later inside a computation. Complex data are refused. (A DWI is read
+    volume by volume instead, see :func:`iter_volumes`.)
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.nii`` or ``.nii.gz`` file.
+    what : str
+        What the file is meant to be ("DWI", "mask", ...), used in messages.
+    dtype : numpy dtype, optional
+        Read the data as this floating type (e.g. ``np.float32``) in one pass.
+    """
+    path = Path(path)
+    img = open_nifti(path, what)
+    with _reading(path, what):
         data = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
+    return type(img)(data, img.affine, img.header)
+
+
+def iter_volumes(img: nib.Nifti1Image, path: str | Path, what: str = "image", dtype: type = np.float32,
+                 n_spatial: int = 3) -> Iterator[np.ndarray]:
+    """The volumes of a 4D (or more) image in order, each ``(X, Y, Z)`` in ``dtype``, scaling applied.
+
+    One volume is in memory at a time (plus nibabel's read buffer). Axes after the fourth
+    must be singletons (index 0 is read). A truncated or corrupt file raises
+    :class:`InputError` naming ``path`` at the volume where its data end.
+    """
+    path = Path(path)
+    shape = img.shape
+    tail = (0,) * (len(shape) - n_spatial - 1)
+    for t in range(shape[n_spatial]):
+        with _reading(path, what):
+            volume = img.dataobj[(slice(None),) * n_spatial + (t,) + tail]
+        yield np.array(volume, dtype=dtype)   # a writable copy, never a view of a memory map
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Reading voxel data: a short or damaged file becomes an :class:`InputError` naming it."""
+    try:
+        yield
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(path, f"{what} data are truncated or corrupt ({type(exc).__name__}: {exc}); the file is "
                                "incomplete: copy or convert it again") from None
-    return type(img)(data, img.affine, img.header)
 
 
 GZIP_MAGIC = b"\x1f\x8b"

@@ -57,7 +57,7 @@ def fit_dti(dwi, out_dir: Path, *, method: str = "wls", tensor_format: str = "di
         if method == "qcg":
             fit = _fit_qcg(dwi, weights, select_six, shell, seed, options["device"])
         else:
-            fit = TensorModel(dwi.gtab, fit_method=method.upper()).fit(dwi.data, dwi.mask, **options)
+            fit = TensorModel(dwi.gtab, fit_method=method.upper()).fit(dwi.signal, dwi.mask, **options)
     seconds = time.perf_counter() - start
     n = int(fit.mask.sum())
     dtype = "float32" if method == "qcg" else options["dtype"]   # the network runs in float32
@@ -98,7 +98,7 @@ def _fit_qcg(dwi, weights, select_six: bool, shell: float | None, seed: int, dev
                  list(six.indices), six.shell, six.mean_angle, six.condition)
     else:
         check_six(bvals, bvecs, where=str(dwi.files["bval"]))
-    fit = QCGTensorModel.from_weights(weights, device).fit(dwi.data, bvals, bvecs, dwi.mask, six)
+    fit = QCGTensorModel.from_weights(weights, device).fit(dwi.signal, bvals, bvecs, dwi.mask, six)
     if six is not None:
         fit.params.update(selection={"rule": "nearest to a rotated DSM6", "shell": six.shell, "seed": seed,
                                      "mean_angle_deg": six.mean_angle, "condition": six.condition})
@@ -133,7 +133,7 @@ def fit_sh(dwi, out: Path, *, lmax: int = 6, legacy: bool = False, smooth: float
     model = SHModel(dwi.gtab, lmax=lmax, legacy=legacy, smooth=smooth, shell=shell)
     start = time.perf_counter()
     with memory_guard("the SH fit", options["device"], options["chunk_size"]):
-        fit = model.fit(dwi.data, dwi.mask, **options)
+        fit = model.fit(dwi.signal, dwi.mask, **options)
     seconds = time.perf_counter() - start
     record = provenance("fit sh", {**model.params, "device": str(options["device"]), "dtype": options["dtype"]},
                         inputs=scan_inputs(dwi), sh_basis=f"descoteaux07{'_legacy' if legacy else ''}",
@@ -179,7 +179,7 @@ def fit_csd(dwi, out: Path, *, peaks_out: Path | None = None, lmax: int = 8, leg
     model = CsdModel(dwi.gtab, response=parse_response(response), lmax=lmax, legacy=legacy, shell=shell)
     start = time.perf_counter()
     with memory_guard(f"the CSD fit (lmax {model.lmax}) and its peaks", options["device"], options["chunk_size"]):
-        fit = model.fit(dwi.data, dwi.mask, **options)
+        fit = model.fit(dwi.signal, dwi.mask, **options)
         peaks = peaks_from_sh(fit, relative_peak_threshold=relative_threshold,
                               min_separation_angle=min_separation, npeaks=npeaks, **options)
     seconds = time.perf_counter() - start

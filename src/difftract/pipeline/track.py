@@ -159,7 +159,7 @@ class Stopping:
         from ..reconst.dti import TensorModel
         from ..tracking.stopping import ThresholdCriterion
 
-        fa = np.nan_to_num(TensorModel(dwi.gtab).fit(dwi.data, dwi.mask, **compute.fit_options(console.bars)).fa)
+        fa = np.nan_to_num(TensorModel(dwi.gtab).fit(dwi.signal, dwi.mask, **compute.fit_options(console.bars)).fa)
         return cls(ThresholdCriterion(fa, threshold), f"FA > {threshold}")
 
 

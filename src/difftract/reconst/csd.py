@@ -43,9 +43,10 @@ from dipy.core.sphere import Sphere
 from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError
 from ..io.gradients import B0_THRESHOLD
+from ..memory import chunk_for
 from .response import check_response, response_from_region, response_region, single_shell
 from .sh import SHFit, check_lmax, check_shell_directions, n_coeffs, pick_shell, sh_basis
-from .voxels import map_chunks, masked_rows, unmask
+from .voxels import MaskedSignal, map_chunks, masked_rows, take_volumes, unmask
 
 log = logging.getLogger("difftract")
 
@@ -249,10 +250,11 @@ class CsdModel:
                 "reg_sphere_vertices": int(len(self.reg_sphere.vertices)),
                 "signal": "raw DW signal of one shell (the response carries S0)"}
 
-    def estimate_response(self, data: np.ndarray, mask: np.ndarray | None) -> tuple[tuple[np.ndarray, float], dict]:
+    def estimate_response(self, data: np.ndarray | MaskedSignal,
+                          mask: np.ndarray | None) -> tuple[tuple[np.ndarray, float], dict]:
         """Response from the anisotropic voxels of ``mask`` on this model's shell, and where it came from."""
         everything = np.array_equal(self.volumes, np.arange(data.shape[-1]))
-        sub = data if everything else data[..., self.volumes]   # single-shell scans: no copy
+        sub = data if everything else take_volumes(data, self.volumes)   # single-shell scans: no copy
         region, threshold = response_region(self.shell_gtab, sub, mask)
         response = response_from_region(self.shell_gtab, sub, region)
         log.info("CSD response: evals %s, S0 %.4g from %d voxels with FA > %.2g",
@@ -280,12 +282,14 @@ class CsdModel:
 
         return kernel
 
-    def fit(self, data: np.ndarray, mask: np.ndarray | None = None, *, device: str | torch.device = "cpu",
-            dtype: str | torch.dtype = "float64", chunk_size: int | None = None,
+    def fit(self, data: np.ndarray | MaskedSignal, mask: np.ndarray | None = None, *,
+            device: str | torch.device = "cpu", dtype: str | torch.dtype = "float64", chunk_size: int | None = None,
             progress: bool | None = None) -> CsdFit:
         """Deconvolve every voxel of ``mask`` (all voxels when None); others get zeros.
 
-        ``chunk_size`` None: 2,000 voxels on CPU, 20,000 on CUDA.
+        ``chunk_size`` None: 2,000 voxels on CPU, 20,000 on CUDA, fewer when free memory is
+        short (a voxel's working set is its normal matrices, ``3 C^2`` doubles, and its
+        constraint tests on the regularisation sphere).
         """
         if data.ndim != 4 or data.shape[-1] != len(self.gtab.bvals):
             raise ConfigError(f"data must be (X, Y, Z, {len(self.gtab.bvals)}) to match the gradient table, "
@@ -298,7 +302,8 @@ class CsdModel:
         rows, mask = masked_rows(data, mask)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         if chunk_size is None:
-            chunk_size = CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU
+            per_voxel = 8 * (3 * n_coeffs(self.lmax) ** 2 + 2 * len(self.reg_sphere.vertices) + data.shape[-1])
+            chunk_size = chunk_for(per_voxel, device, CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU, minimum=64)
         out = map_chunks(self.kernel(matrices, device, dtype), rows, device=device, dtype=dtype,
                          chunk_size=chunk_size, progress=progress, desc="CSD fit", progress_min=5_000)
         params = self.fit_params(response, info)

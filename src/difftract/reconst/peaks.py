@@ -32,6 +32,7 @@ from dipy.core.sphere import Sphere
 
 from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError
+from ..memory import chunk_for
 from .sh import SHFit, lmax_from_ncoeffs, sh_basis
 from .voxels import map_chunks, masked_rows, unmask
 
@@ -230,7 +231,9 @@ def peaks_from_sh(sh: SHFit | np.ndarray, mask: np.ndarray | None = None, *, leg
         dirs = vert[idx.clamp(min=0)] * (idx >= 0).unsqueeze(-1)
         return {"indices": idx, "values": val, "dirs": dirs}
 
-    out = map_chunks(kernel, rows, device=device, dtype=dtype, chunk_size=chunk_size or PEAKS_CHUNK, progress=progress,
+    # per voxel: its amplitudes on the sphere and the neighbour comparisons of the search
+    chunk_size = chunk_size or chunk_for(64 * len(vertices), device, PEAKS_CHUNK, minimum=256)
+    out = map_chunks(kernel, rows, device=device, dtype=dtype, chunk_size=chunk_size, progress=progress,
                      desc="peaks")
     params = {"source": "sh", "lmax": lmax, "legacy": bool(legacy), "sphere_vertices": int(len(vertices)),
               "relative_peak_threshold": float(relative_peak_threshold),

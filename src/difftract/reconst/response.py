@@ -26,6 +26,7 @@ from ..io.gradients import B0_THRESHOLD
 from .dti import TensorModel
 from .sh import select_shell
 from .tensor import fractional_anisotropy
+from .voxels import MaskedSignal, masked_rows, row_means, take_volumes, unmask
 
 log = logging.getLogger("difftract")
 
@@ -64,17 +65,18 @@ def check_response(response) -> tuple[np.ndarray, float]:
     return evals, S0
 
 
-def signal_mask(gtab: GradientTable, data: np.ndarray) -> np.ndarray:
+def signal_mask(gtab: GradientTable, data: np.ndarray | MaskedSignal) -> np.ndarray:
     """Voxels whose mean b0 exceeds a fifth of its 99th percentile: a crude brain mask, so
     that the high FA of pure-noise background voxels never picks the response."""
-    b0 = data[..., np.asarray(gtab.b0s_mask)].mean(axis=-1)
+    b0, held = row_means(data, None, np.flatnonzero(gtab.b0s_mask))
+    b0 = unmask(b0, held)
     finite = np.isfinite(b0) & (b0 > 0)
     if not finite.any():
         return finite
     return finite & (b0 > SIGNAL_FRACTION * np.percentile(b0[finite], 99))
 
 
-def response_region(gtab: GradientTable, data: np.ndarray, mask: np.ndarray | None = None, *,
+def response_region(gtab: GradientTable, data: np.ndarray | MaskedSignal, mask: np.ndarray | None = None, *,
                     fa_threshold: float = FA_THRESHOLD, min_voxels: int = MIN_VOXELS,
                     fa_floor: float = FA_FLOOR) -> tuple[np.ndarray, float]:
     """Voxels to estimate the response from: FA above a threshold inside ``mask``.
@@ -100,7 +102,7 @@ def response_region(gtab: GradientTable, data: np.ndarray, mask: np.ndarray | No
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != spatial:
         raise ValueError(f"mask shape {mask.shape} does not match the data grid {spatial}")
-    b0 = data[..., np.asarray(gtab.b0s_mask)].mean(axis=-1)[mask]
+    b0, _ = row_means(data, mask, np.flatnonzero(gtab.b0s_mask))
     evals = TensorModel(gtab).fit(data, mask, progress=False).evals[mask]   # chunked: no copy of the data
     fa = np.where(b0 > 0, fractional_anisotropy(evals).numpy(), 0.0)
 
@@ -129,9 +131,11 @@ def response_region(gtab: GradientTable, data: np.ndarray, mask: np.ndarray | No
     return region, float(threshold)
 
 
-def response_from_region(gtab: GradientTable, data: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, float]:
+def response_from_region(gtab: GradientTable, data: np.ndarray | MaskedSignal,
+                         region: np.ndarray) -> tuple[np.ndarray, float]:
     """DIPY's ssst response over ``region``: evals ``(l1, l2, l2)`` and the mean b0 ``S0``."""
-    rows = data[np.asarray(region, dtype=bool)]
+    rows, _ = masked_rows(data, np.asarray(region, dtype=bool))
+    rows = np.asarray(rows[0:rows.shape[0]])      # the region's voxels only: a few thousand
     if len(rows) == 0:
         raise ConfigError("the response region is empty")
     top = TensorModel(gtab).fit(rows, progress=False).evals[:, :2].mean(axis=0)
@@ -139,7 +143,7 @@ def response_from_region(gtab: GradientTable, data: np.ndarray, region: np.ndarr
     return np.array([top[0], top[1], top[1]]), S0
 
 
-def estimate_response(gtab: GradientTable, data: np.ndarray, mask: np.ndarray | None = None, *,
+def estimate_response(gtab: GradientTable, data: np.ndarray | MaskedSignal, mask: np.ndarray | None = None, *,
                       shell: float | None = None, fa_threshold: float = FA_THRESHOLD,
                       min_voxels: int = MIN_VOXELS, b0_threshold: float = B0_THRESHOLD
                       ) -> tuple[np.ndarray, float]:
@@ -148,6 +152,6 @@ def estimate_response(gtab: GradientTable, data: np.ndarray, mask: np.ndarray | 
     Uses the b0 volumes and one shell (``shell``; default the only or highest one).
     """
     keep, sub = single_shell(gtab, shell, b0_threshold)
-    data = data[..., keep]
+    data = take_volumes(data, keep)
     region, _ = response_region(sub, data, mask, fa_threshold=fa_threshold, min_voxels=min_voxels)
     return response_from_region(sub, data, region)

@@ -28,7 +28,8 @@ from dipy.reconst.shm import real_sh_descoteaux, smooth_pinv
 from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError
 from ..io.gradients import B0_THRESHOLD
-from .voxels import DEFAULT_CHUNK, map_chunks, masked_rows, unmask
+from ..memory import chunk_for
+from .voxels import DEFAULT_CHUNK, MaskedSignal, map_chunks, masked_rows, unmask
 
 log = logging.getLogger("difftract")
 
@@ -91,7 +92,8 @@ def gfa(coeffs: np.ndarray) -> np.ndarray:
     The basis is orthonormal, so this is the normalised standard deviation of the
     function over the sphere (DIPY's GFA from SH coefficients).
     """
-    power = np.sum(np.asarray(coeffs, dtype=np.float64) ** 2, axis=-1)
+    # float64 sums without a squared copy of the coefficients (a whole-brain fODF is 1.3 GB in float64)
+    power = np.einsum("...i,...i->...", coeffs, coeffs, dtype=np.float64)
     ratio = np.divide(coeffs[..., 0] ** 2, power, out=np.ones_like(power), where=power > 0)
     return np.sqrt(np.clip(1.0 - ratio, 0.0, 1.0))
 
@@ -325,14 +327,19 @@ class SHModel:
 
         return kernel
 
-    def fit(self, data: np.ndarray, mask: np.ndarray | None = None, *, device: str | torch.device = "cpu",
-            dtype: str | torch.dtype = "float64", chunk_size: int | None = None,
+    def fit(self, data: np.ndarray | MaskedSignal, mask: np.ndarray | None = None, *,
+            device: str | torch.device = "cpu", dtype: str | torch.dtype = "float64", chunk_size: int | None = None,
             progress: bool | None = None) -> SHFit:
-        """Fit every voxel of ``mask`` (all voxels when None); others get zeros."""
+        """Fit every voxel of ``mask`` (all voxels when None); others get zeros.
+
+        ``chunk_size`` None: 50,000 voxels, fewer when free memory is short.
+        """
         if data.shape[-1] != len(self.gtab.bvals):
             raise ConfigError(f"data has {data.shape[-1]} volumes but the gradient table {len(self.gtab.bvals)}")
         rows, mask = masked_rows(data, mask)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
+        chunk_size = chunk_size or chunk_for(8 * (data.shape[-1] + 3 * len(self.dw_index)) + 1024, device,
+                                             DEFAULT_CHUNK, minimum=256)
         out = map_chunks(self.kernel(device, dtype), rows, device=device, dtype=dtype,
-                         chunk_size=chunk_size or DEFAULT_CHUNK, progress=progress, desc="SH fit")
+                         chunk_size=chunk_size, progress=progress, desc="SH fit")
         return SHFit(unmask(out["coeffs"], mask), mask, self.lmax, self.legacy, self.params)

@@ -1,7 +1,10 @@
 """Running a per-voxel model over masked voxels in bounded-memory chunks.
 
 Every reconstruction model works on a ``(V, N)`` signal matrix of the voxels in the
-mask. :func:`map_chunks` feeds it to a torch kernel chunk by chunk (so memory is bounded
+mask. The fits take either a 4D array or a :class:`MaskedSignal` (what
+:func:`difftract.io.load_dwi` holds: only the brain's rows, never the whole grid);
+:func:`masked_rows` gives the rows of a mask from either without copying the data,
+:func:`map_chunks` feeds them to a torch kernel chunk by chunk (so memory is bounded
 by ``chunk_size``, not by the volume), moves results back to numpy and shows a progress
 bar on long fits; :func:`unmask` puts the rows back on the grid.
 """
@@ -20,17 +23,98 @@ DEFAULT_CHUNK = 50_000
 PROGRESS_MIN_VOXELS = 200_000  # smaller fits finish before a bar is worth drawing
 
 
+class MaskedSignal:
+    """The signal of the voxels of a mask only: ``rows (V, N)``, one row per mask voxel in C order.
+
+    A whole-brain scan held this way takes the brain's rows (about a quarter of the grid
+    for an HCP scan) and no background. ``shape`` and ``ndim`` are those of the 4D volume
+    it stands for, so the fits' shape checks read it like an array; :func:`masked_rows`
+    gives the rows of the held mask or of any mask inside it (e.g. the white matter).
+
+    Attributes
+    ----------
+    rows : ndarray, (V, N)
+        The signal of the held voxels (C order of the grid, as ``volume[mask]``).
+    mask : ndarray of bool, (X, Y, Z)
+        Which voxels are held; ``V == mask.sum()``.
+    """
+
+    def __init__(self, rows: np.ndarray, mask: np.ndarray):
+        mask = np.asarray(mask, dtype=bool)
+        if rows.ndim != 2 or rows.shape[0] != int(mask.sum()):
+            raise ValueError(f"rows {rows.shape} must be (V, N) with V = {int(mask.sum())} voxels of the mask")
+        self.rows, self.mask = rows, mask
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.mask.shape + (self.rows.shape[1],)
+
+    @property
+    def ndim(self) -> int:
+        return self.mask.ndim + 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.rows.dtype
+
+    @property
+    def complete(self) -> bool:
+        """Whether every voxel of the grid is held (then ``rows`` is the volume, reshaped)."""
+        return len(self.rows) == self.mask.size
+
+    def positions(self, mask: np.ndarray) -> np.ndarray:
+        """Row numbers of the voxels of ``mask`` (in C order); refuses a voxel that is not held."""
+        mask = np.asarray(mask, dtype=bool)
+        outside = int(np.count_nonzero(mask & ~self.mask))
+        if outside:
+            raise ConfigError(f"the mask reaches {outside} voxel(s) outside the {len(self.rows)} held (the brain "
+                              "mask the scan was loaded with); use a mask inside the brain mask, or load the scan "
+                              "with the larger mask")
+        row_of = np.cumsum(self.mask.ravel(), dtype=np.int64) - 1
+        return row_of[mask.ravel()]
+
+    def volume(self, volumes: np.ndarray | None = None) -> np.ndarray:
+        """The 4D ``(X, Y, Z, N)`` array (or of the given ``volumes`` only): zeros outside the held
+        voxels; a view when all voxels and volumes are held."""
+        if volumes is None and self.complete:
+            return self.rows.reshape(self.shape)
+        rows = self.rows if volumes is None else self.rows[:, volumes]
+        out = np.zeros(self.mask.shape + rows.shape[1:], dtype=rows.dtype)
+        out[self.mask] = rows
+        return out
+
+    def take(self, volumes: np.ndarray) -> "MaskedSignal":
+        """The same voxels with only ``volumes`` (a copy of those columns: ``V x len(volumes)``)."""
+        return MaskedSignal(np.ascontiguousarray(self.rows[:, volumes]), self.mask)
+
+
+def take_volumes(data: np.ndarray | MaskedSignal, volumes: np.ndarray) -> np.ndarray | MaskedSignal:
+    """``data[..., volumes]`` for an array or a :class:`MaskedSignal` (which copies only its rows)."""
+    return data.take(volumes) if isinstance(data, MaskedSignal) else data[..., volumes]
+
+
+def row_means(data: np.ndarray | MaskedSignal, mask: np.ndarray | None, volumes: np.ndarray,
+              chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``volumes`` in each voxel of ``mask`` ``(V,)``, chunk by chunk, and the mask (see masked_rows)."""
+    rows, mask = masked_rows(data, mask)
+    means = [np.asarray(rows[a:a + chunk_size])[:, volumes].mean(axis=1) for a in range(0, rows.shape[0], chunk_size)]
+    return (np.concatenate(means) if means else np.zeros(0, dtype=data.dtype)), mask
+
+
 class MaskedRows:
     """The ``(V, N)`` signal of the voxels in a mask, read chunk by chunk without a full copy.
 
     ``rows[a:b]`` gathers voxels ``a`` to ``b`` (in C order of the grid) from the data by
-    their coordinates, whatever the data's memory layout (NIfTI data are Fortran-ordered);
-    ``len(rows)`` is the number of voxels in the mask.
+    their coordinates, whatever the data's memory layout (NIfTI data are Fortran-ordered),
+    or from the rows of a :class:`MaskedSignal` by their positions; ``len(rows)`` is the
+    number of voxels in the mask.
     """
 
-    def __init__(self, data: np.ndarray, mask: np.ndarray):
-        self._data = data
-        self._coords = np.nonzero(mask)
+    def __init__(self, data: np.ndarray | MaskedSignal, mask: np.ndarray):
+        if isinstance(data, MaskedSignal):
+            self._data, self._coords = data.rows, (data.positions(mask),)
+        else:
+            self._data, self._coords = data, np.nonzero(mask)
         self.shape = (len(self._coords[0]), data.shape[-1])
 
     def __len__(self) -> int:
@@ -42,9 +126,24 @@ class MaskedRows:
         return self._data[tuple(c[chunk] for c in self._coords)]
 
 
-def masked_rows(data: np.ndarray, mask: np.ndarray | None) -> tuple[MaskedRows, np.ndarray]:
-    """The signal of the voxels in ``mask`` (all voxels when None), as :class:`MaskedRows`, and the mask."""
+def masked_rows(data: np.ndarray | MaskedSignal, mask: np.ndarray | None
+                ) -> tuple[np.ndarray | MaskedRows, np.ndarray]:
+    """The signal of the voxels in ``mask`` as ``(V, N)`` rows read by slices, and the mask.
+
+    ``mask`` None means all voxels of an array, and the held voxels of a
+    :class:`MaskedSignal`. The held mask itself gives the held rows (no copy); another
+    mask gives :class:`MaskedRows`, which gathers each chunk when it is read.
+    """
     spatial = data.shape[:-1]
+    if isinstance(data, MaskedSignal):
+        if mask is None:
+            return data.rows, data.mask
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != spatial:
+            raise ValueError(f"mask shape {mask.shape} does not match the data grid {spatial}")
+        if mask is data.mask or np.array_equal(mask, data.mask):
+            return data.rows, data.mask
+        return MaskedRows(data, mask), mask
     mask = np.ones(spatial, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     if mask.shape != spatial:
         raise ValueError(f"mask shape {mask.shape} does not match the data grid {spatial}")
@@ -90,8 +189,9 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
     outputs: dict[str, np.ndarray] = {}
     with tqdm(total=n, desc=desc, unit="vox", disable=not progress, leave=False) as bar:
         for start in range(0, n, chunk_size):
-            chunk = torch.as_tensor(np.ascontiguousarray(rows[start:start + chunk_size]))
-            result = kernel(chunk.to(device=device, dtype=dtype))
+            # always a copy: the rows may be the scan's own (a MaskedSignal), and a kernel may work in place
+            chunk = torch.tensor(np.asarray(rows[start:start + chunk_size]), device=device, dtype=dtype)
+            result = kernel(chunk)
             for key, value in result.items():
                 value = value.detach().cpu().numpy()
                 if key not in outputs:

@@ -61,7 +61,7 @@ def signal_sh_shell(bvals) -> float:
 def signal_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
     """SH coefficients ``(X, Y, Z, m)`` float32 of the b0-normalised shell nearest b = 1000 (0 outside the mask)."""
     shell = signal_sh_shell(dwi.bvals)
-    fit = SHModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.data, dwi.mask, device=device,
+    fit = SHModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.signal, dwi.mask, device=device,
                                                                        dtype="float32", progress=False)
     return fit.coeffs.astype(np.float32)
 

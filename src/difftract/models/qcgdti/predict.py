@@ -20,6 +20,7 @@ from ...errors import ConfigError
 from ...io.gradients import B0_THRESHOLD
 from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
+from ...reconst.voxels import MaskedSignal
 from .data import brain_scale, make_input, pad_to, q_coordinates
 from .model import N_DWI, TENSOR_SCALE, QCGDTI, build_model
 from .schemes import SixSet, check_six
@@ -105,9 +106,13 @@ class QCGTensorModel:
         lt = np.moveaxis(out / np.maximum(weight, 1e-12), 0, -1)[: shape[0], : shape[1], : shape[2]]
         return (lt / TENSOR_SCALE * mask[..., None]).astype(np.float32)
 
-    def fit(self, data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
+    def fit(self, data: np.ndarray | MaskedSignal, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
             six: SixSet | None = None, b0_index: int | None = None) -> TensorFit:
-        """Fit a scan: its six DWIs (or the ``six`` chosen from many) and one b0 (the first)."""
+        """Fit a scan: its six DWIs (or the ``six`` chosen from many) and one b0 (the first).
+
+        ``data`` is a 4D array or a :class:`MaskedSignal` (then the seven volumes are put on
+        the grid, zero outside the held voxels, and nothing else).
+        """
         if mask is None:
             raise ConfigError("QCG-DTI needs a brain mask (intensities are normalised over it)")
         mask = np.asarray(mask, dtype=bool)
@@ -116,9 +121,16 @@ class QCGTensorModel:
         idx = np.array(six.indices) if six is not None else np.flatnonzero(bvals > B0_THRESHOLD)
         check_six(np.concatenate([bvals[b0s[:1]], bvals[idx]]), np.concatenate([bvecs[b0s[:1]], bvecs[idx]]))
         b0_index = int(b0s[0] if b0_index is None else b0_index)
-        b0 = data[..., b0_index].astype(np.float32)
-        lt = self.predict(b0, data[..., idx].astype(np.float32), bvals[idx], bvecs[idx], mask)
+        b0 = _volumes(data, [b0_index])[..., 0]
+        lt = self.predict(b0, _volumes(data, idx), bvals[idx], bvecs[idx], mask)
         scale = np.max(bvals[idx])
         evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)), EIGENVALUE_TOL / scale)
         return TensorFit(evals.numpy() * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
                          {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index})
+
+
+def _volumes(data: np.ndarray | MaskedSignal, volumes) -> np.ndarray:
+    """The ``volumes`` of the scan as a float32 ``(X, Y, Z, k)`` array."""
+    if isinstance(data, MaskedSignal):
+        return data.volume(np.asarray(volumes)).astype(np.float32, copy=False)
+    return data[..., volumes].astype(np.float32)
