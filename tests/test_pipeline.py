@@ -100,3 +100,22 @@ def test_run_options_refuse_what_cannot_work(subject):
         RunOptions(methods=("det", "det"))
     with pytest.raises(ConfigError, match="--shell and --lmax"):
         RunOptions(methods=("ddtracking",), lmax=6)
+
+
+def test_tracking_a_given_fodf_reads_no_signal(cli, subject, tmp_path, monkeypatch):
+    """``track --sh`` needs the grid, not the diffusion signal: no DWI volume is read."""
+    from difftract.io import dwi as dwi_module
+
+    fod = tmp_path / "fod.nii.gz"
+    scan = [subject / "dwi.nii.gz", subject / "dwi.bval", subject / "dwi.bvec", "--mask", subject / "mask.nii.gz"]
+    assert cli("-q", "fit", "csd", *scan, "--out", fod, "--lmax", "6").returncode == 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a DWI volume was read")
+
+    monkeypatch.setattr(dwi_module, "iter_volumes", refuse)
+    res = cli("-q", "track", *scan, "--sh", fod, "--stop-mask", subject / "wm.nii.gz", "--out", tmp_path / "t.trx")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "t.json").read_text())["n_streamlines"] > 0
+    with pytest.raises(AssertionError, match="volume was read"):      # the spy would see a read
+        cli("-q", "track", *scan, "--sh", fod, "--fa-threshold", "0.2", "--out", tmp_path / "fa.trx")

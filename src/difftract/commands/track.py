@@ -97,6 +97,7 @@ def add_parser(sub) -> None:
 def cmd_track(args: argparse.Namespace) -> int:
     from ..io.atomic import check_outputs
     from ..io.dwi import load_mask
+    from ..io.grid import load_grid
     from ..io.seeds import load_seeds_file
     from ..io.sh import load_sh, sh_basis_of
     from ..io.sidecar import sidecar_path
@@ -124,7 +125,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     stop_path = args.stop_mask or args.mask
     if stop_path is None and args.fa_threshold is None:
         raise ConfigError("tracking needs a stopping rule: give --mask, --stop-mask or --fa-threshold")
-    dwi = load_scan(args)
+    reads_signal = model is not None or args.sh is None or args.fa_threshold is not None
+    dwi = load_scan(args) if reads_signal else load_grid(args.dwi, args.bval, args.bvec, args.mask)
     fit_compute = Compute(device=args.device, chunk_size=args.chunk_size)   # the fits' own precision
     if model is not None:
         source = LearnedSource(*model, signal_sh(dwi, model[0].config.n_coeffs, compute))

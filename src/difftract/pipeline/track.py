@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,6 +31,18 @@ from .console import Console
 
 log = logging.getLogger("difftract")
 SH_BASES = ("descoteaux07", "descoteaux07_legacy")
+
+
+class Grid(Protocol):
+    """What tracking reads of a scan: its grid and its files (a :class:`~difftract.io.dwi.DWI`, or a
+    :class:`~difftract.io.grid.ScanGrid` when the field was made elsewhere and the signal is not needed)."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    files: dict[str, Path]
+
+    @property
+    def voxel_sizes(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -202,7 +215,7 @@ class TrackResult:
     lengths_mm: np.ndarray
 
 
-def track(dwi, out: Path, source: FodSource | LearnedSource, stopping: Stopping, seeding: Seeding,
+def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Stopping, seeding: Seeding,
           options: TrackOptions = TrackOptions(), *, compute: Compute = Compute(), console: Console = Console(),
           force: bool = False, inputs: list[Path] = (), equivalent: str | None = None) -> TrackResult:
     """Track ``dwi``'s field from ``seeding`` until ``stopping`` and stream the streamlines to ``out``.
