@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .commands import cluster, connectome, fit, run, score, track, train
+from .commands import cluster, cohort, connectome, fit, run, score, track, train
 from .phantom.presets import PRESETS
 from .errors import ConfigError, DifftractError
 
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     run.add_parser(sub)
+    cohort.add_parser(sub)
     fit.add_parser(sub)
     track.add_parser(sub)
     score.add_parser(sub)
