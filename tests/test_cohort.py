@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import pytest
@@ -93,6 +94,8 @@ def test_a_rerun_skips_the_finished_subjects_and_recomputes_nothing(first_run, s
         for column in ("streamlines", "F1", "VC", "seconds", "peak_rss_gb", "mean_length_mm"):
             assert rows[name][column] == first[name][column], (name, column)
     assert "33 values" in rows["sub-broken"]["error"]
+    # the 2 workers share this machine's cores as torch threads (the client's cluster did not say)
+    assert int(rows["sub-broken"]["torch_threads"]) == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def test_two_places_to_run_are_refused_before_anything_is_written(subjects, tmp_path):

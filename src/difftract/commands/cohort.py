@@ -43,7 +43,9 @@ def add_parser(sub) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
                        help="worker processes of a local cluster (default: one per core, at most one per subject)")
-    where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://HOST:8786")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running Dask scheduler: tcp://HOST:8786, or the JSON file of dask scheduler "
+                            "--scheduler-file")
     p.add_argument("--threads-per-worker", type=int, metavar="T",
                    help="torch threads per subject (default: the cores divided among the subjects run at once)")
     p.add_argument("--memory-per-worker", default="auto", metavar="SIZE",
@@ -57,11 +59,13 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds-per-voxel", type=int, metavar="N",
                    help="random seeds per mask voxel (default: 1; DDTracking: its weights' own)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present), cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--min-len-mm", type=float, default=20.0, help="shortest streamline kept, mm (default: %(default)s)")
     p.add_argument("--shell", type=float, metavar="B", help="det/prob: the shell of the CSD fit (default: the highest)")
     p.add_argument("--lmax", type=int, metavar="N", help="det/prob: the CSD fit's lmax (default: 8)")
-    p.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
+    p.add_argument("--zero-nonfinite", action="store_true",
+                   help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
     p.add_argument("--force", action="store_true", help="rerun finished subjects too (their folders are replaced)")
     p.set_defaults(func=cmd_cohort)
 

@@ -16,10 +16,7 @@ any exception, a worker that died) is recorded with a one-line error and the oth
 
 from __future__ import annotations
 
-import csv
-import html
 import io
-import json
 import logging
 import os
 import threading
@@ -30,22 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
+from .cohort_report import counts, finished_row, read_json, row_figures, write_tables
 from .console import Console
 from .run import RunOptions, run_subject
 
 log = logging.getLogger("difftract")
 
 STATUSES = ("done", "skipped", "failed", "pending")
-COLUMNS = ("name", "status", "error", "streamlines", "mean_length_mm", "seconds", "peak_rss_gb", "peak_gpu_gb",
-           "VC", "VB", "IC", "NC", "OL", "OR", "F1", "subject", "out")
-# the Tractometer's figures in the cohort table: (column, key of scores.json), as the run report shows them
-SCORE_KEYS = (("VC", "VS_ratio"), ("VB", "VB"), ("IC", "IC_ratio"), ("NC", "NC_ratio"), ("OL", "mean_OL"),
-              ("OR", "mean_OR_vs"), ("F1", "mean_f1"))
 
 
 @dataclass
 class CohortResult:
-    """One row per subject (:data:`COLUMNS`; ``status`` one of done, skipped, failed), and where they were written."""
+    """One row per subject (:data:`.cohort_report.COLUMNS`; status done, skipped or failed) and the tables' paths."""
 
     out: Path
     rows: list[dict]
@@ -59,7 +52,12 @@ class CohortResult:
         return [r for r in self.rows if r["status"] == "failed"]
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(r["status"] for r in self.rows))
+        return counts(self.rows)
+
+    def write(self, options: RunOptions, seconds: float) -> dict[str, Path]:
+        """The cohort's tables and page, as they stand (:func:`.cohort_report.write_tables`)."""
+        return write_tables(self.out, self.rows, options, seconds=round(seconds, 1), workers=self.workers,
+                            torch_threads=self.torch_threads)
 
 
 # ---------------------------------------------------------------------- the subjects
@@ -72,9 +70,11 @@ def find_subjects(subjects: str | Path, out: str | Path | None = None) -> list[t
     or, when two share one (HCP's ``ID/T1w/Diffusion``), its path below their common folder
     joined with ``_``.
     """
+    from ..io.dwi import SUBJECT_LAYOUTS
+
     subjects = Path(subjects)
     if subjects.is_dir():
-        if any((subjects / n).exists() for n in ("dwi.nii.gz", "dwi.nii", "data.nii.gz", "data.nii")):
+        if any((subjects / n).exists() for names, *_ in SUBJECT_LAYOUTS for n in names):
             raise ConfigError(f"{subjects}: this is one subject's folder; give the folder that holds the subjects' "
                               "folders (or a list file), or use `difftract run` for one subject")
         skip = Path(os.path.abspath(out)) if out is not None else None
@@ -134,52 +134,47 @@ def run_task(name: str, directory: Path, out: Path, options: RunOptions, torch_t
              force: bool) -> dict:
     """Run one subject in this worker; its row. Every exception becomes a failed row (type and first line).
 
-    ``torch_threads`` is the number of torch threads, or, per worker host, the host's cores
-    divided among the tasks it runs at once (see :func:`_threads_by_host`).
+    ``torch_threads`` is the number of torch threads, or, per worker host, how many tasks it
+    runs at once (:func:`_slots`), among which this host's cores are shared.
     """
     import torch
+    from distributed import get_worker
+    from distributed.comm import get_address_host
 
-    threads = torch_threads if isinstance(torch_threads, int) else _threads_here(torch_threads)
+    from ..io.atomic import atomic_file
+
+    if isinstance(torch_threads, int):
+        threads = torch_threads
+    else:
+        worker = get_worker()
+        threads = max(1, _cores() // (torch_threads.get(get_address_host(worker.address)) or worker.state.nthreads))
     torch.set_num_threads(threads)
     buffer = io.StringIO()
     handler = _ThreadHandler(buffer)
     log.addHandler(handler)
     previous_level = log.level
     log.setLevel(min(log.getEffectiveLevel(), logging.INFO))
-    gpu = _uses_gpu(options)
+    gpu = torch.cuda.is_available() and options.compute.device != "cpu"
     _reset_peak(gpu)
     start = time.perf_counter()
     row = {"name": name, "subject": str(directory), "out": str(out)}
     try:
+        if not force and is_complete(out, options):    # a rerun of a task whose worker was lost after it finished
+            return finished_row(name, directory, out, options, None)
         summary = run_subject(directory, out, options, console=_LogConsole(stream=buffer), force=force)
-        row.update(status="done", error="", **_figures(summary.streamlines, summary.mean_length_mm, summary.scores,
+        row.update(status="done", error="", **row_figures(summary.streamlines, summary.mean_length_mm, summary.scores,
                                                        options.methods))
     except Exception as exc:                # noqa: BLE001 - any failure is this subject's row, not the cohort's end
-        message = str(exc).strip().splitlines()
-        row.update(status="failed", error=f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": "))
+        row.update(status="failed", error=_one_line(exc))
         buffer.write(f"difftract: error: {row['error']}\n")
     finally:
         log.removeHandler(handler)
         log.setLevel(previous_level)
     row.update(seconds=round(time.perf_counter() - start, 2), torch_threads=threads, **_peaks(gpu))
-    _write_log(out.parent / "logs" / f"{name}.log", buffer.getvalue())
+    (out.parent / "logs").mkdir(parents=True, exist_ok=True)
+    with atomic_file(out.parent / "logs" / f"{name}.log", force=True) as tmp:
+        tmp.write_text(buffer.getvalue())
     return row
-
-
-def _uses_gpu(options: RunOptions) -> bool:
-    try:
-        return options.compute.torch_device.type == "cuda"
-    except Exception:                        # noqa: BLE001 - an absent device fails in run_subject, with its message
-        return False
-
-
-def _threads_here(by_host: dict[str, int]) -> int:
-    from distributed import get_worker
-
-    worker = get_worker()
-    host = worker.address.rsplit(":", 1)[0]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return by_host.get(host) or max(1, cores // worker.state.nthreads)
 
 
 def _reset_peak(gpu: bool) -> None:
@@ -211,51 +206,6 @@ def _peaks(gpu: bool) -> dict:
     return out
 
 
-def _write_log(path: Path, text: str) -> None:
-    from ..io.atomic import atomic_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, force=True) as tmp:
-        tmp.write_text(text)
-
-
-# ---------------------------------------------------------------------- figures of a row
-def _figures(streamlines: dict, mean_length: dict, scores: dict, methods: tuple[str, ...]) -> dict:
-    """A row's figures; with several methods every column is suffixed ``_METHOD``."""
-    row = {}
-    for method in methods:
-        suffix = "" if len(methods) == 1 else f"_{method}"
-        row[f"streamlines{suffix}"] = streamlines.get(method, "")
-        length = mean_length.get(method)
-        row[f"mean_length_mm{suffix}"] = "" if length is None else round(length, 2)
-        for column, key in SCORE_KEYS:
-            value = (scores.get(method) or {}).get(key, "")
-            row[f"{column}{suffix}"] = round(value, 4) if isinstance(value, float) else value
-    return row
-
-
-def _skipped_row(name: str, directory: Path, out: Path, options: RunOptions, previous: dict | None) -> dict:
-    """The row of a finished subject, read from its files; its time and memory from the run that made it."""
-    streamlines, lengths, scores = {}, {}, {}
-    for method in options.methods:
-        sidecar = _read_json((out / options.tracks_name(method)).with_suffix(".json"))
-        streamlines[method] = (sidecar or {}).get("n_streamlines", "")
-        scores[method] = _read_json(out / options.scores_name(method))
-    row = {"name": name, "status": "skipped", "error": "", "subject": str(directory), "out": str(out),
-           **_figures(streamlines, lengths, scores, options.methods)}
-    for key in ("seconds", "peak_rss_gb", "peak_gpu_gb", "torch_threads",
-                *(c for c in previous or {} if c.startswith("mean_length"))):
-        row[key] = (previous or {}).get(key, "")
-    return row
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 # ---------------------------------------------------------------------- the cohort (runs on the client)
 def run_cohort(subjects: str | Path, out: str | Path, options: RunOptions = RunOptions(), *,
                workers: int | None = None, scheduler: str | None = None, client=None,
@@ -274,7 +224,8 @@ def run_cohort(subjects: str | Path, out: str | Path, options: RunOptions = RunO
     workers : int, optional
         Worker processes of the local cluster (default: one per core, at most one per subject).
     scheduler : str, optional
-        Address of a running Dask scheduler (``tcp://HOST:8786``) instead of a local cluster.
+        A running Dask scheduler instead of a local cluster: its address (``tcp://HOST:8786``) or
+        the JSON file ``dask scheduler --scheduler-file`` wrote.
     client : distributed.Client, optional
         A client to use as it is (e.g. of a ``SLURMCluster``); neither ``workers`` nor ``scheduler`` then.
     threads_per_worker : int, optional
@@ -303,13 +254,15 @@ def run_cohort(subjects: str | Path, out: str | Path, options: RunOptions = RunO
     if out.exists() and not out.is_dir():
         raise InputError(out, "the cohort's output must be a folder; this is a file")
     listed = find_subjects(subjects, out)
+    if "logs" in dict(listed):
+        raise ConfigError(f"{subjects}: a subject named logs would share OUT/logs with the subjects' logs; rename it")
     out.mkdir(parents=True, exist_ok=True)
-    previous = {r.get("name"): r for r in (_read_json(out / "cohort.json") or {}).get("subjects", [])}
+    previous = {r.get("name"): r for r in (read_json(out / "cohort.json") or {}).get("subjects", [])}
     rows: dict[str, dict] = {}
     todo = []
     for name, directory in listed:
         if not force and is_complete(out / name, options):
-            rows[name] = _skipped_row(name, directory, out / name, options, previous.get(name))
+            rows[name] = finished_row(name, directory, out / name, options, previous.get(name))
         else:
             rows[name] = {"name": name, "status": "pending", "error": "", "subject": str(directory),
                           "out": str(out / name)}
@@ -323,12 +276,12 @@ def run_cohort(subjects: str | Path, out: str | Path, options: RunOptions = RunO
             result.torch_threads = threads if isinstance(threads, int) else None
             console.say(f"cohort: {n} workers" + (f", {threads} torch threads each" if isinstance(threads, int) else "")
                         + (f", at {dask_client.scheduler.address}" if client is not None or scheduler else ""))
-            _write_tables(result, options, time.perf_counter() - start)
+            result.write(options, time.perf_counter() - start)
             _run_all(dask_client, todo, rows, result, out, options, threads, force, console, start)
     result.rows, result.seconds = list(rows.values()), time.perf_counter() - start
-    result.tables = _write_tables(result, options, result.seconds)
-    counts = result.counts()
-    console.say(f"cohort: {', '.join(f'{counts[s]} {s}' for s in STATUSES if counts.get(s))} in "
+    result.tables = result.write(options, result.seconds)
+    tally = result.counts()
+    console.say(f"cohort: {', '.join(f'{tally[s]} {s}' for s in STATUSES if tally.get(s))} in "
                 f"{result.seconds:.0f} s -> {result.tables['html']}")
     return result
 
@@ -349,11 +302,10 @@ def _run_all(client, todo, rows, result, out, options, threads, force, console, 
                 row = {**rows[name], "status": "failed", "error": _lost_task(exc)}
             rows[name] = row
             bar.update(1)
-            line = (f"{name}: done, {row.get('streamlines', '')} streamlines, {row.get('seconds', 0):.0f} s"
-                    if row["status"] == "done" else f"{name}: failed: {row['error']}")
-            console.say(line)
+            console.say(f"{name}: failed: {row['error']}" if row["status"] == "failed" else
+                        f"{name}: {row['status']}, {row.get('streamlines', '')} streamlines, {row.get('seconds')} s")
             result.rows = list(rows.values())
-            _write_tables(result, options, time.perf_counter() - start)
+            result.write(options, time.perf_counter() - start)
     finally:
         bar.close()
         for future in futures:
@@ -366,13 +318,18 @@ def _lost_task(exc: Exception) -> str:
     if isinstance(exc, KilledWorker):
         return ("KilledWorker: the worker running it died (out of memory? give more --memory-per-worker, "
                 "or fewer --workers)")
-    message = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": ")
+    return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: the message's first line`` (a DifftractError's names the file and the problem)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _memory_limit(value: str | int | None):
     if value in (None, 0, "0", "auto"):
-        return value or 0
+        return "auto" if value == "auto" else 0
     from dask.utils import parse_bytes
 
     try:
@@ -388,13 +345,14 @@ def _cores() -> int:
 
 @contextmanager
 def _connect(client, scheduler, workers: int | None, threads: int | None, memory, tasks: int):
-    """``(client, torch threads or tasks at once per host, workers)``: the given client, a scheduler's, or a local cluster's."""
+    """``(client, torch threads or tasks at once per host, workers)``: given, a scheduler's, or a local cluster's."""
     import dask
     from distributed import Client, LocalCluster
 
     with ExitStack() as stack:
-        if client is None and scheduler is not None:
-            client = stack.enter_context(Client(scheduler))
+        if client is None and scheduler is not None:   # an address, or the file `dask scheduler --scheduler-file` wrote
+            client = stack.enter_context(Client(scheduler_file=scheduler) if str(scheduler).endswith(".json")
+                                         else Client(scheduler))
         if client is not None:
             info = client.scheduler_info(n_workers=-1)["workers"].values()
             if not info:
@@ -419,56 +377,3 @@ def _slots(info) -> dict[str, int]:
     return dict(slots)
 
 
-# ---------------------------------------------------------------------- the tables and the page
-def _write_tables(result: CohortResult, options: RunOptions, seconds: float) -> dict[str, Path]:
-    """``cohort.csv``, ``cohort.json`` and ``cohort.html`` in the cohort's folder, each written atomically."""
-    from ..io.atomic import atomic_file
-    from ..io.sidecar import write_json
-
-    out = result.out
-    columns = list(dict.fromkeys([c for c in COLUMNS if any(c in r for r in result.rows)]
-                                 + [c for r in result.rows for c in r if c not in COLUMNS]))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, restval="", extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    rows = [{c: r.get(c, "") for c in columns} for r in result.rows]
-    writer.writerows(rows)
-    with atomic_file(out / "cohort.csv", force=True) as tmp:
-        tmp.write_text(buffer.getvalue())
-    record = {"counts": result.counts(), "seconds": round(seconds, 1), "workers": result.workers,
-              "torch_threads": result.torch_threads, "methods": list(options.methods),
-              "peak_rss_gb": "peak resident memory of the worker process while it ran the subject (Linux VmHWM, "
-                             "reset at the task's start; includes the worker's own 0.3-0.5 GB; with several tasks per worker process, the process's peak while this one ran)",
-              "subjects": rows}
-    write_json(out / "cohort.json", record, force=True)
-    page = _page(result, options)
-    with atomic_file(out / "cohort.html", force=True) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return {"csv": out / "cohort.csv", "json": out / "cohort.json", "html": out / "cohort.html"}
-
-
-def _page(result: CohortResult, options: RunOptions) -> str:
-    """One row per subject: a thumbnail of its streamlines, its figures, a link to its report (paths relative)."""
-    from ..viz.report import STYLE
-
-    method = options.methods[0]
-    suffix = "" if len(options.methods) == 1 else f"_{method}"
-    figures = ["streamlines", "mean_length_mm", "seconds", "peak_rss_gb", *(c for c, _ in SCORE_KEYS)]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("subject", "status", method, *figures))
-    body = []
-    for r in result.rows:
-        name = html.escape(r["name"])
-        thumb = Path(r["out"]) / f"report_tracks_{method}.png"
-        cells = [f'<a href="{name}/report.html">{name}</a>' if r["status"] in ("done", "skipped") else name,
-                 html.escape(r["status"]) + (f"<br><small>{html.escape(r['error'])}</small>" if r["error"] else ""),
-                 f'<a href="{name}/report.html"><img src="{name}/{thumb.name}" width="160" loading="lazy" '
-                 f'alt="{name}: streamlines"></a>' if thumb.is_file() else ""]
-        cells += [html.escape(str(r.get(c if c in ("seconds", "peak_rss_gb") else c + suffix, ""))) for c in figures]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    counts = ", ".join(f"{n} {s}" for s, n in result.counts().items())
-    title = f"difftract cohort: {len(result.rows)} subjects ({', '.join(options.methods)})"
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(counts)}; "
-            f"figures in <a href=\"cohort.csv\">cohort.csv</a> and <a href=\"cohort.json\">cohort.json</a>, "
-            f"each subject's log in <a href=\"logs/\">logs/</a></p><table><tr>{head}</tr>{''.join(body)}</table>"
-            "</body></html>\n")
