@@ -152,8 +152,10 @@ def run_task(name: str, directory: Path, out: Path, options: RunOptions, torch_t
     buffer = io.StringIO()
     handler = _ThreadHandler(buffer)
     log.addHandler(handler)
-    previous_level = log.level
+    previous = log.level, log.propagate
+    # notes into the log, and not to the worker's stderr through the root logger (which some library may have set up)
     log.setLevel(min(log.getEffectiveLevel(), logging.INFO))
+    log.propagate = False
     gpu = torch.cuda.is_available() and options.compute.device != "cpu"
     _reset_peak(gpu)
     start = time.perf_counter()
@@ -169,7 +171,8 @@ def run_task(name: str, directory: Path, out: Path, options: RunOptions, torch_t
         buffer.write(f"difftract: error: {row['error']}\n")
     finally:
         log.removeHandler(handler)
-        log.setLevel(previous_level)
+        log.setLevel(previous[0])
+        log.propagate = previous[1]
     row.update(seconds=round(time.perf_counter() - start, 2), torch_threads=threads, **_peaks(gpu))
     (out.parent / "logs").mkdir(parents=True, exist_ok=True)
     with atomic_file(out.parent / "logs" / f"{name}.log", force=True) as tmp:
@@ -274,7 +277,7 @@ def run_cohort(subjects: str | Path, out: str | Path, options: RunOptions = RunO
         with _connect(client, scheduler, workers, threads_per_worker, memory, len(todo)) as (dask_client, threads, n):
             result.workers = n
             result.torch_threads = threads if isinstance(threads, int) else None
-            console.say(f"cohort: {n} workers" + (f", {threads} torch threads each" if isinstance(threads, int) else "")
+            console.say(f"cohort: {n} workers" + (f", {threads} torch thread{'s' * (threads > 1)} each" if isinstance(threads, int) else "")
                         + (f", at {dask_client.scheduler.address}" if client is not None or scheduler else ""))
             result.write(options, time.perf_counter() - start)
             _run_all(dask_client, todo, rows, result, out, options, threads, force, console, start)
