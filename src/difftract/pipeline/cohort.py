@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
+from ..io.atomic import remove_stale
 from .cohort_report import counts, finished_row, read_json, row_figures, write_tables
 from .console import Console
 from .run import RunOptions, run_subject
@@ -274,13 +275,18 @@ def run_cohort(subjects: str | Path, out: str | Path, options: RunOptions = RunO
                 f"{len(todo)} to run -> {out}")
     result = CohortResult(out, list(rows.values()))
     if todo:
-        with _connect(client, scheduler, workers, threads_per_worker, memory, len(todo)) as (dask_client, threads, n):
-            result.workers = n
-            result.torch_threads = threads if isinstance(threads, int) else None
-            console.say(f"cohort: {n} workers" + (f", {threads} torch thread{'s' * (threads > 1)} each" if isinstance(threads, int) else "")
-                        + (f", at {dask_client.scheduler.address}" if client is not None or scheduler else ""))
-            result.write(options, time.perf_counter() - start)
-            _run_all(dask_client, todo, rows, result, out, options, threads, force, console, start)
+        try:
+            with _connect(client, scheduler, workers, threads_per_worker, memory, len(todo)) as (dask, threads, n):
+                result.workers = n
+                result.torch_threads = threads if isinstance(threads, int) else None
+                console.say(f"cohort: {n} workers" + (f", {threads} torch thread{'s' * (threads > 1)} each"
+                                                      if isinstance(threads, int) else "")
+                            + (f", at {dask.scheduler.address}" if client is not None or scheduler else ""))
+                result.write(options, time.perf_counter() - start)
+                _run_all(dask, todo, rows, result, out, options, threads, force, console, start)
+        finally:   # interrupted: the staging folders of the subjects that were running, once their workers are gone
+            for name, _ in todo:
+                remove_stale(out / name)
     result.rows, result.seconds = list(rows.values()), time.perf_counter() - start
     result.tables = result.write(options, result.seconds)
     tally = result.counts()
