@@ -126,3 +126,19 @@ def test_a_folder_lists_its_subfolders_but_not_the_output_nor_hidden_ones(subjec
     assert [n for n, _ in find_subjects(tmp_path, out=tmp_path / "derivatives")] == ["sub-a", "sub-b"]
     with pytest.raises(ConfigError, match="one subject's folder"):
         find_subjects(subjects / "sub-0")
+
+
+def test_a_bad_memory_limit_is_refused_before_anything_is_written(subjects, tmp_path):
+    with pytest.raises(ConfigError, match="--memory-per-worker"):
+        run_cohort(subjects, tmp_path / "out", OPTIONS, memory_per_worker="lots")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_list_of_finished_subjects_starts_no_cluster(first_run, subjects):
+    """Runs last: it rewrites the first run's tables with the listed subjects only."""
+    out, _ = first_run
+    listing = subjects.parent / "finished.txt"
+    listing.write_text("# the three that ran\nsubjects/sub-0\nsubjects/sub-1\n\nsubjects/sub-2\n")
+    result = run_cohort(listing, out, OPTIONS, workers=2)
+    assert result.workers is None and result.counts() == {"skipped": 3}
+    assert sorted(_rows(out)) == ["sub-0", "sub-1", "sub-2"]
