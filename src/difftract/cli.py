@@ -15,7 +15,7 @@ import threading
 import warnings
 
 from . import __version__
-from .commands import check, cluster, connectome, demo, fit, run, score, simulate, track, train
+from .commands import check, cluster, cohort, connectome, demo, fit, run, score, simulate, track, train
 from .errors import DifftractError
 
 log = logging.getLogger("difftract")
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(sub)
     check.add_parser(sub)
     run.add_parser(sub)
+    cohort.add_parser(sub)
     fit.add_parser(sub)
     track.add_parser(sub)
     score.add_parser(sub)
