@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..pipeline.run import FORMATS, METHODS
+from .run import add_run_options, run_options
 
 EPILOG = """\
 outputs (in OUT):
@@ -50,35 +50,16 @@ def add_parser(sub) -> None:
                    help="torch threads per subject (default: the cores divided among the subjects run at once)")
     p.add_argument("--memory-per-worker", default="auto", metavar="SIZE",
                    help="local workers' memory limit, e.g. 8GB; 0 for none (default: the machine's, shared)")
-    p.add_argument("--method", choices=METHODS, default="ddtracking", help="tracking rule (default: %(default)s)")
-    p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped model)")
-    p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
-    p.add_argument("--fa-threshold", type=float, default=0.2,
-                   help="FA above which a brain voxel is tracked, for subjects without wm.nii.gz "
-                        "(default: %(default)s)")
-    p.add_argument("--seeds-per-voxel", type=int, metavar="N",
-                   help="random seeds per mask voxel (default: 1; DDTracking: its weights' own)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA when present), cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--min-len-mm", type=float, default=20.0, help="shortest streamline kept, mm (default: %(default)s)")
-    p.add_argument("--shell", type=float, metavar="B", help="det/prob: the shell of the CSD fit (default: the highest)")
-    p.add_argument("--lmax", type=int, metavar="N", help="det/prob: the CSD fit's lmax (default: 8)")
-    p.add_argument("--zero-nonfinite", action="store_true",
-                   help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
+    add_run_options(p, stop_mask=False)
     p.add_argument("--force", action="store_true", help="rerun finished subjects too (their folders are replaced)")
     p.set_defaults(func=cmd_cohort)
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
-    from ..pipeline import Compute, Console, RunOptions
+    from ..pipeline import Console
     from ..pipeline.cohort import run_cohort
 
-    options = RunOptions(methods=(args.method,), weights=args.weights, format=args.format,
-                         fa_threshold=args.fa_threshold, seeds_per_voxel=args.seeds_per_voxel, seed=args.seed,
-                         min_len_mm=args.min_len_mm, shell=args.shell, lmax=args.lmax,
-                         zero_nonfinite=args.zero_nonfinite, compute=Compute(device=args.device))
-    result = run_cohort(args.subjects, args.out, options, workers=args.workers, scheduler=args.scheduler,
+    result = run_cohort(args.subjects, args.out, run_options(args), workers=args.workers, scheduler=args.scheduler,
                         threads_per_worker=args.threads_per_worker, memory_per_worker=args.memory_per_worker,
                         force=args.force, console=Console(quiet=args.quiet))
     for row in result.failed:

@@ -42,13 +42,20 @@ def add_parser(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("subject", type=Path, metavar="SUBJECT_DIR", help="the subject's folder (layouts below)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT", help="output folder (created)")
+    add_run_options(p, stop_mask=True)
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=cmd_run)
+
+
+def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
+    """What a run does, as options (``run`` and ``cohort`` share them); :func:`run_options` reads them back."""
     p.add_argument("--method", choices=METHODS, default="ddtracking", help="tracking rule (default: %(default)s)")
     p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped model)")
-    p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format "
-                                                                                   "(default: %(default)s)")
-    p.add_argument("--stop-mask", type=Path, metavar="M",
-                   help="tracking (and seeding) mask; default: SUBJECT_DIR/wm.nii.gz if present, else the brain "
-                        "mask where DTI FA > --fa-threshold")
+    p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
+    if stop_mask:
+        p.add_argument("--stop-mask", type=Path, metavar="M",
+                       help="tracking (and seeding) mask; default: SUBJECT_DIR/wm.nii.gz if present, else the brain "
+                            "mask where DTI FA > --fa-threshold")
     p.add_argument("--fa-threshold", type=float, default=0.2,
                    help="FA above which a brain voxel is tracked, without a white-matter mask (default: %(default)s)")
     p.add_argument("--seeds-per-voxel", type=int, metavar="N",
@@ -61,16 +68,21 @@ def add_parser(sub) -> None:
                    help="det/prob: the shell of the CSD fit (default: the highest)")
     p.add_argument("--lmax", type=int, metavar="N", help="det/prob: the CSD fit's lmax (default: 8)")
     p.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.set_defaults(func=cmd_run)
+
+
+def run_options(args: argparse.Namespace, stop_mask: Path | None = None):
+    """The parsed options of :func:`add_run_options` as :class:`~difftract.pipeline.RunOptions`."""
+    from ..pipeline import Compute, RunOptions
+
+    return RunOptions(methods=(args.method,), weights=args.weights, format=args.format,
+                      stop_mask=stop_mask, fa_threshold=args.fa_threshold,
+                      seeds_per_voxel=args.seeds_per_voxel, seed=args.seed, min_len_mm=args.min_len_mm,
+                      shell=args.shell, lmax=args.lmax, zero_nonfinite=args.zero_nonfinite,
+                      compute=Compute(device=args.device))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..pipeline import Compute, Console, RunOptions, run_subject
+    from ..pipeline import Console, run_subject
 
-    options = RunOptions(methods=(args.method,), weights=args.weights, format=args.format, stop_mask=args.stop_mask,
-                         fa_threshold=args.fa_threshold, seeds_per_voxel=args.seeds_per_voxel, seed=args.seed,
-                         min_len_mm=args.min_len_mm, shell=args.shell, lmax=args.lmax,
-                         zero_nonfinite=args.zero_nonfinite, compute=Compute(device=args.device))
-    run_subject(args.subject, args.out, options, console=Console(quiet=args.quiet), force=args.force)
+    run_subject(args.subject, args.out, run_options(args, args.stop_mask), console=Console(quiet=args.quiet), force=args.force)
     return 0
