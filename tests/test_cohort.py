@@ -142,3 +142,15 @@ def test_a_list_of_finished_subjects_starts_no_cluster(first_run, subjects):
     result = run_cohort(listing, out, OPTIONS, workers=2)
     assert result.workers is None and result.counts() == {"skipped": 3}
     assert sorted(_rows(out)) == ["sub-0", "sub-1", "sub-2"]
+
+
+def test_subjects_finished_with_other_options_are_reported_not_reused(first_run, subjects):
+    """A rerun with another seed would otherwise show the old tractograms as this run's."""
+    import dataclasses
+
+    out, _ = first_run
+    listing = subjects.parent / "finished2.txt"
+    listing.write_text("subjects/sub-0\nsubjects/sub-1\n")
+    result = run_cohort(listing, out, dataclasses.replace(OPTIONS, seed=OPTIONS.seed + 1), workers=2)
+    assert result.workers is None and result.counts() == {"failed": 2}
+    assert all("other options" in r["error"] and "--force" in r["error"] for r in result.rows)

@@ -62,6 +62,9 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
                    help="random seeds per mask voxel (default: 1; DDTracking: its weights' own)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--chunk-size", type=int, metavar="N",
+                   help="voxels fitted, and seeds tracked, at once; bounds memory (default: each stage's own, "
+                        "lowered to what the free memory holds)")
     p.add_argument("--min-len-mm", type=float, default=20.0,
                    help="shortest streamline kept, mm (default: %(default)s; lower it for a small field of view)")
     p.add_argument("--shell", type=float, metavar="B",
@@ -78,7 +81,7 @@ def run_options(args: argparse.Namespace, stop_mask: Path | None = None):
                       stop_mask=stop_mask, fa_threshold=args.fa_threshold,
                       seeds_per_voxel=args.seeds_per_voxel, seed=args.seed, min_len_mm=args.min_len_mm,
                       shell=args.shell, lmax=args.lmax, zero_nonfinite=args.zero_nonfinite,
-                      compute=Compute(device=args.device))
+                      compute=Compute(device=args.device, chunk_size=args.chunk_size))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -108,6 +108,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     check_outputs([args.out, sidecar_path(args.out)], args.force, inputs=scan_inputs(args) + given)
     if args.weights is not None and args.method != "ddtracking":
         raise ConfigError("--weights only applies to --method ddtracking")
+    if args.sh_basis is not None and args.sh is None:
+        raise ConfigError("--sh-basis names the basis of --sh; give --sh too (a fitted fODF is descoteaux07)")
+    if args.seed_mask is not None and args.seeds_file is not None:
+        raise ConfigError("--seeds-file gives the seed points; --seed-mask would be ignored: give one of them")
     if args.method == "ddtracking" and args.sh is not None:
         raise ConfigError("--sh gives an fODF for the classical rules; DDTracking reads the DWI itself")
     options = TrackOptions(method=args.method, step_mm=args.step_mm, seeds_per_voxel=args.seeds_per_voxel,

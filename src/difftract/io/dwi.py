@@ -139,8 +139,8 @@ def load_dwi(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | Pa
     """
     dwi, bval, bvec = Path(dwi), Path(bval), Path(bvec)
     img = open_nifti(dwi, "DWI", keep_file_open=True)
-    shape = _check_dims(img.shape, dwi)
-    affine = _check_affine(img.affine, dwi)
+    shape = check_dims(img.shape, dwi)
+    affine = check_affine(img.affine, dwi)
     n_volumes = shape[3]
 
     bvals, bvecs = read_gradients(bval, bvec, n_volumes, b0_threshold)
@@ -244,7 +244,7 @@ def load_subject(directory: str | Path, **kwargs) -> DWI:
     return load_dwi(dwi, bval, bvec, mask, **kwargs)
 
 
-def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
+def check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
     affine = np.asarray(affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise InputError(path, "affine contains NaN or Inf")
@@ -253,7 +253,7 @@ def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
     return affine
 
 
-def _check_dims(shape: tuple[int, ...], path: Path) -> tuple[int, int, int, int]:
+def check_dims(shape: tuple[int, ...], path: Path) -> tuple[int, int, int, int]:
     """A 4D (x, y, z, volumes) shape; trailing singleton axes beyond the fourth are dropped."""
     shape = tuple(int(n) for n in shape)
     while len(shape) > 4 and shape[-1] == 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dwi import _check_affine, _check_dims, load_mask
+from .dwi import check_affine, check_dims, load_mask
 from .gradients import B0_THRESHOLD, read_gradients
 from .nifti import open_nifti
 
@@ -39,8 +39,8 @@ def load_grid(dwi: str | Path, bval: str | Path, bvec: str | Path, mask: str | P
     """The grid of a scan, checked as :func:`~difftract.io.dwi.load_dwi` checks it, without reading its signal."""
     dwi, bval, bvec = Path(dwi), Path(bval), Path(bvec)
     img = open_nifti(dwi, "DWI")
-    shape = _check_dims(img.shape, dwi)
-    affine = _check_affine(img.affine, dwi)
+    shape = check_dims(img.shape, dwi)
+    affine = check_affine(img.affine, dwi)
     read_gradients(bval, bvec, shape[3], b0_threshold)
     files = {"dwi": dwi, "bval": bval, "bvec": bvec}
     mask_array = None

@@ -10,7 +10,7 @@ parse their options and call these functions (``docs/pipeline.md`` walks a scan 
 from .cluster import ClusterOptions, ClusterResult, cluster_tractogram
 from .compute import Compute
 from .connectome import ConnectomeOptions, connectome_of
-from .console import Console, command_line
+from ..console import Console, command_line
 from .demo import run_demo, simulate_to
 from .fits import fit_csd, fit_dti, fit_sh
 from .run import RunOptions, RunSummary, run_into, run_subject

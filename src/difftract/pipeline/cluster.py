@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..eval.clusters import DEFAULT_NB_POINTS, DEFAULT_THRESHOLD_MM, Clustering, check_parameters
-from .console import Console
+from ..console import Console
 
 log = logging.getLogger("difftract")
 FORMATS = ("trk", "tck", "trx")

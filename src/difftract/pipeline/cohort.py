@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import ConfigError, InputError
 from ..io.atomic import remove_stale
 from .cohort_report import counts, finished_row, read_json, row_figures, write_tables
-from .console import Console
+from ..console import Console
 from .run import RunOptions, run_subject
 
 log = logging.getLogger("difftract")
@@ -100,8 +100,20 @@ def find_subjects(subjects: str | Path, out: str | Path | None = None) -> list[t
 
 
 def is_complete(out: Path, options: RunOptions) -> bool:
-    """Whether ``out`` holds a finished run of ``options``: its report and every tractogram."""
-    return (out / "report.html").is_file() and all((out / options.tracks_name(m)).is_file() for m in options.methods)
+    """Whether ``out`` holds a finished run of ``options``: its report, every tractogram, and these options.
+
+    A folder finished with other options (another method, seed, weights...) raises a
+    :class:`~difftract.errors.ConfigError`: skipping it would report its results as this run's.
+    """
+    if not ((out / "report.html").is_file() and all((out / options.tracks_name(m)).is_file() for m in options.methods)):
+        return False
+    done = (read_json(out / "run.json") or {}).get("params", {})
+    wanted = options.record()
+    differ = sorted(k for k in wanted if k != "device" and done.get(k) != wanted[k])
+    if differ:
+        raise ConfigError(f"{out} was finished with other options ({', '.join(f'{k} {done.get(k)!r}' for k in differ)}, "
+                          f"now {', '.join(repr(wanted[k]) for k in differ)}); rerun with --force or give another --out")
+    return True
 
 
 # ---------------------------------------------------------------------- the task (runs on a worker)
@@ -265,7 +277,13 @@ def run_cohort(subjects: str | Path, out: str | Path, options: RunOptions = RunO
     rows: dict[str, dict] = {}
     todo = []
     for name, directory in listed:
-        if not force and is_complete(out / name, options):
+        try:
+            finished = not force and is_complete(out / name, options)
+        except ConfigError as exc:      # finished with other options: reported, not silently reused
+            rows[name] = {"name": name, "status": "failed", "error": _one_line(exc), "subject": str(directory),
+                          "out": str(out / name)}
+            continue
+        if finished:
             rows[name] = finished_row(name, directory, out / name, options, previous.get(name))
         else:
             rows[name] = {"name": name, "status": "pending", "error": "", "subject": str(directory),

@@ -21,7 +21,8 @@ class Compute:
     device : str or torch.device
         ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
     dtype : str
-        ``auto`` is float64 on a CPU (DIPY's numbers to ~1e-12) and float32 on a GPU.
+        ``auto``: the fits in float64 on a CPU (DIPY's numbers to ~1e-12) and float32 on a GPU;
+        tracking in float32 (``float64`` reproduces DIPY's streamlines to ~1e-14 mm).
     chunk_size : int or None
         Voxels fitted (or seeds tracked) at once; None is the stage's own default, sized
         from the free memory.

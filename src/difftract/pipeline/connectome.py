@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..eval.connectome import DEFAULT_RADIUS_MM
-from .console import Console
+from ..console import Console
 
 log = logging.getLogger("difftract")
 

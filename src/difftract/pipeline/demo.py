@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .console import Console, command_line
+from ..console import Console, command_line
 from .run import RunOptions, RunSummary, given_stop_mask, run_into
 from .subject import Subject
 
@@ -60,6 +60,12 @@ def run_demo(out: str | Path = "difftract_demo", seed: int = 0, *, console: Cons
     from ..phantom import PhantomConfig
     from .score import score_tractogram
 
+    import os
+
+    from ..errors import ConfigError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("the demo runs in one process: start it without torchrun")
     out = Path(out)
     start = time.perf_counter()
     options = RunOptions(methods=("ddtracking", "det"), seed=seed, peaks=True)

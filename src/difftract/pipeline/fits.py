@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..io.atomic import atomic_outputs, check_output, check_outputs
 from ..io.sidecar import data_stem, provenance, sidecar_path
 from .compute import Compute, memory_guard
-from .console import Console
+from ..console import Console
 
 log = logging.getLogger("difftract")
 

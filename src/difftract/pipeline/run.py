@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .compute import Compute
-from .console import Console, command_line
+from ..console import Console, command_line
 from .subject import Subject
 
 log = logging.getLogger("difftract")
@@ -85,6 +85,13 @@ class RunOptions:
         if not 0.0 <= self.fa_threshold < 1.0:
             raise ConfigError(f"--fa-threshold must be in [0, 1), got {self.fa_threshold}")
 
+    def record(self) -> dict:
+        """The options as plain values (``run.json``; a cohort compares them before skipping a subject)."""
+        values = {k: v for k, v in asdict(self).items() if k != "compute"}
+        values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                  for k, v in values.items()}
+        return {**values, **{k: str(v) for k, v in asdict(self.compute).items()}}
+
     def tracks_name(self, method: str) -> str:
         return f"tracks.{self.format}" if len(self.methods) == 1 else f"tracks_{method}.{self.format}"
 
@@ -128,6 +135,7 @@ def run_subject(subject: str | Path | Subject, out: str | Path, options: RunOpti
 
     subject = subject if isinstance(subject, Subject) else Subject.find(subject)
     subject.require_mask()
+    options.compute.torch_device        # an unknown or absent device is refused before the scan is read
     out = Path(out)
     check_output(out, force, inputs=[*subject.files, *(p for p in (options.stop_mask, options.weights) if p),
                                      subject.directory])
@@ -153,6 +161,7 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
              helper: bool = False) -> RunSummary:
     """The run's stages, written into an existing (staging) ``directory``; :func:`run_subject` and the demo share it."""
     from ..io.nifti import save_nifti
+    from ..io.sidecar import provenance, write_json
     from .fits import fit_csd, fit_dti
     from .report import report
     from .score import score_tractogram
@@ -204,8 +213,8 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
                                                       equivalent=line).scores
     if helper:
         return summary
-    params = {"subject": str(subject.directory), **{k: v for k, v in asdict(options).items() if k != "compute"},
-              **asdict(options.compute)}
+    params = {"subject": str(subject.directory), **options.record()}
+    write_json(directory / "run.json", provenance("run", params, seed=options.seed, inputs=subject.files))
     report(directory, [(m, summary.tracks[m]) for m in options.methods],
            title=title or f"difftract run: {subject.name} ({', '.join(options.methods)})",
            params={k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()},
@@ -315,8 +324,7 @@ def _track_stage(subject, dwi, tracks: Path, method: str, source, stop, stop_pat
                         out=tracks, **extra)
     console.stage(line)
     result = track(dwi, tracks, source, Stopping.from_mask(stop, str(stop_path)), Seeding(mask=stop,
-                   description=str(stop_path)), track_options,
-                   compute=Compute(options.compute.device, chunk_size=options.compute.chunk_size),
+                   description=str(stop_path)), track_options, compute=options.compute,
                    console=console, inputs=[p for p in (stop_path, extra.get("sh"), extra.get("weights")) if p],
                    equivalent=line)
     if result.n_streamlines == 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .console import Console
+from ..console import Console
 
 log = logging.getLogger("difftract")
 

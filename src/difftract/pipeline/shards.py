@@ -38,6 +38,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ import torch
 from ..errors import ConfigError, DifftractError
 
 log = logging.getLogger("difftract")
+TIMEOUT_S = 4 * 3600          # collective waits (DIFFTRACT_DIST_TIMEOUT overrides): rank 0's merge of a big run
 REPLAY_STREAMLINES = 20_000     # streamlines handed to the writer at once when merging (bounds memory)
 
 
@@ -94,6 +96,9 @@ def join(device: torch.device) -> Group | None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        raise ConfigError(f"under torchrun give --device cuda (or auto), not {device}: rank r of a node uses "
+                          "cuda:LOCAL_RANK; choose the GPUs with CUDA_VISIBLE_DEVICES")
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
@@ -102,7 +107,9 @@ def join(device: torch.device) -> Group | None:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # rank 0 merges while the others wait: far longer than NCCL's 10-minute default on a big run
+        timeout = timedelta(seconds=float(os.environ.get("DIFFTRACT_DIST_TIMEOUT", TIMEOUT_S)))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         atexit.register(_destroy)
     group = Group(dist.get_rank(), dist.get_world_size(), device)
     if not group.leader:

@@ -27,7 +27,7 @@ from ..io.atomic import check_outputs
 from ..io.sidecar import provenance, sidecar_path
 from ..tracking.seeding import SEEDS_PER_VOXEL
 from .compute import Compute, memory_guard
-from .console import Console
+from ..console import Console
 
 log = logging.getLogger("difftract")
 SH_BASES = ("descoteaux07", "descoteaux07_legacy")
@@ -249,6 +249,8 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
     chunk = compute.chunk_size or default_chunk_size(getter, params, device, dtype)
     if group is not None and compute.chunk_size is None:    # the same chunks on every rank
         chunk = group.smallest(chunk)
+    if group is not None:
+        _check_same_seeds(group, seeds)
     if compute.chunk_size is None and chunk < min(len(seeds), CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU):
         log.warning("free memory allows %d seeds per chunk, fewer than the default; random draws are made per chunk, "
                     "so give --chunk-size %d to reproduce this tractogram elsewhere", chunk, chunk)
@@ -311,3 +313,21 @@ def _guarded(chunks, method: str, device, chunk: int):
         if out is None:
             return
         yield out
+
+
+def _check_same_seeds(group, seeds: torch.Tensor) -> None:
+    """Every rank must shard the same seeds (made from its own fits and masks): refuse, on all ranks, if not.
+
+    A voxel whose FA sits on a threshold could otherwise seed on one rank and not on another,
+    and the merged file would silently mix two seed lists.
+    """
+    import hashlib
+
+    from ..errors import DifftractError
+
+    digests = group.gather(hashlib.sha256(np.ascontiguousarray(seeds.cpu().numpy()).tobytes()).hexdigest())
+    if len(set(digests)) > 1:
+        raise DifftractError(f"the ranks made different seeds ({len(set(digests))} different lists of "
+                             f"{len(seeds):,} here): their inputs or fits differ; track with one process, or "
+                             "give every rank the same --seeds-file or masks")
+

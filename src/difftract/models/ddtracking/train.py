@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConfigError
-from ...pipeline.console import Console
+from ...console import Console
 from ...training.stream import StreamOptions
 from .diffusion import DiffusionConfig
 from .model import DDTracking, DDTrackingConfig

@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from ...errors import ConfigError
-from ...pipeline.console import Console
+from ...console import Console
 from ...training.stream import StreamOptions
 from .model import QCGConfig, QCGDTI
 

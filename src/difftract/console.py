@@ -1,4 +1,4 @@
-"""What a run tells its user: one stage line per step, short summaries, progress bars.
+"""What difftract tells its user: one stage line per step, short summaries, progress bars.
 
 A library call that takes minutes should say what it is doing, as the CLI does, and a
 script or a cohort worker should be able to silence it. :class:`Console` is that one
@@ -21,7 +21,7 @@ from typing import TextIO
 
 from tqdm.auto import tqdm
 
-from ..io.sidecar import shown_path
+from .io.sidecar import shown_path
 
 
 def command_line(command: str, *positional: object, **options: object) -> str:
