@@ -37,7 +37,7 @@ class PeakField:
             peaks = peaks.reshape(*peaks.shape[:3], -1, 3)
         if peaks.dim() != 5 or peaks.shape[-1] != 3:
             raise ValueError(f"peaks must be (X, Y, Z, npeaks, 3) or (X, Y, Z, 3 * npeaks), got {tuple(peaks.shape)}")
-        self.peaks = peaks
+        self.peaks = peaks.contiguous()     # C order once (see interpolate.grid_volume)
         self.cos_max_angle = math.cos(math.radians(max_angle))
 
     def __call__(self, points: torch.Tensor, prev_dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

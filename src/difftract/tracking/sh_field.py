@@ -16,7 +16,7 @@ from dipy.core.sphere import Sphere
 from ..errors import ConfigError
 from ..reconst.peaks import close_pairs, default_sphere, sphere_neighbours
 from ..reconst.sh import lmax_from_ncoeffs, sh_basis
-from .interpolate import trilinear
+from .interpolate import grid_volume, trilinear
 
 
 class SHField:
@@ -36,7 +36,7 @@ class SHField:
 
     def __init__(self, coeffs, legacy: bool, sphere: Sphere | None = None, pmf_threshold: float = 0.1,
                  min_separation_angle: float = 25.0):
-        coeffs = torch.as_tensor(np.asarray(coeffs) if not isinstance(coeffs, torch.Tensor) else coeffs)
+        coeffs = grid_volume(coeffs)      # C order once: a NIfTI array's F order would be copied every step
         if coeffs.dim() != 4:
             raise ConfigError(f"an SH field must be (X, Y, Z, n_coeffs), got shape {tuple(coeffs.shape)}")
         try:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .interpolate import nearest, trilinear
+from .interpolate import grid_volume, nearest, trilinear
 
 OUTSIDEIMAGE, INVALIDPOINT, TRACKPOINT, ENDPOINT = -1, 0, 1, 2
 
@@ -38,7 +38,7 @@ class Criterion(Protocol):
 
 
 def _volume(array, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+    t = grid_volume(array)
     if t.dim() != 3:
         raise ConfigError(f"the {name} must be a 3D volume, got shape {tuple(t.shape)}")
     return t

@@ -34,7 +34,7 @@ from ...errors import ConfigError
 from ...reconst.peaks import default_sphere
 from ...reconst.sh import sh_basis
 from ...tracking.getters import _cos
-from ...tracking.interpolate import inside_grid, trilinear
+from ...tracking.interpolate import grid_volume, inside_grid, trilinear
 from .features import neighbourhood
 from .model import DDTracking, build_model
 
@@ -77,7 +77,7 @@ class DDTrackingGetter:
                  voxel_sizes=(1.0, 1.0, 1.0)):
         if steps < 1:
             raise ConfigError(f"--sampler-steps must be at least 1, got {steps}")
-        sh = torch.as_tensor(np.asarray(sh, dtype=np.float32) if not isinstance(sh, torch.Tensor) else sh)
+        sh = grid_volume(np.asarray(sh, dtype=np.float32) if not isinstance(sh, torch.Tensor) else sh)
         if sh.dim() != 4 or sh.shape[-1] != model.config.n_coeffs:
             raise ConfigError(f"the model reads {model.config.n_coeffs} SH coefficients per voxel, "
                               f"got a volume of shape {tuple(sh.shape)}")
