@@ -224,8 +224,8 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=288, help="volumes (default: %(default)s)")
     parser.add_argument("--stages", default=DEFAULT_STAGES, help=f"comma-separated, of {', '.join(STAGES)} "
                                                                  "(default: %(default)s)")
-    parser.add_argument("--max-seeds", type=int, default=2000,
-                        help="white-matter voxels seeded by the second track run (0: all; default: %(default)s); "
+    parser.add_argument("--max-seeds", type=int, default=0,
+                        help="white-matter voxels seeded by the second track run (0, the default: all, one seed per white-matter voxel as the issue asks); "
                              "the first seeds one chunk")
     parser.add_argument("--track-chunk", type=int, default=500, help="tracker chunk, seeds (default: %(default)s)")
     parser.add_argument("--dipy-csd-voxels", type=int, default=5000,
