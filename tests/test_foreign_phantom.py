@@ -106,7 +106,7 @@ def test_the_directory_reads_like_any_phantom(built):
     p = foreign.phantom
     dwi = load_subject(out)
     assert dwi.data.shape == p.data.shape and dwi.mask.sum() == p.mask.sum()
-    np.testing.assert_array_equal(dwi.data, p.data)
+    np.testing.assert_array_equal(dwi.signal.rows, p.data[p.mask])       # load_dwi holds the mask's voxels
     np.testing.assert_allclose(np.asarray(dwi.bvecs), p.bvecs, atol=1e-7)   # .bvec text holds 8 decimals
     scoring = json.loads((out / "gt" / "scoring.json").read_text())
     names = [b.name for b in p.bundles]
