@@ -356,21 +356,16 @@ def test_seeds_off_the_grid_give_nothing_and_streamlines_are_in_seed_order(metho
 PEAK_SHAPE = (7, 3, 3)
 
 
-def smooth_peaks(first=None):
-    """A float64 peak field ``(7, 3, 3, 2, 3)``: a first peak along x bending smoothly in y and z
-    (or ``first`` ``(7, 3, 3, 3)``), a second one near z that the 40-degree cone never follows."""
-    g = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in PEAK_SHAPE], indexing="ij"), -1)
-    x, y, z = g[..., 0], g[..., 1], g[..., 2]
-    if first is None:
-        first = torch.as_tensor(np.stack([np.ones_like(x), 0.15 * np.sin(0.7 * x + 0.3 * z),
-                                          0.1 * np.cos(0.5 * y + 0.2 * x)], -1))
-    second = torch.as_tensor(np.stack([0.05 * np.ones_like(x), np.zeros_like(x), np.ones_like(x)], -1))
-    return torch.stack([first, 0.7 * second], dim=-2)
+def straight_peaks() -> torch.Tensor:
+    """A float64 peak field ``(7, 3, 3, 1, 3)``: one peak along x everywhere."""
+    peaks = torch.zeros(PEAK_SHAPE + (1, 3), dtype=torch.float64)
+    peaks[..., 0, 0] = 1.0
+    return peaks
 
 
 def test_the_tracker_keeps_no_graph_even_with_gradients_enabled():
     """Inference only: gradients come from learn.propagate (tests/learn/test_propagate.py)."""
-    peaks = smooth_peaks().requires_grad_(True)
+    peaks = straight_peaks().requires_grad_(True)
     mask = np.zeros(PEAK_SHAPE, bool)
     mask[2:5] = True
     tracker = Tracker(make_getter("peak", peaks=peaks, max_angle=40), BinaryCriterion(mask), [1.0, 1.1, 0.9],
@@ -428,7 +423,7 @@ def test_bad_tracking_parameters_raise(kwargs, match):
 def test_max_angle_out_of_range_raises(method, max_angle):
     sh, _, mask = straight_field()
     with pytest.raises(ConfigError, match="max_angle"):
-        make_getter(method, sh=SHField(sh, legacy=True), peaks=smooth_peaks(), max_angle=max_angle)
+        make_getter(method, sh=SHField(sh, legacy=True), peaks=straight_peaks(), max_angle=max_angle)
 
 
 def test_bad_tracker_configuration_raises():

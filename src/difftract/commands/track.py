@@ -133,7 +133,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     dwi = load_scan(args) if reads_signal else load_grid(args.dwi, args.bval, args.bvec, args.mask)
     fit_compute = Compute(device=args.device, chunk_size=args.chunk_size)   # the fits' own precision
     if model is not None:
-        source = LearnedSource(*model, signal_sh(dwi, model[0].config.n_coeffs, compute))
+        source = LearnedSource.fitted(*model, dwi, device=compute.torch_device)
     elif args.sh is not None:
         source = FodSource(load_sh(args.sh, dwi), sh_basis_of(args.sh, args.sh_basis),
                            description=str(args.sh), mask=dwi.mask)
@@ -158,11 +158,3 @@ def cmd_track(args: argparse.Namespace) -> int:
     track(dwi, args.out, source, stopping, seeding, options, compute=compute, console=console, force=args.force,
           inputs=given)
     return 0
-
-
-def signal_sh(dwi, n_coeffs: int, compute):
-    """DDTracking's input: the SH of the shell nearest b=1000, at the model's lmax."""
-    from ..models.ddtracking.data import signal_sh as fit
-    from ..reconst.sh import lmax_from_ncoeffs
-
-    return fit(dwi, lmax_from_ncoeffs(n_coeffs), device=compute.torch_device)

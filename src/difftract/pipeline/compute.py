@@ -42,6 +42,11 @@ class Compute:
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 
+    @property
+    def named_device(self) -> str | None:
+        """The device as given, None for ``auto`` (what a command line shown for a stage leaves out)."""
+        return None if self.device == "auto" else str(self.device)
+
     def fit_dtype(self, device: torch.device | None = None) -> str:
         """The fits' precision: as given, else float64 on a CPU and float32 on a GPU."""
         if self.dtype != "auto":

@@ -162,16 +162,15 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
     """The run's stages, written into an existing (staging) ``directory``; :func:`run_subject` and the demo share it."""
     from ..io.nifti import save_nifti
     from ..io.sidecar import provenance, write_json
-    from .fits import fit_csd, fit_dti
+    from .fits import fit_dti
     from .report import report
     from .score import score_tractogram
 
     compute = options.compute
     scan = (subject.dwi, subject.bval, subject.bvec)
     common = {"mask": subject.mask, "zero_nonfinite": options.zero_nonfinite}
-    device = {"device": compute.device if compute.device != "auto" else None}
 
-    line = command_line("fit dti", *scan, **common, out_dir=directory / "dti", **device)
+    line = command_line("fit dti", *scan, **common, out_dir=directory / "dti", device=compute.named_device)
     console.stage(line)
     dti = fit_dti(dwi, directory / "dti", compute=compute, console=console, equivalent=line)
 
@@ -196,7 +195,7 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
             track_extra = {"weights": options.weights}
         else:
             if fod is None:
-                fod = _csd_stage(subject, dwi, directory, options, console, fit_csd)
+                fod = _csd_stage(subject, dwi, directory, options, console)
             source = fod
             track_extra = {"sh": directory / "fod.nii.gz"}
         tracks = directory / options.tracks_name(method)
@@ -271,7 +270,7 @@ def given_stop_mask(options: RunOptions, subject: Subject, dwi) -> np.ndarray | 
 def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions, console: Console):
     """DDTracking's input, fitted once: written as ``sh.nii.gz`` and tracked, the same array."""
     from ..io.sidecar import provenance
-    from ..models.ddtracking.data import TARGET_SHELL, signal_sh, signal_sh_shell
+    from ..models.ddtracking.data import TARGET_SHELL, signal_sh_shell
     from ..reconst.sh import lmax_from_ncoeffs
     from .fits import scan_inputs, write_sh
     from .track import LearnedSource
@@ -281,22 +280,23 @@ def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions
     out = directory / "sh.nii.gz"
     line = command_line("fit sh", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
                         zero_nonfinite=options.zero_nonfinite, out=out, lmax=lmax, shell=shell, dtype="float32",
-                        device=options.compute.device if options.compute.device != "auto" else None)
+                        device=options.compute.named_device)
     console.stage(line)
     start = time.perf_counter()
-    sh = signal_sh(dwi, lmax, device=options.compute.torch_device)
+    source = LearnedSource.fitted(model, meta, dwi, device=options.compute.torch_device)
     record = provenance("fit sh", {"lmax": lmax, "shell": shell, "legacy": False, "dtype": "float32",
                                    "why": f"DDTracking's input: the shell nearest b={TARGET_SHELL:g}, "
                                           "the array the tracker read"},
                         inputs=scan_inputs(dwi), sh_basis="descoteaux07", equivalent=line)
-    write_sh(out, sh, dwi.mask, dwi, record, title=f"SH lmax {lmax} (b = {shell:g}): {subject.dwi.name}")
+    write_sh(out, source.sh, dwi.mask, dwi, record, title=f"SH lmax {lmax} (b = {shell:g}): {subject.dwi.name}")
     console.say(f"SH lmax {lmax} of {int(dwi.mask.sum())} voxels, b = {shell:g}, in "
                 f"{time.perf_counter() - start:.2f} s -> {out}")
-    return LearnedSource(model, meta, sh)
+    return source
 
 
-def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Console, fit_csd):
+def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Console):
     """The CSD fODF for the classical rules, kept in float32 (the values written to ``fod.nii.gz``)."""
+    from .fits import fit_csd
     from .track import FodSource
 
     out = directory / "fod.nii.gz"
@@ -304,7 +304,7 @@ def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Cons
     lmax = options.lmax if options.lmax is not None else CSD_LMAX
     line = command_line("fit csd", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
                         zero_nonfinite=options.zero_nonfinite, out=out, peaks=peaks, lmax=lmax, shell=options.shell,
-                        device=options.compute.device if options.compute.device != "auto" else None)
+                        device=options.compute.named_device)
     console.stage(line)
     fit = fit_csd(dwi, out, peaks_out=peaks, lmax=lmax, shell=options.shell, compute=options.compute,
                   console=console, equivalent=line)
@@ -320,7 +320,7 @@ def _track_stage(subject, dwi, tracks: Path, method: str, source, stop, stop_pat
     line = command_line("track", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
                         zero_nonfinite=options.zero_nonfinite, stop_mask=stop_path, method=method,
                         seeds_per_voxel=options.seeds_per_voxel, min_len_mm=options.min_len_mm, seed=options.seed,
-                        device=options.compute.device if options.compute.device != "auto" else None,
+                        device=options.compute.named_device,
                         out=tracks, **extra)
     console.stage(line)
     result = track(dwi, tracks, source, Stopping.from_mask(stop, str(stop_path)), Seeding(mask=stop,

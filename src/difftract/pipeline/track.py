@@ -116,13 +116,11 @@ class LearnedSource:
     sh: np.ndarray
 
     @classmethod
-    def load(cls, dwi, weights: Path | None = None, device="cpu") -> LearnedSource:
-        """The network of ``weights`` (default: the shipped one) and the SH it reads, fitted from ``dwi``."""
+    def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu") -> LearnedSource:
+        """The network with the SH it reads fitted from ``dwi`` (the shell nearest b=1000, at its lmax)."""
         from ..models.ddtracking.data import signal_sh
-        from ..models.ddtracking.getter import load_ddtracking
         from ..reconst.sh import lmax_from_ncoeffs
 
-        model, meta = load_ddtracking(weights)
         return cls(model, meta, signal_sh(dwi, lmax_from_ncoeffs(model.config.n_coeffs), device=device))
 
     def defaults(self, voxel_sizes) -> tuple[float, int]:
