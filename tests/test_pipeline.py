@@ -37,10 +37,21 @@ def test_run_reads_the_dwi_once_and_python_equals_the_cli(cli, subject, tmp_path
         reads.append(str(filename))
         return real(filename, *args, **kwargs)
 
+    from difftract.io import dwi as dwi_module
+
+    passes = []
+    real_volumes = dwi_module.iter_volumes
+
+    def counting_volumes(img, path, *args, **kwargs):
+        passes.append(str(path))
+        return real_volumes(img, path, *args, **kwargs)
+
     monkeypatch.setattr(nib, "load", counting)
+    monkeypatch.setattr(dwi_module, "iter_volumes", counting_volumes)
     res = cli("run", subject, "--out", tmp_path / "cli", "--method", "det", "--seed", "4")
     assert res.returncode == 0, res.stderr
     assert reads.count(str(subject / "dwi.nii.gz")) == 1, reads
+    assert passes == [str(subject / "dwi.nii.gz")]                   # one pass over its volumes
     monkeypatch.setattr(nib, "load", real)
 
     summary = run_subject(subject, tmp_path / "py", RunOptions(methods=("det",), seed=4), console=Console(quiet=True))

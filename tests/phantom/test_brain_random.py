@@ -113,7 +113,6 @@ def test_simulated_brain_random_phantom(small_phantom, tmp_path):
     np.testing.assert_array_equal(p.mask, template.brain | p.wm)
     ends = np.array([s[i] for s in p.streamlines for i in (0, -1)]) * VOXEL
     assert np.median(template.sample("gm", ends)) >= 0.5
-    assert not (p.wm & ~p.mask).any()
     out = save_phantom(p, tmp_path / "brain_random")
     r = score(load_tractogram(out / "tractogram.trk").streamlines, load_scoring(out))
     assert r["VB"] == 4 and r["VS_ratio"] == 1.0

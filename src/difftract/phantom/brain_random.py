@@ -156,6 +156,7 @@ class _Placer:
         self.count = np.zeros(len(atlas.nodes))  # bundles in each voxel
         self.routes = atlas.graph.copy()
         self.ends_mm = atlas.nodes[atlas.ends] * self.vs
+        self.nodes_mm = atlas.nodes * self.vs
         outside = ~atlas.template.brain
         shell = outside & ndimage.binary_dilation(atlas.template.brain)  # where a tube would first leave
         self.shell = cKDTree(np.argwhere(shell) * self.vs)
@@ -347,7 +348,7 @@ class _Placer:
         return self.vs * np.sqrt(3.0) / 2.0 + 0.5 * CHECK_DS
 
     def _occupy(self, tube: Tube) -> None:
-        nodes_mm = self.atlas.nodes * self.vs
+        nodes_mm = self.nodes_mm
         reach = max(tube.r1.max(), tube.r2.max())
         near = np.all((nodes_mm >= tube.centre.min(0) - reach) & (nodes_mm <= tube.centre.max(0) + reach), axis=1)
         idx = np.flatnonzero(near)

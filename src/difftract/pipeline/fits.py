@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..io.atomic import atomic_outputs, check_output, check_outputs
 from ..io.sidecar import data_stem, provenance, sidecar_path
+from ..reconst.sh import DEFAULT_SMOOTH
 from .compute import Compute, memory_guard
 from ..console import Console
 
@@ -121,7 +122,7 @@ def write_sh(out: Path, coeffs: np.ndarray, mask: np.ndarray, dwi, record: dict,
     return out
 
 
-def fit_sh(dwi, out: Path, *, lmax: int = 6, legacy: bool = False, smooth: float = 0.006, shell: float | None = None,
+def fit_sh(dwi, out: Path, *, lmax: int = 6, legacy: bool = False, smooth: float = DEFAULT_SMOOTH, shell: float | None = None,
            compute: Compute = Compute(), console: Console = Console(), force: bool = False,
            equivalent: str | None = None):
     """Fit the signal SH of one shell (``shell``: default the only or the highest) and write ``out``."""

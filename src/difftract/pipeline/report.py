@@ -24,6 +24,7 @@ def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, par
     profiles along the ground-truth bundles go into the report and ``directory/profiles.csv``.
     """
     from ..io.nifti import load_nifti
+    from ..io.sidecar import sidecar_path
     from ..io.tractogram import load_tractogram
     from ..viz.report import MethodResult, write_report
 
@@ -34,7 +35,7 @@ def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, par
     results = []
     for name, path in tractograms:
         tract = load_tractogram(path, reference=(fa_img.affine, fa_img.shape))
-        sidecar = _json(path.with_suffix(".json"))
+        sidecar = _json(sidecar_path(path))
         scores_path = directory / ("scores.json" if len(tractograms) == 1 else f"scores_{name}.json")
         results.append(MethodResult(name, list(tract.streamlines), voxel, _json(scores_path),
                                     (sidecar or {}).get("seconds"), (sidecar or {}).get("params", {}), sidecar))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -268,11 +268,11 @@ def given_stop_mask(options: RunOptions, subject: Subject, dwi) -> np.ndarray | 
 
 
 def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions, console: Console):
-    """DDTracking's input, fitted once: written as ``sh.nii.gz`` and tracked, the same array."""
-    from ..io.sidecar import provenance
-    from ..models.ddtracking.data import TARGET_SHELL, signal_sh_shell
+    """DDTracking's input, fitted once by ``fit sh`` (the shell nearest b=1000, float32): written as
+    ``sh.nii.gz`` and tracked, the same array."""
+    from ..models.ddtracking.data import signal_sh_shell
     from ..reconst.sh import lmax_from_ncoeffs
-    from .fits import scan_inputs, write_sh
+    from .fits import fit_sh
     from .track import LearnedSource
 
     model, meta = learned
@@ -282,16 +282,9 @@ def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions
                         zero_nonfinite=options.zero_nonfinite, out=out, lmax=lmax, shell=shell, dtype="float32",
                         device=options.compute.named_device)
     console.stage(line)
-    start = time.perf_counter()
-    source = LearnedSource.fitted(model, meta, dwi, device=options.compute.torch_device)
-    record = provenance("fit sh", {"lmax": lmax, "shell": shell, "legacy": False, "dtype": "float32",
-                                   "why": f"DDTracking's input: the shell nearest b={TARGET_SHELL:g}, "
-                                          "the array the tracker read"},
-                        inputs=scan_inputs(dwi), sh_basis="descoteaux07", equivalent=line)
-    write_sh(out, source.sh, dwi.mask, dwi, record, title=f"SH lmax {lmax} (b = {shell:g}): {subject.dwi.name}")
-    console.say(f"SH lmax {lmax} of {int(dwi.mask.sum())} voxels, b = {shell:g}, in "
-                f"{time.perf_counter() - start:.2f} s -> {out}")
-    return source
+    fit = fit_sh(dwi, out, lmax=lmax, shell=shell, compute=replace(options.compute, dtype="float32"), console=console,
+                 equivalent=line)
+    return LearnedSource(model, meta, fit.coeffs.astype(np.float32, copy=False))
 
 
 def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Console):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,7 +24,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...console import Console
-from ...training.stream import StreamOptions
+from ...training.stream import StreamOptions, distributed_rank
 from .diffusion import DiffusionConfig
 from .model import DDTracking, DDTrackingConfig
 
@@ -137,7 +136,7 @@ def train_ddtracking(out: str | Path, subjects: Sequence[str | Path] = (),
             oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {options.batch_size})"):
         result = train(model, DDTrackingTask(diff), train_set, val_set, tc, out, resume=resume,
                        force=force, device=device, model_meta=meta, progress=not console.quiet, log=log.info)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if distributed_rank()[0] != 0:
         return result
     write_training_sidecar(out, "train ddtracking", meta, tc, result, seed=options.seed, subjects=subjects,
                            stream=None if pool is None else stream_summary(pool))

@@ -83,7 +83,7 @@ def prepare_subject(directory: str | Path, *, patch: int = 32, multiple: int = 4
 def subject_arrays(dwi, device: str = "cpu") -> dict[str, np.ndarray]:
     """What training reads of a scan with a mask: data, bvals, bvecs, mask and the WLS reference tensor."""
     bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
-    return {"data": dwi.data.astype(np.float32), "bvals": bvals, "bvecs": bvecs, "mask": dwi.mask,
+    return {"data": dwi.data.astype(np.float32, copy=False), "bvals": bvals, "bvecs": bvecs, "mask": dwi.mask,
             "reference": reference_tensor(dwi.data, bvals, bvecs, dwi.mask, device)}
 
 

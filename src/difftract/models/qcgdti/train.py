@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from ...console import Console
-from ...training.stream import StreamOptions
+from ...training.stream import StreamOptions, distributed_rank
 from .model import QCGConfig, QCGDTI
 
 log = logging.getLogger("difftract")
@@ -117,7 +116,7 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
             oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {options.batch_size})"):
         result = train(model, QCGTask(), train_set, val_set, tc, out, resume=resume, force=force,
                        device=device, model_meta=meta, progress=not console.quiet, log=log.info)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if distributed_rank()[0] != 0:
         return result
     write_training_sidecar(out, "train qcgdti", meta, tc, result, seed=options.seed, subjects=subjects,
                            stream=None if pool is None else stream_summary(pool))
