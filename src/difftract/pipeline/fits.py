@@ -122,7 +122,8 @@ def write_sh(out: Path, coeffs: np.ndarray, mask: np.ndarray, dwi, record: dict,
     return out
 
 
-def fit_sh(dwi, out: Path, *, lmax: int = 6, legacy: bool = False, smooth: float = DEFAULT_SMOOTH, shell: float | None = None,
+def fit_sh(dwi, out: Path, *, lmax: int = 6, legacy: bool = False, smooth: float = DEFAULT_SMOOTH,
+           shell: float | None = None,
            compute: Compute = Compute(), console: Console = Console(), force: bool = False,
            equivalent: str | None = None):
     """Fit the signal SH of one shell (``shell``: default the only or the highest) and write ``out``."""

@@ -16,11 +16,11 @@ log = logging.getLogger("difftract")
 
 
 def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, params: dict,
-           mask: Path | None = None, truth: Path | None = None) -> dict:
+           mask: Path | None = None, truth=None) -> dict:
     """Write ``directory/report.html`` from the run's files; returns the first method's summary.
 
     ``mask`` is the brain mask outlined on the colour FA (default: where FA was fitted).
-    ``truth`` is the ground truth's ``scoring.json``, if any: with it, each method's FA and MD
+    ``truth`` is the ground truth (a loaded :class:`~difftract.eval.tractometer.ScoringConfig`), if any: with it, each method's FA and MD
     profiles along the ground-truth bundles go into the report and ``directory/profiles.csv``.
     """
     from ..io.nifti import load_nifti
@@ -47,16 +47,14 @@ def report(directory: Path, tractograms: list[tuple[str, Path]], title: str, par
     return {"streamlines": len(first.streamlines), "mean_length_mm": first.mean_length_mm}
 
 
-def _tractometry(directory: Path, results: list, fa_img, truth: Path, tractograms: list[Path]) -> None:
+def _tractometry(directory: Path, results: list, fa_img, config, tractograms: list[Path]) -> None:
     """With ground truth on the FA's grid: profiles on each result, and ``directory/profiles.csv``."""
     from ..eval.profiles import N_POINTS, tractometry, truth_profiles, write_profiles_csv
-    from ..eval.tractometer import load_scoring
     from ..io.nifti import load_nifti
     from ..io.sidecar import provenance
 
-    config = load_scoring(truth)
     if config.shape != tuple(fa_img.shape[:3]) or not np.allclose(config.affine, fa_img.affine, atol=1e-4):
-        log.warning("%s: the ground truth is not on the DTI maps' grid; no tractometry profiles", truth)
+        log.warning("%s: the ground truth is not on the DTI maps' grid; no tractometry profiles", config.path)
         return
     fa = np.asarray(fa_img.dataobj, dtype=np.float64)
     md = np.asarray(load_nifti(directory / "dti" / "md.nii.gz", "MD").dataobj, dtype=np.float64)
@@ -65,7 +63,7 @@ def _tractometry(directory: Path, results: list, fa_img, truth: Path, tractogram
         r.profiles = tractometry(r.streamlines, config, fa, md, N_POINTS, reference)
     record = provenance("tractometry", {"n_points": N_POINTS, "orientation": "head ROI -> tail ROI",
                                         "weights": "gaussian (DIPY); plain mean under 4 streamlines or non-finite"},
-                        inputs=[*tractograms, directory / "dti" / "fa.nii.gz", directory / "dti" / "md.nii.gz", truth])
+                        inputs=[*tractograms, directory / "dti" / "fa.nii.gz", directory / "dti" / "md.nii.gz", config.path])
     write_profiles_csv(directory / "profiles.csv", {r.name: r.profiles for r in results}, force=True,
                        provenance=record)
 

@@ -160,6 +160,7 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
              learned=None, stop_given: np.ndarray | None = None, title: str | None = None,
              helper: bool = False) -> RunSummary:
     """The run's stages, written into an existing (staging) ``directory``; :func:`run_subject` and the demo share it."""
+    from ..eval.tractometer import load_scoring
     from ..io.nifti import save_nifti
     from ..io.sidecar import provenance, write_json
     from .fits import fit_dti
@@ -187,6 +188,7 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
         stop_name = f"brain voxels with FA > {options.fa_threshold:g}"
     del dti
 
+    truth = load_scoring(subject.truth) if subject.truth is not None else None   # masks read once per run
     fod = None
     summary = RunSummary(directory, {}, {}, {}, {})
     for method in options.methods:
@@ -204,11 +206,11 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
         summary.tracks[method] = tracks
         summary.streamlines[method] = result.n_streamlines
         summary.mean_length_mm[method] = float(result.lengths_mm.mean()) if len(result.lengths_mm) else 0.0
-        if subject.truth is not None and not helper:
+        if truth is not None and not helper:
             scores = directory / options.scores_name(method)
             line = command_line("score", tracks, phantom=subject.directory, json=scores)
             console.stage(line)
-            summary.scores[method] = score_tractogram(tracks, subject.directory, scores, console=console,
+            summary.scores[method] = score_tractogram(tracks, truth, scores, console=console,
                                                       equivalent=line).scores
     if helper:
         return summary
@@ -217,7 +219,7 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
     report(directory, [(m, summary.tracks[m]) for m in options.methods],
            title=title or f"difftract run: {subject.name} ({', '.join(options.methods)})",
            params={k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()},
-           mask=subject.mask, truth=subject.truth)
+           mask=subject.mask, truth=truth)
     return summary
 
 

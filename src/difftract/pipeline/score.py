@@ -14,14 +14,15 @@ from ..console import Console
 log = logging.getLogger("difftract")
 
 
-def score_tractogram(tractogram: Path, phantom: Path, json_out: Path | None = None, *, reference: Path | None = None,
+def score_tractogram(tractogram: Path, phantom, json_out: Path | None = None, *, reference: Path | None = None,
                      console: Console = Console(), force: bool = False, equivalent: str | None = None):
-    """Score ``tractogram`` against ``phantom`` (a phantom directory, its ``gt/`` or a ``scoring.json``).
+    """Score ``tractogram`` against ``phantom`` (a phantom directory, its ``gt/``, a ``scoring.json``, or
+    the :class:`~difftract.eval.tractometer.ScoringConfig` loaded from one).
 
     Prints the table, writes ``json_out`` (scilpy's keys, with provenance) when given, and
     returns the :class:`~difftract.eval.tractometer.TractometerResult`.
     """
-    from ..eval.tractometer import format_table, load_scoring, score
+    from ..eval.tractometer import ScoringConfig, format_table, load_scoring, score
     from ..eval.traversal import count_off_grid
     from ..io.atomic import check_outputs
     from ..io.sidecar import provenance, write_json
@@ -30,7 +31,7 @@ def score_tractogram(tractogram: Path, phantom: Path, json_out: Path | None = No
     tractogram = Path(tractogram)
     if json_out is not None:
         check_outputs([json_out], force, inputs=[tractogram])
-    config = load_scoring(phantom)
+    config = phantom if isinstance(phantom, ScoringConfig) else load_scoring(phantom)
     if reference is None:
         mask = config.path.parent.parent / "mask.nii.gz"
         reference = mask if mask.is_file() else config.reference
