@@ -87,7 +87,7 @@ def test_ddtracking_chunks_are_smaller_than_a_peak_lookups(monkeypatch):
     from difftract.models.ddtracking.model import DDTracking, DDTrackingConfig
     from difftract.tracking.getters import make_getter
     from difftract.tracking.sh_field import SHField
-    from difftract.tracking.tracker import TrackingParams, default_chunk_size
+    from difftract.tracking.tracker import CHUNK_CPU, TrackingParams, default_chunk_size
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 2 << 30)
     params = TrackingParams()
@@ -99,4 +99,4 @@ def test_ddtracking_chunks_are_smaller_than_a_peak_lookups(monkeypatch):
     sizes = {name: default_chunk_size(g, params, "cpu") for name, g in (("det", det), ("peak", peak), ("dd", dd))}
     assert sizes["dd"] < sizes["det"] / 2 and sizes["det"] <= sizes["peak"]
     monkeypatch.setattr(memory, "available_bytes", lambda device: 64 << 30)
-    assert default_chunk_size(dd, params, "cpu") == 20_000    # plenty of memory: the default
+    assert default_chunk_size(dd, params, "cpu") == CHUNK_CPU    # plenty of memory: the default

@@ -36,7 +36,7 @@ def job(phantom: str, fod: str, out: str) -> None:
     args = track_args(Path(phantom), Path(fod))
     codes = [main(["-q", "track", *args, "--method", m, "--out", str(out / f"{m}.trx")]) for m in ("det", "prob")]
     if rank == 1:
-        def fail(self, seeds, generator):
+        def fail(self, seeds, generator, getter):
             raise ResourceError("injected failure")
         Tracker._track_chunk = fail
     codes.append(main(["-q", "track", *args, "--out", str(out / "failed.trx")]))

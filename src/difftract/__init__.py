@@ -9,6 +9,10 @@ models, tracks streamlines and scores them. Sub-packages:
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .threads import passive_waits
+
+passive_waits()     # before anything imports torch: see difftract.threads
+
 try:
     __version__ = version("difftract")
 except PackageNotFoundError:  # running from a source tree without installing

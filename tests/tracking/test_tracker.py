@@ -18,6 +18,7 @@ from dipy.tracking.stopping_criterion import BinaryStoppingCriterion, ThresholdS
 from dipy.tracking.tracker import closestpeak_tracking, deterministic_tracking
 
 from difftract.errors import ConfigError
+from difftract.threads import usable_cores
 from difftract.tracking.getters import make_getter
 from difftract.tracking.sh_field import SHField
 from difftract.tracking.stopping import BinaryCriterion, ThresholdCriterion
@@ -245,6 +246,39 @@ def test_classical_results_do_not_depend_on_the_chunk_size(method):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["det", "prob"])
+def test_worker_threads_give_the_single_threads_streamlines(method):
+    """Chunks tracked side by side on worker threads: the same streamlines in the same order, for the
+    deterministic rule and for the random one (each chunk draws from its own generator)."""
+    sh, mask, fa, seeds = curved_field()
+    getter = make_getter(method, sh=SHField(sh, legacy=True), max_angle=35)
+    params = TrackingParams(step_mm=0.5, min_len_mm=2, max_len_mm=60)
+    threads = torch.get_num_threads()
+
+    def run(workers):
+        tracker = Tracker(getter, BinaryCriterion(mask), VOX, params, chunk_size=5, workers=workers)
+        assert tracker.workers == min(workers, usable_cores())     # never more threads than cores
+        return flat(tracker.track(torch.as_tensor(seeds), seed=11))
+
+    one, two = run(1), run(2)
+    assert len(one[1]) > 30
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    assert torch.get_num_threads() == threads          # the workers' single-threaded ops are undone
+
+
+def test_stopping_early_leaves_no_worker_running_and_restores_the_threads():
+    sh, mask, fa, seeds = curved_field()
+    tracker = Tracker(make_getter("det", sh=SHField(sh, legacy=True), max_angle=35), BinaryCriterion(mask), VOX,
+                      TrackingParams(step_mm=0.5, min_len_mm=2, max_len_mm=60), chunk_size=2, workers=2)
+    threads = torch.get_num_threads()
+    chunks = tracker.track(torch.as_tensor(seeds))
+    first = next(chunks)
+    chunks.close()                                   # the consumer stops after one chunk of 30
+    assert len(first) <= 2 and torch.get_num_threads() == threads
+    assert not any(t.name.startswith("difftract-track") for t in __import__("threading").enumerate())
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,6 +22,17 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels to 0 instead of refusing")
 
 
+def nifti_output(text: str) -> Path:
+    """argparse type of a NIfTI output: refused at parsing when not named *.nii or *.nii.gz."""
+    from ..errors import ConfigError
+    from ..io.nifti import check_nifti_name
+
+    try:
+        return check_nifti_name(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_compute_arguments(parser: argparse.ArgumentParser,
                           dtype_help: str = "compute precision; auto is float64 on CPU and float32 on GPU",
                           chunk_help: str = "voxels fitted at once; bounds memory (default: the model's, e.g. "

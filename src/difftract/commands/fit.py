@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..io.atomic import check_output, check_outputs
-from .common import add_compute_arguments, add_scan_arguments, compute_of, load_scan, output_files, scan_inputs
+from .common import add_compute_arguments, nifti_output, add_scan_arguments, compute_of, load_scan, output_files, scan_inputs
 
 EPILOG_DTI = """\
 outputs (in OUT_DIR, each NIfTI with a JSON sidecar):
@@ -62,7 +62,7 @@ def add_parser(sub) -> None:
                "example:\n  difftract fit sh dwi.nii.gz dwi.bval dwi.bvec --mask mask.nii.gz --out sh.nii.gz --lmax 6",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scan_arguments(sh)
-    sh.add_argument("--out", type=Path, required=True, metavar="SH", help="output NIfTI")
+    sh.add_argument("--out", type=nifti_output, required=True, metavar="SH", help="output NIfTI")
     add_sh_arguments(sh, default_lmax=6)
     sh.add_argument("--smooth", type=float, default=0.006,
                     help="Laplace-Beltrami regularisation lambda (DIPY's default: %(default)s; 0 for none)")
@@ -81,8 +81,8 @@ def add_parser(sub) -> None:
                "--peaks peaks.nii.gz",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scan_arguments(csd)
-    csd.add_argument("--out", type=Path, required=True, metavar="FOD", help="output fODF SH NIfTI")
-    csd.add_argument("--peaks", type=Path, metavar="P", help="also write fODF peaks here")
+    csd.add_argument("--out", type=nifti_output, required=True, metavar="FOD", help="output fODF SH NIfTI")
+    csd.add_argument("--peaks", type=nifti_output, metavar="P", help="also write fODF peaks here")
     add_sh_arguments(csd, default_lmax=8)
     csd.add_argument("--response", default="auto", metavar="auto|L1,L2,L3,S0",
                      help="single-fibre response: estimated (auto) or eigenvalues (mm^2/s) and S0 "

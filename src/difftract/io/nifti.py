@@ -12,7 +12,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .atomic import atomic_file, check_output
 from .sidecar import sidecar_path, write_sidecar
 
@@ -148,6 +148,18 @@ def _check_size(img: nib.Nifti1Image, path: Path, what: str) -> None:
         raise InputError(path, f"{what} is truncated: the header promises {expected} bytes, the file has {size}")
 
 
+def check_nifti_name(path: str | Path) -> Path:
+    """``path`` as a Path when its name ends in ``.nii`` or ``.nii.gz``, else a ConfigError.
+
+    nibabel picks the format from the extension: a name without one would be written
+    elsewhere (or not at all) after the whole fit, so outputs are checked before any work.
+    """
+    path = Path(path)
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")) or path.name in (".nii", ".nii.gz"):
+        raise ConfigError(f"{path}: a NIfTI output must be named *.nii or *.nii.gz")
+    return path
+
+
 def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, force: bool = False,
                sidecar: dict[str, Any] | None = None, header: nib.Nifti1Header | None = None) -> Path:
     """Write ``data`` with ``affine`` atomically, and its JSON sidecar when given.
@@ -155,7 +167,7 @@ def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, force: bo
     The qform and sform are both set to ``affine`` (code 1, scanner) so every reader
     agrees on the grid. Booleans are stored as uint8.
     """
-    path = Path(path)
+    path = check_nifti_name(path)
     data = np.asarray(data)
     if data.dtype == bool:
         data = data.astype(np.uint8)

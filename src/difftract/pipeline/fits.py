@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io.atomic import atomic_outputs, check_output, check_outputs
+from ..io.nifti import check_nifti_name
 from ..io.sidecar import data_stem, provenance, sidecar_path
 from ..reconst.sh import DEFAULT_SMOOTH
 from .compute import Compute, memory_guard
@@ -129,7 +130,7 @@ def fit_sh(dwi, out: Path, *, lmax: int = 6, legacy: bool = False, smooth: float
     """Fit the signal SH of one shell (``shell``: default the only or the highest) and write ``out``."""
     from ..reconst.sh import SHModel
 
-    out = Path(out)
+    out = check_nifti_name(out)
     check_outputs([out, qc_path(out), sidecar_path(out)], force, inputs=scan_inputs(dwi))
     options = compute.fit_options(console.bars)
     model = SHModel(dwi.gtab, lmax=lmax, legacy=legacy, smooth=smooth, shell=shell)
@@ -172,7 +173,9 @@ def fit_csd(dwi, out: Path, *, peaks_out: Path | None = None, lmax: int = 8, leg
     from ..reconst.sh import gfa
     from ..viz.qc import map_slices
 
-    out = Path(out)
+    out = check_nifti_name(out)
+    if peaks_out is not None:
+        check_nifti_name(peaks_out)
     qc = qc_path(out)
     outputs = [out, qc, sidecar_path(out)] + ([Path(peaks_out), sidecar_path(peaks_out)] if peaks_out else [])
     check_outputs(outputs, force, inputs=scan_inputs(dwi))

@@ -222,7 +222,8 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
     ``inputs`` are the files the sidecar lists besides the scan's.
     """
     from ..io.stream import open_writer
-    from ..tracking.tracker import CHUNK_CPU, CHUNK_CUDA, Tracker, TrackingParams, default_chunk_size
+    from ..threads import worker_threads
+    from ..tracking.tracker import Tracker, TrackingParams, default_chunk_size, preferred_chunk_size
     from .fits import scan_inputs
     from .shards import join, shard_seeds, track_shards
 
@@ -244,22 +245,24 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
     dtype = torch.float64 if compute.dtype == "float64" else torch.float32
     seeds = seeding.seeds(per_voxel, options.seed)
     getter = source.getter(options, dwi.voxel_sizes, compute, console)
-    chunk = compute.chunk_size or default_chunk_size(getter, params, device, dtype)
+    workers = worker_threads() if device.type == "cpu" else 1
+    chunk = compute.chunk_size or default_chunk_size(getter, params, device, dtype, len(seeds), workers)
     if group is not None and compute.chunk_size is None:    # the same chunks on every rank
         chunk = group.smallest(chunk)
     if group is not None:
         _check_same_seeds(group, seeds)
-    if compute.chunk_size is None and chunk < min(len(seeds), CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU):
+    if compute.chunk_size is None and chunk < min(len(seeds), preferred_chunk_size(len(seeds), device)):
         log.warning("free memory allows %d seeds per chunk, fewer than the default; random draws are made per chunk, "
                     "so give --chunk-size %d to reproduce this tractogram elsewhere", chunk, chunk)
     tracker = Tracker(getter, stopping.criterion, dwi.voxel_sizes, params, device=device, dtype=dtype,
-                      chunk_size=chunk)
+                      chunk_size=chunk, workers=workers)
     learned = {"sampler_steps": options.sampler_steps, "stochastic": options.stochastic} \
         if isinstance(source, LearnedSource) else {}
     record = provenance("track", {"method": options.method, **params.to_dict(), "max_angle": options.max_angle,
                                   "pmf_threshold": options.pmf_threshold, "stopping": stopping.description,
                                   "seeding": seeding.record(per_voxel), "device": str(device),
-                                  "dtype": str(dtype), "chunk_size": chunk, **source.record(), **learned},
+                                  "dtype": str(dtype), "chunk_size": chunk, "worker_threads": workers,
+                                  **source.record(), **learned},
                         seed=options.seed, inputs=inputs, equivalent=equivalent,
                         sh_basis=source.sh_basis)
     start = time.perf_counter()

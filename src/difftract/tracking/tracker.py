@@ -35,13 +35,17 @@ differentiable mode here that nothing but its tests used.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..threads import single_threaded_ops, worker_threads
 from .getter_protocol import Getter, State
 from .integrators import INTEGRATORS, normalize, step
 from .stopping import ENDPOINT, OUTSIDEIMAGE, TRACKPOINT, Criterion
@@ -135,13 +139,19 @@ class Tracker:
     device, dtype
         Where and in which precision to track (float32 by default, float64 for equivalence).
     chunk_size : int
-        Seeds tracked at once (bounds memory).
+        Seeds tracked at once (bounds memory); the unit of reproducibility and of parallelism.
+    workers : int or None
+        Threads tracking chunks side by side on a CPU (None: torch's thread count, at most
+        the usable cores; always 1 on a GPU). The result does not depend on it.
     """
 
     def __init__(self, getter: Getter, criterion: Criterion, voxel_sizes, params: TrackingParams | None = None, *,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk_size: int = 10_000):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk_size: int = 10_000,
+                 workers: int | None = None):
         if chunk_size < 1:
             raise ConfigError(f"chunk size must be at least 1, got {chunk_size}")
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
         sizes = np.asarray(voxel_sizes, dtype=np.float64)
         if sizes.shape != (3,) or not np.all(sizes > 0):
             raise ConfigError(f"voxel sizes must be three positive numbers, got {voxel_sizes}")
@@ -151,15 +161,17 @@ class Tracker:
         self.criterion = criterion.to(self.device, dtype)
         self.inv_voxel = torch.as_tensor(1.0 / sizes, device=self.device, dtype=dtype)
         self.chunk_size = int(chunk_size)
+        self.workers = 1 if self.device.type != "cpu" else worker_threads(workers)
 
     # ------------------------------------------------------------------ public
     def track(self, seeds, seed: int = 0, progress=None, chunks: Sequence[int] | None = None) -> Iterator[Streamlines]:
         """Yield the streamlines of each chunk of ``seeds`` (``(N, 3)`` voxel coordinates), in seed order.
 
         ``seed`` derives each chunk's torch Generator (used by random getters), so a
-        chunk's result depends only on ``seed``, its index, its seeds and the device.
-        ``chunks`` (indices, of :meth:`n_chunks`) tracks only those chunks, as the whole
-        run would: a shard of the chunks gives that part of the run's streamlines exactly.
+        chunk's result depends only on ``seed``, its index, its seeds and the device,
+        not on which worker thread tracked it. ``chunks`` (indices, of :meth:`n_chunks`)
+        tracks only those chunks, as the whole run would: a shard of the chunks gives that
+        part of the run's streamlines exactly.
         """
         seeds = torch.as_tensor(seeds)
         if seeds.dim() != 2 or seeds.shape[1] != 3:
@@ -168,36 +180,74 @@ class Tracker:
         if chunks is not None and any(not 0 <= k < len(starts) for k in chunks):
             raise ConfigError(f"chunk indices must lie in 0..{len(starts) - 1} ({len(seeds)} seeds in chunks of "
                               f"{self.chunk_size}), got {list(chunks)}")
-        for k in (range(len(starts)) if chunks is None else chunks):
+        order = list(range(len(starts)) if chunks is None else chunks)
+
+        def one(k: int, getter: Getter) -> Streamlines:
             start = starts[k]
             chunk = seeds[start:start + self.chunk_size].to(self.device, self.dtype)
             generator = torch.Generator(self.device).manual_seed(_chunk_seed(seed, k))
-            with torch.no_grad():
-                out = self._track_chunk(chunk, generator)
+            with torch.no_grad():          # grad mode is per thread: set it in the worker
+                out = self._track_chunk(chunk, generator, getter)
             out.seed_index = out.seed_index + start
+            return out
+
+        if self.workers == 1 or len(order) == 1:
+            results = (one(k, self.getter) for k in order)
+        else:
+            results = self._in_workers(order, one)
+        for k, out in zip(order, results):
             if progress is not None:
-                progress.update(len(chunk))
+                progress.update(min(self.chunk_size, len(seeds) - starts[k]))
             yield out
+
+    def _in_workers(self, order: list[int], one) -> Iterator[Streamlines]:
+        """``one(k, getter)`` for each chunk on :attr:`workers` threads, yielded in ``order``.
+
+        Each thread has its own copy of the getter (its scratch buffers are its own) and
+        torch ops run single-threaded meanwhile (see :mod:`difftract.threads`). At most
+        ``2 * workers`` chunks are tracked ahead of the consumer, which bounds memory.
+        """
+        getters: dict[int, Getter] = {}     # one per worker thread
+
+        def task(k: int) -> Streamlines:
+            thread = threading.get_ident()
+            if thread not in getters:
+                getters[thread] = self.getter.to(self.device, self.dtype)
+            return one(k, getters[thread])
+
+        with single_threaded_ops(), ThreadPoolExecutor(self.workers, thread_name_prefix="difftract-track") as pool:
+            pending: deque[Future] = deque()
+            todo = iter(order)
+            try:
+                for k in todo:
+                    pending.append(pool.submit(task, k))
+                    if len(pending) >= 2 * self.workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:                        # the consumer stopped early, or a chunk failed
+                for f in pending:
+                    f.cancel()
 
     def n_chunks(self, n_seeds: int) -> int:
         """How many chunks :meth:`track` cuts ``n_seeds`` seeds into."""
         return -(-int(n_seeds) // self.chunk_size)
 
     # ------------------------------------------------------------------ one chunk
-    def _track_chunk(self, seeds: torch.Tensor, generator: torch.Generator) -> Streamlines:
-        g, p = self.getter, self.params
+    def _track_chunk(self, seeds: torch.Tensor, generator: torch.Generator, g: Getter) -> Streamlines:
+        p = self.params
         dirs0, seed_index = g.seed_directions(seeds)
         x0 = seeds[seed_index]
         S = len(x0)
         state = g.init(x0, dirs0, generator)
-        fwd = self._half(x0, dirs0, state, budget=None)
+        fwd = self._half(g, x0, dirs0, state, budget=None)
         moved = fwd.count > 0
         first = torch.zeros_like(x0)
         is_first = fwd.steps == 1
         first[fwd.ids[is_first]] = fwd.points[is_first]
         back_dirs = torch.where(moved[:, None], normalize(first - x0), dirs0)
         state = g.init_backward(x0, -back_dirs, _paths(fwd, S), fwd.count, generator)
-        bwd = self._half(x0, -back_dirs, state, budget=p.max_points - 1 - fwd.count)
+        bwd = self._half(g, x0, -back_dirs, state, budget=p.max_points - 1 - fwd.count)
 
         n = bwd.count + 1 + fwd.count
         keep = ~bwd.dropped & (n >= p.min_points) & (n <= p.max_points)
@@ -206,7 +256,7 @@ class Tracker:
             keep &= stopped & ((bwd.status == ENDPOINT) | (bwd.status == OUTSIDEIMAGE))
         return self._assemble(x0, fwd, bwd, n, keep, seed_index, S)
 
-    def _half(self, x0, dirs0, state, budget) -> _Half:
+    def _half(self, getter: Getter, x0, dirs0, state, budget) -> _Half:
         """Grow one half of every streamline; see the module docstring for the rules."""
         S, M = len(x0), self.params.max_points
         device = x0.device
@@ -216,14 +266,14 @@ class Tracker:
         status = torch.full((S,), TRACKPOINT, dtype=torch.long, device=device)
         dropped = torch.zeros(S, dtype=torch.bool, device=device)
         rec_ids, rec_steps, rec_pts = [], [], []
-        cos_max = self.getter.cos_max_angle
+        cos_max = getter.cos_max_angle
         for i in range(1, M):
             if len(active) == 0:
                 break
             states = []
 
             def field(points, prev, _state=state, _states=states):
-                dirs, valid, new_state = self.getter.directions(points, prev, _state)
+                dirs, valid, new_state = getter.directions(points, prev, _state)
                 _states.append(new_state)
                 return dirs, valid
 
@@ -272,26 +322,43 @@ class Tracker:
         return Streamlines(out, lengths, seed_index[keep])
 
 
-CHUNK_CPU, CHUNK_CUDA = 20_000, 200_000    # seeds at once when memory allows: past these, no faster
+CHUNK_CPU, CHUNK_CUDA = 10_000, 200_000    # seeds at once when memory allows: past these, no faster
+MIN_CHUNK_CPU = 2_000     # below this a step's ~100 small ops cost more than their arithmetic
+CHUNKS_PER_RUN = 4        # a CPU run is cut into at least this many chunks when it can be: workers finish together
+
+
+def preferred_chunk_size(n_seeds: int | None, device: torch.device | str) -> int:
+    """Seeds per chunk when memory allows: the GPU's large batch, or on a CPU a quarter of the run
+    between 2,000 and 10,000 seeds, so that worker threads share the chunks evenly.
+
+    It depends on the number of seeds and the device type only (not on the cores), so a
+    run's chunks, and with them its random draws, are the same on every machine.
+    """
+    if torch.device(device).type == "cuda":
+        return CHUNK_CUDA
+    if n_seeds is None:
+        return CHUNK_CPU
+    return int(min(CHUNK_CPU, max(MIN_CHUNK_CPU, -(-int(n_seeds) // CHUNKS_PER_RUN))))
 
 
 def default_chunk_size(getter: Getter, params: TrackingParams, device: torch.device | str,
-                       dtype: torch.dtype = torch.float32) -> int:
-    """Seeds per chunk: the device's default, or fewer when a quarter of the free memory holds fewer.
+                       dtype: torch.dtype = torch.float32, n_seeds: int | None = None, workers: int = 1) -> int:
+    """Seeds per chunk: :func:`preferred_chunk_size`, or fewer when a quarter of the free memory holds fewer.
 
     A seed costs the getter's query (``getter.bytes_per_seed``: a DDTracking network step
     is far more than a pmf lookup) plus the tracker's own record of both halves (up to
     ``max_points`` points each, with their streamline and step indices, copied once more
-    when the chunk is assembled). The default is kept whenever memory allows, since the
-    random draws of ``prob`` and stochastic getters are made per chunk.
+    when the chunk is assembled), once per worker thread tracking a chunk at the same
+    time. The preferred size is kept whenever memory allows, since the random draws of
+    ``prob`` and stochastic getters are made per chunk.
     """
     from ..memory import chunk_for
 
     device = torch.device(device)
     size = torch.empty(0, dtype=dtype).element_size()
     tracker = 2 * params.max_points * (3 * size + 16) * 2
-    default = CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU
-    return chunk_for(getter.bytes_per_seed(size) + tracker, device, default, minimum=64)
+    per_seed = (getter.bytes_per_seed(size) + tracker) * max(1, int(workers))
+    return chunk_for(per_seed, device, preferred_chunk_size(n_seeds, device), minimum=64)
 
 
 def _paths(half: _Half, S: int) -> torch.Tensor:
