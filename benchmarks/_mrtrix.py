@@ -60,6 +60,31 @@ def sh2amp(fod_path: Path, directions: np.ndarray, workdir: Path) -> np.ndarray:
     return np.asarray(nib.load(out).dataobj, dtype=np.float64)
 
 
+def sampled_difference(coeffs: np.ndarray, wm: np.ndarray, fod_mrtrix: Path, workdir: Path) -> dict:
+    """Both fODFs sampled at 64 directions in every WM voxel: max difference / max amplitude.
+
+    difftract's non-legacy descoteaux07 ``coeffs`` are evaluated here, the converted file
+    by ``sh2amp``: a wrong basis or a frame flip shows as a difference of order 1.
+    """
+    from difftract.reconst.sh import sh_basis
+
+    dirs = fibonacci_directions(64)
+    ours = coeffs[wm] @ sh_basis(dirs, 8, legacy=False)[0].T
+    theirs = sh2amp(fod_mrtrix, dirs, workdir)[wm]
+    return {"directions": len(dirs), "voxels": int(wm.sum()),
+            "max_rel_diff": float(np.abs(ours - theirs).max() / np.abs(ours).max())}
+
+
+def amplitude_cutoff(coeffs: np.ndarray, wm: np.ndarray, relative: float) -> float:
+    """MRtrix's absolute ``-cutoff`` standing for a relative threshold: ``relative`` x the median
+    over WM voxels of the voxel's largest amplitude (on DIPY's default sphere)."""
+    from difftract.reconst.peaks import default_sphere
+    from difftract.reconst.sh import sh_basis
+
+    B, _ = sh_basis(np.asarray(default_sphere().vertices), 8, legacy=False)
+    return float(relative * np.median((coeffs[wm] @ B.T).max(axis=1)))
+
+
 def fibonacci_directions(n: int) -> np.ndarray:
     """``n`` unit vectors spread over the sphere (a Fibonacci lattice): sampling points, not a fit."""
     i = np.arange(n) + 0.5
@@ -91,6 +116,14 @@ def to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def seed_keys(world: np.ndarray) -> list[tuple]:
     """Seed points (mm) as hashable keys: MRtrix prints them to ~6 digits, so round to 1 micron."""
     return [tuple(k) for k in np.round(np.asarray(world, dtype=np.float64), 3)]
+
+
+def grid_check(reported_world: np.ndarray, tried: int, grid_world: np.ndarray) -> dict:
+    """tckgen's reported seeds (``-output_seeds``) against our grid: every one must be a grid point."""
+    ours = set(seed_keys(grid_world))
+    theirs = seed_keys(reported_world)
+    return {"grid_seeds": len(ours), "tckgen_seeds_tried": tried, "tckgen_seeds_reported": len(theirs),
+            "reported_not_on_grid": sum(k not in ours for k in theirs)}
 
 
 # ---------------------------------------------------------------------------------------- tckgen
@@ -170,6 +203,16 @@ def paired_agreement(ours: dict, theirs: dict, thresholds_mm=(1.0, 0.5)) -> dict
     return out
 
 
+def agreement(ours, theirs, affine: np.ndarray, shape) -> dict:
+    """Paired-seed MDF (mm) and the density Dice of two runs (``streamlines`` in voxels, ``seed_world``)."""
+    def by_seed(run) -> dict:
+        return dict(zip(seed_keys(run.seed_world), (to_world(x, affine) for x in run.streamlines)))
+
+    out = paired_agreement(by_seed(ours), by_seed(theirs))
+    out["density_dice"] = dice(density_map(ours.streamlines, shape), density_map(theirs.streamlines, shape))
+    return out
+
+
 def density_map(streamlines, shape) -> np.ndarray:
     """Voxels holding a point of any streamline (voxel coordinates, nearest voxel, off-grid ignored)."""
     out = np.zeros(shape, dtype=bool)
@@ -200,6 +243,28 @@ def busy_cores(n: int | None = None):
             p.kill()
         for p in procs:
             p.wait()
+
+
+def loaded_pass(runners: dict, seeds: np.ndarray, mask_path: Path, repeats: int) -> dict:
+    """Each tracker quiet, then with every core busy, ``repeats`` times in turn, on the same seeds.
+
+    ``runners`` maps a name to ``(seeds, seed mask path, tag) -> run`` (with ``.seconds``). The machine is shared, so a "quiet" run may meet other work: the fastest of the quiet
+    runs and the fastest of the loaded runs are compared (slowdown = loaded / quiet).
+    """
+    out = {"seeds": len(seeds), "repeats": repeats}
+    for name, run in runners.items():
+        quiet, loaded, loads = [], [], []
+        for _ in range(repeats):
+            loads.append(load_average())
+            quiet.append(run(seeds, mask_path, "loaded_quiet").seconds)
+            with busy_cores() as n_busy:
+                loaded.append(run(seeds, mask_path, "loaded").seconds)
+        slowdown = min(loaded) / min(quiet)
+        out[name] = {"quiet_s": quiet, "loaded_s": loaded, "slowdown": slowdown, "busy_processes": n_busy,
+                     "load_before": loads}
+        print(f"  {name:10} quiet {min(quiet):8.2f} s, with {n_busy} busy processes {min(loaded):8.2f} s "
+              f"(fastest of {repeats}): slowdown {slowdown:5.2f}x (load before: {loads[0]})", flush=True)
+    return out
 
 
 def load_average() -> str:

@@ -29,7 +29,8 @@ Steps, one function each, per phantom:
    fraction of pairs whose MDF is <= 1 mm and <= 0.5 mm, and the Dice of the two density
    maps (voxels holding a streamline point); ratios in streamlines/s;
 6. unless ``--no-loaded``: on a subset of the seeds (``--loaded-seeds``), each tracker timed
-   quiet and then with one spinning process per core, back to back: slowdown = loaded / quiet.
+   quiet and then with one spinning process per core, alternately ``--repeats`` times:
+   slowdown = fastest loaded / fastest quiet (the machine may be shared: say its load).
 
 Distance: MDF = QuickBundles' minimum average direct-flip distance, both streamlines
 resampled to 20 points equally spaced along their length (mm). Pairs: seeds where both
@@ -44,27 +45,35 @@ counted); DIPY: the tracking call. 2 threads each: ``-nthreads 2``, ``torch.set_
 
 Matched: 1 mm step, 45 degrees per step, min 10 mm / max 250 mm, bidirectional from every
 seed, each seed tried once (``-select 0``; grid seeding is finite), Euler steps for the
-first-order trackers. Settings that cannot match, and what was chosen:
+first-order trackers, the stop where a streamline leaves the WM mask (``-mask WM``: MRtrix
+tests the nearest voxel, as DIPY's ``BinaryStoppingCriterion`` and difftract's
+``BinaryCriterion`` do; ``-stop`` is about include regions, not this). Settings that cannot
+match, and what was chosen:
 
 - amplitude threshold: MRtrix's ``-cutoff`` is an absolute fODF amplitude that also *stops*
   a streamline; DIPY's and difftract's ``pmf_threshold`` (0.1) is relative to each point's
   maximum and only masks the pmf. Chosen: cutoff = 0.1 x the median over WM voxels of the
   voxel's largest amplitude (about MRtrix's default 0.1 for these fODFs);
-- stopping mask: ``-mask WM`` truncates a streamline where it leaves the mask, which MRtrix
-  tests on the trilinearly interpolated mask (> 0.5); DIPY and difftract use the nearest
-  voxel;
 - directions: SD_Stream follows the continuous fODF peak (Newton steps on the SH) and
-  starts each seed along a peak found from a random direction; ``det`` takes the best of
+  starts each seed along the peak its search reaches from a random (or the thread's
+  previous) direction; ``det`` takes the best of
   DIPY's 362-vertex sphere and starts along the largest peak. iFOD2 draws arcs (4 samples,
   power 1/4, rejection sampling); ``prob`` draws a vertex from the thresholded pmf;
 - lengths: MRtrix truncates a streamline at ``-maxlength`` and keeps it; DIPY and difftract
   drop streamlines over ``max_len`` (DIPY's rule);
-- seeds SD_Stream cannot start: it looks for the fODF peak nearest a random direction by
-  Newton steps, which on these CSD fODFs fails at about 45% of the seeds ("Invalid seed
+- seeds SD_Stream cannot start: that peak search fails (or lands under the cutoff) at
+  about 45% of fibercup's seeds ("Invalid seed
   point" in ``tckgen -info``; neither ``-seed_cutoff`` nor ``-max_attempts_per_seed`` changes
   it); DIPY and difftract start along the largest peak and lose no seed there. The failed
   seeds are cheap and count in SD_Stream's seeds/s, so streamlines/s is the rate compared,
   and its agreement with ``det``/``peak`` is over the seeds both kept.
+
+Targets (``--check`` exits 1 when a hard one is missed or could not be measured, e.g. without
+tckgen; ``--help`` lists them), per phantom, from issue 24: the sampled basis difference
+<= 1e-5; in streamlines/s ``det`` >= 1.5x SD_Stream and DIPY's det, ``prob`` >= 2x iFOD2 and
+DIPY's prob; ``peak`` within 1 mm (MDF) of SD_Stream on >= 93% of paired seeds; loaded
+slowdown of ``det``/``prob`` no worse than SD_Stream's/iFOD2's and DIPY's (ratio <= 1).
+``--quick`` skips the brain's.
 """
 
 from __future__ import annotations
@@ -86,8 +95,7 @@ from _check import Target, parse_args
 from difftract.eval.tractometer import load_scoring, score
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from difftract.reconst.csd import CsdModel
-from difftract.reconst.peaks import default_sphere, peaks_from_sh
-from difftract.reconst.sh import sh_basis
+from difftract.reconst.peaks import peaks_from_sh
 from difftract.tracking.getters import make_getter
 from difftract.tracking.seeding import grid_seeds
 from difftract.tracking.sh_field import SHField
@@ -196,17 +204,6 @@ def fit_fod(phantom_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, floa
     return np.asarray(coeffs, dtype=np.float64), wm, affine, seconds
 
 
-def check_basis(coeffs: np.ndarray, wm: np.ndarray, fod_mrtrix: Path, workdir: Path) -> dict:
-    """Both fODFs sampled at the same 64 directions in every WM voxel: max difference / max amplitude."""
-    dirs = mx.fibonacci_directions(64)
-    B, _ = sh_basis(dirs, 8, legacy=False)
-    ours = coeffs[wm] @ B.T
-    theirs = mx.sh2amp(fod_mrtrix, dirs, workdir)[wm]
-    scale = float(np.abs(ours).max())
-    return {"directions": len(dirs), "voxels": int(wm.sum()),
-            "max_rel_diff": float(np.abs(ours - theirs).max() / scale)}
-
-
 def prepare(preset: str, root: Path, tools) -> Inputs:
     phantom_dir = prepare_phantom(preset, root)
     coeffs, wm, affine, fit_seconds = fit_fod(phantom_dir)
@@ -214,17 +211,11 @@ def prepare(preset: str, root: Path, tools) -> Inputs:
     nib.save(nib.Nifti1Image(mx.to_mrtrix_basis(coeffs).astype(np.float32), affine), fod_mrtrix)
     inputs = Inputs(preset, phantom_dir, affine, wm, coeffs, fod_mrtrix, phantom_dir / "wm.nii.gz", fit_seconds)
     if tools:
-        inputs.basis = check_basis(coeffs, wm, fod_mrtrix, phantom_dir)
+        inputs.basis = mx.sampled_difference(coeffs, wm, fod_mrtrix, phantom_dir)
     print(f"{preset}: grid {wm.shape}, {int(wm.sum())} WM voxels, CSD lmax 8 "
           f"({'cached' if np.isnan(fit_seconds) else f'{fit_seconds:.1f} s'}); basis check: {inputs.basis or 'no sh2amp'}",
           flush=True)
     return inputs
-
-
-def amplitude_cutoff(inputs: Inputs) -> float:
-    """MRtrix's absolute cutoff standing for the relative 0.1: 0.1 x median WM voxel maximum."""
-    B, _ = sh_basis(np.asarray(default_sphere().vertices), 8, legacy=False)
-    return float(PMF_THRESHOLD * np.median((inputs.coeffs[inputs.wm] @ B.T).max(axis=1)))
 
 
 # ------------------------------------------------------------------------------------ 3. seeds
@@ -234,14 +225,6 @@ def seed_mask(inputs: Inputs, max_seeds: int | None, grid: int, tag: str) -> tup
     path = inputs.dir / f"seeds_{tag}.nii.gz"
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), inputs.affine), path)
     return path, grid_seeds(mask, grid).numpy()
-
-
-def check_seeds(run: Run, seeds: np.ndarray, affine: np.ndarray) -> dict:
-    """tckgen's reported seeds are points of our grid (every one of them)."""
-    ours = set(mx.seed_keys(mx.to_world(seeds, affine)))
-    theirs = mx.seed_keys(run.seed_world)
-    return {"grid_seeds": len(ours), "tckgen_seeds_tried": run.seeds,
-            "tckgen_seeds_reported": len(theirs), "reported_not_on_grid": sum(k not in ours for k in theirs)}
 
 
 # ------------------------------------------------------------------------------------ 4. trackers
@@ -310,18 +293,6 @@ def tractometer_row(run: Run, config) -> dict:
             "OL": r.get("mean_OL"), "OR": r.get("mean_OR_gt"), "F1": r.get("mean_f1")}
 
 
-def agreement(ours: Run, theirs: Run, inputs: Inputs) -> dict:
-    """Paired-seed MDF (mm) and the density Dice of two tractograms."""
-    def by_seed(run: Run) -> dict:
-        world = [mx.to_world(x, inputs.affine) for x in run.streamlines]
-        return dict(zip(mx.seed_keys(run.seed_world), world))
-
-    out = mx.paired_agreement(by_seed(ours), by_seed(theirs))
-    shape = inputs.wm.shape
-    out["density_dice"] = mx.dice(mx.density_map(ours.streamlines, shape), mx.density_map(theirs.streamlines, shape))
-    return out
-
-
 def show_table(rows: dict) -> None:
     print(f"  {'tracker':10} {'streamlines':>11} {'seconds':>8} {'seeds/s':>9} {'sl/s':>9}  "
           f"{'VC':>5} {'IC':>5} {'NC':>5} {'VB':>3} {'IB':>3} {'OL':>5} {'OR':>5} {'F1':>5}")
@@ -339,25 +310,6 @@ def ratio(rows: dict, a: str, b: str) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ 6. loaded
-def loaded_pass(runners: dict, inputs: Inputs, n_seeds: int, s: Settings) -> dict:
-    """Each tracker on the same seed subset, quiet then with every core busy: the slowdown."""
-    mask_path, seeds = seed_mask(inputs, n_seeds, s.grid, "loaded")
-    out = {"seeds": len(seeds)}
-    for name in LOADED:
-        run = runners.get(name)
-        if run is None:
-            continue
-        quiet = run(seeds, mask_path, "loaded_quiet").seconds
-        load_before = mx.load_average()
-        with mx.busy_cores() as n_busy:
-            loaded = run(seeds, mask_path, "loaded").seconds
-        out[name] = {"quiet_s": quiet, "loaded_s": loaded, "slowdown": loaded / quiet, "busy_processes": n_busy,
-                     "load_before": load_before}
-        print(f"  {name:10} quiet {quiet:8.2f} s, with {n_busy} busy processes {loaded:8.2f} s: "
-              f"slowdown {loaded / quiet:5.2f}x (load before: {load_before})", flush=True)
-    return out
-
-
 def slowdown_ratio(loaded: dict, ours: str, ref: str) -> float | None:
     if ours not in loaded or ref not in loaded:
         return None
@@ -367,8 +319,7 @@ def slowdown_ratio(loaded: dict, ours: str, ref: str) -> float | None:
 # ------------------------------------------------------------------------------------ per phantom
 def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
     inputs = prepare(preset, root, tools)
-    s = Settings(grid=args.grid)
-    s = Settings(**{**asdict(s), "cutoff": amplitude_cutoff(inputs)})
+    s = Settings(grid=args.grid, cutoff=mx.amplitude_cutoff(inputs.coeffs, inputs.wm, PMF_THRESHOLD))
     max_seeds = args.max_seeds if preset == "fibercup" else args.brain_max_seeds
     mask_path, seeds = seed_mask(inputs, max_seeds, s.grid, "main")
     peaks, peak_seconds = peak_field(inputs)
@@ -391,9 +342,11 @@ def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
     print(f"{preset} (load {result['load_after_quiet_pass']}):")
     show_table(rows)
     if "SD_Stream" in runs:
-        result["seed_check"] = check_seeds(runs["SD_Stream"], seeds, inputs.affine)
+        result["seed_check"] = mx.grid_check(runs["SD_Stream"].seed_world, runs["SD_Stream"].seeds,
+                                             mx.to_world(seeds, inputs.affine))
         print(f"  seeds: {result['seed_check']}")
-        result["agreement"] = {f"{a}_vs_{b}": agreement(runs[a], runs[b], inputs) for a, b in PAIRS.items()}
+        result["agreement"] = {f"{a}_vs_{b}": mx.agreement(runs[a], runs[b], inputs.affine, inputs.wm.shape)
+                               for a, b in PAIRS.items()}
         for k, v in result["agreement"].items():
             print(f"  {k:22} paired {v['paired']:6,} (only ours {v['only_ours']}, only MRtrix {v['only_theirs']}): "
                   f"MDF <= 1 mm {v['within_1mm']:.1%}, <= 0.5 mm {v['within_0.5mm']:.1%}, median "
@@ -405,17 +358,20 @@ def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
     result["loaded"] = None
     if not args.no_loaded:
         print(f"{preset}: loaded machine, {args.loaded_seeds} seeds at most:", flush=True)
-        result["loaded"] = loaded_pass(runners, inputs, args.loaded_seeds, s)
-    record_targets(check, preset, result, tools, args)
+        mask_path, subset = seed_mask(inputs, args.loaded_seeds, s.grid, "loaded")
+        result["loaded"] = mx.loaded_pass({k: runners[k] for k in LOADED if runners[k] is not None}, subset,
+                                          mask_path, args.repeats)
+    record_targets(check, preset, result, tools)
     return result
 
 
-def record_targets(check, p: str, result: dict, tools, args) -> None:
+def record_targets(check, p: str, result: dict, tools) -> None:
+    """Each target of phantom ``p``; one that needs MRtrix is unmeasured (with the install hint) without it."""
     missing = mx.INSTALL_HINT + " (tckgen/sh2amp not found)"
 
-    def measure(name: str, value, needs_mrtrix: bool, why: str = "") -> None:
+    def measure(name: str, value, needs_mrtrix: bool) -> None:
         if value is None:
-            check.unmeasured(f"{p}_{name}", missing if needs_mrtrix and not tools else why or "not measured")
+            check.unmeasured(f"{p}_{name}", missing if needs_mrtrix and not tools else "not measured")
         else:
             check.measure(f"{p}_{name}", value)
 
@@ -443,6 +399,7 @@ def main() -> None:
     ap.add_argument("--max-seeds", type=int, default=None, help="fibercup: at most this many seeds (default: all WM)")
     ap.add_argument("--brain-max-seeds", type=int, default=4000, help="brain: at most this many seeds (default 4000)")
     ap.add_argument("--loaded-seeds", type=int, default=1000, help="seeds of the loaded pass (default 1000)")
+    ap.add_argument("--repeats", type=int, default=2, help="quiet/loaded alternations per tracker (default 2)")
     ap.add_argument("--no-loaded", action="store_true", help="skip the loaded-machine pass")
     args, check = parse_args(ap, "bench_vs_mrtrix", TARGETS)
     torch.set_num_threads(THREADS)
