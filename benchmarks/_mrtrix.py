@@ -187,19 +187,33 @@ def mdf(a: np.ndarray, b: np.ndarray, n: int = MDF_POINTS) -> float:
     return float(min(direct, flipped))
 
 
-def paired_agreement(ours: dict, theirs: dict, thresholds_mm=(1.0, 0.5)) -> dict:
-    """MDF (mm) of the streamlines two trackers grew from the same seed point (keys: seed keys).
+def seed_orientation(streamline: np.ndarray, seed) -> np.ndarray:
+    """The unit orientation of a streamline at its point nearest ``seed`` (central difference)."""
+    i = int(np.argmin(np.linalg.norm(streamline - np.asarray(seed), axis=1)))
+    d = streamline[min(i + 1, len(streamline) - 1)] - streamline[max(i - 1, 0)]
+    return d / max(float(np.linalg.norm(d)), 1e-12)
+
+
+def paired_agreement(ours: dict, theirs: dict, thresholds_mm=(1.0, 0.5), same_start_deg: float = 20.0) -> dict:
+    """MDF (mm) of the streamlines two trackers grew from the same seed point (keys: seed points, mm).
 
     Streamlines in mm (world). Only seeds with a streamline from both count; the counts of
-    the others are given so a tracker that drops seeds cannot look better by it.
+    the others are given so a tracker that drops seeds cannot look better by it. The pairs
+    that left the seed along the same orientation (within ``same_start_deg``) are also
+    scored alone: where two peaks cross, trackers that pick the seed's first peak by
+    different rules follow different bundles, which no step rule can reconcile.
     """
     common = sorted(set(ours) & set(theirs))
     d = np.array([mdf(ours[k], theirs[k]) for k in common])
+    cos = np.array([abs(seed_orientation(ours[k], k) @ seed_orientation(theirs[k], k)) for k in common])
+    same = cos >= np.cos(np.radians(same_start_deg))
     out = {"paired": len(common), "only_ours": len(set(ours) - set(theirs)),
            "only_theirs": len(set(theirs) - set(ours)),
-           "median_mdf_mm": float(np.median(d)) if len(d) else None}
+           "median_mdf_mm": float(np.median(d)) if len(d) else None,
+           "same_start": float(np.mean(same)) if len(d) else None}
     for t in thresholds_mm:
         out[f"within_{t:g}mm"] = float(np.mean(d <= t)) if len(d) else None
+        out[f"within_{t:g}mm_same_start"] = float(np.mean(d[same] <= t)) if same.any() else None
     return out
 
 

@@ -127,3 +127,14 @@ def test_tckgen_grid_seeds_are_grid_seeds(tmp_path):
     extent = np.median([np.ptp(s, axis=0) for s in run.streamlines], axis=0)
     assert extent[0] > 2 * max(extent[1], extent[2])
     assert np.all(np.abs(np.concatenate(run.streamlines)[:, 2] - 1) <= 0.5)
+
+
+def test_paired_agreement_scores_pairs_leaving_the_seed_the_same_way():
+    t = np.linspace(-5, 5, 11)[:, None]
+    along_x = t * [1.0, 0, 0]
+    along_y = t * [0, 1.0, 0]
+    seed = (0.0, 0.0, 0.0)
+    r = mx.paired_agreement({seed: along_x, (1.0, 1.0, 1.0): along_x + 1}, {seed: along_y, (1.0, 1.0, 1.0): along_x + 1.2})
+    assert r["same_start"] == pytest.approx(0.5)       # the first pair left the seed along x and y
+    assert r["within_1mm"] == pytest.approx(0.5)
+    assert r["within_1mm_same_start"] == pytest.approx(1.0)
