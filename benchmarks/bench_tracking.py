@@ -47,6 +47,8 @@ at most 512 MiB; README: 560 -> 749 MiB, 828 MiB with .trx). ``--quick`` skips t
 
 from __future__ import annotations
 
+import difftract  # noqa: F401  first, before torch: libgomp's passive waits (difftract.threads), as the CLI has them
+
 import argparse
 import os
 import resource

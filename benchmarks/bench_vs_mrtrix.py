@@ -80,6 +80,8 @@ slowdown of ``det``/``prob`` no worse than SD_Stream's/iFOD2's and DIPY's (ratio
 
 from __future__ import annotations
 
+import difftract  # noqa: F401  first, before torch: libgomp's passive waits (difftract.threads), as the CLI has them
+
 import argparse
 import json
 import time

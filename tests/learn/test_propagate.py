@@ -37,7 +37,7 @@ def test_points_are_the_trackers_and_stops_freeze(straight_field, integrator):
                           criterion=crit)
         tracker = Tracker(getter, crit, (1, 1, 1), TrackingParams(step_mm=0.5, min_len_mm=0, max_len_mm=100,
                                                                   integrator=integrator))
-        half = tracker._half(seeds, dirs, None, budget=None)
+        half = tracker._half(tracker.getter, seeds, dirs, None, budget=None)
     assert paths.points.shape == (12, 41, 3)
     assert torch.equal(paths.length - 1, half.count.clamp(max=40))
     for s in range(12):

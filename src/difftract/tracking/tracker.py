@@ -138,17 +138,18 @@ class Tracker:
     params : TrackingParams
     device, dtype
         Where and in which precision to track (float32 by default, float64 for equivalence).
-    chunk_size : int
-        Seeds tracked at once (bounds memory); the unit of reproducibility and of parallelism.
+    chunk_size : int or None
+        Seeds tracked at once (bounds memory); the unit of reproducibility and of
+        parallelism. None: :func:`preferred_chunk_size` of each run's seed count.
     workers : int or None
         Threads tracking chunks side by side on a CPU (None: torch's thread count, at most
         the usable cores; always 1 on a GPU). The result does not depend on it.
     """
 
     def __init__(self, getter: Getter, criterion: Criterion, voxel_sizes, params: TrackingParams | None = None, *,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk_size: int = 10_000,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, chunk_size: int | None = None,
                  workers: int | None = None):
-        if chunk_size < 1:
+        if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk size must be at least 1, got {chunk_size}")
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
@@ -160,7 +161,7 @@ class Tracker:
         self.getter = getter.to(self.device, dtype)
         self.criterion = criterion.to(self.device, dtype)
         self.inv_voxel = torch.as_tensor(1.0 / sizes, device=self.device, dtype=dtype)
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.workers = 1 if self.device.type != "cpu" else worker_threads(workers)
 
     # ------------------------------------------------------------------ public
@@ -176,15 +177,16 @@ class Tracker:
         seeds = torch.as_tensor(seeds)
         if seeds.dim() != 2 or seeds.shape[1] != 3:
             raise ConfigError(f"seeds must be an (N, 3) array of voxel coordinates, got shape {tuple(seeds.shape)}")
-        starts = range(0, len(seeds), self.chunk_size)
+        size = self.chunk_size_for(len(seeds))
+        starts = range(0, len(seeds), size)
         if chunks is not None and any(not 0 <= k < len(starts) for k in chunks):
             raise ConfigError(f"chunk indices must lie in 0..{len(starts) - 1} ({len(seeds)} seeds in chunks of "
-                              f"{self.chunk_size}), got {list(chunks)}")
+                              f"{size}), got {list(chunks)}")
         order = list(range(len(starts)) if chunks is None else chunks)
 
         def one(k: int, getter: Getter) -> Streamlines:
             start = starts[k]
-            chunk = seeds[start:start + self.chunk_size].to(self.device, self.dtype)
+            chunk = seeds[start:start + size].to(self.device, self.dtype)
             generator = torch.Generator(self.device).manual_seed(_chunk_seed(seed, k))
             with torch.no_grad():          # grad mode is per thread: set it in the worker
                 out = self._track_chunk(chunk, generator, getter)
@@ -197,7 +199,7 @@ class Tracker:
             results = self._in_workers(order, one)
         for k, out in zip(order, results):
             if progress is not None:
-                progress.update(min(self.chunk_size, len(seeds) - starts[k]))
+                progress.update(min(size, len(seeds) - starts[k]))
             yield out
 
     def _in_workers(self, order: list[int], one) -> Iterator[Streamlines]:
@@ -229,9 +231,13 @@ class Tracker:
                 for f in pending:
                     f.cancel()
 
+    def chunk_size_for(self, n_seeds: int) -> int:
+        """Seeds per chunk in a run of ``n_seeds``: the size given, else :func:`preferred_chunk_size`."""
+        return self.chunk_size or preferred_chunk_size(n_seeds, self.device)
+
     def n_chunks(self, n_seeds: int) -> int:
         """How many chunks :meth:`track` cuts ``n_seeds`` seeds into."""
-        return -(-int(n_seeds) // self.chunk_size)
+        return -(-int(n_seeds) // self.chunk_size_for(n_seeds))
 
     # ------------------------------------------------------------------ one chunk
     def _track_chunk(self, seeds: torch.Tensor, generator: torch.Generator, g: Getter) -> Streamlines:
