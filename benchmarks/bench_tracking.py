@@ -31,9 +31,10 @@ so torch's first-call warm-up is not timed):
 - with a GPU present, det in float32 on CUDA (chunks of 200,000 seeds).
 
 Every timing also gives the CPU that other processes used meanwhile (``others_cpu_cores``,
-in cores, from /proc/stat): another busy process slows both tools down, and difftract's 2
-torch threads far more (each of the many small ops per step waits for the descheduled
-thread), so figures taken with others above ~0.1 cores mean little.
+in cores, from /proc/stat): another busy process slows both tools down, so figures taken
+with others above ~0.1 cores are rough. difftract tracks whole chunks on 2 worker threads
+with single-threaded ops and passive OpenMP waits (``difftract.threads``), so a descheduled
+thread delays only its own chunk; ``bench_vs_mrtrix.py`` measures the slowdown under load.
 
 Targets (``--check`` exits 1 when a hard one is missed or anything it needs could not be
 measured: a DIPY run that fails, the .trx streaming run when ``open_writer`` is missing;
