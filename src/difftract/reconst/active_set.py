@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 
 MU = 1e-5          # added to the diagonal when a factorisation fails (DIPY's regulariser; never seen in float64)
-MAX_RANK = 16      # changed rows solved by Woodbury; above, factoring anew is about as cheap (measured)
-RANK_BUCKETS = (0, 4, 12, 24, 10_000)
+MAX_RANK = 12      # changed rows solved by Woodbury; above, factoring anew is cheaper (measured: 8-16 best)
+RANK_BUCKETS = (0, 6, 10_000)    # updates grouped by rank, padded to the group's largest
 
 
 def cholesky_solve(b: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
@@ -42,11 +42,13 @@ class Factors:
         V, C = z.shape
         self.z, self.B_reg = z, B_reg
         rows, cols = torch.tril_indices(C, C, device=z.device)
-        self.lower = rows * C + cols                           # flat positions of the lower triangle
+        # LAPACK works on column-major matrices: Q and L are kept so (views ``.mT`` of row-major buffers),
+        # else every factorisation and triangular solve starts with a transposed copy
+        self.lower = cols * C + rows                           # flat positions of the lower triangle, column-major
         self.outer = B_reg[:, rows] * B_reg[:, cols]           # (S, C(C+1)/2): each row's b b^T, lower half
-        self.P_lower = P.reshape(-1)[self.lower]
+        self.P_lower = P[rows, cols]
         self.eye = torch.eye(C, dtype=z.dtype, device=z.device)
-        self.L = z.new_empty((V, C, C))            # read only where has_base
+        self.L = z.new_empty((V, C, C)).mT         # column-major; read only where has_base
         self.g = z.new_zeros((V, C))
         self.base = torch.zeros((V, B_reg.shape[0]), dtype=torch.bool, device=z.device)
         self.has_base = torch.zeros(V, dtype=torch.bool, device=z.device)
@@ -56,8 +58,11 @@ class Factors:
         n, C = len(vox), self.z.shape[1]
         # only the lower triangle (the Cholesky reads no more): half the product, and no need to clear the rest
         Q = self.z.new_empty((n, C * C)).index_copy_(1, self.lower, torch.addmm(self.P_lower, sets.to(self.z.dtype),
-                                                                                  self.outer)).view(n, C, C)
-        L, info = torch.linalg.cholesky_ex(Q)
+                                                                                  self.outer)).view(n, C, C).mT
+        if n == len(self.L):                                  # every voxel (the first iteration): no copy of L
+            L, info = torch.linalg.cholesky_ex(Q, out=(self.L, torch.empty(n, dtype=torch.int32, device=Q.device)))
+        else:
+            L, info = torch.linalg.cholesky_ex(Q)
         failed = info != 0
         if bool(failed.any()):
             L[failed], info[failed] = torch.linalg.cholesky_ex(Q[failed] + MU * self.eye)
@@ -65,9 +70,11 @@ class Factors:
         g = torch.linalg.solve_triangular(L, self.z[vox].unsqueeze(-1), upper=False).squeeze(-1)
         ok = ~failed
         keep = vox if bool(ok.all()) else vox[ok]
-        self.L.index_copy_(0, keep, L if keep is vox else L[ok])
+        if L is not self.L:
+            self.L.index_copy_(0, keep, L if keep is vox else L[ok])
         self.g.index_copy_(0, keep, g if keep is vox else g[ok])
-        self.base[keep], self.has_base[keep] = sets if keep is vox else sets[ok], True
+        self.base.index_copy_(0, keep, sets if keep is vox else sets[ok])
+        self.has_base[keep] = True
         return back_substitute(L, g), failed
 
     def update(self, vox: torch.Tensor, changed: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,9 +136,13 @@ def iterate(z: torch.Tensor, P: torch.Tensor, B_reg: torch.Tensor, f: torch.Tens
             f_new[k], bad[k] = factors.factor(idx[k], sets[k])
         new_small = f_new @ B_reg.T < threshold[idx]
         same = (new_small == sets).all(dim=1)
-        ok = ~bad
-        f[idx[ok]], small[idx[ok]] = f_new[ok], new_small[ok]
-        iterations[idx[ok]] = it
-        failed[idx[bad]] = True
-        active[idx[same | bad]] = False
+        if bool(bad.any()):                                       # rare: those keep their last iterate
+            failed[idx[bad]] = True
+            same |= bad
+            idx, f_new, new_small = idx[~bad], f_new[~bad], new_small[~bad]
+            same = same[~bad]
+        f.index_copy_(0, idx, f_new)
+        small.index_copy_(0, idx, new_small)
+        iterations[idx] = it
+        active[idx[same]] = False
     return {"coeffs": f, "iterations": iterations, "converged": ~active & ~failed, "cholesky_failed": failed}

@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 
 DEFAULT_CHUNK = 50_000
+CPU_CHUNK = 4_096   # on the CPU: a chunk's signal and temporaries stay in cache, and the workers share the chunks evenly
 PROGRESS_MIN_VOXELS = 200_000  # smaller fits finish before a bar is worth drawing
+_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 class MaskedSignal:
@@ -160,6 +162,11 @@ def unmask(rows: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
     return out
 
 
+def default_chunk(device: torch.device) -> int:
+    """Voxels per chunk of the light per-voxel fits (DTI, SH): ``CPU_CHUNK`` on the CPU, ``DEFAULT_CHUNK`` on a GPU."""
+    return CPU_CHUNK if device.type == "cpu" else DEFAULT_CHUNK
+
+
 def cpu_workers() -> int:
     """Chunks fitted at once on the CPU: torch's thread count, at most the cores this process may use."""
     try:
@@ -197,7 +204,8 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
     ----------
     kernel : callable
         Takes a ``(v, N)`` tensor on ``device`` in ``dtype`` and returns a dict of
-        tensors whose first axis is ``v``. It must not depend on other chunks.
+        tensors whose first axis is ``v``. It must not depend on other chunks. The
+        chunk is its own (never a view of the caller's data): it may work in place.
     rows : ndarray or MaskedRows, (V, N)
         The signal of the voxels to fit.
     chunk_size : int
@@ -224,8 +232,12 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
     workers = max(1, min(workers, len(starts)))
 
     def run(start: int) -> dict[str, np.ndarray]:
-        # always a copy: the rows may be the scan's own (a MaskedSignal), and a kernel may work in place
-        chunk = torch.tensor(np.asarray(rows[start:start + chunk_size]), device=device, dtype=dtype)
+        block = np.asarray(rows[start:start + chunk_size])
+        if isinstance(rows, MaskedRows) and device.type == "cpu" and block.dtype == _NUMPY[dtype]:
+            chunk = torch.from_numpy(block)        # MaskedRows gathered a fresh array: the kernel's own
+        else:
+            # a copy: the rows may be the scan's own (a MaskedSignal), and a kernel may work in place
+            chunk = torch.tensor(block, device=device, dtype=dtype)
         return {key: value.detach().cpu().numpy() for key, value in kernel(chunk).items()}
 
     outputs: dict[str, np.ndarray] = {}
@@ -236,7 +248,9 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
                 _store(outputs, result, start, n)
                 bar.update(min(chunk_size, n - start))
         else:
-            with single_threaded_ops(), ThreadPoolExecutor(workers) as pool:
+            # each worker sets its own OpenMP thread count too (that setting is per thread)
+            with single_threaded_ops(), ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
+                                                           initargs=(1,)) as pool:
                 for start, result in zip(starts, pool.map(run, starts)):
                     _store(outputs, result, start, n)
                     bar.update(min(chunk_size, n - start))
