@@ -17,10 +17,11 @@ signal ``s`` (not b0-normalised: the response carries ``S0``)::
 
 ``B_reg`` is the basis on the regularisation sphere (DIPY's ``small_sphere``, the 181
 vertices of a symmetric362 hemisphere) times ``lambda * n_coeffs * r_rh[0] /
-sqrt(181 * 362)``. Every voxel carries its own constraint set, so each iteration forms
-``Q_v = P + B_reg^T diag(m_v) B_reg`` for the voxels still iterating with one matrix
-product and factors all of them with a batched Cholesky. A voxel that does not converge
-keeps its last iterate (as in DIPY, which warns); they are counted in ``params``.
+sqrt(181 * 362)``. Every voxel carries its own constraint set; the iteration runs for a
+whole chunk of voxels at once (:mod:`difftract.reconst.active_set`: batched Cholesky
+factorisations, and Woodbury solves while a voxel's set changes in few rows). A voxel that
+does not converge keeps its last iterate (as in DIPY, which warns); they are counted in
+``params``.
 
 The matrices are built in the basis asked for: the published and the legacy
 descoteaux07 bases differ by the sign of some ``m < 0`` harmonics, which maps the whole
@@ -52,7 +53,7 @@ from .voxels import MaskedSignal, map_chunks, masked_rows, take_volumes, unmask
 log = logging.getLogger("difftract")
 
 LOW_ORDER = 15            # coefficients of orders <= 4: the smooth first estimate
-CHUNK_CPU = 512           # voxels per chunk: its 45x45 matrices stay in the CPU caches (measured)
+CHUNK_CPU = 1_024         # voxels per chunk (per worker): measured best of 256-2,048
 CHUNK_CUDA = 20_000       # Q then takes 20,000 * 45^2 doubles (160 MB) on the GPU
 FLOAT32_MAX_COND = 1e7    # beyond this condition number of P, float32 solves lose the answer
 
@@ -255,7 +256,7 @@ class CsdModel:
             progress: bool | None = None) -> CsdFit:
         """Deconvolve every voxel of ``mask`` (all voxels when None); others get zeros.
 
-        ``chunk_size`` None: 512 voxels on CPU (per worker thread), 20,000 on CUDA, fewer when free memory is
+        ``chunk_size`` None: 1,024 voxels on CPU (per worker thread), 20,000 on CUDA, fewer when free memory is
         short (a voxel's working set is its normal matrices, ``3 C^2`` doubles, and its
         constraint tests on the regularisation sphere).
         """
