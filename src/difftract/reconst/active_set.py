@@ -16,7 +16,8 @@ rows, solves through the Woodbury identity instead of a new factorisation::
     f = L^-T (g - Y K^-1 Y^T g)
 
 Both routes solve the same system, so the iterates, sets and iteration counts are DIPY's
-up to rounding. Every operation is batched over voxels (torch's batched Cholesky and
+up to rounding. On that fibercup tile a voxel then needs 1.6 factorisations and 2 Woodbury
+solves where DIPY factors 3.6 times; with ``max_rank=0`` every iteration factors anew. Every operation is batched over voxels (torch's batched Cholesky and
 triangular solves), on CPU or GPU.
 """
 
