@@ -334,7 +334,7 @@ class SHModel:
             b0 = signal[:, b0_index].mean(dim=1, keepdim=True)
             coeffs = torch.minimum(signal, b0, out=signal) @ fit_t   # the chunk is map_chunks' own copy
             positive = b0 > 0
-            return {"coeffs": torch.where(positive, coeffs / torch.where(positive, b0, 1.0), 0.0)}
+            return {"coeffs": coeffs.div_(torch.where(positive, b0, 1.0)).masked_fill_(~positive, 0.0)}
 
         return kernel
 

@@ -157,7 +157,9 @@ def masked_rows(data: np.ndarray | MaskedSignal, mask: np.ndarray | None
 
 def unmask(rows: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
     """Scatter ``(V, ...)`` rows back onto the grid of ``mask``; other voxels get ``fill``."""
-    out = np.full(mask.shape + rows.shape[1:], fill, dtype=rows.dtype)
+    shape = mask.shape + rows.shape[1:]
+    # zeros: the system hands out zeroed pages when they are first written, np.full writes them all
+    out = np.zeros(shape, dtype=rows.dtype) if fill == 0 else np.full(shape, fill, dtype=rows.dtype)
     out[mask] = rows
     return out
 
