@@ -81,3 +81,18 @@ def test_unconverged_voxels_keep_their_last_iterate(slow_voxels):
     assert torch.equal(short["converged"], reference["converged"])
     err = (short["coeffs"] - reference["coeffs"]).norm(dim=1) / reference["coeffs"].norm(dim=1)
     assert err.max() < 1e-10, err.max()
+
+
+def test_a_failed_factorisation_keeps_the_last_iterate():
+    """Q not positive definite even with MU added: the voxel stops, flagged, with its first estimate."""
+    rng = np.random.default_rng(1)
+    z, P, B = problem(rng, V=6)
+    P = P.clone()
+    P[0, 0] = -1e3                                                   # no Cholesky for any set
+    f = torch.as_tensor(rng.normal(size=(6, P.shape[0])))
+    small = torch.zeros((6, B.shape[0]), dtype=torch.bool)
+    small[:4, :5] = True                                             # four voxels constrained, two not
+    out = iterate(z, P, B, f, torch.zeros((6, 1), dtype=torch.float64), small, convergence=5)
+    assert out["cholesky_failed"].tolist() == [True] * 4 + [False] * 2
+    assert not out["converged"][:4].any() and out["converged"][4:].all()
+    assert torch.equal(out["coeffs"], f) and (out["iterations"] == 0).all()
