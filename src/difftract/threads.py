@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 
@@ -62,3 +63,17 @@ def single_threaded_ops() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def worker_pool(workers: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """``workers`` threads whose torch ops each run on one intra-op thread (restored after).
+
+    OpenMP's thread count is a per-thread setting, so each worker sets its own as it
+    starts, and the caller's is set too (ops that run in the calling thread meanwhile).
+    """
+    import torch
+
+    with single_threaded_ops(), ThreadPoolExecutor(workers, thread_name_prefix=name,
+                                                   initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield pool

@@ -31,11 +31,15 @@ def test_masked_rows_and_unmask_round_trip():
         masked_rows(data, mask[:3])
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
-def test_map_chunks_is_chunk_independent(chunk):
+def test_map_chunks_is_chunk_independent(chunk, workers):
     data = np.arange(5 * 4 * 3 * 4, dtype=np.float64).reshape(5, 4, 3, 4)
     rows, mask = masked_rows(data, None)
-    out = map_chunks(kernel, rows, device=torch.device("cpu"), dtype=torch.float64, chunk_size=chunk)
+    threads = torch.get_num_threads()
+    out = map_chunks(kernel, rows, device=torch.device("cpu"), dtype=torch.float64, chunk_size=chunk,
+                     workers=workers)
+    assert torch.get_num_threads() == threads                  # the workers' single-threaded setting is undone
     # exact: integer-valued float64 data, so torch's and numpy's sums are exact in any order or batch
     np.testing.assert_array_equal(out["sum"], data.reshape(-1, 4).sum(1))
     np.testing.assert_array_equal(out["pair"], data.reshape(-1, 4)[:, :2] * 2)
@@ -97,3 +101,16 @@ def test_map_chunks_never_hands_the_kernel_the_held_rows():
     rows, _ = masked_rows(signal, None)
     map_chunks(in_place, rows, device=torch.device("cpu"), dtype=torch.float32, chunk_size=4)
     assert np.all(signal.rows == 1)
+
+
+def test_map_chunks_never_hands_the_kernel_the_callers_array():
+    """Gathered rows are handed over without a copy: they must still be fresh, not the caller's data."""
+    data = np.ones((4, 3, 2, 5))
+    rows, _ = masked_rows(data, np.ones((4, 3, 2), bool))
+
+    def in_place(x):
+        x.mul_(0)
+        return {"x": x}
+
+    map_chunks(in_place, rows, device=torch.device("cpu"), dtype=torch.float64, chunk_size=5, workers=2)
+    assert np.all(data == 1)

@@ -17,10 +17,11 @@ signal ``s`` (not b0-normalised: the response carries ``S0``)::
 
 ``B_reg`` is the basis on the regularisation sphere (DIPY's ``small_sphere``, the 181
 vertices of a symmetric362 hemisphere) times ``lambda * n_coeffs * r_rh[0] /
-sqrt(181 * 362)``. Every voxel carries its own constraint set, so each iteration forms
-``Q_v = P + B_reg^T diag(m_v) B_reg`` for the voxels still iterating with one matrix
-product and factors all of them with a batched Cholesky. A voxel that does not converge
-keeps its last iterate (as in DIPY, which warns); they are counted in ``params``.
+sqrt(181 * 362)``. Every voxel carries its own constraint set; the iteration runs for a
+whole chunk of voxels at once (:mod:`difftract.reconst.active_set`: batched Cholesky
+factorisations, and Woodbury solves while a voxel's set changes in few rows). A voxel that
+does not converge keeps its last iterate (as in DIPY, which warns); they are counted in
+``params``.
 
 The matrices are built in the basis asked for: the published and the legacy
 descoteaux07 bases differ by the sign of some ``m < 0`` harmonics, which maps the whole
@@ -44,15 +45,15 @@ from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError
 from ..io.gradients import B0_THRESHOLD
 from ..memory import chunk_for
+from .active_set import MU, cholesky_solve, iterate
 from .response import check_response, response_from_region, response_region, single_shell
 from .sh import SHFit, check_lmax, check_shell_directions, n_coeffs, pick_shell, sh_basis
 from .voxels import MaskedSignal, map_chunks, masked_rows, take_volumes, unmask
 
 log = logging.getLogger("difftract")
 
-MU = 1e-5                 # DIPY's minimum-norm regulariser when X^T X is singular
 LOW_ORDER = 15            # coefficients of orders <= 4: the smooth first estimate
-CHUNK_CPU = 2_000         # voxels per chunk: small enough for the CPU caches
+CHUNK_CPU = 1_024         # voxels per chunk (per worker): measured best of 256-2,048
 CHUNK_CUDA = 20_000       # Q then takes 20,000 * 45^2 doubles (160 MB) on the GPU
 FLOAT32_MAX_COND = 1e7    # beyond this condition number of P, float32 solves lose the answer
 
@@ -118,49 +119,17 @@ def deconvolve(dw: torch.Tensor, X: torch.Tensor, P: torch.Tensor, B_reg: torch.
 
     Returns ``coeffs (V, C)``, ``iterations (V,)`` (0: no constraint was needed) and
     ``converged (V,)``; ``cholesky_failed (V,)`` marks voxels where a factorisation
-    failed even after adding ``MU * I`` (they keep their last iterate).
+    failed even after adding ``MU * I`` (they keep their last iterate). The iteration
+    itself is :func:`difftract.reconst.active_set.iterate`.
     """
-    V, C = dw.shape[0], X.shape[1]
-    z = (dw @ X).unsqueeze(-1)                                     # X^T s, (V, C, 1)
-    f = cholesky_solve(z, torch.linalg.cholesky(P)).squeeze(-1)
+    z = dw @ X                                                     # X^T s, (V, C)
+    f = cholesky_solve(z.unsqueeze(-1), torch.linalg.cholesky(P)).squeeze(-1)
     threshold = (tau * B_reg[0, 0]) * f[:, :1]                     # (V, 1)
     small = f[:, :LOW_ORDER] @ B_reg[:, :LOW_ORDER].T < threshold
     none = ~small.any(dim=1)
     if none.any():
         small[none] = f[none] @ B_reg.T < threshold[none]
-    active = small.any(dim=1)
-    iterations = torch.zeros(V, dtype=torch.int32, device=dw.device)
-    failed = torch.zeros(V, dtype=torch.bool, device=dw.device)
-    outer = torch.einsum("sc,sd->scd", B_reg, B_reg).reshape(len(B_reg), C * C)  # rows of H^T H
-    P_flat = P.reshape(1, C * C)
-    eye = torch.eye(C, dtype=dw.dtype, device=dw.device)
-    for it in range(1, convergence + 1):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        m = small[idx]
-        Q = (m.to(dw.dtype) @ outer).add_(P_flat).view(-1, C, C)
-        L, info = torch.linalg.cholesky_ex(Q)
-        bad = info != 0
-        if bad.any():                                              # never seen in float64; a safety net
-            L[bad], info[bad] = torch.linalg.cholesky_ex(Q[bad] + MU * eye)
-            bad = info != 0
-        f_new = cholesky_solve(z[idx], L).squeeze(-1)
-        new_small = f_new @ B_reg.T < threshold[idx]
-        same = (new_small == m).all(dim=1)
-        ok = ~bad
-        f[idx[ok]] = f_new[ok]
-        small[idx[ok]] = new_small[ok]
-        iterations[idx[ok]] = it
-        failed[idx[bad]] = True
-        active[idx[same | bad]] = False
-    return {"coeffs": f, "iterations": iterations, "converged": ~active & ~failed, "cholesky_failed": failed}
-
-
-def cholesky_solve(b: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Solve ``L L^T x = b`` (two triangular solves: faster than ``torch.cholesky_solve`` on CPU)."""
-    y = torch.linalg.solve_triangular(L, b, upper=False)
-    return torch.linalg.solve_triangular(L.mT, y, upper=True)
+    return iterate(z, P, B_reg, f, threshold, small, convergence)
 
 
 class CsdFit(SHFit):
@@ -287,7 +256,7 @@ class CsdModel:
             progress: bool | None = None) -> CsdFit:
         """Deconvolve every voxel of ``mask`` (all voxels when None); others get zeros.
 
-        ``chunk_size`` None: 2,000 voxels on CPU, 20,000 on CUDA, fewer when free memory is
+        ``chunk_size`` None: 1,024 voxels on CPU (per worker thread), 20,000 on CUDA, fewer when free memory is
         short (a voxel's working set is its normal matrices, ``3 C^2`` doubles, and its
         constraint tests on the regularisation sphere).
         """

@@ -36,7 +36,8 @@ from ..memory import chunk_for
 from .sh import SHFit, lmax_from_ncoeffs, sh_basis
 from .voxels import map_chunks, masked_rows, unmask
 
-PEAKS_CHUNK = 20_000
+PEAKS_CHUNK_CPU = 2_048     # voxels per chunk: the (362, V) amplitudes stay in the CPU caches (measured)
+PEAKS_CHUNK_CUDA = 20_000
 
 
 def default_sphere() -> Sphere:
@@ -121,29 +122,43 @@ def find_peaks(odf: torch.Tensor, neighbours: torch.Tensor, close: torch.Tensor,
     ``neighbours`` is the sphere's ``(n, d)`` neighbour table and ``close`` its ``(n, n)``
     too-close-pairs matrix. Absent peaks have index -1 and value 0.
     """
-    V, n = odf.shape
-    finite = torch.isfinite(odf).all(dim=1, keepdim=True)
-    if not bool(finite.all()):
-        odf = torch.where(finite, odf, torch.zeros_like(odf))
-    is_max = local_maxima(odf, neighbours) & finite
-    count = is_max.sum(dim=1)
-    out_idx = torch.full((V, npeaks), -1, dtype=torch.long, device=odf.device)
-    out_val = torch.zeros((V, npeaks), dtype=odf.dtype, device=odf.device)
-    K = int(count.max()) if V else 0
-    if K == 0:
-        return out_idx, out_val
+    return find_peaks_by_vertex(odf.T.contiguous(), neighbours, close, relative_peak_threshold, npeaks)
 
-    # the maxima sorted by value, equal values by vertex index (DIPY's stable insertion sort)
-    key = torch.where(is_max, odf, torch.full_like(odf, -torch.inf))
-    cand = key.topk(K, dim=1).indices.sort(dim=1).values             # every maximum, by vertex index
-    cand_val = odf.gather(1, cand)
-    cand_key = key.gather(1, cand)
-    order = cand_key.sort(dim=1, descending=True, stable=True).indices
-    cand, cand_val = cand.gather(1, order), cand_val.gather(1, order)
-    valid = torch.arange(K, device=odf.device) < count[:, None]
+
+def find_peaks_by_vertex(by_vertex: torch.Tensor, neighbours: torch.Tensor, close: torch.Tensor,
+                         relative_peak_threshold: float, npeaks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`find_peaks` of the amplitudes given vertex by vertex, ``(n, V)`` (the neighbour
+    comparisons then read whole rows)."""
+    n, V = by_vertex.shape
+    lowest = by_vertex.amin(dim=0)
+    # a NaN or an infinity anywhere makes the range non-finite (two reductions, cheaper than isfinite)
+    finite = torch.isfinite(by_vertex.amax(dim=0) - lowest)
+    if not bool(finite.all()):
+        by_vertex = torch.where(finite, by_vertex, torch.zeros_like(by_vertex))
+        lowest = torch.where(finite, lowest, torch.zeros_like(lowest))
+    is_max = local_maxima_by_vertex(by_vertex, neighbours) & finite
+    out_idx = torch.full((V, npeaks), -1, dtype=torch.long, device=by_vertex.device)
+    out_val = torch.zeros((V, npeaks), dtype=by_vertex.dtype, device=by_vertex.device)
+
+    # the maxima (a few per voxel) sorted by voxel, then by value, equal values by vertex index
+    # (DIPY's stable insertion sort): nonzero lists them by vertex, and both sorts are stable
+    vertex, voxel = is_max.nonzero(as_tuple=True)
+    if vertex.numel() == 0:
+        return out_idx, out_val
+    value = by_vertex[vertex, voxel]
+    order = value.sort(descending=True, stable=True).indices
+    order = order[voxel[order].sort(stable=True).indices]
+    vertex, voxel, value = vertex[order], voxel[order], value[order]
+    count = torch.bincount(voxel, minlength=V)
+    rank = torch.arange(len(voxel), device=voxel.device) - (count.cumsum(0) - count)[voxel]
+    K = int(count.max())
+    cand = torch.zeros((V, K), dtype=torch.long, device=voxel.device)
+    cand_val = torch.zeros((V, K), dtype=by_vertex.dtype, device=voxel.device)
+    cand[voxel, rank], cand_val[voxel, rank] = vertex, value
+    valid = torch.arange(K, device=voxel.device) < count[:, None]
 
     # relative threshold above max(0, min odf); a lone maximum is kept unless negative (DIPY drops it)
-    floor = odf.min(dim=1, keepdim=True).values.clamp(min=0)
+    floor = lowest.clamp(min=0)[:, None]
     shifted = cand_val - floor
     valid &= (shifted >= relative_peak_threshold * shifted[:, :1]) | ((count[:, None] == 1) & (cand_val >= 0))
 
@@ -156,7 +171,7 @@ def find_peaks(odf: torch.Tensor, neighbours: torch.Tensor, close: torch.Tensor,
         keep[:, k] = valid[:, k] & ~(near & keep[:, :k]).any(dim=1)
     rank = keep.cumsum(dim=1) - 1
     take = keep & (rank < npeaks)
-    rows = torch.arange(V, device=odf.device)[:, None].expand(V, K)[take]
+    rows = torch.arange(V, device=voxel.device)[:, None].expand(V, K)[take]
     out_idx[rows, rank[take]] = cand[take]
     out_val[rows, rank[take]] = cand_val[take]
     return out_idx, out_val
@@ -164,14 +179,18 @@ def find_peaks(odf: torch.Tensor, neighbours: torch.Tensor, close: torch.Tensor,
 
 def local_maxima(odf: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
     """``(V, n)`` bool: >= every neighbour and > at least one (DIPY's ``local_maxima``)."""
-    by_vertex = odf.T.contiguous()                                     # row gathers are cheap
-    nbr_max = by_vertex[neighbours[:, 0]]
+    return local_maxima_by_vertex(odf.T.contiguous(), neighbours).T
+
+
+def local_maxima_by_vertex(by_vertex: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """:func:`local_maxima` of amplitudes given vertex by vertex, ``(n, V) -> (n, V)``."""
+    nbr_max = by_vertex[neighbours[:, 0]]                              # row gathers are cheap
     nbr_min = nbr_max.clone()
     for d in range(1, neighbours.shape[1]):
         values = by_vertex[neighbours[:, d]]
         torch.maximum(nbr_max, values, out=nbr_max)
         torch.minimum(nbr_min, values, out=nbr_min)
-    return ((by_vertex >= nbr_max) & (by_vertex > nbr_min)).T
+    return (by_vertex >= nbr_max) & (by_vertex > nbr_min)
 
 
 def check_peak_options(relative_peak_threshold: float, min_separation_angle: float, npeaks: int) -> None:
@@ -221,18 +240,19 @@ def peaks_from_sh(sh: SHFit | np.ndarray, mask: np.ndarray | None = None, *, leg
 
     rows, mask = masked_rows(coeffs, mask)
     device, dtype = resolve_device(device), resolve_dtype(dtype)
-    basis = torch.as_tensor(B.T, device=device, dtype=dtype)
+    basis = torch.as_tensor(B, device=device, dtype=dtype)          # (n, C): amplitudes come out vertex by vertex
     neighbours = torch.as_tensor(sphere_neighbours(sphere.edges, len(vertices)), device=device)
     close = torch.as_tensor(close_pairs(vertices, min_separation_angle), device=device)
     vert = torch.as_tensor(vertices, device=device, dtype=dtype)
 
     def kernel(chunk: torch.Tensor) -> dict[str, torch.Tensor]:
-        idx, val = find_peaks(chunk @ basis, neighbours, close, relative_peak_threshold, int(npeaks))
+        idx, val = find_peaks_by_vertex(basis @ chunk.T, neighbours, close, relative_peak_threshold, int(npeaks))
         dirs = vert[idx.clamp(min=0)] * (idx >= 0).unsqueeze(-1)
         return {"indices": idx, "values": val, "dirs": dirs}
 
     # per voxel: its amplitudes on the sphere and the neighbour comparisons of the search
-    chunk_size = chunk_size or chunk_for(64 * len(vertices), device, PEAKS_CHUNK, minimum=256)
+    default = PEAKS_CHUNK_CUDA if device.type == "cuda" else PEAKS_CHUNK_CPU
+    chunk_size = chunk_size or chunk_for(64 * len(vertices), device, default, minimum=256)
     out = map_chunks(kernel, rows, device=device, dtype=dtype, chunk_size=chunk_size, progress=progress,
                      desc="peaks")
     params = {"source": "sh", "lmax": lmax, "legacy": bool(legacy), "sphere_vertices": int(len(vertices)),

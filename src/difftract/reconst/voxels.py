@@ -18,9 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..threads import worker_pool, worker_threads
 
 DEFAULT_CHUNK = 50_000
+CPU_CHUNK = 4_096   # on the CPU: a chunk's signal and temporaries stay in cache, and the workers share the chunks evenly
 PROGRESS_MIN_VOXELS = 200_000  # smaller fits finish before a bar is worth drawing
+_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 class MaskedSignal:
@@ -152,29 +155,46 @@ def masked_rows(data: np.ndarray | MaskedSignal, mask: np.ndarray | None
 
 def unmask(rows: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
     """Scatter ``(V, ...)`` rows back onto the grid of ``mask``; other voxels get ``fill``."""
-    out = np.full(mask.shape + rows.shape[1:], fill, dtype=rows.dtype)
+    shape = mask.shape + rows.shape[1:]
+    # zeros: the system hands out zeroed pages when they are first written, np.full writes them all
+    out = np.zeros(shape, dtype=rows.dtype) if fill == 0 else np.full(shape, fill, dtype=rows.dtype)
     out[mask] = rows
     return out
+
+
+def default_chunk(device: torch.device) -> int:
+    """Voxels per chunk of the light per-voxel fits (DTI, SH): ``CPU_CHUNK`` on the CPU, ``DEFAULT_CHUNK`` on a GPU."""
+    return CPU_CHUNK if device.type == "cpu" else DEFAULT_CHUNK
 
 
 def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: np.ndarray | MaskedRows, *,
                device: torch.device, dtype: torch.dtype, chunk_size: int = DEFAULT_CHUNK,
                progress: bool | None = None, desc: str = "fitting",
-               progress_min: int = PROGRESS_MIN_VOXELS) -> dict[str, np.ndarray]:
+               progress_min: int = PROGRESS_MIN_VOXELS, workers: int | None = None) -> dict[str, np.ndarray]:
     """Apply ``kernel`` to ``rows`` chunk by chunk and concatenate its outputs.
+
+    On the CPU, ``workers`` chunks run at once, each on one thread (torch's intra-op
+    threads are set to 1 meanwhile). The fits' kernels are many small operations
+    (batched 45x45 factorisations, 7x7 solves, gathers) that torch's thread pool splits
+    poorly: on a machine where other processes hold the cores its threads wait on each
+    other at every operation (measured: 2 threads up to 6x slower than 1 on 2 busy
+    cores), while whole chunks on separate threads never wait.
 
     Parameters
     ----------
     kernel : callable
         Takes a ``(v, N)`` tensor on ``device`` in ``dtype`` and returns a dict of
-        tensors whose first axis is ``v``.
+        tensors whose first axis is ``v``. It must not depend on other chunks. The
+        chunk is its own (never a view of the caller's data): it may work in place.
     rows : ndarray or MaskedRows, (V, N)
         The signal of the voxels to fit.
     chunk_size : int
-        Voxels per chunk; bounds the working memory.
+        Voxels per chunk; bounds the working memory (``workers`` chunks at a time).
     progress : bool or None
         Show a tqdm bar; None shows one when there are at least ``progress_min`` voxels
         (slow models pass a smaller number).
+    workers : int or None
+        Chunks at once; None: :func:`difftract.threads.worker_threads` on the CPU, 1 on a GPU.
 
     Returns
     -------
@@ -186,19 +206,41 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
     n = rows.shape[0]
     if progress is None:
         progress = n >= progress_min
+    if workers is None:
+        workers = worker_threads() if device.type == "cpu" else 1
+    starts = range(0, n, chunk_size)
+    workers = max(1, min(workers, len(starts)))
+
+    def run(start: int) -> dict[str, np.ndarray]:
+        block = np.asarray(rows[start:start + chunk_size])
+        if isinstance(rows, MaskedRows) and device.type == "cpu" and block.dtype == _NUMPY[dtype]:
+            chunk = torch.from_numpy(block)        # MaskedRows gathered a fresh array: the kernel's own
+        else:
+            # a copy: the rows may be the scan's own (a MaskedSignal), and a kernel may work in place
+            chunk = torch.tensor(block, device=device, dtype=dtype)
+        return {key: value.detach().cpu().numpy() for key, value in kernel(chunk).items()}
+
     outputs: dict[str, np.ndarray] = {}
     with tqdm(total=n, desc=desc, unit="vox", disable=not progress, leave=False) as bar:
-        for start in range(0, n, chunk_size):
-            # always a copy: the rows may be the scan's own (a MaskedSignal), and a kernel may work in place
-            chunk = torch.tensor(np.asarray(rows[start:start + chunk_size]), device=device, dtype=dtype)
-            result = kernel(chunk)
-            for key, value in result.items():
-                value = value.detach().cpu().numpy()
-                if key not in outputs:
-                    outputs[key] = np.empty((n,) + value.shape[1:], dtype=value.dtype)
-                outputs[key][start:start + len(value)] = value
-            bar.update(len(chunk))
+        if workers == 1:
+            results = map(run, starts)
+            for start, result in zip(starts, results):
+                _store(outputs, result, start, n)
+                bar.update(min(chunk_size, n - start))
+        else:
+            with worker_pool(workers, "difftract-fit") as pool:
+                for start, result in zip(starts, pool.map(run, starts)):
+                    _store(outputs, result, start, n)
+                    bar.update(min(chunk_size, n - start))
     if n == 0:  # still return the keys, with the right trailing shapes, by running on no voxels
         empty = kernel(torch.zeros((0, rows.shape[1]), device=device, dtype=dtype))
         outputs = {k: v.detach().cpu().numpy() for k, v in empty.items()}
     return outputs
+
+
+def _store(outputs: dict[str, np.ndarray], result: dict[str, np.ndarray], start: int, n: int) -> None:
+    """Write one chunk's results at ``start`` into the ``(n, ...)`` outputs (made at the first chunk)."""
+    for key, value in result.items():
+        if key not in outputs:
+            outputs[key] = np.empty((n,) + value.shape[1:], dtype=value.dtype)
+        outputs[key][start:start + len(value)] = value

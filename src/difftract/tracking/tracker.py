@@ -38,14 +38,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..threads import single_threaded_ops, worker_threads
+from ..threads import worker_pool, worker_threads
 from .getter_protocol import Getter, State
 from .integrators import INTEGRATORS, normalize, step
 from .stopping import ENDPOINT, OUTSIDEIMAGE, TRACKPOINT, Criterion
@@ -217,7 +217,7 @@ class Tracker:
                 getters[thread] = self.getter.to(self.device, self.dtype)
             return one(k, getters[thread])
 
-        with single_threaded_ops(), ThreadPoolExecutor(self.workers, thread_name_prefix="difftract-track") as pool:
+        with worker_pool(self.workers, "difftract-track") as pool:
             pending: deque[Future] = deque()
             todo = iter(order)
             try:
