@@ -285,20 +285,22 @@ class Tracker:
 
             new, d_new, ok = step(field, pts, d, self.params.step_mm, self.params.integrator, cos_max, self.inv_voxel)
             code = self.criterion.status(new)
-            status[active[ok]] = code[ok]
+            # whole-row updates and one nonzero per step: boolean indexing would search the mask each time
+            status[active] = torch.where(ok, code, status[active])
             go = ok & (code == TRACKPOINT)
             if i == M - 1:          # DIPY's last buffer slot: computed, never kept
                 break
             if budget is not None:  # this point would make the streamline too long: discard it now
                 over = go & (i > budget[active])
-                dropped[active[over]] = True
+                dropped[active] |= over
                 go &= ~over
-            active, pts, d = active[go], new[go], d_new[go]
+            keep = go.nonzero().squeeze(1)
+            active, pts, d = active[keep], new[keep], d_new[keep]
             rec_ids.append(active)
             rec_steps.append(torch.full_like(active, i))
             rec_pts.append(pts)
             count[active] = i
-            state = _take(states[0], go)
+            state = _take(states[0], keep)
         cat = (lambda xs, empty: torch.cat(xs) if xs else empty)
         empty_long = torch.zeros(0, dtype=torch.long, device=device)
         return _Half(cat(rec_ids, empty_long), cat(rec_steps, empty_long),
