@@ -99,6 +99,7 @@ from _check import Target, parse_args
 from difftract.eval.tractometer import load_scoring, score
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from difftract.reconst.csd import CsdModel
+from difftract.reconst.peak_refine import refine_peaks
 from difftract.reconst.peaks import peaks_from_sh
 from difftract.tracking.getters import make_getter
 from difftract.tracking.seeding import grid_seeds
@@ -141,6 +142,7 @@ class Settings:
     max_len_mm: float = 250.0
     grid: int = 1                    # seeds per voxel per axis
     cutoff: float = float("nan")     # MRtrix's absolute amplitude, set from the fODF
+    cutoff_relative: float = 0.1     # ... as this fraction of the median WM voxel's largest amplitude
 
 
 @dataclass
@@ -275,10 +277,14 @@ def run_dipy(method: str, inputs: Inputs, seeds: np.ndarray, s: Settings) -> Run
     return Run(seconds, len(seeds), streamlines, seed_world)
 
 
-def peak_field(inputs: Inputs) -> tuple[torch.Tensor, float]:
+def peak_field(inputs: Inputs, refine: bool) -> tuple[torch.Tensor, float]:
+    """``peak``'s per-voxel peaks: DIPY's sphere-vertex peaks, moved to the continuous fODF
+    maxima (:mod:`difftract.reconst.peak_refine`) unless ``refine`` is False."""
     start = time.perf_counter()
-    found = peaks_from_sh(inputs.coeffs, inputs.wm, legacy=False, progress=False)
-    return torch.as_tensor(found.dirs), time.perf_counter() - start
+    dirs = peaks_from_sh(inputs.coeffs, inputs.wm, legacy=False, progress=False).dirs
+    if refine:
+        dirs, _ = refine_peaks(inputs.coeffs, dirs, legacy=False)
+    return torch.as_tensor(dirs), time.perf_counter() - start
 
 
 def runner(name: str, inputs: Inputs, s: Settings, tools, peaks):
@@ -323,14 +329,16 @@ def slowdown_ratio(loaded: dict, ours: str, ref: str) -> float | None:
 # ------------------------------------------------------------------------------------ per phantom
 def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
     inputs = prepare(preset, root, tools)
-    s = Settings(grid=args.grid, cutoff=mx.amplitude_cutoff(inputs.coeffs, inputs.wm, PMF_THRESHOLD))
+    s = Settings(grid=args.grid, cutoff=mx.amplitude_cutoff(inputs.coeffs, inputs.wm, args.cutoff),
+                 cutoff_relative=args.cutoff)
     max_seeds = args.max_seeds if preset == "fibercup" else args.brain_max_seeds
     mask_path, seeds = seed_mask(inputs, max_seeds, s.grid, "main")
-    peaks, peak_seconds = peak_field(inputs)
+    peaks, peak_seconds = peak_field(inputs, refine=not args.vertex_peaks)
     runners = {name: runner(name, inputs, s, tools, peaks) for name in ORDER}
     print(f"{preset}: {len(seeds):,} seeds ({s.grid}^3 per voxel of {len(seeds) // s.grid ** 3:,} "
           f"seed voxels); step {s.step_mm} mm, {s.angle_deg:g} deg, {s.min_len_mm:g}-{s.max_len_mm:g} mm, "
-          f"MRtrix cutoff {s.cutoff:.4f}; peak extraction for 'peak' {peak_seconds:.1f} s (not counted); "
+          f"MRtrix cutoff {s.cutoff:.4f} ({s.cutoff_relative:g} x median max amplitude); peak extraction for 'peak' "
+          f"({'vertex' if args.vertex_peaks else 'refined'}) {peak_seconds:.1f} s (not counted); "
           f"load {mx.load_average()}", flush=True)
     runs: dict[str, Run] = {}
     for name in ORDER:
@@ -342,6 +350,7 @@ def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
     rows = {name: {**run.figures(), "tractometer": tractometer_row(run, config)} for name, run in runs.items()}
     result = {"grid": list(inputs.wm.shape), "wm_voxels": int(inputs.wm.sum()), "settings": asdict(s),
               "csd_fit_seconds": inputs.fit_seconds, "basis_check": inputs.basis, "peak_extraction_s": peak_seconds,
+              "peak_field": "vertex" if args.vertex_peaks else "refined",
               "load_after_quiet_pass": mx.load_average(), "rows": rows}
     print(f"{preset} (load {result['load_after_quiet_pass']}):")
     show_table(rows)
@@ -351,11 +360,17 @@ def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
         print(f"  seeds: {result['seed_check']}")
         result["agreement"] = {f"{a}_vs_{b}": mx.agreement(runs[a], runs[b], inputs.affine, inputs.wm.shape)
                                for a, b in PAIRS.items()}
+        # SD_Stream against itself: its random first direction and seed failures bound any agreement
+        rerun = run_mrtrix("SD_Stream", inputs, mask_path, s, "rerun")
+        result["agreement"]["SD_Stream_rerun_vs_SD_Stream"] = mx.agreement(rerun, runs["SD_Stream"], inputs.affine,
+                                                                           inputs.wm.shape)
         for k, v in result["agreement"].items():
             print(f"  {k:22} paired {v['paired']:6,} (only ours {v['only_ours']}, only MRtrix {v['only_theirs']}): "
                   f"MDF <= 1 mm {v['within_1mm']:.1%}, <= 0.5 mm {v['within_0.5mm']:.1%}, median "
                   f"{v['median_mdf_mm']:.2f} mm; density Dice {v['density_dice']:.3f}; leaving the seed the same "
-                  f"way {v['same_start']:.1%}, of which <= 1 mm {v['within_1mm_same_start'] or 0:.1%}")
+                  f"way {v['same_start']:.1%}, of which <= 1 mm {v['within_1mm_same_start'] or 0:.1%}, <= 0.5 mm "
+                  f"{v['within_0.5mm_same_start'] or 0:.1%}; Hausdorff < 1 mm {v['hausdorff_within_1mm'] or 0:.1%} "
+                  f"(same start {v['hausdorff_within_1mm_same_start'] or 0:.1%})")
     result["ratios"] = {"det_vs_sdstream": ratio(rows, "det", "SD_Stream"), "prob_vs_ifod2": ratio(rows, "prob", "iFOD2"),
                         "det_vs_dipy": ratio(rows, "det", "dipy_det"), "prob_vs_dipy": ratio(rows, "prob", "dipy_prob"),
                         "peak_vs_sdstream": ratio(rows, "peak", "SD_Stream")}
@@ -406,6 +421,11 @@ def main() -> None:
     ap.add_argument("--loaded-seeds", type=int, default=500, help="seeds of the loaded pass (default 500)")
     ap.add_argument("--repeats", type=int, default=2, help="quiet/loaded alternations per tracker (default 2)")
     ap.add_argument("--no-loaded", action="store_true", help="skip the loaded-machine pass")
+    ap.add_argument("--cutoff", type=float, default=0.1,
+                    help="MRtrix's -cutoff as this fraction of the median WM voxel's largest fODF amplitude "
+                         "(default 0.1; see the docstring for lower values)")
+    ap.add_argument("--vertex-peaks", action="store_true",
+                    help="'peak' on DIPY's sphere-vertex peaks (default: refined to the continuous maxima)")
     args, check = parse_args(ap, "bench_vs_mrtrix", TARGETS)
     torch.set_num_threads(THREADS)
     tools = mx.mrtrix_tools()
