@@ -22,12 +22,15 @@ Steps, one function each, per phantom:
    ``-output_seeds``); DIPY gets them in world mm. On the brain the seed mask is every k-th
    WM voxel (``--max-seeds``) to keep the run to minutes;
 4. the trackers, quiet, interleaved: SD_Stream, difftract ``det``, DIPY ``deterministic_tracking``,
-   difftract ``peak`` (the differentiable getter), iFOD2, difftract ``prob``, DIPY
-   ``probabilistic_tracking``; each tracked once;
+   difftract ``peak`` (the differentiable getter, on per-voxel peaks refined to the
+   continuous fODF maxima: :mod:`difftract.reconst.peak_refine`; ``--vertex-peaks`` for
+   DIPY's sphere-vertex peaks), iFOD2, difftract ``prob``, DIPY ``probabilistic_tracking``;
+   each tracked once; then SD_Stream a second time, against itself;
 5. per tracker: streamlines, wall time, seeds/s, streamlines/s, the Tractometer row; ``det``,
    ``peak`` and DIPY's det against SD_Stream on paired seeds (the same seed point): the
    fraction of pairs whose MDF is <= 1 mm and <= 0.5 mm, and the Dice of the two density
-   maps (voxels holding a streamline point); ratios in streamlines/s;
+   maps (voxels holding a streamline point); ratios in streamlines/s; the same figures for
+   SD_Stream's rerun against its first run (its ceiling: see *Agreement* below);
 6. unless ``--no-loaded``: on a subset of the seeds (``--loaded-seeds``), each tracker timed
    quiet and then with one spinning process per core, alternately ``--repeats`` times:
    slowdown = fastest loaded / fastest quiet (the machine may be shared: say its load).
@@ -36,7 +39,39 @@ Distance: MDF = QuickBundles' minimum average direct-flip distance, both streaml
 resampled to 20 points equally spaced along their length (mm). Pairs: seeds where both
 trackers kept a streamline; the seeds only one kept are counted beside. Also given: the
 share of pairs that leave the seed along the same orientation (within 20 degrees) and
-their fraction within 1 mm, since SD_Stream picks its first peak by another rule.
+their fraction within 1 mm / 0.5 mm, since SD_Stream picks its first peak by another rule;
+and the fraction of pairs whose symmetric Hausdorff distance is < 1 mm, the measure of the
+differentiable-propagator paper (arXiv 2511.14807: > 93% of 10,000 streamlines of its
+PyTorch port of SD_Stream against MRtrix's, the same algorithm on both sides; ``peak`` is
+a different rule, a blend of per-voxel peaks).
+
+Agreement, what limits it (fibercup, measured 2026-12-04, load 3-6 on 2 cores):
+
+- SD_Stream against itself: each seed starts along the peak its Newton search reaches
+  from a *random* direction (no per-seed ``-seed_direction`` for grid seeds), and whether
+  the seed is valid and the streamline long enough also depends on that draw: two runs
+  keep only ~550 common seeds of ~1,700 each, and only 86-90% of those pairs agree
+  within 1 mm (100% of those leaving the same way). No tracker can score above that on the
+  plain figure: the same-start figure is the fair one;
+- ``-cutoff``: lowering it (``--cutoff 0.01``, ``0.0001``) does not make SD_Stream stop
+  only at the WM mask as ours do. No WM voxel's largest amplitude is under the default
+  cutoff (min 0.29 x the median), so its "model sub-threshold" stops are where the Newton
+  search from the previous direction lands on a minor lobe or fails; with a lower
+  cutoff those streamlines follow the minor lobe on and end on "excessive curvature"
+  instead (``tckgen -info``: sub-threshold 18% -> 12% -> 16% of terminations, curvature
+  4% -> 9% -> 15%). Agreement drops (``det`` 72% -> 69% -> 64% within 1 mm, SD_Stream
+  against itself 90% -> 85% -> 72%); the same-start figures hardly move. A stop on the
+  interpolated largest amplitude for our trackers changes no streamline (tried, dropped).
+  Default kept: 0.1 (``--cutoff``, recorded as ``settings.cutoff_relative``);
+- sub-vertex peaks for ``peak``: within 1 mm 61.5% -> 66.8%, 0.5 mm 42% -> 55%,
+  Hausdorff < 1 mm 44% -> 54%; same start 66% -> 71.5% (1 mm), 45% -> 59% (0.5 mm);
+- what remains is mostly length: of the pairs whose lengths agree within 10% (~70%),
+  ~91% are within 1 mm (``det`` and refined ``peak``; vertex ``peak`` 88%), and 74% of
+  refined ``peak``'s within 0.5 mm (vertex 61%, ``det`` 66%). Not the stopping rules:
+  95% of the kept streamlines' ends, SD_Stream's and ours alike, are where one more step
+  leaves the WM (SD_Stream's early stops fall mostly on streamlines it then rejects as
+  too short); the paths part (another branch where bundles cross or fan) and leave the WM
+  at different places.
 
 Timing: tckgen's whole run (reading the fODF, an uncompressed .nii, seeding, tracking,
 writing the .tck and the seeds), the basis conversion excluded; difftract: building the
@@ -59,12 +94,13 @@ match, and what was chosen:
 - directions: SD_Stream follows the continuous fODF peak (Newton steps on the SH) and
   starts each seed along the peak its search reaches from a random (or the thread's
   previous) direction; ``det`` takes the best of
-  DIPY's 362-vertex sphere and starts along the largest peak. iFOD2 draws arcs (4 samples,
+  DIPY's 362-vertex sphere and starts along the largest peak; ``peak`` blends per-voxel
+  peaks refined to the continuous maxima and starts along the largest. iFOD2 draws arcs (4 samples,
   power 1/4, rejection sampling); ``prob`` draws a vertex from the thresholded pmf;
 - lengths: MRtrix truncates a streamline at ``-maxlength`` and keeps it; DIPY and difftract
   drop streamlines over ``max_len`` (DIPY's rule);
 - seeds SD_Stream cannot start: that peak search fails (or lands under the cutoff) at
-  about 45% of fibercup's seeds ("Invalid seed
+  about 45% of fibercup's seeds (22% at ``--cutoff 0.0001``) ("Invalid seed
   point" in ``tckgen -info``; neither ``-seed_cutoff`` nor ``-max_attempts_per_seed`` changes
   it); DIPY and difftract start along the largest peak and lose no seed there. The failed
   seeds are cheap and count in SD_Stream's seeds/s, so streamlines/s is the rate compared,
