@@ -55,3 +55,13 @@ def test_shapes_are_checked():
         refine_directions(np.zeros((2, 45)), np.zeros((3, 3)), legacy=False)
     with pytest.raises(ConfigError):
         refine_peaks(np.zeros((2, 2, 2, 45)), np.zeros((2, 2, 1, 3, 3)), legacy=False)
+
+
+def test_a_start_far_from_any_maximum_keeps_its_direction():
+    fibre = np.array([0.0, 0.0, 1.0])
+    start = np.array([[np.sin(np.radians(30)), 0.0, np.cos(np.radians(30))]])   # 30 degrees off the only lobe
+    out, _ = refine_directions(single_fibre(fibre)[None], start, legacy=False)
+    np.testing.assert_allclose(out, start)
+    near = np.array([[np.sin(np.radians(4)), 0.0, np.cos(np.radians(4))]])
+    out, _ = refine_directions(single_fibre(fibre)[None], near, legacy=False)
+    assert angle_deg(out, fibre[None])[0] < 0.1
