@@ -63,8 +63,11 @@ Agreement, what limits it (fibercup, measured 2026-12-04, load 3-6 on 2 cores):
   against itself 90% -> 85% -> 72%); the same-start figures hardly move. A stop on the
   interpolated largest amplitude for our trackers changes no streamline (tried, dropped).
   Default kept: 0.1 (``--cutoff``, recorded as ``settings.cutoff_relative``);
-- sub-vertex peaks for ``peak``: within 1 mm 61.5% -> 66.8%, 0.5 mm 42% -> 55%,
-  Hausdorff < 1 mm 44% -> 54%; same start 66% -> 71.5% (1 mm), 45% -> 59% (0.5 mm);
+- sub-vertex peaks for ``peak`` (vertex -> refined, over 2-3 runs each: SD_Stream's draws
+  move these by 1-2 points): within 1 mm 61-62% -> 65-67%, 0.5 mm 42-44% -> 53-55%,
+  Hausdorff < 1 mm 44% -> 53-54%; same start 66% -> 70-72% (1 mm), 45-47% -> 57-59%
+  (0.5 mm). On the brain (``--brain-max-seeds 2000``): 48% -> 51% (1 mm), 23% -> 33%
+  (0.5 mm), Hausdorff 27% -> 33%; ``det`` there 59-60% / 33-35%;
 - what remains is mostly length: of the pairs whose lengths agree within 10% (~70%),
   ~91% are within 1 mm (``det`` and refined ``peak``; vertex ``peak`` 88%), and 74% of
   refined ``peak``'s within 0.5 mm (vertex 61%, ``det`` 66%). Not the stopping rules:
