@@ -22,12 +22,15 @@ Steps, one function each, per phantom:
    ``-output_seeds``); DIPY gets them in world mm. On the brain the seed mask is every k-th
    WM voxel (``--max-seeds``) to keep the run to minutes;
 4. the trackers, quiet, interleaved: SD_Stream, difftract ``det``, DIPY ``deterministic_tracking``,
-   difftract ``peak`` (the differentiable getter), iFOD2, difftract ``prob``, DIPY
-   ``probabilistic_tracking``; each tracked once;
+   difftract ``peak`` (the differentiable getter, on per-voxel peaks refined to the
+   continuous fODF maxima: :mod:`difftract.reconst.peak_refine`; ``--vertex-peaks`` for
+   DIPY's sphere-vertex peaks), iFOD2, difftract ``prob``, DIPY ``probabilistic_tracking``;
+   each tracked once; then SD_Stream a second time, against itself;
 5. per tracker: streamlines, wall time, seeds/s, streamlines/s, the Tractometer row; ``det``,
    ``peak`` and DIPY's det against SD_Stream on paired seeds (the same seed point): the
    fraction of pairs whose MDF is <= 1 mm and <= 0.5 mm, and the Dice of the two density
-   maps (voxels holding a streamline point); ratios in streamlines/s;
+   maps (voxels holding a streamline point); ratios in streamlines/s; the same figures for
+   SD_Stream's rerun against its first run (its ceiling: see *Agreement* below);
 6. unless ``--no-loaded``: on a subset of the seeds (``--loaded-seeds``), each tracker timed
    quiet and then with one spinning process per core, alternately ``--repeats`` times:
    slowdown = fastest loaded / fastest quiet (the machine may be shared: say its load).
@@ -36,7 +39,42 @@ Distance: MDF = QuickBundles' minimum average direct-flip distance, both streaml
 resampled to 20 points equally spaced along their length (mm). Pairs: seeds where both
 trackers kept a streamline; the seeds only one kept are counted beside. Also given: the
 share of pairs that leave the seed along the same orientation (within 20 degrees) and
-their fraction within 1 mm, since SD_Stream picks its first peak by another rule.
+their fraction within 1 mm / 0.5 mm, since SD_Stream picks its first peak by another rule;
+and the fraction of pairs whose symmetric Hausdorff distance is < 1 mm, the measure of the
+differentiable-propagator paper (arXiv 2511.14807: > 93% of 10,000 streamlines of its
+PyTorch port of SD_Stream against MRtrix's, the same algorithm on both sides; ``peak`` is
+a different rule, a blend of per-voxel peaks).
+
+Agreement, what limits it (fibercup, measured 2026-12-04, load 3-6 on 2 cores):
+
+- SD_Stream against itself: each seed starts along the peak its Newton search reaches
+  from a *random* direction (no per-seed ``-seed_direction`` for grid seeds), and whether
+  the seed is valid and the streamline long enough also depends on that draw: two runs
+  keep only ~550 common seeds of ~1,700 each, and only 86-90% of those pairs agree
+  within 1 mm (100% of those leaving the same way). No tracker can score above that on the
+  plain figure: the same-start figure is the fair one;
+- ``-cutoff``: lowering it (``--cutoff 0.01``, ``0.0001``) does not make SD_Stream stop
+  only at the WM mask as ours do. No WM voxel's largest amplitude is under the default
+  cutoff (min 0.29 x the median), so its "model sub-threshold" stops are where the Newton
+  search from the previous direction lands on a minor lobe or fails; with a lower
+  cutoff those streamlines follow the minor lobe on and end on "excessive curvature"
+  instead (``tckgen -info``: sub-threshold 18% -> 12% -> 16% of terminations, curvature
+  4% -> 9% -> 15%). Agreement drops (``det`` 72% -> 69% -> 64% within 1 mm, SD_Stream
+  against itself 90% -> 85% -> 72%); the same-start figures hardly move. A stop on the
+  interpolated largest amplitude for our trackers changes no streamline (tried, dropped).
+  Default kept: 0.1 (``--cutoff``, recorded as ``settings.cutoff_relative``);
+- sub-vertex peaks for ``peak`` (vertex -> refined, over 2-3 runs each: SD_Stream's draws
+  move these by 1-2 points): within 1 mm 61-62% -> 65-67%, 0.5 mm 42-44% -> 53-55%,
+  Hausdorff < 1 mm 44% -> 53-54%; same start 66% -> 70-72% (1 mm), 45-47% -> 57-59%
+  (0.5 mm). On the brain (``--brain-max-seeds 2000``): 48% -> 51% (1 mm), 23% -> 33%
+  (0.5 mm), Hausdorff 27% -> 33%; ``det`` there 59-60% / 33-35%;
+- what remains is mostly length: of the pairs whose lengths agree within 10% (~70%),
+  ~91% are within 1 mm (``det`` and refined ``peak``; vertex ``peak`` 88%), and 74% of
+  refined ``peak``'s within 0.5 mm (vertex 61%, ``det`` 66%). Not the stopping rules:
+  95% of the kept streamlines' ends, SD_Stream's and ours alike, are where one more step
+  leaves the WM (SD_Stream's early stops fall mostly on streamlines it then rejects as
+  too short); the paths part (another branch where bundles cross or fan) and leave the WM
+  at different places.
 
 Timing: tckgen's whole run (reading the fODF, an uncompressed .nii, seeding, tracking,
 writing the .tck and the seeds), the basis conversion excluded; difftract: building the
@@ -59,12 +97,13 @@ match, and what was chosen:
 - directions: SD_Stream follows the continuous fODF peak (Newton steps on the SH) and
   starts each seed along the peak its search reaches from a random (or the thread's
   previous) direction; ``det`` takes the best of
-  DIPY's 362-vertex sphere and starts along the largest peak. iFOD2 draws arcs (4 samples,
+  DIPY's 362-vertex sphere and starts along the largest peak; ``peak`` blends per-voxel
+  peaks refined to the continuous maxima and starts along the largest. iFOD2 draws arcs (4 samples,
   power 1/4, rejection sampling); ``prob`` draws a vertex from the thresholded pmf;
 - lengths: MRtrix truncates a streamline at ``-maxlength`` and keeps it; DIPY and difftract
   drop streamlines over ``max_len`` (DIPY's rule);
 - seeds SD_Stream cannot start: that peak search fails (or lands under the cutoff) at
-  about 45% of fibercup's seeds ("Invalid seed
+  about 45% of fibercup's seeds (22% at ``--cutoff 0.0001``) ("Invalid seed
   point" in ``tckgen -info``; neither ``-seed_cutoff`` nor ``-max_attempts_per_seed`` changes
   it); DIPY and difftract start along the largest peak and lose no seed there. The failed
   seeds are cheap and count in SD_Stream's seeds/s, so streamlines/s is the rate compared,
@@ -99,6 +138,7 @@ from _check import Target, parse_args
 from difftract.eval.tractometer import load_scoring, score
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from difftract.reconst.csd import CsdModel
+from difftract.reconst.peak_refine import refine_peaks
 from difftract.reconst.peaks import peaks_from_sh
 from difftract.tracking.getters import make_getter
 from difftract.tracking.seeding import grid_seeds
@@ -141,6 +181,7 @@ class Settings:
     max_len_mm: float = 250.0
     grid: int = 1                    # seeds per voxel per axis
     cutoff: float = float("nan")     # MRtrix's absolute amplitude, set from the fODF
+    cutoff_relative: float = 0.1     # ... as this fraction of the median WM voxel's largest amplitude
 
 
 @dataclass
@@ -275,10 +316,14 @@ def run_dipy(method: str, inputs: Inputs, seeds: np.ndarray, s: Settings) -> Run
     return Run(seconds, len(seeds), streamlines, seed_world)
 
 
-def peak_field(inputs: Inputs) -> tuple[torch.Tensor, float]:
+def peak_field(inputs: Inputs, refine: bool) -> tuple[torch.Tensor, float]:
+    """``peak``'s per-voxel peaks: DIPY's sphere-vertex peaks, moved to the continuous fODF
+    maxima (:mod:`difftract.reconst.peak_refine`) unless ``refine`` is False."""
     start = time.perf_counter()
-    found = peaks_from_sh(inputs.coeffs, inputs.wm, legacy=False, progress=False)
-    return torch.as_tensor(found.dirs), time.perf_counter() - start
+    dirs = peaks_from_sh(inputs.coeffs, inputs.wm, legacy=False, progress=False).dirs
+    if refine:
+        dirs, _ = refine_peaks(inputs.coeffs, dirs, legacy=False)
+    return torch.as_tensor(dirs), time.perf_counter() - start
 
 
 def runner(name: str, inputs: Inputs, s: Settings, tools, peaks):
@@ -323,14 +368,16 @@ def slowdown_ratio(loaded: dict, ours: str, ref: str) -> float | None:
 # ------------------------------------------------------------------------------------ per phantom
 def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
     inputs = prepare(preset, root, tools)
-    s = Settings(grid=args.grid, cutoff=mx.amplitude_cutoff(inputs.coeffs, inputs.wm, PMF_THRESHOLD))
+    s = Settings(grid=args.grid, cutoff=mx.amplitude_cutoff(inputs.coeffs, inputs.wm, args.cutoff),
+                 cutoff_relative=args.cutoff)
     max_seeds = args.max_seeds if preset == "fibercup" else args.brain_max_seeds
     mask_path, seeds = seed_mask(inputs, max_seeds, s.grid, "main")
-    peaks, peak_seconds = peak_field(inputs)
+    peaks, peak_seconds = peak_field(inputs, refine=not args.vertex_peaks)
     runners = {name: runner(name, inputs, s, tools, peaks) for name in ORDER}
     print(f"{preset}: {len(seeds):,} seeds ({s.grid}^3 per voxel of {len(seeds) // s.grid ** 3:,} "
           f"seed voxels); step {s.step_mm} mm, {s.angle_deg:g} deg, {s.min_len_mm:g}-{s.max_len_mm:g} mm, "
-          f"MRtrix cutoff {s.cutoff:.4f}; peak extraction for 'peak' {peak_seconds:.1f} s (not counted); "
+          f"MRtrix cutoff {s.cutoff:.4f} ({s.cutoff_relative:g} x median max amplitude); peak extraction for 'peak' "
+          f"({'vertex' if args.vertex_peaks else 'refined'}) {peak_seconds:.1f} s (not counted); "
           f"load {mx.load_average()}", flush=True)
     runs: dict[str, Run] = {}
     for name in ORDER:
@@ -342,6 +389,7 @@ def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
     rows = {name: {**run.figures(), "tractometer": tractometer_row(run, config)} for name, run in runs.items()}
     result = {"grid": list(inputs.wm.shape), "wm_voxels": int(inputs.wm.sum()), "settings": asdict(s),
               "csd_fit_seconds": inputs.fit_seconds, "basis_check": inputs.basis, "peak_extraction_s": peak_seconds,
+              "peak_field": "vertex" if args.vertex_peaks else "refined",
               "load_after_quiet_pass": mx.load_average(), "rows": rows}
     print(f"{preset} (load {result['load_after_quiet_pass']}):")
     show_table(rows)
@@ -351,11 +399,17 @@ def bench_phantom(preset: str, root: Path, args, tools, check) -> dict:
         print(f"  seeds: {result['seed_check']}")
         result["agreement"] = {f"{a}_vs_{b}": mx.agreement(runs[a], runs[b], inputs.affine, inputs.wm.shape)
                                for a, b in PAIRS.items()}
+        # SD_Stream against itself: its random first direction and seed failures bound any agreement
+        rerun = run_mrtrix("SD_Stream", inputs, mask_path, s, "rerun")
+        result["agreement"]["SD_Stream_rerun_vs_SD_Stream"] = mx.agreement(rerun, runs["SD_Stream"], inputs.affine,
+                                                                           inputs.wm.shape)
         for k, v in result["agreement"].items():
             print(f"  {k:22} paired {v['paired']:6,} (only ours {v['only_ours']}, only MRtrix {v['only_theirs']}): "
                   f"MDF <= 1 mm {v['within_1mm']:.1%}, <= 0.5 mm {v['within_0.5mm']:.1%}, median "
                   f"{v['median_mdf_mm']:.2f} mm; density Dice {v['density_dice']:.3f}; leaving the seed the same "
-                  f"way {v['same_start']:.1%}, of which <= 1 mm {v['within_1mm_same_start'] or 0:.1%}")
+                  f"way {v['same_start']:.1%}, of which <= 1 mm {v['within_1mm_same_start'] or 0:.1%}, <= 0.5 mm "
+                  f"{v['within_0.5mm_same_start'] or 0:.1%}; Hausdorff < 1 mm {v['hausdorff_within_1mm'] or 0:.1%} "
+                  f"(same start {v['hausdorff_within_1mm_same_start'] or 0:.1%})")
     result["ratios"] = {"det_vs_sdstream": ratio(rows, "det", "SD_Stream"), "prob_vs_ifod2": ratio(rows, "prob", "iFOD2"),
                         "det_vs_dipy": ratio(rows, "det", "dipy_det"), "prob_vs_dipy": ratio(rows, "prob", "dipy_prob"),
                         "peak_vs_sdstream": ratio(rows, "peak", "SD_Stream")}
@@ -406,6 +460,11 @@ def main() -> None:
     ap.add_argument("--loaded-seeds", type=int, default=500, help="seeds of the loaded pass (default 500)")
     ap.add_argument("--repeats", type=int, default=2, help="quiet/loaded alternations per tracker (default 2)")
     ap.add_argument("--no-loaded", action="store_true", help="skip the loaded-machine pass")
+    ap.add_argument("--cutoff", type=float, default=0.1,
+                    help="MRtrix's -cutoff as this fraction of the median WM voxel's largest fODF amplitude "
+                         "(default 0.1; see the docstring for lower values)")
+    ap.add_argument("--vertex-peaks", action="store_true",
+                    help="'peak' on DIPY's sphere-vertex peaks (default: refined to the continuous maxima)")
     args, check = parse_args(ap, "bench_vs_mrtrix", TARGETS)
     torch.set_num_threads(THREADS)
     tools = mx.mrtrix_tools()

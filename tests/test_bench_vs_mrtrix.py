@@ -138,3 +138,15 @@ def test_paired_agreement_scores_pairs_leaving_the_seed_the_same_way():
     assert r["same_start"] == pytest.approx(0.5)       # the first pair left the seed along x and y
     assert r["within_1mm"] == pytest.approx(0.5)
     assert r["within_1mm_same_start"] == pytest.approx(1.0)
+
+
+def test_hausdorff_takes_the_worst_point_where_mdf_takes_the_mean():
+    line = np.stack([np.linspace(0, 10, 11), np.zeros(11), np.zeros(11)], axis=1)
+    bent = line.copy()
+    bent[-1, 1] = 2.0                                   # one end 2 mm off: the mean moves far less
+    assert mx.hausdorff(line, line[::-1]) == pytest.approx(0.0)
+    assert mx.hausdorff(line, bent) == pytest.approx(2.0)
+    assert mx.mdf(line, bent) < 1.0
+    r = mx.paired_agreement({(0,): line, (1,): line}, {(0,): line + [0, 0.4, 0], (1,): bent})
+    assert r["within_1mm"] == pytest.approx(1.0)
+    assert r["hausdorff_within_1mm"] == pytest.approx(0.5)
