@@ -45,36 +45,7 @@ differentiable-propagator paper (arXiv 2511.14807: > 93% of 10,000 streamlines o
 PyTorch port of SD_Stream against MRtrix's, the same algorithm on both sides; ``peak`` is
 a different rule, a blend of per-voxel peaks).
 
-Agreement, what limits it (fibercup, measured 2026-12-04, load 3-6 on 2 cores):
-
-- SD_Stream against itself: each seed starts along the peak its Newton search reaches
-  from a *random* direction (no per-seed ``-seed_direction`` for grid seeds), and whether
-  the seed is valid and the streamline long enough also depends on that draw: two runs
-  keep only ~550 common seeds of ~1,700 each, and only 86-90% of those pairs agree
-  within 1 mm (100% of those leaving the same way). No tracker can score above that on the
-  plain figure: the same-start figure is the fair one;
-- ``-cutoff``: lowering it (``--cutoff 0.01``, ``0.0001``) does not make SD_Stream stop
-  only at the WM mask as ours do. No WM voxel's largest amplitude is under the default
-  cutoff (min 0.29 x the median), so its "model sub-threshold" stops are where the Newton
-  search from the previous direction lands on a minor lobe or fails; with a lower
-  cutoff those streamlines follow the minor lobe on and end on "excessive curvature"
-  instead (``tckgen -info``: sub-threshold 18% -> 12% -> 16% of terminations, curvature
-  4% -> 9% -> 15%). Agreement drops (``det`` 72% -> 69% -> 64% within 1 mm, SD_Stream
-  against itself 90% -> 85% -> 72%); the same-start figures hardly move. A stop on the
-  interpolated largest amplitude for our trackers changes no streamline (tried, dropped).
-  Default kept: 0.1 (``--cutoff``, recorded as ``settings.cutoff_relative``);
-- sub-vertex peaks for ``peak`` (vertex -> refined, over 2-3 runs each: SD_Stream's draws
-  move these by 1-2 points): within 1 mm 61-62% -> 65-67%, 0.5 mm 42-44% -> 53-55%,
-  Hausdorff < 1 mm 44% -> 53-54%; same start 66% -> 70-72% (1 mm), 45-47% -> 57-59%
-  (0.5 mm). On the brain (``--brain-max-seeds 2000``): 48% -> 51% (1 mm), 23% -> 33%
-  (0.5 mm), Hausdorff 27% -> 33%; ``det`` there 59-60% / 33-35%;
-- what remains is mostly length: of the pairs whose lengths agree within 10% (~70%),
-  ~91% are within 1 mm (``det`` and refined ``peak``; vertex ``peak`` 88%), and 74% of
-  refined ``peak``'s within 0.5 mm (vertex 61%, ``det`` 66%). Not the stopping rules:
-  95% of the kept streamlines' ends, SD_Stream's and ours alike, are where one more step
-  leaves the WM (SD_Stream's early stops fall mostly on streamlines it then rejects as
-  too short); the paths part (another branch where bundles cross or fan) and leave the WM
-  at different places.
+What limits agreement (SD_Stream's own reruns agree on only ~90%), measured: ``docs/performance.md``.
 
 Timing: tckgen's whole run (reading the fODF, an uncompressed .nii, seeding, tracking,
 writing the .tck and the seeds), the basis conversion excluded; difftract: building the
