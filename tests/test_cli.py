@@ -1,7 +1,7 @@
 """The command line end to end: happy paths, refusals and bad inputs.
 
-Most calls run ``main()`` in-process (the ``cli`` fixture); the demo, one refusal and one
-bad parameter go through the installed console script (``cli_script``).
+Most calls run ``main()`` in-process (the ``cli`` fixture); the demo, the refusal of an
+existing output and one bad parameter go through the installed console script (``cli_script``).
 """
 
 from __future__ import annotations
@@ -79,12 +79,11 @@ def _assert_refused(out, *words):
         assert str(w) in lines[0]
 
 
-def test_existing_output_is_refused_then_forced(cli_script, tmp_path):
-    cli = cli_script                                  # through the installed console script
+def test_existing_output_is_refused_then_forced(cli, cli_script, tmp_path):
     args = ["--preset", "crossing", "--streamlines-per-bundle", "5", "--ndirs", "6"]
     assert cli("simulate", tmp_path / "p", *args).returncode == 0
     stamp = (tmp_path / "p" / "dwi.nii.gz").stat().st_mtime_ns
-    _assert_refused(cli("simulate", tmp_path / "p", *args), tmp_path / "p", "--force")
+    _assert_refused(cli_script("simulate", tmp_path / "p", *args), tmp_path / "p", "--force")   # as a shell sees it
     assert (tmp_path / "p" / "dwi.nii.gz").stat().st_mtime_ns == stamp
     assert cli("simulate", tmp_path / "p", *args, "--force").returncode == 0
 

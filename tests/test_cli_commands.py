@@ -12,8 +12,7 @@ def scan_args(d):
     return [d / "dwi.nii.gz", d / "dwi.bval", d / "dwi.bvec", "--mask", d / "mask.nii.gz"]
 
 
-def test_fit_dti_writes_every_map_with_sidecars(cli_script, phantom_dir, tmp_path):
-    cli = cli_script                                  # through the installed console script
+def test_fit_dti_writes_every_map_with_sidecars(cli, phantom_dir, tmp_path):
     out = tmp_path / "dti"
     res = cli("fit", "dti", *scan_args(phantom_dir), "--out-dir", out)
     assert res.returncode == 0, res.stderr

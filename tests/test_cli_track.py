@@ -30,8 +30,7 @@ def fod(phantom_dir, fibercup, tmp_path_factory):
     return path
 
 
-def test_track_writes_a_tractogram_with_its_sidecar(cli_script, phantom_dir, fod, tmp_path):
-    cli = cli_script                                  # through the installed console script
+def test_track_writes_a_tractogram_with_its_sidecar(cli, phantom_dir, fod, tmp_path):
     out = tmp_path / "det.trx"
     args = [*scan_args(phantom_dir), "--sh", fod, "--stop-mask", phantom_dir / "wm.nii.gz", "--seed-density", "1"]
     res = cli("track", *args, "--out", out)

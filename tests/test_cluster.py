@@ -186,22 +186,24 @@ def test_cluster_refusals(cli, phantom_dir, tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and not (tmp_path / "c").exists()
 
 
-def test_cluster_through_the_console_script_on_a_crossing(cli_script, tmp_path):
+def test_cluster_through_the_console_script_on_a_crossing(cli, cli_script, cli_scripts, tmp_path):
     """The installed script on a small 90-degree crossing: a .tck read on the phantom's grid, then refusals."""
     ph = tmp_path / "ph"
-    res = cli_script("-q", "simulate", ph, "--preset", "crossing", "--streamlines-per-bundle", "20", "--ndirs", "30")
+    res = cli("-q", "simulate", ph, "--preset", "crossing", "--streamlines-per-bundle", "20", "--ndirs", "30")
     assert res.returncode == 0, res.stderr
     gt = load_tractogram(ph / "tractogram.trk")
     save_tractogram(Tractogram(gt.streamlines, gt.affine, gt.dimensions), tmp_path / "t.tck")   # no labels
-    res = cli_script("cluster", tmp_path / "t.tck", "--out", tmp_path / "c", "--phantom", ph, "--format", "trx")
+    # the missing input is refused beside the run (it writes nothing, and nothing it reads is written)
+    res, missing = cli_scripts(["cluster", tmp_path / "t.tck", "--out", tmp_path / "c", "--phantom", ph,
+                                "--format", "trx"],
+                               ["cluster", tmp_path / "nope.trk", "--out", tmp_path / "d"])
     assert res.returncode == 0, res.stderr
     record = json.loads((tmp_path / "c" / "clusters.json").read_text())
     assert record["n_clusters"] == 2 and record["agreement"]["ari"] == 1.0
     assert record["agreement"]["tractometer"] == {"VS": 40, "IC": 0, "NC": 0}
     assert (tmp_path / "c" / "cluster_001.trx").is_file()
-    for argv, expect in (([tmp_path / "nope.trk", "--out", tmp_path / "d"], "nope.trk"),
-                         ([tmp_path / "t.tck", "--out", tmp_path / "c", "--phantom", ph], "--force")):
-        res = cli_script("cluster", *argv)
+    exists = cli_script("cluster", tmp_path / "t.tck", "--out", tmp_path / "c", "--phantom", ph)
+    for res, expect in ((missing, "nope.trk"), (exists, "--force")):
         lines = [line for line in res.stderr.splitlines() if line.strip()]
         assert res.returncode == 2 and len(lines) == 1 and expect in lines[0], res.stderr
     assert not (tmp_path / "d").exists()

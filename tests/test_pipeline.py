@@ -29,43 +29,50 @@ def _same(a, b):
     return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_run_reads_the_dwi_once_and_python_equals_the_cli(cli, subject, tmp_path, monkeypatch):
-    reads = []
-    real = nib.load
+@pytest.fixture(scope="module")
+def cli_run(cli, subject, tmp_path_factory):
+    """One ``difftract run --method det`` of the subject, with every ``nib.load`` and pass over a DWI's volumes noted.
+
+    Returns (out, result, loads, passes); the tests below read the one run rather than each making its own.
+    """
+    from difftract.io import dwi as dwi_module
+
+    reads, passes = [], []
+    real, real_volumes = nib.load, dwi_module.iter_volumes
 
     def counting(filename, *args, **kwargs):
         reads.append(str(filename))
         return real(filename, *args, **kwargs)
 
-    from difftract.io import dwi as dwi_module
-
-    passes = []
-    real_volumes = dwi_module.iter_volumes
-
     def counting_volumes(img, path, *args, **kwargs):
         passes.append(str(path))
         return real_volumes(img, path, *args, **kwargs)
 
-    monkeypatch.setattr(nib, "load", counting)
-    monkeypatch.setattr(dwi_module, "iter_volumes", counting_volumes)
-    res = cli("run", subject, "--out", tmp_path / "cli", "--method", "det", "--seed", "4")
+    out = tmp_path_factory.mktemp("cli_run") / "cli"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nib, "load", counting)
+        patch.setattr(dwi_module, "iter_volumes", counting_volumes)
+        res = cli("run", subject, "--out", out, "--method", "det", "--seed", "4")
+    return out, res, reads, passes
+
+
+def test_run_reads_the_dwi_once_and_python_equals_the_cli(cli_run, subject, tmp_path):
+    out, res, reads, passes = cli_run
     assert res.returncode == 0, res.stderr
     assert reads.count(str(subject / "dwi.nii.gz")) == 1, reads
     assert passes == [str(subject / "dwi.nii.gz")]                   # one pass over its volumes
-    monkeypatch.setattr(nib, "load", real)
 
     summary = run_subject(subject, tmp_path / "py", RunOptions(methods=("det",), seed=4), console=Console(quiet=True))
     reference = subject / "mask.nii.gz"
-    from_cli = _points(tmp_path / "cli" / "tracks.trx", reference)
+    from_cli = _points(out / "tracks.trx", reference)
     from_python = _points(summary.tracks["det"], reference)
     assert len(from_cli) > 20 and _same(from_cli, from_python)
     assert summary.streamlines["det"] == len(from_python)
     assert json.loads((tmp_path / "py" / "scores.json").read_text())["VS"] == summary.scores["det"]["VS"]
 
 
-def test_the_printed_track_line_alone_reproduces_the_run(cli, subject, tmp_path):
-    out = tmp_path / "run"
-    res = cli("run", subject, "--out", out, "--method", "det", "--seed", "2")
+def test_the_printed_track_line_alone_reproduces_the_run(cli, cli_run, subject, tmp_path):
+    out, res, _, _ = cli_run
     assert res.returncode == 0, res.stderr
     lines = [line[2:] for line in res.stdout.splitlines() if line.startswith("$ difftract ")]
     assert [shlex.split(line)[1] for line in lines] == ["fit", "fit", "track", "score"]

@@ -163,29 +163,48 @@ def test_refusals(tmp_path):
         save_weights(tmp_path / "s.pt", {"w": torch.ones(2)}, {"k": 1}, {}, force=False)
 
 
-def torchrun(outdir, *args):
+def torchrun(outdir, *args) -> subprocess.Popen:
+    """Start the toy job as two DDP processes; :func:`finished` waits for it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(JOB), str(outdir), *args], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(JOB), str(outdir), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finished(proc: subprocess.Popen, outdir):
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     r0, r1 = (torch.load(outdir / f"final_rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # the replicas agree
     return output_paths(outdir / "W.pt")
 
 
 def test_ddp_two_processes_gloo(tmp_path):
-    out, ckpt, metrics_path = torchrun(tmp_path)
-    assert out.exists() and ckpt.exists()
-    assert len(metrics_path.read_text().splitlines()) == 2
-    init = torch.load(tmp_path / "init.pt", weights_only=True)
-    weights = load_weights(out)["state_dict"]
-    assert not all(torch.equal(init[k], weights[k]) for k in init)
-    final = torch.load(tmp_path / "final_rank0.pt", weights_only=True)
-    assert all(torch.equal(final[k], weights[k]) for k in final)
-    assert len(torch.load(ckpt, weights_only=True)["rng"]) == 2
-    # the validation loss is the sample-weighted mean over both ranks' shards (10 + 10, batches 8 + 2)
-    assert val_mse(weights, 20) == pytest.approx(load_weights(out)["train"]["best_val_loss"], rel=1e-5)
-    # interrupted after epoch 1 and resumed under DDP: the same weights
+    # the interrupted-then-resumed job runs beside the plain one (each --standalone: its own port)
     (tmp_path / "b").mkdir()
-    resumed = load_weights(torchrun(tmp_path / "b", "interrupted")[0])["state_dict"]
-    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    plain, interrupted = torchrun(tmp_path), torchrun(tmp_path / "b", "interrupted")
+    try:
+        out, ckpt, metrics_path = finished(plain, tmp_path)
+        assert out.exists() and ckpt.exists()
+        assert len(metrics_path.read_text().splitlines()) == 2
+        init = torch.load(tmp_path / "init.pt", weights_only=True)
+        weights = load_weights(out)["state_dict"]
+        assert not all(torch.equal(init[k], weights[k]) for k in init)
+        final = torch.load(tmp_path / "final_rank0.pt", weights_only=True)
+        assert all(torch.equal(final[k], weights[k]) for k in final)
+        assert len(torch.load(ckpt, weights_only=True)["rng"]) == 2
+        # the validation loss is the sample-weighted mean over both ranks' shards (10 + 10, batches 8 + 2)
+        assert val_mse(weights, 20) == pytest.approx(load_weights(out)["train"]["best_val_loss"], rel=1e-5)
+        # interrupted after epoch 1 and resumed under DDP: the same weights
+        resumed = load_weights(finished(interrupted, tmp_path / "b")[0])["state_dict"]
+        assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    finally:                    # a failed assertion leaves no job running
+        for proc in (plain, interrupted):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
