@@ -15,7 +15,7 @@ Measured, each run once (no repeats; every difftract configuration first tracks 
 so torch's first-call warm-up is not timed):
 
 - det: DIPY ``deterministic_tracking`` against difftract's ``det`` getter in float32 and
-  float64 (chunks of 20,000 seeds): streamlines/s, seeds/s, counts, and the seed-rate ratio
+  float64 (the tracker's chunks: a quarter of the run, 2,000-10,000 seeds, on 2 worker threads): streamlines/s, seeds/s, counts, and the seed-rate ratio
   difftract/DIPY (target >= 3); also float32 on one torch thread;
 - for completeness: DIPY ``probabilistic_tracking`` (2 threads) against ``prob``, and
   ``closestpeak_tracking`` against ``closest`` on every 8th seed (DIPY's closest-peak is the
@@ -136,7 +136,7 @@ def time_dipy(method, seeds_world, wm, affine, fod) -> dict:
     return res
 
 
-def make_tracker(method, field, wm, voxel_sizes, dtype=torch.float32, device="cpu", chunk_size=20_000) -> Tracker:
+def make_tracker(method, field, wm, voxel_sizes, dtype=torch.float32, device="cpu", chunk_size=None) -> Tracker:
     return Tracker(make_getter(method, sh=field, max_angle=ANGLE), BinaryCriterion(wm), voxel_sizes,
                    TrackingParams(step_mm=STEP, min_len_mm=MIN_LEN, max_len_mm=MAX_LEN),
                    device=device, dtype=dtype, chunk_size=chunk_size)
@@ -180,7 +180,7 @@ def million_run(field, wm, affine, voxel_sizes, n_seeds: int) -> dict:
     out.update(seconds=t, streamlines=n, points=points, seeds_per_s=len(seeds) / t, streamlines_per_s=n / t,
                peak_rss_end_mib=peak_rss_mib(), rss_end_mib=current_rss_mib(),
                others_cpu_cores=(others_cpu_s() - o0) / t)
-    print(f"million seeds ({len(seeds):,}, {per_voxel} per voxel, det float32, chunks of 20,000, counted only): "
+    print(f"million seeds ({len(seeds):,}, {per_voxel} per voxel, det float32, chunks of 10,000, counted only): "
           f"{t:.1f} s, {out['seeds_per_s']:,.0f} seeds/s, {n:,} streamlines ({points:,} points); others used "
           f"{out['others_cpu_cores']:.2f} cores")
     print(f"  peak RSS {out['peak_rss_before_mib']:.0f} MiB before, {out['peak_rss_first_chunk_mib']:.0f} MiB after "

@@ -49,7 +49,10 @@ def test_single_threaded_ops_restore_the_thread_count():
 
 def test_chunk_sizes_depend_on_the_seed_count_and_device_only():
     assert preferred_chunk_size(100, "cpu") == MIN_CHUNK_CPU
-    assert preferred_chunk_size(27_000, "cpu") == 6_750          # four chunks for two or four workers
-    assert preferred_chunk_size(10**6, "cpu") == CHUNK_CPU
+    assert preferred_chunk_size(6_348, "cpu") == 3_174          # two even chunks for two workers
+    assert preferred_chunk_size(27_202, "cpu") == 13_601
+    assert preferred_chunk_size(50_784, "cpu") == 12_696        # four
+    size = preferred_chunk_size(10**6, "cpu")
+    assert size <= CHUNK_CPU and (-(-10**6 // size)) % 2 == 0
     assert preferred_chunk_size(None, "cpu") == CHUNK_CPU
-    assert preferred_chunk_size(27_000, "cuda") == CHUNK_CUDA
+    assert preferred_chunk_size(27_202, "cuda") == CHUNK_CUDA
