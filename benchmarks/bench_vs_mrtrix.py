@@ -428,7 +428,7 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=1, help="seeds per voxel per axis (default 1: voxel centres)")
     ap.add_argument("--max-seeds", type=int, default=None, help="fibercup: at most this many seeds (default: all WM)")
     ap.add_argument("--brain-max-seeds", type=int, default=4000, help="brain: at most this many seeds (default 4000)")
-    ap.add_argument("--loaded-seeds", type=int, default=500, help="seeds of the loaded pass (default 500)")
+    ap.add_argument("--loaded-seeds", type=int, default=4000, help="seeds of the loaded pass (default 4000: two chunks, so both of difftract's workers run)")
     ap.add_argument("--repeats", type=int, default=2, help="quiet/loaded alternations per tracker (default 2)")
     ap.add_argument("--no-loaded", action="store_true", help="skip the loaded-machine pass")
     ap.add_argument("--cutoff", type=float, default=0.1,
