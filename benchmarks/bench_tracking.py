@@ -180,7 +180,7 @@ def million_run(field, wm, affine, voxel_sizes, n_seeds: int) -> dict:
     out.update(seconds=t, streamlines=n, points=points, seeds_per_s=len(seeds) / t, streamlines_per_s=n / t,
                peak_rss_end_mib=peak_rss_mib(), rss_end_mib=current_rss_mib(),
                others_cpu_cores=(others_cpu_s() - o0) / t)
-    print(f"million seeds ({len(seeds):,}, {per_voxel} per voxel, det float32, chunks of 10,000, counted only): "
+    print(f"million seeds ({len(seeds):,}, {per_voxel} per voxel, det float32, the tracker's chunks, counted only): "
           f"{t:.1f} s, {out['seeds_per_s']:,.0f} seeds/s, {n:,} streamlines ({points:,} points); others used "
           f"{out['others_cpu_cores']:.2f} cores")
     print(f"  peak RSS {out['peak_rss_before_mib']:.0f} MiB before, {out['peak_rss_first_chunk_mib']:.0f} MiB after "
