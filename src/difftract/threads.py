@@ -67,13 +67,19 @@ def single_threaded_ops() -> Iterator[None]:
 
 @contextmanager
 def worker_pool(workers: int, name: str) -> Iterator[ThreadPoolExecutor]:
-    """``workers`` threads whose torch ops each run on one intra-op thread (restored after).
+    """``workers`` threads whose torch ops each run on one intra-op thread.
 
     OpenMP's thread count is a per-thread setting, so each worker sets its own as it
-    starts, and the caller's is set too (ops that run in the calling thread meanwhile).
+    starts; the calling thread keeps its own count (its work between chunks, such as
+    writing them, is not slowed). torch also takes a worker's setting as the count new
+    threads start with, so the caller's count is set again when the pool ends.
     """
     import torch
 
-    with single_threaded_ops(), ThreadPoolExecutor(workers, thread_name_prefix=name,
-                                                   initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        yield pool
+    before = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=torch.set_num_threads,
+                                initargs=(1,)) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(before)

@@ -11,7 +11,7 @@ from difftract.errors import ConfigError
 from difftract.io.nifti import check_nifti_name, save_nifti
 
 
-@pytest.mark.parametrize("name", ["fod.nii.gz", "fod.nii", "a.b/fod.nii.gz"])
+@pytest.mark.parametrize("name", ["fod.nii.gz", "fod.nii", "a.b/fod.nii.gz", "FOD.NII.GZ"])
 def test_nifti_names_are_accepted(name):
     assert str(check_nifti_name(name)) == name
 

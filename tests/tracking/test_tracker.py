@@ -276,6 +276,7 @@ def test_stopping_early_leaves_no_worker_running_and_restores_the_threads():
     threads = torch.get_num_threads()
     chunks = tracker.track(torch.as_tensor(seeds))
     first = next(chunks)
+    assert torch.get_num_threads() == threads        # between chunks the consumer keeps its threads
     chunks.close()                                   # the consumer stops after one chunk of 30
     assert len(first) <= 2 and torch.get_num_threads() == threads
     assert not any(t.name.startswith("difftract-track") for t in __import__("threading").enumerate())

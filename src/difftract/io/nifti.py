@@ -155,7 +155,8 @@ def check_nifti_name(path: str | Path) -> Path:
     elsewhere (or not at all) after the whole fit, so outputs are checked before any work.
     """
     path = Path(path)
-    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")) or path.name in (".nii", ".nii.gz"):
+    name = path.name.lower()        # nibabel reads the extension case-insensitively
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")) or name in (".nii", ".nii.gz"):
         raise ConfigError(f"{path}: a NIfTI output must be named *.nii or *.nii.gz")
     return path
 

@@ -109,7 +109,8 @@ def iterate(z: torch.Tensor, P: torch.Tensor, B_reg: torch.Tensor, f: torch.Tens
     even with ``MU`` added: the voxel keeps its last iterate), all ``(V, ...)``.
     """
     V = z.shape[0]
-    max_rank = MAX_RANK if max_rank is None else max_rank
+    if max_rank is None:    # Woodbury in float64 only: in float32 its small pivots (1 - b^T Q^-1 b) lose the answer
+        max_rank = MAX_RANK if z.dtype == torch.float64 else 0
     f, small = f.clone(), small.clone()
     active = small.any(dim=1)
     iterations = torch.zeros(V, dtype=torch.int32, device=z.device)

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..threads import worker_pool, worker_threads
+from ..threads import single_threaded_ops, worker_pool, worker_threads
 
 DEFAULT_CHUNK = 50_000
 CPU_CHUNK = 4_096   # on the CPU: a chunk's signal and temporaries stay in cache, and the workers share the chunks evenly
@@ -223,8 +223,12 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
     outputs: dict[str, np.ndarray] = {}
     with tqdm(total=n, desc=desc, unit="vox", disable=not progress, leave=False) as bar:
         if workers == 1:
-            results = map(run, starts)
-            for start, result in zip(starts, results):
+            for start in starts:
+                if device.type == "cpu":    # one thread per op here too (difftract.threads)
+                    with single_threaded_ops():
+                        result = run(start)
+                else:
+                    result = run(start)
                 _store(outputs, result, start, n)
                 bar.update(min(chunk_size, n - start))
         else:

@@ -199,10 +199,13 @@ class Tracker:
             results = self._in_this_thread(order, one)
         else:
             results = self._in_workers(order, one)
-        for k, out in zip(order, results):
-            if progress is not None:
-                progress.update(min(size, len(seeds) - starts[k]))
-            yield out
+        try:
+            for k, out in zip(order, results):
+                if progress is not None:
+                    progress.update(min(size, len(seeds) - starts[k]))
+                yield out
+        finally:        # stopped early or failed: end the workers now, not when the frame is collected
+            results.close()
 
     def _in_this_thread(self, order: list[int], one) -> Iterator[Streamlines]:
         """``one(k, getter)`` for each chunk in this thread, torch ops single-threaded.
@@ -211,9 +214,10 @@ class Tracker:
         tracks faster than two even on a quiet machine (``docs/performance.md``), and far
         faster on a busy one. Parallelism comes from chunks on workers instead.
         """
-        with single_threaded_ops():
-            for k in order:
-                yield one(k, self.getter)
+        for k in order:
+            with single_threaded_ops():     # per chunk: the consumer's own work keeps its threads
+                out = one(k, self.getter)
+            yield out
 
     def _in_workers(self, order: list[int], one) -> Iterator[Streamlines]:
         """``one(k, getter)`` for each chunk on :attr:`workers` threads, yielded in ``order``.
@@ -245,8 +249,10 @@ class Tracker:
                     f.cancel()
 
     def chunk_size_for(self, n_seeds: int) -> int:
-        """Seeds per chunk in a run of ``n_seeds``: the size given, else :func:`preferred_chunk_size`."""
-        return self.chunk_size or preferred_chunk_size(n_seeds, self.device)
+        """Seeds per chunk in a run of ``n_seeds``: the size given, else :func:`default_chunk_size`
+        (the preferred size, or fewer seeds when free memory holds fewer)."""
+        return self.chunk_size or default_chunk_size(self.getter, self.params, self.device, self.dtype, n_seeds,
+                                                     self.workers)
 
     def n_chunks(self, n_seeds: int) -> int:
         """How many chunks :meth:`track` cuts ``n_seeds`` seeds into."""
