@@ -131,3 +131,27 @@ def test_volume_count_and_nonfinite_lambda_refused(noisy64):
     for bad in (np.nan, np.inf):
         with pytest.raises(ConfigError, match="lambda"):
             SHModel(gtab, lmax=4, smooth=bad)
+
+
+def test_a_nonfinite_volume_outside_the_shell_leaves_the_fit_alone():
+    """The fit multiplies every volume (zero weights outside the shell); NaN or Inf there must not leak in."""
+    from dipy.core.gradients import gradient_table
+
+    from difftract.reconst.sh import SHModel
+
+    rng = np.random.default_rng(3)
+    dirs = rng.normal(size=(60, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    bvals = np.r_[0, 0, np.full(30, 1000.0), np.full(30, 2000.0)]
+    bvecs = np.r_[np.zeros((2, 3)), dirs]
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    data = rng.uniform(100, 200, size=(4, 1, 1, len(bvals)))
+    data[..., :2] = 300
+    model = SHModel(gtab, lmax=4, shell=1000)
+    clean = model.fit(data).coeffs
+    spoiled = data.copy()
+    spoiled[0, 0, 0, -1], spoiled[1, 0, 0, -2] = np.nan, np.inf          # b = 2000 volumes
+    out = model.fit(spoiled).coeffs
+    np.testing.assert_allclose(out, clean, rtol=1e-12, atol=1e-15)
+    spoiled[2, 0, 0, 5] = np.nan                                        # in the shell: NaN, as before
+    assert np.isnan(model.fit(spoiled).coeffs[2]).all()

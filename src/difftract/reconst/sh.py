@@ -328,11 +328,17 @@ class SHModel:
         full = np.zeros((len(self.gtab.bvals), self.fit_matrix.shape[0]))
         full[self.dw_index] = self.fit_matrix.T
         fit_t = torch.as_tensor(full, device=device, dtype=dtype)
+        shell_t = torch.as_tensor(self.fit_matrix.T, device=device, dtype=dtype)
         b0_index = torch.as_tensor(self.b0_index, device=device)
+        dw_index = torch.as_tensor(self.dw_index, device=device)
 
         def kernel(signal: torch.Tensor) -> dict[str, torch.Tensor]:
             b0 = signal[:, b0_index].mean(dim=1, keepdim=True)
             coeffs = torch.minimum(signal, b0, out=signal) @ fit_t   # the chunk is map_chunks' own copy
+            bad = ~torch.isfinite(coeffs).all(dim=1)
+            if bad.any():       # a NaN/Inf in a volume outside the shell: 0 x NaN is NaN, so those rows gather the shell
+                rows = bad.nonzero().squeeze(1)
+                coeffs[rows] = signal[rows][:, dw_index] @ shell_t
             positive = b0 > 0
             return {"coeffs": coeffs.div_(torch.where(positive, b0, 1.0)).masked_fill_(~positive, 0.0)}
 
