@@ -12,6 +12,7 @@ bar on long fits; :func:`unmask` puts the rows back on the grid.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -224,10 +225,8 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
     with tqdm(total=n, desc=desc, unit="vox", disable=not progress, leave=False) as bar:
         if workers == 1:
             for start in starts:
-                if device.type == "cpu":    # one thread per op here too (difftract.threads)
-                    with single_threaded_ops():
-                        result = run(start)
-                else:
+                # one thread per op here too (difftract.threads), per chunk
+                with single_threaded_ops() if device.type == "cpu" else nullcontext():
                     result = run(start)
                 _store(outputs, result, start, n)
                 bar.update(min(chunk_size, n - start))

@@ -39,6 +39,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -193,12 +194,10 @@ class Tracker:
             out.seed_index = out.seed_index + start
             return out
 
-        if self.device.type != "cpu":
-            results = (one(k, self.getter) for k in order)
-        elif self.workers == 1 or len(order) == 1:
-            results = self._in_this_thread(order, one)
-        else:
+        if self.workers > 1 and len(order) > 1:      # workers is 1 on a GPU
             results = self._in_workers(order, one)
+        else:
+            results = self._in_this_thread(order, one)
         try:
             for k, out in zip(order, results):
                 if progress is not None:
@@ -208,14 +207,15 @@ class Tracker:
             results.close()
 
     def _in_this_thread(self, order: list[int], one) -> Iterator[Streamlines]:
-        """``one(k, getter)`` for each chunk in this thread, torch ops single-threaded.
+        """``one(k, getter)`` for each chunk in this thread, torch ops single-threaded on a CPU.
 
         On a CPU a step's ops are too small for torch's intra-op threads to pay: one thread
         tracks faster than two even on a quiet machine (``docs/performance.md``), and far
         faster on a busy one. Parallelism comes from chunks on workers instead.
         """
         for k in order:
-            with single_threaded_ops():     # per chunk: the consumer's own work keeps its threads
+            # per chunk, not across the yield: the consumer's own work keeps its threads
+            with single_threaded_ops() if self.device.type == "cpu" else nullcontext():
                 out = one(k, self.getter)
             yield out
 
@@ -236,9 +236,8 @@ class Tracker:
 
         with worker_pool(self.workers, "difftract-track") as pool:
             pending: deque[Future] = deque()
-            todo = iter(order)
             try:
-                for k in todo:
+                for k in order:
                     pending.append(pool.submit(task, k))
                     if len(pending) >= 2 * self.workers:
                         yield pending.popleft().result()
