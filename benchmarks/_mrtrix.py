@@ -31,6 +31,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from difftract.eval.overlap import density_map, dice
+
 INSTALL_HINT = "install mrtrix3: apt-get install mrtrix3"
 MDF_POINTS = 20   # points per streamline for the MDF (QuickBundles' usual resampling)
 
@@ -169,28 +171,30 @@ def tckgen(algorithm: str, fod_path: Path, seed_mask: Path, grid: int, stop_mask
 
 
 # ---------------------------------------------------------------------------------------- comparing
-def resample(streamline: np.ndarray, n: int = MDF_POINTS) -> np.ndarray:
-    """``n`` points equally spaced along the polyline's arc length."""
-    s = np.asarray(streamline, dtype=np.float64)
-    if len(s) == 1:
-        return np.repeat(s, n, axis=0)
-    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(s, axis=0), axis=1))])
-    t = np.linspace(0.0, arc[-1], n)
-    return np.stack([np.interp(t, arc, s[:, k]) for k in range(3)], axis=1)
+def mdf_pairs(a: list[np.ndarray], b: list[np.ndarray], n: int = MDF_POINTS) -> np.ndarray:
+    """QuickBundles' minimum average direct-flip distance of each pair ``a[i]``, ``b[i]`` (mm),
+    both resampled to ``n`` points equally spaced along their length (DIPY's ``set_number_of_points``)."""
+    from dipy.tracking.streamline import set_number_of_points
+
+    if not len(a):
+        return np.zeros(0)
+    ra = np.asarray(set_number_of_points([np.asarray(x, np.float64) for x in a], n))
+    rb = np.asarray(set_number_of_points([np.asarray(x, np.float64) for x in b], n))
+    direct = np.linalg.norm(ra - rb, axis=2).mean(axis=1)
+    flipped = np.linalg.norm(ra - rb[:, ::-1], axis=2).mean(axis=1)
+    return np.minimum(direct, flipped)
 
 
 def mdf(a: np.ndarray, b: np.ndarray, n: int = MDF_POINTS) -> float:
-    """QuickBundles' minimum average direct-flip distance after resampling both to ``n`` points."""
-    ra, rb = resample(a, n), resample(b, n)
-    direct = np.linalg.norm(ra - rb, axis=1).mean()
-    flipped = np.linalg.norm(ra - rb[::-1], axis=1).mean()
-    return float(min(direct, flipped))
+    """:func:`mdf_pairs` of one pair."""
+    return float(mdf_pairs([a], [b], n)[0])
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray) -> float:
     """Symmetric Hausdorff distance between the two polylines' points (mm): the paper's measure."""
-    d = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
-    return float(max(d.min(axis=0).max(), d.min(axis=1).max()))
+    from scipy.spatial.distance import directed_hausdorff
+
+    return float(max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0]))
 
 
 def seed_orientation(streamline: np.ndarray, seed) -> np.ndarray:
@@ -213,7 +217,7 @@ def paired_agreement(ours: dict, theirs: dict, thresholds_mm=(1.0, 0.5), same_st
     propagator paper (arXiv 2511.14807), stricter than the MDF (a worst point, not a mean).
     """
     common = sorted(set(ours) & set(theirs))
-    d = np.array([mdf(ours[k], theirs[k]) for k in common])
+    d = mdf_pairs([ours[k] for k in common], [theirs[k] for k in common])
     h = np.array([hausdorff(ours[k], theirs[k]) for k in common])
     cos = np.array([abs(seed_orientation(ours[k], k) @ seed_orientation(theirs[k], k)) for k in common])
     same = cos >= np.cos(np.radians(same_start_deg))
@@ -235,23 +239,8 @@ def agreement(ours, theirs, affine: np.ndarray, shape) -> dict:
         return dict(zip(seed_keys(run.seed_world), (to_world(x, affine) for x in run.streamlines)))
 
     out = paired_agreement(by_seed(ours), by_seed(theirs))
-    out["density_dice"] = dice(density_map(ours.streamlines, shape), density_map(theirs.streamlines, shape))
+    out["density_dice"] = dice(density_map(ours.streamlines, shape), density_map(theirs.streamlines, shape))   # voxels traversed
     return out
-
-
-def density_map(streamlines, shape) -> np.ndarray:
-    """Voxels holding a point of any streamline (voxel coordinates, nearest voxel, off-grid ignored)."""
-    out = np.zeros(shape, dtype=bool)
-    if len(streamlines):
-        idx = np.rint(np.concatenate(list(streamlines))).astype(np.int64)
-        ok = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-        out[tuple(idx[ok].T)] = True
-    return out
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 1.0
 
 
 # ---------------------------------------------------------------------------------------- load

@@ -29,7 +29,7 @@ Steps, one function each, per phantom:
 5. per tracker: streamlines, wall time, seeds/s, streamlines/s, the Tractometer row; ``det``,
    ``peak`` and DIPY's det against SD_Stream on paired seeds (the same seed point): the
    fraction of pairs whose MDF is <= 1 mm and <= 0.5 mm, and the Dice of the two density
-   maps (voxels holding a streamline point); ratios in streamlines/s; the same figures for
+   maps (voxels a streamline traverses: ``difftract.eval.overlap``); ratios in streamlines/s; the same figures for
    SD_Stream's rerun against its first run (its ceiling: see *Agreement* below);
 6. unless ``--no-loaded``: on a subset of the seeds (``--loaded-seeds``), each tracker timed
    quiet and then with one spinning process per core, alternately ``--repeats`` times:

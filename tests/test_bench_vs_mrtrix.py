@@ -80,14 +80,6 @@ def test_paired_agreement_counts_pairs_and_thresholds():
     assert r["within_0.5mm"] == pytest.approx(2 / 3)
 
 
-def test_density_dice():
-    s1 = [np.array([[0.0, 0, 0], [1.0, 0, 0]])]
-    s2 = [np.array([[1.2, 0, 0], [2.0, 0, 0], [9.0, 9, 9]])]     # the last point is off the grid
-    a, b = mx.density_map(s1, (4, 4, 4)), mx.density_map(s2, (4, 4, 4))
-    assert a.sum() == 2 and b.sum() == 2
-    assert mx.dice(a, b) == pytest.approx(0.5)
-
-
 def _tiny_fod(tmp_path: Path, fibre=(1.0, 0.0, 0.0)) -> tuple[Path, Path, np.ndarray]:
     """A 5x4x3 grid of one sharp fibre along ``fibre`` (data-array frame), and a mask."""
     dirs = mx.fibonacci_directions(300)
