@@ -46,6 +46,14 @@ def add_compute_arguments(parser: argparse.ArgumentParser,
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
+def add_training_run_arguments(parser, seed: int, device: str) -> None:
+    """--seed, --device, --resume, --force: how every trainer's run starts (W is its --out weights)."""
+    parser.add_argument("--seed", type=int, default=seed, help="(default: %(default)s)")
+    parser.add_argument("--device", default=device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue from W.ckpt.pt")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+
 def compute_of(args: argparse.Namespace):
     """--device, --dtype and --chunk-size as the pipeline's :class:`~difftract.pipeline.Compute` (checked now)."""
     from ..pipeline.compute import Compute

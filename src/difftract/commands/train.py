@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import stream
+from .common import add_training_run_arguments
 
 EPILOG_QCG = """\
 Each SUBJECT_DIR holds dwi.nii.gz, dwi.bval, dwi.bvec and mask.nii.gz, with many directions
@@ -67,10 +68,7 @@ def add_parser(sub) -> None:
     qcg.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
     qcg.add_argument("--patience", type=int, default=d.patience,
                      help="early-stopping patience in epochs (default: %(default)s)")
-    qcg.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    qcg.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    qcg.add_argument("--resume", action="store_true", help="continue from W.ckpt.pt")
-    qcg.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_training_run_arguments(qcg, seed=d.seed, device=d.device)
     stream.add_arguments(qcg, default_subjects=STREAM_SUBJECTS_PER_EPOCH)
     qcg.set_defaults(func=cmd_train_qcgdti)
     from .train_ddtracking import add_parser as add_ddtracking

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from . import stream
+from .common import add_training_run_arguments
 
 EPILOG = """\
 Each SUBJECT_DIR holds dwi.nii.gz, dwi.bval, dwi.bvec, mask.nii.gz and a reference tractogram
@@ -76,10 +77,7 @@ def add_parser(models) -> None:
     opt.add_argument("--k-min", type=float, default=diff.k_min, help="smallest diffusion time (default: %(default)s)")
     opt.add_argument("--max-weight", type=float, default=diff.max_weight,
                      help="clip of the loss weights lambda1, lambda2 (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=o.seed, help="(default: %(default)s)")
-    p.add_argument("--device", default=o.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from W.ckpt.pt")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_training_run_arguments(p, seed=o.seed, device=o.device)
     stream.add_arguments(p, default_subjects=STREAM_SUBJECTS_PER_EPOCH)
     p.set_defaults(func=cmd_train_ddtracking)
 
