@@ -37,6 +37,7 @@ def test_worker_threads_never_exceed_the_usable_cores():
     assert 1 <= cores <= (os.cpu_count() or 1)
     assert worker_threads(cores + 5) == cores
     assert worker_threads(1) == 1
+    assert worker_threads(cores + 5, device="cuda") == 1      # a GPU's parallelism is its kernels
     with single_threaded_ops():                  # the default follows torch's thread count
         assert worker_threads() == 1
 

@@ -44,10 +44,13 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def worker_threads(requested: int | None = None) -> int:
-    """How many chunk workers to run on the CPU: ``requested``, else torch's thread count, at most the usable cores."""
+def worker_threads(requested: int | None = None, device=None) -> int:
+    """How many chunk workers to run: one on a GPU (its kernels are the parallelism); on the
+    CPU ``requested``, else torch's thread count, at most the usable cores."""
     import torch
 
+    if device is not None and torch.device(device).type != "cpu":
+        return 1
     n = torch.get_num_threads() if requested is None else int(requested)
     return max(1, min(n, usable_cores()))
 

@@ -245,7 +245,7 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
     dtype = torch.float64 if compute.dtype == "float64" else torch.float32
     seeds = seeding.seeds(per_voxel, options.seed)
     getter = source.getter(options, dwi.voxel_sizes, compute, console)
-    workers = worker_threads() if device.type == "cpu" else 1
+    workers = worker_threads(device=device)
     chunk = compute.chunk_size or default_chunk_size(getter, params, device, dtype, len(seeds), workers)
     if group is not None and compute.chunk_size is None:    # the same chunks on every rank
         chunk = group.smallest(chunk)

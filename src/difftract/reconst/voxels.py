@@ -195,7 +195,7 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
         Show a tqdm bar; None shows one when there are at least ``progress_min`` voxels
         (slow models pass a smaller number).
     workers : int or None
-        Chunks at once; None: :func:`difftract.threads.worker_threads` on the CPU, 1 on a GPU.
+        Chunks at once; None: :func:`difftract.threads.worker_threads` (1 on a GPU).
 
     Returns
     -------
@@ -208,7 +208,7 @@ def map_chunks(kernel: Callable[[torch.Tensor], dict[str, torch.Tensor]], rows: 
     if progress is None:
         progress = n >= progress_min
     if workers is None:
-        workers = worker_threads() if device.type == "cpu" else 1
+        workers = worker_threads(device=device)
     starts = range(0, n, chunk_size)
     workers = max(1, min(workers, len(starts)))
 

@@ -163,7 +163,7 @@ class Tracker:
         self.criterion = criterion.to(self.device, dtype)
         self.inv_voxel = torch.as_tensor(1.0 / sizes, device=self.device, dtype=dtype)
         self.chunk_size = None if chunk_size is None else int(chunk_size)
-        self.workers = 1 if self.device.type != "cpu" else worker_threads(workers)
+        self.workers = worker_threads(workers, self.device)
 
     # ------------------------------------------------------------------ public
     def track(self, seeds, seed: int = 0, progress=None, chunks: Sequence[int] | None = None) -> Iterator[Streamlines]:
