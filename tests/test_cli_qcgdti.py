@@ -86,6 +86,25 @@ def test_train_then_fit(cli, subjects, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-9)
     assert side["params"]["selection"]["shell"] == 1000.0     # the lowest shell by default
 
+    # a warm start from these weights, recorded; another architecture is refused before any work
+    warm = cli("train", "qcgdti", *subjects, "--out", tmp_path / "warm.pt", "--init", out, "--widths", "4,8",
+               "--patch", "16", "--epochs", "1", "--samples-per-epoch", "2", "--val-samples", "2", "--device", "cpu")
+    assert warm.returncode == 0, warm.stderr
+    assert torch.load(tmp_path / "warm.pt", weights_only=True)["meta"]["init"]["sha256"] == sha256(out)
+    other = cli("train", "qcgdti", *subjects, "--out", tmp_path / "other_w.pt", "--init", out, "--widths", "4,4",
+                *TINY[2:])
+    assert other.returncode == 2 and "architecture" in other.stderr and not (tmp_path / "other_w.pt").exists()
+
+    # the weights say what they were trained on; a scan outside it is fitted with a one-line warning
+    assert meta["domain"]["bvals"] == [1000.0, 2000.0] and meta["domain"]["voxel_size_mm"] == [2.0, 2.0]
+    write_subset(d, "b3000", [0, *side["params"]["six_indices"]], bvals=np.array([0.0] + [3000.0] * 6))
+    res = cli("fit", "dti", *scan_args(d, "b3000"), "--method", "qcg", "--weights", out, "--out-dir", tmp_path / "q3")
+    assert res.returncode == 0, res.stderr
+    warned = [line for line in res.stderr.splitlines() if "outside the network's training data" in line]
+    assert len(warned) == 1 and "b-values 3000-3000" in warned[0]
+    assert json.loads((tmp_path / "q3" / "tensor.json").read_text())["params"]["domain_warnings"]
+    assert side["params"]["domain_warnings"] == []
+
     # many DWIs without --select-six, and a too-small input, are refused with nothing written
     res = cli("fit", "dti", *scan_args(d), "--method", "qcg", "--weights", out, "--out-dir", tmp_path / "no")
     assert res.returncode == 2 and "exactly six" in res.stderr and "--select-six" in res.stderr

@@ -127,3 +127,24 @@ def test_refusals():
         tensor_errors(ref, bad, mask)
     with pytest.raises(ConfigError, match="fa_threshold"):
         tensor_errors(ref, ref, mask, fa_threshold=1.0)
+
+
+def test_binned_errors_show_a_bias_per_fa_bin_and_agree_with_the_means():
+    from difftract.eval.tensor_errors import binned_tensor_errors
+
+    ref = np.zeros((4, 4, 2, 6))
+    ref[...] = [1.8e-3, 0, 0.2e-3, 0, 0, 0.2e-3]          # FA 0.88 ...
+    ref[:2] = [0.8e-3, 0, 0.75e-3, 0, 0, 0.7e-3]          # ... and FA 0.07
+    est = ref.copy()
+    est[..., 0] *= 1.05
+    mask = np.ones((4, 4, 2), bool)
+    rows = binned_tensor_errors(est, ref, mask)
+    assert [r["voxels"] for r in rows] == [16, 0, 0, 0, 16]
+    assert rows[0]["fa_bias"] > 0 and rows[4]["fa_bias"] > 0 and np.isnan(rows[1]["fa_bias"])
+    assert np.isnan(rows[0]["angle_mean"]) and rows[4]["angle_mean"] == pytest.approx(0.0, abs=1e-6)
+    whole = tensor_errors(est, ref, mask)
+    pooled = sum(r["fa_mae"] * r["voxels"] for r in rows if r["voxels"]) / 32
+    assert pooled == pytest.approx(whole.fa_mae)
+    assert rows[4]["md_bias"] == pytest.approx(1.8e-3 * 0.05 / 3)
+    with pytest.raises(ConfigError, match="increase"):
+        binned_tensor_errors(est, ref, mask, edges=(0.0, 0.5, 0.5, 1.0))

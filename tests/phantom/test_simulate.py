@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from dipy.core.gradients import gradient_table
@@ -138,3 +140,20 @@ def test_bad_configs_are_refused():
         simulate(PhantomConfig(preset="crossing", angles=(30, 60, 90)))
     with pytest.raises(ConfigError, match="snr"):
         PhantomConfig(snr=-1)
+
+
+def test_noise_free_twin_comes_from_the_same_fibres_tissue_and_dispersion():
+    config = PhantomConfig(preset="crossing", seed=4, snr=15.0, streamlines_per_bundle=4)
+    plain = simulate(config)
+    twin = simulate(replace(config, noise_free_scheme=(plain.bvals, plain.bvecs)))
+    # the noisy scan is unchanged, and the twin is the noise-free scan on the same scheme
+    assert np.array_equal(twin.data, plain.data) and plain.noise_free is None
+    np.testing.assert_array_equal(twin.noise_free, simulate(replace(config, snr=None)).data)
+    # randomised tissue and dispersion are drawn once for both: without noise they coincide
+    randomized = replace(config, randomize=True, snr=None)
+    drawn = simulate(randomized)
+    both = simulate(replace(randomized, noise_free_scheme=(drawn.bvals, drawn.bvecs)))
+    np.testing.assert_allclose(both.noise_free, both.data, rtol=1e-6)
+    assert not np.array_equal(both.noise_free, np.zeros_like(both.noise_free))
+    with pytest.raises(ConfigError, match="noise_free_scheme"):
+        PhantomConfig(noise_free_scheme=(np.zeros(3), np.zeros((2, 3))))

@@ -4,6 +4,7 @@ background worker (prefetch, failures), and the seed plan across epochs and DDP 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import signal
 import time
 
@@ -184,3 +185,33 @@ def test_eviction_and_start_up_touch_only_the_pools_files(tmp_path):
     stale.mkdir()
     SubjectPool(DD, tmp_path, workers=0)
     assert not stale.exists() and all(p.is_file() for p in theirs)
+
+
+def test_streams_alternate_presets_by_seed():
+    from difftract.training.stream import stream_presets
+
+    assert stream_presets("random, brain-random") == ("random", "brain-random")
+    with pytest.raises(ConfigError, match="unknown phantom preset"):
+        stream_presets("random,nope")
+    recipe = SubjectRecipe(TINY, dd.phantom_arrays, {"step": 1.0}, presets=("crossing", "random"))
+    assert [recipe.config(s).preset for s in (10, 11, 12)] == ["crossing", "random", "crossing"]
+    assert recipe.config(11).seed == 11 and recipe.describe()["presets"] == ["crossing", "random"]
+    assert SubjectRecipe(TINY, dd.phantom_arrays).config(11).preset == "crossing"
+    assert recipe.key != SubjectRecipe(TINY, dd.phantom_arrays, {"step": 1.0}).key
+
+
+def test_qcg_streamed_subjects_learn_the_noise_free_tensor():
+    truth = qcg.truth_scheme()
+    template = phantom_recipe("crossing", {"snr": 10.0, "bvals": [1000], "ndirs": [64], "nb0": 1,
+                                           "noise_free_scheme": truth})
+    phantom = simulate(template)
+    arrays = qcg.phantom_arrays(phantom, pool_size=4)
+    exact = qcg.reference_tensor(phantom.noise_free, *truth, phantom.mask)
+    noisy = qcg.reference_tensor(phantom.data, phantom.bvals, phantom.bvecs, phantom.mask)
+    np.testing.assert_array_equal(arrays["reference"], exact)
+    assert np.abs(noisy - exact)[phantom.mask].mean() > 1e-5   # what the noisy fit would have taught
+    assert len(arrays["six_indices"]) == 4
+    # the target does not depend on the noise: another SNR, the same reference, other data
+    quieter = qcg.phantom_arrays(simulate(replace(template, snr=40.0)), pool_size=4)
+    np.testing.assert_array_equal(quieter["reference"], arrays["reference"])
+    assert not np.array_equal(quieter["data"], arrays["data"])

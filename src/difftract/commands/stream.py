@@ -29,7 +29,8 @@ streamed subjects (--stream PRESET instead of SUBJECT_DIRs):
 def add_arguments(parser: argparse.ArgumentParser, default_subjects: int) -> None:
     d = StreamOptions.defaults()
     g = parser.add_argument_group("streamed subjects (instead of SUBJECT_DIRs)")
-    g.add_argument("--stream", metavar="PRESET", help="simulate training subjects on the fly with this phantom preset")
+    g.add_argument("--stream", metavar="PRESET", help="simulate training subjects on the fly with this phantom preset "
+                                                      "(or several, comma-separated, alternating by subject seed)")
     options = []
 
     def option(*names, **kwargs):

@@ -35,7 +35,7 @@ examples:
 
 def add_parser(sub) -> None:
     from ..models.qcgdti.model import VARIANTS
-    from ..models.qcgdti.train import SCHEMES, STREAM_SUBJECTS_PER_EPOCH, QCGTrainOptions
+    from ..models.qcgdti.train import LOSSES, SCHEMES, STREAM_SUBJECTS_PER_EPOCH, QCGTrainOptions
 
     d = QCGTrainOptions()
     train = sub.add_parser("train", help="train a learned model (QCG-DTI, DDTracking) on subject directories",
@@ -68,6 +68,13 @@ def add_parser(sub) -> None:
     qcg.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
     qcg.add_argument("--patience", type=int, default=d.patience,
                      help="early-stopping patience in epochs (default: %(default)s)")
+    qcg.add_argument("--init", type=Path, metavar="W", help="start from these QCG-DTI weights (same architecture)")
+    qcg.add_argument("--plateau-patience", type=int, default=d.plateau_patience,
+                     help="epochs without a better validation loss before the learning rate drops tenfold "
+                          "(default: %(default)s)")
+    qcg.add_argument("--loss", choices=LOSSES, default=d.loss,
+                     help="mse: every voxel alike; relative: each voxel's error over its true MD + 0.5 um^2/ms, "
+                          "so CSF does not dominate (default: %(default)s)")
     add_training_run_arguments(qcg, seed=d.seed, device=d.device)
     stream.add_arguments(qcg, default_subjects=STREAM_SUBJECTS_PER_EPOCH)
     qcg.set_defaults(func=cmd_train_qcgdti)
@@ -92,7 +99,8 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     options = QCGTrainOptions(model=model, scheme=args.scheme, patch=args.patch, epochs=args.epochs,
                               samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
                               val_subjects=args.val_subjects, batch_size=args.batch_size, lr=args.lr,
-                              patience=args.patience, seed=args.seed, device=args.device)
+                              patience=args.patience, plateau_patience=args.plateau_patience, loss=args.loss,
+                              init=args.init, seed=args.seed, device=args.device)
     train_qcgdti(args.out, args.subjects, options, stream=stream.stream_options(args),
                  console=Console(quiet=args.quiet), resume=args.resume, force=args.force)
     return 0

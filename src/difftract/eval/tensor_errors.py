@@ -152,3 +152,52 @@ def tensor_errors(estimated: np.ndarray, reference: np.ndarray, mask: np.ndarray
         angle_mean=float("nan") if no_angle else float(angles.mean()),
         angle_median=float("nan") if no_angle else float(np.median(angles)),
         angle_voxels=len(angles), fa_threshold=float(fa_threshold))
+
+
+FA_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def binned_tensor_errors(estimated: np.ndarray, reference: np.ndarray, mask: np.ndarray,
+                         edges: tuple[float, ...] = FA_BINS, fa_threshold: float = 0.2) -> list[dict]:
+    """FA, MD and angle errors per bin of the reference FA (stratified: a prior shows as a bias per bin).
+
+    A mean over the whole mask hides a model that pulls every voxel towards the FA it
+    was trained on: it is right on average and wrong in every bin. Per bin ``[lo, hi)``
+    (the last one closed) of the reference FA:
+
+    - ``voxels``; ``fa_bias`` (mean of estimated - reference FA) and ``fa_mae``;
+    - ``md_bias`` and ``md_mae`` (mm^2/s);
+    - ``angle_mean`` (degrees, NaN in bins under ``fa_threshold`` and in empty bins) over
+      ``angle_voxels``, the bin's voxels with reference FA above ``fa_threshold``.
+
+    Returns a list of dicts, one per bin, with ``lo`` and ``hi``.
+    """
+    if not 0 <= fa_threshold < 1:
+        raise ConfigError(f"fa_threshold must be in [0, 1), got {fa_threshold}")
+    edges = tuple(float(e) for e in edges)
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges[:-1], edges[1:])):
+        raise ConfigError(f"FA bin edges must increase, got {edges}")
+    est, ref = _checked(estimated, reference, mask)
+    (evals_e, evecs_e), (evals_r, evecs_r) = decompose(est), decompose(ref)
+    fa_e, fa_r = fractional_anisotropy(evals_e).numpy(), fractional_anisotropy(evals_r).numpy()
+    md_e, md_r = mean_diffusivity(evals_e).numpy(), mean_diffusivity(evals_r).numpy()
+    v_e, v_r = evecs_e[..., :, 0].numpy(), evecs_r[..., :, 0].numpy()
+    angles = np.degrees(np.arctan2(np.linalg.norm(np.cross(v_e, v_r), axis=-1),
+                                   np.abs(np.einsum("vi,vi->v", v_e, v_r))))
+    rows = []
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = k == len(edges) - 2
+        inside = (fa_r >= lo) & ((fa_r <= hi) if last else (fa_r < hi))
+        n = int(inside.sum())
+        nan = float("nan")
+        with_angle = inside & (fa_r > fa_threshold)
+        row = {"lo": lo, "hi": hi, "voxels": n, "angle_voxels": int(with_angle.sum())}
+        if n:
+            d_fa, d_md = fa_e[inside] - fa_r[inside], md_e[inside] - md_r[inside]
+            row.update(fa_bias=float(d_fa.mean()), fa_mae=float(np.abs(d_fa).mean()), md_bias=float(d_md.mean()),
+                       md_mae=float(np.abs(d_md).mean()))
+            row["angle_mean"] = float(angles[with_angle].mean()) if with_angle.any() else nan
+        else:
+            row.update(fa_bias=nan, fa_mae=nan, md_bias=nan, md_mae=nan, angle_mean=nan)
+        rows.append(row)
+    return rows

@@ -42,6 +42,9 @@ class PhantomConfig:
     ndirs: int | tuple[int, ...] = 32         # directions per shell
     nb0: int = 2
     scheme: tuple[np.ndarray, np.ndarray] | None = None  # given (bvals, bvecs in the array frame)
+    # also simulate the noise-free signal on this scheme (bvals, bvecs), from the same fibres,
+    # tissue and dispersion draws: Phantom.noise_free, e.g. a learned model's exact target
+    noise_free_scheme: tuple[np.ndarray, np.ndarray] | None = None
     streamlines_per_bundle: int | None = None  # None: the preset's default
     voxel_size: float | None = None           # mm; None: the preset's default (2); SCALABLE_PRESETS only
     step_mm: float = 1.0                      # ground-truth streamline step
@@ -85,13 +88,24 @@ class PhantomConfig:
                 raise ConfigError(f"voxel_size: preset {self.preset!r} has a fixed voxel size; "
                                   f"it can be set for {', '.join(SCALABLE_PRESETS)}")
         if self.scheme is not None:
-            bvals, bvecs = (np.asarray(a, dtype=np.float64) for a in self.scheme)
-            if bvals.ndim != 1 or bvecs.shape != (len(bvals), 3):
-                raise ConfigError(f"scheme needs N b-values and (N, 3) directions, got {bvals.shape} and {bvecs.shape}")
-            if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))) or np.any(bvals < 0):
-                raise ConfigError("scheme b-values and directions must be finite and b >= 0")
+            bvals, _ = _checked_scheme("scheme", self.scheme)
             if not np.any(bvals <= B0_THRESHOLD):
                 raise ConfigError(f"scheme has no b0 volume (b <= {B0_THRESHOLD:g})")
+        if self.noise_free_scheme is not None:
+            _checked_scheme("noise_free_scheme", self.noise_free_scheme)
+
+
+def _checked_scheme(name: str, scheme) -> tuple[np.ndarray, np.ndarray]:
+    """(bvals, bvecs) of a given scheme as float arrays; ConfigError unless N finite b >= 0 and (N, 3) directions."""
+    try:
+        bvals, bvecs = (np.asarray(a, dtype=np.float64) for a in scheme)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be (bvals, bvecs): N b-values and (N, 3) directions") from None
+    if bvals.ndim != 1 or bvecs.shape != (len(bvals), 3) or not len(bvals):
+        raise ConfigError(f"{name} needs N b-values and (N, 3) directions, got {bvals.shape} and {bvecs.shape}")
+    if not (np.all(np.isfinite(bvals)) and np.all(np.isfinite(bvecs))) or np.any(bvals < 0):
+        raise ConfigError(f"{name} b-values and directions must be finite and b >= 0")
+    return bvals, bvecs
 
 
 @dataclass
@@ -121,6 +135,7 @@ class Phantom:
     peaks: np.ndarray           # (X, Y, Z, 3, 3) their unit directions, data-array frame
     acquisition: Acquisition | None = None  # what a randomised phantom drew
     tissue_draw: TissueDraw | None = None
+    noise_free: np.ndarray | None = None    # (X, Y, Z, M) on config.noise_free_scheme, S0 field, no noise
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -221,7 +236,16 @@ def simulate(config: PhantomConfig | None = None, layout: Layout | None = None, 
         background = background - csf
     draw = TissueSampler(config.tissue_ranges).draw(tissue_rng, len(tubes), shape) if config.randomize else None
     tissue = config.tissue if draw is None else draw.tissue
-    if signal:
+    noise_free = None
+    if signal and config.noise_free_scheme is not None:
+        # one pass over both schemes: the same sub-voxel fibres, tissue and dispersion draws
+        extra_bvals, extra_bvecs = (np.asarray(a, dtype=np.float64) for a in config.noise_free_scheme)
+        # (the dispersion draws are chunked over all volumes: a phantom with a twin is not bit for
+        # bit the same seed simulated without one, when its tissue is randomised)
+        data, noise_free = _noisy_signal(coverages, background, csf, np.concatenate([bvals, extra_bvals]),
+                                         np.concatenate([bvecs, extra_bvecs]), tissue, draw, shape, config,
+                                         acquisition, dispersion_rng, bias_rng, noise_rng, noisy_volumes=len(bvals))
+    elif signal:
         data = _noisy_signal(coverages, background, csf, bvals, bvecs, tissue, draw, shape, config, acquisition,
                              dispersion_rng, bias_rng, noise_rng)
     else:
@@ -234,18 +258,33 @@ def simulate(config: PhantomConfig | None = None, layout: Layout | None = None, 
     fractions, peaks = _top_populations(fibre, coverages, shape)
     affine = phantom_affine(shape, vs, config.radiological, layout.origin)
     return Phantom(config, affine, data.astype(np.float32, copy=False),
-                   bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks, acquisition, draw)
+                   bvals, bvecs, brain.reshape(shape), wm, truths, fractions, peaks, acquisition, draw, noise_free)
 
 
 def _noisy_signal(coverages, background, csf, bvals, bvecs, tissue, draw, shape, config: PhantomConfig,
-                  acquisition: Acquisition | None, dispersion_rng, bias_rng, noise_rng) -> np.ndarray:
-    """The DWI (X, Y, Z, N): fibre, background and CSF signal, the S0 field, then noise."""
+                  acquisition: Acquisition | None, dispersion_rng, bias_rng, noise_rng,
+                  noisy_volumes: int | None = None) -> np.ndarray:
+    """The DWI (X, Y, Z, N): fibre, background and CSF signal, the S0 field, then noise.
+
+    With ``noisy_volumes``: ``(noisy, noise_free)``, the first volumes with noise and the others
+    without (float32), with no third copy of the signal.
+    """
     n_vox = int(np.prod(shape))
     signal = _signal(coverages, background, bvals, bvecs, tissue, n_vox, draw, dispersion_rng)
     rows = np.flatnonzero(csf)   # in place, row by row: no second (voxels x volumes) array
     signal[rows] += np.outer(csf[rows] * tissue.s0_csf, isotropic_signal(bvals, tissue.d_csf))
     signal *= bias_field(shape, tissue.bias, bias_rng).reshape(-1)[:, None]
     data = signal.reshape(*shape, -1)
+    if noisy_volumes is not None:
+        noise_free = data[..., noisy_volumes:].astype(np.float32)
+        noisy = np.ascontiguousarray(data[..., :noisy_volumes])
+        del signal, data
+        return _add_noise(noisy, tissue, config, acquisition, noise_rng), noise_free
+    return _add_noise(data, tissue, config, acquisition, noise_rng)
+
+
+def _add_noise(data: np.ndarray, tissue: Tissue, config: PhantomConfig, acquisition: Acquisition | None,
+               noise_rng: np.random.Generator) -> np.ndarray:
     if acquisition is not None and acquisition.snr is not None:
         return add_coil_noise(data, tissue.s0_fibre / acquisition.snr, acquisition.coils, noise_rng,
                               dtype=np.float32)  # the phantom's dtype: no float64 copy of a brain

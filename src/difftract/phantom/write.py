@@ -93,4 +93,6 @@ def _config_params(p: Phantom) -> dict:
     params = asdict(p.config)
     if p.config.scheme is not None:
         params["scheme"] = "given bval/bvec"
+    if p.config.noise_free_scheme is not None:
+        params["noise_free_scheme"] = f"{len(p.config.noise_free_scheme[0])} volumes (not written)"
     return json.loads(json.dumps(params, default=lambda o: np.asarray(o).tolist()))

@@ -100,7 +100,11 @@ def _fit_qcg(dwi, weights, select_six: bool, shell: float | None, seed: int, dev
                  list(six.indices), six.shell, six.mean_angle, six.condition)
     else:
         check_six(bvals, bvecs, where=str(dwi.files["bval"]))
-    fit = QCGTensorModel.from_weights(weights, device).fit(dwi.signal, bvals, bvecs, dwi.mask, six)
+    fit = QCGTensorModel.from_weights(weights, device).fit(dwi.signal, bvals, bvecs, dwi.mask, six,
+                                                           voxel_size=dwi.voxel_sizes)
+    if fit.params["domain_warnings"]:
+        log.warning("QCG-DTI: %s is outside the network's training data (%s); its tensors may be biased, "
+                    "compare with --method wls", dwi.files["dwi"], "; ".join(fit.params["domain_warnings"]))
     if six is not None:
         fit.params.update(selection={"rule": "nearest to a rotated DSM6", "shell": six.shell, "seed": seed,
                                      "mean_angle_deg": six.mean_angle, "condition": six.condition})

@@ -42,11 +42,22 @@ class SubjectRecipe:
         the background worker (another process) can receive it.
     settings : dict
         JSON-like keyword arguments of ``prepare``.
+    presets : tuple of str
+        Presets the subjects alternate between (subject ``seed`` takes ``presets[seed mod n]``,
+        e.g. ``("random", "brain-random")``); empty: the template's preset.
     """
 
     phantom: PhantomConfig
     prepare: Prepare
     settings: dict = field(default_factory=dict)
+    presets: tuple[str, ...] = ()
+
+    def config(self, seed: int) -> PhantomConfig:
+        """The phantom configuration of subject ``seed``."""
+        seed = int(seed)
+        if self.presets:
+            return replace(self.phantom, seed=seed, preset=self.presets[seed % len(self.presets)])
+        return replace(self.phantom, seed=seed)
 
     def make(self, seed: int) -> dict[str, np.ndarray]:
         """Simulate subject ``seed`` and prepare it, on one CPU thread.
@@ -57,17 +68,23 @@ class SubjectRecipe:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self.prepare(simulate(replace(self.phantom, seed=int(seed))), **self.settings)
+            return self.prepare(simulate(self.config(seed)), **self.settings)
         finally:
             torch.set_num_threads(threads)
 
     def describe(self) -> dict:
         """JSON-like record: the phantom template (seed left out), the preparation and its settings."""
-        config = {k: v for k, v in asdict(self.phantom).items() if k != "seed"}
+        # an unset noise-free twin is left out: recipes from before it existed keep their key
+        config = {k: v for k, v in asdict(self.phantom).items()
+                  if k != "seed" and not (k == "noise_free_scheme" and v is None)}
         config = json.loads(json.dumps(config, default=lambda o: np.asarray(o).tolist()))
         # the version too: a pool kept across an upgrade must not hand back the old code's subjects
-        return {"phantom": config, "prepare": f"{self.prepare.__module__}.{self.prepare.__qualname__}",
-                "settings": json.loads(json.dumps(self.settings)), "difftract_version": __version__}
+        record = {"phantom": config, "prepare": f"{self.prepare.__module__}.{self.prepare.__qualname__}",
+                  "settings": json.loads(json.dumps(self.settings)), "difftract_version": __version__}
+        if self.presets:
+            record["presets"] = list(self.presets)
+            record["preset_rule"] = "subject seed s: presets[s mod len(presets)]"
+        return record
 
     @property
     def key(self) -> str:

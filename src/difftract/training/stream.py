@@ -39,7 +39,9 @@ class StreamOptions:
     Attributes
     ----------
     preset : str
-        Phantom preset of the subjects (e.g. ``random``, whose geometry is new for every seed).
+        Phantom preset of the subjects (e.g. ``random``, whose geometry is new for every seed),
+        or several separated by commas, which the subjects alternate between by seed
+        (e.g. ``random,brain-random``).
     phantom : mapping
         Other :class:`~difftract.phantom.PhantomConfig` settings, over the model's defaults
         (e.g. ``{"snr": 30}``).
@@ -143,6 +145,19 @@ class StreamPlan:
                                   "world_size) for stream index k (difftract.phantom.splits)"}
 
 
+def stream_presets(text: str) -> tuple[str, ...]:
+    """``"random,brain-random"`` -> ``("random", "brain-random")``; each must be a known preset."""
+    from ..phantom.presets import PRESETS
+
+    presets = tuple(p.strip() for p in str(text).split(",") if p.strip())
+    unknown = [p for p in presets if p not in PRESETS]
+    if not presets or unknown:
+        name = unknown[0] if unknown else str(text)
+        raise ConfigError(f"unknown phantom preset {name!r}; choose from {', '.join(PRESETS)} "
+                          "(several separated by commas)")
+    return presets
+
+
 def distributed_rank() -> tuple[int, int]:
     """(rank, world size): torch.distributed's when initialised, else torchrun's environment, else (0, 1).
 
@@ -230,7 +245,11 @@ def open_stream(stream: StreamOptions, out: Path, val_subjects: int, prepare: Ca
     per_epoch = subjects_per_epoch if stream.subjects_per_epoch is None else stream.subjects_per_epoch
     plan = StreamPlan(base=stream.base, subjects_per_epoch=per_epoch, epochs_per_subject=stream.epochs_per_subject,
                       val_subjects=val_subjects, rank=rank, world_size=world)
-    recipe = SubjectRecipe(phantom_recipe(stream.preset, {**phantom_defaults, **stream.phantom}), prepare, settings)
+    presets = stream_presets(stream.preset)
+    recipe = SubjectRecipe(phantom_recipe(presets[0], {**phantom_defaults, **stream.phantom}), prepare, settings,
+                           presets=presets if len(presets) > 1 else ())
+    for k in range(1, len(presets)):   # every preset's settings checked here, not in a worker later
+        recipe.config(k)
     if not stream.pool_gb > 0:
         raise ConfigError(f"--pool-gb must be positive, got {stream.pool_gb}")
     if stream.pool_size is not None and stream.pool_size < 1:

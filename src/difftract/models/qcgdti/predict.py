@@ -22,6 +22,7 @@ from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
 from ...reconst.voxels import MaskedSignal
 from .data import brain_scale, make_input, pad_to, q_coordinates
+from .domain import check_domain, estimate_snr
 from .model import N_DWI, TENSOR_SCALE, QCGDTI, build_model
 from .schemes import SixSet, check_six
 
@@ -106,12 +107,18 @@ class QCGTensorModel:
         lt = np.moveaxis(out / np.maximum(weight, 1e-12), 0, -1)[: shape[0], : shape[1], : shape[2]]
         return (lt / TENSOR_SCALE * mask[..., None]).astype(np.float32)
 
+    def domain_warnings(self, bvals: np.ndarray, voxel_size=None, snr: float | None = None) -> list[str]:
+        """What of a scan (the six DWIs' b-values, voxel size, b0 SNR) lies outside the weights' training data."""
+        return check_domain(self.meta.get("domain"), bvals, voxel_size, snr)
+
     def fit(self, data: np.ndarray | MaskedSignal, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
-            six: SixSet | None = None, b0_index: int | None = None) -> TensorFit:
+            six: SixSet | None = None, b0_index: int | None = None, voxel_size=None) -> TensorFit:
         """Fit a scan: its six DWIs (or the ``six`` chosen from many) and one b0 (the first).
 
         ``data`` is a 4D array or a :class:`MaskedSignal` (then the seven volumes are put on
-        the grid, zero outside the held voxels, and nothing else).
+        the grid, zero outside the held voxels, and nothing else). The fit's
+        ``params["domain_warnings"]`` lists what of the scan lies outside the training data
+        (:mod:`.domain`; the voxel size is checked when given).
         """
         if mask is None:
             raise ConfigError("QCG-DTI needs a brain mask (intensities are normalised over it)")
@@ -125,8 +132,12 @@ class QCGTensorModel:
         lt = self.predict(b0, _volumes(data, idx), bvals[idx], bvecs[idx], mask)
         scale = np.max(bvals[idx])
         evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)), EIGENVALUE_TOL / scale)
+        snr = estimate_snr(_volumes(data, b0s), mask) if len(b0s) > 1 else None
+        warnings = self.domain_warnings(bvals[idx], voxel_size, snr)
         return TensorFit(evals.numpy() * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
-                         {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index})
+                         {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index,
+                          "b0_snr_estimate": snr, "training_domain": self.meta.get("domain"),
+                          "domain_warnings": warnings})
 
 
 def _volumes(data: np.ndarray | MaskedSignal, volumes) -> np.ndarray:

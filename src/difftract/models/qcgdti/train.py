@@ -18,14 +18,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import ConfigError
 from ...console import Console
 from ...training.stream import StreamOptions, distributed_rank
-from .model import QCGConfig, QCGDTI
+from .model import LOSSES, QCGConfig, QCGDTI
 
 log = logging.getLogger("difftract")
 
-# streamed subjects default to the scheme of the shipped weights' training phantoms
+# streamed subjects default to the scheme of the first weights' training phantoms (a randomised
+# stream draws its own), with their noise-free twin on the truth scheme: the exact reference
 QCG_PHANTOM = {"snr": 20.0, "bvals": [1000.0, 2000.0, 3000.0], "ndirs": [90, 60, 60], "nb0": 2}
 STREAM_SUBJECTS_PER_EPOCH = 4
 SCHEMES = ("flexible", "fixed")     # the six-DWI input sets PatchDataset draws
@@ -49,6 +52,12 @@ class QCGTrainOptions:
         Subjects held out for validation (the last ones; with one subject, other patches of it).
     epochs, batch_size, lr, patience : int, int, float, int
         AdamW and early stopping.
+    plateau_patience : int
+        Epochs without a better validation loss before the learning rate drops tenfold.
+    loss : str
+        ``mse`` or ``relative`` (each voxel's error over its diffusivity, see :class:`.data.QCGTask`).
+    init : Path, optional
+        Start from these weights (same architecture) instead of a random initialisation.
     seed : int
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -64,8 +73,15 @@ class QCGTrainOptions:
     batch_size: int = 2
     lr: float = 1e-3
     patience: int = 6
+    plateau_patience: int = 3
+    loss: str = "mse"
+    init: Path | None = None
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ConfigError(f"QCG-DTI loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: QCGTrainOptions = QCGTrainOptions(),
@@ -104,17 +120,29 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
         pool, train_set, val_set, data_meta = _streamed_patches(out, stream, options, patch, config.multiple)
     else:
         pool, (train_set, val_set, data_meta) = None, _subject_patches(subjects, options, patch, config.multiple)
+    task = QCGTask(options.loss)
     torch.manual_seed(options.seed)
     model = QCGDTI(config)
+    init_meta = {}
+    if options.init is not None:   # a warm start: the same architecture, its trained weights
+        from ...training.files import load_model
+        from .model import build_model
+
+        start, start_meta = load_model(options.init, "qcgdti", "QCG-DTI", build_model)
+        if start_meta.get("config") != config.as_dict():
+            raise ConfigError(f"--init {options.init}: its architecture {start_meta.get('config')} differs from "
+                              f"this run's {config.as_dict()}")
+        model.load_state_dict(start.state_dict())
+        init_meta = {"init": {"file": Path(options.init).name, "sha256": start_meta.get("sha256")}}
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
     meta = {"model": "qcgdti", "config": config.as_dict(), "patch": patch, "scheme": options.scheme, **data_meta,
-            "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms"}
+            "loss": options.loss, "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms", **init_meta}
     tc = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, seed=options.seed,
-                     early_stop_patience=options.patience)
+                     early_stop_patience=options.patience, plateau_patience=options.plateau_patience)
     with pool if pool is not None else contextlib.nullcontext(), \
             oom_guard(f"QCG-DTI training on {device}", f"lower --batch-size (it was {options.batch_size})"):
-        result = train(model, QCGTask(), train_set, val_set, tc, out, resume=resume, force=force,
+        result = train(model, task, train_set, val_set, tc, out, resume=resume, force=force,
                        device=device, model_meta=meta, progress=not console.quiet, log=log.info)
     if distributed_rank()[0] != 0:
         return result
@@ -127,14 +155,19 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
 
 def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int, multiple: int):
     """Training and validation patches of subject folders (the last ``val_subjects`` validate), and their meta."""
+    from ...io.dwi import load_subject
     from ...training.files import subject_label
     from .data import PatchDataset, prepare_subject
+    from .domain import subjects_domain
 
     if options.val_subjects < 0 or (len(subjects) > 1 and options.val_subjects >= len(subjects)):
         raise ConfigError(f"--val-subjects must leave at least one training subject, got {options.val_subjects} "
                           f"of {len(subjects)}")
-    prepared = [prepare_subject(d, patch=patch, multiple=multiple, seed=options.seed + k)
-                for k, d in enumerate(subjects)]
+    prepared, voxel_sizes = [], []
+    for k, d in enumerate(subjects):
+        dwi = load_subject(d)
+        voxel_sizes.append(np.asarray(dwi.voxel_sizes, float))
+        prepared.append(prepare_subject(d, patch=patch, multiple=multiple, seed=options.seed + k, dwi=dwi))
     n_val = options.val_subjects if len(prepared) > 1 else 0
     if n_val == 0:
         log.warning("no held-out subject: validation patches come from the training subjects, so early stopping "
@@ -144,20 +177,32 @@ def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int,
     val_set = PatchDataset(val_subjects, options.val_samples, patch, options.scheme, seed=options.seed + 10_000,
                            augment=False, per_epoch=False)
     return train_set, val_set, {"subjects": [subject_label(d) for d in subjects],
-                                "val_subjects": [s.name for s in val_subjects]}
+                                "val_subjects": [s.name for s in val_subjects],
+                                "reference": "WLS on all volumes of each subject",
+                                "domain": subjects_domain(train_subjects, voxel_sizes[: len(train_subjects)])}
 
 
 def _streamed_patches(out: Path, stream: StreamOptions, options: QCGTrainOptions, patch: int, multiple: int):
     """The pool, training and validation patches of streamed subjects, and their meta."""
-    from ...training.stream import open_datasets
-    from .data import PatchDataset, phantom_arrays
+    from ...training.recipe import phantom_recipe
+    from ...training.stream import open_datasets, stream_presets
+    from .data import PatchDataset, phantom_arrays, truth_scheme
+    from .domain import stream_domain
 
     def dataset(n_samples: int, seed: int, validation: bool):
         fixed = {"augment": False, "per_epoch": False} if validation else {}
         return partial(PatchDataset, n_samples=n_samples, patch=patch, scheme=options.scheme, seed=seed, **fixed)
 
-    return open_datasets(stream, out, options, phantom_arrays, {}, QCG_PHANTOM, STREAM_SUBJECTS_PER_EPOCH,
-                         partial(_streamed_subject, patch=patch, multiple=multiple), dataset)
+    defaults = {**QCG_PHANTOM, "noise_free_scheme": truth_scheme()}
+    pool, train_set, val_set, meta = open_datasets(stream, out, options, phantom_arrays, {}, defaults,
+                                                   STREAM_SUBJECTS_PER_EPOCH,
+                                                   partial(_streamed_subject, patch=patch, multiple=multiple), dataset)
+    presets = stream_presets(stream.preset)
+    domain = stream_domain(phantom_recipe(presets[0], {**defaults, **stream.phantom}))
+    domain["presets"] = list(presets)
+    meta.update(reference="WLS of the noise-free signal on the truth scheme (b = 1000, 2000, 3000; 60 directions "
+                          "each)", domain=domain)
+    return pool, train_set, val_set, meta
 
 
 def _streamed_subject(seed: int, arrays: dict, patch: int, multiple: int):
