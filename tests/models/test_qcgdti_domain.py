@@ -78,3 +78,19 @@ def test_relative_loss_weighs_each_voxel_by_its_diffusivity():
     assert float(rel) == pytest.approx((1.0 + 1.0 / 9.0) / 2.0)
     with pytest.raises(Exception, match="loss must be one of"):
         QCGTask("l1")
+
+
+def test_anisotropic_loss_weighs_white_matter_by_its_fa():
+    target = torch.zeros(1, 6, 2, 1, 1)
+    target[0, [0, 2, 5], 0] = 0.5                       # isotropic, MD 0.5: weight 1
+    target[0, [0, 2, 5], 1] = torch.tensor([1.3, 0.1, 0.1])[:, None, None]  # MD 0.5, FA 0.85
+    pred = target + 1.0
+    batch = {"target": target, "mask": torch.ones(1, 2, 1, 1), "pairs": None, "q": None}
+
+    class Fixed(torch.nn.Module):
+        def forward(self, pairs, q):
+            return pred
+
+    fa = float(np.sqrt(1.5 * ((1.3 - 0.5) ** 2 + 2 * 0.4 ** 2) / (1.3 ** 2 + 2 * 0.1 ** 2)))
+    loss, _ = QCGTask("anisotropic").loss(Fixed(), batch)
+    assert float(loss) == pytest.approx((1.0 + 1.0 + 10.0 * fa ** 2) / 2.0, rel=1e-5)

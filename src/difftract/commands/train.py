@@ -74,7 +74,8 @@ def add_parser(sub) -> None:
                           "(default: %(default)s)")
     qcg.add_argument("--loss", choices=LOSSES, default=d.loss,
                      help="mse: every voxel alike; relative: each voxel's error over its true MD + 0.5 um^2/ms, "
-                          "so CSF does not dominate (default: %(default)s)")
+                          "so CSF does not dominate; anisotropic: relative, times 1 + 10 FA^2 of the true tensor, so "
+                          "white matter counts (default: %(default)s)")
     add_training_run_arguments(qcg, seed=d.seed, device=d.device)
     stream.add_arguments(qcg, default_subjects=STREAM_SUBJECTS_PER_EPOCH)
     qcg.set_defaults(func=cmd_train_qcgdti)

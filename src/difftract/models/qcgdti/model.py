@@ -47,7 +47,7 @@ N_DWI = 6
 Q_DIM = 4         # input coordinate (gx, gy, gz, b / 1000)
 Q_EMBED = 7       # its symmetric embedding, see q_embedding
 TENSOR_SCALE = 1e3   # network outputs um^2/ms: mm^2/s * 1e3
-LOSSES = ("mse", "relative")   # the training losses (data.QCGTask); here, where the CLI can read them cheaply
+LOSSES = ("mse", "relative", "anisotropic")   # the training losses (data.QCGTask); here, where the CLI can read them cheaply
 
 
 @dataclass
