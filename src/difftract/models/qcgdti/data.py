@@ -90,11 +90,14 @@ def prepare_subject(directory: str | Path, *, patch: int = 32, multiple: int = 4
                                pool_size=pool_size, seed=seed)
 
 
-def subject_arrays(dwi, device: str = "cpu") -> dict[str, np.ndarray]:
-    """What training reads of a scan with a mask: data, bvals, bvecs, mask and the WLS reference tensor."""
+def subject_arrays(dwi, device: str = "cpu", reference: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """What training reads of a scan with a mask: data, bvals, bvecs, mask and the reference tensor
+    (``reference``, else the WLS fit on all the scan's volumes)."""
     bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
+    if reference is None:
+        reference = reference_tensor(dwi.data, bvals, bvecs, dwi.mask, device)
     return {"data": dwi.data.astype(np.float32, copy=False), "bvals": bvals, "bvecs": bvecs, "mask": dwi.mask,
-            "reference": reference_tensor(dwi.data, bvals, bvecs, dwi.mask, device)}
+            "reference": reference}
 
 
 def truth_scheme() -> tuple[np.ndarray, np.ndarray]:
@@ -115,13 +118,11 @@ def phantom_arrays(phantom, pool_size: int = 200) -> dict[str, np.ndarray]:
     from ...training.recipe import phantom_dwi
 
     dwi = phantom_dwi(phantom)
-    if phantom.noise_free is None:
-        arrays = subject_arrays(dwi)
-    else:
-        bvals, bvecs = (np.asarray(a, float) for a in phantom.config.noise_free_scheme)
-        arrays = {"data": dwi.data.astype(np.float32, copy=False), "bvals": np.asarray(dwi.bvals, float),
-                  "bvecs": np.asarray(dwi.bvecs, float), "mask": dwi.mask,
-                  "reference": reference_tensor(phantom.noise_free, bvals, bvecs, dwi.mask)}
+    exact = None
+    if phantom.noise_free is not None:
+        exact = reference_tensor(phantom.noise_free, *(np.asarray(a, float) for a in phantom.config.noise_free_scheme),
+                                 dwi.mask)
+    arrays = subject_arrays(dwi, reference=exact)
     sets = flexible_pool(arrays["bvals"], arrays["bvecs"], pool_size, phantom.config.seed)
     return {**arrays, "six_indices": np.array([s.indices for s in sets]),
             "six_shell": np.array([s.shell for s in sets]), "six_angle": np.array([s.mean_angle for s in sets]),
