@@ -2,20 +2,27 @@
 
     python scripts/build_weights.py qcgdti --install        # src/difftract/weights/qcgdti.pt
     python scripts/build_weights.py ddtracking --install    # src/difftract/weights/ddtracking.pt
+    python scripts/build_weights.py ddtracking_fast --install   # the small CPU model, ddtracking_fast.pt
     python scripts/build_weights.py qcgdti --quick          # the same flow, tiny sizes (minutes)
+    python scripts/build_weights.py ddtracking_phantoms     # the earlier DDTracking weights (not installed)
+
+The DDTracking recipes train on streamed phantoms (``--stream``): no phantom step, the
+subjects are simulated beside the training into ``WORK/NAME/full.stream/``, and one run gives
+the weights.
 
 Everything is written under the work folder (default: ``build/weights`` in the repository,
 ``build/weights-quick`` with ``--quick``; ``build/`` is git-ignored). The commands run inside
 it, so the weights record their subjects as ``train/<preset>_<seed>``, never an absolute path;
 each command is echoed and appended to ``WORK/commands.sh``. Re-running continues where a run
 stopped: finished phantoms are kept, finished trainings skipped, an interrupted training
-resumed from its checkpoint (``--resume`` is exact). Both models share ``WORK/train``.
+resumed from its checkpoint (``--resume`` is exact). The models share ``WORK/train``.
 
 ``--install`` re-saves the result as ``src/difftract/weights/NAME.pt`` with ``meta["build"]``
 naming this command, and rewrites only that file's line of ``SHA256SUMS``. ``--quick`` never
 installs. ``--device cuda`` trains on a GPU (mixed precision there: weights close to, not equal
 to, CPU-trained ones). The recipes (phantom seeds, SNR, schemes, training options) are those in
-``src/difftract/weights/README.md``; the ablation variants of the benchmarks are not trained here.
+``src/difftract/weights/README.md``; the ablation variants are trained by
+``scripts/train_ddtracking_ablation.sh``.
 """
 
 from __future__ import annotations
@@ -52,7 +59,32 @@ PHANTOMS = dict([
 ])
 
 # per model: training subjects (the last one validates), the options of both trainings, the
-# epochs of the first run and of its --resume continuation (the shipped weights), quick sizes
+# epochs of the first run and of its --resume continuation (the weights), quick sizes; "train"
+# names the `difftract train` model when it is not the recipe's own name; "install": False for a
+# recipe that rebuilds no shipped file (the earlier DDTracking weights, and the ablation's data)
+DD_SUBJECTS = ([f"random_{s}" for s in range(1001, 1007)] + [f"random_{s}" for s in range(1301, 1304)]
+               + [f"fibercup_{s}" for s in range(1101, 1104)] + ["random_1201"])
+DD_QUICK_SUBJECTS = ["random_1001", "random_1301", "fibercup_1101", "random_1201"]
+# the fast CPU model: a 2 x 128 GRU, narrow spatial branches and denoiser (0.55 M parameters
+# against 4.3 M)
+DD_FAST_SIZES = ["--gru-hidden", "128", "--z-dim", "64", "--v-dim", "64", "--conv-channels", "16",
+                 "--mlp-hidden", "128", "--denoiser-width", "32"]
+DD_TINY_SIZES = ["--gru-hidden", "16", "--z-dim", "8", "--v-dim", "8", "--conv-channels", "4", "--denoiser-width", "8",
+                 "--batch-size", "8", "--window", "12"]
+# the shipped DDTracking files (issue 19): streamed phantoms, a new random or brain-random geometry
+# every 3 epochs (8 per set), randomised tissue and acquisition (the shell nearest b = 1000 that
+# the network reads keeps 30-90 directions, as its lmax 6 SH fit needs), 1.75-2.5 mm voxels,
+# the 48 grid symmetries; two held-back stream seeds validate
+DD_STREAM = ["--stream", "random,brain-random", "--phantom", "randomize=true", "--phantom",
+             'acquisition_ranges={"bvals":[700,3000],"ndirs":[30,90],"shells":[1,2],"voxel_size":[1.75,2.5]}',
+             "--subjects-per-epoch", "8", "--epochs-per-subject", "3", "--val-subjects", "2", "--stream-workers", "2",
+             "--augment", "--variant", "full", "--samples-per-epoch", "1000", "--val-samples", "256", "--lr", "3e-4",
+             "--patience", "15", "--seed", "0"]
+DD_STREAM_QUICK = ["--stream", "random", "--phantom", "randomize=true", "--phantom",
+                   'acquisition_ranges={"ndirs":[30,40],"shells":[1,1],"voxel_size":[2.5,2.5]}',
+                   "--subjects-per-epoch", "2", "--epochs-per-subject", "1", "--val-subjects", "1",
+                   "--stream-workers", "0", "--augment", "--variant", "full", "--samples-per-epoch", "16",
+                   "--val-samples", "8", "--lr", "3e-4", "--seed", "0", *DD_TINY_SIZES]
 RECIPES = {
     "qcgdti": {
         "subjects": [f"random_{s}" for s in range(1001, 1007)] + ["fibercup_1101", "fibercup_1102", "random_1201"],
@@ -63,19 +95,25 @@ RECIPES = {
         "quick_options": ["--variant", "full", "--samples-per-epoch", "4", "--widths", "4,8", "--val-samples", "2",
                           "--patch", "16", "--seed", "0"],
     },
-    "ddtracking": {
-        "subjects": ([f"random_{s}" for s in range(1001, 1007)] + [f"random_{s}" for s in range(1301, 1304)]
-                     + [f"fibercup_{s}" for s in range(1101, 1104)] + ["random_1201"]),
+    "ddtracking": {"train": "ddtracking", "subjects": [], "options": DD_STREAM, "epochs": (50, 50),
+                   "quick_subjects": [], "quick_options": DD_STREAM_QUICK},
+    "ddtracking_fast": {"train": "ddtracking", "subjects": [], "options": [*DD_STREAM, *DD_FAST_SIZES],
+                        "epochs": (59, 59), "quick_subjects": [], "quick_options": DD_STREAM_QUICK},
+    # the DDTracking weights shipped before issue 19 (13 fixed phantoms, default tissue; see the
+    # weights README's History), at the paper's and at the fast sizes; the ablation's data
+    "ddtracking_phantoms": {
+        "train": "ddtracking", "install": False,
+        "subjects": DD_SUBJECTS,
         "options": ["--variant", "full", "--samples-per-epoch", "1000", "--val-samples", "256", "--lr", "3e-4",
                     "--cache-dir", "cache", "--seed", "0"],
         "epochs": (20, 40),
-        "quick_subjects": ["random_1001", "random_1301", "fibercup_1101", "random_1201"],
+        "quick_subjects": DD_QUICK_SUBJECTS,
         "quick_options": ["--variant", "full", "--samples-per-epoch", "16", "--val-samples", "8", "--lr", "3e-4",
-                          "--cache-dir", "cache", "--seed", "0", "--gru-hidden", "16", "--z-dim", "8",
-                          "--v-dim", "8", "--conv-channels", "4", "--denoiser-width", "8", "--batch-size", "8",
-                          "--window", "12"],
+                          "--cache-dir", "cache", "--seed", "0", *DD_TINY_SIZES],
     },
 }
+RECIPES["ddtracking_fast_phantoms"] = {**RECIPES["ddtracking_phantoms"],
+                                       "options": [*RECIPES["ddtracking_phantoms"]["options"], *DD_FAST_SIZES]}
 QUICK_EPOCHS = (1, 2)
 
 
@@ -160,14 +198,17 @@ def build(model: str, work: Path, quick: bool, device: str, dry_run: bool = Fals
     subjects = b.phantoms(recipe["quick_subjects"] if quick else recipe["subjects"], quick)
     options = recipe["quick_options"] if quick else recipe["options"]
     first, last = QUICK_EPOCHS if quick else recipe["epochs"]
-    b.train(model, subjects, options, f"{model}/full.pt", first)
+    trainer = recipe.get("train", model)
+    b.train(trainer, subjects, options, f"{model}/full.pt", first)
+    if first == last:    # one run (the streamed recipes)
+        return work / model / "full.pt"
     # the shipped weights: the same run continued with --resume to more epochs
     if not (work / model / "full_long.pt").exists() and not (work / model / "full_long.ckpt.pt").exists():
         for suffix in (".ckpt.pt", ".metrics.jsonl"):
             b.note(f"cp {model}/full{suffix} {model}/full_long{suffix}")
             if not dry_run:
                 shutil.copyfile(work / model / f"full{suffix}", work / model / f"full_long{suffix}")
-    b.train(model, subjects, options, f"{model}/full_long.pt", last, continues=True)
+    b.train(trainer, subjects, options, f"{model}/full_long.pt", last, continues=True)
     return work / model / "full_long.pt"
 
 
@@ -186,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick and args.install:
         ap.error("--quick builds are never installed")
+    if args.install and not RECIPES[args.model].get("install", True):
+        ap.error(f"{args.model} rebuilds no shipped file (it is kept to reproduce earlier weights); --install refused")
     work = (args.work or REPO / "build" / ("weights-quick" if args.quick else "weights")).absolute()
     t0 = time.perf_counter()
     result = build(args.model, work, args.quick, args.device, args.dry_run)
@@ -201,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.install:
         from difftract import weights as W
 
-        digest = W.install(result, args.model, {"build": build_command(args.model)})
+        updates = {"build": build_command(args.model)}
+        if RECIPES[args.model].get("train", args.model) == "ddtracking" and "domain" not in load_weights(result)["meta"]:
+            from difftract.models.ddtracking.domain import training_domain   # weights trained before it was recorded
+
+            updates["domain"] = training_domain([work / "train" / s for s in RECIPES[args.model]["subjects"][:-1]])
+        digest = W.install(result, args.model, updates)
         print(f"installed {W.WEIGHTS_DIR / W.SHIPPED[args.model]} (SHA256 {digest}; {W.SUMS} updated)")
     return 0
 

@@ -251,7 +251,7 @@ def test_missing_brain_mask_is_refused(cli, subject, tmp_path):
 # ---------------------------------------------------------------------- weights
 def test_weights_of_another_model_are_refused_before_any_fit(cli, subject, tmp_path):
     out = tmp_path / "out"
-    res = cli("run", subject, "--out", out, "--weights", WEIGHTS_DIR / "qcgdti.pt")
+    res = cli("run", subject, "--out", out, "--method", "ddtracking", "--weights", WEIGHTS_DIR / "qcgdti.pt")
     assert_refused(res, out, "qcgdti.pt", "not DDTracking weights")
     assert "$ difftract fit" not in res.stdout        # refused before the DTI and SH fits
 
@@ -261,7 +261,7 @@ def test_weights_failing_their_checksum_are_refused(cli, subject, tmp_path):
     shutil.copy(WEIGHTS_DIR / "ddtracking.pt", weights)
     weights.with_suffix(".json").write_text(json.dumps({"weights_sha256": "0" * 64}))
     out = tmp_path / "out"
-    res = cli("run", subject, "--out", out, "--weights", weights)
+    res = cli("run", subject, "--out", out, "--method", "ddtracking", "--weights", weights)
     assert_refused(res, out, "mine.pt", "checksum mismatch")
     assert "$ difftract fit" not in res.stdout
 
@@ -270,7 +270,7 @@ def test_weights_that_are_not_a_checkpoint_are_refused(cli, subject, tmp_path):
     weights = tmp_path / "notes.pt"
     weights.write_text("not weights")
     out = tmp_path / "out"
-    res = cli("run", subject, "--out", out, "--weights", weights)
+    res = cli("run", subject, "--out", out, "--method", "ddtracking", "--weights", weights)
     assert_refused(res, out, "notes.pt", "cannot read weights")
     assert "weights_only=False" not in res.stderr and "arbitrary code" not in res.stderr
     assert "$ difftract fit" not in res.stdout

@@ -23,7 +23,7 @@ def test_help_describes_commands(cli):
         text = cli(*command, "--help").stdout
         assert "example" in text and "usage: difftract " + " ".join(command) in text, command
     run = cli("run", "--help").stdout
-    assert "report.html" in run and "nodif_brain_mask.nii.gz" in run and "default: ddtracking" in run
+    assert "report.html" in run and "nodif_brain_mask.nii.gz" in run and "default: det" in run
 
 
 def test_simulate_crossing_happy_path_and_determinism(cli, tmp_path):

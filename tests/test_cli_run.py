@@ -69,9 +69,9 @@ def test_refusals_and_failures_leave_nothing(cli, cli_script, subject, tmp_path)
     missing = cli_script("run", tmp_path / "nope", "--out", out)
     assert missing.returncode == 2 and "subject directory not found" in missing.stderr
     weights = cli("run", subject, "--out", out, "--method", "det", "--weights", subject / "dwi.bval")
-    assert weights.returncode == 2 and "--weights applies only" in weights.stderr
+    assert weights.returncode == 2 and "--weights and --model apply only" in weights.stderr
     (tmp_path / "bad.pt").write_text("not weights")
-    late = cli("run", subject, "--out", out, "--weights", tmp_path / "bad.pt")   # refused before the fits
+    late = cli("run", subject, "--out", out, "--method", "ddtracking", "--weights", tmp_path / "bad.pt")   # refused before the fits
     assert late.returncode == 2 and "bad.pt" in late.stderr
     broken = tmp_path / "broken"
     shutil.copytree(subject, broken)

@@ -42,7 +42,7 @@ def test_every_command_happy_path(cli_scripts, tiny, tmp_path):
         "fit dti": ["fit", "dti", *_scan(tiny), "--out-dir", tmp_path / "dti"],
         "fit sh": ["fit", "sh", *_scan(tiny), "--out", tmp_path / "sh.nii.gz", "--lmax", "4"],
         "run": ["run", tiny, "--out", tmp_path / "run", "--method", "det"],
-        "run ddtracking": ["run", tiny, "--out", tmp_path / "run_dd", "--format", "trk"],
+        "run ddtracking": ["run", tiny, "--out", tmp_path / "run_dd", "--method", "ddtracking", "--format", "trk"],
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         chained = pool.submit(lambda: [cli_scripts(argv)[0] for argv in chain.values()])

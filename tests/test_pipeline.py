@@ -112,8 +112,15 @@ def test_ddtracking_run_writes_the_very_sh_it_tracked(subject, tmp_path, monkeyp
 def test_run_options_refuse_what_cannot_work(subject):
     from difftract.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--weights applies only"):
+    with pytest.raises(ConfigError, match="--weights and --model apply only"):
         RunOptions(methods=("det",), weights=subject / "dwi.bval")
+    with pytest.raises(ConfigError, match="--weights and --model apply only"):
+        RunOptions(methods=("prob",), model="fast")
+    with pytest.raises(ConfigError, match="give one of them"):
+        RunOptions(methods=("ddtracking",), model="fast", weights=subject / "dwi.bval")
+    with pytest.raises(ConfigError, match="--model must be one of full, fast"):
+        RunOptions(methods=("ddtracking",), model="tiny")
+    assert RunOptions().methods == ("det",)      # the default rule: the best on unseen data (README)
     with pytest.raises(ConfigError, match="distinct"):
         RunOptions(methods=("det", "det"))
     with pytest.raises(ConfigError, match="--shell and --lmax"):

@@ -71,5 +71,6 @@ def test_run_takes_the_shell_and_lmax_a_q_space_scheme_needs(tmp_path, capsys):
     assert "--lmax 6 --shell 2774" in capsys.readouterr().err and not out.exists()
     assert main(["-q", "run", str(subject), "--out", str(out), "--method", "det", "--shell", "2774", "--lmax", "6"]) == 0
     assert json.loads((out / "fod.json").read_text())["params"]["lmax"] == 6
-    assert main(["-q", "run", str(subject), "--out", str(tmp_path / "dd"), "--shell", "2774"]) == 2
+    assert main(["-q", "run", str(subject), "--out", str(tmp_path / "dd"), "--method", "ddtracking",
+                 "--shell", "2774"]) == 2
     assert "DDTracking reads" in capsys.readouterr().err

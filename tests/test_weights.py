@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_shipped_weights_name_no_path_outside_the_repository():
         assert W.absolute_paths(blob["meta"]) == [] and W.absolute_paths(blob["train"]) == [], file
         assert blob["meta"]["build"] == f"python scripts/build_weights.py {name} --install"
         assert f"`{blob['meta']['build']}`" in readme
-        assert all(not s.startswith(("/", "..")) for s in blob["meta"]["subjects"])
+        assert all(not s.startswith(("/", "..")) for s in blob["meta"].get("subjects", []))
 
 
 def _build_script():
@@ -168,9 +169,18 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
     bw = _build_script()
     readme = (W.WEIGHTS_DIR / "README.md").read_text()
     args = re.findall(r'^ARGS="(.*)"$', readme, re.M)
-    assert args == [" ".join([*bw.RECIPES[m]["options"], "--device", "cpu"]) for m in ("qcgdti", "ddtracking")]
+    phantom_recipes = ("qcgdti", "ddtracking_phantoms")
+    assert args == [" ".join([*bw.RECIPES[m]["options"], "--device", "cpu"]) for m in phantom_recipes]
     assert " ".join(bw.QCG_SCHEME) in readme   # the scheme of the phantoms in the README's loop
-    for model in ("qcgdti", "ddtracking"):
+    for model in ("ddtracking", "ddtracking_fast"):     # streamed: one run, no phantom step
+        assert bw.main([model, "--dry-run", "--work", str(tmp_path / model)]) == 0
+        log = (tmp_path / model / "commands.sh").read_text()
+        epochs = bw.RECIPES[model]["epochs"][0]
+        line = shlex.join(["difftract", "-q", "train", "ddtracking", "--out", f"{model}/full.pt", "--epochs",
+                           str(epochs), *bw.RECIPES[model]["options"], "--device", "cpu"])
+        assert line in readme and "simulate" not in log and f"--out {model}/full.pt --epochs {epochs} " in log
+        assert "full_long" not in log
+    for model in phantom_recipes:
         assert bw.main([model, "--dry-run", "--work", str(tmp_path / model)]) == 0
         log = (tmp_path / model / "commands.sh").read_text()
         first, last = bw.RECIPES[model]["epochs"]
@@ -185,3 +195,6 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bw.main(["qcgdti", "--quick", "--install"])
     assert "never installed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bw.main(["ddtracking_phantoms", "--install"])
+    assert "rebuilds no shipped file" in capsys.readouterr().err

@@ -145,7 +145,7 @@ def test_run_on_a_subject_directory(cli, subjects, tmp_path, name):
 
 
 def test_run_with_ddtracking_refuses_small_101d(cli, subjects, tmp_path):
-    res = cli("-q", "run", subjects["small_101D"]["dir"], "--out", tmp_path / "out")
+    res = cli("-q", "run", subjects["small_101D"]["dir"], "--out", tmp_path / "out", "--method", "ddtracking")
     _refused(res, "an SH fit at lmax 6 needs one shell with at least 15 distinct directions", "b=2774")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from difftract.models.qcgdti.data import QCGTask
-from difftract.models.qcgdti.domain import check_domain, estimate_snr, stream_domain
+from difftract.training.domain import check_domain, estimate_snr, stream_domain
 from difftract.models.qcgdti.model import QCGConfig, QCGDTI
 from difftract.models.qcgdti.predict import QCGTensorModel
 from difftract.models.qcgdti.schemes import fixed_six

@@ -85,6 +85,16 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
 
 
+def test_resume_refuses_another_setup_but_not_a_newly_derived_domain(tmp_path):
+    out = tmp_path / "W.pt"
+    run(out, model_meta={"arch": "mlp", "subjects": ["a"]}, stop_after_epoch=1)
+    with pytest.raises(ConfigError, match="changed: subjects"):
+        run(out, model_meta={"arch": "mlp", "subjects": ["b"]}, resume=True)
+    meta = {"arch": "mlp", "subjects": ["a"], "domain": {"bvals": [1000.0, 1000.0]}}   # recorded since
+    result = run(out, model_meta=meta, resume=True)[1]
+    assert result.epochs_run == 4 and load_weights(out)["meta"]["domain"] == meta["domain"]
+
+
 def test_same_seed_same_weights_other_seed_differs(tmp_path):
     config = replace(CONFIG, epochs=2)
     runs = {}

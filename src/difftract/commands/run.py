@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..pipeline.run import FORMATS, METHODS
+from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
+from ..pipeline.run import DEFAULT_METHOD, FORMATS, METHODS
 
 EPILOG = """\
 outputs (in OUT):
@@ -27,8 +28,8 @@ subject layouts (SUBJECT_DIR):
   data.nii.gz bvals bvecs nodif_brain_mask.nii.gz     (HCP names)
 
 examples:
-  difftract run sub-01 --out sub-01_tracts                       # DDTracking, shipped weights
-  difftract run sub-01 --out sub-01_det --method det --format trk
+  difftract run sub-01 --out sub-01_tracts                       # CSD det (the default)
+  difftract run sub-01 --out sub-01_dd --method ddtracking --format trk   # DDTracking, shipped weights
   difftract run 100307/T1w/Diffusion --out hcp_run --stop-mask wm.nii.gz --device cuda
 """
 
@@ -36,8 +37,8 @@ examples:
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="the main job: a subject directory to a tractogram, maps and a report",
                        description="Validate a subject's scan, fit DTI and SH (the signal's for DDTracking, a CSD "
-                                   "fODF for det/prob), track with "
-                                   "DDTracking (the shipped weights unless --weights) or a classical rule, "
+                                   "fODF for det/prob), track with a classical rule (CSD det by default) or "
+                                   "DDTracking (the shipped --model unless --weights), "
                                    "score against ground truth when the subject has it, and write a report.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("subject", type=Path, metavar="SUBJECT_DIR", help="the subject's folder (layouts below)")
@@ -49,8 +50,11 @@ def add_parser(sub) -> None:
 
 def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
     """What a run does, as options (``run`` and ``cohort`` share them); :func:`run_options` reads them back."""
-    p.add_argument("--method", choices=METHODS, default="ddtracking", help="tracking rule (default: %(default)s)")
-    p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped model)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="tracking rule (default: %(default)s, the best on unseen data in benchmarks/bench_ddtracking.py)")
+    p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped --model)")
+    p.add_argument("--model", choices=tuple(SHIPPED_MODELS), metavar="{full,fast}",
+                   help=f"the shipped DDTracking model: the paper's sizes or the small CPU one (default: {DEFAULT_MODEL})")
     p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
     if stop_mask:
         p.add_argument("--stop-mask", type=Path, metavar="M",
@@ -77,7 +81,7 @@ def run_options(args: argparse.Namespace, stop_mask: Path | None = None):
     """The parsed options of :func:`add_run_options` as :class:`~difftract.pipeline.RunOptions`."""
     from ..pipeline import Compute, RunOptions
 
-    return RunOptions(methods=(args.method,), weights=args.weights, format=args.format,
+    return RunOptions(methods=(args.method,), weights=args.weights, model=args.model, format=args.format,
                       stop_mask=stop_mask, fa_threshold=args.fa_threshold,
                       seeds_per_voxel=args.seeds_per_voxel, seed=args.seed, min_len_mm=args.min_len_mm,
                       shell=args.shell, lmax=args.lmax, zero_nonfinite=args.zero_nonfinite,

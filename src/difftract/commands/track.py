@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io.sh import BASES as SH_BASES
+from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
 from ..pipeline.compute import memory_guard
 from .common import add_compute_arguments, add_scan_arguments, load_scan, scan_inputs
 
@@ -22,12 +23,14 @@ direction rules (--method):
   prob     DIPY's probabilistic rule: a direction drawn from the fODF within the cone (--seed)
   closest  DIPY's closest-peak rule: every seed peak starts a streamline
   peak     differentiable blend of per-voxel fODF peaks (the rule gradients flow through)
-  ddtracking  the learned DDTracking policy (--weights, default: the shipped model) on the SH of the
+  ddtracking  the learned DDTracking policy (--weights, default: the shipped --model full|fast) on the SH of the
            b0-normalised DWI (lmax 6, shell nearest b=1000): a GRU over the streamline so far and a
            diffusion sampler (--sampler-steps; --stochastic draws, fixed by --seed); seeds start along
            the signal's principal direction; default step: the model's training step (1 voxel).
            The SH is fitted inside --mask: give the brain mask (as in training), and the white
-           matter as --stop-mask
+           matter as --stop-mask. A scan outside the network's training data (the read shell's
+           b-value and direction count, voxel size, b0 SNR: the weights' domain) gets a one-line
+           warning, recorded in the sidecar (domain_warnings)
 
 The fODF is --sh (descoteaux07 SH, basis from its sidecar or --sh-basis) or, without it, a
 CSD fit of the scan (lmax --lmax, auto response). Tracking stops outside --stop-mask (default
@@ -43,7 +46,7 @@ examples:
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask mask.nii.gz --sh fod.nii.gz --fa-threshold 0.2 \\
       --seed-mask wm.nii.gz --seed-density 2 --method prob --seed 3 --out tracks.tck
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \\
-      --method ddtracking --out dd.trx
+      --method ddtracking --model fast --out dd.trx
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \\
       --method ddtracking --stochastic --sampler-steps 5 --seed 1 --weights my.pt --out dd_prob.trx
 """
@@ -61,7 +64,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="T", help="output tractogram (.trx, .trk or .tck)")
     p.add_argument("--method", choices=METHODS + ("ddtracking",), default="det",
                    help="direction rule (default: %(default)s)")
-    p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped model)")
+    p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped --model)")
+    p.add_argument("--model", choices=tuple(SHIPPED_MODELS), metavar="{full,fast}",
+                   help=f"the shipped DDTracking model: the paper's sizes or the small CPU one (default: {DEFAULT_MODEL})")
     p.add_argument("--sampler-steps", type=int, default=1, metavar="S",
                    help="DDTracking reverse-diffusion steps (default: %(default)s, the one-step regression)")
     p.add_argument("--stochastic", action="store_true",
@@ -106,8 +111,10 @@ def cmd_track(args: argparse.Namespace) -> int:
 
     given = [p for p in (args.sh, args.stop_mask, args.seed_mask, args.seeds_file, args.weights) if p]
     check_outputs([args.out, sidecar_path(args.out)], args.force, inputs=scan_inputs(args) + given)
-    if args.weights is not None and args.method != "ddtracking":
-        raise ConfigError("--weights only applies to --method ddtracking")
+    if (args.weights is not None or args.model is not None) and args.method != "ddtracking":
+        raise ConfigError("--weights and --model only apply to --method ddtracking")
+    if args.weights is not None and args.model is not None:
+        raise ConfigError("--weights replaces the shipped --model: give one of them")
     if args.sh_basis is not None and args.sh is None:
         raise ConfigError("--sh-basis names the basis of --sh; give --sh too (a fitted fODF is descoteaux07)")
     if args.seed_mask is not None and args.seeds_file is not None:
@@ -125,7 +132,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.method == "ddtracking":     # bad weights are refused before the scan is read
         from ..models.ddtracking.getter import load_ddtracking
 
-        model = load_ddtracking(args.weights)
+        model = load_ddtracking(args.weights, args.model or DEFAULT_MODEL)
     stop_path = args.stop_mask or args.mask
     if stop_path is None and args.fa_threshold is None:
         raise ConfigError("tracking needs a stopping rule: give --mask, --stop-mask or --fa-threshold")

@@ -49,6 +49,8 @@ def add_parser(models) -> None:
     arch.add_argument("--z-dim", type=int, default=d.z_dim, help="spatial encoding to the GRU (default: %(default)s)")
     arch.add_argument("--v-dim", type=int, default=d.v_dim, help="local condition (default: %(default)s)")
     arch.add_argument("--conv-channels", type=int, default=d.conv_channels, help="(default: %(default)s)")
+    arch.add_argument("--mlp-hidden", type=int, default=d.mlp_hidden,
+                      help="each spatial branch's MLP (default: %(default)s)")
     arch.add_argument("--denoiser-width", type=int, default=d.denoiser_width, help="(default: %(default)s)")
     arch.add_argument("--one-head", action="store_true", help="predict h only; eps derived from it")
     data = p.add_argument_group("data")
@@ -61,6 +63,8 @@ def add_parser(models) -> None:
                       help="correlation of consecutive offsets (default: %(default)s)")
     data.add_argument("--seed-angle", type=float, default=o.seed_angle,
                       help="error of the first previous direction, degrees (default: %(default)s)")
+    data.add_argument("--augment", action="store_true",
+                      help="turn each training window by one of the 48 symmetries of the voxel grid (exact)")
     data.add_argument("--samples-per-epoch", type=int, default=o.samples_per_epoch, help="(default: %(default)s)")
     data.add_argument("--val-samples", type=int, default=o.val_samples, help="(default: %(default)s)")
     data.add_argument("--val-subjects", type=int, default=o.val_subjects,
@@ -90,11 +94,12 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
 
     model = DDTrackingConfig(variant=args.variant, gru_hidden=args.gru_hidden, gru_layers=args.gru_layers,
                              z_dim=args.z_dim, v_dim=args.v_dim, conv_channels=args.conv_channels,
-                             denoiser_width=args.denoiser_width, one_head=args.one_head)
+                             mlp_hidden=args.mlp_hidden, denoiser_width=args.denoiser_width, one_head=args.one_head)
     options = DDTrackingTrainOptions(
         model=model, diffusion=DiffusionConfig(k_min=args.k_min, max_weight=args.max_weight), step=args.step,
         window=args.window, jitter=args.jitter, jitter_corr=args.jitter_corr, seed_angle=args.seed_angle,
-        samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples, val_subjects=args.val_subjects,
+        augment=args.augment, samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
+        val_subjects=args.val_subjects,
         cache_dir=args.cache_dir, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device)
     train_ddtracking(args.out, args.subjects, options, stream=stream.stream_options(args),

@@ -22,12 +22,17 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .compute import Compute
+from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
 from ..console import Console, command_line
 from .subject import Subject
 
 log = logging.getLogger("difftract")
 
 METHODS = ("ddtracking", "det", "prob")
+# The default rule is the one the unseen-geometry and foreign-signal benchmark rates best
+# (benchmarks/bench_ddtracking.py; README, "Learned tracking"): CSD `det`, whose F1 is above
+# DDTracking's on both test columns and which finds every bundle, at 30x its speed on a CPU.
+DEFAULT_METHOD = "det"
 FORMATS = ("trx", "trk", "tck")
 CSD_LMAX = 8
 
@@ -42,7 +47,10 @@ class RunOptions:
         Tracking rules, each giving one tractogram (``tracks.FORMAT`` for one method,
         ``tracks_METHOD.FORMAT`` for several).
     weights : path, optional
-        DDTracking weights (default: the shipped model).
+        DDTracking weights (default: the shipped ``model``).
+    model : {"full", "fast"}, optional
+        The shipped DDTracking model (default:
+        :data:`~difftract.models.ddtracking.defaults.DEFAULT_MODEL`).
     stop_mask : path, optional
         Tracking and seeding mask; default the subject's ``wm.nii.gz``, else the brain mask
         where DTI FA > ``fa_threshold`` (written as ``stop_mask.nii.gz``).
@@ -54,8 +62,9 @@ class RunOptions:
         Also write the CSD peaks (``peaks.nii.gz``).
     """
 
-    methods: tuple[str, ...] = ("ddtracking",)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
     weights: Path | None = None
+    model: str | None = None
     format: str = "trx"
     stop_mask: Path | None = None
     fa_threshold: float = 0.2
@@ -74,8 +83,12 @@ class RunOptions:
             raise ConfigError(f"methods must be distinct ones of {', '.join(METHODS)}, got {list(self.methods)}")
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.weights is not None and "ddtracking" not in self.methods:
-            raise ConfigError("--weights applies only to --method ddtracking")
+        if (self.weights is not None or self.model is not None) and "ddtracking" not in self.methods:
+            raise ConfigError("--weights and --model apply only to --method ddtracking")
+        if self.weights is not None and self.model is not None:
+            raise ConfigError("--weights replaces the shipped --model: give one of them")
+        if self.model is not None and self.model not in SHIPPED_MODELS:
+            raise ConfigError(f"--model must be one of {', '.join(SHIPPED_MODELS)}, got {self.model!r}")
         if self.methods == ("ddtracking",) and (self.shell is not None or self.lmax is not None):
             raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob; DDTracking reads the SH "
                               "(lmax 6) of the shell nearest b=1000, as it was trained; for a scheme without such a "
@@ -194,7 +207,7 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
     for method in options.methods:
         if method == "ddtracking":
             source = _signal_sh_stage(subject, dwi, directory, learned, options, console)
-            track_extra = {"weights": options.weights}
+            track_extra = {"weights": options.weights, "model": options.model}
         else:
             if fod is None:
                 fod = _csd_stage(subject, dwi, directory, options, console)
@@ -246,7 +259,7 @@ def _load_model(options: RunOptions):
         return None
     from ..models.ddtracking.getter import load_ddtracking
 
-    return load_ddtracking(options.weights)
+    return load_ddtracking(options.weights, options.model or DEFAULT_MODEL)
 
 
 def given_stop_mask(options: RunOptions, subject: Subject, dwi) -> np.ndarray | None:
@@ -273,6 +286,7 @@ def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions
     """DDTracking's input, fitted once by ``fit sh`` (the shell nearest b=1000, float32): written as
     ``sh.nii.gz`` and tracked, the same array."""
     from ..models.ddtracking.data import signal_sh_shell
+    from ..models.ddtracking.domain import scan_domain
     from ..reconst.sh import lmax_from_ncoeffs
     from .fits import fit_sh
     from .track import LearnedSource
@@ -286,7 +300,7 @@ def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions
     console.stage(line)
     fit = fit_sh(dwi, out, lmax=lmax, shell=shell, compute=replace(options.compute, dtype="float32"), console=console,
                  equivalent=line)
-    return LearnedSource(model, meta, fit.coeffs.astype(np.float32, copy=False))
+    return LearnedSource(model, meta, fit.coeffs.astype(np.float32, copy=False), scan_domain(meta, dwi))
 
 
 def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Console):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -92,12 +92,12 @@ class FodSource:
         from ..tracking.getters import make_getter
         from ..tracking.sh_field import SHField
 
-        field = SHField(self.coeffs, legacy=self.legacy, pmf_threshold=options.pmf_threshold)
+        sh_field = SHField(self.coeffs, legacy=self.legacy, pmf_threshold=options.pmf_threshold)
         peaks = None
         if options.method == "peak":
             found = peaks_from_sh(self.coeffs, self.mask, legacy=self.legacy, **compute.fit_options(console.bars))
             peaks = torch.as_tensor(found.dirs)
-        return make_getter(options.method, sh=field, peaks=peaks, max_angle=options.max_angle)
+        return make_getter(options.method, sh=sh_field, peaks=peaks, max_angle=options.max_angle)
 
     @property
     def sh_basis(self) -> str:
@@ -109,19 +109,33 @@ class FodSource:
 
 @dataclass
 class LearnedSource:
-    """The DDTracking network, its weights' metadata, and the signal SH it reads (``signal_sh`` of the scan)."""
+    """The DDTracking network, its weights' metadata, and the signal SH it reads (``signal_sh`` of the scan).
+
+    ``domain`` compares the scan with what the network was trained on
+    (:func:`~difftract.models.ddtracking.domain.scan_domain`): :func:`track` warns in one
+    line when the scan lies outside, and the sidecar records it.
+    """
 
     model: torch.nn.Module
     meta: dict
     sh: np.ndarray
+    domain: dict = field(default_factory=dict)
 
     @classmethod
     def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu") -> LearnedSource:
         """The network with the SH it reads fitted from ``dwi`` (the shell nearest b=1000, at its lmax)."""
         from ..models.ddtracking.data import signal_sh
+        from ..models.ddtracking.domain import scan_domain
         from ..reconst.sh import lmax_from_ncoeffs
 
-        return cls(model, meta, signal_sh(dwi, lmax_from_ncoeffs(model.config.n_coeffs), device=device))
+        return cls(model, meta, signal_sh(dwi, lmax_from_ncoeffs(model.config.n_coeffs), device=device),
+                   scan_domain(meta, dwi))
+
+    def warn_domain(self, scan) -> None:
+        """One line when the scan lies outside the network's training data."""
+        if self.domain.get("domain_warnings"):
+            log.warning("DDTracking: %s is outside the network's training data (%s); its streamlines may be "
+                        "unreliable, compare with --method det", scan, "; ".join(self.domain["domain_warnings"]))
 
     def defaults(self, voxel_sizes) -> tuple[float, int]:
         from ..models.ddtracking.defaults import TrackingDefaults
@@ -148,7 +162,7 @@ class LearnedSource:
     def record(self) -> dict:
         meta = self.meta
         return {"model": "ddtracking", "variant": meta["config"]["variant"], "weights": meta["path"],
-                "weights_sha256": meta["sha256"], "input": meta.get("input")}
+                "weights_sha256": meta["sha256"], "input": meta.get("input"), **self.domain}
 
 
 @dataclass
@@ -243,6 +257,8 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
     if group is not None and not group.leader:
         console = Console(quiet=True)
     dtype = torch.float64 if compute.dtype == "float64" else torch.float32
+    if isinstance(source, LearnedSource) and (group is None or group.leader):
+        source.warn_domain(dwi.files.get("dwi", "the scan"))
     seeds = seeding.seeds(per_voxel, options.seed)
     getter = source.getter(options, dwi.voxel_sizes, compute, console)
     workers = worker_threads(device=device)

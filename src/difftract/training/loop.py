@@ -46,6 +46,9 @@ from .files import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, cpu_state, load_checkp
 from .rng import derive_seed, rng_state, seed_globals, set_rng_state
 
 _SHUFFLE, _LOSS, _VAL, _GLOBAL = 1, 2, 3, 4  # streams of derived seeds
+# metadata derived from the rest (the training data's domain, from its subjects or stream):
+# not compared on --resume, so a checkpoint written before it was recorded continues
+DERIVED_META = ("domain",)
 
 
 @dataclass
@@ -148,9 +151,10 @@ def train(model: nn.Module, task: Task, train_set: EpochSet, val_set: EpochSet, 
     if resume:
         ckpt = load_checkpoint(ckpt_path, asdict(config))
         saved_meta = ckpt.get("meta")
-        if saved_meta is not None and json.loads(json.dumps(model_meta or {})) != saved_meta:
-            keys = sorted(k for k in set(saved_meta) | set(model_meta or {})
-                          if saved_meta.get(k) != (model_meta or {}).get(k))
+        now = json.loads(json.dumps(model_meta or {}))
+        keys = sorted(k for k in set(saved_meta or {}) | set(now)
+                      if k not in DERIVED_META and (saved_meta or {}).get(k) != now.get(k))
+        if saved_meta is not None and keys:
             raise ConfigError(f"{ckpt_path}: cannot resume with a different model or data setup "
                               f"(changed: {', '.join(keys)})")
     else:

@@ -19,7 +19,9 @@ from ..io.checksum import sha256
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 SUMS = WEIGHTS_DIR / "SHA256SUMS"
-SHIPPED = {"qcgdti": "qcgdti.pt", "ddtracking": "ddtracking.pt"}
+SHIPPED = {"qcgdti": "qcgdti.pt", "ddtracking": "ddtracking.pt", "ddtracking_fast": "ddtracking_fast.pt"}
+# the model each shipped file holds, where it is not the file's own name
+MODELS = {"ddtracking_fast": "ddtracking"}
 
 
 def expected_sums() -> dict[str, str]:
@@ -106,8 +108,9 @@ def install(source: str | Path, name: str, meta_updates: dict | None = None) -> 
         raise InputError(None, f"no shipped weights for {name!r}; known: {', '.join(SHIPPED)}")
     blob = load_weights(source)
     meta = {**(blob.get("meta") or {}), **(meta_updates or {})}
-    if meta.get("model") != name:
-        raise InputError(source, f"not {name} weights (model is {meta.get('model')!r})")
+    model = MODELS.get(name, name)
+    if meta.get("model") != model:
+        raise InputError(source, f"not {model} weights (model is {meta.get('model')!r})")
     bad = absolute_paths(meta)
     if bad:
         raise InputError(source, f"weights metadata holds absolute paths ({', '.join(map(repr, bad[:3]))}); "

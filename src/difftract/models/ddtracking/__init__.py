@@ -6,7 +6,10 @@
 - :mod:`.diffusion`: the decoupled diffusion process, its clipped loss weights, the S-step sampler;
 - :mod:`.model`: the network and its four variants;
 - :mod:`.data`: subjects, streamline samples and the trainer's task;
-- :mod:`.getter`: the tracker's direction getter (GRU state per streamline) and weight loading.
+- :mod:`.augment`: the 48 symmetries of the voxel grid, applied exactly to a training sample;
+- :mod:`.getter`: the tracker's direction getter (GRU state per streamline) and weight loading;
+- :mod:`.defaults`: the shipped models (``full``, ``fast``) and a model's own tracking settings;
+- :mod:`.domain`: what a network was trained on, and whether a scan lies inside it.
 """
 
 from .data import DDTrackingTask, StreamlineDataset, prepare_subject, signal_sh

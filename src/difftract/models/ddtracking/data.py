@@ -43,6 +43,7 @@ from ...io.atomic import atomic_file
 from ...reconst.sh import SHModel, shells
 from ...training.dataset import EpochDataset
 from . import diffusion
+from .augment import GridSymmetries
 from .features import neighbourhood
 
 log = logging.getLogger("difftract")
@@ -168,10 +169,13 @@ class StreamlineDataset(EpochDataset):
         Standard deviation (degrees) of the error of the first point's previous direction.
     per_epoch : bool
         New windows every epoch (training) or the same ones (validation).
+    augment : bool
+        Turn each window by one of the 48 symmetries of the voxel grid (:mod:`.augment`).
     """
 
     def __init__(self, subjects: list[DDSubject], n_samples: int, seed: int = 0, window: int = 64,
-                 jitter: float = 0.3, jitter_corr: float = 0.7, seed_angle: float = 15.0, per_epoch: bool = True):
+                 jitter: float = 0.3, jitter_corr: float = 0.7, seed_angle: float = 15.0, per_epoch: bool = True,
+                 augment: bool = False):
         if not subjects:
             raise ConfigError("no subjects")
         if window < 1 or jitter < 0 or n_samples < 1 or not 0 <= jitter_corr < 1 or seed_angle < 0:
@@ -180,6 +184,7 @@ class StreamlineDataset(EpochDataset):
         super().__init__(n_samples, seed, per_epoch)
         self.subjects = subjects
         self.window, self.jitter, self.jitter_corr, self.seed_angle = window, jitter, jitter_corr, seed_angle
+        self.symmetries = GridSymmetries(subjects[0].sh.shape[-1]) if augment else None
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self.rng(index)
@@ -197,7 +202,11 @@ class StreamlineDataset(EpochDataset):
         target = F.normalize(pts[1:] - inputs, dim=-1)
         first = turn(tangents[0].numpy(), self.seed_angle, rng)
         prev = torch.cat([torch.from_numpy(first)[None], F.normalize(inputs[1:] - inputs[:-1], dim=-1)])
-        return {"patches": neighbourhood(s.sh, inputs), "prev": prev, "target": target}
+        patches = neighbourhood(s.sh, inputs)
+        if self.symmetries is not None:
+            patches, prev, target = self.symmetries.apply(int(rng.integers(len(self.symmetries))), patches, prev,
+                                                          target)
+        return {"patches": patches, "prev": prev, "target": target}
 
     def _offsets(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """AR(1) offsets ``(n, 3)``: stationary, standard deviation ``jitter``, lag-1 correlation ``jitter_corr``."""

@@ -1,4 +1,8 @@
-"""How a DDTracking model tracks when the user does not say: read from its weights.
+"""How DDTracking tracks when the user does not say: which shipped model, and its own settings.
+
+Two models ship (``--model``): ``full``, the paper's sizes, and ``fast``, a small network for
+CPUs; :data:`DEFAULT_MODEL` is the better trade of speed and accuracy measured by
+``benchmarks/bench_ddtracking.py`` (README, "Learned tracking").
 
 A model is trained at one step length (in voxels) and its streamline windows assume it;
 its seeding density is part of how it was validated. Both travel in the weights' metadata
@@ -14,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ConfigError
+
+SHIPPED_MODELS = {"full": "ddtracking", "fast": "ddtracking_fast"}   # --model -> shipped weights name
+DEFAULT_MODEL = "full"
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,9 @@ class DDTrackingTrainOptions:
         Most points per training sequence; offset of the input points from the streamline
         (voxels) and the correlation of consecutive offsets; error of the first previous
         direction (degrees).
+    augment : bool
+        Turn each training sample by one of the 48 symmetries of the voxel grid, drawn
+        uniformly (:mod:`.augment`; exact for the input, never applied to validation).
     samples_per_epoch, val_samples : int
     val_subjects : int
         Subjects held out (the last ones; with one subject, 10% of its streamlines).
@@ -68,6 +71,7 @@ class DDTrackingTrainOptions:
     jitter: float = 0.3
     jitter_corr: float = 0.7
     seed_angle: float = 15.0
+    augment: bool = False
     samples_per_epoch: int = 2000
     val_samples: int = 256
     val_subjects: int = 1
@@ -130,7 +134,7 @@ def train_ddtracking(out: str | Path, subjects: Sequence[str | Path] = (),
     torch.manual_seed(options.seed)
     model = DDTracking(config)
     meta = {"model": "ddtracking", "config": config.as_dict(), "diffusion": dataclasses.asdict(diff),
-            "step_voxels": options.step, **options.noise,
+            "step_voxels": options.step, **options.noise, "augment": "grid48" if options.augment else None,
             "input": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000", **data_meta}
     with pool if pool is not None else contextlib.nullcontext(), \
             oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {options.batch_size})"):
@@ -169,28 +173,36 @@ def _subject_windows(out: Path, subjects: list[Path], options: DDTrackingTrainOp
     """Training and validation windows of subject folders, and their meta."""
     from ...training.files import subject_label
     from .data import StreamlineDataset, prepare_subject
+    from .domain import training_domain
 
     cache = options.cache_dir or out.with_name(out.stem + ".cache")
     prepared = [prepare_subject(d, step=options.step, cache_dir=cache) for d in subjects]
     train_subjects, val_subjects = split_validation(prepared, options.val_subjects, options.seed)
-    train_set = StreamlineDataset(train_subjects, options.samples_per_epoch, seed=options.seed, **options.noise)
+    train_set = StreamlineDataset(train_subjects, options.samples_per_epoch, seed=options.seed, augment=options.augment,
+                                  **options.noise)
     val_set = StreamlineDataset(val_subjects, options.val_samples, seed=options.seed + 10_000, per_epoch=False,
                                 **options.noise)
+    trained = subjects[: len(subjects) - options.val_subjects] if len(subjects) > 1 else subjects
     return train_set, val_set, {"subjects": [subject_label(d) for d in subjects],
-                                "val_subjects": [s.name for s in val_subjects]}
+                                "val_subjects": [s.name for s in val_subjects], "domain": training_domain(trained)}
 
 
 def _streamed_windows(out: Path, stream: StreamOptions, options: DDTrackingTrainOptions):
     """The pool, training and validation windows of streamed subjects, and their meta."""
-    from ...training.stream import open_datasets
+    from ...training.recipe import phantom_recipe
+    from ...training.stream import open_datasets, stream_presets
     from .data import StreamlineDataset, phantom_arrays
+    from .domain import streamed_domain
 
     def dataset(n_samples: int, seed: int, validation: bool):
-        fixed = {"per_epoch": False} if validation else {}
+        fixed = {"per_epoch": False} if validation else {"augment": options.augment}
         return partial(StreamlineDataset, n_samples=n_samples, seed=seed, **fixed, **options.noise)
 
-    return open_datasets(stream, out, options, phantom_arrays, {"step": options.step}, {},
-                         STREAM_SUBJECTS_PER_EPOCH, _streamed_subject, dataset)
+    pool, train_set, val_set, meta = open_datasets(stream, out, options, phantom_arrays, {"step": options.step}, {},
+                                                   STREAM_SUBJECTS_PER_EPOCH, _streamed_subject, dataset)
+    presets = stream_presets(stream.preset)
+    meta["domain"] = streamed_domain(phantom_recipe(presets[0], dict(stream.phantom)), presets)
+    return pool, train_set, val_set, meta
 
 
 def _streamed_subject(seed: int, arrays: dict):

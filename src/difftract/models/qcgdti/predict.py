@@ -22,7 +22,7 @@ from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
 from ...reconst.voxels import MaskedSignal
 from .data import brain_scale, make_input, pad_to, q_coordinates
-from .domain import check_domain, estimate_snr
+from ...training.domain import check_domain, estimate_snr
 from .model import N_DWI, TENSOR_SCALE, QCGDTI, build_model
 from .schemes import SixSet, check_six
 
@@ -118,7 +118,7 @@ class QCGTensorModel:
         ``data`` is a 4D array or a :class:`MaskedSignal` (then the seven volumes are put on
         the grid, zero outside the held voxels, and nothing else). The fit's
         ``params["domain_warnings"]`` lists what of the scan lies outside the training data
-        (:mod:`.domain`; the voxel size is checked when given).
+        (:mod:`difftract.training.domain`; the voxel size is checked when given).
         """
         if mask is None:
             raise ConfigError("QCG-DTI needs a brain mask (intensities are normalised over it)")

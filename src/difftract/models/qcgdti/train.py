@@ -158,7 +158,7 @@ def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int,
     from ...io.dwi import load_subject
     from ...training.files import subject_label
     from .data import PatchDataset, prepare_subject
-    from .domain import subjects_domain
+    from ...training.domain import subjects_domain
 
     if options.val_subjects < 0 or (len(subjects) > 1 and options.val_subjects >= len(subjects)):
         raise ConfigError(f"--val-subjects must leave at least one training subject, got {options.val_subjects} "
@@ -179,7 +179,7 @@ def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int,
     return train_set, val_set, {"subjects": [subject_label(d) for d in subjects],
                                 "val_subjects": [s.name for s in val_subjects],
                                 "reference": "WLS on all volumes of each subject",
-                                "domain": subjects_domain(train_subjects, voxel_sizes[: len(train_subjects)])}
+                                "domain": subjects_domain([s.bvals for s in train_subjects], voxel_sizes[: len(train_subjects)])}
 
 
 def _streamed_patches(out: Path, stream: StreamOptions, options: QCGTrainOptions, patch: int, multiple: int):
@@ -187,7 +187,7 @@ def _streamed_patches(out: Path, stream: StreamOptions, options: QCGTrainOptions
     from ...training.recipe import phantom_recipe
     from ...training.stream import open_datasets, stream_presets
     from .data import PatchDataset, phantom_arrays, truth_scheme
-    from .domain import stream_domain
+    from ...training.domain import stream_domain
 
     def dataset(n_samples: int, seed: int, validation: bool):
         fixed = {"augment": False, "per_epoch": False} if validation else {}

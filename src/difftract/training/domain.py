@@ -1,0 +1,153 @@
+"""What a learned model (QCG-DTI, DDTracking) was trained on, and whether a scan lies inside it.
+
+A learned model is only as good as what it was shown: outside its training shells, SNR,
+direction counts or voxel sizes it extrapolates, and nothing says so but a warning.
+:func:`stream_domain` and :func:`subjects_domain` describe the training data as the weights'
+``meta["domain"]``; :func:`check_domain` compares a scan with it and returns one message per
+setting outside (``fit dti --method qcg``, ``track`` and ``run`` warn in one line and record
+them in the sidecar). Each model records what it reads: QCG-DTI the shells of its six DWIs,
+DDTracking the one shell its SH input is fitted on and that shell's direction count.
+
+The SNR of a scan is estimated from its b0 volumes (:func:`estimate_snr`): the spread of
+repeated b0s in each brain voxel against the median b0 there, as the phantoms define it
+(b0 signal over the noise's standard deviation). With one b0 it cannot be estimated, and
+is not checked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io.gradients import B0_THRESHOLD
+
+SHELL_MARGIN = 50.0        # s/mm^2 beyond the training shells still counted inside
+SNR_MARGIN = 0.8           # a scan's SNR estimate may be 20% under the training minimum
+VOXEL_MARGIN = 0.05        # mm
+
+
+def _span(values) -> list[float]:
+    values = np.asarray(values, dtype=float).ravel()
+    return [float(values.min()), float(values.max())]
+
+
+def stream_domain(phantom) -> dict:
+    """The domain of streamed training phantoms (a :class:`~difftract.phantom.PhantomConfig` template)."""
+    if phantom.randomize:
+        a, t = phantom.acquisition_ranges, phantom.tissue_ranges
+        domain = {"bvals": list(map(float, a.bvals)), "nb0": list(map(int, a.nb0)),
+                  "ndirs_per_shell": list(map(int, a.ndirs)),
+                  "snr": None if phantom.snr is None else list(map(float, a.snr)),
+                  "noise": "rician or non-central chi (2-32 coils)",
+                  "tissue": {k: list(map(float, getattr(t, k))) for k in
+                             ("d_par", "perp_ratio", "f_intra", "kappa", "f_free", "d_background", "d_csf")}}
+        domain["voxel_size_mm"] = (list(map(float, a.voxel_size)) if phantom.voxel_size is None
+                                   else [float(phantom.voxel_size)] * 2)
+    else:
+        domain = {"bvals": _span(phantom.bvals), "nb0": [int(phantom.nb0)] * 2,
+                  "snr": None if phantom.snr is None else [float(phantom.snr)] * 2,
+                  "voxel_size_mm": [float(phantom.voxel_size or 2.0)] * 2}
+    domain["presets"] = [phantom.preset]
+    return domain
+
+
+def subjects_domain(bvals, voxel_sizes, ndirs=None, snr=None) -> dict:
+    """The domain of training subject folders: their shells and voxel sizes.
+
+    ``bvals``: per subject, the b-values the model reads; ``ndirs`` the
+    direction counts it read, and ``snr`` the subjects' SNRs where known (a simulated
+    phantom's provenance, :func:`provenance_snr`): ``None`` entries are skipped, and the SNR
+    is unknown (not checked) unless every subject has one.
+    """
+    shells = np.concatenate([b[b > B0_THRESHOLD] for b in map(np.asarray, bvals)])
+    domain = {"bvals": _span(shells), "voxel_size_mm": _span(voxel_sizes), "snr": None}
+    if ndirs is not None:
+        domain["ndirs"] = [int(min(ndirs)), int(max(ndirs))]
+    if snr is not None and len(snr) and all(v is not None for v in snr):
+        domain["snr"] = _span(snr)
+    return domain
+
+
+def simulated(directory) -> dict | None:
+    """How a simulated subject was made (``params`` and ``summary`` of its ``dwi.json``), or None."""
+    import json
+    from pathlib import Path
+
+    try:
+        record = json.loads((Path(directory) / "dwi.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("command") != "simulate":
+        return None
+    return {"params": record.get("params") or {}, "summary": record.get("summary") or {}}
+
+
+def provenance_snr(directory) -> float | None:
+    """The SNR a simulated subject was made with, or None."""
+    made = simulated(directory)
+    value = made["summary"].get("snr") if made else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def provenance_tissue(directories) -> str:
+    """The tissue of training subjects in words: the simulator's fixed default, randomised, or unknown."""
+    made = [simulated(d) for d in directories]
+    if not made or any(m is None for m in made):
+        return "unknown (not all subjects were simulated)"
+    if any(m["params"].get("randomize") for m in made):
+        return "randomised (the simulator's tissue ranges)"
+    return "the simulator's default tissue, not randomised (bundle FA about 0.76)"
+
+
+def estimate_snr(b0s: np.ndarray, mask: np.ndarray) -> float | None:
+    """b0 SNR from repeated b0 volumes ``(X, Y, Z, k)``: median b0 / noise std over the mask; None for k < 2."""
+    b0s = np.asarray(b0s, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    if b0s.ndim != 4 or b0s.shape[-1] < 2 or not mask.any():
+        return None
+    inside = b0s[mask]
+    sigma = np.sqrt(np.mean(inside.var(axis=1, ddof=1)))
+    return float(np.median(inside.mean(axis=1)) / sigma) if sigma > 0 else None
+
+
+def scan_snr(signal, bvals, mask) -> float | None:
+    """:func:`estimate_snr` of a scan's b0 volumes (``signal`` an array or a :class:`~difftract.reconst.voxels.MaskedSignal`)."""
+    from ..reconst.voxels import MaskedSignal
+
+    b0s = np.flatnonzero(np.asarray(bvals, float) <= B0_THRESHOLD)
+    if len(b0s) < 2 or mask is None:
+        return None
+    volumes = signal.volume(b0s) if isinstance(signal, MaskedSignal) else np.asarray(signal)[..., b0s]
+    return estimate_snr(volumes, mask)
+
+
+def check_domain(domain: dict | None, bvals: np.ndarray, voxel_size: np.ndarray | None = None,
+                 snr: float | None = None, ndirs: int | None = None) -> list[str]:
+    """One message per property of the scan outside the training ``domain`` (empty: inside, or no domain).
+
+    ``ndirs`` (checked when the domain has ``ndirs``): the directions the model reads; fewer
+    than in training is outside (the SH input is noisier or ill-posed), more is not.
+    """
+    if not domain:
+        return []
+    out = []
+    dw = np.asarray(bvals, dtype=float)
+    dw = dw[dw > B0_THRESHOLD]
+    lo, hi = domain.get("bvals", (None, None))
+    if lo is not None and dw.size and (dw.min() < lo - SHELL_MARGIN or dw.max() > hi + SHELL_MARGIN):
+        out.append(f"b-values {dw.min():g}-{dw.max():g} s/mm^2 outside the training shells {lo:g}-{hi:g}")
+    span = domain.get("ndirs")
+    if span and ndirs is not None and ndirs < span[0]:
+        out.append(f"{ndirs} diffusion directions, fewer than the training minimum {span[0]}")
+    span = domain.get("voxel_size_mm")
+    if span and voxel_size is not None:
+        v = np.asarray(voxel_size, dtype=float)
+        if v.min() < span[0] - VOXEL_MARGIN or v.max() > span[1] + VOXEL_MARGIN:
+            out.append(f"voxel size {v.min():.3g}-{v.max():.3g} mm outside the training {span[0]:g}-{span[1]:g} mm")
+    span = domain.get("snr")
+    if span and snr is not None:
+        if snr < span[0] * SNR_MARGIN:
+            out.append(f"b0 SNR about {snr:.0f}, under the training minimum {span[0]:g}")
+        elif snr > span[1] / SNR_MARGIN:
+            out.append(f"b0 SNR about {snr:.0f}, above the training maximum {span[1]:g} (WLS on more "
+                       "directions may serve better)")
+    return out
