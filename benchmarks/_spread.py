@@ -13,28 +13,34 @@ import nibabel as nib
 import numpy as np
 
 
-def crossing_spread(lines: list[np.ndarray], peaks_file: Path) -> np.ndarray:
-    """Angles (degrees) between each step inside a crossing voxel (2+ true peaks) and the nearest true peak.
-
-    ``lines`` in voxel space; ``peaks_file`` a phantom's ``gt/peaks.nii.gz`` (unit vectors in the
-    data-array frame, 3 populations x 3, zero where absent).
-    """
+def load_crossings(peaks_file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom's true peaks ``(X, Y, Z, 3, 3)`` (``gt/peaks.nii.gz``: unit vectors in the data-array
+    frame, zero where absent) and its crossing voxels (two or more populations)."""
     peaks = np.asarray(nib.load(peaks_file).dataobj, dtype=np.float64)
     peaks = peaks.reshape(*peaks.shape[:3], -1, 3)
-    crossing = (np.linalg.norm(peaks, axis=-1) > 0).sum(-1) >= 2
-    angles = []
-    for line in lines:
-        if len(line) < 2:
-            continue
-        mid = 0.5 * (line[1:] + line[:-1])
-        tangent = np.diff(line, axis=0)
-        tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-12)
-        voxel = np.clip(np.rint(mid).astype(int), 0, np.array(crossing.shape) - 1)
-        inside = crossing[tuple(voxel.T)]
-        if inside.any():
-            cos = np.abs(np.einsum("nj,npj->np", tangent[inside], peaks[tuple(voxel[inside].T)])).max(axis=1)
-            angles.append(np.degrees(np.arccos(np.clip(cos, 0, 1))))
-    return np.concatenate(angles) if angles else np.zeros(0)
+    return peaks, (np.linalg.norm(peaks, axis=-1) > 0).sum(-1) >= 2
+
+
+def crossing_spread(lines: list[np.ndarray], peaks: np.ndarray, crossing: np.ndarray) -> np.ndarray:
+    """Angles (degrees) between each step inside a crossing voxel and the nearest true peak.
+
+    ``lines`` in voxel space; ``peaks`` and ``crossing`` from :func:`load_crossings`. All
+    steps of all streamlines at once: a step joins consecutive points of one streamline.
+    """
+    lines = [np.asarray(line, dtype=np.float64) for line in lines if len(line) >= 2]
+    if not lines:
+        return np.zeros(0)
+    points = np.concatenate(lines)
+    ends = np.cumsum([len(line) for line in lines])[:-1]          # first point of every later streamline
+    step = np.ones(len(points) - 1, dtype=bool)
+    step[ends - 1] = False                                         # no step from one streamline to the next
+    tangent = (points[1:] - points[:-1])[step]
+    mid = (0.5 * (points[1:] + points[:-1]))[step]
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-12)
+    voxel = np.clip(np.rint(mid).astype(int), 0, np.array(crossing.shape) - 1)
+    inside = crossing[tuple(voxel.T)]
+    cos = np.abs(np.einsum("nj,npj->np", tangent[inside], peaks[tuple(voxel[inside].T)])).max(axis=1)
+    return np.degrees(np.arccos(np.clip(cos, 0, 1)))
 
 
 def print_spreads(spreads: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:

@@ -50,10 +50,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import apply_affine
 import torch
 
 from _check import Target, parse_args
-from _spread import crossing_spread, print_spreads
+from _spread import crossing_spread, load_crossings, print_spreads
 from difftract.eval.tractometer import load_scoring, score
 from difftract.io.dwi import load_subject
 from difftract.io.tractogram import load_tractogram
@@ -167,7 +168,7 @@ class Subject:
 
         track = {"det": deterministic_tracking, "prob": probabilistic_tracking}[method]
         affine = self.dwi.affine
-        world = seeds.numpy().astype(np.float64) @ affine[:3, :3].T + affine[:3, 3]
+        world = apply_affine(affine, seeds.numpy().astype(np.float64))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
@@ -177,7 +178,7 @@ class Subject:
                              return_all=False))
             seconds = time.perf_counter() - t0
         inverse = np.linalg.inv(affine)
-        return [np.asarray(s) @ inverse[:3, :3].T + inverse[:3, 3] for s in out], seconds
+        return [apply_affine(inverse, np.asarray(s)) for s in out], seconds
 
 
 def parse_models(specs: list[str] | None) -> dict[str, tuple]:
@@ -259,7 +260,9 @@ def main() -> None:
             if args.stochastic:
                 add(f"ddtracking {args.target_model} S=5 stoch", *run(s.learned(
                     models[args.target_model][0], 5, True, chunk_size=10_000), s.seeds))
-                spreads.setdefault(col, {})[label] = {name: crossing_spread(lines, s.directory / "gt" / "peaks.nii.gz") for name, lines in tracked.items()}
+                peaks, crossing = load_crossings(s.directory / "gt" / "peaks.nii.gz")
+                spreads.setdefault(col, {})[label] = {name: crossing_spread(lines, peaks, crossing)
+                                                      for name, lines in tracked.items()}
     columns = summarise(tables)
     print_columns(columns)
     measure_targets(check, columns, f"ddtracking {args.target_model}", args.no_dipy)

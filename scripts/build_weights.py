@@ -244,12 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.install:
         from difftract import weights as W
 
-        updates = {"build": build_command(args.model)}
-        if RECIPES[args.model].get("train", args.model) == "ddtracking" and "domain" not in load_weights(result)["meta"]:
-            from difftract.models.ddtracking.domain import training_domain   # weights trained before it was recorded
-
-            updates["domain"] = training_domain([work / "train" / s for s in RECIPES[args.model]["subjects"][:-1]])
-        digest = W.install(result, args.model, updates)
+        digest = W.install(result, args.model, {"build": build_command(args.model)})
         print(f"installed {W.WEIGHTS_DIR / W.SHIPPED[args.model]} (SHA256 {digest}; {W.SUMS} updated)")
     return 0
 

@@ -105,6 +105,8 @@ def test_track_deterministic_same_seed_same_tractogram(weights, subjects, tmp_pa
     (["--method", "ddtracking", "--sampler-steps", "0"], "at least 1"),
     (["--method", "ddtracking", "--integrator", "rk4"], "--integrator euler"),
     (["--method", "det", "--seeds-per-voxel", "0"], "--seeds-per-voxel must be at least 1"),
+    (["--method", "det", "--model", "fast"], "--weights and --model only apply to --method ddtracking"),
+    (["--method", "ddtracking", "--model", "fast", "--weights", "w.pt"], "give one of them"),
 ])
 def test_bad_options(subjects, tmp_path, capsys, extra, message):
     d = subjects[0]

@@ -45,6 +45,8 @@ def test_streamed_ddtracking_resumes_exactly(tmp_path):
     side = json.loads(full.with_suffix(".json").read_text())
     assert side["weights_sha256"] == sha256(full)
     assert side["params"]["stream"]["recipe"]["phantom"]["preset"] == "crossing"
+    domain = torch.load(full, weights_only=True)["meta"]["domain"]     # the stream's, recorded by open_datasets
+    assert domain["presets"] == ["crossing"] and domain["ndirs"] == [32, 32] and domain["bvals"] == [1000.0, 1000.0]
     assert side["stream"]["subjects_simulated"] == 5 and side["stream"]["seconds_per_subject"] > 0
     assert len(list((tmp_path / "full.stream").glob("*.npz"))) <= 2 * 2 + 1     # the default pool bound
     # another stream is another data setup: no resume
@@ -63,6 +65,7 @@ def test_streamed_qcgdti(tmp_path):
     assert len(row["train_subject_seeds"]) == 2 and row["val_subject_seeds"] == [validation_seed(0, 0)]
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["stream"]["recipe"]["phantom"]["ndirs"] == 64 and meta["val_subjects"] == ["seed1100000000"]
+    assert meta["domain"]["ndirs"] == [64, 64] and meta["domain"]["presets"] == ["crossing"]
 
 
 @pytest.mark.parametrize("args, message", [

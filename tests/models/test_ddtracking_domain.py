@@ -9,9 +9,9 @@ import pytest
 
 from difftract.cli import main
 from difftract.io.dwi import load_subject
-from difftract.models.ddtracking.domain import read_shell, scan_domain, streamed_domain, training_domain
+from difftract.models.ddtracking.domain import read_shell, scan_domain, training_domain
 from difftract.phantom import PhantomConfig, save_phantom, simulate
-from difftract.training.domain import check_domain
+from difftract.training.domain import check_domain, stream_domain
 from difftract.training.files import load_weights
 from difftract.training.recipe import phantom_recipe
 from difftract.weights import shipped_weights
@@ -27,6 +27,8 @@ def test_the_read_shell_is_the_one_nearest_1000_and_its_directions():
     shell, n = read_shell(bvals)
     assert abs(shell - 1000) < 5 and n == 3     # the shell (its rounded mean b-value) and its three volumes
     assert read_shell(np.array([0, 3000, 3000, 2000])) == (2000.0, 1)
+    # a scatter of +-60 around b = 1000 is one shell, as every fit groups it (reconst.sh.shell_groups)
+    assert read_shell(np.array([0, 940, 1000, 1060, 2000])) == (1000.0, 3)
 
 
 def test_training_subjects_give_the_shells_directions_and_snr(tmp_path):
@@ -39,9 +41,9 @@ def test_training_subjects_give_the_shells_directions_and_snr(tmp_path):
 
 def test_a_stream_domain_has_the_direction_counts():
     template = phantom_recipe("random", {"randomize": True, "acquisition_ranges": {"ndirs": [20, 90]}})
-    d = streamed_domain(template, ["random", "brain-random"])
+    d = stream_domain(template, ("random", "brain-random"))
     assert d["ndirs"] == [20, 90] and d["presets"] == ["random", "brain-random"]
-    assert streamed_domain(PhantomConfig(preset="random", ndirs=(40, 60), bvals=(1000.0, 2000.0)), ["random"])[
+    assert stream_domain(PhantomConfig(preset="random", ndirs=(40, 60), bvals=(1000.0, 2000.0)))[
         "ndirs"] == [40, 60]
 
 

@@ -4,9 +4,9 @@ background worker (prefetch, failures), and the seed plan across epochs and DDP 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 import signal
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest

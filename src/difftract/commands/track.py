@@ -113,8 +113,6 @@ def cmd_track(args: argparse.Namespace) -> int:
     check_outputs([args.out, sidecar_path(args.out)], args.force, inputs=scan_inputs(args) + given)
     if (args.weights is not None or args.model is not None) and args.method != "ddtracking":
         raise ConfigError("--weights and --model only apply to --method ddtracking")
-    if args.weights is not None and args.model is not None:
-        raise ConfigError("--weights replaces the shipped --model: give one of them")
     if args.sh_basis is not None and args.sh is None:
         raise ConfigError("--sh-basis names the basis of --sh; give --sh too (a fitted fODF is descoteaux07)")
     if args.seed_mask is not None and args.seeds_file is not None:
@@ -132,7 +130,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.method == "ddtracking":     # bad weights are refused before the scan is read
         from ..models.ddtracking.getter import load_ddtracking
 
-        model = load_ddtracking(args.weights, args.model or DEFAULT_MODEL)
+        model = load_ddtracking(args.weights, args.model)
     stop_path = args.stop_mask or args.mask
     if stop_path is None and args.fa_threshold is None:
         raise ConfigError("tracking needs a stopping rule: give --mask, --stop-mask or --fa-threshold")

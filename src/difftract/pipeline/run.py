@@ -22,16 +22,17 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .compute import Compute
-from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
+from ..models.ddtracking.defaults import check_model_choice
 from ..console import Console, command_line
 from .subject import Subject
 
 log = logging.getLogger("difftract")
 
 METHODS = ("ddtracking", "det", "prob")
-# The default rule is the one the unseen-geometry and foreign-signal benchmark rates best
-# (benchmarks/bench_ddtracking.py; README, "Learned tracking"): CSD `det`, whose F1 is above
-# DDTracking's on both test columns and which finds every bundle, at 30x its speed on a CPU.
+# The default rule: CSD `det`. On the test columns of benchmarks/bench_ddtracking.py (unseen
+# geometry, the brain phantom, foreign signal; README, "Learned tracking") DDTracking's mean F1
+# is level with det's (0.733 against 0.730), short of the 3 points that would make it the
+# better rule, and det tracks about 80x faster on a CPU.
 DEFAULT_METHOD = "det"
 FORMATS = ("trx", "trk", "tck")
 CSD_LMAX = 8
@@ -85,10 +86,7 @@ class RunOptions:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if (self.weights is not None or self.model is not None) and "ddtracking" not in self.methods:
             raise ConfigError("--weights and --model apply only to --method ddtracking")
-        if self.weights is not None and self.model is not None:
-            raise ConfigError("--weights replaces the shipped --model: give one of them")
-        if self.model is not None and self.model not in SHIPPED_MODELS:
-            raise ConfigError(f"--model must be one of {', '.join(SHIPPED_MODELS)}, got {self.model!r}")
+        check_model_choice(self.weights, self.model)
         if self.methods == ("ddtracking",) and (self.shell is not None or self.lmax is not None):
             raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob; DDTracking reads the SH "
                               "(lmax 6) of the shell nearest b=1000, as it was trained; for a scheme without such a "
@@ -259,7 +257,7 @@ def _load_model(options: RunOptions):
         return None
     from ..models.ddtracking.getter import load_ddtracking
 
-    return load_ddtracking(options.weights, options.model or DEFAULT_MODEL)
+    return load_ddtracking(options.weights, options.model)
 
 
 def given_stop_mask(options: RunOptions, subject: Subject, dwi) -> np.ndarray | None:
@@ -286,7 +284,6 @@ def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions
     """DDTracking's input, fitted once by ``fit sh`` (the shell nearest b=1000, float32): written as
     ``sh.nii.gz`` and tracked, the same array."""
     from ..models.ddtracking.data import signal_sh_shell
-    from ..models.ddtracking.domain import scan_domain
     from ..reconst.sh import lmax_from_ncoeffs
     from .fits import fit_sh
     from .track import LearnedSource
@@ -300,7 +297,7 @@ def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions
     console.stage(line)
     fit = fit_sh(dwi, out, lmax=lmax, shell=shell, compute=replace(options.compute, dtype="float32"), console=console,
                  equivalent=line)
-    return LearnedSource(model, meta, fit.coeffs.astype(np.float32, copy=False), scan_domain(meta, dwi))
+    return LearnedSource.for_scan(model, meta, fit.coeffs.astype(np.float32, copy=False), dwi)
 
 
 def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Console):

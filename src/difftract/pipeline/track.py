@@ -122,14 +122,19 @@ class LearnedSource:
     domain: dict = field(default_factory=dict)
 
     @classmethod
-    def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu") -> LearnedSource:
-        """The network with the SH it reads fitted from ``dwi`` (the shell nearest b=1000, at its lmax)."""
-        from ..models.ddtracking.data import signal_sh
+    def for_scan(cls, model: torch.nn.Module, meta: dict, sh: np.ndarray, dwi) -> LearnedSource:
+        """The network, the SH it reads, and how ``dwi`` compares with its training domain."""
         from ..models.ddtracking.domain import scan_domain
+
+        return cls(model, meta, sh, scan_domain(meta, dwi))
+
+    @classmethod
+    def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu") -> LearnedSource:
+        """:meth:`for_scan` with the SH fitted from ``dwi`` (the shell nearest b=1000, at the network's lmax)."""
+        from ..models.ddtracking.data import signal_sh
         from ..reconst.sh import lmax_from_ncoeffs
 
-        return cls(model, meta, signal_sh(dwi, lmax_from_ncoeffs(model.config.n_coeffs), device=device),
-                   scan_domain(meta, dwi))
+        return cls.for_scan(model, meta, signal_sh(dwi, lmax_from_ncoeffs(model.config.n_coeffs), device=device), dwi)
 
     def warn_domain(self, scan) -> None:
         """One line when the scan lies outside the network's training data."""

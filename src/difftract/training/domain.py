@@ -30,12 +30,13 @@ def _span(values) -> list[float]:
     return [float(values.min()), float(values.max())]
 
 
-def stream_domain(phantom) -> dict:
-    """The domain of streamed training phantoms (a :class:`~difftract.phantom.PhantomConfig` template)."""
+def stream_domain(phantom, presets=None) -> dict:
+    """The domain of streamed training phantoms: a :class:`~difftract.phantom.PhantomConfig` template and the
+    presets its subjects alternate between (default: the template's)."""
     if phantom.randomize:
         a, t = phantom.acquisition_ranges, phantom.tissue_ranges
         domain = {"bvals": list(map(float, a.bvals)), "nb0": list(map(int, a.nb0)),
-                  "ndirs_per_shell": list(map(int, a.ndirs)),
+                  "ndirs_per_shell": list(map(int, a.ndirs)), "ndirs": list(map(int, a.ndirs)),
                   "snr": None if phantom.snr is None else list(map(float, a.snr)),
                   "noise": "rician or non-central chi (2-32 coils)",
                   "tissue": {k: list(map(float, getattr(t, k))) for k in
@@ -43,20 +44,21 @@ def stream_domain(phantom) -> dict:
         domain["voxel_size_mm"] = (list(map(float, a.voxel_size)) if phantom.voxel_size is None
                                    else [float(phantom.voxel_size)] * 2)
     else:
+        counts = np.atleast_1d(phantom.ndirs)
         domain = {"bvals": _span(phantom.bvals), "nb0": [int(phantom.nb0)] * 2,
+                  "ndirs": [int(counts.min()), int(counts.max())],
                   "snr": None if phantom.snr is None else [float(phantom.snr)] * 2,
                   "voxel_size_mm": [float(phantom.voxel_size or 2.0)] * 2}
-    domain["presets"] = [phantom.preset]
+    domain["presets"] = list(presets or (phantom.preset,))
     return domain
 
 
 def subjects_domain(bvals, voxel_sizes, ndirs=None, snr=None) -> dict:
     """The domain of training subject folders: their shells and voxel sizes.
 
-    ``bvals``: per subject, the b-values the model reads; ``ndirs`` the
-    direction counts it read, and ``snr`` the subjects' SNRs where known (a simulated
-    phantom's provenance, :func:`provenance_snr`): ``None`` entries are skipped, and the SNR
-    is unknown (not checked) unless every subject has one.
+    ``bvals``: per subject, the b-values the model reads; ``ndirs`` the direction counts
+    it read, and ``snr`` the subjects' SNRs where known (a simulated phantom's provenance,
+    :func:`provenance_snr`): the SNR is unknown (not checked) unless every subject has one.
     """
     shells = np.concatenate([b[b > B0_THRESHOLD] for b in map(np.asarray, bvals)])
     domain = {"bvals": _span(shells), "voxel_size_mm": _span(voxel_sizes), "snr": None}
@@ -81,16 +83,15 @@ def simulated(directory) -> dict | None:
     return {"params": record.get("params") or {}, "summary": record.get("summary") or {}}
 
 
-def provenance_snr(directory) -> float | None:
-    """The SNR a simulated subject was made with, or None."""
-    made = simulated(directory)
+def provenance_snr(made: dict | None) -> float | None:
+    """The SNR a simulated subject was made with (its :func:`simulated` record), or None."""
     value = made["summary"].get("snr") if made else None
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def provenance_tissue(directories) -> str:
-    """The tissue of training subjects in words: the simulator's fixed default, randomised, or unknown."""
-    made = [simulated(d) for d in directories]
+def provenance_tissue(made: list[dict | None]) -> str:
+    """The tissue of training subjects (their :func:`simulated` records) in words: the simulator's fixed
+    default, randomised, or unknown."""
     if not made or any(m is None for m in made):
         return "unknown (not all subjects were simulated)"
     if any(m["params"].get("randomize") for m in made):

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError
 from ..phantom.splits import MAX_VALIDATION_SUBJECTS, training_seed, validation_seed
 from .pool import SubjectPool
+from .domain import stream_domain
 
 log = logging.getLogger("difftract")
 
@@ -270,7 +271,8 @@ def open_stream(stream: StreamOptions, out: Path, val_subjects: int, prepare: Ca
 
 def open_datasets(stream: StreamOptions, out: Path, schedule: Schedule, prepare: Callable, settings: dict,
                   phantom_defaults: dict, subjects_per_epoch: int, load: Callable, dataset: Callable):
-    """The pool, training and validation datasets of a stream, and their meta.
+    """The pool, training and validation datasets of a stream, and their meta (with the stream's
+    :func:`~difftract.training.domain.stream_domain`).
 
     ``prepare(phantom, **settings)`` makes the arrays a subject is stored as (the model's
     ``phantom_arrays``), ``load(seed, arrays)`` a model's subject from them, and
@@ -284,7 +286,9 @@ def open_datasets(stream: StreamOptions, out: Path, schedule: Schedule, prepare:
     val_set = StreamDataset(pool, plan.validation_seeds, load,
                             dataset(schedule.val_samples, schedule.seed + 10_000, True), schedule.val_samples,
                             prefetch=False)
-    return pool, train_set, val_set, {"stream": record, "val_subjects": [f"seed{s}" for s in plan.validation_seeds()]}
+    domain = stream_domain(pool.recipe.phantom, pool.recipe.presets)   # what every model's weights record
+    return pool, train_set, val_set, {"stream": record, "val_subjects": [f"seed{s}" for s in plan.validation_seeds()],
+                                      "domain": domain}
 
 
 def stream_summary(pool: SubjectPool) -> dict:

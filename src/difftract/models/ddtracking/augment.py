@@ -19,6 +19,7 @@ data-array frame (``load_dwi`` undoes FSL's flip), the frame of the streamline p
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -47,6 +48,13 @@ def sh_matrix(R: np.ndarray, lmax: int) -> np.ndarray:
     B = sh_basis(u, lmax, False)[0]
     turned = sh_basis(u @ R, lmax, False)[0]               # rows are R^T u
     return np.linalg.lstsq(B, turned, rcond=None)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def grid_symmetries_for(n_coeffs: int) -> GridSymmetries:
+    """:class:`GridSymmetries` of ``n_coeffs`` SH coefficients, made once (48 fits, about 0.3 s) and shared
+    by every dataset (a stream builds one per new set of subjects)."""
+    return GridSymmetries(n_coeffs)
 
 
 class GridSymmetries:

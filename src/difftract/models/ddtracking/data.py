@@ -43,7 +43,7 @@ from ...io.atomic import atomic_file
 from ...reconst.sh import SHModel, shells
 from ...training.dataset import EpochDataset
 from . import diffusion
-from .augment import GridSymmetries
+from .augment import grid_symmetries_for
 from .features import neighbourhood
 
 log = logging.getLogger("difftract")
@@ -184,7 +184,7 @@ class StreamlineDataset(EpochDataset):
         super().__init__(n_samples, seed, per_epoch)
         self.subjects = subjects
         self.window, self.jitter, self.jitter_corr, self.seed_angle = window, jitter, jitter_corr, seed_angle
-        self.symmetries = GridSymmetries(subjects[0].sh.shape[-1]) if augment else None
+        self.symmetries = grid_symmetries_for(int(subjects[0].sh.shape[-1])) if augment else None
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self.rng(index)

@@ -23,6 +23,14 @@ SHIPPED_MODELS = {"full": "ddtracking", "fast": "ddtracking_fast"}   # --model -
 DEFAULT_MODEL = "full"
 
 
+def check_model_choice(weights, model: str | None) -> None:
+    """Refuse ``--weights`` together with ``--model``, and an unknown ``--model`` (None: the default)."""
+    if weights is not None and model is not None:
+        raise ConfigError("--weights replaces the shipped --model: give one of them")
+    if model is not None and model not in SHIPPED_MODELS:
+        raise ConfigError(f"--model must be one of {', '.join(SHIPPED_MODELS)}, got {model!r}")
+
+
 @dataclass(frozen=True)
 class TrackingDefaults:
     """A model's own tracking settings.

@@ -3,7 +3,8 @@
 DDTracking's input is the SH of one shell (the one nearest b = 1000, :func:`.data.signal_sh_shell`)
 on a voxel grid, so its domain is that shell's b-value and direction count, the voxel size and
 the SNR (:mod:`difftract.training.domain` holds the shared rules). Training writes it into the
-weights' ``meta["domain"]``; ``track`` and ``run`` call :func:`scan_domain` and warn in one line
+weights' ``meta["domain"]`` (a stream's domain is the shared :func:`difftract.training.domain.stream_domain`);
+``track`` and ``run`` call :func:`scan_domain` and warn in one line
 when the scan lies outside, and the sidecar records the comparison.
 """
 
@@ -13,19 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ...io.gradients import B0_THRESHOLD
-from ...training.domain import (check_domain, provenance_snr, provenance_tissue, scan_snr, stream_domain,
+from ...reconst.sh import shell_groups
+from ...training.domain import (check_domain, provenance_snr, provenance_tissue, scan_snr, simulated,
                                 subjects_domain)
 from .data import signal_sh_shell
 
-SHELL_TOLERANCE = 50.0     # s/mm^2: volumes within it of the read shell belong to it
-
 
 def read_shell(bvals) -> tuple[float, int]:
-    """The shell DDTracking reads from these b-values and its number of volumes."""
-    bvals = np.asarray(bvals, dtype=float)
+    """The shell DDTracking reads from these b-values (:func:`.data.signal_sh_shell`) and its number of volumes."""
     shell = signal_sh_shell(bvals)
-    return shell, int(np.sum((bvals > B0_THRESHOLD) & (np.abs(bvals - shell) <= SHELL_TOLERANCE)))
+    group = next(g for g in shell_groups(np.asarray(bvals, dtype=float)) if g.bval == shell)
+    return shell, len(group.indices)
 
 
 def training_domain(subjects: list[Path]) -> dict:
@@ -35,28 +34,16 @@ def training_domain(subjects: list[Path]) -> dict:
     from ...io.dwi import subject_files
     from ...io.gradients import read_bvals
 
-    shells, ndirs, sizes, snrs = [], [], [], []
+    shells, ndirs, sizes = [], [], []
     for directory in subjects:
         dwi, bval, _, _ = subject_files(directory)
         shell, n = read_shell(read_bvals(bval))
         shells.append(np.array([shell]))
         ndirs.append(n)
         sizes.extend(float(v) for v in nib.load(dwi).header.get_zooms()[:3])
-        snrs.append(provenance_snr(directory))
-    domain = subjects_domain(shells, sizes, ndirs=ndirs, snr=snrs)
-    domain["tissue"] = provenance_tissue(subjects)
-    return domain
-
-
-def streamed_domain(phantom, presets) -> dict:
-    """The domain of streamed phantoms: :func:`~difftract.training.domain.stream_domain` with the direction counts."""
-    domain = stream_domain(phantom)
-    if phantom.randomize:
-        domain["ndirs"] = list(map(int, phantom.acquisition_ranges.ndirs))
-    else:
-        counts = np.atleast_1d(phantom.ndirs)
-        domain["ndirs"] = [int(counts.min()), int(counts.max())]
-    domain["presets"] = list(presets)
+    made = [simulated(d) for d in subjects]
+    domain = subjects_domain(shells, sizes, ndirs=ndirs, snr=[provenance_snr(m) for m in made])
+    domain["tissue"] = provenance_tissue(made)
     return domain
 
 

@@ -35,23 +35,23 @@ from ...reconst.peaks import default_sphere
 from ...reconst.sh import sh_basis
 from ...tracking.getters import _cos
 from ...tracking.interpolate import grid_volume, inside_grid, trilinear
-from .defaults import DEFAULT_MODEL, SHIPPED_MODELS
+from .defaults import DEFAULT_MODEL, SHIPPED_MODELS, check_model_choice
 from .features import neighbourhood
 from .model import DDTracking, build_model
 
 
-def load_ddtracking(weights: str | Path | None = None, model: str = DEFAULT_MODEL) -> tuple[DDTracking, dict]:
+def load_ddtracking(weights: str | Path | None = None, model: str | None = None) -> tuple[DDTracking, dict]:
     """The network (eval mode, CPU) and its weights-file metadata.
 
     ``weights`` None loads the shipped ``model``: ``full`` (the paper's sizes) or ``fast`` (the
-    small CPU model, ``ddtracking_fast.pt``); see the weights README for how each was trained.
+    small CPU model, ``ddtracking_fast.pt``), by default :data:`.defaults.DEFAULT_MODEL`; see
+    the weights README for how each was trained.
     """
     from ...training.files import load_model
     from ...weights import shipped_weights
 
-    if model not in SHIPPED_MODELS:
-        raise ConfigError(f"--model must be one of {', '.join(SHIPPED_MODELS)}, got {model!r}")
-    path = shipped_weights(SHIPPED_MODELS[model]) if weights is None else Path(weights)
+    check_model_choice(weights, model)
+    path = shipped_weights(SHIPPED_MODELS[model or DEFAULT_MODEL]) if weights is None else Path(weights)
     model, meta = load_model(path, "ddtracking", "DDTracking", build_model)
     return model.eval(), meta
 

@@ -189,20 +189,15 @@ def _subject_windows(out: Path, subjects: list[Path], options: DDTrackingTrainOp
 
 def _streamed_windows(out: Path, stream: StreamOptions, options: DDTrackingTrainOptions):
     """The pool, training and validation windows of streamed subjects, and their meta."""
-    from ...training.recipe import phantom_recipe
-    from ...training.stream import open_datasets, stream_presets
+    from ...training.stream import open_datasets
     from .data import StreamlineDataset, phantom_arrays
-    from .domain import streamed_domain
 
     def dataset(n_samples: int, seed: int, validation: bool):
         fixed = {"per_epoch": False} if validation else {"augment": options.augment}
         return partial(StreamlineDataset, n_samples=n_samples, seed=seed, **fixed, **options.noise)
 
-    pool, train_set, val_set, meta = open_datasets(stream, out, options, phantom_arrays, {"step": options.step}, {},
-                                                   STREAM_SUBJECTS_PER_EPOCH, _streamed_subject, dataset)
-    presets = stream_presets(stream.preset)
-    meta["domain"] = streamed_domain(phantom_recipe(presets[0], dict(stream.phantom)), presets)
-    return pool, train_set, val_set, meta
+    return open_datasets(stream, out, options, phantom_arrays, {"step": options.step}, {},
+                         STREAM_SUBJECTS_PER_EPOCH, _streamed_subject, dataset)
 
 
 def _streamed_subject(seed: int, arrays: dict):

@@ -38,6 +38,7 @@ from torch.utils.data import default_collate
 from ...errors import ConfigError
 from ...io.dwi import load_subject
 from ...io.gradients import B0_THRESHOLD
+from ...reconst import tensor as T
 from ...reconst.dti import TensorModel
 from ...training.dataset import EpochDataset
 from .model import LOSSES, N_DWI, TENSOR_SCALE
@@ -231,15 +232,9 @@ ANISOTROPY_WEIGHT = 10.0  # "anisotropic" loss: the relative error times 1 + 10 
 
 
 def _fa(lt: torch.Tensor) -> torch.Tensor:
-    """FA (B, X, Y, Z) of tensors given as (B, 6, X, Y, Z) elements in DIPY order."""
-    xx, xy, yy, xz, yz, zz = lt.unbind(1)
-    m = torch.stack([torch.stack([xx, xy, xz], -1), torch.stack([xy, yy, yz], -1),
-                     torch.stack([xz, yz, zz], -1)], -2)
-    ev = torch.linalg.eigvalsh(m.float()).clamp_min(0.0)
-    mean = ev.mean(-1, keepdim=True)
-    num = (ev - mean).square().sum(-1)
-    den = ev.square().sum(-1).clamp_min(1e-12)
-    return (1.5 * num / den).sqrt().to(lt.dtype)
+    """FA (B, X, Y, Z) of tensors given as (B, 6, X, Y, Z) elements in DIPY order (eigenvalues clipped at 0)."""
+    evals = torch.linalg.eigvalsh(T.from_lower_triangular(lt.movedim(1, -1).float())).clamp_min(0.0)
+    return T.fractional_anisotropy(evals).to(lt.dtype)
 
 
 class QCGTask:

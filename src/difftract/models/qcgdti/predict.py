@@ -22,7 +22,7 @@ from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
 from ...reconst.voxels import MaskedSignal
 from .data import brain_scale, make_input, pad_to, q_coordinates
-from ...training.domain import check_domain, estimate_snr
+from ...training.domain import check_domain, scan_snr
 from .model import N_DWI, TENSOR_SCALE, QCGDTI, build_model
 from .schemes import SixSet, check_six
 
@@ -132,7 +132,7 @@ class QCGTensorModel:
         lt = self.predict(b0, _volumes(data, idx), bvals[idx], bvecs[idx], mask)
         scale = np.max(bvals[idx])
         evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)), EIGENVALUE_TOL / scale)
-        snr = estimate_snr(_volumes(data, b0s), mask) if len(b0s) > 1 else None
+        snr = scan_snr(data, bvals, mask)
         warnings = self.domain_warnings(bvals[idx], voxel_size, snr)
         return TensorFit(evals.numpy() * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
                          {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index,

@@ -184,10 +184,8 @@ def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int,
 
 def _streamed_patches(out: Path, stream: StreamOptions, options: QCGTrainOptions, patch: int, multiple: int):
     """The pool, training and validation patches of streamed subjects, and their meta."""
-    from ...training.recipe import phantom_recipe
-    from ...training.stream import open_datasets, stream_presets
+    from ...training.stream import open_datasets
     from .data import PatchDataset, phantom_arrays, truth_scheme
-    from ...training.domain import stream_domain
 
     def dataset(n_samples: int, seed: int, validation: bool):
         fixed = {"augment": False, "per_epoch": False} if validation else {}
@@ -197,11 +195,7 @@ def _streamed_patches(out: Path, stream: StreamOptions, options: QCGTrainOptions
     pool, train_set, val_set, meta = open_datasets(stream, out, options, phantom_arrays, {}, defaults,
                                                    STREAM_SUBJECTS_PER_EPOCH,
                                                    partial(_streamed_subject, patch=patch, multiple=multiple), dataset)
-    presets = stream_presets(stream.preset)
-    domain = stream_domain(phantom_recipe(presets[0], {**defaults, **stream.phantom}))
-    domain["presets"] = list(presets)
-    meta.update(reference="WLS of the noise-free signal on the truth scheme (b = 1000, 2000, 3000; 60 directions "
-                          "each)", domain=domain)
+    meta["reference"] = "WLS of the noise-free signal on the truth scheme (b = 1000, 2000, 3000; 60 directions each)"
     return pool, train_set, val_set, meta
 
 
