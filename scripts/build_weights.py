@@ -1,6 +1,7 @@
 """Rebuild a shipped weights file from the repository: simulate its training phantoms, train, install.
 
     python scripts/build_weights.py qcgdti --install        # src/difftract/weights/qcgdti.pt
+    python scripts/build_weights.py qcgdti_phantoms         # the earlier QCG-DTI, the start of qcgdti
     python scripts/build_weights.py ddtracking --install    # src/difftract/weights/ddtracking.pt
     python scripts/build_weights.py ddtracking_fast --install   # the small CPU model, ddtracking_fast.pt
     python scripts/build_weights.py qcgdti --quick          # the same flow, tiny sizes (minutes)
@@ -8,7 +9,8 @@
 
 The DDTracking recipes train on streamed phantoms (``--stream``): no phantom step, the
 subjects are simulated beside the training into ``WORK/NAME/full.stream/``, and one run gives
-the weights.
+the weights. ``qcgdti`` also streams, and starts (``--init``) from the ``qcgdti_phantoms``
+build, which it runs first in the same work folder.
 
 Everything is written under the work folder (default: ``build/weights`` in the repository,
 ``build/weights-quick`` with ``--quick``; ``build/`` is git-ignored). The commands run inside
@@ -85,8 +87,29 @@ DD_STREAM_QUICK = ["--stream", "random", "--phantom", "randomize=true", "--phant
                    "--subjects-per-epoch", "2", "--epochs-per-subject", "1", "--val-subjects", "1",
                    "--stream-workers", "0", "--augment", "--variant", "full", "--samples-per-epoch", "16",
                    "--val-samples", "8", "--lr", "3e-4", "--seed", "0", *DD_TINY_SIZES]
+# the shipped QCG-DTI (issue 20): the earlier network (the qcgdti_phantoms recipe, 24 epochs on nine
+# phantoms of one tissue) with an anisotropy-gain branch trained alone on streamed random and
+# brain-random subjects of randomised tissue and acquisition, against the exact noise-free
+# tensor (MD, FA and orientation as separate terms); two held-back stream seeds validate
+QCG_STREAM = ["--stream", "random,brain-random", "--phantom", "randomize=true", "--phantom",
+              'acquisition_ranges={"bvals":[500,3000],"ndirs":[60,90],"shells":[1,3],"voxel_size":[2.0,2.5]}',
+              "--phantom", 'tissue_ranges={"d_par":[1.0e-3,2.4e-3],"perp_ratio":[0.05,0.9],"f_intra":[0.2,0.85],'
+              '"kappa":[1.0,100.0],"f_free":[0.0,0.5]}',
+              "--subjects-per-epoch", "4", "--epochs-per-subject", "3", "--val-subjects", "2", "--val-samples", "32",
+              "--plateau-patience", "8", "--samples-per-epoch", "64", "--batch-size", "2", "--lr", "3e-3",
+              "--patience", "20", "--loss", "decomposed", "--widths", "8,16,32", "--anisotropy-gain", "--gain-only",
+              "--seed", "0"]
+QCG_STREAM_QUICK = ["--stream", "random", "--phantom", "randomize=true", "--phantom",
+                    'acquisition_ranges={"ndirs":[60,60],"shells":[1,1],"voxel_size":[2.5,2.5]}',
+                    "--subjects-per-epoch", "2", "--epochs-per-subject", "1", "--val-subjects", "1",
+                    "--stream-workers", "0", "--samples-per-epoch", "4", "--val-samples", "2", "--patch", "16",
+                    "--loss", "decomposed", "--widths", "4,8", "--anisotropy-gain", "--gain-only", "--seed", "0"]
 RECIPES = {
-    "qcgdti": {
+    "qcgdti": {"init": "qcgdti_phantoms", "subjects": [], "options": QCG_STREAM, "epochs": (30, 30),
+               "quick_subjects": [], "quick_options": QCG_STREAM_QUICK},
+    # the QCG-DTI shipped before issue 20, and the start of the one shipped now
+    "qcgdti_phantoms": {
+        "train": "qcgdti", "install": False,
         "subjects": [f"random_{s}" for s in range(1001, 1007)] + ["fibercup_1101", "fibercup_1102", "random_1201"],
         "options": ["--variant", "full", "--samples-per-epoch", "50", "--widths", "8,16,32", "--val-samples", "16",
                     "--patch", "32", "--seed", "0"],
@@ -199,6 +222,9 @@ def build(model: str, work: Path, quick: bool, device: str, dry_run: bool = Fals
     options = recipe["quick_options"] if quick else recipe["options"]
     first, last = QUICK_EPOCHS if quick else recipe["epochs"]
     trainer = recipe.get("train", model)
+    if "init" in recipe:    # a fine-tuning: the recipe it starts from is built first, in the same work folder
+        start = build(recipe["init"], work, quick, device, dry_run)
+        options = [*options, "--init", str(start.relative_to(work))]
     b.train(trainer, subjects, options, f"{model}/full.pt", first)
     if first == last:    # one run (the streamed recipes)
         return work / model / "full.pt"

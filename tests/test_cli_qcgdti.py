@@ -94,6 +94,27 @@ def test_train_then_fit(cli, subjects, tmp_path):
     other = cli("train", "qcgdti", *subjects, "--out", tmp_path / "other_w.pt", "--init", out, "--widths", "4,4",
                 *TINY[2:])
     assert other.returncode == 2 and "architecture" in other.stderr and not (tmp_path / "other_w.pt").exists()
+    # ... and from weights without the anisotropy-gain branch, which is added at gain 1
+    gain = cli("train", "qcgdti", *subjects, "--out", tmp_path / "gain.pt", "--init", out, "--anisotropy-gain",
+               *TINY)
+    assert gain.returncode == 0, gain.stderr
+    assert torch.load(tmp_path / "gain.pt", weights_only=True)["meta"]["config"]["anisotropy_gain"] is True
+    res = cli("fit", "dti", *scan_args(d, "six"), "--method", "qcg", "--weights", tmp_path / "gain.pt",
+              "--out-dir", tmp_path / "qg")
+    assert res.returncode == 0, res.stderr
+    # --gain-only trains that branch alone: every other weight stays the --init one
+    only = cli("train", "qcgdti", *subjects, "--out", tmp_path / "gain_only.pt", "--init", out, "--anisotropy-gain",
+               "--gain-only", *TINY)
+    assert only.returncode == 0, only.stderr
+    before = torch.load(out, weights_only=True)["state_dict"]
+    after = torch.load(tmp_path / "gain_only.pt", weights_only=True)["state_dict"]
+    assert set(after) - set(before) == {k for k in after if k.startswith("gain.")}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    only_meta = torch.load(tmp_path / "gain_only.pt", weights_only=True)["meta"]
+    assert only_meta["domain"]["init_domain"] == meta["domain"] and only_meta["trained"].startswith("anisotropy")
+    assert any(after[k].abs().sum() > 0 for k in after if k.startswith("gain.2."))   # the zero last layer moved
+    refused = cli("train", "qcgdti", *subjects, "--out", tmp_path / "no_init.pt", "--gain-only", *TINY)
+    assert refused.returncode == 2 and "--gain-only" in refused.stderr
 
     # the weights say what they were trained on; a scan outside it is fitted with a one-line warning
     assert meta["domain"]["bvals"] == [1000.0, 2000.0] and meta["domain"]["voxel_size_mm"] == [2.0, 2.0]

@@ -169,7 +169,7 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
     bw = _build_script()
     readme = (W.WEIGHTS_DIR / "README.md").read_text()
     args = re.findall(r'^ARGS="(.*)"$', readme, re.M)
-    phantom_recipes = ("qcgdti", "ddtracking_phantoms")
+    phantom_recipes = ("qcgdti_phantoms", "ddtracking_phantoms")
     assert args == [" ".join([*bw.RECIPES[m]["options"], "--device", "cpu"]) for m in phantom_recipes]
     assert " ".join(bw.QCG_SCHEME) in readme   # the scheme of the phantoms in the README's loop
     for model in ("ddtracking", "ddtracking_fast"):     # streamed: one run, no phantom step
@@ -180,6 +180,14 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
                            str(epochs), *bw.RECIPES[model]["options"], "--device", "cpu"])
         assert line in readme and "simulate" not in log and f"--out {model}/full.pt --epochs {epochs} " in log
         assert "full_long" not in log
+    # QCG-DTI: the earlier recipe's phantoms and two runs first, then the streamed fine-tuning from its result
+    assert bw.main(["qcgdti", "--dry-run", "--work", str(tmp_path / "qcgdti")]) == 0
+    log = (tmp_path / "qcgdti" / "commands.sh").read_text()
+    fine_tune = shlex.join(["difftract", "-q", "train", "qcgdti", "--out", "qcgdti/full.pt", "--epochs",
+                            str(bw.RECIPES["qcgdti"]["epochs"][0]), *bw.RECIPES["qcgdti"]["options"], "--init",
+                            "qcgdti_phantoms/full_long.pt", "--device", "cpu"])
+    assert fine_tune in readme and fine_tune in log
+    assert log.index("--out qcgdti_phantoms/full_long.pt") < log.index("--out qcgdti/full.pt")
     for model in phantom_recipes:
         assert bw.main([model, "--dry-run", "--work", str(tmp_path / model)]) == 0
         log = (tmp_path / model / "commands.sh").read_text()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from difftract.models.qcgdti.data import QCGTask
+from difftract.reconst import tensor as T
 from difftract.training.domain import check_domain, estimate_snr, stream_domain
 from difftract.models.qcgdti.model import QCGConfig, QCGDTI
 from difftract.models.qcgdti.predict import QCGTensorModel
@@ -94,3 +95,142 @@ def test_anisotropic_loss_weighs_white_matter_by_its_fa():
     fa = float(np.sqrt(1.5 * ((1.3 - 0.5) ** 2 + 2 * 0.4 ** 2) / (1.3 ** 2 + 2 * 0.1 ** 2)))
     loss, _ = QCGTask("anisotropic").loss(Fixed(), batch)
     assert float(loss) == pytest.approx((1.0 + 1.0 + 10.0 * fa ** 2) / 2.0, rel=1e-5)
+
+
+def _prolate(fa_axis: np.ndarray, l1: float = 1.7, l2: float = 0.3) -> np.ndarray:
+    """DIPY-order elements of the prolate tensor with eigenvalues (l1, l2, l2) along the unit ``fa_axis``."""
+    e = fa_axis / np.linalg.norm(fa_axis)
+    d = l2 * np.eye(3) + (l1 - l2) * np.outer(e, e)
+    return np.array([d[0, 0], d[0, 1], d[1, 1], d[0, 2], d[1, 2], d[2, 2]])
+
+
+def _task_loss(kind: str, pred: torch.Tensor, target: np.ndarray) -> torch.Tensor:
+    """Loss of one predicted tensor (6,) against several target voxels (6, V)."""
+    target = torch.tensor(target, dtype=torch.float32)[None, :, :, None, None]
+    batch = {"target": target, "mask": torch.ones(1, target.shape[2], 1, 1), "pairs": None, "q": None}
+
+    class Fixed(torch.nn.Module):
+        def forward(self, pairs, q):
+            return pred[None, :, None, None, None].expand_as(target)
+
+    return QCGTask(kind).loss(Fixed(), batch)[0]
+
+
+def _best_prediction(kind: str, target: np.ndarray) -> torch.Tensor:
+    """The one tensor that minimises ``kind``'s loss over the target voxels."""
+    pred = torch.tensor(target.mean(axis=1), dtype=torch.float32, requires_grad=True)
+    optimiser = torch.optim.Adam([pred], lr=0.01)
+    for _ in range(1500):
+        optimiser.zero_grad()
+        _task_loss(kind, pred, target).backward()
+        optimiser.step()
+    return pred.detach()
+
+
+def test_decompose_gives_the_eigenvalue_fa_and_md():
+    from difftract.models.qcgdti.data import _fa, _frobenius2, decompose
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(50, 3, 3))
+    d = torch.tensor(m @ m.transpose(0, 2, 1) + 0.05 * np.eye(3), dtype=torch.float64)
+    lt = T.lower_triangular(d).movedim(-1, 1)[..., None, None, None]     # (50, 6, 1, 1, 1)
+    md, fa, shape = decompose(lt, eps=0.0)
+    assert torch.allclose(fa, _fa(lt), atol=1e-6)
+    assert torch.allclose(md[:, 0, 0, 0], torch.linalg.eigvalsh(d).mean(-1), atol=1e-12)
+    assert torch.allclose(_frobenius2(shape), torch.ones_like(fa), atol=1e-9)    # unit deviatoric parts
+
+
+def test_decomposed_loss_does_not_shrink_fa_where_the_direction_is_uncertain():
+    # Two voxels that look alike to the network, whose true axes (FA 0.80) are 40 degrees
+    # apart: the element-wise mean is the squared-error optimum, and it is less anisotropic
+    # than either; the decomposed loss's optimum keeps their FA.
+    from difftract.models.qcgdti.data import decompose
+
+    a = np.radians(20.0)
+    target = np.stack([_prolate(np.array([np.cos(a), np.sin(a), 0.0])),
+                       _prolate(np.array([np.cos(a), -np.sin(a), 0.0]))], axis=1)
+    fa = lambda x: float(decompose(x[None, :, None, None, None])[1])  # noqa: E731
+    true_fa = fa(torch.tensor(target[:, 0]))
+    relative, decomposed = _best_prediction("relative", target), _best_prediction("decomposed", target)
+    assert fa(relative) < true_fa - 0.05
+    assert fa(decomposed) == pytest.approx(true_fa, abs=0.005)
+    e_relative = np.linalg.eigh(T.from_lower_triangular(relative).numpy())[1][:, -1]
+    e_decomposed = np.linalg.eigh(T.from_lower_triangular(decomposed).numpy())[1][:, -1]
+    assert abs(e_relative[0]) > 0.999 and abs(e_decomposed[0]) > 0.999     # both along the mean axis
+    assert float(_task_loss("decomposed", torch.tensor(target[:, 0], dtype=torch.float32), target[:, :1])) \
+        == pytest.approx(0.0, abs=1e-6)
+
+
+def test_decomposed_loss_has_finite_gradients_at_an_isotropic_prediction():
+    target = torch.tensor(_prolate(np.array([0.0, 0.0, 1.0])), dtype=torch.float32)[None, :, None, None, None]
+    pred = torch.zeros(1, 6, 1, 1, 1)
+    pred[0, [0, 2, 5]] = 0.7
+    pred.requires_grad_(True)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, pairs, q):
+            return pred
+
+    batch = {"target": target, "mask": torch.ones(1, 1, 1, 1), "pairs": None, "q": None}
+    loss, metrics = QCGTask("decomposed").loss(Fixed(), batch)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    assert metrics["fa_bias_wm"] == pytest.approx(-metrics["fa_mae"], abs=1e-3) and metrics["fa_mae"] > 0.5
+
+
+def test_the_anisotropy_gain_keeps_md_and_scales_fa_and_starts_at_one():
+    from difftract.models.qcgdti.data import decompose
+    from difftract.models.qcgdti.model import load_without_gain, scale_anisotropy
+
+    lt = torch.tensor(_prolate(np.array([1.0, 2.0, 0.5]), 1.2, 0.4), dtype=torch.float64)[None, :, None, None, None]
+    md, fa, shape = decompose(lt, eps=0.0)
+    md2, fa2, shape2 = decompose(scale_anisotropy(lt, torch.full((1, 1, 1, 1, 1), 1.5, dtype=torch.float64)), eps=0.0)
+    assert torch.allclose(md2, md) and torch.allclose(shape2, shape) and float(fa2) > float(fa) + 0.1
+    assert torch.allclose(scale_anisotropy(lt, torch.ones(1, 1, 1, 1, 1, dtype=torch.float64)), lt)
+
+    torch.manual_seed(0)
+    plain = QCGDTI(QCGConfig(widths=(4, 8)))
+    gained = QCGDTI(QCGConfig(widths=(4, 8), anisotropy_gain=True))
+    load_without_gain(gained, plain.state_dict())
+    pairs, q = torch.rand(1, 6, 2, 8, 8, 8) + 0.5, torch.rand(1, 6, 4)
+    with torch.no_grad():
+        assert torch.allclose(gained(pairs, q), plain(pairs, q), atol=1e-6)
+    with pytest.raises(Exception, match="do not fit"):
+        load_without_gain(gained, QCGDTI(QCGConfig(widths=(4, 4))).state_dict())
+
+
+def test_balanced_loss_weighs_every_true_fa_bin_alike():
+    from difftract.models.qcgdti.data import _bin_weights
+
+    fa = torch.tensor([0.05, 0.1, 0.15, 0.5, 0.9, 0.95])[None, :, None, None]
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])[None, :, None, None]
+    w = _bin_weights(fa, mask) * mask
+    assert float(w.sum()) == pytest.approx(float(mask.sum()))                 # mean 1 over the mask
+    totals = [float(w[(fa >= lo) & (fa < lo + 0.2)].sum()) for lo in (0.0, 0.4, 0.8)]
+    assert totals == pytest.approx([5 / 3] * 3)                                 # three occupied bins, equal shares
+
+
+def test_the_anisotropy_gain_stops_before_an_eigenvalue_turns_negative():
+    from difftract.models.qcgdti.model import PSD_MARGIN, scale_anisotropy
+
+    lt = torch.tensor(_prolate(np.array([0.0, 1.0, 0.0]), 1.7, 0.3), dtype=torch.float64)[None, :, None, None, None]
+    out = scale_anisotropy(lt, torch.full((1, 1, 1, 1, 1), 10.0, dtype=torch.float64))
+    evals = torch.linalg.eigvalsh(T.from_lower_triangular(out[0, :, 0, 0, 0]))
+    md = (1.7 + 0.6) / 3
+    assert float(evals.mean()) == pytest.approx(md) and float(evals[0]) == pytest.approx((1 - PSD_MARGIN) * md)
+    small = scale_anisotropy(lt, torch.full((1, 1, 1, 1, 1), 1.2, dtype=torch.float64))   # below the cap: exact
+    lowest = torch.linalg.eigvalsh(T.from_lower_triangular(small[0, :, 0, 0, 0]))[0]
+    assert float(lowest) == pytest.approx(md - 1.2 * (md - 0.3))
+
+
+def test_a_partly_fine_tuned_network_is_trusted_where_both_stages_were_trained():
+    from difftract.training.domain import intersect_domains
+
+    stream = {"bvals": [500.0, 3000.0], "snr": [8.0, 50.0], "voxel_size_mm": [2.0, 2.5], "tissue": "randomised"}
+    start = {"bvals": [1000.0, 3000.0], "snr": [10.0, 40.0], "voxel_size_mm": [1.0, 1.5], "tissue": "one"}
+    both = intersect_domains(stream, start)
+    assert both["bvals"] == [1000.0, 3000.0] and both["snr"] == [10.0, 40.0]
+    assert both["voxel_size_mm"] == [1.0, 1.5]          # no overlap: the frozen layers' range
+    assert both["tissue"] == "randomised" and both["init_domain"] == start
+    assert intersect_domains(stream, None) == stream
+    assert check_domain(both, np.array([0.0, 600.0, 600.0]), np.array([1.25] * 3), 20.0)   # b = 600 warned

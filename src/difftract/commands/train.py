@@ -55,6 +55,12 @@ def add_parser(sub) -> None:
     qcg.add_argument("--no-lsq-input", action="store_true",
                      help="the paper's network exactly: the last layer does not see the six-DWI least-squares "
                           "tensor (learns orientations far slower)")
+    qcg.add_argument("--anisotropy-gain", action="store_true",
+                     help="a per-voxel gain on the output's anisotropic part (corrects the six-DWI FA; with --init "
+                          "from weights without it, training starts where they are)")
+    qcg.add_argument("--gain-only", action="store_true",
+                     help="with --init and --anisotropy-gain: train the gain branch alone, which changes FA and "
+                          "nothing else")
     qcg.add_argument("--scheme", choices=SCHEMES, default=d.scheme,
                      help="six-DWI input sets (default: %(default)s)")
     qcg.add_argument("--patch", type=int, default=None, help="patch edge in voxels (default: 32 on CPU, 64 on GPU)")
@@ -75,7 +81,9 @@ def add_parser(sub) -> None:
     qcg.add_argument("--loss", choices=LOSSES, default=d.loss,
                      help="mse: every voxel alike; relative: each voxel's error over its true MD + 0.5 um^2/ms, "
                           "so CSF does not dominate; anisotropic: relative, times 1 + 10 FA^2 of the true tensor, so "
-                          "white matter counts (default: %(default)s)")
+                          "white matter counts; decomposed: MD, FA and orientation errors as separate terms, so an "
+                          "uncertain direction does not shrink FA; balanced: decomposed, every bin of the true FA "
+                          "weighed alike (default: %(default)s)")
     add_training_run_arguments(qcg, seed=d.seed, device=d.device)
     stream.add_arguments(qcg, default_subjects=STREAM_SUBJECTS_PER_EPOCH)
     qcg.set_defaults(func=cmd_train_qcgdti)
@@ -96,12 +104,13 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     from ..models.qcgdti.train import QCGTrainOptions, train_qcgdti
     from ..pipeline import Console
 
-    model = QCGConfig(variant=args.variant, widths=_widths(args.widths), lsq_input=not args.no_lsq_input)
+    model = QCGConfig(variant=args.variant, widths=_widths(args.widths), lsq_input=not args.no_lsq_input,
+                      anisotropy_gain=args.anisotropy_gain)
     options = QCGTrainOptions(model=model, scheme=args.scheme, patch=args.patch, epochs=args.epochs,
                               samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
                               val_subjects=args.val_subjects, batch_size=args.batch_size, lr=args.lr,
                               patience=args.patience, plateau_patience=args.plateau_patience, loss=args.loss,
-                              init=args.init, seed=args.seed, device=args.device)
+                              init=args.init, gain_only=args.gain_only, seed=args.seed, device=args.device)
     train_qcgdti(args.out, args.subjects, options, stream=stream.stream_options(args),
                  console=Console(quiet=args.quiet), resume=args.resume, force=args.force)
     return 0

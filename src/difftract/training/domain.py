@@ -53,6 +53,23 @@ def stream_domain(phantom, presets=None) -> dict:
     return domain
 
 
+def intersect_domains(domain: dict, start: dict | None) -> dict:
+    """``domain`` with each range it shares with ``start`` narrowed to their overlap, and ``start`` kept
+    under ``"init_domain"``: the domain of a network fine-tuned in part (its frozen layers were
+    trained on ``start`` only). Ranges without overlap are left as ``start``'s."""
+    if not start:
+        return domain
+    out = dict(domain)
+    for key, (lo, hi) in ((k, v) for k, v in start.items() if isinstance(v, list) and len(v) == 2
+                          and all(isinstance(x, (int, float)) for x in v)):
+        mine = domain.get(key)
+        if isinstance(mine, list) and len(mine) == 2 and all(isinstance(x, (int, float)) for x in mine):
+            both = [max(mine[0], lo), min(mine[1], hi)]
+            out[key] = both if both[0] <= both[1] else [lo, hi]
+    out["init_domain"] = start
+    return out
+
+
 def subjects_domain(bvals, voxel_sizes, ndirs=None, snr=None) -> dict:
     """The domain of training subject folders: their shells and voxel sizes.
 

@@ -23,6 +23,15 @@ denoise it from the neighbourhood, the b0 and the q-space coordinates. Adding th
 least-squares tensor to the output instead (a residual) trained far slower. All four variants
 use it, so the ablations measure what each part adds.
 
+Our second change (``anisotropy_gain=True``, issue 20): a small branch beside the head
+predicts a per-voxel gain ``exp(g)`` on the anisotropic part of the head's tensor, ``D = MD I
++ exp(g) (D_head - MD I)``. The head is linear in the least-squares tensor it sees, so it
+can denoise that tensor but cannot stretch its anisotropy by a voxel-dependent amount; yet
+that is what a six-DWI tensor needs (its FA is compressed by the Rician floor of the DWIs
+along the fibre at high b and low SNR, and by the kurtosis of one shell against the
+multi-shell truth, by amounts that depend on b, SNR and tissue). The branch's last layer
+starts at zero, so a network trained without it continues unchanged (``--init``).
+
 Variants (the paper's ablations):
 
 - ``full``: the above;
@@ -40,14 +49,20 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ...reconst.tensor import from_lower_triangular
 from .blocks import QCF, MRDBlock, ResBlock, ResizeConv, conv
 
 VARIANTS = ("full", "no_qcf", "concat", "resnet")
 N_DWI = 6
 Q_DIM = 4         # input coordinate (gx, gy, gz, b / 1000)
 Q_EMBED = 7       # its symmetric embedding, see q_embedding
+GAIN_HIDDEN = 16  # channels of the anisotropy-gain branch
+MAX_LOG_GAIN = 3.0  # the gain stays within exp(+-3)
+PSD_MARGIN = 0.95   # a gain above 1 leaves the smallest eigenvalue at least 5% of MD
+DIAGONAL = (0, 2, 5)    # Dxx, Dyy, Dzz in DIPY's order
 TENSOR_SCALE = 1e3   # network outputs um^2/ms: mm^2/s * 1e3
-LOSSES = ("mse", "relative", "anisotropic")   # the training losses (data.QCGTask); here, where the CLI can read them cheaply
+# the training losses (data.QCGTask); here, where the CLI can read them cheaply
+LOSSES = ("mse", "relative", "anisotropic", "decomposed", "balanced")
 
 
 @dataclass
@@ -58,6 +73,7 @@ class QCGConfig:
     widths: tuple[int, ...] = (8, 16, 32)   # channels per level; len(widths) - 1 downsamplings
     qcf_hidden: int = 32
     lsq_input: bool = True                  # the last layer also sees the six-DWI least-squares tensor
+    anisotropy_gain: bool = False           # a per-voxel gain on the head's anisotropic part (see above)
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -121,7 +137,12 @@ class QCGDTI(nn.Module):
         self.up = nn.ModuleList(ResizeConv(b, a) for a, b in zip(w[:-1], w[1:]))
         self.merge = nn.ModuleList(conv(2 * c, c, 1) for c in w[:-1])
         self.dec = nn.ModuleList(block(c) for c in w)
-        self.head = conv(w[0] + (N_DWI if config.lsq_input else 0), N_DWI, 3)
+        c_head = w[0] + (N_DWI if config.lsq_input else 0)
+        self.head = conv(c_head, N_DWI, 3)
+        if config.anisotropy_gain:
+            self.gain = nn.Sequential(conv(c_head, GAIN_HIDDEN, 3), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
+            nn.init.zeros_(self.gain[-1].weight)
+            nn.init.zeros_(self.gain[-1].bias)
 
     def forward(self, pairs: Tensor, q: Tensor) -> Tensor:
         """Tensor elements (B, 6, X, Y, Z) in um^2/ms from standardised pairs and coordinates."""
@@ -141,7 +162,9 @@ class QCGDTI(nn.Module):
             with torch.autocast(pairs.device.type, enabled=False):   # logs and a 6x6 inverse: full precision
                 lsq = six_direction_fit(pairs.float(), q.float())
             x = torch.cat([x, lsq.to(x.dtype)], dim=1)
-        return self.head(x)
+        if not self.config.anisotropy_gain:
+            return self.head(x)
+        return scale_anisotropy(self.head(x), torch.exp(self.gain(x).clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN)))
 
     def _encode_shared(self, pairs: Tensor, q: Tensor) -> list[Tensor]:
         B = pairs.shape[0]
@@ -169,6 +192,39 @@ class QCGDTI(nn.Module):
             x = enc(x)
             skips.append(x)
         return skips
+
+
+def deviatoric(lt: Tensor) -> tuple[Tensor, Tensor]:
+    """MD (B, 1, ...) and the deviatoric part ``D - MD I`` (B, 6, ...) of tensors (B, 6, ...) in DIPY order."""
+    md = lt[:, list(DIAGONAL)].mean(dim=1, keepdim=True)
+    identity = torch.zeros(lt.shape[1], dtype=lt.dtype, device=lt.device)
+    identity[list(DIAGONAL)] = 1.0
+    return md, lt - md * identity.view((1, -1) + (1,) * (lt.dim() - 2))
+
+
+def scale_anisotropy(lt: Tensor, gain: Tensor) -> Tensor:
+    """``MD I + g (D - MD I)`` for tensors (B, 6, ...) in DIPY order and gains (B, 1, ...).
+
+    A gain above 1 is capped where it would make an eigenvalue negative (``g`` at most
+    ``MD / -mu_min``, ``mu_min`` the smallest eigenvalue of ``D - MD I``): a fit's FA and MD
+    clip eigenvalues at 0, so a stretch past that point would not show as the FA it was
+    trained for, and would raise MD. Gains up to 1 pass unchanged (at 1 the head's own tensor).
+    """
+    md, dev = deviatoric(lt)
+    with torch.no_grad():   # the cap is a bound, not a path for gradients
+        lowest = torch.linalg.eigvalsh(from_lower_triangular(dev.movedim(1, -1).float()))[..., 0].to(lt.dtype)
+        cap = (PSD_MARGIN * md[:, 0] / (-lowest).clamp_min(1e-6)).clamp_min(1.0)[:, None]
+    return lt - dev + torch.minimum(gain, cap) * dev
+
+
+def load_without_gain(model: QCGDTI, state_dict: dict) -> None:
+    """Load the weights of the same network without the anisotropy-gain branch; the gain stays 1."""
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:   # shapes differ: another architecture
+        raise ConfigError(f"these weights do not fit this network: {str(e).splitlines()[1].strip()}") from None
+    if unexpected or any(not k.startswith("gain.") for k in missing):
+        raise ConfigError(f"these weights do not fit this network: missing {missing}, unexpected {unexpected}")
 
 
 def build_model(config: QCGConfig | dict | None = None) -> QCGDTI:

@@ -55,9 +55,15 @@ class QCGTrainOptions:
     plateau_patience : int
         Epochs without a better validation loss before the learning rate drops tenfold.
     loss : str
-        ``mse`` or ``relative`` (each voxel's error over its diffusivity, see :class:`.data.QCGTask`).
+        One of ``LOSSES``: ``mse``, ``relative``, ``anisotropic``, ``decomposed`` or ``balanced``
+        (see :class:`.data.QCGTask`).
+    gain_only : bool
+        Train only the anisotropy-gain branch (``model.anisotropy_gain``); the rest keeps its
+        ``init`` weights. The gain changes FA alone, so this calibrates FA and leaves MD and
+        directions exactly as they were.
     init : Path, optional
-        Start from these weights (same architecture) instead of a random initialisation.
+        Start from these weights (same architecture, or the same without the anisotropy-gain
+        branch, which then starts at gain 1) instead of a random initialisation.
     seed : int
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -76,12 +82,16 @@ class QCGTrainOptions:
     plateau_patience: int = 3
     loss: str = "mse"
     init: Path | None = None
+    gain_only: bool = False
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ConfigError(f"QCG-DTI loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.gain_only and not (self.model.anisotropy_gain and self.init is not None):
+            raise ConfigError("--gain-only trains the anisotropy-gain branch of --init weights: give --init W and "
+                              "--anisotropy-gain")
 
 
 def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: QCGTrainOptions = QCGTrainOptions(),
@@ -126,14 +136,26 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
     init_meta = {}
     if options.init is not None:   # a warm start: the same architecture, its trained weights
         from ...training.files import load_model
-        from .model import build_model
+        from .model import build_model, load_without_gain
 
         start, start_meta = load_model(options.init, "qcgdti", "QCG-DTI", build_model)
-        if start_meta.get("config") != config.as_dict():
-            raise ConfigError(f"--init {options.init}: its architecture {start_meta.get('config')} differs from "
+        start_config = start.config.as_dict()
+        if start_config == config.as_dict():
+            model.load_state_dict(start.state_dict())
+        elif start_config == {**config.as_dict(), "anisotropy_gain": False}:   # the gain branch added, at gain 1
+            load_without_gain(model, start.state_dict())
+        else:
+            raise ConfigError(f"--init {options.init}: its architecture {start_config} differs from "
                               f"this run's {config.as_dict()}")
-        model.load_state_dict(start.state_dict())
         init_meta = {"init": {"file": Path(options.init).name, "sha256": start_meta.get("sha256")}}
+    if options.gain_only:   # the rest keeps its weights: AdamW skips parameters without gradients
+        from ...training.domain import intersect_domains
+
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("gain."))
+        init_meta["trained"] = "anisotropy-gain branch only"
+        # its tensors' MD and directions are still the --init network's: trusted where both were trained
+        data_meta["domain"] = intersect_domains(data_meta.get("domain") or {}, start_meta.get("domain"))
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
     meta = {"model": "qcgdti", "config": config.as_dict(), "patch": patch, "scheme": options.scheme, **data_meta,
