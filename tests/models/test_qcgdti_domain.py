@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from difftract.errors import ConfigError
 from difftract.models.qcgdti.data import QCGTask
 from difftract.reconst import tensor as T
 from difftract.training.domain import check_domain, estimate_snr, stream_domain
@@ -128,7 +129,7 @@ def _best_prediction(kind: str, target: np.ndarray) -> torch.Tensor:
 
 
 def test_decompose_gives_the_eigenvalue_fa_and_md():
-    from difftract.models.qcgdti.data import _fa, _frobenius2, decompose
+    from difftract.models.qcgdti.data import _fa, _frobenius2, tensor_parts as decompose
 
     rng = np.random.default_rng(0)
     m = rng.normal(size=(50, 3, 3))
@@ -144,7 +145,7 @@ def test_decomposed_loss_does_not_shrink_fa_where_the_direction_is_uncertain():
     # Two voxels that look alike to the network, whose true axes (FA 0.80) are 40 degrees
     # apart: the element-wise mean is the squared-error optimum, and it is less anisotropic
     # than either; the decomposed loss's optimum keeps their FA.
-    from difftract.models.qcgdti.data import decompose
+    from difftract.models.qcgdti.data import tensor_parts as decompose
 
     a = np.radians(20.0)
     target = np.stack([_prolate(np.array([np.cos(a), np.sin(a), 0.0])),
@@ -179,7 +180,7 @@ def test_decomposed_loss_has_finite_gradients_at_an_isotropic_prediction():
 
 
 def test_the_anisotropy_gain_keeps_md_and_scales_fa_and_starts_at_one():
-    from difftract.models.qcgdti.data import decompose
+    from difftract.models.qcgdti.data import tensor_parts as decompose
     from difftract.models.qcgdti.model import load_without_gain, scale_anisotropy
 
     lt = torch.tensor(_prolate(np.array([1.0, 2.0, 0.5]), 1.2, 0.4), dtype=torch.float64)[None, :, None, None, None]
@@ -195,7 +196,7 @@ def test_the_anisotropy_gain_keeps_md_and_scales_fa_and_starts_at_one():
     pairs, q = torch.rand(1, 6, 2, 8, 8, 8) + 0.5, torch.rand(1, 6, 4)
     with torch.no_grad():
         assert torch.allclose(gained(pairs, q), plain(pairs, q), atol=1e-6)
-    with pytest.raises(Exception, match="do not fit"):
+    with pytest.raises(ConfigError, match="do not fit"):
         load_without_gain(gained, QCGDTI(QCGConfig(widths=(4, 4))).state_dict())
 
 
@@ -226,11 +227,14 @@ def test_the_anisotropy_gain_stops_before_an_eigenvalue_turns_negative():
 def test_a_partly_fine_tuned_network_is_trusted_where_both_stages_were_trained():
     from difftract.training.domain import intersect_domains
 
-    stream = {"bvals": [500.0, 3000.0], "snr": [8.0, 50.0], "voxel_size_mm": [2.0, 2.5], "tissue": "randomised"}
-    start = {"bvals": [1000.0, 3000.0], "snr": [10.0, 40.0], "voxel_size_mm": [1.0, 1.5], "tissue": "one"}
+    stream = {"bvals": [500.0, 3000.0], "snr": None, "voxel_size_mm": [2.0, 2.5], "tissue": "randomised"}
+    start = {"bvals": [1000.0, 3000.0], "snr": [10.0, 40.0], "voxel_size_mm": [1.0, 1.5], "nb0": [2, 2],
+             "tissue": "one"}
     both = intersect_domains(stream, start)
-    assert both["bvals"] == [1000.0, 3000.0] and both["snr"] == [10.0, 40.0]
-    assert both["voxel_size_mm"] == [1.0, 1.5]          # no overlap: the frozen layers' range
+    assert both["bvals"] == [1000.0, 3000.0]
+    assert both["snr"] == [10.0, 40.0] and both["nb0"] == [2, 2]       # open, or only the start's: the start's
+    assert both["voxel_size_mm"] == [2.0, 1.5]                          # no overlap: an empty range
     assert both["tissue"] == "randomised" and both["init_domain"] == start
     assert intersect_domains(stream, None) == stream
-    assert check_domain(both, np.array([0.0, 600.0, 600.0]), np.array([1.25] * 3), 20.0)   # b = 600 warned
+    warned = check_domain(both, np.array([0.0, 600.0, 600.0]), np.array([2.0] * 3), 3.0)
+    assert any("600" in w for w in warned) and any("voxel" in w for w in warned) and any("SNR" in w for w in warned)

@@ -59,8 +59,8 @@ def add_parser(sub) -> None:
                      help="a per-voxel gain on the output's anisotropic part (corrects the six-DWI FA; with --init "
                           "from weights without it, training starts where they are)")
     qcg.add_argument("--gain-only", action="store_true",
-                     help="with --init and --anisotropy-gain: train the gain branch alone, which changes FA and "
-                          "nothing else")
+                     help="with --init and --anisotropy-gain: train the gain branch alone, which changes the "
+                          "anisotropy (FA) and keeps MD and directions")
     qcg.add_argument("--scheme", choices=SCHEMES, default=d.scheme,
                      help="six-DWI input sets (default: %(default)s)")
     qcg.add_argument("--patch", type=int, default=None, help="patch edge in voxels (default: 32 on CPU, 64 on GPU)")

@@ -54,18 +54,23 @@ def stream_domain(phantom, presets=None) -> dict:
 
 
 def intersect_domains(domain: dict, start: dict | None) -> dict:
-    """``domain`` with each range it shares with ``start`` narrowed to their overlap, and ``start`` kept
-    under ``"init_domain"``: the domain of a network fine-tuned in part (its frozen layers were
-    trained on ``start`` only). Ranges without overlap are left as ``start``'s."""
+    """The domain of a network fine-tuned in part on ``domain`` from one trained on ``start``.
+
+    Its frozen layers were trained on ``start`` only, so each range of ``start`` bounds it:
+    a range both hold is narrowed to their overlap (empty, so every scan is warned about,
+    where they do not meet), and a range only ``start`` holds, or one that ``domain`` leaves
+    open (``None``), is ``start``'s. ``start`` is kept whole under ``"init_domain"``.
+    """
     if not start:
         return domain
+
+    def is_range(v) -> bool:
+        return isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+
     out = dict(domain)
-    for key, (lo, hi) in ((k, v) for k, v in start.items() if isinstance(v, list) and len(v) == 2
-                          and all(isinstance(x, (int, float)) for x in v)):
+    for key, (lo, hi) in ((k, v) for k, v in start.items() if is_range(v)):
         mine = domain.get(key)
-        if isinstance(mine, list) and len(mine) == 2 and all(isinstance(x, (int, float)) for x in mine):
-            both = [max(mine[0], lo), min(mine[1], hi)]
-            out[key] = both if both[0] <= both[1] else [lo, hi]
+        out[key] = [max(mine[0], lo), min(mine[1], hi)] if is_range(mine) else [lo, hi]
     out["init_domain"] = start
     return out
 

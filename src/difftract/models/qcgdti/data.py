@@ -38,10 +38,11 @@ from torch.utils.data import default_collate
 from ...errors import ConfigError
 from ...io.dwi import load_subject
 from ...io.gradients import B0_THRESHOLD
+from ...eval.tensor_errors import FA_BINS
 from ...reconst import tensor as T
 from ...reconst.dti import TensorModel
 from ...training.dataset import EpochDataset
-from .model import DIAGONAL, LOSSES, N_DWI, TENSOR_SCALE, deviatoric
+from .model import DIAGONAL, LOSSES, N_DWI, OFF_DIAGONAL, TENSOR_SCALE, deviatoric
 from .schemes import SixSet, fixed_six, flexible_pool
 
 # Off-diagonal elements (DIPY order Dxx, Dxy, Dyy, Dxz, Dyz, Dzz) that change sign when an axis flips.
@@ -231,8 +232,7 @@ RELATIVE_OFFSET = 0.5   # um^2/ms added to the true MD in the relative loss's sc
 ANISOTROPY_WEIGHT = 10.0  # "anisotropic" loss: the relative error times 1 + 10 FA^2 of the true tensor
 FA_WEIGHT, SHAPE_WEIGHT = 1.0, 1.0   # "decomposed" loss: its FA and orientation terms against the MD term
 WM_FA = 0.4               # true FA above which a voxel counts as white matter in the logged FA bias
-FA_BIN_EDGES = (0.2, 0.4, 0.6, 0.8)   # "balanced" loss: the benchmark's bins of the true FA, weighed alike
-_OFF_DIAGONAL = (1, 3, 4)  # Dxy, Dxz, Dyz in DIPY's order
+FA_BIN_EDGES = FA_BINS[1:-1]   # "balanced" loss: the benchmark's bins of the true FA, weighed alike
 
 
 def _fa(lt: torch.Tensor) -> torch.Tensor:
@@ -243,10 +243,10 @@ def _fa(lt: torch.Tensor) -> torch.Tensor:
 
 def _frobenius2(lt: torch.Tensor) -> torch.Tensor:
     """Squared Frobenius norm (B, X, Y, Z) of symmetric matrices given as (B, 6, X, Y, Z) elements."""
-    return lt[:, DIAGONAL].square().sum(1) + 2.0 * lt[:, _OFF_DIAGONAL].square().sum(1)
+    return lt[:, DIAGONAL].square().sum(1) + 2.0 * lt[:, OFF_DIAGONAL].square().sum(1)
 
 
-def decompose(lt: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tensor_parts(lt: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MD, FA and the unit deviatoric part of tensors (B, 6, X, Y, Z), without an eigendecomposition.
 
     ``FA = sqrt(3/2) |D - MD I| / |D|`` in the Frobenius norm equals the eigenvalue formula
@@ -263,7 +263,8 @@ def decompose(lt: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.
 
 def _bin_weights(fa: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-voxel weights that give every occupied true-FA bin of the masked voxels the same total; mean 1."""
-    bins = torch.bucketize(fa.detach(), torch.tensor(FA_BIN_EDGES, dtype=fa.dtype, device=fa.device))
+    edges = torch.tensor(FA_BIN_EDGES, dtype=fa.dtype, device=fa.device)
+    bins = torch.bucketize(fa.detach(), edges, right=True)     # lo <= fa < hi, as the benchmark bins
     counts = torch.zeros(len(FA_BIN_EDGES) + 1, dtype=fa.dtype, device=fa.device).index_add_(
         0, bins.flatten(), mask.flatten().to(fa.dtype))
     occupied = (counts > 0).sum().clamp_min(1)
@@ -296,8 +297,9 @@ class QCGTask:
       of the anisotropy, so direction uncertainty cannot shrink it.
 
     Every loss also logs the RMSE of the elements, the FA error and the mean FA bias of the
-    voxels whose true FA is above 0.4 (``val_fa_bias_wm`` in the metrics is what the FA-bias
-    target of the benchmark measures, on the validation patches).
+    voxels whose true FA is above 0.4: per batch, then averaged over the batches (one without
+    such voxels counts 0). A monitor of the white-matter bias, pooled over FA; the benchmark
+    measures it bin by bin.
     """
 
     collate = staticmethod(default_collate)
@@ -314,8 +316,9 @@ class QCGTask:
         n = mask.sum().clamp_min(1.0)
         se = (pred - target).square() * mask[:, None]
         rmse = float((se.sum() / (n * pred.shape[1])).detach().sqrt())
-        md_t, fa_t, shape_t = decompose(target)
-        md_p, fa_p, shape_p = decompose(pred)
+        md_t, fa_t, shape_t = tensor_parts(target)
+        with torch.enable_grad() if self.kind in ("decomposed", "balanced") else torch.no_grad():
+            md_p, fa_p, shape_p = tensor_parts(pred)   # for the other losses, only a metric
         if self.kind in ("decomposed", "balanced"):
             per_voxel = ((md_p - md_t) / (md_t.clamp_min(0.0) + RELATIVE_OFFSET)).square() \
                 + FA_WEIGHT * (fa_p - fa_t).square() \

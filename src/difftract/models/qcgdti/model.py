@@ -60,6 +60,7 @@ GAIN_HIDDEN = 16  # channels of the anisotropy-gain branch
 MAX_LOG_GAIN = 3.0  # the gain stays within exp(+-3)
 PSD_MARGIN = 0.95   # a gain above 1 leaves the smallest eigenvalue at least 5% of MD
 DIAGONAL = (0, 2, 5)    # Dxx, Dyy, Dzz in DIPY's order
+OFF_DIAGONAL = (1, 3, 4)  # Dxy, Dxz, Dyz
 TENSOR_SCALE = 1e3   # network outputs um^2/ms: mm^2/s * 1e3
 # the training losses (data.QCGTask); here, where the CLI can read them cheaply
 LOSSES = ("mse", "relative", "anisotropic", "decomposed", "balanced")
@@ -90,6 +91,8 @@ class QCGConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        if not self.anisotropy_gain:   # as written before the branch existed: older checkpoints still resume
+            del d["anisotropy_gain"]
         return d
 
 
@@ -164,7 +167,9 @@ class QCGDTI(nn.Module):
             x = torch.cat([x, lsq.to(x.dtype)], dim=1)
         if not self.config.anisotropy_gain:
             return self.head(x)
-        return scale_anisotropy(self.head(x), torch.exp(self.gain(x).clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN)))
+        head, log_gain = self.head(x), self.gain(x)
+        with torch.autocast(pairs.device.type, enabled=False):   # a gain of up to e^3 on half-precision rounding
+            return scale_anisotropy(head.float(), torch.exp(log_gain.float().clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN)))
 
     def _encode_shared(self, pairs: Tensor, q: Tensor) -> list[Tensor]:
         B = pairs.shape[0]
@@ -205,10 +210,13 @@ def deviatoric(lt: Tensor) -> tuple[Tensor, Tensor]:
 def scale_anisotropy(lt: Tensor, gain: Tensor) -> Tensor:
     """``MD I + g (D - MD I)`` for tensors (B, 6, ...) in DIPY order and gains (B, 1, ...).
 
-    A gain above 1 is capped where it would make an eigenvalue negative (``g`` at most
-    ``MD / -mu_min``, ``mu_min`` the smallest eigenvalue of ``D - MD I``): a fit's FA and MD
-    clip eigenvalues at 0, so a stretch past that point would not show as the FA it was
-    trained for, and would raise MD. Gains up to 1 pass unchanged (at 1 the head's own tensor).
+    A gain above 1 is capped before an eigenvalue turns negative (``g`` at most
+    ``PSD_MARGIN * MD / -mu_min``, ``mu_min`` the smallest eigenvalue of ``D - MD I``): a fit's
+    FA and MD clip eigenvalues at 0, so a stretch past that point would not show as the FA it
+    was trained for, and would raise MD. Gains up to 1 pass unchanged (at 1 the head's own
+    tensor). Where the cap binds the gain gets no gradient (a bound, not a target). The
+    eigenvectors and the trace are the head's: MD and directions change only where the fit
+    clips a negative eigenvalue of the head's own tensor.
     """
     md, dev = deviatoric(lt)
     with torch.no_grad():   # the cap is a bound, not a path for gradients

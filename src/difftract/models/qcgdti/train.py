@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -41,7 +41,7 @@ class QCGTrainOptions:
     Attributes
     ----------
     model : QCGConfig
-        Architecture (variant, widths, least-squares input).
+        Architecture (variant, widths, least-squares input, anisotropy gain).
     scheme : str
         Six-DWI input sets: ``flexible`` (nearest a randomly rotated DSM6) or ``fixed`` (DSM6).
     patch : int, optional
@@ -59,8 +59,9 @@ class QCGTrainOptions:
         (see :class:`.data.QCGTask`).
     gain_only : bool
         Train only the anisotropy-gain branch (``model.anisotropy_gain``); the rest keeps its
-        ``init`` weights. The gain changes FA alone, so this calibrates FA and leaves MD and
-        directions exactly as they were.
+        ``init`` weights. The gain scales each tensor's anisotropic part (FA, and the
+        eigenvalues with it) and keeps its trace and eigenvectors, so MD and directions stay
+        the ``init`` network's (up to rounding, and where the fit clips negative eigenvalues).
     init : Path, optional
         Start from these weights (same architecture, or the same without the anisotropy-gain
         branch, which then starts at gain 1) instead of a random initialisation.
@@ -139,13 +140,12 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
         from .model import build_model, load_without_gain
 
         start, start_meta = load_model(options.init, "qcgdti", "QCG-DTI", build_model)
-        start_config = start.config.as_dict()
-        if start_config == config.as_dict():
+        if start.config == config:
             model.load_state_dict(start.state_dict())
-        elif start_config == {**config.as_dict(), "anisotropy_gain": False}:   # the gain branch added, at gain 1
+        elif start.config == replace(config, anisotropy_gain=False):   # the gain branch added, at gain 1
             load_without_gain(model, start.state_dict())
         else:
-            raise ConfigError(f"--init {options.init}: its architecture {start_config} differs from "
+            raise ConfigError(f"--init {options.init}: its architecture {start.config.as_dict()} differs from "
                               f"this run's {config.as_dict()}")
         init_meta = {"init": {"file": Path(options.init).name, "sha256": start_meta.get("sha256")}}
     if options.gain_only:   # the rest keeps its weights: AdamW skips parameters without gradients
