@@ -104,7 +104,7 @@ def test_train_then_fit(cli, subjects, tmp_path):
     assert res.returncode == 0, res.stderr
     # --gain-only trains that branch alone: every other weight stays the --init one
     only = cli("train", "qcgdti", *subjects, "--out", tmp_path / "gain_only.pt", "--init", out, "--anisotropy-gain",
-               "--gain-only", *TINY)
+               "--gain-input", "invariant", "--gain-only", *TINY)
     assert only.returncode == 0, only.stderr
     before = torch.load(out, weights_only=True)["state_dict"]
     after = torch.load(tmp_path / "gain_only.pt", weights_only=True)["state_dict"]

@@ -129,7 +129,8 @@ def _best_prediction(kind: str, target: np.ndarray) -> torch.Tensor:
 
 
 def test_decompose_gives_the_eigenvalue_fa_and_md():
-    from difftract.models.qcgdti.data import _fa, _frobenius2, tensor_parts as decompose
+    from difftract.models.qcgdti.data import _fa
+    from difftract.models.qcgdti.model import frobenius2 as _frobenius2, tensor_parts as decompose
 
     rng = np.random.default_rng(0)
     m = rng.normal(size=(50, 3, 3))
@@ -145,7 +146,7 @@ def test_decomposed_loss_does_not_shrink_fa_where_the_direction_is_uncertain():
     # Two voxels that look alike to the network, whose true axes (FA 0.80) are 40 degrees
     # apart: the element-wise mean is the squared-error optimum, and it is less anisotropic
     # than either; the decomposed loss's optimum keeps their FA.
-    from difftract.models.qcgdti.data import tensor_parts as decompose
+    from difftract.models.qcgdti.model import tensor_parts as decompose
 
     a = np.radians(20.0)
     target = np.stack([_prolate(np.array([np.cos(a), np.sin(a), 0.0])),
@@ -180,7 +181,7 @@ def test_decomposed_loss_has_finite_gradients_at_an_isotropic_prediction():
 
 
 def test_the_anisotropy_gain_keeps_md_and_scales_fa_and_starts_at_one():
-    from difftract.models.qcgdti.data import tensor_parts as decompose
+    from difftract.models.qcgdti.model import tensor_parts as decompose
     from difftract.models.qcgdti.model import load_without_gain, scale_anisotropy
 
     lt = torch.tensor(_prolate(np.array([1.0, 2.0, 0.5]), 1.2, 0.4), dtype=torch.float64)[None, :, None, None, None]
@@ -238,3 +239,20 @@ def test_a_partly_fine_tuned_network_is_trusted_where_both_stages_were_trained()
     assert intersect_domains(stream, None) == stream
     warned = check_domain(both, np.array([0.0, 600.0, 600.0]), np.array([2.0] * 3), 3.0)
     assert any("600" in w for w in warned) and any("voxel" in w for w in warned) and any("SNR" in w for w in warned)
+
+
+def test_an_invariant_input_gain_starts_at_one_and_round_trips_its_config():
+    from difftract.models.qcgdti.model import build_model, load_without_gain
+
+    torch.manual_seed(0)
+    plain = QCGDTI(QCGConfig(widths=(4, 8)))
+    gained = QCGDTI(QCGConfig(widths=(4, 8), anisotropy_gain=True, gain_input="invariant"))
+    load_without_gain(gained, plain.state_dict())
+    pairs, q = torch.rand(2, 6, 2, 8, 8, 8) + 0.5, torch.rand(2, 6, 4)
+    with torch.no_grad():
+        assert torch.allclose(gained(pairs, q), plain(pairs, q), atol=1e-6)
+    assert build_model(gained.config.as_dict()).config == gained.config
+    assert "gain_input" not in QCGConfig(anisotropy_gain=True).as_dict()    # the shipped file's config
+    assert "anisotropy_gain" not in QCGConfig().as_dict()                   # as before the branch
+    with pytest.raises(ConfigError, match="gain input"):
+        QCGConfig(gain_input="lsq")

@@ -34,7 +34,7 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from ..models.qcgdti.model import VARIANTS
+    from ..models.qcgdti.model import GAIN_INPUTS, VARIANTS
     from ..models.qcgdti.train import LOSSES, SCHEMES, STREAM_SUBJECTS_PER_EPOCH, QCGTrainOptions
 
     d = QCGTrainOptions()
@@ -58,6 +58,9 @@ def add_parser(sub) -> None:
     qcg.add_argument("--anisotropy-gain", action="store_true",
                      help="a per-voxel gain on the output's anisotropic part (corrects the six-DWI FA; with --init "
                           "from weights without it, training starts where they are)")
+    qcg.add_argument("--gain-input", choices=GAIN_INPUTS, default=d.model.gain_input,
+                     help="what the gain branch sees: all (the head's input: features and the least-squares tensor) "
+                          "or invariant (features, the head's FA and MD, b) (default: %(default)s)")
     qcg.add_argument("--gain-only", action="store_true",
                      help="with --init and --anisotropy-gain: train the gain branch alone, which changes the "
                           "anisotropy (FA) and keeps MD and directions")
@@ -105,7 +108,7 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     from ..pipeline import Console
 
     model = QCGConfig(variant=args.variant, widths=_widths(args.widths), lsq_input=not args.no_lsq_input,
-                      anisotropy_gain=args.anisotropy_gain)
+                      anisotropy_gain=args.anisotropy_gain, gain_input=args.gain_input)
     options = QCGTrainOptions(model=model, scheme=args.scheme, patch=args.patch, epochs=args.epochs,
                               samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
                               val_subjects=args.val_subjects, batch_size=args.batch_size, lr=args.lr,

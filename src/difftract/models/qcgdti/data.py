@@ -42,7 +42,7 @@ from ...eval.tensor_errors import FA_BINS
 from ...reconst import tensor as T
 from ...reconst.dti import TensorModel
 from ...training.dataset import EpochDataset
-from .model import DIAGONAL, LOSSES, N_DWI, OFF_DIAGONAL, TENSOR_SCALE, deviatoric
+from .model import LOSSES, N_DWI, TENSOR_SCALE, frobenius2, tensor_parts
 from .schemes import SixSet, fixed_six, flexible_pool
 
 # Off-diagonal elements (DIPY order Dxx, Dxy, Dyy, Dxz, Dyz, Dzz) that change sign when an axis flips.
@@ -241,26 +241,6 @@ def _fa(lt: torch.Tensor) -> torch.Tensor:
     return T.fractional_anisotropy(evals).to(lt.dtype)
 
 
-def _frobenius2(lt: torch.Tensor) -> torch.Tensor:
-    """Squared Frobenius norm (B, X, Y, Z) of symmetric matrices given as (B, 6, X, Y, Z) elements."""
-    return lt[:, DIAGONAL].square().sum(1) + 2.0 * lt[:, OFF_DIAGONAL].square().sum(1)
-
-
-def tensor_parts(lt: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MD, FA and the unit deviatoric part of tensors (B, 6, X, Y, Z), without an eigendecomposition.
-
-    ``FA = sqrt(3/2) |D - MD I| / |D|`` in the Frobenius norm equals the eigenvalue formula
-    for any symmetric matrix, and its gradient stays finite where eigenvalues meet (that of
-    ``eigh`` does not). The unit deviatoric part ``(D - MD I) / |D - MD I|`` carries the
-    orientation and the shape type (linear or planar) but not the size of the anisotropy;
-    ``eps`` (um^4/ms^2) keeps it finite for isotropic tensors.
-    """
-    md, dev = deviatoric(lt)
-    dev2 = _frobenius2(dev)
-    fa = torch.sqrt(1.5 * dev2 / (_frobenius2(lt) + eps) + 1e-12)
-    return md[:, 0], fa, dev / torch.sqrt(dev2 + eps)[:, None]
-
-
 def _bin_weights(fa: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-voxel weights that give every occupied true-FA bin of the masked voxels the same total; mean 1."""
     edges = torch.tensor(FA_BIN_EDGES, dtype=fa.dtype, device=fa.device)
@@ -322,7 +302,7 @@ class QCGTask:
         if self.kind in ("decomposed", "balanced"):
             per_voxel = ((md_p - md_t) / (md_t.clamp_min(0.0) + RELATIVE_OFFSET)).square() \
                 + FA_WEIGHT * (fa_p - fa_t).square() \
-                + SHAPE_WEIGHT * fa_t.square() * _frobenius2(shape_p - shape_t)
+                + SHAPE_WEIGHT * fa_t.square() * frobenius2(shape_p - shape_t)
             weight = mask if self.kind == "decomposed" else mask * _bin_weights(fa_t, mask)
             loss = (per_voxel * weight).sum() / n
         else:

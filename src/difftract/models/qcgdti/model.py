@@ -53,6 +53,7 @@ from ...reconst.tensor import from_lower_triangular
 from .blocks import QCF, MRDBlock, ResBlock, ResizeConv, conv
 
 VARIANTS = ("full", "no_qcf", "concat", "resnet")
+GAIN_INPUTS = ("all", "invariant")
 N_DWI = 6
 Q_DIM = 4         # input coordinate (gx, gy, gz, b / 1000)
 Q_EMBED = 7       # its symmetric embedding, see q_embedding
@@ -75,9 +76,12 @@ class QCGConfig:
     qcf_hidden: int = 32
     lsq_input: bool = True                  # the last layer also sees the six-DWI least-squares tensor
     anisotropy_gain: bool = False           # a per-voxel gain on the head's anisotropic part (see above)
+    gain_input: str = "all"                 # what the gain sees: "all" (the head's input) or "invariant"
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
+        if self.gain_input not in GAIN_INPUTS:
+            raise ConfigError(f"unknown gain input {self.gain_input!r}; expected one of {', '.join(GAIN_INPUTS)}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown QCG-DTI variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
         if not self.widths or min(self.widths) < 1:
@@ -92,7 +96,9 @@ class QCGConfig:
         d = asdict(self)
         d["widths"] = list(self.widths)
         if not self.anisotropy_gain:   # as written before the branch existed: older checkpoints still resume
-            del d["anisotropy_gain"]
+            del d["anisotropy_gain"], d["gain_input"]
+        elif self.gain_input == "all":   # as the shipped file was written
+            del d["gain_input"]
         return d
 
 
@@ -143,7 +149,8 @@ class QCGDTI(nn.Module):
         c_head = w[0] + (N_DWI if config.lsq_input else 0)
         self.head = conv(c_head, N_DWI, 3)
         if config.anisotropy_gain:
-            self.gain = nn.Sequential(conv(c_head, GAIN_HIDDEN, 3), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
+            c_gain = c_head if config.gain_input == "all" else w[0] + 3   # features, head FA and MD, b
+            self.gain = nn.Sequential(conv(c_gain, GAIN_HIDDEN, 3), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
             nn.init.zeros_(self.gain[-1].weight)
             nn.init.zeros_(self.gain[-1].bias)
 
@@ -167,7 +174,14 @@ class QCGDTI(nn.Module):
             x = torch.cat([x, lsq.to(x.dtype)], dim=1)
         if not self.config.anisotropy_gain:
             return self.head(x)
-        head, log_gain = self.head(x), self.gain(x)
+        head = self.head(x)
+        if self.config.gain_input == "all":
+            log_gain = self.gain(x)
+        else:   # what the correction depends on (b, noise, tissue), not the orientation of the noisy LSQ tensor
+            md, fa, _ = tensor_parts(head.float())
+            b = q[:, :, 3].mean(dim=1).view(-1, 1, 1, 1, 1).expand_as(md[:, None])
+            invariants = torch.stack([fa, md], dim=1).to(x.dtype)
+            log_gain = self.gain(torch.cat([x[:, : self.config.widths[0]], invariants, b.to(x.dtype)], dim=1))
         with torch.autocast(pairs.device.type, enabled=False):   # a gain of up to e^3 on half-precision rounding
             return scale_anisotropy(head.float(), torch.exp(log_gain.float().clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN)))
 
@@ -205,6 +219,26 @@ def deviatoric(lt: Tensor) -> tuple[Tensor, Tensor]:
     identity = torch.zeros(lt.shape[1], dtype=lt.dtype, device=lt.device)
     identity[list(DIAGONAL)] = 1.0
     return md, lt - md * identity.view((1, -1) + (1,) * (lt.dim() - 2))
+
+
+def frobenius2(lt: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm (B, X, Y, Z) of symmetric matrices given as (B, 6, X, Y, Z) elements."""
+    return lt[:, DIAGONAL].square().sum(1) + 2.0 * lt[:, OFF_DIAGONAL].square().sum(1)
+
+
+def tensor_parts(lt: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MD, FA and the unit deviatoric part of tensors (B, 6, X, Y, Z), without an eigendecomposition.
+
+    ``FA = sqrt(3/2) |D - MD I| / |D|`` in the Frobenius norm equals the eigenvalue formula
+    for any symmetric matrix, and its gradient stays finite where eigenvalues meet (that of
+    ``eigh`` does not). The unit deviatoric part ``(D - MD I) / |D - MD I|`` carries the
+    orientation and the shape type (linear or planar) but not the size of the anisotropy;
+    ``eps`` (um^4/ms^2) keeps it finite for isotropic tensors.
+    """
+    md, dev = deviatoric(lt)
+    dev2 = frobenius2(dev)
+    fa = torch.sqrt(1.5 * dev2 / (frobenius2(lt) + eps) + 1e-12)
+    return md[:, 0], fa, dev / torch.sqrt(dev2 + eps)[:, None]
 
 
 def scale_anisotropy(lt: Tensor, gain: Tensor) -> Tensor:

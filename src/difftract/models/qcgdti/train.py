@@ -142,7 +142,9 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
         start, start_meta = load_model(options.init, "qcgdti", "QCG-DTI", build_model)
         if start.config == config:
             model.load_state_dict(start.state_dict())
-        elif start.config == replace(config, anisotropy_gain=False):   # the gain branch added, at gain 1
+        elif not start.config.anisotropy_gain and \
+                start.config == replace(config, anisotropy_gain=False, gain_input=start.config.gain_input):
+            # the gain branch added, at gain 1
             load_without_gain(model, start.state_dict())
         else:
             raise ConfigError(f"--init {options.init}: its architecture {start.config.as_dict()} differs from "
