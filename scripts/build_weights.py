@@ -98,8 +98,7 @@ QCG_STREAM = ["--stream", "random,brain-random", "--phantom", "randomize=true", 
               "--subjects-per-epoch", "4", "--epochs-per-subject", "3", "--val-subjects", "2", "--val-samples", "32",
               "--plateau-patience", "8", "--samples-per-epoch", "64", "--batch-size", "2", "--lr", "3e-3",
               "--patience", "20", "--loss", "decomposed", "--widths", "8,16,32", "--patch", "32", "--anisotropy-gain",
-              "--gain-only",
-              "--seed", "0"]
+              "--gain-only", "--seed", "0"]
 QCG_STREAM_QUICK = ["--stream", "random", "--phantom", "randomize=true", "--phantom",
                     'acquisition_ranges={"ndirs":[60,60],"shells":[1,1],"voxel_size":[2.5,2.5]}',
                     "--subjects-per-epoch", "2", "--epochs-per-subject", "1", "--val-subjects", "1",
@@ -221,7 +220,9 @@ def build(model: str, work: Path, quick: bool, device: str, dry_run: bool = Fals
     b.note(f"# {model}{' (quick)' if quick else ''}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
     subjects = b.phantoms(recipe["quick_subjects"] if quick else recipe["subjects"], quick)
     options = recipe["quick_options"] if quick else recipe["options"]
-    first, last = QUICK_EPOCHS if quick else recipe["epochs"]
+    first, last = recipe["epochs"]
+    if quick:   # the same flow in miniature: one run, or a run and its continuation
+        first, last = QUICK_EPOCHS if first != last else QUICK_EPOCHS[:1] * 2
     trainer = recipe.get("train", model)
     if "init" in recipe:    # a fine-tuning: the recipe it starts from is built first, in the same work folder
         start = build(recipe["init"], work, quick, device, dry_run)

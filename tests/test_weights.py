@@ -188,6 +188,10 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
                             "qcgdti_phantoms/full_long.pt", "--device", "cpu"])
     assert fine_tune in readme and fine_tune in log
     assert log.index("--out qcgdti_phantoms/full_long.pt") < log.index("--out qcgdti/full.pt")
+    # --quick keeps each recipe's flow: a streamed recipe is one run there too
+    assert bw.main(["ddtracking", "--quick", "--dry-run", "--work", str(tmp_path / "quick")]) == 0
+    quick = (tmp_path / "quick" / "commands.sh").read_text()
+    assert "--out ddtracking/full.pt --epochs 1 " in quick and "full_long" not in quick
     for model in phantom_recipes:
         assert bw.main([model, "--dry-run", "--work", str(tmp_path / model)]) == 0
         log = (tmp_path / model / "commands.sh").read_text()

@@ -30,9 +30,9 @@ log = logging.getLogger("difftract")
 
 METHODS = ("ddtracking", "det", "prob")
 # The default rule: CSD `det`. On the test columns of benchmarks/bench_ddtracking.py (unseen
-# geometry, the brain phantom, foreign signal; README, "Learned tracking") DDTracking's mean F1
-# is level with det's (0.733 against 0.730), short of the 3 points that would make it the
-# better rule, and det tracks about 80x faster on a CPU.
+# geometry, the brain phantom, foreign signal) DDTracking's F1 is not the 3 points above the
+# best classical rule that would make it the better default, and det tracks far faster on a
+# CPU; the figures are in the README ("Learned tracking"), measured by that benchmark.
 DEFAULT_METHOD = "det"
 FORMATS = ("trx", "trk", "tck")
 CSD_LMAX = 8

@@ -97,6 +97,12 @@ def take_volumes(data: np.ndarray | MaskedSignal, volumes: np.ndarray) -> np.nda
     return data.take(volumes) if isinstance(data, MaskedSignal) else data[..., volumes]
 
 
+def volume_array(data: np.ndarray | MaskedSignal, volumes) -> np.ndarray:
+    """``data[..., volumes]`` as a dense ``(X, Y, Z, k)`` array, for an array or a :class:`MaskedSignal`."""
+    volumes = np.asarray(volumes)
+    return data.volume(volumes) if isinstance(data, MaskedSignal) else np.asarray(data)[..., volumes]
+
+
 def row_means(data: np.ndarray | MaskedSignal, mask: np.ndarray | None, volumes: np.ndarray,
               chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """Mean of ``volumes`` in each voxel of ``mask`` ``(V,)``, chunk by chunk, and the mask (see masked_rows)."""

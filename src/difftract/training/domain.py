@@ -36,7 +36,7 @@ def stream_domain(phantom, presets=None) -> dict:
     if phantom.randomize:
         a, t = phantom.acquisition_ranges, phantom.tissue_ranges
         domain = {"bvals": list(map(float, a.bvals)), "nb0": list(map(int, a.nb0)),
-                  "ndirs_per_shell": list(map(int, a.ndirs)), "ndirs": list(map(int, a.ndirs)),
+                  "ndirs": list(map(int, a.ndirs)),
                   "snr": None if phantom.snr is None else list(map(float, a.snr)),
                   "noise": "rician or non-central chi (2-32 coils)",
                   "tissue": {k: list(map(float, getattr(t, k))) for k in
@@ -134,13 +134,12 @@ def estimate_snr(b0s: np.ndarray, mask: np.ndarray) -> float | None:
 
 def scan_snr(signal, bvals, mask) -> float | None:
     """:func:`estimate_snr` of a scan's b0 volumes (``signal`` an array or a :class:`~difftract.reconst.voxels.MaskedSignal`)."""
-    from ..reconst.voxels import MaskedSignal
+    from ..reconst.voxels import volume_array
 
     b0s = np.flatnonzero(np.asarray(bvals, float) <= B0_THRESHOLD)
     if len(b0s) < 2 or mask is None:
         return None
-    volumes = signal.volume(b0s) if isinstance(signal, MaskedSignal) else np.asarray(signal)[..., b0s]
-    return estimate_snr(volumes, mask)
+    return estimate_snr(volume_array(signal, b0s), mask)
 
 
 def check_domain(domain: dict | None, bvals: np.ndarray, voxel_size: np.ndarray | None = None,

@@ -152,9 +152,9 @@ def train(model: nn.Module, task: Task, train_set: EpochSet, val_set: EpochSet, 
         ckpt = load_checkpoint(ckpt_path, asdict(config))
         saved_meta = ckpt.get("meta")
         now = json.loads(json.dumps(model_meta or {}))
-        keys = sorted(k for k in set(saved_meta or {}) | set(now)
-                      if k not in DERIVED_META and (saved_meta or {}).get(k) != now.get(k))
-        if saved_meta is not None and keys:
+        keys = [] if saved_meta is None else sorted(
+            k for k in set(saved_meta) | set(now) if k not in DERIVED_META and saved_meta.get(k) != now.get(k))
+        if keys:
             raise ConfigError(f"{ckpt_path}: cannot resume with a different model or data setup "
                               f"(changed: {', '.join(keys)})")
     else:

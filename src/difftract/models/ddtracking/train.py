@@ -182,7 +182,7 @@ def _subject_windows(out: Path, subjects: list[Path], options: DDTrackingTrainOp
                                   **options.noise)
     val_set = StreamlineDataset(val_subjects, options.val_samples, seed=options.seed + 10_000, per_epoch=False,
                                 **options.noise)
-    trained = subjects[: len(subjects) - options.val_subjects] if len(subjects) > 1 else subjects
+    trained = subjects[: len(train_subjects)]   # split_validation keeps the order: the first ones train
     return train_set, val_set, {"subjects": [subject_label(d) for d in subjects],
                                 "val_subjects": [s.name for s in val_subjects], "domain": training_domain(trained)}
 

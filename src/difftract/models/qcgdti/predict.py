@@ -20,7 +20,7 @@ from ...errors import ConfigError
 from ...io.gradients import B0_THRESHOLD
 from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
-from ...reconst.voxels import MaskedSignal
+from ...reconst.voxels import MaskedSignal, volume_array
 from .data import brain_scale, make_input, pad_to, q_coordinates
 from ...training.domain import check_domain, scan_snr
 from .model import N_DWI, TENSOR_SCALE, QCGDTI, build_model
@@ -128,8 +128,8 @@ class QCGTensorModel:
         idx = np.array(six.indices) if six is not None else np.flatnonzero(bvals > B0_THRESHOLD)
         check_six(np.concatenate([bvals[b0s[:1]], bvals[idx]]), np.concatenate([bvecs[b0s[:1]], bvecs[idx]]))
         b0_index = int(b0s[0] if b0_index is None else b0_index)
-        b0 = _volumes(data, [b0_index])[..., 0]
-        lt = self.predict(b0, _volumes(data, idx), bvals[idx], bvecs[idx], mask)
+        b0 = volume_array(data, [b0_index])[..., 0].astype(np.float32, copy=False)
+        lt = self.predict(b0, volume_array(data, idx).astype(np.float32, copy=False), bvals[idx], bvecs[idx], mask)
         scale = np.max(bvals[idx])
         evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)), EIGENVALUE_TOL / scale)
         snr = scan_snr(data, bvals, mask)
@@ -138,10 +138,3 @@ class QCGTensorModel:
                          {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index,
                           "b0_snr_estimate": snr, "training_domain": self.meta.get("domain"),
                           "domain_warnings": warnings})
-
-
-def _volumes(data: np.ndarray | MaskedSignal, volumes) -> np.ndarray:
-    """The ``volumes`` of the scan as a float32 ``(X, Y, Z, k)`` array."""
-    if isinstance(data, MaskedSignal):
-        return data.volume(np.asarray(volumes)).astype(np.float32, copy=False)
-    return data[..., volumes].astype(np.float32)
