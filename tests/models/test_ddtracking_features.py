@@ -22,9 +22,10 @@ def test_neighbourhood_samples_each_offset_where_it_belongs():
     # a point at a voxel centre reads the voxels themselves: weights exactly 1 and 0, an exact copy
     assert torch.equal(feats[0, :, 0, 2, 1], sh[2, 5, 4])
     assert torch.equal(feats[0, :, 1, 1, 1], sh[3, 4, 4])
-    # a continuous point reads trilinear values at its shifted positions: the same 8-term sums, maybe
-    # batched differently, so rounding of the last few bits of max|sh| (~4) at most: 16 eps * max|sh|
-    # (vs the default 1e-7); a wrong offset or corner moves the value by O(1)
+    # a continuous point reads trilinear values at its shifted positions: the same interpolation done
+    # one axis at a time, with the weights from p rather than p + o, so rounding of the last few bits
+    # of max|sh| (~4) at most: 16 eps * max|sh| (vs the default 1e-7); a wrong offset or corner moves
+    # the value by O(1)
     expected, _ = trilinear(sh, (points[1] + torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64))[None])
     torch.testing.assert_close(feats[1, :, 2, 0, 1], expected[0], rtol=0,
                                atol=16 * torch.finfo(torch.float64).eps * float(sh.abs().max()))

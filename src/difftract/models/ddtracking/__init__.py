@@ -7,6 +7,7 @@
 - :mod:`.model`: the network and its four variants;
 - :mod:`.data`: subjects, streamline samples and the trainer's task;
 - :mod:`.augment`: the 48 symmetries of the voxel grid, applied exactly to a training sample;
+- :mod:`.inference`: the tracking step as dense matrices (the same function, faster on CPUs);
 - :mod:`.getter`: the tracker's direction getter (GRU state per streamline) and weight loading;
 - :mod:`.defaults`: the shipped models (``full``, ``fast``) and a model's own tracking settings;
 - :mod:`.domain`: what a network was trained on, and whether a scan lies inside it.

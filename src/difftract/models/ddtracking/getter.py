@@ -13,6 +13,10 @@ batched together. Per step, at the current points:
 4. it is invalid (the half ends) off the grid or more than ``max_angle`` from ``d_{t-1}``:
    the model's output is a direction with a sign, so turning back is a turn of > 90 degrees.
 
+The network runs as :class:`.inference.TrackingNetwork`, a dense copy of its weights made when
+the getter is made (the same function up to rounding; README, "Learned tracking", for the
+speed), on the channels-last neighbourhoods of :func:`.features.samples`.
+
 Seeds start along the principal diffusion direction of the signal at the seed: the minimum,
 on a 362-direction hemisphere, of the order <= 2 part of its SH (the tensor-like quadratic
 form; on the fibercup phantom at SNR 18 its median error is 4.6 degrees against 12 for the
@@ -23,7 +27,6 @@ streamline had been tracked from its forward end back to the seed (:meth:`init_b
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,8 @@ from ...reconst.sh import sh_basis
 from ...tracking.getters import _cos
 from ...tracking.interpolate import grid_volume, inside_grid, trilinear
 from .defaults import DEFAULT_MODEL, SHIPPED_MODELS, check_model_choice
-from .features import neighbourhood
+from .features import samples
+from .inference import TrackingNetwork
 from .model import DDTracking, build_model
 
 
@@ -62,6 +66,7 @@ class DDTrackingGetter:
     Parameters
     ----------
     model : DDTracking
+        Its weights are read once, here (:class:`.inference.TrackingNetwork`).
     sh : array (X, Y, Z, m)
         :func:`.data.signal_sh` of the scan.
     max_angle : float
@@ -91,7 +96,8 @@ class DDTrackingGetter:
         sizes = np.asarray(voxel_sizes, dtype=np.float64)
         if sizes.shape != (3,) or not np.all(sizes > 0):
             raise ConfigError(f"voxel sizes must be three positive numbers, got {voxel_sizes}")
-        self.model, self.sh = model, sh
+        self.config, self.sh = model.config, sh
+        self.network = TrackingNetwork(model)
         self.max_angle, self.cos_max_angle = float(max_angle), _cos(max_angle)
         self.steps, self.stochastic = int(steps), bool(stochastic)
         self.voxel_sizes = torch.as_tensor(sizes / sizes.min(), dtype=sh.dtype)
@@ -99,10 +105,10 @@ class DDTrackingGetter:
         self.basis = torch.as_tensor(sh_basis(self.sphere.numpy(), 2, False)[0], dtype=sh.dtype)   # (V, 6)
 
     def to(self, device, dtype):
-        """A copy on ``device`` in ``dtype`` (the network is copied, the original left where it was)."""
+        """A copy on ``device`` in ``dtype``, rebuilt from the weights read when this getter was made."""
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
-        out.model = copy.deepcopy(self.model).to(device=device, dtype=dtype)
+        out.network = self.network.to(device, dtype)
         out.sh, out.sphere, out.basis, out.voxel_sizes = (
             t.to(device=device, dtype=dtype) for t in (self.sh, self.sphere, self.basis, self.voxel_sizes))
         return out
@@ -129,7 +135,7 @@ class DDTrackingGetter:
         """One network step per streamline: the 3x3x3 SH neighbourhood, the spatial branches' activations,
         the GRU's gates and states (three gates per layer), the denoiser, and the forward half kept for
         :meth:`init_backward`; about 20x a classical pmf query at the paper's sizes."""
-        c = self.model.config
+        c = self.config
         neighbourhood = 27 * c.n_coeffs * (1 + c.conv_channels // 8)
         branches = 27 * c.conv_channels + 2 * c.mlp_hidden + c.z_dim + c.v_dim
         gru = c.gru_layers * 5 * c.gru_hidden
@@ -137,7 +143,7 @@ class DDTrackingGetter:
         return (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2   # x2: inputs and outputs of each layer live together
 
     def init(self, seeds, first_dirs, generator=None):
-        state = {"h": self.model.temporal.initial(len(seeds), seeds.device, seeds.dtype)}
+        state = {"h": self.network.initial(len(seeds))}
         return self._with_generator(state, generator)
 
     def init_backward(self, seeds, first_dirs, forward_points, forward_count, generator=None):
@@ -151,7 +157,7 @@ class DDTrackingGetter:
         ``f_1`` at the last step: memory stays that of one tracking step.
         """
         S, T = forward_points.shape[:2]
-        h = self.model.temporal.initial(S, seeds.device, seeds.dtype)
+        h = self.network.initial(S)
         full = torch.cat([seeds[:, None], forward_points], dim=1)                  # f_0 = seed, f_1 .. f_T
         n = forward_count
         for j in range(T):
@@ -163,14 +169,13 @@ class DDTrackingGetter:
             point = full[rows, m - i]                                              # q_i = f_{n-i}
             back = (m - i.clamp(min=1))                                            # q_i - q_{i-1}, or q_1 - q_0
             prev = F.normalize(full[rows, back] - full[rows, back + 1], dim=-1)
-            with torch.no_grad():
-                _, _, h[rows] = self.model.step(neighbourhood(self.sh, point), prev, h[rows])
+            h[rows] = self.network.step_z(samples(self.sh, point), prev, h[rows])
         return self._with_generator({"h": h}, generator)
 
     def directions(self, points, prev_dirs, state):
         prev = F.normalize(prev_dirs, dim=-1)
-        c, v, h = self.model.step(neighbourhood(self.sh, points), self._to_voxel(prev), state["h"])
-        dirs = self._to_mm(self.model.direction(c, v, self.steps, self.stochastic, state.get("generator")))
+        c, v, h = self.network.step(samples(self.sh, points), self._to_voxel(prev), state["h"])
+        dirs = self._to_mm(self.network.direction(c, v, self.steps, self.stochastic, state.get("generator")))
         valid = inside_grid(self.sh, points) & ((dirs * prev).sum(dim=-1) >= self.cos_max_angle)
         return dirs, valid, {**state, "h": h}
 
