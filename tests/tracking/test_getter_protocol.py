@@ -37,7 +37,7 @@ def _annotated(cls) -> set[str]:
 
 def test_the_protocols_name_every_hook():
     assert set(_methods(Getter)) == {"to", "seed_directions", "init", "init_backward", "directions",
-                                     "bytes_per_seed"}
+                                     "bytes_per_seed", "bytes_per_point"}
     assert _annotated(Getter) >= {"name", "cos_max_angle"}
     assert set(_methods(Criterion)) == {"status", "margin", "to"}
 
@@ -75,6 +75,7 @@ def test_the_classical_getters_are_stateless_and_start_the_backward_half_like_th
         assert isinstance(getter, StatelessGetter) and getter.cos_max_angle == pytest.approx(np.cos(np.pi / 6))
         assert getter.init(seeds, dirs, generator) is None
         assert getter.init_backward(seeds, -dirs, forward, count, generator) is None
+        assert getter.bytes_per_point(4) == 0
     prob = make_getter("prob", sh=sh, max_angle=30)
     assert prob.init_backward(seeds, -dirs, forward, count, generator) == {"generator": generator}
 

@@ -8,8 +8,11 @@ Stateless getters (the classical rules) inherit the state hooks from
 own.
 
 A *state* is whatever a getter keeps per streamline: ``None``, a tensor with one row per
-streamline, or a dict of such tensors (and of shared things, such as a torch Generator).
-The tracker selects its rows as streamlines stop.
+streamline, or a dict of such tensors (and of shared things, such as a torch Generator, or
+a list the getter appends to). The tracker selects its rows as streamlines stop, and hands
+the forward half's initial state back to ``init_backward``: whatever the getter appended to
+its shared members during the forward half is there (DDTracking keeps each step's spatial
+encodings, so the backward half's start need not compute them again).
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ class Getter(Protocol):
         ...
 
     def init_backward(self, seeds: Tensor, first_dirs: Tensor, forward_points: Tensor, forward_count: Tensor,
-                      generator: torch.Generator | None = None) -> State:
+                      generator: torch.Generator | None = None, forward_state: State = None) -> State:
         """The state of the backward halves, which start at ``seeds`` along ``first_dirs`` once the forward
-        halves ``forward_points (S, T, 3)`` (step 1 first, ``forward_count (S,)`` points each) are known."""
+        halves ``forward_points (S, T, 3)`` (step 1 first, ``forward_count (S,)`` points each) are known;
+        ``forward_state`` is what :meth:`init` returned for the forward halves, after they ran."""
         ...
 
     def directions(self, points: Tensor, prev_dirs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
@@ -56,6 +60,10 @@ class Getter(Protocol):
 
     def bytes_per_seed(self, dtype_bytes: int) -> int:
         """Working memory of one streamline's query, from which the tracker sizes its chunks."""
+        ...
+
+    def bytes_per_point(self, dtype_bytes: int) -> int:
+        """Memory the getter keeps per point of a forward half until the backward half starts."""
         ...
 
 
@@ -73,5 +81,8 @@ class StatelessGetter:
         return None
 
     def init_backward(self, seeds: Tensor, first_dirs: Tensor, forward_points: Tensor, forward_count: Tensor,
-                      generator: torch.Generator | None = None) -> State:
+                      generator: torch.Generator | None = None, forward_state: State = None) -> State:
         return self.init(seeds, first_dirs, generator)
+
+    def bytes_per_point(self, dtype_bytes: int) -> int:
+        return 0

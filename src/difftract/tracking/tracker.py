@@ -263,14 +263,15 @@ class Tracker:
         dirs0, seed_index = g.seed_directions(seeds)
         x0 = seeds[seed_index]
         S = len(x0)
-        state = g.init(x0, dirs0, generator)
-        fwd = self._half(g, x0, dirs0, state, budget=None)
+        forward_state = g.init(x0, dirs0, generator)
+        fwd = self._half(g, x0, dirs0, forward_state, budget=None)
         moved = fwd.count > 0
         first = torch.zeros_like(x0)
         is_first = fwd.steps == 1
         first[fwd.ids[is_first]] = fwd.points[is_first]
         back_dirs = torch.where(moved[:, None], normalize(first - x0), dirs0)
-        state = g.init_backward(x0, -back_dirs, _paths(fwd, S), fwd.count, generator)
+        state = g.init_backward(x0, -back_dirs, _paths(fwd, S), fwd.count, generator, forward_state)
+        del forward_state                  # whatever the getter kept of the forward half is no longer needed
         bwd = self._half(g, x0, -back_dirs, state, budget=p.max_points - 1 - fwd.count)
 
         n = bwd.count + 1 + fwd.count
@@ -378,7 +379,8 @@ def default_chunk_size(getter: Getter, params: TrackingParams, device: torch.dev
     A seed costs the getter's query (``getter.bytes_per_seed``: a DDTracking network step
     is far more than a pmf lookup) plus the tracker's own record of both halves (up to
     ``max_points`` points each, with their streamline and step indices, copied once more
-    when the chunk is assembled), once per worker thread tracking a chunk at the same
+    when the chunk is assembled) and what the getter keeps per forward point
+    (``getter.bytes_per_point``), once per worker thread tracking a chunk at the same
     time. The preferred size is kept whenever memory allows, since the random draws of
     ``prob`` and stochastic getters are made per chunk.
     """
@@ -386,7 +388,7 @@ def default_chunk_size(getter: Getter, params: TrackingParams, device: torch.dev
 
     device = torch.device(device)
     size = torch.empty(0, dtype=dtype).element_size()
-    tracker = 2 * params.max_points * (3 * size + 16) * 2
+    tracker = 2 * params.max_points * (3 * size + 16) * 2 + params.max_points * getter.bytes_per_point(size)
     per_seed = (getter.bytes_per_seed(size) + tracker) * max(1, int(workers))
     return chunk_for(per_seed, device, preferred_chunk_size(n_seeds, device), minimum=64)
 

@@ -22,7 +22,8 @@ on a 362-direction hemisphere, of the order <= 2 part of its SH (the tensor-like
 form; on the fibercup phantom at SNR 18 its median error is 4.6 degrees against 12 for the
 full lmax 6 series, whose higher orders mostly add noise here); ``+v`` forward, ``-v`` backward. The
 backward half starts from the GRU state rebuilt over the forward half reversed, as if the
-streamline had been tracked from its forward end back to the seed (:meth:`init_backward`).
+streamline had been tracked from its forward end back to the seed (:meth:`init_backward`),
+from the spatial encodings the forward half logged at those points.
 """
 
 from __future__ import annotations
@@ -142,11 +143,16 @@ class DDTrackingGetter:
         denoiser = 8 * c.denoiser_width + c.time_dim
         return (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2   # x2: inputs and outputs of each layer live together
 
+    def bytes_per_point(self, dtype_bytes: int) -> int:
+        """The forward half's spatial encoding ``z_t`` of each point, kept for :meth:`init_backward`."""
+        return self.config.z_dim * dtype_bytes
+
     def init(self, seeds, first_dirs, generator=None):
-        state = {"h": self.network.initial(len(seeds))}
+        # "z_log": each forward step's z_t (directions appends; the list is shared by every copy of the state)
+        state = {"h": self.network.initial(len(seeds)), "z_log": []}
         return self._with_generator(state, generator)
 
-    def init_backward(self, seeds, first_dirs, forward_points, forward_count, generator=None):
+    def init_backward(self, seeds, first_dirs, forward_points, forward_count, generator=None, forward_state=None):
         """The state after the forward half reversed: ``forward_points (S, T, 3)`` (step 1 first), ``forward_count (S,)``.
 
         Streamline ``s`` is fed ``q_0, ..., q_{n-1} = f_n, ..., f_1`` (``n = forward_count[s]``),
@@ -155,8 +161,16 @@ class DDTrackingGetter:
         next :meth:`directions` call, whose previous direction is ``x_0 - f_1``. The rows
         advance together one point per step, right-aligned so that every row ends on its
         ``f_1`` at the last step: memory stays that of one tracking step.
+
+        Right-aligned, step ``j`` feeds every row its point ``f_{T-j}``, and the rows that have
+        one are those the forward half's call ``T - j`` evaluated, in the same order: so that
+        call's ``z_t``, logged in ``forward_state``, is this step's, and only the GRU runs. The
+        log is used when it has one entry per step of the forward half (Euler: one call per
+        step) and each entry the rows expected; otherwise ``z_t`` is computed again.
         """
         S, T = forward_points.shape[:2]
+        log = forward_state.get("z_log") if isinstance(forward_state, dict) else None
+        log = log if log is not None and len(log) == T + 1 else None
         h = self.network.initial(S)
         full = torch.cat([seeds[:, None], forward_points], dim=1)                  # f_0 = seed, f_1 .. f_T
         n = forward_count
@@ -169,12 +183,20 @@ class DDTrackingGetter:
             point = full[rows, m - i]                                              # q_i = f_{n-i}
             back = (m - i.clamp(min=1))                                            # q_i - q_{i-1}, or q_1 - q_0
             prev = F.normalize(full[rows, back] - full[rows, back + 1], dim=-1)
-            h[rows] = self.network.step_z(samples(self.sh, point), prev, h[rows])
+            z = log[T - j] if log is not None and len(log[T - j]) == len(rows) else None
+            if z is None:
+                z, _ = self.network.spatial(samples(self.sh, point), local=False)
+            h[rows] = self.network.recur(z, prev, h[rows])[1]
+        if log is not None:
+            log.clear()
         return self._with_generator({"h": h}, generator)
 
     def directions(self, points, prev_dirs, state):
         prev = F.normalize(prev_dirs, dim=-1)
-        c, v, h = self.network.step(samples(self.sh, points), self._to_voxel(prev), state["h"])
+        z, v = self.network.spatial(samples(self.sh, points))
+        if "z_log" in state:                                                       # the forward half
+            state["z_log"].append(z)
+        c, h = self.network.recur(z, self._to_voxel(prev), state["h"])
         dirs = self._to_mm(self.network.direction(c, v, self.steps, self.stochastic, state.get("generator")))
         valid = inside_grid(self.sh, points) & ((dirs * prev).sum(dim=-1) >= self.cos_max_angle)
         return dirs, valid, {**state, "h": h}

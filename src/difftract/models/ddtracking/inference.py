@@ -239,18 +239,23 @@ class TrackingNetwork:
         return z, (self.mlps[1](a[:, self.width:]) if n > self.width else None)
 
     @torch.no_grad()
+    def recur(self, z: Tensor, prev: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """The GRU's step on ``[z_t, d_{t-1}]``: ``c (N, hidden)`` and the new state."""
+        return self.gru(torch.cat([z, prev], dim=-1), state)
+
+    @torch.no_grad()
     def step(self, samples: Tensor, prev: Tensor, state: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         """As :meth:`.model.DDTracking.step` of the same neighbourhoods, channels last (:func:`.features.samples`):
         ``c (N, hidden)``, ``v`` and the new GRU state."""
         z, v = self.spatial(samples)
-        c, state = self.gru(torch.cat([z, prev], dim=-1), state)
+        c, state = self.recur(z, prev, state)
         return c, v, state
 
     @torch.no_grad()
     def step_z(self, samples: Tensor, prev: Tensor, state: Tensor) -> Tensor:
         """The new GRU state only."""
         z, _ = self.spatial(samples, local=False)
-        return self.gru(torch.cat([z, prev], dim=-1), state)[1]
+        return self.recur(z, prev, state)[1]
 
     @torch.no_grad()
     def direction(self, c: Tensor, v: Tensor | None, steps: int = 1, stochastic: bool = False,
