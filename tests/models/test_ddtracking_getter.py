@@ -78,60 +78,83 @@ def test_init_backward_equals_stepping_the_reversed_forward_half(sh):
     assert torch.all(state["h"][2] == 0)                                  # did not move: fresh state
 
 
-def test_the_backward_start_reuses_the_forward_halfs_encodings(phantom, sh):
-    """With the forward half's log of z_t the replay runs the GRU alone, and the tracks are those of
-    a replay that computes z_t again (the same points, rows and batches: equal to rounding)."""
-    class Counting(DDTrackingGetter):
-        def init_backward(self, *args, **kw):
-            calls = []
-            spatial = self.network.spatial
-            self.network.spatial = lambda *a, **k: calls.append(1) or spatial(*a, **k)
-            try:
-                return super().init_backward(*args, **kw)
-            finally:
-                del self.network.spatial
-                self.replayed.append(len(calls))
+class Counting(DDTrackingGetter):
+    """Counts the spatial encodings each init_backward computes (one worker thread: the counter is shared)."""
 
-    class Forgetting(Counting):
-        def init(self, seeds, first_dirs, generator=None):
-            state = super().init(seeds, first_dirs, generator)
-            del state["z_log"]
-            return state
+    replayed: list[int]
 
-    with_log, without = Counting(model(), sh, max_angle=90), Forgetting(model(), sh, max_angle=90)
+    def init_backward(self, *args, **kw):
+        calls = []
+        spatial = self.network.spatial
+        self.network.spatial = lambda *a, **k: calls.append(1) or spatial(*a, **k)
+        try:
+            return super().init_backward(*args, **kw)
+        finally:
+            del self.network.spatial
+            self.replayed.append(len(calls))
+
+
+class Forgetting(Counting):
+    def init(self, seeds, first_dirs, generator=None):
+        state = super().init(seeds, first_dirs, generator)
+        del state["z_log"]
+        return state
+
+
+@pytest.mark.parametrize("max_len_mm, integrator, stochastic", [
+    (60, "euler", False), (8, "euler", False), (60, "euler", True), (60, "rk2", False)])
+def test_the_backward_start_reuses_the_forward_halfs_encodings(phantom, sh, max_len_mm, integrator, stochastic):
+    """With the forward half's log of z_t the replay runs the GRU alone, and the tracks are those of a
+    replay that computes z_t again: the same points, rows and batches, equal to float64 rounding. Short
+    streamlines end at the tracker's last buffer slot; RK2 logs one z_t per step, its first call's."""
+    kw = dict(max_angle=90, steps=2 if stochastic else 1, stochastic=stochastic)
+    with_log, without = Counting(model(), sh, **kw), Forgetting(model(), sh, **kw)
     with_log.replayed, without.replayed = [], []
-    lines, again = track(with_log, phantom, workers=1), track(without, phantom, workers=1)   # one thread: the counter
+    params = dict(max_len_mm=max_len_mm, integrator=integrator, dtype=torch.float64, workers=1)
+    lines, again = track(with_log, phantom, seed=3, **params), track(without, phantom, seed=3, **params)
     assert lines and with_log.replayed and set(with_log.replayed) == {0}     # the replay computed no z_t
     assert max(without.replayed) > 0
     assert [len(x) for x in lines] == [len(x) for x in again]
-    torch.testing.assert_close(torch.cat(lines), torch.cat(again), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(lines), torch.cat(again), atol=1e-9, rtol=0)
+    if max_len_mm == 8:
+        assert max(len(x) for x in lines) == 4              # 8 mm / 2 mm: the cap (max_points) was reached
 
 
-def test_the_log_is_used_and_freed(sh):
-    g = DDTrackingGetter(model(), sh, max_angle=90)
+def test_the_log_is_used_kept_out_of_the_backward_half_and_freed(sh):
+    g = Counting(model(), sh, max_angle=90)
+    g.replayed = []
     seeds = torch.tensor([[10.0, 10.0, 5.0], [12.0, 8.0, 4.0]])
     fwd = seeds[:, None] + torch.arange(1, 4.0)[None, :, None] * torch.tensor([0.8, 0.3, 0.1])
     count = torch.tensor([3, 1])
     fwd[1, 1:] = 0
-    state = g.init(seeds, torch.ones(2, 3))
-    for i in range(4):                                     # the forward half's calls: f_0 .. f_3 of the rows alive
-        rows = torch.nonzero(count >= i)[:, 0]
-        points = torch.cat([seeds[:, None], fwd], dim=1)[rows, i]
-        _, _, new = g.directions(points, torch.ones(len(rows), 3), {**state, "h": state["h"][rows]})
-    assert len(state["z_log"]) == 4
+
+    def forward_half():
+        state = g.init(seeds, torch.ones(2, 3))
+        for i in range(4):                                 # the forward half's calls: f_0 .. f_3 of the rows alive
+            rows = torch.nonzero(count >= i)[:, 0]
+            points = torch.cat([seeds[:, None], fwd], dim=1)[rows, i]
+            g.directions(points, torch.ones(len(rows), 3), {**state, "h": state["h"][rows]})
+        return state
+
+    state = forward_half()
+    assert len(state["z_log"].entries) == 4
     logged = g.init_backward(seeds, -torch.ones(2, 3), fwd, count, forward_state=state)
-    assert state["z_log"] == []                            # freed once used
+    assert g.replayed == [0] and state["z_log"].entries == []          # used, then freed
+    assert "z_log" not in logged                                       # the backward half logs nothing
     recomputed = g.init_backward(seeds, -torch.ones(2, 3), fwd, count)
+    assert g.replayed == [0, 3]                                        # one per replay step (T = 3)
     torch.testing.assert_close(logged["h"], recomputed["h"], atol=1e-6, rtol=0)
-    state["z_log"].extend([torch.zeros(1, 8)] * 2)         # a log that does not fit (e.g. RK2's extra calls)
-    torch.testing.assert_close(g.init_backward(seeds, -torch.ones(2, 3), fwd, count, forward_state=state)["h"],
-                               recomputed["h"], atol=0, rtol=0)
+    state = forward_half()                                             # the right length, entries of wrong sizes
+    state["z_log"].entries.reverse()
+    wrong = g.init_backward(seeds, -torch.ones(2, 3), fwd, count, forward_state=state)
+    torch.testing.assert_close(wrong["h"], recomputed["h"], atol=1e-6, rtol=0)
+    assert g.replayed[-1] > 0 and state["z_log"].entries == []
 
 
-def track(getter, phantom, seed=0, n=30, **kw):
+def track(getter, phantom, seed=0, n=30, max_len_mm=60, integrator="euler", **kw):
     criterion = BinaryCriterion(phantom.mask)
-    tracker = Tracker(getter, criterion, (2.0, 2.0, 2.0), TrackingParams(step_mm=2.0, min_len_mm=0, max_len_mm=60),
-                      chunk_size=16, **kw)
+    params = TrackingParams(step_mm=2.0, min_len_mm=0, max_len_mm=max_len_mm, integrator=integrator)
+    tracker = Tracker(getter, criterion, (2.0, 2.0, 2.0), params, chunk_size=16, **kw)
     seeds = torch.as_tensor(np.argwhere(phantom.wm)[:n], dtype=torch.float64)
     out = list(tracker.track(seeds, seed=seed))
     return [s for chunk in out for s in chunk.split()]

@@ -3,7 +3,7 @@
 The tracker owns integration, stopping, the active set and writing; a getter only
 answers "which way next" (DESIGN's seam). Every getter satisfies
 :class:`~.getter_protocol.Getter` (name, cone, ``to``, ``seed_directions``, ``init``,
-``init_backward``, ``directions``, ``bytes_per_seed``); the classical ones below keep no
+``init_backward``, ``directions``, ``bytes_per_seed``, ``bytes_per_point``); the classical ones below keep no
 per-streamline state and take their state hooks from
 :class:`~.getter_protocol.StatelessGetter`.
 

@@ -21,8 +21,9 @@ truncated; DIPY's det and prob trackers also truncate the lengths to whole mm fi
 The backward half starts against the first forward step (the normalised voxel-space
 difference of its first point and the seed) when the forward half moved, else against the
 initial direction: DIPY's rule. Its state comes from the getter's ``init_backward(seeds,
-dirs, forward_points (S, T, 3), forward_count (S,), generator)``: stateless getters start
-it afresh, DDTracking's GRU from what the forward half saw.
+dirs, forward_points (S, T, 3), forward_count (S,), generator, forward_state)`` (the last
+the forward half's state from ``init``, after it ran): stateless getters start it afresh,
+DDTracking's GRU from what the forward half saw.
 
 The tracker is inference only: it runs under ``torch.no_grad`` whatever the caller's mode,
 so no step's graph is kept. Its packed, shrinking-active-set loop exists to equal DIPY

@@ -148,8 +148,8 @@ class DDTrackingGetter:
         return self.config.z_dim * dtype_bytes
 
     def init(self, seeds, first_dirs, generator=None):
-        # "z_log": each forward step's z_t (directions appends; the list is shared by every copy of the state)
-        state = {"h": self.network.initial(len(seeds)), "z_log": []}
+        # each forward step's z_t, for init_backward (shared by every copy of the state: _take passes it on)
+        state = {"h": self.network.initial(len(seeds)), "z_log": _Log()}
         return self._with_generator(state, generator)
 
     def init_backward(self, seeds, first_dirs, forward_points, forward_count, generator=None, forward_state=None):
@@ -160,7 +160,7 @@ class DDTrackingGetter:
         own first move ``q_1 - q_0``, as in training); the seed itself is consumed by the
         next :meth:`directions` call, whose previous direction is ``x_0 - f_1``. The rows
         advance together one point per step, right-aligned so that every row ends on its
-        ``f_1`` at the last step: memory stays that of one tracking step.
+        ``f_1`` at the last step.
 
         Right-aligned, step ``j`` feeds every row its point ``f_{T-j}``, and the rows that have
         one are those the forward half's call ``T - j`` evaluated, in the same order: so that
@@ -169,8 +169,8 @@ class DDTrackingGetter:
         step) and each entry the rows expected; otherwise ``z_t`` is computed again.
         """
         S, T = forward_points.shape[:2]
-        log = forward_state.get("z_log") if isinstance(forward_state, dict) else None
-        log = log if log is not None and len(log) == T + 1 else None
+        kept = forward_state.get("z_log") if isinstance(forward_state, dict) else None
+        log = kept.entries if kept is not None and len(kept.entries) == T + 1 else None
         h = self.network.initial(S)
         full = torch.cat([seeds[:, None], forward_points], dim=1)                  # f_0 = seed, f_1 .. f_T
         n = forward_count
@@ -187,15 +187,15 @@ class DDTrackingGetter:
             if z is None:
                 z, _ = self.network.spatial(samples(self.sh, point), local=False)
             h[rows] = self.network.recur(z, prev, h[rows])[1]
-        if log is not None:
-            log.clear()
+        if kept is not None:
+            kept.clear()
         return self._with_generator({"h": h}, generator)
 
     def directions(self, points, prev_dirs, state):
         prev = F.normalize(prev_dirs, dim=-1)
         z, v = self.network.spatial(samples(self.sh, points))
         if "z_log" in state:                                                       # the forward half
-            state["z_log"].append(z)
+            state["z_log"].add(z, state["h"])
         c, h = self.network.recur(z, self._to_voxel(prev), state["h"])
         dirs = self._to_mm(self.network.direction(c, v, self.steps, self.stochastic, state.get("generator")))
         valid = inside_grid(self.sh, points) & ((dirs * prev).sum(dim=-1) >= self.cos_max_angle)
@@ -208,3 +208,24 @@ class DDTrackingGetter:
             state["generator"] = generator
         return state
 
+
+class _Log:
+    """The forward half's ``z_t``, one entry per tracking step.
+
+    An RK integrator calls :meth:`DDTrackingGetter.directions` several times per step, each
+    with the same state; only the first call of a step (a state ``h`` not seen last time)
+    is logged, the one whose new state the tracker keeps.
+    """
+
+    def __init__(self):
+        self.entries: list[torch.Tensor] = []
+        self._last: torch.Tensor | None = None
+
+    def add(self, z: torch.Tensor, h: torch.Tensor) -> None:
+        if h is not self._last:
+            self.entries.append(z)
+            self._last = h
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._last = None

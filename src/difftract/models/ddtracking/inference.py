@@ -194,8 +194,9 @@ class _DenseGRU:
 class TrackingNetwork:
     """A frozen, dense copy of a :class:`~.model.DDTracking` for tracking (see the module docstring).
 
-    ``step`` and ``direction`` mirror the network's; ``step_z`` advances the GRU without the
-    local branch (the backward half's start replays points whose ``v_t`` is never used).
+    ``step`` and ``direction`` mirror the network's; ``spatial`` and ``recur`` are its two
+    halves (the getter logs ``z_t`` between them), and ``step_z`` advances the GRU without
+    the local branch.
     The matrices are made in float64 on the CPU from a copy of the weights (a GPU's TF32
     convolutions would round them), then moved to ``device`` and ``dtype`` (default: the
     network's).
