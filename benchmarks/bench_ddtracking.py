@@ -27,6 +27,8 @@ response) with DIPY's defaults (step 1 mm, pmf threshold 0.1): ours (``det``, ``
 DIPY's own ``deterministic_tracking`` and ``probabilistic_tracking`` on the same fODF and seeds.
 DDTracking tracks at the step it was trained with (1 voxel, 2 mm here).
 
+``--sampler-steps 3,5`` adds, per model, a deterministic row with that many sampler steps
+(the reverse diffusion from ``y_1 = 0`` without noise, :mod:`difftract.models.ddtracking.diffusion`).
 ``--ablation DIR`` adds a row per variant of the paper's ablation (``DIR/{variant}.pt``, from
 ``scripts/train_ddtracking_ablation.sh``) on the test columns. ``--stochastic`` adds the target
 model's stochastic S = 5 row and, per column, the angle between each step in a crossing voxel
@@ -216,6 +218,8 @@ def main() -> None:
     ap.add_argument("--seeds-per-voxel", type=int, default=1)
     ap.add_argument("--max-seeds", type=int, help="track a seeded random subset of N seeds per phantom")
     ap.add_argument("--no-dipy", action="store_true", help="skip DIPY's tracker rows")
+    ap.add_argument("--sampler-steps", type=ints, default=(), metavar="S[,S...]",
+                    help="add a deterministic row per model for each of these sampler step counts (> 1)")
     ap.add_argument("--stochastic", action="store_true",
                     help="add the target model's stochastic S=5 row and the angular spread in crossings")
     ap.add_argument("--speed-seeds", type=int, default=10_000, help="seeds of the speed run (0: skip it)")
@@ -259,6 +263,9 @@ def main() -> None:
                     add(f"dipy {method}", *s.dipy(method, s.seeds))
             for name, (model, _) in models.items():
                 add(f"ddtracking {name}", *run(s.learned(model, 1, False, chunk_size=10_000), s.seeds))
+                for steps in (k for k in args.sampler_steps if k > 1):
+                    tracker = s.learned(model, steps, False, chunk_size=10_000)
+                    add(f"ddtracking {name} S={steps}", *run(tracker, s.seeds))
             if col != "seen":
                 for variant, model in ablation.items():
                     add(f"ablation {variant}", *run(s.learned(model, 1, False, chunk_size=10_000), s.seeds))
@@ -278,7 +285,7 @@ def main() -> None:
     if seen is None:
         for name in REPRO:
             check.unmeasured(name, "needs the seen column")
-    speed = speed_run(check, seen, models, args.target_model, args.speed_seeds, args.busy)
+    speed = speed_run(check, seen, models, args.target_model, args.speed_seeds, args.busy, args.sampler_steps)
     check.finish({"benchmark": "bench_ddtracking", "models": {n: {"weights": m["path"], "sha256": m["sha256"]}
                                                              for n, (_, m) in models.items()},
                   "target_model": args.target_model, "max_seeds": args.max_seeds, "tables": _plain(tables),
@@ -363,7 +370,8 @@ def _spin() -> None:   # the other busy process of the slowdown run
         pass
 
 
-def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int, busy: bool) -> dict[str, dict]:
+def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int, busy: bool,
+              sampler_steps: tuple[int, ...] = ()) -> dict[str, dict]:
     """Streamlines and seeds per second on ``n_seeds`` seeds of the seen phantom, every rule at DDTracking's step."""
     if n_seeds <= 0 or s is None:
         for name in ("fast_streamlines_per_s", "full_streamlines_per_s"):
@@ -379,8 +387,9 @@ def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int
         if device == "cpu":
             out["dipy det cpu"] = lambda: s.dipy("det", seeds, step)
         for name, (model, _) in models.items():
-            out[f"ddtracking {name} S=1 {device}"] = (
-                lambda m=model: run(s.learned(m, 1, False, device=device, chunk_size=chunk), seeds))
+            for k in (1,) + tuple(k for k in sampler_steps if k > 1):
+                out[f"ddtracking {name} S={k} {device}"] = (
+                    lambda m=model, k=k: run(s.learned(m, k, False, device=device, chunk_size=chunk), seeds))
         out[f"ddtracking {default} stochastic S=5 {device}"] = (
             lambda: run(s.learned(models[default][0], 5, True, device=device, chunk_size=chunk), seeds))
         return out
