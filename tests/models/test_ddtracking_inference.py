@@ -23,6 +23,13 @@ FAST = dict(conv_channels=16, mlp_hidden=128, z_dim=64, v_dim=64, gru_hidden=128
             denoiser_width=32)
 
 
+def step(net: TrackingNetwork, channels_last, prev, h):
+    """The getter's step: ``spatial`` then ``recur`` (``c``, ``v`` and the new state, as ``DDTracking.step``)."""
+    z, v = net.spatial(channels_last)
+    c, state = net.recur(z, prev, h)
+    return c, v, state
+
+
 def random_model(variant: str, one_head: bool = False, sizes: dict = TINY) -> DDTracking:
     """Every weight random, GroupNorm affines and FiLM included (the shipped zero-init FiLM would hide a slip)."""
     torch.manual_seed(0)
@@ -62,7 +69,7 @@ def test_float32_and_a_moved_copy_stay_within_float32_rounding():
     with torch.no_grad():
         c, v, _ = m.step(patches, prev, h)
         expected = m.direction(c, v)
-        c2, v2, _ = net.step(patches.permute(0, 2, 3, 4, 1), prev, h)
+        c2, v2, _ = step(net, patches.permute(0, 2, 3, 4, 1), prev, h)
         got = net.direction(c2, v2)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
@@ -74,10 +81,12 @@ def check_equal(m: DDTracking) -> None:
     channels_last = patches.permute(0, 2, 3, 4, 1)
     with torch.no_grad():
         c, v, state = m.step(patches, prev, h)
-        c2, v2, state2 = net.step(channels_last, prev, h)
+        c2, v2, state2 = step(net, channels_last, prev, h)
         torch.testing.assert_close(c2, c, atol=ATOL, rtol=0)
         torch.testing.assert_close(state2, state, atol=ATOL, rtol=0)
-        torch.testing.assert_close(net.step_z(channels_last, prev, h), state, atol=ATOL, rtol=0)
+        z_alone, none = net.spatial(channels_last, local=False)     # the backward replay's call
+        assert none is None
+        torch.testing.assert_close(net.recur(z_alone, prev, h)[1], state, atol=ATOL, rtol=0)
         assert (v is None) == (v2 is None)
         if v is not None:
             torch.testing.assert_close(v2, v, atol=ATOL, rtol=0)
@@ -133,10 +142,10 @@ def test_the_dense_copy_keeps_the_weights_it_was_built_from():
     patches, prev, h = inputs(m)
     channels_last = patches.permute(0, 2, 3, 4, 1)
     with torch.no_grad():
-        before = net.direction(*net.step(channels_last, prev, h)[:2])
+        before = net.direction(*step(net, channels_last, prev, h)[:2])
         for p in m.parameters():
             p.mul_(2.0)
-        after = net.direction(*net.step(channels_last, prev, h)[:2])
+        after = net.direction(*step(net, channels_last, prev, h)[:2])
     assert torch.equal(before, after)
 
 
@@ -146,5 +155,5 @@ def test_no_points_no_error():
     none = samples(sh, torch.zeros(0, 3, dtype=torch.float64))
     assert none.shape == (0, 3, 3, 3, m.config.n_coeffs)
     net = TrackingNetwork(m)
-    c, v, h = net.step(none, torch.zeros(0, 3, dtype=torch.float64), net.initial(0))
+    c, v, h = step(net, none, torch.zeros(0, 3, dtype=torch.float64), net.initial(0))
     assert c.shape == (0, m.config.gru_hidden) and net.direction(c, v).shape == (0, 3)

@@ -97,7 +97,7 @@ class DDTrackingGetter:
         sizes = np.asarray(voxel_sizes, dtype=np.float64)
         if sizes.shape != (3,) or not np.all(sizes > 0):
             raise ConfigError(f"voxel sizes must be three positive numbers, got {voxel_sizes}")
-        self.config, self.sh = model.config, sh
+        self.sh = sh
         self.network = TrackingNetwork(model)
         self.max_angle, self.cos_max_angle = float(max_angle), _cos(max_angle)
         self.steps, self.stochastic = int(steps), bool(stochastic)
@@ -136,7 +136,7 @@ class DDTrackingGetter:
         """One network step per streamline: the 3x3x3 SH neighbourhood, the spatial branches' activations,
         the GRU's gates and states (three gates per layer), the denoiser, and the forward half kept for
         :meth:`init_backward`; about 20x a classical pmf query at the paper's sizes."""
-        c = self.config
+        c = self.network.config
         neighbourhood = 27 * c.n_coeffs * (1 + c.conv_channels // 8)
         branches = 27 * c.conv_channels + 2 * c.mlp_hidden + c.z_dim + c.v_dim
         gru = c.gru_layers * 5 * c.gru_hidden
@@ -145,7 +145,7 @@ class DDTrackingGetter:
 
     def bytes_per_point(self, dtype_bytes: int) -> int:
         """The forward half's spatial encoding ``z_t`` of each point, kept for :meth:`init_backward`."""
-        return self.config.z_dim * dtype_bytes
+        return self.network.config.z_dim * dtype_bytes
 
     def init(self, seeds, first_dirs, generator=None):
         # each forward step's z_t, for init_backward (shared by every copy of the state: _take passes it on)

@@ -194,9 +194,10 @@ class _DenseGRU:
 class TrackingNetwork:
     """A frozen, dense copy of a :class:`~.model.DDTracking` for tracking (see the module docstring).
 
-    ``step`` and ``direction`` mirror the network's; ``spatial`` and ``recur`` are its two
-    halves (the getter logs ``z_t`` between them), and ``step_z`` advances the GRU without
-    the local branch.
+    ``spatial`` then ``recur`` is :meth:`.model.DDTracking.step` (on channels-last
+    neighbourhoods, :func:`.features.samples`; the getter logs ``z_t`` between them, and the
+    backward half's replay asks ``spatial`` for ``z_t`` alone), and ``direction`` is the
+    network's.
     The matrices are made in float64 on the CPU from a copy of the weights (a GPU's TF32
     convolutions would round them), then moved to ``device`` and ``dtype`` (default: the
     network's).
@@ -243,20 +244,6 @@ class TrackingNetwork:
     def recur(self, z: Tensor, prev: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """The GRU's step on ``[z_t, d_{t-1}]``: ``c (N, hidden)`` and the new state."""
         return self.gru(torch.cat([z, prev], dim=-1), state)
-
-    @torch.no_grad()
-    def step(self, samples: Tensor, prev: Tensor, state: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
-        """As :meth:`.model.DDTracking.step` of the same neighbourhoods, channels last (:func:`.features.samples`):
-        ``c (N, hidden)``, ``v`` and the new GRU state."""
-        z, v = self.spatial(samples)
-        c, state = self.recur(z, prev, state)
-        return c, v, state
-
-    @torch.no_grad()
-    def step_z(self, samples: Tensor, prev: Tensor, state: Tensor) -> Tensor:
-        """The new GRU state only."""
-        z, _ = self.spatial(samples, local=False)
-        return self.recur(z, prev, state)[1]
 
     @torch.no_grad()
     def direction(self, c: Tensor, v: Tensor | None, steps: int = 1, stochastic: bool = False,
