@@ -65,7 +65,7 @@ from _spread import crossing_spread, load_crossings, print_spreads
 from difftract.eval.tractometer import load_scoring, score
 from difftract.io.dwi import load_subject
 from difftract.io.tractogram import load_tractogram
-from difftract.models.ddtracking.data import signal_sh
+from difftract.models.ddtracking.data import input_sh
 from difftract.models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
 from difftract.models.ddtracking.getter import DDTrackingGetter, load_ddtracking
 from difftract.phantom import PhantomConfig, save_phantom, simulate
@@ -156,7 +156,7 @@ class Subject:
         self.fod = CsdModel(self.dwi.gtab, lmax=8, legacy=False).fit(self.dwi.data, self.dwi.mask,
                                                                      progress=False).coeffs
         self.field = SHField(self.fod, legacy=False)
-        self.sh = signal_sh(self.dwi)
+        self.inputs: dict[str, np.ndarray] = {}   # what each kind of network reads, fitted once
         self.truth = list(load_tractogram(directory / "tractogram.trk").streamlines)
 
     def classical(self, method: str, step_mm: float = 1.0, **kw) -> Tracker:
@@ -164,7 +164,10 @@ class Subject:
                        TrackingParams(step_mm=step_mm, min_len_mm=20, max_len_mm=250), **kw)
 
     def learned(self, model, steps: int, stochastic: bool, **kw) -> Tracker:
-        getter = DDTrackingGetter(model, self.sh, 45.0, steps, stochastic, self.vox)
+        kind = model.config.input
+        if kind not in self.inputs:
+            self.inputs[kind] = input_sh(self.dwi, kind)
+        getter = DDTrackingGetter(model, self.inputs[kind], 45.0, steps, stochastic, self.vox)
         return Tracker(getter, self.criterion, self.vox,
                        TrackingParams(step_mm=min(self.vox), min_len_mm=20, max_len_mm=250), **kw)
 

@@ -137,6 +137,12 @@ RECIPES = {
 }
 RECIPES["ddtracking_fast_phantoms"] = {**RECIPES["ddtracking_phantoms"],
                                        "options": [*RECIPES["ddtracking_phantoms"]["options"], *DD_FAST_SIZES]}
+# issue 19's input ablation: the same streamed recipes on the CSD fODF instead of the signal SH
+# (the same subjects and seeds; not shipped, see the weights README)
+for name in ("ddtracking", "ddtracking_fast"):
+    RECIPES[f"{name}_fodf"] = {**RECIPES[name], "install": False,
+                               "options": [*RECIPES[name]["options"], "--input", "fodf"],
+                               "quick_options": [*RECIPES[name]["quick_options"], "--input", "fodf"]}
 QUICK_EPOCHS = (1, 2)
 
 

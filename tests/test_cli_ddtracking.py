@@ -129,3 +129,38 @@ def test_wrong_weights_are_refused(subjects, tmp_path, capsys):
 def test_train_under_torchrun(subjects, tmp_path, torchrun_train):
     """Two processes (gloo, CPU): DDP training writes weights, checkpoint, metrics and sidecar once."""
     torchrun_train("ddtracking", *subjects, *TINY, out=tmp_path / "ddp.pt", epochs=2)
+
+
+def test_fodf_input_end_to_end(weights, subjects, tmp_path):
+    """--input fodf: the weights say so, the features are the CSD fODF (their own cache entries), and
+    ``track`` and ``run`` fit that fODF for the network (``run`` writes it as fod_ddtracking.nii.gz)."""
+    from difftract.io.dwi import load_subject
+    from difftract.io.nifti import load_nifti
+    from difftract.models.ddtracking.data import FODF_SCALE, fodf_sh
+
+    out = tmp_path / "f.pt"
+    one = [a if a != "2" or TINY[i - 1] != "--epochs" else "1" for i, a in enumerate(TINY)]
+    cache = tmp_path / "cache"
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(out), *one, "--input", "fodf",
+                 "--cache-dir", str(cache)]) == 0
+    blob = torch.load(out, weights_only=True)
+    assert blob["meta"]["config"]["input"] == "fodf" and blob["meta"]["input"].startswith("CSD fODF")
+    assert "input" not in torch.load(weights, weights_only=True)["meta"]["config"]   # signal: as before the option
+    assert len(list(cache.glob("*.npz"))) == 2
+    signal_cache = sorted(weights.parent.glob("w.cache/*.npz"))
+    assert {p.name for p in cache.glob("*.npz")}.isdisjoint({p.name for p in signal_cache})
+    with np.load(next(cache.glob(f"{subjects[0].name}-*.npz"))) as z:
+        np.testing.assert_array_equal(z["sh"], fodf_sh(load_subject(subjects[0])))
+
+    tracks = tmp_path / "t.trx"
+    assert main(["-q", "track", *map(str, scan_args(subjects[0])), "--method", "ddtracking", "--weights", str(out),
+                 "--seeds-per-voxel", "1", "--min-len-mm", "0", "--out", str(tracks)]) == 0
+    assert json.loads(tracks.with_suffix(".json").read_text())["params"]["input"].startswith("CSD fODF")
+
+    run_dir = tmp_path / "run"
+    assert main(["-q", "run", str(subjects[0]), "--out", str(run_dir), "--method", "ddtracking", "--weights", str(out),
+                 "--seeds-per-voxel", "1", "--min-len-mm", "0", "--device", "cpu"]) == 0
+    assert not (run_dir / "sh.nii.gz").exists()
+    fod = np.asarray(load_nifti(run_dir / "fod_ddtracking.nii.gz").dataobj)
+    wm = np.asarray(load_nifti(subjects[0] / "wm.nii.gz").dataobj) > 0
+    assert fod.shape[-1] == 28 and abs(float(fod[wm, 0].mean()) * FODF_SCALE - 1.0) < 0.15   # fibre density ~1

@@ -180,6 +180,11 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
                            str(epochs), *bw.RECIPES[model]["options"], "--device", "cpu"])
         assert line in readme and "simulate" not in log and f"--out {model}/full.pt --epochs {epochs} " in log
         assert "full_long" not in log
+    for model in ("ddtracking", "ddtracking_fast"):     # the input ablation: the same run on the CSD fODF
+        fodf = bw.RECIPES[f"{model}_fodf"]
+        assert fodf["options"] == [*bw.RECIPES[model]["options"], "--input", "fodf"] and fodf["install"] is False
+        assert f"scripts/build_weights.py {model}_fodf" in readme
+        assert bw.main([f"{model}_fodf", "--dry-run", "--work", str(tmp_path / "fodf")]) == 0
     # QCG-DTI: the earlier recipe's phantoms and two runs first, then the streamed fine-tuning from its result
     assert bw.main(["qcgdti", "--dry-run", "--work", str(tmp_path / "qcgdti")]) == 0
     log = (tmp_path / "qcgdti" / "commands.sh").read_text()

@@ -141,3 +141,32 @@ def test_task_learns(subject_dir, variant):
         opt.step()
     loss1, angle1 = evaluate()
     assert loss1 < 0.7 * loss0 and angle1 < angle0 - 20, (loss0, loss1, angle0, angle1)
+
+
+def test_fodf_input_scale_and_choice(subject_dir):
+    """The fODF input is CSD's, times 2 sqrt(pi): its first coefficient, the fODF's integral, is about 1 in
+    white matter, like the signal SH's; :func:`input_sh` picks by the network's ``input``."""
+    from difftract.io.dwi import load_subject
+    from difftract.io.nifti import load_nifti
+    from difftract.models.ddtracking.data import FODF_SCALE, fodf_sh, input_sh, signal_sh
+    from difftract.reconst.csd import CsdModel
+
+    dwi = load_subject(subject_dir)
+    fod = fodf_sh(dwi)
+    wm = np.asarray(load_nifti(subject_dir / "wm.nii.gz").dataobj) > 0
+    assert fod.shape == (*dwi.shape, 28) and fod.dtype == np.float32
+    assert abs(float(fod[wm, 0].mean()) - 1.0) < 0.15
+    assert not fod[~dwi.mask].any()
+    csd = CsdModel(dwi.gtab, lmax=6).fit(dwi.signal, dwi.mask, dtype="float32", progress=False).coeffs
+    np.testing.assert_allclose(fod, csd * FODF_SCALE, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(input_sh(dwi, "fodf"), fod)
+    np.testing.assert_array_equal(input_sh(dwi, "signal"), signal_sh(dwi))
+    with pytest.raises(ConfigError, match="unknown DDTracking input"):
+        input_sh(dwi, "odf")
+
+
+def test_input_in_config():
+    assert "input" not in DDTrackingConfig().as_dict()          # as written before the option: old checkpoints resume
+    assert DDTrackingConfig(input="fodf").as_dict()["input"] == "fodf"
+    with pytest.raises(ConfigError, match="unknown DDTracking input"):
+        DDTrackingConfig(input="odf")

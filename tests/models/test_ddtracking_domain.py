@@ -29,6 +29,9 @@ def test_the_read_shell_is_the_one_nearest_1000_and_its_directions():
     assert read_shell(np.array([0, 3000, 3000, 2000])) == (2000.0, 1)
     # a scatter of +-60 around b = 1000 is one shell, as every fit groups it (reconst.sh.shell_groups)
     assert read_shell(np.array([0, 940, 1000, 1060, 2000])) == (1000.0, 3)
+    # a network of the CSD fODF reads the highest shell, as the CSD fit picks it
+    shell, n = read_shell(bvals, "fodf")
+    assert abs(shell - 3000) < 5 and n == 1
 
 
 def test_training_subjects_give_the_shells_directions_and_snr(tmp_path):
@@ -37,6 +40,8 @@ def test_training_subjects_give_the_shells_directions_and_snr(tmp_path):
     d = training_domain([a, b])
     assert d["bvals"] == [1000.0, 1500.0] and d["ndirs"] == [32, 64] and d["snr"] == [15.0, 30.0]
     assert d["voxel_size_mm"] == [2.0, 2.0]
+    d = training_domain([a, b], "fodf")
+    assert d["bvals"] == [1000.0, 3000.0] and d["ndirs"] == [30, 32]
 
 
 def test_a_stream_domain_has_the_direction_counts():

@@ -57,6 +57,21 @@ def test_seed_directions_follow_the_fibre(phantom, sh):
     assert np.median(cos) > 0.97
 
 
+def test_seed_directions_of_an_fodf_network_follow_the_fibre(phantom):
+    """A network of the CSD fODF starts at the fODF's maximum, not at the minimum that suits the signal."""
+    from difftract.models.ddtracking.data import fodf_sh
+
+    torch.manual_seed(0)
+    m = DDTracking(DDTrackingConfig(variant="full", input="fodf", **TINY)).eval()
+    scan = _Scan(phantom)
+    scan.mask = np.asarray(phantom.mask, dtype=bool)
+    g = DDTrackingGetter(m, fodf_sh(scan))
+    single = np.argwhere((phantom.fractions[..., 0] > 0.5) & (phantom.fractions[..., 1] < 0.05))[:50]
+    dirs, index = g.seed_directions(torch.as_tensor(single, dtype=torch.float64))
+    truth = np.array([phantom.peaks[tuple(v)][0] for v in single[index.numpy()]])
+    assert len(index) > 10 and np.median(np.abs((dirs.numpy() * truth).sum(axis=1))) > 0.97
+
+
 def test_init_backward_equals_stepping_the_reversed_forward_half(sh):
     m = model()
     g = DDTrackingGetter(m, sh)

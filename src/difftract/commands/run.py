@@ -16,6 +16,8 @@ EPILOG = """\
 outputs (in OUT):
   dti/                  FA, MD, AD, RD, colour FA, tensor, v1 ... (NIfTI + JSON sidecars, qc_dti.png)
   sh.nii.gz             signal SH (ddtracking only): exactly the array DDTracking tracked
+  fod_ddtracking.nii.gz instead of sh.nii.gz for weights trained with --input fodf: the CSD fODF at the
+                        network's lmax, which it reads times 2 sqrt(pi)
   fod.nii.gz            CSD fODF (det and prob only)
   stop_mask.nii.gz      where tracking went (only when made from FA, see --stop-mask)
   tracks.trx            the tractogram (--format), with tracks.json (provenance)

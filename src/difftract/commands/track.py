@@ -24,7 +24,8 @@ direction rules (--method):
   closest  DIPY's closest-peak rule: every seed peak starts a streamline
   peak     differentiable blend of per-voxel fODF peaks (the rule gradients flow through)
   ddtracking  the learned DDTracking policy (--weights, default: the shipped --model full|fast) on the SH of the
-           b0-normalised DWI (lmax 6, shell nearest b=1000): a GRU over the streamline so far and a
+           b0-normalised DWI (lmax 6, shell nearest b=1000), or on the CSD fODF (lmax 6, highest
+           shell) for weights trained with --input fodf: a GRU over the streamline so far and a
            diffusion sampler (--sampler-steps; --stochastic draws, fixed by --seed); seeds start along
            the signal's principal direction; default step: the model's training step (1 voxel).
            The SH is fitted inside --mask: give the brain mask (as in training), and the white

@@ -11,7 +11,8 @@ from .common import add_training_run_arguments
 EPILOG = """\
 Each SUBJECT_DIR holds dwi.nii.gz, dwi.bval, dwi.bvec, mask.nii.gz and a reference tractogram
 (tractogram.trk, .tck or .trx), as `difftract simulate` writes. The input is the SH (descoteaux07,
-lmax 6) of the b0-normalised shell nearest b=1000; the streamlines are resampled to --step voxels.
+lmax 6) of the b0-normalised shell nearest b=1000, or with --input fodf the CSD fODF (lmax 6, the
+highest shell, times 2 sqrt(pi): about 1 in white matter); the streamlines are resampled to --step voxels.
 Both are cached per subject in --cache-dir (default: W.cache/ next to the weights).
 The last --val-subjects subjects are held out for validation (with one subject, 10% of its
 streamlines are).
@@ -31,7 +32,7 @@ examples:
 
 
 def add_parser(models) -> None:
-    from ..models.ddtracking.model import VARIANTS
+    from ..models.ddtracking.model import INPUTS, VARIANTS
     from ..models.ddtracking.train import STREAM_SUBJECTS_PER_EPOCH, DDTrackingTrainOptions
 
     o = DDTrackingTrainOptions()
@@ -54,6 +55,8 @@ def add_parser(models) -> None:
     arch.add_argument("--denoiser-width", type=int, default=d.denoiser_width, help="(default: %(default)s)")
     arch.add_argument("--one-head", action="store_true", help="predict h only; eps derived from it")
     data = p.add_argument_group("data")
+    data.add_argument("--input", choices=INPUTS, default=d.input,
+                      help="what the network reads: the signal SH (the paper) or the CSD fODF SH (default: %(default)s)")
     data.add_argument("--step", type=float, default=o.step, help="tracking step, voxels (default: %(default)s)")
     data.add_argument("--window", type=int, default=o.window,
                       help="most points per training sequence (default: %(default)s)")
@@ -94,7 +97,8 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
 
     model = DDTrackingConfig(variant=args.variant, gru_hidden=args.gru_hidden, gru_layers=args.gru_layers,
                              z_dim=args.z_dim, v_dim=args.v_dim, conv_channels=args.conv_channels,
-                             mlp_hidden=args.mlp_hidden, denoiser_width=args.denoiser_width, one_head=args.one_head)
+                             mlp_hidden=args.mlp_hidden, denoiser_width=args.denoiser_width, one_head=args.one_head,
+                             input=args.input)
     options = DDTrackingTrainOptions(
         model=model, diffusion=DiffusionConfig(k_min=args.k_min, max_weight=args.max_weight), step=args.step,
         window=args.window, jitter=args.jitter, jitter_corr=args.jitter_corr, seed_angle=args.seed_angle,

@@ -204,7 +204,7 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
     summary = RunSummary(directory, {}, {}, {}, {})
     for method in options.methods:
         if method == "ddtracking":
-            source = _signal_sh_stage(subject, dwi, directory, learned, options, console)
+            source = _learned_input_stage(subject, dwi, directory, learned, options, console)
             track_extra = {"weights": options.weights, "model": options.model}
         else:
             if fod is None:
@@ -280,23 +280,31 @@ def given_stop_mask(options: RunOptions, subject: Subject, dwi) -> np.ndarray | 
     return stop
 
 
-def _signal_sh_stage(subject, dwi, directory: Path, learned, options: RunOptions, console: Console):
-    """DDTracking's input, fitted once by ``fit sh`` (the shell nearest b=1000, float32): written as
-    ``sh.nii.gz`` and tracked, the same array."""
-    from ..models.ddtracking.data import signal_sh_shell
+def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOptions, console: Console):
+    """DDTracking's input, fitted once at the network's lmax and written, then tracked: the signal SH
+    (``fit sh``, the shell nearest b=1000, float32) as ``sh.nii.gz``, or for a network trained on the
+    CSD fODF (``input`` fodf) that fODF (``fit csd``, the highest shell) as ``fod_ddtracking.nii.gz``,
+    which the network reads times :data:`~difftract.models.ddtracking.data.FODF_SCALE`."""
+    from ..models.ddtracking.data import FODF_SCALE, signal_sh_shell
     from ..reconst.sh import lmax_from_ncoeffs
-    from .fits import fit_sh
+    from .fits import fit_csd, fit_sh
     from .track import LearnedSource
 
     model, meta = learned
-    lmax, shell = lmax_from_ncoeffs(model.config.n_coeffs), signal_sh_shell(dwi.bvals)
-    out = directory / "sh.nii.gz"
-    line = command_line("fit sh", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
-                        zero_nonfinite=options.zero_nonfinite, out=out, lmax=lmax, shell=shell, dtype="float32",
-                        device=options.compute.named_device)
+    lmax, float32 = lmax_from_ncoeffs(model.config.n_coeffs), replace(options.compute, dtype="float32")
+    scan = dict(mask=subject.mask, zero_nonfinite=options.zero_nonfinite)
+    if model.config.input == "fodf":
+        out = directory / "fod_ddtracking.nii.gz"
+        line = command_line("fit csd", subject.dwi, subject.bval, subject.bvec, **scan, out=out, lmax=lmax,
+                            dtype="float32", device=options.compute.named_device)
+        console.stage(line)
+        fit = fit_csd(dwi, out, lmax=lmax, compute=float32, console=console, equivalent=line)
+        return LearnedSource.for_scan(model, meta, (fit.coeffs * FODF_SCALE).astype(np.float32), dwi)
+    out, shell = directory / "sh.nii.gz", signal_sh_shell(dwi.bvals)
+    line = command_line("fit sh", subject.dwi, subject.bval, subject.bvec, **scan, out=out, lmax=lmax, shell=shell,
+                        dtype="float32", device=options.compute.named_device)
     console.stage(line)
-    fit = fit_sh(dwi, out, lmax=lmax, shell=shell, compute=replace(options.compute, dtype="float32"), console=console,
-                 equivalent=line)
+    fit = fit_sh(dwi, out, lmax=lmax, shell=shell, compute=float32, console=console, equivalent=line)
     return LearnedSource.for_scan(model, meta, fit.coeffs.astype(np.float32, copy=False), dwi)
 
 

@@ -109,7 +109,8 @@ class FodSource:
 
 @dataclass
 class LearnedSource:
-    """The DDTracking network, its weights' metadata, and the signal SH it reads (``signal_sh`` of the scan).
+    """The DDTracking network, its weights' metadata, and the SH it reads (the scan's signal SH, or its
+    CSD fODF SH for a network trained on those: :func:`~difftract.models.ddtracking.data.input_sh`).
 
     ``domain`` compares the scan with what the network was trained on
     (:func:`~difftract.models.ddtracking.domain.scan_domain`): :func:`track` warns in one
@@ -130,11 +131,14 @@ class LearnedSource:
 
     @classmethod
     def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu") -> LearnedSource:
-        """:meth:`for_scan` with the SH fitted from ``dwi`` (the shell nearest b=1000, at the network's lmax)."""
-        from ..models.ddtracking.data import signal_sh
+        """:meth:`for_scan` with the input fitted from ``dwi`` at the network's lmax: the signal SH of the
+        shell nearest b=1000, or the CSD fODF SH for a network of ``input`` fodf
+        (:func:`~difftract.models.ddtracking.data.input_sh`)."""
+        from ..models.ddtracking.data import input_sh
         from ..reconst.sh import lmax_from_ncoeffs
 
-        return cls.for_scan(model, meta, signal_sh(dwi, lmax_from_ncoeffs(model.config.n_coeffs), device=device), dwi)
+        lmax = lmax_from_ncoeffs(model.config.n_coeffs)
+        return cls.for_scan(model, meta, input_sh(dwi, model.config.input, lmax, device=device), dwi)
 
     def warn_domain(self, scan) -> None:
         """One line when the scan lies outside the network's training data."""

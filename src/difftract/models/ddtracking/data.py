@@ -1,7 +1,8 @@
 """DDTracking training data: subjects, streamline samples and the trainer's task.
 
 A subject directory (DESIGN) gives the input volume, the SH coefficients (descoteaux07,
-lmax 6) of its b0-normalised DWI (:func:`signal_sh`), and its reference tractogram
+lmax 6) of its b0-normalised DWI (:func:`signal_sh`, the paper's input) or of its CSD fODF
+(:func:`fodf_sh`, the model's ``input`` option; :func:`input_sh` picks), and its reference tractogram
 ``tractogram.{trk,tck,trx}``, whose streamlines are resampled to the tracking step in
 voxel space (:func:`resample`). Both are cached per subject (``.npz``, keyed by the input
 files and settings), so a second run starts at once.
@@ -49,6 +50,9 @@ from .features import neighbourhood
 log = logging.getLogger("difftract")
 TRACTOGRAMS = ("tractogram.trk", "tractogram.tck", "tractogram.trx")
 TARGET_SHELL = 1000.0     # the SH is fitted to the shell nearest this b-value
+FODF_SCALE = 2.0 * np.sqrt(np.pi)   # fODF SH times this: the first coefficient is the fODF's integral
+INPUT_DESCRIPTIONS = {"signal": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000",
+                      "fodf": "CSD fODF SH descoteaux07 lmax 6 of the highest shell, times 2 sqrt(pi)"}
 
 
 def signal_sh_shell(bvals) -> float:
@@ -65,6 +69,32 @@ def signal_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
     fit = SHModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.signal, dwi.mask, device=device,
                                                                        dtype="float32", progress=False)
     return fit.coeffs.astype(np.float32)
+
+
+def fodf_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
+    """CSD fODF SH coefficients ``(X, Y, Z, m)`` float32, scaled so that the first is the fODF's integral.
+
+    The fit is the classical rules' (:class:`~difftract.reconst.csd.CsdModel`: the highest
+    shell, the response estimated from the scan, descoteaux07) at ``lmax``. Its response
+    carries S0, so a voxel of that single fibre has an fODF of integral 1 whatever the
+    scanner's gain, b-value or tissue diffusivities; times ``2 sqrt(pi)`` the first
+    coefficient is that integral (the apparent fibre density), about 1 in white matter, the
+    scale of the signal SH. 0 outside the mask.
+    """
+    from ...reconst.csd import CsdModel
+
+    fit = CsdModel(dwi.gtab, lmax=lmax, legacy=False).fit(dwi.signal, dwi.mask, device=device, dtype="float32",
+                                                         progress=False)
+    return (fit.coeffs * FODF_SCALE).astype(np.float32)
+
+
+def input_sh(dwi, input: str = "signal", lmax: int = 6, device="cpu") -> np.ndarray:
+    """What a network of ``config.input`` reads: :func:`signal_sh` or :func:`fodf_sh` of the scan."""
+    if input == "signal":
+        return signal_sh(dwi, lmax, device)
+    if input == "fodf":
+        return fodf_sh(dwi, lmax, device)
+    raise ConfigError(f"unknown DDTracking input {input!r}; expected signal or fodf")
 
 
 def resample(streamline: np.ndarray, step: float) -> np.ndarray:
@@ -92,14 +122,14 @@ def find_tractogram(directory: Path) -> Path:
 
 
 def prepare_subject(directory: str | Path, *, step: float = 1.0, lmax: int = 6, min_points: int = 3,
-                    cache_dir: str | Path | None = None) -> DDSubject:
+                    cache_dir: str | Path | None = None, input: str = "signal") -> DDSubject:
     """Load (or read from ``cache_dir``) a subject's SH volume and resampled reference streamlines."""
     from ...io.dwi import load_subject
     from ...io.tractogram import load_tractogram
 
     directory = Path(directory)
     tract_path = find_tractogram(directory)
-    cache = _cache_path(directory, tract_path, step, lmax, cache_dir)
+    cache = _cache_path(directory, tract_path, step, lmax, cache_dir, input)
     if cache is not None and cache.is_file():
         try:
             with np.load(cache) as z:
@@ -109,7 +139,8 @@ def prepare_subject(directory: str | Path, *, step: float = 1.0, lmax: int = 6, 
             log.warning("unreadable feature cache %s (%s): rebuilding it", cache, exc)
     dwi = load_subject(directory)
     tractogram = load_tractogram(tract_path, reference=(dwi.affine, dwi.shape))
-    arrays = subject_arrays(dwi, tractogram.streamlines, step=step, lmax=lmax, min_points=min_points, name=tract_path)
+    arrays = subject_arrays(dwi, tractogram.streamlines, step=step, lmax=lmax, min_points=min_points, name=tract_path,
+                            input=input)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache, force=True) as tmp, open(tmp, "wb") as f:
@@ -118,21 +149,23 @@ def prepare_subject(directory: str | Path, *, step: float = 1.0, lmax: int = 6, 
 
 
 def subject_arrays(dwi, streamlines, *, step: float = 1.0, lmax: int = 6, min_points: int = 3,
-                   name: str | Path | None = None) -> dict[str, np.ndarray]:
-    """What training reads of a scan and its reference streamlines (voxel space): the SH volume and
-    the streamlines resampled to ``step`` voxels, packed as ``points`` and ``lengths``."""
-    sh = signal_sh(dwi, lmax)
+                   name: str | Path | None = None, input: str = "signal") -> dict[str, np.ndarray]:
+    """What training reads of a scan and its reference streamlines (voxel space): the SH volume
+    (:func:`input_sh`) and the streamlines resampled to ``step`` voxels, packed as ``points`` and ``lengths``."""
+    sh = input_sh(dwi, input, lmax)
     resampled = [r for r in (resample(s, step) for s in streamlines) if len(r) >= min_points]
     if not resampled:
         raise InputError(name, f"no streamline is {min_points} steps of {step} voxel long")
     return {"points": np.concatenate(resampled), "lengths": np.array([len(s) for s in resampled]), "sh": sh}
 
 
-def phantom_arrays(phantom, *, step: float = 1.0, lmax: int = 6, min_points: int = 3) -> dict[str, np.ndarray]:
+def phantom_arrays(phantom, *, step: float = 1.0, lmax: int = 6, min_points: int = 3,
+                   input: str = "signal") -> dict[str, np.ndarray]:
     """:func:`subject_arrays` of a simulated phantom and its ground truth (a subject stream's preparation)."""
     from ...training.recipe import phantom_dwi
 
-    return subject_arrays(phantom_dwi(phantom), phantom.streamlines, step=step, lmax=lmax, min_points=min_points)
+    return subject_arrays(phantom_dwi(phantom), phantom.streamlines, step=step, lmax=lmax, min_points=min_points,
+                          input=input)
 
 
 def subject_from_arrays(name: str, arrays: dict[str, np.ndarray]) -> DDSubject:
@@ -141,12 +174,15 @@ def subject_from_arrays(name: str, arrays: dict[str, np.ndarray]) -> DDSubject:
     return DDSubject(name, torch.from_numpy(arrays["sh"]), np.split(points, np.cumsum(lengths)[:-1]))
 
 
-def _cache_path(directory: Path, tract_path: Path, step: float, lmax: int, cache_dir) -> Path | None:
+def _cache_path(directory: Path, tract_path: Path, step: float, lmax: int, cache_dir, input: str) -> Path | None:
     if cache_dir is None:
         return None
     files = sorted(p for p in directory.iterdir() if p.name.startswith(("dwi.", "mask.")) or p == tract_path)
-    key = json.dumps({"dir": str(directory.resolve()), "step": step, "lmax": lmax, "shell": TARGET_SHELL,
-                      "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
+    settings = {"dir": str(directory.resolve()), "step": step, "lmax": lmax, "shell": TARGET_SHELL,
+                "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+    if input != "signal":    # signal keys stay as they were, so existing caches are still read
+        settings["input"] = input
+    key = json.dumps(settings)
     return Path(cache_dir) / f"{directory.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 

@@ -1,7 +1,7 @@
 """What a DDTracking network read in training, and whether a scan to be tracked reads alike.
 
-DDTracking's input is the SH of one shell (the one nearest b = 1000, :func:`.data.signal_sh_shell`)
-on a voxel grid, so its domain is that shell's b-value and direction count, the voxel size and
+DDTracking's input is the SH of one shell (the one nearest b = 1000, :func:`.data.signal_sh_shell`;
+for a network of ``input`` fodf, the CSD fODF of the highest shell) on a voxel grid, so its domain is that shell's b-value and direction count, the voxel size and
 the SNR (:mod:`difftract.training.domain` holds the shared rules). Training writes it into the
 weights' ``meta["domain"]`` (a stream's domain is the shared :func:`difftract.training.domain.stream_domain`);
 ``track`` and ``run`` call :func:`scan_domain` and warn in one line
@@ -14,20 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ...reconst.sh import shell_groups
+from ...reconst.sh import shell_groups, shells
 from ...training.domain import (check_domain, provenance_snr, provenance_tissue, scan_snr, simulated,
                                 subjects_domain)
 from .data import signal_sh_shell
 
 
-def read_shell(bvals) -> tuple[float, int]:
-    """The shell DDTracking reads from these b-values (:func:`.data.signal_sh_shell`) and its number of volumes."""
-    shell = signal_sh_shell(bvals)
+def read_shell(bvals, input: str = "signal") -> tuple[float, int]:
+    """The shell a network of ``input`` reads from these b-values and its number of volumes: the one nearest
+    b = 1000 (:func:`.data.signal_sh_shell`), or the highest for the CSD fODF (as :class:`~difftract.reconst.csd.CsdModel` picks)."""
+    shell = signal_sh_shell(bvals) if input == "signal" else float(np.max(shells(bvals)))
     group = next(g for g in shell_groups(np.asarray(bvals, dtype=float)) if g.bval == shell)
     return shell, len(group.indices)
 
 
-def training_domain(subjects: list[Path]) -> dict:
+def training_domain(subjects: list[Path], input: str = "signal") -> dict:
     """The domain of training subject folders: the read shells, their direction counts, voxel sizes, SNR."""
     import nibabel as nib
 
@@ -37,7 +38,7 @@ def training_domain(subjects: list[Path]) -> dict:
     shells, ndirs, sizes = [], [], []
     for directory in subjects:
         dwi, bval, _, _ = subject_files(directory)
-        shell, n = read_shell(read_bvals(bval))
+        shell, n = read_shell(read_bvals(bval), input)
         shells.append(np.array([shell]))
         ndirs.append(n)
         sizes.extend(float(v) for v in nib.load(dwi).header.get_zooms()[:3])
@@ -50,7 +51,7 @@ def training_domain(subjects: list[Path]) -> dict:
 def scan_domain(meta: dict, dwi) -> dict:
     """How a scan compares with the weights' domain: ``training_domain``, ``b0_snr_estimate``, ``domain_warnings``."""
     domain = meta.get("domain")
-    shell, n = read_shell(dwi.bvals)
+    shell, n = read_shell(dwi.bvals, meta.get("config", {}).get("input", "signal"))
     snr = scan_snr(dwi.signal, dwi.bvals, dwi.mask) if domain and domain.get("snr") else None
     warnings = check_domain(domain, np.array([shell]), dwi.voxel_sizes, snr, ndirs=n)
     return {"training_domain": domain, "b0_snr_estimate": snr, "domain_warnings": warnings}

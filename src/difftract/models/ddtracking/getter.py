@@ -20,7 +20,9 @@ speed), on the channels-last neighbourhoods of :func:`.features.samples`.
 Seeds start along the principal diffusion direction of the signal at the seed: the minimum,
 on a 362-direction hemisphere, of the order <= 2 part of its SH (the tensor-like quadratic
 form; on the fibercup phantom at SNR 18 its median error is 4.6 degrees against 12 for the
-full lmax 6 series, whose higher orders mostly add noise here); ``+v`` forward, ``-v`` backward. The
+full lmax 6 series, whose higher orders mostly add noise here); for a network that reads the
+CSD fODF, the maximum of that part (an fODF peaks along the fibre, where the signal dips);
+``+v`` forward, ``-v`` backward. The
 backward half starts from the GRU state rebuilt over the forward half reversed, as if the
 streamline had been tracked from its forward end back to the seed (:meth:`init_backward`),
 from the spatial encodings the forward half logged at those points.
@@ -69,7 +71,7 @@ class DDTrackingGetter:
     model : DDTracking
         Its weights are read once, here (:class:`.inference.TrackingNetwork`).
     sh : array (X, Y, Z, m)
-        :func:`.data.signal_sh` of the scan.
+        What the network reads (:func:`.data.input_sh` of the scan for its ``config.input``).
     max_angle : float
         Largest turn per step, degrees.
     steps : int
@@ -104,6 +106,7 @@ class DDTrackingGetter:
         self.voxel_sizes = torch.as_tensor(sizes / sizes.min(), dtype=sh.dtype)
         self.sphere = torch.as_tensor(np.asarray(default_sphere().vertices), dtype=sh.dtype)   # (V, 3) hemisphere
         self.basis = torch.as_tensor(sh_basis(self.sphere.numpy(), 2, False)[0], dtype=sh.dtype)   # (V, 6)
+        self.peak_sign = -1.0 if self.network.config.input == "fodf" else 1.0   # seeds: argmin of sign * amplitude
 
     def to(self, device, dtype):
         """A copy on ``device`` in ``dtype``, rebuilt from the weights read when this getter was made."""
@@ -126,9 +129,10 @@ class DDTrackingGetter:
     # ------------------------------------------------------------------ the protocol
     @torch.no_grad()
     def seed_directions(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The minimum of the signal's order <= 2 part on the hemisphere; off-grid and empty seeds dropped."""
+        """The minimum of the signal's order <= 2 part on the hemisphere (the fODF's: its maximum); off-grid
+        and empty seeds dropped."""
         values, _ = trilinear(self.sh, seeds)
-        amplitude = values[:, : self.basis.shape[1]] @ self.basis.T
+        amplitude = self.peak_sign * (values[:, : self.basis.shape[1]] @ self.basis.T)
         index = torch.nonzero(inside_grid(self.sh, seeds) & (values.abs().sum(dim=1) > 0))[:, 0]
         return self.sphere[amplitude[index].argmin(dim=1)], index
 

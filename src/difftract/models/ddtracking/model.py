@@ -32,6 +32,7 @@ from .denoiser import Denoiser
 from .encoders import SpatialEncoder, TemporalEncoder, time_embedding
 
 VARIANTS = ("temporal", "spatial_temporal", "spatial_temporal_generative", "full")
+INPUTS = ("signal", "fodf")    # what the n_coeffs input channels hold (:func:`.data.input_sh`)
 
 
 @dataclass
@@ -49,10 +50,13 @@ class DDTrackingConfig:
     time_dim: int = 128              # sinusoidal embedding of k
     denoiser_width: int = 64
     one_head: bool = False           # predict h only (eps derived from it)
+    input: str = "signal"            # the signal SH (the paper) or the CSD fODF SH; weights without it read signal
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown DDTracking variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
+        if self.input not in INPUTS:
+            raise ConfigError(f"unknown DDTracking input {self.input!r}; expected one of {', '.join(INPUTS)}")
         sizes = {k: v for k, v in asdict(self).items() if isinstance(v, int) and not isinstance(v, bool)}
         bad = [k for k, v in sizes.items() if v < 1]
         if bad:
@@ -74,7 +78,10 @@ class DDTrackingConfig:
         return self.variant in ("spatial_temporal", "full")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.input == "signal":   # as written before the option existed: older checkpoints still resume
+            del d["input"]
+        return d
 
 
 class DDTracking(nn.Module):

@@ -110,7 +110,7 @@ def train_ddtracking(out: str | Path, subjects: Sequence[str | Path] = (),
     from ...training.files import output_paths, write_training_sidecar
     from ...training.loop import TrainConfig, train
     from ...training.stream import stream_summary
-    from .data import DDTrackingTask
+    from .data import INPUT_DESCRIPTIONS, DDTrackingTask
 
     out, subjects = Path(out), [Path(d) for d in subjects]
     if not resume:
@@ -135,7 +135,7 @@ def train_ddtracking(out: str | Path, subjects: Sequence[str | Path] = (),
     model = DDTracking(config)
     meta = {"model": "ddtracking", "config": config.as_dict(), "diffusion": dataclasses.asdict(diff),
             "step_voxels": options.step, **options.noise, "augment": "grid48" if options.augment else None,
-            "input": "SH descoteaux07 lmax 6 of the b0-normalised shell nearest b=1000", **data_meta}
+            "input": INPUT_DESCRIPTIONS[config.input], **data_meta}
     with pool if pool is not None else contextlib.nullcontext(), \
             oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {options.batch_size})"):
         result = train(model, DDTrackingTask(diff), train_set, val_set, tc, out, resume=resume,
@@ -176,7 +176,7 @@ def _subject_windows(out: Path, subjects: list[Path], options: DDTrackingTrainOp
     from .domain import training_domain
 
     cache = options.cache_dir or out.with_name(out.stem + ".cache")
-    prepared = [prepare_subject(d, step=options.step, cache_dir=cache) for d in subjects]
+    prepared = [prepare_subject(d, step=options.step, cache_dir=cache, input=options.model.input) for d in subjects]
     train_subjects, val_subjects = split_validation(prepared, options.val_subjects, options.seed)
     train_set = StreamlineDataset(train_subjects, options.samples_per_epoch, seed=options.seed, augment=options.augment,
                                   **options.noise)
@@ -184,7 +184,8 @@ def _subject_windows(out: Path, subjects: list[Path], options: DDTrackingTrainOp
                                 **options.noise)
     trained = subjects[: len(train_subjects)]   # split_validation keeps the order: the first ones train
     return train_set, val_set, {"subjects": [subject_label(d) for d in subjects],
-                                "val_subjects": [s.name for s in val_subjects], "domain": training_domain(trained)}
+                                "val_subjects": [s.name for s in val_subjects],
+                                "domain": training_domain(trained, options.model.input)}
 
 
 def _streamed_windows(out: Path, stream: StreamOptions, options: DDTrackingTrainOptions):
@@ -196,7 +197,10 @@ def _streamed_windows(out: Path, stream: StreamOptions, options: DDTrackingTrain
         fixed = {"per_epoch": False} if validation else {"augment": options.augment}
         return partial(StreamlineDataset, n_samples=n_samples, seed=seed, **fixed, **options.noise)
 
-    return open_datasets(stream, out, options, phantom_arrays, {"step": options.step}, {},
+    settings = {"step": options.step}
+    if options.model.input != "signal":   # a signal stream's settings stay as they were: its pools are still read
+        settings["input"] = options.model.input
+    return open_datasets(stream, out, options, phantom_arrays, settings, {},
                          STREAM_SUBJECTS_PER_EPOCH, _streamed_subject, dataset)
 
 
