@@ -6,6 +6,7 @@
     python scripts/build_weights.py ddtracking_fast --install   # the small CPU model, ddtracking_fast.pt
     python scripts/build_weights.py qcgdti --quick          # the same flow, tiny sizes (minutes)
     python scripts/build_weights.py ddtracking_phantoms     # the earlier DDTracking weights (not installed)
+    python scripts/build_weights.py ddtracking_fast_fodf    # the input ablation: the CSD fODF (not installed)
 
 The DDTracking recipes train on streamed phantoms (``--stream``): no phantom step, the
 subjects are simulated beside the training into ``WORK/NAME/full.stream/``, and one run gives
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.install:
         ap.error("--quick builds are never installed")
     if args.install and not RECIPES[args.model].get("install", True):
-        ap.error(f"{args.model} rebuilds no shipped file (it is kept to reproduce earlier weights); --install refused")
+        ap.error(f"{args.model} rebuilds no shipped file (earlier weights or an ablation); --install refused")
     work = (args.work or REPO / "build" / ("weights-quick" if args.quick else "weights")).absolute()
     t0 = time.perf_counter()
     result = build(args.model, work, args.quick, args.device, args.dry_run)

@@ -137,6 +137,8 @@ def test_fodf_input_end_to_end(weights, subjects, tmp_path):
     from difftract.io.dwi import load_subject
     from difftract.io.nifti import load_nifti
     from difftract.models.ddtracking.data import FODF_SCALE, fodf_sh
+    from difftract.models.ddtracking.getter import load_ddtracking
+    from difftract.pipeline import LearnedSource
 
     out = tmp_path / "f.pt"
     one = [a if a != "2" or TINY[i - 1] != "--epochs" else "1" for i, a in enumerate(TINY)]
@@ -149,8 +151,9 @@ def test_fodf_input_end_to_end(weights, subjects, tmp_path):
     assert len(list(cache.glob("*.npz"))) == 2
     signal_cache = sorted(weights.parent.glob("w.cache/*.npz"))
     assert {p.name for p in cache.glob("*.npz")}.isdisjoint({p.name for p in signal_cache})
+    dwi = load_subject(subjects[0])
     with np.load(next(cache.glob(f"{subjects[0].name}-*.npz"))) as z:
-        np.testing.assert_array_equal(z["sh"], fodf_sh(load_subject(subjects[0])))
+        np.testing.assert_array_equal(z["sh"], fodf_sh(dwi))
 
     tracks = tmp_path / "t.trx"
     assert main(["-q", "track", *map(str, scan_args(subjects[0])), "--method", "ddtracking", "--weights", str(out),
@@ -164,3 +167,8 @@ def test_fodf_input_end_to_end(weights, subjects, tmp_path):
     fod = np.asarray(load_nifti(run_dir / "fod_ddtracking.nii.gz").dataobj)
     wm = np.asarray(load_nifti(subjects[0] / "wm.nii.gz").dataobj) > 0
     assert fod.shape[-1] == 28 and abs(float(fod[wm, 0].mean()) * FODF_SCALE - 1.0) < 0.15   # fibre density ~1
+    # what the network read: the scaled fODF, in track and in run alike (same seeds: the same streamlines)
+    model, meta = load_ddtracking(out)
+    np.testing.assert_array_equal(LearnedSource.fitted(model, meta, dwi).sh, fodf_sh(dwi))
+    ran, tracked = (load_tractogram(p).streamlines for p in (run_dir / "tracks.trx", tracks))
+    assert len(tracked) > 0 and np.array_equal(ran.get_data(), tracked.get_data())

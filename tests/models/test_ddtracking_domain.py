@@ -84,6 +84,17 @@ def test_scan_domain_names_each_setting_outside(outside):
     assert scan_domain({}, load_subject(outside))["domain_warnings"] == []   # weights without a domain
 
 
+def test_scan_domain_of_an_fodf_network_checks_the_highest_shell(tmp_path):
+    """b = 1000 (32 directions) and 3000 (12): a signal network reads the first, inside its domain; a network
+    of the fODF reads the second, whose direction count lies outside."""
+    scan = load_subject(_subject(tmp_path, "two", bvals=(1000.0, 3000.0), ndirs=(32, 12)))
+    meta = load_weights(shipped_weights("ddtracking"))["meta"]
+    assert scan_domain(meta, scan)["domain_warnings"] == []
+    fodf = {**meta, "config": {**meta["config"], "input": "fodf"}}
+    warnings = scan_domain(fodf, scan)["domain_warnings"]
+    assert len(warnings) == 1 and "12 diffusion directions" in warnings[0]
+
+
 def test_track_warns_in_one_line_and_the_sidecar_records_it(outside, tmp_path, capsys):
     out = tmp_path / "dd.trk"
     scan = [str(outside / f) for f in ("dwi.nii.gz", "dwi.bval", "dwi.bvec")]

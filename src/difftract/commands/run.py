@@ -74,7 +74,8 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
     p.add_argument("--min-len-mm", type=float, default=20.0,
                    help="shortest streamline kept, mm (default: %(default)s; lower it for a small field of view)")
     p.add_argument("--shell", type=float, metavar="B",
-                   help="det/prob: the shell of the CSD fit (default: the highest)")
+                   help="det/prob: the shell of the CSD fit (default: the highest; a DDTracking network of the "
+                        "fODF reads the highest, as it was trained)")
     p.add_argument("--lmax", type=int, metavar="N", help="det/prob: the CSD fit's lmax (default: 8)")
     p.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
 

@@ -27,7 +27,8 @@ direction rules (--method):
            b0-normalised DWI (lmax 6, shell nearest b=1000), or on the CSD fODF (lmax 6, highest
            shell) for weights trained with --input fodf: a GRU over the streamline so far and a
            diffusion sampler (--sampler-steps; --stochastic draws, fixed by --seed); seeds start along
-           the signal's principal direction; default step: the model's training step (1 voxel).
+           the signal's principal direction (the fODF's maximum for --input fodf weights); default
+           step: the model's training step (1 voxel).
            The SH is fitted inside --mask: give the brain mask (as in training), and the white
            matter as --stop-mask. A scan outside the network's training data (the read shell's
            b-value and direction count, voxel size, b0 SNR: the weights' domain) gets a one-line

@@ -2,8 +2,8 @@
 
 ``difftract track`` and :func:`.run.run_subject` both call :func:`track`. The direction
 source is a classical fODF (:class:`FodSource`: det, prob, closest, peak) or the DDTracking
-network on the signal's SH (:class:`LearnedSource`); the defaults that belong to a rule
-live with it (:data:`~difftract.tracking.seeding.SEEDS_PER_VOXEL`, the tracker's 1 mm step,
+network on the SH its weights read, the signal's or the CSD fODF's (:class:`LearnedSource`);
+the defaults that belong to a rule live with it (:data:`~difftract.tracking.seeding.SEEDS_PER_VOXEL`, the tracker's 1 mm step,
 and a model's own from its weights: :class:`~difftract.models.ddtracking.defaults.TrackingDefaults`).
 Streamlines are streamed to the file chunk by chunk, so memory is bounded by the chunk
 size (sized from the getter's per-seed cost and the free memory), not by the tractogram.
@@ -166,7 +166,7 @@ class LearnedSource:
         return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
                                 voxel_sizes=voxel_sizes)
 
-    sh_basis = "descoteaux07"     # signal_sh fits the published basis
+    sh_basis = "descoteaux07"     # input_sh fits the published basis, signal or fODF
 
     def record(self) -> dict:
         meta = self.meta

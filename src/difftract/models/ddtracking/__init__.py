@@ -13,10 +13,10 @@
 - :mod:`.domain`: what a network was trained on, and whether a scan lies inside it.
 """
 
-from .data import DDTrackingTask, StreamlineDataset, prepare_subject, signal_sh
+from .data import DDTrackingTask, StreamlineDataset, input_sh, prepare_subject, signal_sh
 from .diffusion import DiffusionConfig
 from .getter import DDTrackingGetter, load_ddtracking
 from .model import VARIANTS, DDTracking, DDTrackingConfig, build_model
 
-__all__ = ["DDTrackingTask", "StreamlineDataset", "prepare_subject", "signal_sh", "DiffusionConfig",
+__all__ = ["DDTrackingTask", "StreamlineDataset", "prepare_subject", "input_sh", "signal_sh", "DiffusionConfig",
            "DDTrackingGetter", "load_ddtracking", "VARIANTS", "DDTracking", "DDTrackingConfig", "build_model"]

@@ -1,7 +1,8 @@
 """What a DDTracking network read in training, and whether a scan to be tracked reads alike.
 
-DDTracking's input is the SH of one shell (the one nearest b = 1000, :func:`.data.signal_sh_shell`;
-for a network of ``input`` fodf, the CSD fODF of the highest shell) on a voxel grid, so its domain is that shell's b-value and direction count, the voxel size and
+DDTracking's input is the SH of one shell (the one nearest b = 1000,
+:func:`.data.signal_sh_shell`; for a network of ``input`` fodf, the CSD fODF of the highest
+shell) on a voxel grid, so its domain is that shell's b-value and direction count, the voxel size and
 the SNR (:mod:`difftract.training.domain` holds the shared rules). Training writes it into the
 weights' ``meta["domain"]`` (a stream's domain is the shared :func:`difftract.training.domain.stream_domain`);
 ``track`` and ``run`` call :func:`scan_domain` and warn in one line
@@ -21,8 +22,9 @@ from .data import signal_sh_shell
 
 
 def read_shell(bvals, input: str = "signal") -> tuple[float, int]:
-    """The shell a network of ``input`` reads from these b-values and its number of volumes: the one nearest
-    b = 1000 (:func:`.data.signal_sh_shell`), or the highest for the CSD fODF (as :class:`~difftract.reconst.csd.CsdModel` picks)."""
+    """The shell a network of ``input`` reads from these b-values and its number of volumes: the one
+    nearest b = 1000 (:func:`.data.signal_sh_shell`), or for the CSD fODF the highest (as
+    :class:`~difftract.reconst.csd.CsdModel` picks it)."""
     shell = signal_sh_shell(bvals) if input == "signal" else float(np.max(shells(bvals)))
     group = next(g for g in shell_groups(np.asarray(bvals, dtype=float)) if g.bval == shell)
     return shell, len(group.indices)
