@@ -285,7 +285,7 @@ def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOpt
     (``fit sh``, the shell nearest b=1000, float32) as ``sh.nii.gz``, or for a network trained on the
     CSD fODF (``input`` fodf) that fODF (``fit csd``, the highest shell) as ``fod_ddtracking.nii.gz``,
     which the network reads times :data:`~difftract.models.ddtracking.data.FODF_SCALE`."""
-    from ..models.ddtracking.data import FODF_SCALE, signal_sh_shell
+    from ..models.ddtracking.data import fodf_input, signal_sh_shell
     from ..reconst.sh import lmax_from_ncoeffs
     from .fits import fit_csd, fit_sh
     from .track import LearnedSource
@@ -299,7 +299,7 @@ def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOpt
                             dtype="float32", device=options.compute.named_device)
         console.stage(line)
         fit = fit_csd(dwi, out, lmax=lmax, compute=float32, console=console, equivalent=line)
-        return LearnedSource.for_scan(model, meta, (fit.coeffs * FODF_SCALE).astype(np.float32), dwi)
+        return LearnedSource.for_scan(model, meta, fodf_input(fit.coeffs), dwi)
     out, shell = directory / "sh.nii.gz", signal_sh_shell(dwi.bvals)
     line = command_line("fit sh", subject.dwi, subject.bval, subject.bvec, **scan, out=out, lmax=lmax, shell=shell,
                         dtype="float32", device=options.compute.named_device)

@@ -85,7 +85,12 @@ def fodf_sh(dwi, lmax: int = 6, device="cpu") -> np.ndarray:
 
     fit = CsdModel(dwi.gtab, lmax=lmax, legacy=False).fit(dwi.signal, dwi.mask, device=device, dtype="float32",
                                                          progress=False)
-    return (fit.coeffs * FODF_SCALE).astype(np.float32)
+    return fodf_input(fit.coeffs)
+
+
+def fodf_input(coeffs: np.ndarray) -> np.ndarray:
+    """A CSD fit's coefficients as a network of the fODF reads them: times :data:`FODF_SCALE`, float32."""
+    return (coeffs * FODF_SCALE).astype(np.float32)
 
 
 def input_sh(dwi, input: str = "signal", lmax: int = 6, device="cpu") -> np.ndarray:
@@ -95,6 +100,11 @@ def input_sh(dwi, input: str = "signal", lmax: int = 6, device="cpu") -> np.ndar
     if input == "fodf":
         return fodf_sh(dwi, lmax, device)
     raise ConfigError(f"unknown DDTracking input {input!r}; expected signal or fodf")
+
+
+def input_key(input: str) -> dict:
+    """The input's part of a cache or pool key: none for the signal, so keys made before the option still match."""
+    return {} if input == "signal" else {"input": input}
 
 
 def resample(streamline: np.ndarray, step: float) -> np.ndarray:
@@ -178,11 +188,8 @@ def _cache_path(directory: Path, tract_path: Path, step: float, lmax: int, cache
     if cache_dir is None:
         return None
     files = sorted(p for p in directory.iterdir() if p.name.startswith(("dwi.", "mask.")) or p == tract_path)
-    settings = {"dir": str(directory.resolve()), "step": step, "lmax": lmax, "shell": TARGET_SHELL,
-                "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
-    if input != "signal":    # signal keys stay as they were, so existing caches are still read
-        settings["input"] = input
-    key = json.dumps(settings)
+    key = json.dumps({"dir": str(directory.resolve()), "step": step, "lmax": lmax, "shell": TARGET_SHELL,
+                      "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files], **input_key(input)})
     return Path(cache_dir) / f"{directory.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...reconst.sh import shell_groups, shells
+from ...reconst.sh import shell_groups
 from ...training.domain import (check_domain, provenance_snr, provenance_tissue, scan_snr, simulated,
                                 subjects_domain)
 from .data import signal_sh_shell
@@ -25,9 +25,13 @@ def read_shell(bvals, input: str = "signal") -> tuple[float, int]:
     """The shell a network of ``input`` reads from these b-values and its number of volumes: the one
     nearest b = 1000 (:func:`.data.signal_sh_shell`), or for the CSD fODF the highest (as
     :class:`~difftract.reconst.csd.CsdModel` picks it)."""
-    shell = signal_sh_shell(bvals) if input == "signal" else float(np.max(shells(bvals)))
-    group = next(g for g in shell_groups(np.asarray(bvals, dtype=float)) if g.bval == shell)
-    return shell, len(group.indices)
+    groups = shell_groups(np.asarray(bvals, dtype=float))
+    if input == "signal" or not groups:          # (no shell: signal_sh_shell says so)
+        shell = signal_sh_shell(bvals)
+        group = next(g for g in groups if g.bval == shell)
+    else:
+        group = groups[-1]                       # ascending: the highest, as reconst.sh.pick_shell takes it
+    return float(group.bval), len(group.indices)
 
 
 def training_domain(subjects: list[Path], input: str = "signal") -> dict:

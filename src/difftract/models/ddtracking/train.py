@@ -191,15 +191,13 @@ def _subject_windows(out: Path, subjects: list[Path], options: DDTrackingTrainOp
 def _streamed_windows(out: Path, stream: StreamOptions, options: DDTrackingTrainOptions):
     """The pool, training and validation windows of streamed subjects, and their meta."""
     from ...training.stream import open_datasets
-    from .data import StreamlineDataset, phantom_arrays
+    from .data import StreamlineDataset, input_key, phantom_arrays
 
     def dataset(n_samples: int, seed: int, validation: bool):
         fixed = {"per_epoch": False} if validation else {"augment": options.augment}
         return partial(StreamlineDataset, n_samples=n_samples, seed=seed, **fixed, **options.noise)
 
-    settings = {"step": options.step}
-    if options.model.input != "signal":   # a signal stream's settings stay as they were: its pools are still read
-        settings["input"] = options.model.input
+    settings = {"step": options.step, **input_key(options.model.input)}
     return open_datasets(stream, out, options, phantom_arrays, settings, {},
                          STREAM_SUBJECTS_PER_EPOCH, _streamed_subject, dataset)
 
