@@ -256,3 +256,52 @@ def test_an_invariant_input_gain_starts_at_one_and_round_trips_its_config():
     assert "anisotropy_gain" not in QCGConfig().as_dict()                   # as before the branch
     with pytest.raises(ConfigError, match="gain input"):
         QCGConfig(gain_input="lsq")
+
+
+@pytest.mark.parametrize("snr", [8.0, 20.0, 50.0])
+def test_patch_snr_reads_the_noise_of_a_patch_with_edges_and_background(snr):
+    from difftract.models.qcgdti.model import patch_snr
+
+    generator = torch.Generator().manual_seed(int(snr))
+    b0 = torch.ones(2, 32, 32, 32)
+    b0[:, :, :12] = 1.5                  # two tissues and their edge
+    b0[1, :, :, :6] = 0.0                # background, ignored
+    noisy = b0 + torch.randn(b0.shape, generator=generator) / snr
+    # each axis's median of ~25k residuals spreads by ~1%; the edges lie across one axis only
+    assert torch.allclose(patch_snr(noisy), torch.full((2,), snr), rtol=0.05)
+
+
+def test_patch_snr_of_a_patch_without_tissue_is_the_default():
+    from difftract.models.qcgdti.model import DEFAULT_SNR, patch_snr
+
+    assert patch_snr(torch.zeros(1, 16, 16, 16)).item() == DEFAULT_SNR
+
+
+def test_a_calibration_gain_starts_at_one_and_reads_only_its_voxel():
+    from difftract.models.qcgdti.model import build_model, calibration_inputs, load_without_gain
+
+    torch.manual_seed(0)
+    plain = QCGDTI(QCGConfig(widths=(4, 8)))
+    gained = QCGDTI(QCGConfig(widths=(4, 8), anisotropy_gain=True, gain_input="calibration"))
+    load_without_gain(gained, plain.state_dict())
+    pairs, q = torch.rand(2, 6, 2, 8, 8, 8) + 0.5, torch.rand(2, 6, 4)
+    with torch.no_grad():
+        assert torch.allclose(gained(pairs, q), plain(pairs, q), atol=1e-6)
+    assert build_model(gained.config.as_dict()).config == gained.config
+    # its inputs: a known tensor's FA and MD, the mean b, the voxel's b0
+    head = torch.zeros(1, 6, 4, 4, 4)
+    head[:, 0], head[:, 2], head[:, 5] = 1.7, 0.3, 0.3     # um^2/ms, along x
+    pairs = torch.ones(1, 6, 2, 4, 4, 4)
+    q = torch.tensor([[[1.0, 0.0, 0.0, 1.0]] * 3 + [[0.0, 1.0, 0.0, 2.0]] * 3])
+    x = calibration_inputs(head, pairs, q)
+    evals = torch.tensor([1.7, 0.3, 0.3])
+    assert x.shape == (1, 5, 4, 4, 4)
+    assert torch.allclose(x[:, 0], T.fractional_anisotropy(evals), atol=1e-4)
+    assert torch.allclose(x[:, 1], torch.tensor(0.7667), atol=1e-4)
+    assert torch.allclose(x[:, 2], torch.tensor(1.5)) and torch.allclose(x[:, 4], torch.tensor(0.0))
+    # the gain is a function of the voxel's own numbers: equal inputs, equal gains, wherever they are
+    with torch.no_grad():
+        for p in gained.gain.parameters():
+            p.normal_()
+        log_gain = gained.gain(x)
+    assert torch.allclose(log_gain, log_gain[..., :1, :1, :1].expand_as(log_gain))

@@ -32,6 +32,13 @@ along the fibre at high b and low SNR, and by the kurtosis of one shell against 
 multi-shell truth, by amounts that depend on b, SNR and tissue). The branch's last layer
 starts at zero, so a network trained without it continues unchanged (``--init``).
 
+What the branch reads (``gain_input``): ``all``, the head's own input (decoder features and
+the least-squares tensor); ``invariant``, the first features, the head's FA and MD and b;
+``calibration``, no features at all: a per-voxel function of the head's FA and MD, b, the
+patch's b0 SNR (:func:`patch_snr`) and the voxel's b0. Read from features, the gain
+scattered from voxel to voxel (a white-matter FA error larger than the six-DWI fit's); a
+calibration can only move FA along a curve set by those five numbers.
+
 Variants (the paper's ablations):
 
 - ``full``: the above;
@@ -53,7 +60,10 @@ from ...reconst.tensor import from_lower_triangular
 from .blocks import QCF, MRDBlock, ResBlock, ResizeConv, conv
 
 VARIANTS = ("full", "no_qcf", "concat", "resnet")
-GAIN_INPUTS = ("all", "invariant")
+GAIN_INPUTS = ("all", "invariant", "calibration")
+CALIBRATION_INPUTS = 5   # head FA, head MD, b / 1000, log patch SNR / 20, log voxel b0 (see calibration_inputs)
+MIN_NOISE_VOXELS = 64    # tissue voxels a patch needs for its own noise estimate
+DEFAULT_SNR = 20.0       # assumed where a patch has fewer
 N_DWI = 6
 Q_DIM = 4         # input coordinate (gx, gy, gz, b / 1000)
 Q_EMBED = 7       # its symmetric embedding, see q_embedding
@@ -76,7 +86,7 @@ class QCGConfig:
     qcf_hidden: int = 32
     lsq_input: bool = True                  # the last layer also sees the six-DWI least-squares tensor
     anisotropy_gain: bool = False           # a per-voxel gain on the head's anisotropic part (see above)
-    gain_input: str = "all"                 # what the gain sees: "all" (the head's input) or "invariant"
+    gain_input: str = "all"                 # what the gain sees: "all" (the head's input), "invariant", "calibration"
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -149,8 +159,12 @@ class QCGDTI(nn.Module):
         c_head = w[0] + (N_DWI if config.lsq_input else 0)
         self.head = conv(c_head, N_DWI, 3)
         if config.anisotropy_gain:
-            c_gain = c_head if config.gain_input == "all" else w[0] + 3   # features, head FA and MD, b
-            self.gain = nn.Sequential(conv(c_gain, GAIN_HIDDEN, 3), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
+            if config.gain_input == "calibration":   # a per-voxel function of a few numbers: no spatial scatter
+                self.gain = nn.Sequential(conv(CALIBRATION_INPUTS, GAIN_HIDDEN, 1), nn.GELU(),
+                                          conv(GAIN_HIDDEN, GAIN_HIDDEN, 1), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
+            else:
+                c_gain = c_head if config.gain_input == "all" else w[0] + 3   # features, head FA and MD, b
+                self.gain = nn.Sequential(conv(c_gain, GAIN_HIDDEN, 3), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
             nn.init.zeros_(self.gain[-1].weight)
             nn.init.zeros_(self.gain[-1].bias)
 
@@ -177,6 +191,8 @@ class QCGDTI(nn.Module):
         head = self.head(x)
         if self.config.gain_input == "all":
             log_gain = self.gain(x)
+        elif self.config.gain_input == "calibration":
+            log_gain = self.gain(calibration_inputs(head.float(), pairs.float(), q.float()).to(x.dtype))
         else:   # what the correction depends on (b, noise, tissue), not the orientation of the noisy LSQ tensor
             md, fa, _ = tensor_parts(head.float())
             b = q[:, :, 3].mean(dim=1).view(-1, 1, 1, 1, 1).expand_as(md[:, None])
@@ -211,6 +227,50 @@ class QCGDTI(nn.Module):
             x = enc(x)
             skips.append(x)
         return skips
+
+
+def patch_snr(b0: Tensor, threshold: float = 0.3) -> Tensor:
+    """The b0 SNR of each patch (B,), from b0 patches (B, X, Y, Z) in units of the brain's mean b0.
+
+    Along each axis, a voxel's second difference ``x_i - (x_{i-1} + x_{i+1}) / 2`` has
+    standard deviation ``sigma sqrt(3/2)`` for independent noise of standard deviation sigma.
+    Its median absolute value over the voxels with signal (b0 above ``threshold``) estimates
+    sigma per axis; the smallest of the three is kept, since a tissue edge inflates the
+    differences across it and not those along it. The image unit is the brain's mean b0, so
+    ``1 / sigma`` is the SNR. A patch with fewer than ``MIN_NOISE_VOXELS`` such voxels gets
+    ``DEFAULT_SNR``. Spatially correlated noise (interpolated or partial-Fourier scans) reads
+    as a higher SNR than it is.
+    """
+    centre = b0[:, 1:-1, 1:-1, 1:-1]
+    keep = centre > threshold
+    sigmas = []
+    for axis in (1, 2, 3):
+        before = b0.narrow(axis, 0, b0.shape[axis] - 2)
+        after = b0.narrow(axis, 2, b0.shape[axis] - 2)
+        others = [a for a in (1, 2, 3) if a != axis]
+        before = before.narrow(others[0], 1, b0.shape[others[0]] - 2).narrow(others[1], 1, b0.shape[others[1]] - 2)
+        after = after.narrow(others[0], 1, b0.shape[others[0]] - 2).narrow(others[1], 1, b0.shape[others[1]] - 2)
+        residual = (centre - (before + after) / 2).abs().masked_fill(~keep, float("nan")).flatten(1)
+        sigmas.append(residual.nanmedian(dim=1).values / (0.6745 * 1.5 ** 0.5))
+    sigma = torch.stack(sigmas).amin(dim=0)
+    enough = keep.flatten(1).sum(1) >= MIN_NOISE_VOXELS
+    return torch.where(enough & (sigma > 0), 1.0 / sigma.clamp_min(1e-6), torch.full_like(sigma, DEFAULT_SNR))
+
+
+def calibration_inputs(head: Tensor, pairs: Tensor, q: Tensor) -> Tensor:
+    """What a calibration gain sees, (B, 5, X, Y, Z): the head's FA and MD (um^2/ms), b / 1000,
+    the patch's log b0 SNR over 20 and the voxel's log b0 (brain mean 0).
+
+    The six-DWI tensor's FA is biased by amounts that depend on b, the noise and the tissue
+    (the Rician floor along the fibre, one shell's kurtosis), not on where the voxel is: a
+    gain from these numbers corrects the bias without the voxel-to-voxel scatter of a gain
+    read from the decoder's features.
+    """
+    md, fa, _ = tensor_parts(head)
+    b0 = pairs[:, 0, 0]
+    snr = patch_snr(b0).view(-1, 1, 1, 1).expand_as(md)
+    b = q[:, :, 3].mean(dim=1).view(-1, 1, 1, 1).expand_as(md)
+    return torch.stack([fa, md, b, torch.log(snr / DEFAULT_SNR), torch.log(b0.clamp_min(0.05))], dim=1)
 
 
 def deviatoric(lt: Tensor) -> tuple[Tensor, Tensor]:
