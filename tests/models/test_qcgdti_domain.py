@@ -288,17 +288,19 @@ def test_a_calibration_gain_starts_at_one_and_reads_only_its_voxel():
     with torch.no_grad():
         assert torch.allclose(gained(pairs, q), plain(pairs, q), atol=1e-6)
     assert build_model(gained.config.as_dict()).config == gained.config
-    # its inputs: a known tensor's FA and MD, the mean b, the voxel's b0
+    # its inputs: a known tensor's FA and MD, the six-DWI tensor's, the mean b, the voxel's b0
     head = torch.zeros(1, 6, 4, 4, 4)
     head[:, 0], head[:, 2], head[:, 5] = 1.7, 0.3, 0.3     # um^2/ms, along x
     pairs = torch.ones(1, 6, 2, 4, 4, 4)
-    q = torch.tensor([[[1.0, 0.0, 0.0, 1.0]] * 3 + [[0.0, 1.0, 0.0, 2.0]] * 3])
+    g = torch.tensor([[1.0, 1, 0], [1, -1, 0], [1, 0, 1], [1, 0, -1], [0, 1, 1], [0, 1, -1]]) / 2 ** 0.5   # DSM6
+    q = torch.cat([g, torch.tensor([[1.0], [1], [1], [2], [2], [2]])], dim=1)[None]
     x = calibration_inputs(head, pairs, q)
     evals = torch.tensor([1.7, 0.3, 0.3])
-    assert x.shape == (1, 5, 4, 4, 4)
+    assert x.shape == (1, 7, 4, 4, 4)
     assert torch.allclose(x[:, 0], T.fractional_anisotropy(evals), atol=1e-4)
     assert torch.allclose(x[:, 1], torch.tensor(0.7667), atol=1e-4)
-    assert torch.allclose(x[:, 2], torch.tensor(1.5)) and torch.allclose(x[:, 4], torch.tensor(0.0))
+    assert torch.allclose(x[:, 2:4], torch.zeros(()), atol=1e-5) and torch.allclose(x[:, 4], torch.tensor(1.5))  # S = S0
+    assert torch.allclose(x[:, 6], torch.tensor(0.0))
     # the gain is a function of the voxel's own numbers: equal inputs, equal gains, wherever they are
     with torch.no_grad():
         for p in gained.gain.parameters():

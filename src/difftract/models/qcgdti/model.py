@@ -34,10 +34,12 @@ starts at zero, so a network trained without it continues unchanged (``--init``)
 
 What the branch reads (``gain_input``): ``all``, the head's own input (decoder features and
 the least-squares tensor); ``invariant``, the first features, the head's FA and MD and b;
-``calibration``, no features at all: a per-voxel function of the head's FA and MD, b, the
-patch's b0 SNR (:func:`patch_snr`) and the voxel's b0. Read from features, the gain
-scattered from voxel to voxel (a white-matter FA error larger than the six-DWI fit's); a
-calibration can only move FA along a curve set by those five numbers.
+``calibration``, no features at all: a per-voxel function of the head's FA and MD, the
+six-DWI least-squares tensor's FA and MD, b, the patch's b0 SNR (:func:`patch_snr`) and the
+voxel's b0. The head's FA is denoised but blurred: at a bundle's edge it is lower than in
+its core for the same true FA (``benchmarks/measure_qcgdti_scatter.py``), which a gain
+from the head's FA alone cannot tell from low anisotropy; the least-squares FA is noisy but
+not blurred. Read from features, the gain scattered from voxel to voxel.
 
 Variants (the paper's ablations):
 
@@ -61,7 +63,7 @@ from .blocks import QCF, MRDBlock, ResBlock, ResizeConv, conv
 
 VARIANTS = ("full", "no_qcf", "concat", "resnet")
 GAIN_INPUTS = ("all", "invariant", "calibration")
-CALIBRATION_INPUTS = 5   # head FA, head MD, b / 1000, log patch SNR / 20, log voxel b0 (see calibration_inputs)
+CALIBRATION_INPUTS = 7   # head FA and MD, six-DWI FA and MD, b / 1000, log patch SNR / 20, log voxel b0
 MIN_NOISE_VOXELS = 64    # tissue voxels a patch needs for its own noise estimate
 DEFAULT_SNR = 20.0       # assumed where a patch has fewer
 N_DWI = 6
@@ -258,8 +260,9 @@ def patch_snr(b0: Tensor, threshold: float = 0.3) -> Tensor:
 
 
 def calibration_inputs(head: Tensor, pairs: Tensor, q: Tensor) -> Tensor:
-    """What a calibration gain sees, (B, 5, X, Y, Z): the head's FA and MD (um^2/ms), b / 1000,
-    the patch's log b0 SNR over 20 and the voxel's log b0 (brain mean 0).
+    """What a calibration gain sees, (B, 7, X, Y, Z): the FA and MD (um^2/ms) of the head's and
+    of the six-DWI least-squares tensor, b / 1000, the patch's log b0 SNR over 20 and the
+    voxel's log b0 (brain mean 0).
 
     The six-DWI tensor's FA is biased by amounts that depend on b, the noise and the tissue
     (the Rician floor along the fibre, one shell's kurtosis), not on where the voxel is: a
@@ -267,10 +270,12 @@ def calibration_inputs(head: Tensor, pairs: Tensor, q: Tensor) -> Tensor:
     read from the decoder's features.
     """
     md, fa, _ = tensor_parts(head)
+    md_lsq, fa_lsq, _ = tensor_parts(six_direction_fit(pairs, q))
     b0 = pairs[:, 0, 0]
     snr = patch_snr(b0).view(-1, 1, 1, 1).expand_as(md)
     b = q[:, :, 3].mean(dim=1).view(-1, 1, 1, 1).expand_as(md)
-    return torch.stack([fa, md, b, torch.log(snr / DEFAULT_SNR), torch.log(b0.clamp_min(0.05))], dim=1)
+    return torch.stack([fa, md, fa_lsq, md_lsq, b, torch.log(snr / DEFAULT_SNR), torch.log(b0.clamp_min(0.05))],
+                       dim=1)
 
 
 def deviatoric(lt: Tensor) -> tuple[Tensor, Tensor]:
