@@ -5,10 +5,11 @@ Run: ``.venv/bin/python benchmarks/measure_qcgdti_scatter.py --model before=W0.p
 On test subjects of ``bench_qcgdti.py`` (unseen geometry, default ``random`` 9002 with
 randomised tissue, SNR 20) it fits WLS-6 and each network on the fixed DSM6 set at b = 1000
 and on one flexible set per shell, then prints, per bin of the true FA above 0.2, the mean
-(bias) and the standard deviation (scatter) of the FA error, separately for white-matter
-voxels on a bundle edge (a face neighbour with true FA under 0.2, or outside the mask) and in
-a bundle core. Errors are against the noise-free truth of the benchmark. A blurred FA map
-shows as edge voxels biased low against cores; noise as a scatter equal in both. A
+(bias, pooled over the sets) and the standard deviation around each set's own mean (scatter:
+voxel to voxel, not set to set) of the FA error, separately for white-matter voxels on an
+edge (a face neighbour with true FA under 0.2: grey matter, CSF, a crossing, or outside the
+mask) and in a core. Errors are against the noise-free truth of the benchmark. A blurred FA
+map shows as edge voxels biased low against cores; noise as a scatter equal in both. A
 measurement, not a target: it has no ``--check``.
 """
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     models = {n: QCGTensorModel.from_weights(None if p == "shipped" else Path(p), "cpu")
               for n, p in (spec.partition("=")[::2] for spec in args.model or ["shipped=shipped"])}
-    errors: dict[tuple[str, str], list[np.ndarray]] = {}
+    errors: dict[tuple[str, str], list[np.ndarray]] = {}   # per set: (true FA, error) of the voxels
     for seed in args.seeds.split(","):
         p, clean = ours("random", int(seed.rstrip("r")), seed.endswith("r"))
         truth = fa_map(reference_tensor(clean, p.bvals, p.bvecs, p.mask))
@@ -72,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
                     errors.setdefault((name, where), []).append(np.stack([truth[sel], err[sel]]))
     bins = [b for b in zip(FA_BINS[:-1], FA_BINS[1:]) if b[0] >= WM_FA]
     print("FA error by true-FA bin: bias / scatter (std), voxels; edge = white matter beside non-white matter")
-    print(f"{'estimate':18} {'voxels':6} " + " ".join(f"{lo:.1f}-{hi:.1f}".center(22) for lo, hi in bins))
+    print(f"{'estimate':18} {'where':6} " + " ".join(f"{lo:.1f}-{hi:.1f}".center(22) for lo, hi in bins))
     for (name, where), parts in errors.items():
-        fa, err = np.concatenate(parts, axis=1)
         cells = []
         for lo, hi in bins:
-            e = err[(fa >= lo) & (fa < hi)]
-            cells.append(f"{e.mean():+.3f} / {e.std():.3f} {len(e):6d}" if len(e) else "-".center(22))
+            per_set = [err[(fa >= lo) & (fa < hi)] for fa, err in parts]
+            e = np.concatenate(per_set)
+            centred = np.concatenate([x - x.mean() for x in per_set if len(x)]) if len(e) else e
+            cells.append(f"{e.mean():+.3f} / {centred.std():.3f} {len(e):6d}" if len(e) else "-".center(22))
         print(f"{name:18} {where:6} " + " ".join(cells))
     return 0
 

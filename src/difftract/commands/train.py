@@ -60,9 +60,9 @@ def add_parser(sub) -> None:
                           "from weights without it, training starts where they are)")
     qcg.add_argument("--gain-input", choices=GAIN_INPUTS, default=d.model.gain_input,
                      help="what the gain branch sees: all (the head's input: features and the least-squares tensor) "
-                          "invariant (features, the head's FA and MD, b) or calibration (per voxel: the head's FA "
-                          "and MD, b, the patch's b0 SNR and the voxel's b0; no features, so no spatial scatter) "
-                          "(default: %(default)s)")
+                          "invariant (features, the head's FA and MD, b) or calibration (no features: per voxel, "
+                          "the FA and MD of the head's and of the least-squares tensor, b, the voxel's b0, and the "
+                          "patch's b0 SNR) (default: %(default)s)")
     qcg.add_argument("--gain-only", action="store_true",
                      help="with --init and --anisotropy-gain: train the gain branch alone, which changes the "
                           "anisotropy (FA) and keeps MD and directions")

@@ -184,20 +184,24 @@ class QCGDTI(nn.Module):
         for level in reversed(range(len(self.up))):
             x = self.up[level](x)
             x = self.dec[level](self.merge[level](torch.cat([x, skips[level]], dim=1)))
-        if self.config.lsq_input:
+        calibrated = self.config.anisotropy_gain and self.config.gain_input == "calibration"
+        if self.config.lsq_input or calibrated:
             with torch.autocast(pairs.device.type, enabled=False):   # logs and a 6x6 inverse: full precision
                 lsq = six_direction_fit(pairs.float(), q.float())
+        if self.config.lsq_input:
             x = torch.cat([x, lsq.to(x.dtype)], dim=1)
         if not self.config.anisotropy_gain:
             return self.head(x)
         head = self.head(x)
         if self.config.gain_input == "all":
             log_gain = self.gain(x)
-        elif self.config.gain_input == "calibration":
-            log_gain = self.gain(calibration_inputs(head.float(), pairs.float(), q.float()).to(x.dtype))
+        elif calibrated:
+            with torch.autocast(pairs.device.type, enabled=False):   # FAs, MDs and noise medians: full precision
+                inputs = calibration_inputs(head.float(), lsq, pairs.float(), q.float())
+            log_gain = self.gain(inputs.to(x.dtype))
         else:   # what the correction depends on (b, noise, tissue), not the orientation of the noisy LSQ tensor
             md, fa, _ = tensor_parts(head.float())
-            b = q[:, :, 3].mean(dim=1).view(-1, 1, 1, 1, 1).expand_as(md[:, None])
+            b = mean_b(q).view(-1, 1, 1, 1, 1).expand_as(md[:, None])
             invariants = torch.stack([fa, md], dim=1).to(x.dtype)
             log_gain = self.gain(torch.cat([x[:, : self.config.widths[0]], invariants, b.to(x.dtype)], dim=1))
         with torch.autocast(pairs.device.type, enabled=False):   # a gain of up to e^3 on half-precision rounding
@@ -241,7 +245,10 @@ def patch_snr(b0: Tensor, threshold: float = 0.3) -> Tensor:
     differences across it and not those along it. The image unit is the brain's mean b0, so
     ``1 / sigma`` is the SNR. A patch with fewer than ``MIN_NOISE_VOXELS`` such voxels gets
     ``DEFAULT_SNR``. Spatially correlated noise (interpolated or partial-Fourier scans) reads
-    as a higher SNR than it is.
+    as a higher SNR than it is, and a patch mostly outside the brain, whose tissue voxels lie
+    beside the background on every axis, as a lower one. The unit is the brain's mean b0,
+    not a simulator's fibre signal: a feature the network learns to read, measured alike in
+    training and in use, more than a calibrated SNR.
     """
     centre = b0[:, 1:-1, 1:-1, 1:-1]
     keep = centre > threshold
@@ -259,9 +266,17 @@ def patch_snr(b0: Tensor, threshold: float = 0.3) -> Tensor:
     return torch.where(enough & (sigma > 0), 1.0 / sigma.clamp_min(1e-6), torch.full_like(sigma, DEFAULT_SNR))
 
 
-def calibration_inputs(head: Tensor, pairs: Tensor, q: Tensor) -> Tensor:
-    """What a calibration gain sees, (B, 7, X, Y, Z): the FA and MD (um^2/ms) of the head's and
-    of the six-DWI least-squares tensor, b / 1000, the patch's log b0 SNR over 20 and the
+def mean_b(q: Tensor) -> Tensor:
+    """The mean b / 1000 (B,) of each input's six coordinates (B, 6, 4)."""
+    return q[:, :, 3].mean(dim=1)
+
+
+def calibration_inputs(head: Tensor, lsq: Tensor, pairs: Tensor, q: Tensor) -> Tensor:
+    """What a calibration gain sees (B, 7, X, Y, Z), from the head's and the least-squares tensors.
+
+    The channels: the FA and MD (um^2/ms) of ``head`` and of ``lsq`` (the six DWIs'
+    :func:`six_direction_fit`), b / 1000, ``log(SNR / 20)`` of the patch's b0 (:func:`patch_snr`;
+    one value per patch, so overlapping patches of a volume read it separately) and the
     voxel's log b0 (brain mean 0).
 
     The six-DWI tensor's FA is biased by amounts that depend on b, the noise and the tissue
@@ -270,10 +285,10 @@ def calibration_inputs(head: Tensor, pairs: Tensor, q: Tensor) -> Tensor:
     read from the decoder's features.
     """
     md, fa, _ = tensor_parts(head)
-    md_lsq, fa_lsq, _ = tensor_parts(six_direction_fit(pairs, q))
+    md_lsq, fa_lsq, _ = tensor_parts(lsq)
     b0 = pairs[:, 0, 0]
     snr = patch_snr(b0).view(-1, 1, 1, 1).expand_as(md)
-    b = q[:, :, 3].mean(dim=1).view(-1, 1, 1, 1).expand_as(md)
+    b = mean_b(q).view(-1, 1, 1, 1).expand_as(md)
     return torch.stack([fa, md, fa_lsq, md_lsq, b, torch.log(snr / DEFAULT_SNR), torch.log(b0.clamp_min(0.05))],
                        dim=1)
 
