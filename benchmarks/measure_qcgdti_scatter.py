@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import binary_erosion
 
 from bench_qcgdti import FLOOR, WLS6, ours, six_sets
-from difftract.eval.tensor_errors import FA_BINS
+from difftract.eval.tensor_errors import binned_tensor_errors
 from difftract.models.qcgdti.data import reference_tensor
 from difftract.models.qcgdti.predict import QCGTensorModel
 from difftract.reconst import tensor as T
@@ -30,21 +31,28 @@ from difftract.reconst import tensor as T
 WM_FA = 0.2
 
 
-def fa_map(lt: np.ndarray) -> np.ndarray:
-    """FA of tensors (..., 6) in DIPY order (eigenvalues clipped at 0)."""
-    evals = torch.linalg.eigvalsh(T.from_lower_triangular(torch.from_numpy(lt.astype(np.float64)))).clamp_min(0)
-    return T.fractional_anisotropy(evals).numpy()
+def edge_and_core(truth: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """White-matter voxels (true FA >= 0.2) with a face neighbour that is not white matter, and the rest."""
+    fa = T.fractional_anisotropy(T.decompose(torch.from_numpy(truth.astype(np.float64)))[0]).numpy()
+    wm = mask & (fa >= WM_FA)
+    core = binary_erosion(wm, border_value=0)     # the default structure: the six face neighbours
+    return {"edge": wm & ~core, "core": core}
 
 
-def edge_voxels(fa_true: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """White-matter voxels with a face neighbour that is not white matter (or outside the mask)."""
-    wm = mask & (fa_true >= WM_FA)
-    padded = np.pad(wm, 1)
-    inner = np.ones_like(wm)
-    for axis in range(3):
-        for shift in (-1, 1):
-            inner &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
-    return wm & ~inner
+def pooled(rows_per_set: list[list[dict]]) -> list[tuple[int, float, float]]:
+    """Per bin, over the sets: voxels, the mean FA error, and the scatter around each set's own mean."""
+    out = []
+    for rows in zip(*rows_per_set):
+        n = np.array([r["voxels"] for r in rows], dtype=float)
+        if not n.sum():
+            out.append((0, float("nan"), float("nan")))
+            continue
+        used = n > 0
+        bias = np.array([r["fa_bias"] for r in rows])[used]
+        std = np.array([r["fa_std"] for r in rows])[used]
+        w = n[used] / n.sum()
+        out.append((int(n.sum()), float(w @ bias), float(np.sqrt(w @ std ** 2))))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     models = {n: QCGTensorModel.from_weights(None if p == "shipped" else Path(p), "cpu")
               for n, p in (spec.partition("=")[::2] for spec in args.model or ["shipped=shipped"])}
-    errors: dict[tuple[str, str], list[np.ndarray]] = {}   # per set: (true FA, error) of the voxels
+    rows: dict[tuple[str, str], list[list[dict]]] = {}   # per (estimate, edge or core): each set's bins
     for seed in args.seeds.split(","):
         p, clean = ours("random", int(seed.rstrip("r")), seed.endswith("r"))
-        truth = fa_map(reference_tensor(clean, p.bvals, p.bvecs, p.mask))
-        edge = edge_voxels(truth, p.mask)
+        truth = reference_tensor(clean, p.bvals, p.bvecs, p.mask)
+        places = edge_and_core(truth, p.mask)
         for _, six in six_sets(p, 1):
             idx = [0, *six.indices]
             fields = {WLS6: reference_tensor(p.data[..., idx], p.bvals[idx], p.bvecs[idx], p.mask),
@@ -68,20 +76,18 @@ def main(argv: list[str] | None = None) -> int:
             fields.update({n: m.fit(p.data, p.bvals, p.bvecs, p.mask, six).lower_triangular()
                            for n, m in models.items()})
             for name, lt in fields.items():
-                err = fa_map(lt) - truth
-                for where, sel in (("edge", edge), ("core", p.mask & (truth >= WM_FA) & ~edge)):
-                    errors.setdefault((name, where), []).append(np.stack([truth[sel], err[sel]]))
-    bins = [b for b in zip(FA_BINS[:-1], FA_BINS[1:]) if b[0] >= WM_FA]
+                for where, sel in places.items():
+                    if sel.any():
+                        rows.setdefault((name, where), []).append(binned_tensor_errors(lt, truth, sel))
+    bins = [(r["lo"], r["hi"]) for r in next(iter(rows.values()))[0]]
+    shown = [k for k, (lo, _) in enumerate(bins) if lo >= WM_FA]
     print("FA error by true-FA bin: bias / scatter (std), voxels; edge = white matter beside non-white matter")
-    print(f"{'estimate':18} {'where':6} " + " ".join(f"{lo:.1f}-{hi:.1f}".center(22) for lo, hi in bins))
-    for (name, where), parts in errors.items():
-        cells = []
-        for lo, hi in bins:
-            per_set = [err[(fa >= lo) & (fa < hi)] for fa, err in parts]
-            e = np.concatenate(per_set)
-            centred = np.concatenate([x - x.mean() for x in per_set if len(x)]) if len(e) else e
-            cells.append(f"{e.mean():+.3f} / {centred.std():.3f} {len(e):6d}" if len(e) else "-".center(22))
-        print(f"{name:18} {where:6} " + " ".join(cells))
+    print(f"{'estimate':18} {'where':6} " + " ".join(f"{bins[k][0]:.1f}-{bins[k][1]:.1f}".center(22) for k in shown))
+    for (name, where), per_set in rows.items():
+        cells = pooled(per_set)
+        print(f"{name:18} {where:6} " + " ".join(
+            f"{cells[k][1]:+.3f} / {cells[k][2]:.3f} {cells[k][0]:6d}" if cells[k][0] else "-".center(22)
+            for k in shown))
     return 0
 
 

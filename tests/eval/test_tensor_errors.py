@@ -137,10 +137,20 @@ def test_binned_errors_show_a_bias_per_fa_bin_and_agree_with_the_means():
     ref[:2] = [0.8e-3, 0, 0.75e-3, 0, 0, 0.7e-3]          # ... and FA 0.07
     est = ref.copy()
     est[..., 0] *= 1.05
+    est[2, 0, 0, 2] += 0.1e-3                              # one voxel of the FA-0.88 bin errs more
+    est[2, 0, 0, 5] -= 0.1e-3                              # (same MD and direction)
     mask = np.ones((4, 4, 2), bool)
     rows = binned_tensor_errors(est, ref, mask)
     assert [r["voxels"] for r in rows] == [16, 0, 0, 0, 16]
     assert rows[0]["fa_bias"] > 0 and rows[4]["fa_bias"] > 0 and np.isnan(rows[1]["fa_bias"])
+
+    def fa_error(voxel):
+        return tensor_errors(est[voxel][None, None, None], ref[voxel][None, None, None],
+                             np.ones((1, 1, 1), bool)).fa_mae
+
+    # the scatter of 15 voxels with one error and one with another: |e2 - e1| sqrt(15) / 16
+    assert rows[4]["fa_std"] == pytest.approx(abs(fa_error((2, 0, 0)) - fa_error((2, 1, 0))) * 15 ** 0.5 / 16)
+    assert rows[0]["fa_std"] == pytest.approx(0.0, abs=1e-12) and np.isnan(rows[1]["fa_std"])
     assert np.isnan(rows[0]["angle_mean"]) and rows[4]["angle_mean"] == pytest.approx(0.0, abs=1e-6)
     whole = tensor_errors(est, ref, mask)
     pooled = sum(r["fa_mae"] * r["voxels"] for r in rows if r["voxels"]) / 32

@@ -165,7 +165,8 @@ def binned_tensor_errors(estimated: np.ndarray, reference: np.ndarray, mask: np.
     was trained on: it is right on average and wrong in every bin. Per bin ``[lo, hi)``
     (the last one closed) of the reference FA:
 
-    - ``voxels``; ``fa_bias`` (mean of estimated - reference FA) and ``fa_mae``;
+    - ``voxels``; ``fa_bias`` (mean of estimated - reference FA), ``fa_std`` (its standard
+      deviation: the voxel-to-voxel scatter around the bias) and ``fa_mae``;
     - ``md_bias`` and ``md_mae`` (mm^2/s);
     - ``angle_mean`` (degrees, NaN in bins under ``fa_threshold`` and in empty bins) over
       ``angle_voxels``, the bin's voxels with reference FA above ``fa_threshold``.
@@ -194,10 +195,10 @@ def binned_tensor_errors(estimated: np.ndarray, reference: np.ndarray, mask: np.
         row = {"lo": lo, "hi": hi, "voxels": n, "angle_voxels": int(with_angle.sum())}
         if n:
             d_fa, d_md = fa_e[inside] - fa_r[inside], md_e[inside] - md_r[inside]
-            row.update(fa_bias=float(d_fa.mean()), fa_mae=float(np.abs(d_fa).mean()), md_bias=float(d_md.mean()),
-                       md_mae=float(np.abs(d_md).mean()))
+            row.update(fa_bias=float(d_fa.mean()), fa_std=float(d_fa.std()), fa_mae=float(np.abs(d_fa).mean()),
+                       md_bias=float(d_md.mean()), md_mae=float(np.abs(d_md).mean()))
             row["angle_mean"] = float(angles[with_angle].mean()) if with_angle.any() else nan
         else:
-            row.update(fa_bias=nan, fa_mae=nan, md_bias=nan, md_mae=nan, angle_mean=nan)
+            row.update(fa_bias=nan, fa_std=nan, fa_mae=nan, md_bias=nan, md_mae=nan, angle_mean=nan)
         rows.append(row)
     return rows
