@@ -250,17 +250,16 @@ def patch_snr(b0: Tensor, threshold: float = 0.3) -> Tensor:
     not a simulator's fibre signal: a feature the network learns to read, measured alike in
     training and in use, more than a calibrated SNR.
     """
-    centre = b0[:, 1:-1, 1:-1, 1:-1]
+    inner = [slice(None), slice(1, -1), slice(1, -1), slice(1, -1)]
+    centre = b0[tuple(inner)]
     keep = centre > threshold
     sigmas = []
     for axis in (1, 2, 3):
-        before = b0.narrow(axis, 0, b0.shape[axis] - 2)
-        after = b0.narrow(axis, 2, b0.shape[axis] - 2)
-        others = [a for a in (1, 2, 3) if a != axis]
-        before = before.narrow(others[0], 1, b0.shape[others[0]] - 2).narrow(others[1], 1, b0.shape[others[1]] - 2)
-        after = after.narrow(others[0], 1, b0.shape[others[0]] - 2).narrow(others[1], 1, b0.shape[others[1]] - 2)
-        residual = (centre - (before + after) / 2).abs().masked_fill(~keep, float("nan")).flatten(1)
-        sigmas.append(residual.nanmedian(dim=1).values / (0.6745 * 1.5 ** 0.5))
+        before, after = list(inner), list(inner)
+        before[axis], after[axis] = slice(None, -2), slice(2, None)
+        residual = (centre - (b0[tuple(before)] + b0[tuple(after)]) / 2).abs()
+        residual = residual.masked_fill(~keep, float("nan")).flatten(1)
+        sigmas.append(residual.nanmedian(dim=1).values / (0.6745 * 1.5 ** 0.5))   # MAD of a normal: 0.6745 sigma
     sigma = torch.stack(sigmas).amin(dim=0)
     enough = keep.flatten(1).sum(1) >= MIN_NOISE_VOXELS
     return torch.where(enough & (sigma > 0), 1.0 / sigma.clamp_min(1e-6), torch.full_like(sigma, DEFAULT_SNR))
