@@ -60,10 +60,11 @@ def test_streamed_qcgdti(tmp_path):
                  "--phantom", "bvals=[1000]", "--phantom", "ndirs=64", "--phantom", "nb0=1",
                  "--subjects-per-epoch", "2", "--widths", "4,8", "--patch", "16", "--epochs", "1",
                  "--samples-per-epoch", "4", "--val-samples", "2", "--batch-size", "2", "--device", "cpu",
-                 "--stream-workers", "0"]) == 0
+                 "--stream-workers", "0", "--target", "shell"]) == 0
     (row,) = rows(out)
     assert len(row["train_subject_seeds"]) == 2 and row["val_subject_seeds"] == [validation_seed(0, 0)]
     meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["target"] == "shell" and "interpolated in b" in meta["reference"]
     assert meta["stream"]["recipe"]["phantom"]["ndirs"] == 64 and meta["val_subjects"] == ["seed1100000000"]
     assert meta["domain"]["ndirs"] == [64, 64] and meta["domain"]["presets"] == ["crossing"]
 

@@ -77,6 +77,7 @@ OFF_DIAGONAL = (1, 3, 4)  # Dxy, Dxz, Dyz
 TENSOR_SCALE = 1e3   # network outputs um^2/ms: mm^2/s * 1e3
 # the training losses (data.QCGTask); here, where the CLI can read them cheaply
 LOSSES = ("mse", "relative", "anisotropic", "decomposed", "balanced")
+TARGETS = ("all-shells", "shell")   # the reference tensors: the fit on every volume, or on the input's shell
 
 
 @dataclass

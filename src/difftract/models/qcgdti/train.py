@@ -23,7 +23,7 @@ import numpy as np
 from ...errors import ConfigError
 from ...console import Console
 from ...training.stream import StreamOptions, distributed_rank
-from .model import LOSSES, QCGConfig, QCGDTI
+from .model import LOSSES, TARGETS, QCGConfig, QCGDTI
 
 log = logging.getLogger("difftract")
 
@@ -57,6 +57,10 @@ class QCGTrainOptions:
     loss : str
         One of ``LOSSES``: ``mse``, ``relative``, ``anisotropic``, ``decomposed`` or ``balanced``
         (see :class:`.data.QCGTask`).
+    target : str
+        The reference tensors: ``all-shells`` (the fit on every volume; for a simulated subject,
+        its noise-free twin's on b = 1000, 2000, 3000) or ``shell`` (the fit of the six DWIs'
+        shell alone: what one shell can measure; see :mod:`.data`).
     gain_only : bool
         Train only the anisotropy-gain branch (``model.anisotropy_gain``); the rest keeps its
         ``init`` weights. The gain scales each tensor's anisotropic part (FA, and the
@@ -82,6 +86,7 @@ class QCGTrainOptions:
     patience: int = 6
     plateau_patience: int = 3
     loss: str = "mse"
+    target: str = "all-shells"
     init: Path | None = None
     gain_only: bool = False
     seed: int = 0
@@ -90,6 +95,8 @@ class QCGTrainOptions:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ConfigError(f"QCG-DTI loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"QCG-DTI target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.gain_only and not (self.model.anisotropy_gain and self.init is not None):
             raise ConfigError("--gain-only trains the anisotropy-gain branch of --init weights: give --init W and "
                               "--anisotropy-gain")
@@ -161,7 +168,7 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
     meta = {"model": "qcgdti", "config": config.as_dict(), "patch": patch, "scheme": options.scheme, **data_meta,
-            "loss": options.loss, "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms", **init_meta}
+            "loss": options.loss, "target": options.target, "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms", **init_meta}
     tc = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, seed=options.seed,
                      early_stop_patience=options.patience, plateau_patience=options.plateau_patience)
     with pool if pool is not None else contextlib.nullcontext(), \
@@ -197,12 +204,14 @@ def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int,
         log.warning("no held-out subject: validation patches come from the training subjects, so early stopping "
                     "and the best epoch measure fit, not generalisation")
     train_subjects, val_subjects = prepared[: len(prepared) - n_val], prepared[len(prepared) - n_val:] or prepared
-    train_set = PatchDataset(train_subjects, options.samples_per_epoch, patch, options.scheme, seed=options.seed)
+    train_set = PatchDataset(train_subjects, options.samples_per_epoch, patch, options.scheme, seed=options.seed,
+                             target=options.target)
     val_set = PatchDataset(val_subjects, options.val_samples, patch, options.scheme, seed=options.seed + 10_000,
-                           augment=False, per_epoch=False)
+                           augment=False, per_epoch=False, target=options.target)
     return train_set, val_set, {"subjects": [subject_label(d) for d in subjects],
                                 "val_subjects": [s.name for s in val_subjects],
-                                "reference": "WLS on all volumes of each subject",
+                                "reference": "WLS on all volumes of each subject" if options.target == "all-shells"
+                                else "WLS on the b0s and the six DWIs' shell of each subject",
                                 "domain": subjects_domain([s.bvals for s in train_subjects], voxel_sizes[: len(train_subjects)])}
 
 
@@ -213,13 +222,16 @@ def _streamed_patches(out: Path, stream: StreamOptions, options: QCGTrainOptions
 
     def dataset(n_samples: int, seed: int, validation: bool):
         fixed = {"augment": False, "per_epoch": False} if validation else {}
-        return partial(PatchDataset, n_samples=n_samples, patch=patch, scheme=options.scheme, seed=seed, **fixed)
+        return partial(PatchDataset, n_samples=n_samples, patch=patch, scheme=options.scheme, seed=seed,
+                       target=options.target, **fixed)
 
     defaults = {**QCG_PHANTOM, "noise_free_scheme": truth_scheme()}
     pool, train_set, val_set, meta = open_datasets(stream, out, options, phantom_arrays, {}, defaults,
                                                    STREAM_SUBJECTS_PER_EPOCH,
                                                    partial(_streamed_subject, patch=patch, multiple=multiple), dataset)
-    meta["reference"] = "WLS of the noise-free signal on the truth scheme (b = 1000, 2000, 3000; 60 directions each)"
+    meta["reference"] = ("WLS of the noise-free signal on the truth scheme (b = 1000, 2000, 3000; 60 directions each)"
+                         if options.target == "all-shells" else "WLS of the noise-free signal on each shell of the truth "
+                         "scheme (b = 1000, 2000, 3000; 60 directions each), interpolated in b to the six DWIs' shell")
     return pool, train_set, val_set, meta
 
 
