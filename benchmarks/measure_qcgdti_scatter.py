@@ -8,7 +8,8 @@ and on one flexible set per shell, then prints, per bin of the true FA above 0.2
 (bias, pooled over the sets) and the standard deviation around each set's own mean (scatter:
 voxel to voxel, not set to set) of the FA error, separately for white-matter voxels on an
 edge (a face neighbour with true FA under 0.2: grey matter, CSF, a crossing, or outside the
-mask) and in a core. Errors are against the noise-free truth of the benchmark. A blurred FA
+mask) and in a core. Errors are against the noise-free truth of the benchmark (``--truth``, as
+there: the six DWIs' shell by default; edges and cores are those of the all-shells truth). A blurred FA
 map shows as edge voxels biased low against cores; noise as a scatter equal in both. A
 measurement, not a target: it has no ``--check``.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_erosion
 
-from bench_qcgdti import FLOOR, WLS6, ours, six_sets
+from bench_qcgdti import FLOOR, WLS6, ours, shell_truth, six_sets
 from difftract.eval.tensor_errors import binned_tensor_errors
 from difftract.models.qcgdti.data import reference_tensor
 from difftract.models.qcgdti.predict import QCGTensorModel
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", default=[], metavar="NAME=W.pt",
                     help="weights (repeatable; 'shipped' for the shipped file)")
     ap.add_argument("--seeds", default="9002r", help="unseen random-preset seeds, 'r' for randomised tissue")
+    ap.add_argument("--truth", choices=("shell", "all-shells"), default="shell",
+                    help="the reference: the noise-free fit of the set's shell, or of every volume (default: shell)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     models = {n: QCGTensorModel.from_weights(None if p == "shipped" else Path(p), "cpu")
@@ -67,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[tuple[str, str], list[list[dict]]] = {}   # per (estimate, edge or core): each set's bins
     for seed in args.seeds.split(","):
         p, clean = ours("random", int(seed.rstrip("r")), seed.endswith("r"))
-        truth = reference_tensor(clean, p.bvals, p.bvecs, p.mask)
-        places = edge_and_core(truth, p.mask)
+        every = reference_tensor(clean, p.bvals, p.bvecs, p.mask)
+        places = edge_and_core(every, p.mask)
         for _, six in six_sets(p, 1):
+            truth = every if args.truth == "all-shells" else shell_truth(clean, p.bvals, p.bvecs, p.mask, six.shell)
             idx = [0, *six.indices]
             fields = {WLS6: reference_tensor(p.data[..., idx], p.bvals[idx], p.bvecs[idx], p.mask),
                       FLOOR: reference_tensor(clean[..., idx], p.bvals[idx], p.bvecs[idx], p.mask)}

@@ -28,9 +28,13 @@ predicts a per-voxel gain ``exp(g)`` on the anisotropic part of the head's tenso
 + exp(g) (D_head - MD I)``. The head is linear in the least-squares tensor it sees, so it
 can denoise that tensor but cannot stretch its anisotropy by a voxel-dependent amount; yet
 that is what a six-DWI tensor needs (its FA is compressed by the Rician floor of the DWIs
-along the fibre at high b and low SNR, and by the kurtosis of one shell against the
-multi-shell truth, by amounts that depend on b, SNR and tissue). The branch's last layer
-starts at zero, so a network trained without it continues unchanged (``--init``).
+along the fibre at high b and low SNR, by amounts that depend on b, SNR and tissue; against
+a multi-shell reference, also by the kurtosis of one shell). The branch's last layer starts
+at zero, so a network trained without it continues unchanged (``--init``). The shipped
+branch is trained against the tensor of the input's own shell (``--target shell``,
+:mod:`.data`): a multi-shell reference differs from it by an amount no one-shell input shows
+and that differs between simulators, so a gain learned against it over-corrects a foreign
+signal.
 
 What the branch reads (``gain_input``): ``all``, the head's own input (decoder features and
 the least-squares tensor); ``invariant``, the first features, the head's FA and MD and b;
