@@ -54,6 +54,7 @@ def test_shipped_qcgdti_runs_on_a_six_dwi_scan():
     p = simulate(PhantomConfig(preset="crossing", seed=5, bvals=(1000.0,), ndirs=(60,), nb0=1))
     model = QCGTensorModel.from_weights(None)
     assert model.meta["model"] == "qcgdti" and model.meta["sha256"] == W.expected_sums()["qcgdti.pt"]
+    assert model.meta["target"] == "shell" and "each shell" in model.params["trained_against"]   # in the sidecar
     fit = model.fit(p.data, p.bvals, p.bvecs, p.mask, fixed_six(p.bvals, p.bvecs))
     assert np.isfinite(fit.fa).all() and 0 < np.median(fit.fa[p.wm]) <= 1
     assert np.median(fit.md[p.mask]) == pytest.approx(0.8e-3, rel=0.3)

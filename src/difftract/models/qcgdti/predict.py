@@ -79,7 +79,8 @@ class QCGTensorModel:
     def params(self) -> dict:
         return {"model": "DTI", "fit_method": "QCG-DTI", "variant": self.model.config.variant,
                 "weights": self.meta.get("path"), "weights_sha256": self.meta.get("sha256"),
-                "tensor_order": list(T.DIPY_ORDER), "units": "mm^2/s"}
+                # what the network's tensors approximate: the shipped one, the tensor of the input's shell
+                "trained_against": self.meta.get("reference"), "tensor_order": list(T.DIPY_ORDER), "units": "mm^2/s"}
 
     @torch.no_grad()
     def predict(self, b0: np.ndarray, dwis: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
