@@ -58,30 +58,49 @@ def test_the_apparent_tensor_changes_with_b_and_interpolation_follows_it(twin):
     assert np.abs(between[wm] - fa[wm, 1]).mean() < 0.0025
 
 
+def _box_of(target: np.ndarray, reference: np.ndarray, patch: int) -> tuple[int, int] | None:
+    """The (corner, shell) of ``reference`` (X, Y, Z, K, 6) whose patch is ``target`` (6, P, P, P), if any."""
+    X, Y, Z, K, _ = reference.shape
+    for k in range(K):
+        for corner in np.ndindex(X - patch + 1, Y - patch + 1, Z - patch + 1):
+            box = tuple(slice(c, c + patch) for c in corner)
+            if np.allclose(np.moveaxis(reference[box + (k,)], -1, 0) * 1e3, target, rtol=1e-6, atol=0):
+                return corner, k
+    return None
+
+
 def test_a_patch_of_the_shell_target_is_the_reference_of_its_six_dwis_shell():
-    p = simulate(PhantomConfig(preset="crossing", seed=3, bvals=(1000.0, 2000.0), ndirs=(90, 60), nb0=2, snr=30,
+    p = simulate(PhantomConfig(preset="crossing", seed=3, bvals=(1000.0, 1500.0), ndirs=(90, 60), nb0=2, snr=30,
                                noise_free_scheme=truth_scheme()))
-    arrays = phantom_arrays(p, pool_size=6)
-    assert arrays["shell_bvals"].tolist() == [1000.0, 2000.0]
-    subject = subject_from_arrays("s", arrays, patch=24)   # (24, 24, 8) padded to one whole patch
+    assert "shell_reference" not in phantom_arrays(p, pool_size=2)       # only for the per-shell target
+    arrays = phantom_arrays(p, pool_size=6, per_shell=True)
+    assert arrays["shell_bvals"].tolist() == [1000.0, 1500.0]
     clean_bvals, clean_bvecs = truth_scheme()
-    at_2000 = np.flatnonzero((clean_bvals == 0) | (clean_bvals == 2000.0))   # a truth-scheme node: no interpolation
-    direct = reference_tensor(p.noise_free[..., at_2000], clean_bvals[at_2000], clean_bvecs[at_2000], p.mask)
-    np.testing.assert_allclose(subject.shell_reference[:, :, :8, 1], direct, rtol=1e-5, atol=1e-9)
-    shell_set = PatchDataset([subject], 6, patch=24, seed=2, augment=False)
-    per_shell = PatchDataset([subject], 6, patch=24, seed=2, augment=False, target="shell")
-    seen = set()
-    for index in range(6):
-        rng = per_shell.rng(index)
-        six = subject.pool[rng.integers(len(subject.pool))]
-        k = [1000.0, 2000.0].index(six.shell)
-        seen.add(k)
-        a, s = shell_set[index], per_shell[index]
+    nodes, tensors = shell_references(p.noise_free, clean_bvals, clean_bvecs, p.mask)
+    np.testing.assert_allclose(arrays["shell_reference"][..., 0, :], tensors[..., 0, :], rtol=1e-5, atol=1e-9)
+    fa = _fa(np.concatenate([tensors[p.mask][:, :2], arrays["shell_reference"][p.mask][:, 1:]], axis=1))
+    wm = fa[:, 0] > 0.4                              # b = 1500 lies between the 1000 and 2000 fits
+    assert fa[wm, 0].mean() < fa[wm, 2].mean() < fa[wm, 1].mean()
+    subject = subject_from_arrays("s", arrays, patch=16)      # (24, 24, 8) padded to 16 in z: random boxes
+    all_shells = PatchDataset([subject], 8, patch=16, seed=2, augment=False)
+    per_shell = PatchDataset([subject], 8, patch=16, seed=2, augment=False, target="shell")
+    shells_seen = set()
+    for index in range(8):
+        a, s = all_shells[index], per_shell[index]
         assert torch.equal(a["pairs"], s["pairs"])             # the same input, another target
-        expected = np.moveaxis(subject.shell_reference[..., k, :], -1, 0) * 1e3
-        np.testing.assert_allclose(s["target"].numpy(), expected, rtol=1e-6)
+        found = _box_of(s["target"].numpy(), subject.shell_reference, 16)
+        assert found is not None
+        shells_seen.add(found[1])
         assert not torch.allclose(a["target"], s["target"])
-    assert seen == {0, 1}
+    assert shells_seen == {0, 1}
     subject.shell_reference = None
     with pytest.raises(ConfigError, match="per-shell"):
-        PatchDataset([subject], 2, patch=24, target="shell")
+        PatchDataset([subject], 2, patch=16, target="shell")
+
+
+def test_a_shell_outside_the_noise_free_shells_is_refused_only_for_the_per_shell_target():
+    p = simulate(PhantomConfig(preset="crossing", seed=3, bvals=(4000.0,), ndirs=(60,), nb0=1, snr=30,
+                               noise_free_scheme=truth_scheme()))
+    assert phantom_arrays(p, pool_size=2)["reference"].shape[-1] == 6      # the three-shell target trains as before
+    with pytest.raises(ConfigError, match="b=4000"):
+        phantom_arrays(p, pool_size=2, per_shell=True)

@@ -35,7 +35,7 @@ examples:
 
 def add_parser(sub) -> None:
     from ..models.qcgdti.model import GAIN_INPUTS, VARIANTS
-    from ..models.qcgdti.train import LOSSES, SCHEMES, TARGETS, STREAM_SUBJECTS_PER_EPOCH, QCGTrainOptions
+    from ..models.qcgdti.train import LOSSES, SCHEMES, STREAM_SUBJECTS_PER_EPOCH, TARGETS, QCGTrainOptions
 
     d = QCGTrainOptions()
     train = sub.add_parser("train", help="train a learned model (QCG-DTI, DDTracking) on subject directories",
@@ -118,7 +118,8 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
                               samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
                               val_subjects=args.val_subjects, batch_size=args.batch_size, lr=args.lr,
                               patience=args.patience, plateau_patience=args.plateau_patience, loss=args.loss,
-                              target=args.target, init=args.init, gain_only=args.gain_only, seed=args.seed, device=args.device)
+                              target=args.target, init=args.init, gain_only=args.gain_only, seed=args.seed,
+                              device=args.device)
     train_qcgdti(args.out, args.subjects, options, stream=stream.stream_options(args),
                  console=Console(quiet=args.quiet), resume=args.resume, force=args.force)
     return 0

@@ -8,8 +8,8 @@ A simulated subject (a streamed one) has an exact reference instead: the WLS fit
 noise-free signal on :func:`truth_scheme` (b = 1000, 2000, 3000, 60 directions each),
 simulated from the same fibres, tissue and dispersion as its noisy scan (PhantomConfig's
 ``noise_free_scheme``). That is the benchmark's ground truth (WLS on every volume of the
-noise-free twin; the benchmark's scheme has 90, 60 and 60 directions, so the two
-definitions agree closely, not bit for bit), the same whatever the subject's own drawn
+noise-free twin, with ``--truth all-shells``; the benchmark's scheme has 90, 60 and 60
+directions, so the two definitions agree closely, not bit for bit), the same whatever the subject's own drawn
 scheme and SNR: a noisy
 many-direction fit is a biased target at low SNR and high b (the Rician floor), and a
 network trained on it learns the bias.
@@ -21,7 +21,8 @@ so the apparent tensor changes with b (in our simulator white-matter FA rises fr
 shell's tensor: the three-shell reference asks it to guess the other shells as well. A folder
 subject's per-shell references are fits of its own shells; a simulated subject's are those of
 its noise-free twin on the truth scheme's shells, interpolated to the subject's b-values
-(:func:`interpolate_shells`).
+(:func:`interpolate_shells`). That is the benchmark's default truth (``--truth shell``), whose
+shells are the truth scheme's. They are computed only for this target (``per_shell``).
 
 Normalisation: every input volume is divided by the mean of the b0 over the brain mask,
 so intensities are about 1 in tissue. The issue asks for mean/std standardisation; a
@@ -104,7 +105,8 @@ def interpolate_shells(nodes: np.ndarray, tensors: np.ndarray, bval: float) -> n
     b = 1000, 2000, 3000. The apparent tensor is smooth in b (its first correction is the
     kurtosis term, linear in b), and on a randomised phantom this reproduces a direct fit's
     white-matter FA to 0.002 (mean absolute difference) at b = 1500 and to 0.010 at b = 500,
-    extrapolated. Further than half a node gap outside the nodes is refused.
+    extrapolated. Further than half a node gap (plus the shell tolerance) outside the nodes is
+    refused.
     """
     nodes = np.asarray(nodes, dtype=np.float64)
     reach = 0.5 * (np.diff(nodes).min() if len(nodes) > 1 else 0.0) + SHELL_TOLERANCE
@@ -112,7 +114,7 @@ def interpolate_shells(nodes: np.ndarray, tensors: np.ndarray, bval: float) -> n
         raise ConfigError(f"cannot interpolate the per-shell reference to b={bval:g}: the noise-free shells are "
                           f"{', '.join(f'{b:g}' for b in nodes)}")
     weights = [np.prod([(bval - bj) / (bi - bj) for j, bj in enumerate(nodes) if j != i]) for i, bi in enumerate(nodes)]
-    return np.einsum("k,...kc->...c", np.array(weights), tensors.astype(np.float64)).astype(np.float32)
+    return np.einsum("k,...kc->...c", np.array(weights), np.asarray(tensors, dtype=np.float64)).astype(np.float32)
 
 
 def pad_to(array: np.ndarray, size: int, multiple: int) -> np.ndarray:
@@ -123,27 +125,30 @@ def pad_to(array: np.ndarray, size: int, multiple: int) -> np.ndarray:
 
 
 def prepare_subject(directory: str | Path, *, patch: int = 32, multiple: int = 4, pool_size: int = 200,
-                    seed: int = 0, device: str = "cpu", dwi=None) -> QCGSubject:
-    """Load a subject directory (or use its already loaded ``dwi``), fit its reference tensor and draw its flexible sets."""
+                    seed: int = 0, device: str = "cpu", dwi=None, per_shell: bool = False) -> QCGSubject:
+    """Load a subject directory (or use its already loaded ``dwi``), fit its reference tensor (and,
+    with ``per_shell``, each shell's) and draw its flexible sets."""
     dwi = load_subject(directory) if dwi is None else dwi
     if dwi.mask is None:
         raise ConfigError(f"{directory}: QCG-DTI training needs mask.nii.gz")
-    return subject_from_arrays(Path(directory).name, subject_arrays(dwi, device), patch=patch, multiple=multiple,
-                               pool_size=pool_size, seed=seed)
+    return subject_from_arrays(Path(directory).name, subject_arrays(dwi, device, per_shell=per_shell), patch=patch,
+                               multiple=multiple, pool_size=pool_size, seed=seed)
 
 
-def subject_arrays(dwi, device: str = "cpu", reference: np.ndarray | None = None, shell_bvals: np.ndarray | None = None,
-                   shell_reference: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def subject_arrays(dwi, device: str = "cpu", reference: np.ndarray | None = None, per_shell: bool = False,
+                   shells: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """What training reads of a scan with a mask: data, bvals, bvecs, mask, the reference tensor
-    (``reference``, else the WLS fit on all the scan's volumes) and the per-shell ones
-    (``shell_bvals`` and ``shell_reference``, else the fits of each shell of the scan)."""
+    (``reference``, else the WLS fit on all the scan's volumes) and, with ``per_shell``, the
+    per-shell ones (``shells``: the shells and their tensors, else the fits of each shell of the scan)."""
     bvals, bvecs = np.asarray(dwi.bvals, float), np.asarray(dwi.bvecs, float)
     if reference is None:
         reference = reference_tensor(dwi.data, bvals, bvecs, dwi.mask, device)
     arrays = {"data": dwi.data.astype(np.float32, copy=False), "bvals": bvals, "bvecs": bvecs, "mask": dwi.mask,
               "reference": reference}
-    if shell_reference is None:
-        shell_bvals, shell_reference = shell_references(dwi.data, bvals, bvecs, dwi.mask, device)
+    if not per_shell:
+        return arrays
+    shell_bvals, shell_reference = shell_references(dwi.data, bvals, bvecs, dwi.mask, device) if shells is None \
+        else shells
     return {**arrays, "shell_bvals": shell_bvals, "shell_reference": shell_reference}
 
 
@@ -154,26 +159,28 @@ def truth_scheme() -> tuple[np.ndarray, np.ndarray]:
     return make_scheme((1000.0, 2000.0, 3000.0), (60, 60, 60), 1, np.random.default_rng(0), start="lattice")
 
 
-def phantom_arrays(phantom, pool_size: int = 200) -> dict[str, np.ndarray]:
+def phantom_arrays(phantom, pool_size: int = 200, per_shell: bool = False) -> dict[str, np.ndarray]:
     """:func:`subject_arrays` of a simulated phantom and its flexible sets (a subject stream's preparation).
 
     With the phantom's noise-free signal (``config.noise_free_scheme``), the reference is its
-    WLS fit, not the noisy scan's. The sets (seeded by the phantom's seed) are drawn here,
+    WLS fit, not the noisy scan's, and (``per_shell``) the per-shell references are its fits
+    on each noise-free shell, interpolated to the scan's shells. The sets (seeded by the phantom's seed) are drawn here,
     in the stream's worker: drawing them takes seconds that would otherwise stall training
     when the subject is loaded.
     """
     from ...training.recipe import phantom_dwi
 
     dwi = phantom_dwi(phantom)
-    exact, per_shell = None, {}
+    exact, exact_shells = None, None
     if phantom.noise_free is not None:
         clean_bvals, clean_bvecs = (np.asarray(a, float) for a in phantom.config.noise_free_scheme)
         exact = reference_tensor(phantom.noise_free, clean_bvals, clean_bvecs, dwi.mask)
-        nodes, tensors = shell_references(phantom.noise_free, clean_bvals, clean_bvecs, dwi.mask)
-        own = shells(np.asarray(dwi.bvals, float))
-        per_shell = {"shell_bvals": own,
-                     "shell_reference": np.stack([interpolate_shells(nodes, tensors, b) for b in own], axis=3)}
-    arrays = subject_arrays(dwi, reference=exact, **per_shell)
+        if per_shell:
+            nodes, tensors = shell_references(phantom.noise_free, clean_bvals, clean_bvecs, dwi.mask)
+            tensors = tensors.astype(np.float64)
+            own = shells(np.asarray(dwi.bvals, float))
+            exact_shells = own, np.stack([interpolate_shells(nodes, tensors, b) for b in own], axis=3)
+    arrays = subject_arrays(dwi, reference=exact, per_shell=per_shell, shells=exact_shells)
     sets = flexible_pool(arrays["bvals"], arrays["bvecs"], pool_size, phantom.config.seed)
     return {**arrays, "six_indices": np.array([s.indices for s in sets]),
             "six_shell": np.array([s.shell for s in sets]), "six_angle": np.array([s.mean_angle for s in sets]),
@@ -191,9 +198,12 @@ def subject_from_arrays(name: str, arrays: dict[str, np.ndarray], *, patch: int 
     else:
         pool = flexible_pool(bvals, bvecs, pool_size, seed)
     mask = arrays["mask"].astype(bool)
+    per_shell = {}
+    if "shell_reference" in arrays:
+        per_shell = {"shell_bvals": np.asarray(arrays["shell_bvals"], float),
+                     "shell_reference": pad_to(arrays["shell_reference"], patch, multiple)}
     return QCGSubject(name, pad_to(arrays["data"], patch, multiple), bvals, bvecs, pad_to(mask, patch, multiple),
-                      pad_to(arrays["reference"], patch, multiple), pool, fixed_six(bvals, bvecs),
-                      np.asarray(arrays["shell_bvals"], float), pad_to(arrays["shell_reference"], patch, multiple))
+                      pad_to(arrays["reference"], patch, multiple), pool, fixed_six(bvals, bvecs), **per_shell)
 
 
 def brain_scale(b0: np.ndarray, mask: np.ndarray) -> float:
@@ -245,8 +255,15 @@ class PatchDataset(EpochDataset):
         if not subjects:
             raise ConfigError("no training subjects")
         super().__init__(n_samples, seed, per_epoch)
-        if target == "shell" and any(s.shell_reference is None for s in subjects):
-            raise ConfigError("the per-shell target needs each subject's per-shell references (subject_from_arrays)")
+        if target == "shell":
+            for s in subjects:
+                if s.shell_reference is None or s.shell_bvals is None:
+                    raise ConfigError(f"{s.name}: the per-shell target needs the subject's per-shell references "
+                                      "(prepared with per_shell=True)")
+                far = [x.shell for x in (*s.pool, s.fixed) if np.abs(s.shell_bvals - x.shell).min() > SHELL_TOLERANCE]
+                if far:
+                    raise ConfigError(f"{s.name}: six-DWI sets on b={far[0]:g} have no per-shell reference (shells "
+                                      f"{', '.join(f'{b:g}' for b in s.shell_bvals)})")
         self.subjects, self.patch, self.scheme, self.augment, self.target = subjects, patch, scheme, augment, target
         self._voxels = [np.argwhere(s.mask) for s in subjects]
         self._scales = [{int(i): brain_scale(s.data[..., i], s.mask) for i in s.b0_indices} for s in subjects]

@@ -168,7 +168,9 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
     meta = {"model": "qcgdti", "config": config.as_dict(), "patch": patch, "scheme": options.scheme, **data_meta,
-            "loss": options.loss, "target": options.target, "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms", **init_meta}
+            "loss": options.loss, "normalisation": "inputs / mean b0 over the mask; outputs um^2/ms", **init_meta}
+    if options.target != "all-shells":   # absent means all-shells: a run from before the option still resumes
+        meta["target"] = options.target
     tc = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, seed=options.seed,
                      early_stop_patience=options.patience, plateau_patience=options.plateau_patience)
     with pool if pool is not None else contextlib.nullcontext(), \
@@ -198,7 +200,8 @@ def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int,
     for k, d in enumerate(subjects):
         dwi = load_subject(d)
         voxel_sizes.append(np.asarray(dwi.voxel_sizes, float))
-        prepared.append(prepare_subject(d, patch=patch, multiple=multiple, seed=options.seed + k, dwi=dwi))
+        prepared.append(prepare_subject(d, patch=patch, multiple=multiple, seed=options.seed + k, dwi=dwi,
+                                        per_shell=options.target == "shell"))
     n_val = options.val_subjects if len(prepared) > 1 else 0
     if n_val == 0:
         log.warning("no held-out subject: validation patches come from the training subjects, so early stopping "
@@ -226,12 +229,14 @@ def _streamed_patches(out: Path, stream: StreamOptions, options: QCGTrainOptions
                        target=options.target, **fixed)
 
     defaults = {**QCG_PHANTOM, "noise_free_scheme": truth_scheme()}
-    pool, train_set, val_set, meta = open_datasets(stream, out, options, phantom_arrays, {}, defaults,
+    settings = {"per_shell": True} if options.target == "shell" else {}   # part of the stream's cache key
+    pool, train_set, val_set, meta = open_datasets(stream, out, options, phantom_arrays, settings, defaults,
                                                    STREAM_SUBJECTS_PER_EPOCH,
                                                    partial(_streamed_subject, patch=patch, multiple=multiple), dataset)
-    meta["reference"] = ("WLS of the noise-free signal on the truth scheme (b = 1000, 2000, 3000; 60 directions each)"
-                         if options.target == "all-shells" else "WLS of the noise-free signal on each shell of the truth "
-                         "scheme (b = 1000, 2000, 3000; 60 directions each), interpolated in b to the six DWIs' shell")
+    meta["reference"] = (
+        "WLS of the noise-free signal on the truth scheme (b = 1000, 2000, 3000; 60 directions each)"
+        if options.target == "all-shells" else "WLS of the noise-free signal on each shell of the truth scheme "
+        "(b = 1000, 2000, 3000; 60 directions each), interpolated in b to the six DWIs' shell")
     return pool, train_set, val_set, meta
 
 
