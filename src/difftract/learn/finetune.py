@@ -163,6 +163,8 @@ class StreamlineTask:
         q = q_coordinates(s.bvals[idx], s.bvecs[idx])
         pred = model(torch.as_tensor(pairs, device=device)[None], torch.as_tensor(q, device=device)[None])[0]
         mask = torch.as_tensor(s.mask, device=device)[None].to(pred.dtype)
+        # the voxel term's reference is the fit on all volumes (QCG-DTI's all-shells target), even where the
+        # starting weights were trained against their input's shell (the shipped ones, --target shell)
         target = torch.as_tensor(np.moveaxis(s.reference, -1, 0) * TENSOR_SCALE, device=device)
         voxel = ((pred - target).square() * mask).sum() / (mask.sum() * pred.shape[0]).clamp_min(1.0)
         parts = {"voxel_rmse_um2_ms": float(voxel.detach().sqrt())}
