@@ -38,9 +38,10 @@ same pass, ``PhantomConfig.noise_free_scheme``; DIPY's noise-free signal for the
   unbiased against it on both.
 
 The tables and targets follow ``--truth``; the summary also prints the headline figures
-against the other truth. Rows: WLS on all volumes (the many-direction fit), WLS on the
-six DWIs (WLS-6; one b0 and six DWIs determine the tensor, so OLS coincides), WLS-6 on the
-noise-free DWIs (the bias of a six-DWI fit of a non-Gaussian signal: a floor), and each
+against the other truth. Rows: WLS on all volumes (every shell), WLS on the b0s and every
+direction of the six's shell (the many-direction fit at that b: what the shell truth is the
+noise-free version of), WLS on the six DWIs (WLS-6; one b0 and six DWIs determine the tensor,
+so OLS coincides), WLS-6 on the noise-free DWIs (the floor of a six-direction fit), and each
 model. Sets: ``fixed b1000`` (the six volumes nearest DSM6 at b = 1000) and ``flexible
 bB`` (nearest a random rotation of DSM6 on shell B, ``--flexible-sets`` per shell);
 ``flexible (all shells)`` pools them.
@@ -92,6 +93,7 @@ from foreign import ForeignConfig, build_foreign, save_foreign
 SCHEME = {"bvals": (1000.0, 2000.0, 3000.0), "ndirs": (90, 60, 60), "nb0": 2}
 SNR = 20.0
 ALL, WLS6, FLOOR = "WLS, all volumes", "WLS-6", "WLS-6, no noise"
+SHELL_ALL = "WLS, the six's shell"   # the noisy many-direction fit the shell truth is the noise-free twin of
 FLEX = "flexible (all shells)"
 KINDS = {"flexible": FLEX, "fixed": "fixed b1000"}
 MIN_BIN_VOXELS = 200
@@ -294,7 +296,7 @@ def print_tables(table: dict, binned: dict, models: list[str], truth: str) -> li
             md += [f"\nBy true-FA bin, {s} (FA bias / FA MAE / MD MAE 1e-3 mm^2/s / angle deg):\n",
                    "| estimate | " + " | ".join(f"FA {lo:g}-{hi:g}" for lo, hi in zip(FA_BINS[:-1], FA_BINS[1:])) + " |",
                    "|---|" + "---|" * (len(FA_BINS) - 1)]
-            for name in [ALL, WLS6, FLOOR, *models]:
+            for name in [ALL, SHELL_ALL, WLS6, FLOOR, *models]:
                 rows = binned[col].get(name, {}).get(s)
                 if rows is None:
                     continue
@@ -308,10 +310,10 @@ def print_tables(table: dict, binned: dict, models: list[str], truth: str) -> li
     return md
 
 
-def shell_truth(clean: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray, shell: float) -> np.ndarray:
-    """The WLS fit of the noise-free b0s and every volume of ``shell``: the tensor that shell measures."""
+def shell_truth(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray, shell: float) -> np.ndarray:
+    """The WLS fit of the b0s and every volume of ``shell``; of the noise-free signal, the tensor that shell measures."""
     idx = np.flatnonzero((bvals <= B0_THRESHOLD) | (np.abs(bvals - shell) <= SHELL_TOLERANCE))
-    return reference_tensor(clean[..., idx], bvals[idx], bvecs[idx], mask)
+    return reference_tensor(data[..., idx], bvals[idx], bvecs[idx], mask)
 
 
 def print_summary(summary: dict) -> None:
@@ -385,18 +387,20 @@ def main() -> None:
     for col, label, p, clean, write in subjects(args):
         print(f"[{col}] {label}: simulated ({time.perf_counter() - t0:.0f} s)", flush=True)
         mask = p.mask
-        truths, per_shell = {"all-shells": reference_tensor(clean, p.bvals, p.bvecs, mask)}, {}
+        truths, per_shell, noisy_shell = {"all-shells": reference_tensor(clean, p.bvals, p.bvecs, mask)}, {}, {}
         every = reference_tensor(p.data, p.bvals, p.bvecs, mask)
         # the brain's network fits take ~100 patches each: its fixed and b=1000 sets only
         shells = SCHEME["bvals"][:1] if col == "brain" else SCHEME["bvals"]
         for scheme, six in six_sets(p, args.flexible_sets, shells):
             idx = [0, *six.indices]
-            estimates = {ALL: every, WLS6: reference_tensor(p.data[..., idx], p.bvals[idx], p.bvecs[idx], mask),
+            if six.shell not in per_shell:     # each shell's noise-free and noisy fits, once per subject
+                per_shell[six.shell] = shell_truth(clean, p.bvals, p.bvecs, mask, six.shell)
+                noisy_shell[six.shell] = shell_truth(p.data, p.bvals, p.bvecs, mask, six.shell)
+            estimates = {ALL: every, SHELL_ALL: noisy_shell[six.shell],
+                         WLS6: reference_tensor(p.data[..., idx], p.bvals[idx], p.bvecs[idx], mask),
                          FLOOR: reference_tensor(clean[..., idx], p.bvals[idx], p.bvecs[idx], mask)}
             for name, model in models.items():
                 estimates[name] = model.fit(p.data, p.bvals, p.bvecs, mask, six).lower_triangular()
-            if six.shell not in per_shell:     # the noise-free fit of each shell, once per subject
-                per_shell[six.shell] = shell_truth(clean, p.bvals, p.bvecs, mask, six.shell)
             truths["shell"] = per_shell[six.shell]
             for which, truth in truths.items():
                 for name, est in estimates.items():
