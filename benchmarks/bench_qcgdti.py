@@ -73,8 +73,7 @@ from _check import Target, parse_args
 from difftract.eval.overlap import binary_map, density_map, dice
 from difftract.eval.tensor_errors import FA_BINS, binned_tensor_errors, tensor_errors
 from difftract.eval.tractometer import load_scoring, score
-from difftract.io.gradients import B0_THRESHOLD
-from difftract.models.qcgdti.data import reference_tensor
+from difftract.models.qcgdti.data import reference_tensor, shell_index, shell_references
 from difftract.models.qcgdti.predict import QCGTensorModel
 from difftract.models.qcgdti.schemes import fixed_six, flexible_six
 from difftract.phantom import PhantomConfig, save_phantom, simulate
@@ -82,7 +81,7 @@ from difftract.phantom.acquisition import AcquisitionRanges
 from difftract.phantom.signal import make_scheme
 from difftract.phantom.splits import training_seed
 from difftract.reconst import tensor as T
-from difftract.reconst.sh import SHELL_TOLERANCE, sh_basis
+from difftract.reconst.sh import sh_basis
 from difftract.tracking.getters import make_getter
 from difftract.tracking.seeding import random_seeds
 from difftract.tracking.sh_field import SHField
@@ -310,12 +309,6 @@ def print_tables(table: dict, binned: dict, models: list[str], truth: str) -> li
     return md
 
 
-def shell_truth(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray, shell: float) -> np.ndarray:
-    """The WLS fit of the b0s and every volume of ``shell``; of the noise-free signal, the tensor that shell measures."""
-    idx = np.flatnonzero((bvals <= B0_THRESHOLD) | (np.abs(bvals - shell) <= SHELL_TOLERANCE))
-    return reference_tensor(data[..., idx], bvals[idx], bvecs[idx], mask)
-
-
 def print_summary(summary: dict) -> None:
     """Print :func:`summarise`'s ratios and largest bias, per column and kind of set."""
     for col, kinds in summary.items():
@@ -387,21 +380,21 @@ def main() -> None:
     for col, label, p, clean, write in subjects(args):
         print(f"[{col}] {label}: simulated ({time.perf_counter() - t0:.0f} s)", flush=True)
         mask = p.mask
-        truths, per_shell, noisy_shell = {"all-shells": reference_tensor(clean, p.bvals, p.bvecs, mask)}, {}, {}
+        truth_all = reference_tensor(clean, p.bvals, p.bvecs, mask)
+        shell_bvals, truth_shells = shell_references(clean, p.bvals, p.bvecs, mask)   # the fit of each shell alone
+        _, noisy_shells = shell_references(p.data, p.bvals, p.bvecs, mask)
         every = reference_tensor(p.data, p.bvals, p.bvecs, mask)
         # the brain's network fits take ~100 patches each: its fixed and b=1000 sets only
         shells = SCHEME["bvals"][:1] if col == "brain" else SCHEME["bvals"]
         for scheme, six in six_sets(p, args.flexible_sets, shells):
             idx = [0, *six.indices]
-            if six.shell not in per_shell:     # each shell's noise-free and noisy fits, once per subject
-                per_shell[six.shell] = shell_truth(clean, p.bvals, p.bvecs, mask, six.shell)
-                noisy_shell[six.shell] = shell_truth(p.data, p.bvals, p.bvecs, mask, six.shell)
-            estimates = {ALL: every, SHELL_ALL: noisy_shell[six.shell],
+            k = shell_index(shell_bvals, six.shell)
+            truths = {"all-shells": truth_all, "shell": truth_shells[..., k, :]}
+            estimates = {ALL: every, SHELL_ALL: noisy_shells[..., k, :],
                          WLS6: reference_tensor(p.data[..., idx], p.bvals[idx], p.bvecs[idx], mask),
                          FLOOR: reference_tensor(clean[..., idx], p.bvals[idx], p.bvecs[idx], mask)}
             for name, model in models.items():
                 estimates[name] = model.fit(p.data, p.bvals, p.bvecs, mask, six).lower_triangular()
-            truths["shell"] = per_shell[six.shell]
             for which, truth in truths.items():
                 for name, est in estimates.items():
                     tallies[which].add(col, name, scheme, est, truth, mask)

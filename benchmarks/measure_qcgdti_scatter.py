@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_erosion
 
-from bench_qcgdti import FLOOR, WLS6, ours, shell_truth, six_sets
+from bench_qcgdti import FLOOR, WLS6, ours, six_sets
 from difftract.eval.tensor_errors import binned_tensor_errors
-from difftract.models.qcgdti.data import reference_tensor
+from difftract.models.qcgdti.data import reference_tensor, shell_index, shell_references
 from difftract.models.qcgdti.predict import QCGTensorModel
 from difftract.reconst import tensor as T
 
@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         p, clean = ours("random", int(seed.rstrip("r")), seed.endswith("r"))
         every = reference_tensor(clean, p.bvals, p.bvecs, p.mask)
         places = edge_and_core(every, p.mask)
+        shell_bvals, per_shell = shell_references(clean, p.bvals, p.bvecs, p.mask)
         for _, six in six_sets(p, 1):
-            truth = every if args.truth == "all-shells" else shell_truth(clean, p.bvals, p.bvecs, p.mask, six.shell)
+            truth = every if args.truth == "all-shells" else per_shell[..., shell_index(shell_bvals, six.shell), :]
             idx = [0, *six.indices]
             fields = {WLS6: reference_tensor(p.data[..., idx], p.bvals[idx], p.bvecs[idx], p.mask),
                       FLOOR: reference_tensor(clean[..., idx], p.bvals[idx], p.bvecs[idx], p.mask)}

@@ -8,7 +8,7 @@ import torch
 
 from difftract.errors import ConfigError
 from difftract.models.qcgdti.data import (PatchDataset, interpolate_shells, phantom_arrays, reference_tensor,
-                                          shell_references, subject_from_arrays, truth_scheme)
+                                          shell_index, shell_references, subject_from_arrays, truth_scheme)
 from difftract.phantom import PhantomConfig, simulate
 from difftract.phantom.signal import make_scheme
 from difftract.reconst import tensor as T
@@ -31,6 +31,13 @@ def test_interpolation_is_exact_at_the_nodes_and_for_a_quadratic_in_b():
         np.testing.assert_allclose(interpolate_shells(nodes, tensors, x), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="b=200"):
         interpolate_shells(nodes, tensors, 200.0)
+
+
+def test_a_b_value_finds_its_shell_within_the_shell_tolerance():
+    shells = np.array([1000.0, 2000.0])
+    assert shell_index(shells, 1040.0) == 0 and shell_index(shells, 1995.0) == 1
+    with pytest.raises(ConfigError, match="b=1500"):
+        shell_index(shells, 1500.0)
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,16 @@ def shell_references(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mas
     return np.array([g.bval for g in groups]), np.stack(fits, axis=3)
 
 
+def shell_index(shell_bvals: np.ndarray, bval: float) -> int:
+    """The index of the shell of ``shell_bvals`` that ``bval`` belongs to (within ``SHELL_TOLERANCE``)."""
+    gaps = np.abs(np.asarray(shell_bvals, dtype=np.float64) - bval)
+    k = int(np.argmin(gaps)) if gaps.size else -1
+    if k < 0 or gaps[k] > SHELL_TOLERANCE:
+        raise ConfigError(f"no per-shell reference for b={bval:g} (shells "
+                          f"{', '.join(f'{b:g}' for b in shell_bvals)})")
+    return k
+
+
 def interpolate_shells(nodes: np.ndarray, tensors: np.ndarray, bval: float) -> np.ndarray:
     """The per-shell tensor at ``bval`` from those at the shells ``nodes`` (``tensors`` (..., K, 6)).
 
@@ -260,10 +270,8 @@ class PatchDataset(EpochDataset):
                 if s.shell_reference is None or s.shell_bvals is None:
                     raise ConfigError(f"{s.name}: the per-shell target needs the subject's per-shell references "
                                       "(prepared with per_shell=True)")
-                far = [x.shell for x in (*s.pool, s.fixed) if np.abs(s.shell_bvals - x.shell).min() > SHELL_TOLERANCE]
-                if far:
-                    raise ConfigError(f"{s.name}: six-DWI sets on b={far[0]:g} have no per-shell reference (shells "
-                                      f"{', '.join(f'{b:g}' for b in s.shell_bvals)})")
+                for six in (*s.pool, s.fixed):   # every set it can draw has its shell's reference
+                    shell_index(s.shell_bvals, six.shell)
         self.subjects, self.patch, self.scheme, self.augment, self.target = subjects, patch, scheme, augment, target
         self._voxels = [np.argwhere(s.mask) for s in subjects]
         self._scales = [{int(i): brain_scale(s.data[..., i], s.mask) for i in s.b0_indices} for s in subjects]
@@ -281,8 +289,7 @@ class PatchDataset(EpochDataset):
         pairs = make_input(s.data[box + (b0_index,)], s.data[box][..., idx], self._scales[k][b0_index])
         q = q_coordinates(s.bvals[idx], s.bvecs[idx])
         if self.target == "shell":
-            shell = int(np.argmin(np.abs(s.shell_bvals - six.shell)))
-            reference = s.shell_reference[box + (shell,)]
+            reference = s.shell_reference[box + (shell_index(s.shell_bvals, six.shell),)]
         else:
             reference = s.reference[box]
         target = np.moveaxis(reference, -1, 0) * TENSOR_SCALE
