@@ -102,17 +102,27 @@ def test_train_then_fit(cli, subjects, tmp_path):
     res = cli("fit", "dti", *scan_args(d, "six"), "--method", "qcg", "--weights", tmp_path / "gain.pt",
               "--out-dir", tmp_path / "qg")
     assert res.returncode == 0, res.stderr
-    # --gain-only trains that branch alone: every other weight stays the --init one
+    # --gain-only trains that branch alone (here with its MD output): every other weight stays the --init one
     only = cli("train", "qcgdti", *subjects, "--out", tmp_path / "gain_only.pt", "--init", out, "--anisotropy-gain",
-               "--gain-input", "invariant", "--gain-only", *TINY)
+               "--gain-input", "invariant", "--md-gain", "--gain-only", *TINY)
     assert only.returncode == 0, only.stderr
     before = torch.load(out, weights_only=True)["state_dict"]
     after = torch.load(tmp_path / "gain_only.pt", weights_only=True)["state_dict"]
-    assert set(after) - set(before) == {k for k in after if k.startswith("gain.")}
+    assert set(after) - set(before) == {k for k in after if k.startswith(("gain.", "md_gain."))}
     assert all(torch.equal(before[k], after[k]) for k in before)
     only_meta = torch.load(tmp_path / "gain_only.pt", weights_only=True)["meta"]
-    assert only_meta["domain"]["init_domain"] == meta["domain"] and only_meta["trained"].startswith("anisotropy")
-    assert any(after[k].abs().sum() > 0 for k in after if k.startswith("gain.2."))   # the zero last layer moved
+    assert only_meta["domain"]["init_domain"] == meta["domain"]
+    assert only_meta["trained"] == "anisotropy-gain and MD-gain branches only"
+    assert any(after[k].abs().sum() > 0 for k in after if k.startswith("gain.2."))   # the zero last layers moved
+    assert any(after[k].abs().sum() > 0 for k in after if k.startswith("md_gain.4."))
+    # from weights with a gain, --md-gain --gain-only trains the MD gain alone
+    md = cli("train", "qcgdti", *subjects, "--out", tmp_path / "md_only.pt", "--init", tmp_path / "gain.pt",
+             "--anisotropy-gain", "--md-gain", "--gain-only", *TINY)
+    assert md.returncode == 0, md.stderr
+    md_after = torch.load(tmp_path / "md_only.pt", weights_only=True)
+    gain_before = torch.load(tmp_path / "gain.pt", weights_only=True)["state_dict"]
+    assert md_after["meta"]["trained"] == "MD-gain branch only"
+    assert all(torch.equal(gain_before[k], md_after["state_dict"][k]) for k in gain_before)
     refused = cli("train", "qcgdti", *subjects, "--out", tmp_path / "no_init.pt", "--gain-only", *TINY)
     assert refused.returncode == 2 and "--gain-only" in refused.stderr
 

@@ -259,6 +259,36 @@ def test_a_gain_of_another_input_starts_at_one_and_round_trips_its_config(gain_i
         QCGConfig(gain_input="lsq")
 
 
+def test_the_md_gain_starts_at_one_scales_md_alone_and_needs_the_gain_branch():
+    from difftract.models.qcgdti.model import MAX_LOG_MD_GAIN, build_model, load_without_gain
+    from difftract.models.qcgdti.model import tensor_parts as decompose
+
+    torch.manual_seed(0)
+    gained = QCGDTI(QCGConfig(widths=(4, 8), anisotropy_gain=True, gain_input="calibration"))
+    with torch.no_grad():
+        gained.gain[-1].bias.fill_(0.2)                                 # a trained anisotropy gain
+    both = QCGDTI(QCGConfig(widths=(4, 8), anisotropy_gain=True, gain_input="calibration", md_gain=True))
+    assert load_without_gain(both, gained.state_dict()) == ["md_gain"]
+    pairs = torch.rand(2, 6, 2, 8, 8, 8) + 0.5
+    q = torch.cat([torch.nn.functional.normalize(torch.randn(2, 6, 3), dim=-1), torch.ones(2, 6, 1)], dim=-1)
+    with torch.no_grad():
+        before = both(pairs, q)
+        assert torch.allclose(before, gained(pairs, q), atol=1e-6)      # the new branch starts at 1
+        both.md_gain[-1].bias.fill_(0.3)                                # MD scale e^0.3
+        after = both(pairs, q)
+        both.md_gain[-1].bias.fill_(5.0)
+        capped = both(pairs, q)
+    md0, fa0, shape0 = decompose(before.double(), eps=0.0)
+    md1, fa1, shape1 = decompose(after.double(), eps=0.0)
+    assert torch.allclose(md1, md0 * np.exp(0.3), rtol=1e-5, atol=1e-5)   # float32 sums: 1e-5 where MD ~ 0
+    assert torch.allclose(fa1, fa0, atol=1e-5) and torch.allclose(shape1, shape0, atol=1e-5)
+    assert torch.allclose(capped, before * np.exp(MAX_LOG_MD_GAIN), rtol=1e-5)
+    assert build_model(both.config.as_dict()).config == both.config
+    assert "md_gain" not in QCGConfig(anisotropy_gain=True).as_dict()   # files written before it still resume
+    with pytest.raises(ConfigError, match="anisotropy_gain"):
+        QCGConfig(md_gain=True)
+
+
 @pytest.mark.parametrize("snr", [8.0, 20.0, 50.0])
 def test_patch_snr_reads_the_noise_of_a_patch_with_edges_and_background(snr):
     from difftract.models.qcgdti.model import patch_snr

@@ -63,9 +63,12 @@ def add_parser(sub) -> None:
                           "invariant (features, the head's FA and MD, b) or calibration (no features: per voxel, "
                           "the FA and MD of the head's and of the least-squares tensor, b, the voxel's b0, and the "
                           "patch's b0 SNR) (default: %(default)s)")
+    qcg.add_argument("--md-gain", action="store_true",
+                     help="with --anisotropy-gain: a second per-voxel branch that scales each voxel's tensor (MD; "
+                          "FA and directions unchanged); measured not to help, see the weights README")
     qcg.add_argument("--gain-only", action="store_true",
                      help="with --init and --anisotropy-gain: train the gain branch alone, which changes the "
-                          "anisotropy (FA) and keeps MD and directions")
+                          "anisotropy (FA), and with --md-gain MD, and keeps directions")
     qcg.add_argument("--scheme", choices=SCHEMES, default=d.scheme,
                      help="six-DWI input sets (default: %(default)s)")
     qcg.add_argument("--patch", type=int, default=None, help="patch edge in voxels (default: 32 on CPU, 64 on GPU)")
@@ -113,7 +116,7 @@ def cmd_train_qcgdti(args: argparse.Namespace) -> int:
     from ..pipeline import Console
 
     model = QCGConfig(variant=args.variant, widths=_widths(args.widths), lsq_input=not args.no_lsq_input,
-                      anisotropy_gain=args.anisotropy_gain, gain_input=args.gain_input)
+                      anisotropy_gain=args.anisotropy_gain, gain_input=args.gain_input, md_gain=args.md_gain)
     options = QCGTrainOptions(model=model, scheme=args.scheme, patch=args.patch, epochs=args.epochs,
                               samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
                               val_subjects=args.val_subjects, batch_size=args.batch_size, lr=args.lr,

@@ -45,6 +45,16 @@ its core for the same true FA (``benchmarks/measure_qcgdti_scatter.py``), which 
 from the head's FA alone cannot tell from low anisotropy; the least-squares FA is noisy but
 not blurred. Read from features, the gain scattered from voxel to voxel.
 
+With ``md_gain=True`` a second branch of the same kind (the calibration inputs, a per-voxel
+MLP) scales the whole tensor by ``exp(m)``: MD times ``exp(m)``, FA and directions unchanged.
+The head's MD was trained against the three-shell tensor, whose MD is lower than a single
+shell's wherever the signal is not Gaussian (kurtosis); the branch, trained alone against
+the shell target, was meant to correct it without retraining the network. Measured, it
+lowers the validation loss but not the test error, so the shipped file has none (the
+weights README). A separate branch, not a second output of the anisotropy gain's, so that
+training it from weights with a trained anisotropy gain leaves their FA exactly as it was
+(a shared hidden layer moved it).
+
 Variants (the paper's ablations):
 
 - ``full``: the above;
@@ -75,6 +85,7 @@ Q_DIM = 4         # input coordinate (gx, gy, gz, b / 1000)
 Q_EMBED = 7       # its symmetric embedding, see q_embedding
 GAIN_HIDDEN = 16  # channels of the anisotropy-gain branch
 MAX_LOG_GAIN = 3.0  # the gain stays within exp(+-3)
+MAX_LOG_MD_GAIN = 1.0   # the MD scale within exp(+-1)
 PSD_MARGIN = 0.95   # a gain above 1 leaves the smallest eigenvalue at least 5% of MD
 DIAGONAL = (0, 2, 5)    # Dxx, Dyy, Dzz in DIPY's order
 OFF_DIAGONAL = (1, 3, 4)  # Dxy, Dxz, Dyz
@@ -94,6 +105,7 @@ class QCGConfig:
     lsq_input: bool = True                  # the last layer also sees the six-DWI least-squares tensor
     anisotropy_gain: bool = False           # a per-voxel gain on the head's anisotropic part (see above)
     gain_input: str = "all"                 # what the gain sees: "all" (the head's input), "invariant", "calibration"
+    md_gain: bool = False                   # a second branch scales the whole tensor (MD) per voxel
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -101,6 +113,9 @@ class QCGConfig:
             raise ConfigError(f"unknown gain input {self.gain_input!r}; expected one of {', '.join(GAIN_INPUTS)}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown QCG-DTI variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
+        if self.md_gain and not self.anisotropy_gain:
+            raise ConfigError("the MD gain reads the calibration inputs beside the anisotropy gain: it needs "
+                              "anisotropy_gain")
         if not self.widths or min(self.widths) < 1:
             raise ConfigError(f"widths must be positive channel counts, got {self.widths}")
 
@@ -112,6 +127,8 @@ class QCGConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        if not self.md_gain:   # as written before the MD gain existed
+            del d["md_gain"]
         if not self.anisotropy_gain:   # as written before the branch existed: older checkpoints still resume
             del d["anisotropy_gain"], d["gain_input"]
         elif self.gain_input == "all":   # as the shipped file was written
@@ -167,13 +184,14 @@ class QCGDTI(nn.Module):
         self.head = conv(c_head, N_DWI, 3)
         if config.anisotropy_gain:
             if config.gain_input == "calibration":   # a per-voxel function of a few numbers: no spatial scatter
-                self.gain = nn.Sequential(conv(CALIBRATION_INPUTS, GAIN_HIDDEN, 1), nn.GELU(),
-                                          conv(GAIN_HIDDEN, GAIN_HIDDEN, 1), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
+                self.gain = calibration_mlp()
             else:
                 c_gain = c_head if config.gain_input == "all" else w[0] + 3   # features, head FA and MD, b
                 self.gain = nn.Sequential(conv(c_gain, GAIN_HIDDEN, 3), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
-            nn.init.zeros_(self.gain[-1].weight)
-            nn.init.zeros_(self.gain[-1].bias)
+                nn.init.zeros_(self.gain[-1].weight)
+                nn.init.zeros_(self.gain[-1].bias)
+        if config.md_gain:
+            self.md_gain = calibration_mlp()
 
     def forward(self, pairs: Tensor, q: Tensor) -> Tensor:
         """Tensor elements (B, 6, X, Y, Z) in um^2/ms from standardised pairs and coordinates."""
@@ -189,7 +207,7 @@ class QCGDTI(nn.Module):
         for level in reversed(range(len(self.up))):
             x = self.up[level](x)
             x = self.dec[level](self.merge[level](torch.cat([x, skips[level]], dim=1)))
-        calibrated = self.config.anisotropy_gain and self.config.gain_input == "calibration"
+        calibrated = self.config.anisotropy_gain and (self.config.gain_input == "calibration" or self.config.md_gain)
         if self.config.lsq_input or calibrated:
             with torch.autocast(pairs.device.type, enabled=False):   # logs and a 6x6 inverse: full precision
                 lsq = six_direction_fit(pairs.float(), q.float())
@@ -198,19 +216,23 @@ class QCGDTI(nn.Module):
         if not self.config.anisotropy_gain:
             return self.head(x)
         head = self.head(x)
+        if calibrated:
+            with torch.autocast(pairs.device.type, enabled=False):   # FAs, MDs and noise medians: full precision
+                inputs = calibration_inputs(head.float(), lsq, pairs.float(), q.float()).to(x.dtype)
         if self.config.gain_input == "all":
             log_gain = self.gain(x)
-        elif calibrated:
-            with torch.autocast(pairs.device.type, enabled=False):   # FAs, MDs and noise medians: full precision
-                inputs = calibration_inputs(head.float(), lsq, pairs.float(), q.float())
-            log_gain = self.gain(inputs.to(x.dtype))
+        elif self.config.gain_input == "calibration":
+            log_gain = self.gain(inputs)
         else:   # what the correction depends on (b, noise, tissue), not the orientation of the noisy LSQ tensor
             md, fa, _ = tensor_parts(head.float())
             b = mean_b(q).view(-1, 1, 1, 1, 1).expand_as(md[:, None])
             invariants = torch.stack([fa, md], dim=1).to(x.dtype)
             log_gain = self.gain(torch.cat([x[:, : self.config.widths[0]], invariants, b.to(x.dtype)], dim=1))
         with torch.autocast(pairs.device.type, enabled=False):   # a gain of up to e^3 on half-precision rounding
-            return scale_anisotropy(head.float(), torch.exp(log_gain.float().clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN)))
+            out = scale_anisotropy(head.float(), torch.exp(log_gain.float().clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN)))
+            if self.config.md_gain:   # a positive scale: FA, directions and positive definiteness kept
+                out = out * torch.exp(self.md_gain(inputs).float().clamp(-MAX_LOG_MD_GAIN, MAX_LOG_MD_GAIN))
+            return out
 
     def _encode_shared(self, pairs: Tensor, q: Tensor) -> list[Tensor]:
         B = pairs.shape[0]
@@ -268,6 +290,15 @@ def patch_snr(b0: Tensor, threshold: float = 0.3) -> Tensor:
     sigma = torch.stack(sigmas).amin(dim=0)
     enough = keep.flatten(1).sum(1) >= MIN_NOISE_VOXELS
     return torch.where(enough & (sigma > 0), 1.0 / sigma.clamp_min(1e-6), torch.full_like(sigma, DEFAULT_SNR))
+
+
+def calibration_mlp() -> nn.Sequential:
+    """A per-voxel MLP (1x1x1 convolutions) of the :func:`calibration_inputs` to one log gain, starting at 0."""
+    mlp = nn.Sequential(conv(CALIBRATION_INPUTS, GAIN_HIDDEN, 1), nn.GELU(),
+                        conv(GAIN_HIDDEN, GAIN_HIDDEN, 1), nn.GELU(), conv(GAIN_HIDDEN, 1, 1))
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
 
 
 def mean_b(q: Tensor) -> Tensor:
@@ -343,14 +374,27 @@ def scale_anisotropy(lt: Tensor, gain: Tensor) -> Tensor:
     return lt - dev + torch.minimum(gain, cap) * dev
 
 
-def load_without_gain(model: QCGDTI, state_dict: dict) -> None:
-    """Load the weights of the same network without the anisotropy-gain branch; the gain stays 1."""
+BRANCHES = ("gain", "md_gain")   # the modules beside the network, each starting at gain 1
+BRANCH_NAMES = {"gain": "anisotropy-gain", "md_gain": "MD-gain"}
+
+
+def branches(config: QCGConfig) -> list[str]:
+    """The gain branches (``BRANCHES``) a network of ``config`` has."""
+    return [name for name, on in zip(BRANCHES, (config.anisotropy_gain, config.md_gain)) if on]
+
+
+def load_without_gain(model: QCGDTI, state_dict: dict) -> list[str]:
+    """Load the weights of the same network without some of its gain branches, which stay at 1.
+
+    Returns the names of the branches (``BRANCHES``) the weights lacked.
+    """
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:   # shapes differ: another architecture
         raise ConfigError(f"these weights do not fit this network: {str(e).splitlines()[1].strip()}") from None
-    if unexpected or any(not k.startswith("gain.") for k in missing):
+    if unexpected or any(k.split(".")[0] not in BRANCHES for k in missing):
         raise ConfigError(f"these weights do not fit this network: missing {missing}, unexpected {unexpected}")
+    return [name for name in BRANCHES if any(k.startswith(name + ".") for k in missing)]
 
 
 def build_model(config: QCGConfig | dict | None = None) -> QCGDTI:

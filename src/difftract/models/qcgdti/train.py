@@ -23,7 +23,7 @@ import numpy as np
 from ...errors import ConfigError
 from ...console import Console
 from ...training.stream import StreamOptions, distributed_rank
-from .model import LOSSES, TARGETS, QCGConfig, QCGDTI
+from .model import BRANCH_NAMES, LOSSES, TARGETS, QCGConfig, QCGDTI, branches
 
 log = logging.getLogger("difftract")
 
@@ -62,10 +62,13 @@ class QCGTrainOptions:
         its noise-free twin's on b = 1000, 2000, 3000) or ``shell`` (the fit of the six DWIs'
         shell alone: what one shell can measure; see :mod:`.data`).
     gain_only : bool
-        Train only the anisotropy-gain branch (``model.anisotropy_gain``); the rest keeps its
-        ``init`` weights. The gain scales each tensor's anisotropic part (FA, and the
-        eigenvalues with it) and keeps its trace and eigenvectors, so MD and directions stay
-        the ``init`` network's (up to rounding, and where the fit clips negative eigenvalues).
+        Train only the gain branches the ``init`` weights lack (all of them, where they lack
+        none); the rest keeps its ``init`` weights. The anisotropy gain scales each tensor's
+        anisotropic part (FA, and the eigenvalues with it) and keeps its trace and
+        eigenvectors; the MD gain (``model.md_gain``) scales the whole tensor. Directions stay
+        the ``init`` network's (up to rounding, and where the fit clips negative eigenvalues),
+        and so does MD without an MD gain. From weights with a trained anisotropy gain,
+        ``--md-gain --gain-only`` trains the MD gain alone and leaves FA as it was.
     init : Path, optional
         Start from these weights (same architecture, or the same without the anisotropy-gain
         branch, which then starts at gain 1) instead of a random initialisation.
@@ -98,7 +101,7 @@ class QCGTrainOptions:
         if self.target not in TARGETS:
             raise ConfigError(f"QCG-DTI target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.gain_only and not (self.model.anisotropy_gain and self.init is not None):
-            raise ConfigError("--gain-only trains the anisotropy-gain branch of --init weights: give --init W and "
+            raise ConfigError("--gain-only trains the gain branches of --init weights: give --init W and "
                               "--anisotropy-gain")
 
 
@@ -141,7 +144,7 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
     task = QCGTask(options.loss)
     torch.manual_seed(options.seed)
     model = QCGDTI(config)
-    init_meta = {}
+    init_meta, new_branches = {}, []
     if options.init is not None:   # a warm start: the same architecture, its trained weights
         from ...training.files import load_model
         from .model import build_model, load_without_gain
@@ -149,10 +152,8 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
         start, start_meta = load_model(options.init, "qcgdti", "QCG-DTI", build_model)
         if start.config == config:
             model.load_state_dict(start.state_dict())
-        elif not start.config.anisotropy_gain and \
-                start.config == replace(config, anisotropy_gain=False, gain_input=start.config.gain_input):
-            # the gain branch added, at gain 1
-            load_without_gain(model, start.state_dict())
+        elif _fewer_branches(start.config, config):   # the branches it lacks added, at gain 1
+            new_branches = load_without_gain(model, start.state_dict())
         else:
             raise ConfigError(f"--init {options.init}: its architecture {start.config.as_dict()} differs from "
                               f"this run's {config.as_dict()}")
@@ -160,10 +161,14 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
     if options.gain_only:   # the rest keeps its weights: AdamW skips parameters without gradients
         from ...training.domain import intersect_domains
 
+        # the branches the --init weights lack; where they have them all, every branch
+        trained = new_branches or branches(config)
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith("gain."))
-        init_meta["trained"] = "anisotropy-gain branch only"
-        # its tensors' MD and directions are still the --init network's: trusted where both were trained
+            parameter.requires_grad_(name.split(".")[0] in trained)
+        init_meta["trained"] = " and ".join(BRANCH_NAMES[b] for b in trained) + \
+            (" branches only" if len(trained) > 1 else " branch only")
+        # its tensors' directions (and MD, unless the MD gain trains) are still the --init network's:
+        # trusted where both were trained
         data_meta["domain"] = intersect_domains(data_meta.get("domain") or {}, start_meta.get("domain"))
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)   # ~25% faster 3D convolutions on CPU
@@ -184,6 +189,13 @@ def train_qcgdti(out: str | Path, subjects: Sequence[str | Path] = (), options: 
     console.say(f"QCG-DTI {config.variant}: {result.epochs_run} epochs, best validation loss "
                 f"{result.best_val_loss:.4g} at epoch {result.best_epoch} -> {out}")
     return result
+
+
+def _fewer_branches(start: QCGConfig, config: QCGConfig) -> bool:
+    """Whether ``start`` is ``config``'s network with fewer gain branches (which then start at gain 1)."""
+    if start.anisotropy_gain:   # the anisotropy gain kept as it is: only the MD gain may be new
+        return config.md_gain and not start.md_gain and start == replace(config, md_gain=False)
+    return start == replace(config, anisotropy_gain=False, gain_input=start.gain_input, md_gain=False)
 
 
 def _subject_patches(subjects: list[Path], options: QCGTrainOptions, patch: int, multiple: int):
