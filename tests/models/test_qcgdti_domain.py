@@ -26,6 +26,10 @@ def test_a_randomised_stream_domain_is_its_ranges():
     d = stream_domain(template)
     assert d["bvals"] == [500.0, 3000.0] and d["snr"] == [8.0, 50.0]
     assert d["voxel_size_mm"] == list(AcquisitionRanges().voxel_size) and d["presets"] == ["random"]
+    assert d["noise"] == "rician or non-central chi (2-32 coils)"
+    rician = stream_domain(phantom_recipe("random", {"randomize": True,
+                                                     "acquisition_ranges": {"rician_probability": 1.0}}))
+    assert rician["noise"] == "rician"
     fixed = stream_domain(PhantomConfig(preset="random", bvals=(1000.0, 2000.0), snr=20.0))
     assert fixed["bvals"] == [1000.0, 2000.0] and fixed["snr"] == [20.0, 20.0]
 
@@ -355,3 +359,20 @@ def test_a_calibration_gain_reads_a_full_precision_fit_under_autocast():
     # the least-squares FA and MD only rounded once to bfloat16 at the end (a relative 2^-8),
     # where a bfloat16 fit of these directions errs by up to 0.06 in FA and 0.3 in its elements
     assert torch.allclose(autocast[:, 2:4], exact[:, 2:4], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("coils", [1, 4, 16])
+def test_the_background_tells_the_coil_count_and_a_rician_network_warns(coils):
+    from difftract.training.domain import chi_ratio, estimate_coils, scan_coils
+
+    assert chi_ratio([1, 4, 16]) == pytest.approx([1.913, 3.94, 7.97], abs=0.01)   # Rayleigh: sqrt(pi / (4 - pi))
+    ranges = AcquisitionRanges(snr=(20.0, 20.0), rician_probability=1.0 if coils == 1 else 0.0,
+                               coils=(max(coils, 2),) * 2)
+    p = simulate(PhantomConfig(preset="random", seed=3, randomize=True, voxel_size=2.0, acquisition_ranges=ranges,
+                               snr=20.0))
+    assert scan_coils(p.data, p.bvals, p.mask) == coils
+    b0s = p.data[..., p.bvals < 50]
+    assert estimate_coils(b0s * p.mask[..., None], p.mask) is None          # a masked background says nothing
+    rician = {"bvals": [1000.0, 3000.0], "coils": [1, 1]}
+    warned = check_domain(rician, np.array([1000.0]), coils=scan_coils(p.data, p.bvals, p.mask))
+    assert len(warned) == (coils > 1) and all(f"{coils}-coil" in w and "Rician" in w for w in warned)
