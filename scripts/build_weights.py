@@ -90,24 +90,26 @@ DD_STREAM_QUICK = ["--stream", "random", "--phantom", "randomize=true", "--phant
                    "--val-samples", "8", "--lr", "3e-4", "--seed", "0", *DD_TINY_SIZES]
 # the shipped QCG-DTI (issue 20): the earlier network (the qcgdti_phantoms recipe, 24 epochs on nine
 # phantoms of one tissue) with an anisotropy-gain branch (the calibration form: a per-voxel function
-# of the network's and the least-squares tensor's FA and MD, b, the b0 and the patch's SNR) trained
-# alone on streamed random and brain-random subjects of randomised tissue and acquisition, against
-# the noise-free tensor of the six DWIs' shell (MD, FA and orientation as separate terms); two
-# held-back stream seeds validate
+# of the network's and the least-squares tensor's FA and MD, b, the b0 and the patch's SNR) and an
+# MD-gain branch of the same inputs, both trained alone on streamed random and brain-random
+# subjects of randomised tissue and acquisition with Rician noise (the calibration cannot tell a
+# multi-coil noise floor from tissue), against the noise-free tensor of the six DWIs' shell (MD, FA
+# and orientation as separate terms); two held-back stream seeds validate
 QCG_STREAM = ["--stream", "random,brain-random", "--phantom", "randomize=true", "--phantom",
-              'acquisition_ranges={"bvals":[500,3000],"ndirs":[60,90],"shells":[1,3],"voxel_size":[2.0,2.5]}',
+              'acquisition_ranges={"bvals":[500,3000],"ndirs":[60,90],"shells":[1,3],"voxel_size":[2.0,2.5],'
+              '"rician_probability":1.0}',
               "--phantom", 'tissue_ranges={"d_par":[1.0e-3,2.4e-3],"perp_ratio":[0.05,0.9],"f_intra":[0.2,0.85],'
               '"kappa":[1.0,100.0],"f_free":[0.0,0.5]}',
               "--subjects-per-epoch", "4", "--epochs-per-subject", "3", "--val-subjects", "2", "--val-samples", "32",
               "--plateau-patience", "8", "--samples-per-epoch", "64", "--batch-size", "2", "--lr", "3e-3",
               "--patience", "20", "--loss", "decomposed", "--widths", "8,16,32", "--patch", "32", "--anisotropy-gain",
-              "--gain-input", "calibration", "--target", "shell", "--gain-only", "--seed", "0"]
+              "--gain-input", "calibration", "--md-gain", "--target", "shell", "--gain-only", "--seed", "0"]
 QCG_STREAM_QUICK = ["--stream", "random", "--phantom", "randomize=true", "--phantom",
                     'acquisition_ranges={"ndirs":[60,60],"shells":[1,1],"voxel_size":[2.5,2.5]}',
                     "--subjects-per-epoch", "2", "--epochs-per-subject", "1", "--val-subjects", "1",
                     "--stream-workers", "0", "--samples-per-epoch", "4", "--val-samples", "2", "--patch", "16",
                     "--loss", "decomposed", "--widths", "4,8", "--anisotropy-gain", "--gain-input", "calibration",
-                    "--target", "shell", "--gain-only", "--seed", "0"]
+                    "--md-gain", "--target", "shell", "--gain-only", "--seed", "0"]
 RECIPES = {
     "qcgdti": {"init": "qcgdti_phantoms", "subjects": [], "options": QCG_STREAM, "epochs": (30, 30),
                "quick_subjects": [], "quick_options": QCG_STREAM_QUICK},

@@ -55,9 +55,11 @@ def test_shipped_qcgdti_runs_on_a_six_dwi_scan():
     model = QCGTensorModel.from_weights(None)
     assert model.meta["model"] == "qcgdti" and model.meta["sha256"] == W.expected_sums()["qcgdti.pt"]
     assert model.meta["target"] == "shell" and "each shell" in model.params["trained_against"]   # in the sidecar
+    assert model.meta["domain"]["coils"] == [1, 1] and model.meta["config"]["md_gain"]   # Rician training, MD gain
     fit = model.fit(p.data, p.bvals, p.bvecs, p.mask, fixed_six(p.bvals, p.bvecs))
     assert np.isfinite(fit.fa).all() and 0 < np.median(fit.fa[p.wm]) <= 1
     assert np.median(fit.md[p.mask]) == pytest.approx(0.8e-3, rel=0.3)
+    assert "noise_coils_estimate" in fit.params and not fit.params["domain_warnings"]   # inside its domain
 
 
 def test_shipped_ddtracking_tracks_fibercup(phantom_dir):

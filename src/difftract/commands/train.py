@@ -65,7 +65,7 @@ def add_parser(sub) -> None:
                           "patch's b0 SNR) (default: %(default)s)")
     qcg.add_argument("--md-gain", action="store_true",
                      help="with --anisotropy-gain: a second per-voxel branch that scales each voxel's tensor (MD; "
-                          "FA and directions unchanged); measured not to help, see the weights README")
+                          "FA and directions unchanged)")
     qcg.add_argument("--gain-only", action="store_true",
                      help="with --init and --anisotropy-gain: train the gain branch alone, which changes the "
                           "anisotropy (FA), and with --md-gain MD, and keeps directions")

@@ -49,11 +49,12 @@ With ``md_gain=True`` a second branch of the same kind (the calibration inputs, 
 MLP) scales the whole tensor by ``exp(m)``: MD times ``exp(m)``, FA and directions unchanged.
 The head's MD was trained against the three-shell tensor, whose MD is lower than a single
 shell's wherever the signal is not Gaussian (kurtosis); the branch, trained alone against
-the shell target, was meant to correct it without retraining the network. Measured, it
-lowers the validation loss but not the test error, so the shipped file has none (the
-weights README). A separate branch, not a second output of the anisotropy gain's, so that
-training it from weights with a trained anisotropy gain leaves their FA exactly as it was
-(a shared hidden layer moved it).
+the shell target, corrects it without retraining the network. Neither branch can see the
+noise model: a multi-coil noise floor and tissue give the same seven numbers, so the shipped
+branches are trained on Rician noise only, and the weights' domain says so (the weights
+README). A separate branch, not a second output of the anisotropy gain's, so that training
+it from weights with a trained anisotropy gain leaves their FA exactly as it was (a shared
+hidden layer moved it).
 
 Variants (the paper's ablations):
 
