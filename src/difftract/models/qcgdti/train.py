@@ -70,8 +70,8 @@ class QCGTrainOptions:
         and so does MD without an MD gain. From weights with a trained anisotropy gain,
         ``--md-gain --gain-only`` trains the MD gain alone and leaves FA as it was.
     init : Path, optional
-        Start from these weights (same architecture, or the same without the anisotropy-gain
-        branch, which then starts at gain 1) instead of a random initialisation.
+        Start from these weights (same architecture, or the same without some of its gain
+        branches, which then start at gain 1) instead of a random initialisation.
     seed : int
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
