@@ -26,10 +26,13 @@ def test_a_randomised_stream_domain_is_its_ranges():
     d = stream_domain(template)
     assert d["bvals"] == [500.0, 3000.0] and d["snr"] == [8.0, 50.0]
     assert d["voxel_size_mm"] == list(AcquisitionRanges().voxel_size) and d["presets"] == ["random"]
-    assert d["noise"] == "rician or non-central chi (2-32 coils)"
+    assert d["noise"] == "rician or non-central chi (2-32 coils)" and d["coils"] == [1, 32]
     rician = stream_domain(phantom_recipe("random", {"randomize": True,
                                                      "acquisition_ranges": {"rician_probability": 1.0}}))
-    assert rician["noise"] == "rician"
+    assert rician["noise"] == "rician" and rician["coils"] == [1, 1]
+    chi = stream_domain(phantom_recipe("random", {"randomize": True, "acquisition_ranges": {
+        "rician_probability": 0.0, "coils": [4, 16]}}))
+    assert chi["noise"] == "non-central chi (4-16 coils)" and chi["coils"] == [4, 16]
     fixed = stream_domain(PhantomConfig(preset="random", bvals=(1000.0, 2000.0), snr=20.0))
     assert fixed["bvals"] == [1000.0, 2000.0] and fixed["snr"] == [20.0, 20.0]
 
@@ -361,11 +364,19 @@ def test_a_calibration_gain_reads_a_full_precision_fit_under_autocast():
     assert torch.allclose(autocast[:, 2:4], exact[:, 2:4], rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("coils", [1, 4, 16])
-def test_the_background_tells_the_coil_count_and_a_rician_network_warns(coils):
-    from difftract.training.domain import chi_ratio, estimate_coils, scan_coils
+def test_the_mean_over_spread_of_pure_noise_follows_the_coil_count():
+    from difftract.training.domain import chi_ratio
 
     assert chi_ratio([1, 4, 16]) == pytest.approx([1.913, 3.94, 7.97], abs=0.01)   # Rayleigh: sqrt(pi / (4 - pi))
+    noise = np.random.default_rng(0).normal(size=(200_000, 8, 2))               # 8 coils, real and imaginary
+    magnitude = np.sqrt((noise ** 2).sum(axis=(1, 2)))
+    assert magnitude.mean() / magnitude.std() == pytest.approx(float(chi_ratio(8)), rel=0.01)
+
+
+@pytest.mark.parametrize("coils", [1, 4, 16])
+def test_the_background_tells_the_coil_count_and_a_rician_network_warns(coils):
+    from difftract.training.domain import estimate_coils, scan_coils
+
     ranges = AcquisitionRanges(snr=(20.0, 20.0), rician_probability=1.0 if coils == 1 else 0.0,
                                coils=(max(coils, 2),) * 2)
     p = simulate(PhantomConfig(preset="random", seed=3, randomize=True, voxel_size=2.0, acquisition_ranges=ranges,

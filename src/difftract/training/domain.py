@@ -48,9 +48,7 @@ def stream_domain(phantom, presets=None) -> dict:
         domain = {"bvals": list(map(float, a.bvals)), "nb0": list(map(int, a.nb0)),
                   "ndirs": list(map(int, a.ndirs)),
                   "snr": None if phantom.snr is None else list(map(float, a.snr)),
-                  "noise": noise_model(a.rician_probability, a.coils),
-                  "coils": [1 if a.rician_probability > 0 else int(a.coils[0]),
-                            1 if a.rician_probability >= 1 else int(a.coils[1])],
+                  **noise_model(a.rician_probability, a.coils),
                   "tissue": {k: list(map(float, getattr(t, k))) for k in
                              ("d_par", "perp_ratio", "f_intra", "kappa", "f_free", "d_background", "d_csf")}}
         domain["voxel_size_mm"] = (list(map(float, a.voxel_size)) if phantom.voxel_size is None
@@ -65,12 +63,16 @@ def stream_domain(phantom, presets=None) -> dict:
     return domain
 
 
-def noise_model(rician_probability: float, coils: tuple[int, int]) -> str:
-    """The noise of randomised subjects in words: Rician (one coil), non-central chi (root-sum-of-squares), or both."""
-    chi = f"non-central chi ({coils[0]}-{coils[1]} coils)"
+def noise_model(rician_probability: float, coils: tuple[int, int]) -> dict:
+    """The noise of randomised subjects: ``noise`` in words (Rician, non-central chi of a
+    root-sum-of-squares, or both) and ``coils``, the range of receive-coil counts (1: Rician)."""
+    lo, hi = int(coils[0]), int(coils[1])
     if rician_probability >= 1.0:
-        return "rician"
-    return chi if rician_probability <= 0.0 else f"rician or {chi}"
+        return {"noise": "rician", "coils": [1, 1]}
+    chi = f"non-central chi ({lo}-{hi} coils)"
+    if rician_probability <= 0.0:
+        return {"noise": chi, "coils": [lo, hi]}
+    return {"noise": f"rician or {chi}", "coils": [1, hi]}
 
 
 def intersect_domains(domain: dict, start: dict | None) -> dict:
@@ -208,6 +210,21 @@ def scan_coils(signal, bvals, mask) -> int | None:
     if not isinstance(signal, np.ndarray) or len(b0s) == 0 or mask is None:
         return None
     return estimate_coils(signal[..., b0s], mask)
+
+
+def scan_report(domain: dict | None, signal, bvals, mask, read_bvals: np.ndarray, voxel_size=None,
+                ndirs: int | None = None) -> dict:
+    """How a scan compares with a model's training ``domain``, as its sidecar records it.
+
+    ``training_domain``, ``b0_snr_estimate`` (:func:`scan_snr`), ``noise_coils_estimate``
+    (:func:`scan_coils`) and ``domain_warnings`` (:func:`check_domain` of ``read_bvals``, the
+    b-values the model reads, ``voxel_size`` and ``ndirs``). The SNR and the coil count are
+    estimated only where the domain has a range to hold them against.
+    """
+    snr = scan_snr(signal, bvals, mask) if domain and domain.get("snr") else None
+    coils = scan_coils(signal, bvals, mask) if domain and domain.get("coils") else None
+    return {"training_domain": domain, "b0_snr_estimate": snr, "noise_coils_estimate": coils,
+            "domain_warnings": check_domain(domain, read_bvals, voxel_size, snr, ndirs=ndirs, coils=coils)}
 
 
 def check_domain(domain: dict | None, bvals: np.ndarray, voxel_size: np.ndarray | None = None,

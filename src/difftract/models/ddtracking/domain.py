@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...reconst.sh import shell_groups
-from ...training.domain import (check_domain, provenance_snr, provenance_tissue, scan_coils, scan_snr,
-                                simulated, subjects_domain)
+from ...training.domain import provenance_snr, provenance_tissue, scan_report, simulated, subjects_domain
 from .data import signal_sh_shell
 
 
@@ -58,8 +57,4 @@ def scan_domain(meta: dict, dwi) -> dict:
     """How a scan compares with the weights' domain: ``training_domain``, ``b0_snr_estimate``, ``domain_warnings``."""
     domain = meta.get("domain")
     shell, n = read_shell(dwi.bvals, meta.get("config", {}).get("input", "signal"))
-    snr = scan_snr(dwi.signal, dwi.bvals, dwi.mask) if domain and domain.get("snr") else None
-    coils = scan_coils(dwi.signal, dwi.bvals, dwi.mask) if domain and domain.get("coils") else None
-    warnings = check_domain(domain, np.array([shell]), dwi.voxel_sizes, snr, ndirs=n, coils=coils)
-    return {"training_domain": domain, "b0_snr_estimate": snr, "noise_coils_estimate": coils,
-            "domain_warnings": warnings}
+    return scan_report(domain, dwi.signal, dwi.bvals, dwi.mask, np.array([shell]), dwi.voxel_sizes, ndirs=n)

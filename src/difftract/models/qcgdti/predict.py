@@ -22,7 +22,7 @@ from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
 from ...reconst.voxels import MaskedSignal, volume_array
 from .data import brain_scale, make_input, pad_to, q_coordinates
-from ...training.domain import check_domain, scan_coils, scan_snr
+from ...training.domain import scan_report
 from .model import N_DWI, TENSOR_SCALE, QCGDTI, build_model
 from .schemes import SixSet, check_six
 
@@ -108,19 +108,15 @@ class QCGTensorModel:
         lt = np.moveaxis(out / np.maximum(weight, 1e-12), 0, -1)[: shape[0], : shape[1], : shape[2]]
         return (lt / TENSOR_SCALE * mask[..., None]).astype(np.float32)
 
-    def domain_warnings(self, bvals: np.ndarray, voxel_size=None, snr: float | None = None,
-                        coils: int | None = None) -> list[str]:
-        """What of a scan (the six DWIs' b-values, voxel size, b0 SNR, noise coils) lies outside the training data."""
-        return check_domain(self.meta.get("domain"), bvals, voxel_size, snr, coils=coils)
-
     def fit(self, data: np.ndarray | MaskedSignal, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
             six: SixSet | None = None, b0_index: int | None = None, voxel_size=None) -> TensorFit:
         """Fit a scan: its six DWIs (or the ``six`` chosen from many) and one b0 (the first).
 
         ``data`` is a 4D array or a :class:`MaskedSignal` (then the seven volumes are put on
         the grid, zero outside the held voxels, and nothing else). The fit's
-        ``params["domain_warnings"]`` lists what of the scan lies outside the training data
-        (:mod:`difftract.training.domain`; the voxel size is checked when given).
+        ``params`` carry :func:`~difftract.training.domain.scan_report`: ``domain_warnings``
+        lists what of the scan lies outside the training data (the voxel size is checked when
+        given), beside the SNR and coil-count estimates it was judged by.
         """
         if mask is None:
             raise ConfigError("QCG-DTI needs a brain mask (intensities are normalised over it)")
@@ -134,11 +130,6 @@ class QCGTensorModel:
         lt = self.predict(b0, volume_array(data, idx).astype(np.float32, copy=False), bvals[idx], bvecs[idx], mask)
         scale = np.max(bvals[idx])
         evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)), EIGENVALUE_TOL / scale)
-        snr = scan_snr(data, bvals, mask)
-        coils = scan_coils(data, bvals, mask) if (self.meta.get("domain") or {}).get("coils") else None
-        warnings = self.domain_warnings(bvals[idx], voxel_size, snr, coils)
+        report = scan_report(self.meta.get("domain"), data, bvals, mask, bvals[idx], voxel_size)
         return TensorFit(evals.numpy() * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
-                         {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index,
-                          "b0_snr_estimate": snr, "noise_coils_estimate": coils,
-                          "training_domain": self.meta.get("domain"),
-                          "domain_warnings": warnings})
+                         {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index, **report})
