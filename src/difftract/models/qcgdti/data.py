@@ -187,7 +187,7 @@ def phantom_arrays(phantom, pool_size: int = 200, per_shell: bool = False) -> di
         exact = reference_tensor(phantom.noise_free, clean_bvals, clean_bvecs, dwi.mask)
         if per_shell:
             nodes, tensors = shell_references(phantom.noise_free, clean_bvals, clean_bvecs, dwi.mask)
-            tensors = tensors.astype(np.float64)
+            tensors = tensors.astype(np.float64)   # once, not in each interpolation below
             own = shells(np.asarray(dwi.bvals, float))
             exact_shells = own, np.stack([interpolate_shells(nodes, tensors, b) for b in own], axis=3)
     arrays = subject_arrays(dwi, reference=exact, per_shell=per_shell, shells=exact_shells)
