@@ -149,6 +149,15 @@ for name in ("ddtracking", "ddtracking_fast"):
     RECIPES[f"{name}_fodf"] = {**RECIPES[name], "install": False,
                                "options": [*RECIPES[name]["options"], "--input", "fodf"],
                                "quick_options": [*RECIPES[name]["quick_options"], "--input", "fodf"]}
+# issue 19's step ablation: the streamed recipes trained (and so tracked) at half a voxel, with
+# the drift-teaching offsets as they are (0.3 voxels) and halved with the step (the samples then
+# equal the 1-voxel recipe's in units of the step); the noise-free fibre directions lose 0.08 in
+# NC from 1-voxel to 1-mm steps (README; not shipped)
+for name in ("ddtracking", "ddtracking_fast"):
+    for suffix, extra in (("halfstep", ["--step", "0.5"]), ("halfstep_jitter", ["--step", "0.5", "--jitter", "0.15"])):
+        RECIPES[f"{name}_{suffix}"] = {**RECIPES[name], "install": False,
+                                       "options": [*RECIPES[name]["options"], *extra],
+                                       "quick_options": [*RECIPES[name]["quick_options"], *extra]}
 QUICK_EPOCHS = (1, 2)
 
 

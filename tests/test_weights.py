@@ -188,6 +188,10 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
         assert fodf["options"] == [*bw.RECIPES[model]["options"], "--input", "fodf"] and fodf["install"] is False
         assert f"scripts/build_weights.py {model}_fodf" in readme
         assert bw.main([f"{model}_fodf", "--dry-run", "--work", str(tmp_path / "fodf")]) == 0
+    for suffix, extra in (("halfstep", ["--step", "0.5"]), ("halfstep_jitter", ["--step", "0.5", "--jitter", "0.15"])):
+        half = bw.RECIPES[f"ddtracking_fast_{suffix}"]   # the step ablation: the same run at half a voxel
+        assert half["options"] == [*bw.RECIPES["ddtracking_fast"]["options"], *extra] and half["install"] is False
+        assert f"scripts/build_weights.py ddtracking_fast_{suffix}" in readme
     # QCG-DTI: the earlier recipe's phantoms and two runs first, then the streamed fine-tuning from its result
     assert bw.main(["qcgdti", "--dry-run", "--work", str(tmp_path / "qcgdti")]) == 0
     log = (tmp_path / "qcgdti" / "commands.sh").read_text()
