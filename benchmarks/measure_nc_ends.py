@@ -29,13 +29,17 @@ from difftract.eval.tractometer import score, segment
 from difftract.models.ddtracking.getter import load_ddtracking
 
 
-def end_counts(lines, s: Subject) -> str:
-    """NC streamlines of ``lines`` by ends in an endpoint region and ends on the mask's edge."""
+def end_maps(s: Subject) -> tuple[np.ndarray, np.ndarray]:
+    """Every endpoint region together, and the white-matter mask's edge (a voxel with a neighbour outside)."""
     regions = np.zeros(s.config.shape, dtype=bool)
     for b in s.config.bundles:
         regions |= b.head | b.tail
     wm = np.asarray(s.wm) > 0
-    edge = wm & ~ndimage.binary_erosion(wm)
+    return regions, wm & ~ndimage.binary_erosion(wm)
+
+
+def end_counts(lines, s: Subject, regions: np.ndarray, edge: np.ndarray) -> str:
+    """NC streamlines of ``lines`` by ends in an endpoint region and ends on the mask's edge (:func:`end_maps`)."""
     seg = segment(lines, s.config)
     first, last = seg.first[seg.nc], seg.last[seg.nc]
     in_region = regions[tuple(first.T)].astype(int) + regions[tuple(last.T)]
@@ -54,9 +58,12 @@ def main() -> None:
     full, _ = load_ddtracking(model="full")
     for directory in args.phantoms:
         s = Subject(directory, 1, args.max_seeds)
+        maps = end_maps(s)
+        det = run(s.classical("det"), s.seeds)[0]
+        learned = run(s.learned(full, 1, False, chunk_size=10_000), s.seeds)[0]
         print(f"\n{directory.name}")
-        print(f"  det:             {end_counts(run(s.classical('det'), s.seeds)[0], s)}")
-        print(f"  ddtracking full: {end_counts(run(s.learned(full, 1, False, chunk_size=10_000), s.seeds)[0], s)}")
+        print(f"  det:             {end_counts(det, s, *maps)}")
+        print(f"  ddtracking full: {end_counts(learned, s, *maps)}")
         for integrator in ("euler", "rk2", "rk4"):
             r = score(run(s.true_peaks(1.0, integrator), s.seeds)[0], s.config).scores
             print(f"  true peaks, 1 mm, {integrator:5}: VC {r['VS_ratio']:.3f} NC {r['NC_ratio']:.3f} "
