@@ -52,6 +52,11 @@ Brain: ``WORK/report/qcgdti.md`` with the colour-FA pictures (truth, all volumes
 each model) side by side, and ``det`` tracking of each tensor field's ODF (1 seed per WM
 voxel) with a Tractometer row each.
 
+``--fa-correction`` adds rows with the noise-corrected FA (``fit dti --fa-correction``,
+``difftract.reconst.fa_bias``): WLS-6's and each model's tensor with each voxel's FA replaced
+by the Monte-Carlo inverse of the six-DWI WLS fit's FA (the noise from the two b0s), its
+eigenvectors and MD kept; ``--evaluated "QCG-DTI, FA corrected"`` judges that row.
+
 Targets (``--check``; ``--help`` lists them), for the evaluated model against WLS-6, on the
 unseen and foreign columns, for flexible and fixed sets (issue 20): FA MAE <= 0.6x, angle <=
 0.7x, and |FA bias| <= 0.02 in every FA bin above 0.2 holding at least 200 voxels (counted
@@ -81,6 +86,7 @@ from difftract.phantom.acquisition import AcquisitionRanges
 from difftract.phantom.signal import make_scheme
 from difftract.phantom.splits import training_seed
 from difftract.reconst import tensor as T
+from difftract.reconst.fa_bias import fa_corrected, noise_sigma, with_fa
 from difftract.reconst.sh import sh_basis
 from difftract.tracking.getters import make_getter
 from difftract.tracking.seeding import random_seeds
@@ -92,6 +98,7 @@ from foreign import ForeignConfig, build_foreign, save_foreign
 SCHEME = {"bvals": (1000.0, 2000.0, 3000.0), "ndirs": (90, 60, 60), "nb0": 2}
 SNR = 20.0
 ALL, WLS6, FLOOR = "WLS, all volumes", "WLS-6", "WLS-6, no noise"
+CORRECTED = ", FA corrected"   # suffix of the rows with the noise-corrected FA (--fa-correction)
 SHELL_ALL = "WLS, the six's shell"   # the noisy many-direction fit the shell truth is the noise-free twin of
 FLEX = "flexible (all shells)"
 KINDS = {"flexible": FLEX, "fixed": "fixed b1000"}
@@ -145,6 +152,16 @@ def subjects(args):
         yield mine("brain", "brain", args.brain_seed, False)
     for snr in args.snr_sweep:
         yield mine(f"snr{snr:g}", "random", 9002, True, snr)
+
+
+def with_corrected_fa(lt: np.ndarray, fa: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``lt`` with each voxel's FA set to ``fa`` (its eigenvectors, MD and shape kept): what
+    ``QCGTensorModel.fit(..., fa_correction=True)`` does to the network's tensors."""
+    evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)))
+    evals = evals.numpy()
+    evals[mask] = with_fa(evals[mask], fa[mask])
+    lt = T.lower_triangular(T.quadratic_form(torch.from_numpy(evals), evecs)).numpy()
+    return (lt * mask[..., None]).astype(np.float32)
 
 
 def six_sets(p, n_flexible: int, shells=SCHEME["bvals"]):
@@ -344,7 +361,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("qcg_work"))
     ap.add_argument("--model", action="append", default=[], metavar="NAME=W.pt",
                     help="weights to evaluate (repeatable; default: the shipped weights as 'QCG-DTI')")
-    ap.add_argument("--evaluated", help="the model the targets judge (default: the first)")
+    ap.add_argument("--evaluated", help="the row the targets judge: a model's name, or with --fa-correction its name "
+                                        f"followed by '{CORRECTED}' (default: the first model)")
+    ap.add_argument("--fa-correction", action="store_true",
+                    help="add WLS-6 and each model with the noise-corrected FA (reconst/fa_bias.py; fit dti "
+                         "--fa-correction)")
     ap.add_argument("--columns", type=lambda s: tuple(s.split(",")), default=tuple(COLUMNS),
                     help="columns to evaluate (default: %(default)s)")
     ap.add_argument("--unseen", type=lambda s: tuple((int(x.rstrip("r")), x.endswith("r")) for x in s.split(",")),
@@ -371,9 +392,11 @@ def main() -> None:
     for spec in args.model or ["QCG-DTI=shipped"]:
         name, _, path = spec.partition("=")
         models[name] = QCGTensorModel.from_weights(None if path == "shipped" else Path(path), "cpu")
+    # the rows after the classical ones: each model, then (--fa-correction) WLS-6 and each model with the corrected FA
+    rows = [*models, *((WLS6 + CORRECTED, *(n + CORRECTED for n in models)) if args.fa_correction else ())]
     evaluated = args.evaluated or next(iter(models))
-    if evaluated not in models:
-        ap.error(f"--evaluated {evaluated} is not among --model {', '.join(models)}")
+    if evaluated not in rows:
+        ap.error(f"--evaluated {evaluated} is not among the rows {', '.join(rows)}")
 
     tallies, figures, tracked = {"all-shells": Tally(), "shell": Tally()}, {}, {}
     t0 = time.perf_counter()
@@ -395,22 +418,28 @@ def main() -> None:
                          FLOOR: reference_tensor(clean[..., idx], p.bvals[idx], p.bvecs[idx], mask)}
             for name, model in models.items():
                 estimates[name] = model.fit(p.data, p.bvals, p.bvecs, mask, six).lower_triangular()
+            if args.fa_correction:
+                fa, _ = fa_corrected(p.data[..., idx], p.bvals[idx], p.bvecs[idx], mask,
+                                     noise_sigma(p.data[..., np.flatnonzero(p.bvals < 50)[:2]], mask))
+                for name in (WLS6, *models):
+                    estimates[name + CORRECTED] = with_corrected_fa(estimates[name], fa, mask)
             for which, truth in truths.items():
                 for name, est in estimates.items():
                     tallies[which].add(col, name, scheme, est, truth, mask)
             if col == "brain" and scheme == "flexible b1000":
                 shown = {f"truth (noise-free, {args.truth})": truths[args.truth], ALL: every, WLS6: estimates[WLS6],
-                         **{n: estimates[n] for n in models}}
+                         **{n: estimates[n] for n in rows if n in estimates}}
                 figures["brain"] = colour_fa_figure(shown, mask, args.work / "report" / "brain_colour_fa.png",
                                                     f"{label}: colour FA, flexible six-DWI set at b=1000")
                 if not args.no_downstream:
-                    tracked = downstream(label, p, write, {k: estimates[k] for k in (ALL, WLS6, *models)}, args.work)
+                    tracked = downstream(label, p, write, {k: estimates[k] for k in (ALL, WLS6, *rows) if k in estimates},
+                                         args.work)
         print(f"evaluated [{col}] {label} ({time.perf_counter() - t0:.0f} s)", flush=True)
         del p, clean
 
     other = next(t for t in tallies if t != args.truth)
     table, binned = tallies[args.truth].table(), tallies[args.truth].binned()
-    md = print_tables(table, binned, list(models), args.truth)
+    md = print_tables(table, binned, rows, args.truth)
     summary = summarise(table, binned, evaluated)
     other_summary = summarise(tallies[other].table(), tallies[other].binned(), evaluated)
     for truth, judged in ((args.truth, summary), (other, other_summary)):
@@ -429,6 +458,7 @@ def main() -> None:
     report.write_text(f"# QCG-DTI against WLS-6 ({evaluated} judged; truth: the noise-free {args.truth} fit)\n\n"
                       "Models: "
                       + ", ".join(f"{n} ({m.meta.get('path', 'shipped')})" for n, m in models.items())
+                      + (f"; rows '{CORRECTED[2:]}': FA noise-corrected (reconst/fa_bias.py)" if args.fa_correction else "")
                       + f"\n{picture}" + "\n".join(md) + "\n\n## Downstream\n\n```\n"
                       + json.dumps(tracked, indent=1) + "\n```\n")
     print(f"\nreport: {report}")

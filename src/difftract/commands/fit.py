@@ -25,6 +25,12 @@ examples:
 b-value; with more DWIs, --select-six picks the six nearest to a rotated DSM6 set on --shell
 (mean angle < 5 degrees, design condition number < 2; --seed draws the rotation). It uses the
 shipped weights unless --weights is given; the sidecar records the six volumes and the checksum.
+
+--fa-correction (a fit of one b0 and six DWIs: --method qcg, or wls/ols on a seven-volume scan)
+removes the noise bias of FA: it simulates this scan's seven volumes with Rician noise at the
+noise level of its b0s (two b0s: their difference; one: its second differences), and maps each
+voxel's fitted FA to the true FA whose mean fit it is. Means over regions are then unbiased;
+single voxels are noisier, and isotropic voxels read about 0.1. The sidecar records the noise.
 """
 
 
@@ -48,6 +54,9 @@ def add_parser(sub) -> None:
     dti.add_argument("--shell", type=float, default=None, metavar="B",
                      help="shell for --select-six (default: the lowest non-zero b-value)")
     dti.add_argument("--seed", type=int, default=0, help="seed of --select-six's rotation (default: %(default)s)")
+    dti.add_argument("--fa-correction", action="store_true",
+                     help="replace each voxel's FA by the noise-corrected FA of the fit of one b0 and six DWIs "
+                          "(Monte-Carlo, see below): unbiased per true-FA bin, noisier per voxel")
     dti.add_argument("--tensor-format", choices=("dipy", "fsl", "mrtrix"), default="dipy",
                      help="element order and frame of tensor.nii.gz (default: %(default)s)")
     add_compute_arguments(dti)
@@ -111,7 +120,8 @@ def cmd_fit_dti(args: argparse.Namespace) -> int:
     check_output(args.out_dir, args.force, inputs=scan_inputs(args))
     compute = compute_of(args)
     fit_dti(load_scan(args), args.out_dir, method=args.method, tensor_format=args.tensor_format, weights=args.weights,
-            select_six=args.select_six, shell=args.shell, seed=args.seed, compute=compute,
+            select_six=args.select_six, shell=args.shell, seed=args.seed, fa_correction=args.fa_correction,
+            compute=compute,
             console=Console(quiet=args.quiet), force=args.force)
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..io.gradients import B0_THRESHOLD
 from ..io.atomic import atomic_outputs, check_output, check_outputs
 from ..io.nifti import check_nifti_name
 from ..io.sidecar import data_stem, provenance, sidecar_path
@@ -37,9 +38,14 @@ def qc_path(output: Path) -> Path:
 
 
 def fit_dti(dwi, out_dir: Path, *, method: str = "wls", tensor_format: str = "dipy", weights: Path | None = None,
-            select_six: bool = False, shell: float | None = None, seed: int = 0, compute: Compute = Compute(),
-            console: Console = Console(), force: bool = False, equivalent: str | None = None):
+            select_six: bool = False, shell: float | None = None, seed: int = 0, fa_correction: bool = False,
+            compute: Compute = Compute(), console: Console = Console(), force: bool = False,
+            equivalent: str | None = None):
     """Fit the tensor (WLS, OLS, or the QCG-DTI network) and write ``out_dir`` (maps, sidecars, ``qc_dti.png``).
+
+    ``fa_correction`` replaces each voxel's FA by the noise-corrected FA of the WLS fit of the
+    b0 and six DWIs (:mod:`difftract.reconst.fa_bias`); WLS and OLS need a scan of exactly
+    those seven volumes.
 
     Returns the :class:`~difftract.reconst.dti.TensorFit` (or QCG-DTI's fit, with the same maps).
     """
@@ -57,9 +63,11 @@ def fit_dti(dwi, out_dir: Path, *, method: str = "wls", tensor_format: str = "di
     start = time.perf_counter()
     with memory_guard(f"the DTI {method.upper()} fit", options["device"], options["chunk_size"]):
         if method == "qcg":
-            fit = _fit_qcg(dwi, weights, select_six, shell, seed, options["device"])
+            fit = _fit_qcg(dwi, weights, select_six, shell, seed, options["device"], fa_correction)
         else:
             fit = TensorModel(dwi.gtab, fit_method=method.upper()).fit(dwi.signal, dwi.mask, **options)
+            if fa_correction:
+                fit = _correct_fa(fit, dwi)
     seconds = time.perf_counter() - start
     n = int(fit.mask.sum())
     dtype = "float32" if method == "qcg" else options["dtype"]   # the network runs in float32
@@ -82,7 +90,29 @@ def fit_dti(dwi, out_dir: Path, *, method: str = "wls", tensor_format: str = "di
     return fit
 
 
-def _fit_qcg(dwi, weights, select_six: bool, shell: float | None, seed: int, device):
+def _correct_fa(fit, dwi):
+    """``fit`` (WLS or OLS of one b0 and six DWIs) with the noise-corrected FA, its eigenvectors and MD kept."""
+    from dataclasses import replace
+
+    from ..reconst.fa_bias import fa_corrected, noise_sigma, with_fa
+    from ..reconst.voxels import volume_array
+
+    bvals = np.asarray(dwi.bvals, float)
+    if dwi.mask is None:
+        raise ConfigError("--fa-correction needs --mask (the noise is estimated in the brain)")
+    if len(bvals) != 7 or int((bvals <= B0_THRESHOLD).sum()) != 1:
+        raise ConfigError(f"{dwi.files['bval']}: --fa-correction with --method wls or ols needs a scan of one b0 and "
+                          f"six DWIs, this one has {len(bvals)} volumes ({int((bvals <= B0_THRESHOLD).sum())} b0s); "
+                          "with more, use --method qcg --select-six")
+    seven = volume_array(dwi.signal, np.arange(7)).astype(np.float64)
+    sigma = noise_sigma(seven[..., bvals <= B0_THRESHOLD], dwi.mask)
+    fa, record = fa_corrected(seven, bvals, np.asarray(dwi.bvecs, float), dwi.mask, sigma)
+    evals = fit.evals.copy()
+    evals[fit.mask] = with_fa(evals[fit.mask], fa[fit.mask])
+    return replace(fit, evals=evals, params={**fit.params, "fa_correction": record})
+
+
+def _fit_qcg(dwi, weights, select_six: bool, shell: float | None, seed: int, device, fa_correction: bool = False):
     """The QCG-DTI fit of ``dwi``: its six DWIs, or six selected from many."""
     from ..models.qcgdti.predict import QCGTensorModel
     from ..models.qcgdti.schemes import check_six, flexible_six
@@ -101,7 +131,7 @@ def _fit_qcg(dwi, weights, select_six: bool, shell: float | None, seed: int, dev
     else:
         check_six(bvals, bvecs, where=str(dwi.files["bval"]))
     fit = QCGTensorModel.from_weights(weights, device).fit(dwi.signal, bvals, bvecs, dwi.mask, six,
-                                                           voxel_size=dwi.voxel_sizes)
+                                                           voxel_size=dwi.voxel_sizes, fa_correction=fa_correction)
     if fit.params["domain_warnings"]:
         log.warning("QCG-DTI: %s is outside the network's training data (%s); its tensors may be biased, "
                     "compare with --method wls", dwi.files["dwi"], "; ".join(fit.params["domain_warnings"]))

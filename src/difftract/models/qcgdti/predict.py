@@ -20,6 +20,7 @@ from ...errors import ConfigError
 from ...io.gradients import B0_THRESHOLD
 from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
+from ...reconst.fa_bias import fa_corrected, noise_sigma, with_fa
 from ...reconst.voxels import MaskedSignal, volume_array
 from .data import brain_scale, make_input, pad_to, q_coordinates
 from ...training.domain import scan_report
@@ -109,8 +110,14 @@ class QCGTensorModel:
         return (lt / TENSOR_SCALE * mask[..., None]).astype(np.float32)
 
     def fit(self, data: np.ndarray | MaskedSignal, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
-            six: SixSet | None = None, b0_index: int | None = None, voxel_size=None) -> TensorFit:
+            six: SixSet | None = None, b0_index: int | None = None, voxel_size=None,
+            fa_correction: bool = False) -> TensorFit:
         """Fit a scan: its six DWIs (or the ``six`` chosen from many) and one b0 (the first).
+
+        With ``fa_correction`` each voxel's FA is replaced by the noise-corrected FA of the
+        seven volumes' least-squares fit
+        (:func:`~difftract.reconst.fa_bias.fa_corrected`); the network's eigenvectors,
+        MD and eigenvalue shape are kept.
 
         ``data`` is a 4D array or a :class:`MaskedSignal` (then the seven volumes are put on
         the grid, zero outside the held voxels, and nothing else). The fit's
@@ -127,9 +134,18 @@ class QCGTensorModel:
         check_six(np.concatenate([bvals[b0s[:1]], bvals[idx]]), np.concatenate([bvecs[b0s[:1]], bvecs[idx]]))
         b0_index = int(b0s[0] if b0_index is None else b0_index)
         b0 = volume_array(data, [b0_index])[..., 0].astype(np.float32, copy=False)
-        lt = self.predict(b0, volume_array(data, idx).astype(np.float32, copy=False), bvals[idx], bvecs[idx], mask)
+        dwis = volume_array(data, idx).astype(np.float32, copy=False)
+        lt = self.predict(b0, dwis, bvals[idx], bvecs[idx], mask)
         scale = np.max(bvals[idx])
         evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)), EIGENVALUE_TOL / scale)
+        evals = evals.numpy()
         report = scan_report(self.meta.get("domain"), data, bvals, mask, bvals[idx], voxel_size)
-        return TensorFit(evals.numpy() * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
-                         {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index, **report})
+        extra = {}
+        if fa_correction:
+            seven = [b0_index, *idx.tolist()]
+            sigma = noise_sigma(volume_array(data, b0s[:2]), mask)    # two b0s if there are, else one
+            fa, extra["fa_correction"] = fa_corrected(np.concatenate([b0[..., None], dwis], axis=-1), bvals[seven],
+                                                      bvecs[seven], mask, sigma)
+            evals[mask] = with_fa(evals[mask], fa[mask])
+        return TensorFit(evals * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
+                         {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index, **report, **extra})
