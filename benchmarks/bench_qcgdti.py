@@ -78,6 +78,7 @@ from _check import Target, parse_args
 from difftract.eval.overlap import binary_map, density_map, dice
 from difftract.eval.tensor_errors import FA_BINS, binned_tensor_errors, tensor_errors
 from difftract.eval.tractometer import load_scoring, score
+from difftract.io.gradients import B0_THRESHOLD
 from difftract.models.qcgdti.data import reference_tensor, shell_index, shell_references
 from difftract.models.qcgdti.predict import QCGTensorModel
 from difftract.models.qcgdti.schemes import fixed_six, flexible_six
@@ -420,7 +421,7 @@ def main() -> None:
                 estimates[name] = model.fit(p.data, p.bvals, p.bvecs, mask, six).lower_triangular()
             if args.fa_correction:
                 fa, _ = fa_corrected(p.data[..., idx], p.bvals[idx], p.bvecs[idx], mask,
-                                     noise_sigma(p.data[..., np.flatnonzero(p.bvals < 50)[:2]], mask))
+                                     noise_sigma(p.data[..., np.flatnonzero(p.bvals <= B0_THRESHOLD)[:2]], mask))
                 for name in (WLS6, *models):
                     estimates[name + CORRECTED] = with_corrected_fa(estimates[name], fa, mask)
             for which, truth in truths.items():

@@ -90,11 +90,23 @@ def fit_dti(dwi, out_dir: Path, *, method: str = "wls", tensor_format: str = "di
     return fit
 
 
+def scan_noise(dwi) -> float:
+    """The noise standard deviation of ``dwi``'s first two b0s (or its one), for ``--fa-correction``."""
+    from ..reconst.fa_bias import noise_sigma
+    from ..reconst.voxels import volume_array
+
+    b0s = np.flatnonzero(np.asarray(dwi.bvals, float) <= B0_THRESHOLD)[:2]
+    try:
+        return noise_sigma(volume_array(dwi.signal, b0s), dwi.mask)
+    except ConfigError as err:
+        raise ConfigError(f"{dwi.files['dwi']}: --fa-correction cannot estimate the noise: {err}") from None
+
+
 def _correct_fa(fit, dwi):
     """``fit`` (WLS or OLS of one b0 and six DWIs) with the noise-corrected FA, its eigenvectors and MD kept."""
     from dataclasses import replace
 
-    from ..reconst.fa_bias import fa_corrected, noise_sigma, with_fa
+    from ..reconst.fa_bias import fa_corrected, with_fa
     from ..reconst.voxels import volume_array
 
     bvals = np.asarray(dwi.bvals, float)
@@ -105,8 +117,10 @@ def _correct_fa(fit, dwi):
                           f"six DWIs, this one has {len(bvals)} volumes ({int((bvals <= B0_THRESHOLD).sum())} b0s); "
                           "with more, use --method qcg --select-six")
     seven = volume_array(dwi.signal, np.arange(7)).astype(np.float64)
-    sigma = noise_sigma(seven[..., bvals <= B0_THRESHOLD], dwi.mask)
-    fa, record = fa_corrected(seven, bvals, np.asarray(dwi.bvecs, float), dwi.mask, sigma)
+    try:
+        fa, record = fa_corrected(seven, bvals, np.asarray(dwi.bvecs, float), dwi.mask, scan_noise(dwi))
+    except ConfigError as err:
+        raise ConfigError(f"{dwi.files['bvec']}: --fa-correction: {err}") from None
     evals = fit.evals.copy()
     evals[fit.mask] = with_fa(evals[fit.mask], fa[fit.mask])
     return replace(fit, evals=evals, params={**fit.params, "fa_correction": record})
@@ -130,8 +144,10 @@ def _fit_qcg(dwi, weights, select_six: bool, shell: float | None, seed: int, dev
                  list(six.indices), six.shell, six.mean_angle, six.condition)
     else:
         check_six(bvals, bvecs, where=str(dwi.files["bval"]))
+    sigma = scan_noise(dwi) if fa_correction else None
     fit = QCGTensorModel.from_weights(weights, device).fit(dwi.signal, bvals, bvecs, dwi.mask, six,
-                                                           voxel_size=dwi.voxel_sizes, fa_correction=fa_correction)
+                                                           voxel_size=dwi.voxel_sizes, fa_correction=fa_correction,
+                                                           sigma=sigma)
     if fit.params["domain_warnings"]:
         log.warning("QCG-DTI: %s is outside the network's training data (%s); its tensors may be biased, "
                     "compare with --method wls", dwi.files["dwi"], "; ".join(fit.params["domain_warnings"]))

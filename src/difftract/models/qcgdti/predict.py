@@ -111,13 +111,14 @@ class QCGTensorModel:
 
     def fit(self, data: np.ndarray | MaskedSignal, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
             six: SixSet | None = None, b0_index: int | None = None, voxel_size=None,
-            fa_correction: bool = False) -> TensorFit:
+            fa_correction: bool = False, sigma: float | None = None) -> TensorFit:
         """Fit a scan: its six DWIs (or the ``six`` chosen from many) and one b0 (the first).
 
         With ``fa_correction`` each voxel's FA is replaced by the noise-corrected FA of the
         seven volumes' least-squares fit
         (:func:`~difftract.reconst.fa_bias.fa_corrected`); the network's eigenvectors,
-        MD and eigenvalue shape are kept.
+        MD and eigenvalue shape are kept. ``sigma`` is the noise's standard deviation, by
+        default estimated from the scan's first two b0s (or its one b0).
 
         ``data`` is a 4D array or a :class:`MaskedSignal` (then the seven volumes are put on
         the grid, zero outside the held voxels, and nothing else). The fit's
@@ -143,7 +144,7 @@ class QCGTensorModel:
         extra = {}
         if fa_correction:
             seven = [b0_index, *idx.tolist()]
-            sigma = noise_sigma(volume_array(data, b0s[:2]), mask)    # two b0s if there are, else one
+            sigma = noise_sigma(volume_array(data, b0s[:2]), mask) if sigma is None else sigma
             fa, extra["fa_correction"] = fa_corrected(np.concatenate([b0[..., None], dwis], axis=-1), bvals[seven],
                                                       bvecs[seven], mask, sigma)
             evals[mask] = with_fa(evals[mask], fa[mask])
