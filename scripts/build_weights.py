@@ -7,6 +7,7 @@
     python scripts/build_weights.py qcgdti --quick          # the same flow, tiny sizes (minutes)
     python scripts/build_weights.py ddtracking_phantoms     # the earlier DDTracking weights (not installed)
     python scripts/build_weights.py ddtracking_fast_fodf    # the input ablation: the CSD fODF (not installed)
+    python scripts/build_weights.py qcgdti_paper            # the paper's QCG-DTI, no least-squares input (not installed)
 
 The DDTracking recipes train on streamed phantoms (``--stream``): no phantom step, the
 subjects are simulated beside the training into ``WORK/NAME/full.stream/``, and one run gives
@@ -158,6 +159,12 @@ for name in ("ddtracking", "ddtracking_fast"):
         RECIPES[f"{name}_{suffix}"] = {**RECIPES[name], "install": False,
                                        "options": [*RECIPES[name]["options"], *extra],
                                        "quick_options": [*RECIPES[name]["quick_options"], *extra]}
+# issue 20's architecture ablation: the paper's network (no least-squares tensor in its last layer,
+# no gain branches), otherwise the qcgdti_phantoms recipe: the same phantoms, seeds and epochs
+# (not shipped; the README's QCG-DTI section)
+RECIPES["qcgdti_paper"] = {**RECIPES["qcgdti_phantoms"],
+                           "options": [*RECIPES["qcgdti_phantoms"]["options"], "--no-lsq-input"],
+                           "quick_options": [*RECIPES["qcgdti_phantoms"]["quick_options"], "--no-lsq-input"]}
 QUICK_EPOCHS = (1, 2)
 
 

@@ -192,6 +192,9 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
         half = bw.RECIPES[f"ddtracking_fast_{suffix}"]   # the step ablation: the same run at half a voxel
         assert half["options"] == [*bw.RECIPES["ddtracking_fast"]["options"], *extra] and half["install"] is False
         assert f"scripts/build_weights.py ddtracking_fast_{suffix}" in readme
+    paper = bw.RECIPES["qcgdti_paper"]   # the paper's architecture: the earlier recipe without the least-squares input
+    assert paper["options"] == [*bw.RECIPES["qcgdti_phantoms"]["options"], "--no-lsq-input"] and not paper["install"]
+    assert "scripts/build_weights.py qcgdti_paper" in readme
     # QCG-DTI: the earlier recipe's phantoms and two runs first, then the streamed fine-tuning from its result
     assert bw.main(["qcgdti", "--dry-run", "--work", str(tmp_path / "qcgdti")]) == 0
     log = (tmp_path / "qcgdti" / "commands.sh").read_text()
