@@ -192,14 +192,16 @@ class Subject:
         return Tracker(make_getter("peak", peaks=peaks, max_angle=45), self.criterion, self.vox,
                        self.params(step_mm, integrator))
 
-    def learned(self, model, steps: int, stochastic: bool, own: TrackingDefaults = TrackingDefaults(),
-                **kw) -> Tracker:
-        """DDTracking at ``own``'s step (its weights' :class:`TrackingDefaults`; default 1 voxel)."""
+    def learned(self, loaded: tuple, steps: int, stochastic: bool, **kw) -> Tracker:
+        """DDTracking, ``loaded`` as :func:`load_ddtracking` returns it, at its weights' step
+        (:class:`TrackingDefaults`: 1 voxel for the shipped models)."""
+        model, meta = loaded
         kind = model.config.input
         if kind not in self.inputs:
             self.inputs[kind] = input_sh(self.dwi, kind)
         getter = DDTrackingGetter(model, self.inputs[kind], 45.0, steps, stochastic, self.vox)
-        return Tracker(getter, self.criterion, self.vox, self.params(own.step_mm(self.vox)), **kw)
+        return Tracker(getter, self.criterion, self.vox, self.params(TrackingDefaults.from_meta(meta).step_mm(self.vox)),
+                       **kw)
 
     def dipy(self, method: str, seeds, step_mm: float = 1.0) -> tuple[list[np.ndarray], float]:
         """DIPY's own tracker on the same fODF, seeds, mask and settings; streamlines in voxel space."""
@@ -265,9 +267,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work = args.work or Path(tempfile.mkdtemp())
     models = parse_models(args.model)
-    own = {name: TrackingDefaults.from_meta(meta) for name, (_, meta) in models.items()}   # each one's step
     ablation = {} if args.ablation is None else {
-        v: load_ddtracking(args.ablation / f"{v}.pt")[0] for v in VARIANTS if (args.ablation / f"{v}.pt").exists()}
+        v: load_ddtracking(args.ablation / f"{v}.pt") for v in VARIANTS if (args.ablation / f"{v}.pt").exists()}
     if args.target_model not in models:
         ap.error(f"--target-model {args.target_model} is not one of the rows ({', '.join(models)})")
     tables: dict[str, dict[str, dict]] = {}
@@ -300,17 +301,17 @@ def main() -> None:
                     add(f"dipy {method}", *s.dipy(method, s.seeds))
             add(TRUE_PEAKS_DET, *run(s.true_peaks(1.0), s.seeds))
             add(TRUE_PEAKS_DD, *run(s.true_peaks(min(s.vox)), s.seeds))
-            for name, (model, _) in models.items():
-                add(f"ddtracking {name}", *run(s.learned(model, 1, False, own[name], chunk_size=10_000), s.seeds))
+            for name, loaded in models.items():
+                add(f"ddtracking {name}", *run(s.learned(loaded, 1, False, chunk_size=10_000), s.seeds))
                 for steps in (k for k in args.sampler_steps if k > 1):
-                    tracker = s.learned(model, steps, False, own[name], chunk_size=10_000)
+                    tracker = s.learned(loaded, steps, False, chunk_size=10_000)
                     add(f"ddtracking {name} S={steps}", *run(tracker, s.seeds))
             if col != "seen":
-                for variant, model in ablation.items():
-                    add(f"ablation {variant}", *run(s.learned(model, 1, False, chunk_size=10_000), s.seeds))
+                for variant, loaded in ablation.items():
+                    add(f"ablation {variant}", *run(s.learned(loaded, 1, False, chunk_size=10_000), s.seeds))
             if args.stochastic:
-                add(f"ddtracking {args.target_model} S=5 stoch", *run(s.learned(
-                    models[args.target_model][0], 5, True, own[args.target_model], chunk_size=10_000), s.seeds))
+                add(f"ddtracking {args.target_model} S=5 stoch",
+                    *run(s.learned(models[args.target_model], 5, True, chunk_size=10_000), s.seeds))
                 spreads.setdefault(col, {})[label] = {name: crossing_spread(lines, s.peaks, s.crossing)
                                                       for name, lines in tracked.items()}
     columns = summarise(tables)
@@ -318,8 +319,7 @@ def main() -> None:
     measure_targets(check, columns, f"ddtracking {args.target_model}", args.no_dipy)
     spread = print_spreads(spreads) if spreads else {}
     ablation_order(check, columns, args.ablation)
-    target_model = models[args.target_model][0]
-    repro = reproducibility(check, seen, target_model) if seen is not None else {}
+    repro = reproducibility(check, seen, models[args.target_model]) if seen is not None else {}
     if seen is None:
         for name in REPRO:
             check.unmeasured(name, "needs the seen column")
@@ -393,10 +393,10 @@ def ablation_order(check, columns: dict[str, dict[str, dict]], directory: Path |
     check.measure("ablation_order", all(ol[a] < ol[b] for a, b in zip(VARIANTS, VARIANTS[1:])))
 
 
-def reproducibility(check, s: Subject, model) -> dict[str, bool]:
+def reproducibility(check, s: Subject, loaded: tuple) -> dict[str, bool]:
     """On the first 1,000 seeds of the seen phantom."""
     few = s.seeds[:1000]
-    det, sto = s.learned(model, 1, False), s.learned(model, 5, True)
+    det, sto = s.learned(loaded, 1, False), s.learned(loaded, 5, True)
     repro = {"deterministic_repeats": same(run(det, few)[0], run(det, few)[0]),
              "stochastic_same_seed_repeats": same(run(sto, few, 3)[0], run(sto, few, 3)[0]),
              "stochastic_other_seed_differs": not same(run(sto, few, 3)[0], run(sto, few, 4)[0])}
@@ -427,12 +427,12 @@ def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int
         out = {f"det {device}": lambda: run(s.classical("det", step, device=device, chunk_size=chunk), seeds)}
         if device == "cpu":
             out["dipy det cpu"] = lambda: s.dipy("det", seeds, step)
-        for name, (model, _) in models.items():
+        for name, loaded in models.items():
             for k in (1,) + tuple(k for k in sampler_steps if k > 1):
                 out[f"ddtracking {name} S={k} {device}"] = (
-                    lambda m=model, k=k: run(s.learned(m, k, False, device=device, chunk_size=chunk), seeds))
+                    lambda m=loaded, k=k: run(s.learned(m, k, False, device=device, chunk_size=chunk), seeds))
         out[f"ddtracking {default} stochastic S=5 {device}"] = (
-            lambda: run(s.learned(models[default][0], 5, True, device=device, chunk_size=chunk), seeds))
+            lambda: run(s.learned(models[default], 5, True, device=device, chunk_size=chunk), seeds))
         return out
 
     speed = {}

@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    full, _ = load_ddtracking(model="full")
+    full = load_ddtracking(model="full")
     for directory in args.phantoms:
         s = Subject(directory, 1, args.max_seeds)
         maps = end_maps(s)
