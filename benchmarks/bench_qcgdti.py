@@ -54,7 +54,7 @@ voxel) with a Tractometer row each.
 
 Rows with the noise-corrected FA (``fit dti --fa-correction``, ``difftract.reconst.fa_bias``;
 ``--no-fa-correction`` leaves them out): WLS-6's and each model's tensor with each voxel's FA
-replaced by the Monte-Carlo inverse of the six-DWI WLS fit's FA (the noise from the two b0s),
+replaced by the Monte-Carlo inverse of the six-DWI WLS fit's FA (the noise from the b0s),
 its eigenvectors and MD kept. The targets judge the first model's corrected row by default
 (``QCG-DTI, FA corrected``: the shipped weights with the option that meets issue 20's FA
 targets); ``--evaluated QCG-DTI`` judges the network's own FA (it misses the bias target).
@@ -81,7 +81,7 @@ from difftract.eval.overlap import binary_map, density_map, dice
 from difftract.eval.tensor_errors import FA_BINS, binned_tensor_errors, tensor_errors
 from difftract.eval.tractometer import load_scoring, score
 from difftract.io.gradients import B0_THRESHOLD
-from difftract.models.qcgdti.data import reference_tensor, shell_index, shell_references
+from difftract.models.qcgdti.data import reference_fit, reference_tensor, shell_index, shell_references
 from difftract.models.qcgdti.predict import QCGTensorModel
 from difftract.models.qcgdti.schemes import fixed_six, flexible_six
 from difftract.phantom import PhantomConfig, save_phantom, simulate
@@ -89,7 +89,7 @@ from difftract.phantom.acquisition import AcquisitionRanges
 from difftract.phantom.signal import make_scheme
 from difftract.phantom.splits import training_seed
 from difftract.reconst import tensor as T
-from difftract.reconst.fa_bias import fa_corrected, noise_sigma, with_fa
+from difftract.reconst.fa_bias import fa_corrected, noise_sigma, with_corrected_fa
 from difftract.reconst.sh import sh_basis
 from difftract.tracking.getters import make_getter
 from difftract.tracking.seeding import random_seeds
@@ -155,16 +155,6 @@ def subjects(args):
         yield mine("brain", "brain", args.brain_seed, False)
     for snr in args.snr_sweep:
         yield mine(f"snr{snr:g}", "random", 9002, True, snr)
-
-
-def with_corrected_fa(lt: np.ndarray, fa: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``lt`` with each voxel's FA set to ``fa`` (its eigenvectors, MD and shape kept): what
-    ``QCGTensorModel.fit(..., fa_correction=True)`` does to the network's tensors."""
-    evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)))
-    evals = evals.numpy()
-    evals[mask] = with_fa(evals[mask], fa[mask])
-    lt = T.lower_triangular(T.quadratic_form(torch.from_numpy(evals), evecs)).numpy()
-    return (lt * mask[..., None]).astype(np.float32)
 
 
 def six_sets(p, n_flexible: int, shells=SCHEME["bvals"]):
@@ -411,22 +401,22 @@ def main() -> None:
         shell_bvals, truth_shells = shell_references(clean, p.bvals, p.bvecs, mask)   # the fit of each shell alone
         _, noisy_shells = shell_references(p.data, p.bvals, p.bvecs, mask)
         every = reference_tensor(p.data, p.bvals, p.bvecs, mask)
+        sigma = noise_sigma(p.data[..., p.bvals <= B0_THRESHOLD], mask)   # the b0s': the same for every set
         # the brain's network fits take ~100 patches each: its fixed and b=1000 sets only
         shells = SCHEME["bvals"][:1] if col == "brain" else SCHEME["bvals"]
         for scheme, six in six_sets(p, args.flexible_sets, shells):
             idx = [0, *six.indices]
             k = shell_index(shell_bvals, six.shell)
             truths = {"all-shells": truth_all, "shell": truth_shells[..., k, :]}
-            estimates = {ALL: every, SHELL_ALL: noisy_shells[..., k, :],
-                         WLS6: reference_tensor(p.data[..., idx], p.bvals[idx], p.bvecs[idx], mask),
-                         FLOOR: reference_tensor(clean[..., idx], p.bvals[idx], p.bvecs[idx], mask)}
-            for name, model in models.items():
-                estimates[name] = model.fit(p.data, p.bvals, p.bvecs, mask, six).lower_triangular()
-            if args.fa_correction:
-                fa, _ = fa_corrected(p.data[..., idx], p.bvals[idx], p.bvecs[idx], mask,
-                                     noise_sigma(p.data[..., np.flatnonzero(p.bvals <= B0_THRESHOLD)[:2]], mask))
-                for name in (WLS6, *models):
-                    estimates[name + CORRECTED] = with_corrected_fa(estimates[name], fa, mask)
+            fits = {WLS6: reference_fit(p.data[..., idx], p.bvals[idx], p.bvecs[idx], mask),
+                    **{name: model.fit(p.data, p.bvals, p.bvecs, mask, six) for name, model in models.items()}}
+            lts = {name: fit.lower_triangular().astype(np.float32) for name, fit in fits.items()}
+            estimates = {ALL: every, SHELL_ALL: noisy_shells[..., k, :], WLS6: lts.pop(WLS6),
+                         FLOOR: reference_tensor(clean[..., idx], p.bvals[idx], p.bvecs[idx], mask), **lts}
+            if args.fa_correction:   # what fit dti --fa-correction does, with the table built once per set
+                fa = fa_corrected(fits[WLS6], p.bvals[idx], p.bvecs[idx], sigma)
+                for name, fit in fits.items():
+                    estimates[name + CORRECTED] = with_corrected_fa(fit, *fa).lower_triangular().astype(np.float32)
             for which, truth in truths.items():
                 for name, est in estimates.items():
                     tallies[which].add(col, name, scheme, est, truth, mask)

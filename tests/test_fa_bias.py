@@ -10,9 +10,11 @@ import torch
 
 from difftract.cli import main
 from difftract.errors import ConfigError
+from difftract.models.qcgdti.data import reference_fit
 from difftract.models.qcgdti.schemes import DSM6
-from difftract.reconst.fa_bias import (FABiasConfig, FABiasTable, cylinder_eigenvalues, fa_corrected, fa_of,
-                                       noise_sigma, with_fa)
+from difftract.reconst.fa_bias import (FABiasConfig, FABiasTable, check_six_dwis, cylinder_eigenvalues, fa_corrected,
+                                       noise_sigma, repeat_sigma, with_fa)
+from difftract.reconst.tensor import fractional_anisotropy as fa_of
 
 B = 1000.0
 BVALS = np.array([0.0] + [B] * 6)
@@ -72,18 +74,14 @@ def test_the_correction_removes_the_bias_that_the_fit_has():
     is within 0.015 of the truth from FA 0.4 (the mean of 4000 voxels has a standard error of
     about 0.003), and within 0.025 at 0.3, where the estimate's floor at 0 still costs.
     """
-    from difftract.models.qcgdti.data import reference_tensor
-    from difftract.reconst import tensor as T
-
     rng = np.random.default_rng(7)
     sigma = 100.0 / 20
     for fa, tolerance in ((0.3, 0.025), (0.4, 0.015), (0.6, 0.015), (0.8, 0.015), (0.9, 0.015)):
         seven = noisy_scan(cylinders(fa, 4000, rng), 20, rng)[:, None, None, :]
-        mask = np.ones(seven.shape[:3], bool)
-        corrected, record = fa_corrected(seven, BVALS, BVECS, mask, sigma)
-        raw = fa_of(T.decompose(torch.from_numpy(reference_tensor(seven, BVALS, BVECS, mask).astype(np.float64)))[0])
+        lsq = reference_fit(seven, BVALS, BVECS, np.ones(seven.shape[:3], bool))
+        corrected, record = fa_corrected(lsq, BVALS, BVECS, sigma)
         if fa <= 0.4:
-            assert raw.mean().item() - fa > 0.04
+            assert lsq.fa.mean() - fa > 0.04
         assert corrected.mean() == pytest.approx(fa, abs=tolerance)
     assert record["noise_sigma"] == sigma and record["passes"] == FABiasConfig().passes
 
@@ -93,9 +91,6 @@ def test_at_b3000_the_fibre_floor_is_mostly_corrected():
 
     The table is read at the fitted MD, which the floor lowers: the remainder (README).
     """
-    from difftract.models.qcgdti.data import reference_tensor
-    from difftract.reconst import tensor as T
-
     rng = np.random.default_rng(5)
     bvals = np.r_[0.0, [3000.0] * 6]
     sigma = 100.0 / 20
@@ -103,10 +98,9 @@ def test_at_b3000_the_fibre_floor_is_mostly_corrected():
         signal = 100.0 * np.exp(-bvals * np.einsum("ki,nij,kj->nk", BVECS, cylinders(fa, 3000, rng, md=0.7e-3), BVECS))
         noise = sigma * (rng.normal(size=signal.shape) + 1j * rng.normal(size=signal.shape))
         seven = np.abs(signal + noise)[:, None, None, :]
-        mask = np.ones(seven.shape[:3], bool)
-        corrected, _ = fa_corrected(seven, bvals, BVECS, mask, sigma)
-        raw = fa_of(T.decompose(torch.from_numpy(reference_tensor(seven, bvals, BVECS, mask).astype(np.float64)))[0])
-        assert raw.mean().item() - fa < -0.07
+        lsq = reference_fit(seven, bvals, BVECS, np.ones(seven.shape[:3], bool))
+        corrected, _ = fa_corrected(lsq, bvals, BVECS, sigma)
+        assert lsq.fa.mean() - fa < -0.07
         assert abs(corrected.mean() - fa) < 0.045
 
 
@@ -118,6 +112,7 @@ def test_noise_sigma_from_one_and_from_two_b0s():
     mask = np.zeros((40, 40, 40), bool)
     mask[5:35, 5:35, 5:35] = True
     assert noise_sigma(b0s, mask) == pytest.approx(10.0, rel=0.05)
+    assert noise_sigma(b0s, mask) == repeat_sigma(b0s, mask)   # repeats: the training domain's SNR estimate too
     assert noise_sigma(b0s[..., 0], mask) == pytest.approx(10.0, rel=0.05)
     # two identical b0s (a copied volume) fall back to the one-b0 estimate
     assert noise_sigma(np.stack([b0s[..., 0]] * 2, -1), mask) == noise_sigma(b0s[..., 0], mask)
@@ -130,11 +125,13 @@ def test_noise_sigma_from_one_and_from_two_b0s():
 def test_bad_inputs_are_refused():
     with pytest.raises(ConfigError, match="determine a tensor"):
         FABiasTable(BVALS, np.vstack([[0, 0, 0]] + [[0, 0, 1]] * 6))
-    seven = np.ones((2, 2, 2, 7))
+    lsq = reference_fit(np.ones((2, 2, 2, 7)), BVALS, BVECS, np.ones((2, 2, 2), bool))
     with pytest.raises(ConfigError, match="positive"):
-        fa_corrected(seven, BVALS, BVECS, np.ones((2, 2, 2), bool), 0.0)
-    with pytest.raises(ConfigError, match="one b0 and six DWIs"):
-        fa_corrected(np.ones((2, 2, 2, 8)), np.r_[BVALS, B], np.vstack([BVECS, [1, 0, 0]]), np.ones((2, 2, 2), bool), 1)
+        fa_corrected(lsq, BVALS, BVECS, 0.0)
+    with pytest.raises(ConfigError, match="one b0 and six DWIs, got 8 volumes with 1 b0s"):
+        fa_corrected(lsq, np.r_[BVALS, B], np.vstack([BVECS, [1, 0, 0]]), 1.0)
+    with pytest.raises(ConfigError, match="got 7 volumes with 2 b0s"):
+        check_six_dwis(np.r_[0.0, BVALS[:-1]])
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ shipped weights unless --weights is given; the sidecar records the six volumes a
 
 --fa-correction (a fit of one b0 and six DWIs: --method qcg, or wls/ols on a seven-volume scan)
 removes the noise bias of FA: it simulates this scan's seven volumes with Rician noise at the
-noise level of its b0s (two b0s: their difference; one: its second differences), and maps each
+noise level of its b0s (repeated b0s: their spread; one: its second differences), and maps each
 voxel's fitted FA to the true FA whose mean fit it is. Means over regions are then unbiased;
 single voxels are noisier, and isotropic voxels read about 0.1. The sidecar records the noise.
 """

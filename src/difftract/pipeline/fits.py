@@ -59,6 +59,8 @@ def fit_dti(dwi, out_dir: Path, *, method: str = "wls", tensor_format: str = "di
         raise ConfigError(f"unknown DTI method {method!r}; expected wls, ols or qcg")
     if method != "qcg" and (weights or select_six):
         raise ConfigError("--weights and --select-six apply only to --method qcg")
+    if fa_correction:
+        _check_fa_correction(dwi, method)
     options = compute.fit_options(console.bars)
     start = time.perf_counter()
     with memory_guard(f"the DTI {method.upper()} fit", options["device"], options["chunk_size"]):
@@ -91,39 +93,37 @@ def fit_dti(dwi, out_dir: Path, *, method: str = "wls", tensor_format: str = "di
 
 
 def scan_noise(dwi) -> float:
-    """The noise standard deviation of ``dwi``'s first two b0s (or its one), for ``--fa-correction``."""
+    """The noise standard deviation of ``dwi``'s b0s, for ``--fa-correction``."""
     from ..reconst.fa_bias import noise_sigma
     from ..reconst.voxels import volume_array
 
-    b0s = np.flatnonzero(np.asarray(dwi.bvals, float) <= B0_THRESHOLD)[:2]
     try:
-        return noise_sigma(volume_array(dwi.signal, b0s), dwi.mask)
+        return noise_sigma(volume_array(dwi.signal, np.flatnonzero(np.asarray(dwi.bvals, float) <= B0_THRESHOLD)),
+                           dwi.mask)
     except ConfigError as err:
         raise ConfigError(f"{dwi.files['dwi']}: --fa-correction cannot estimate the noise: {err}") from None
 
 
-def _correct_fa(fit, dwi):
-    """``fit`` (WLS or OLS of one b0 and six DWIs) with the noise-corrected FA, its eigenvectors and MD kept."""
-    from dataclasses import replace
+def _check_fa_correction(dwi, method: str) -> None:
+    """Refuse ``--fa-correction`` before any fitting where it cannot run: no mask, or (WLS, OLS) a scan
+    that is not one b0 and six DWIs."""
+    from ..reconst.fa_bias import check_six_dwis
 
-    from ..reconst.fa_bias import fa_corrected, with_fa
-    from ..reconst.voxels import volume_array
-
-    bvals = np.asarray(dwi.bvals, float)
     if dwi.mask is None:
         raise ConfigError("--fa-correction needs --mask (the noise is estimated in the brain)")
-    if len(bvals) != 7 or int((bvals <= B0_THRESHOLD).sum()) != 1:
-        raise ConfigError(f"{dwi.files['bval']}: --fa-correction with --method wls or ols needs a scan of one b0 and "
-                          f"six DWIs, this one has {len(bvals)} volumes ({int((bvals <= B0_THRESHOLD).sum())} b0s); "
-                          "with more, use --method qcg --select-six")
-    seven = volume_array(dwi.signal, np.arange(7)).astype(np.float64)
-    try:
-        fa, record = fa_corrected(seven, bvals, np.asarray(dwi.bvecs, float), dwi.mask, scan_noise(dwi))
-    except ConfigError as err:
-        raise ConfigError(f"{dwi.files['bvec']}: --fa-correction: {err}") from None
-    evals = fit.evals.copy()
-    evals[fit.mask] = with_fa(evals[fit.mask], fa[fit.mask])
-    return replace(fit, evals=evals, params={**fit.params, "fa_correction": record})
+    if method != "qcg":
+        try:
+            check_six_dwis(dwi.bvals)
+        except ConfigError as err:
+            raise ConfigError(f"{dwi.files['bval']}: --fa-correction with --method {method}: {err}; with more "
+                              "DWIs, use --method qcg --select-six") from None
+
+
+def _correct_fa(fit, dwi):
+    """``fit``, the WLS or OLS fit of one b0 and six DWIs, with its noise-corrected FA (eigenvectors, MD kept)."""
+    from ..reconst.fa_bias import fa_corrected, with_corrected_fa
+
+    return with_corrected_fa(fit, *fa_corrected(fit, dwi.bvals, dwi.bvecs, scan_noise(dwi)))
 
 
 def _fit_qcg(dwi, weights, select_six: bool, shell: float | None, seed: int, device, fa_correction: bool = False):

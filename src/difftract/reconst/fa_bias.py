@@ -35,7 +35,7 @@ the bundle bends). Multi-coil noise floors are higher than Rician at the same SN
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ from dipy.core.gradients import gradient_table
 
 from ..errors import ConfigError
 from ..io.gradients import B0_THRESHOLD
-from .dti import TensorModel
+from . import tensor as T
+from .dti import TensorFit, TensorModel
 
 
 MIN_FA = 0.01   # the corrected tensor's lowest FA: enough to keep its eigenvectors (see with_fa)
@@ -62,14 +63,6 @@ class FABiasConfig:
     seed: int = 0
 
 
-def design_matrix(bvals: np.ndarray, bvecs: np.ndarray) -> np.ndarray:
-    """The log-linear DTI design ``(N, 7)``: ``ln S = ln S0 - b g^T D g``, DIPY's element order."""
-    b, g = np.asarray(bvals, np.float64), np.asarray(bvecs, np.float64)
-    x, y, z = g[:, 0], g[:, 1], g[:, 2]
-    return np.column_stack([np.ones_like(b), -b * x * x, -2 * b * x * y, -b * y * y,
-                            -2 * b * x * z, -2 * b * y * z, -b * z * z])
-
-
 def cylinder_eigenvalues(fa: torch.Tensor, md: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(l1, l2)`` of the prolate tensor ``diag(l1, l2, l2)`` with the given FA and MD.
 
@@ -77,14 +70,6 @@ def cylinder_eigenvalues(fa: torch.Tensor, md: torch.Tensor) -> tuple[torch.Tens
     """
     k = torch.sqrt(3 * fa ** 2 / (9 - 6 * fa ** 2))
     return md * (1 + 2 * k), md * (1 - k)
-
-
-def fa_of(evals: torch.Tensor) -> torch.Tensor:
-    """FA of eigenvalues clipped at 0 (as :func:`~difftract.reconst.tensor.decompose` reports them)."""
-    ev = evals.clamp_min(0)
-    mean = ev.mean(-1, keepdim=True)
-    den = (ev * ev).sum(-1)
-    return torch.sqrt(1.5 * ((ev - mean) ** 2).sum(-1) / den.clamp_min(1e-30)) * (den > 0)
 
 
 class FABiasTable:
@@ -106,10 +91,9 @@ class FABiasTable:
 
     def __init__(self, bvals: np.ndarray, bvecs: np.ndarray, config: FABiasConfig = FABiasConfig()):
         bvals, bvecs = np.asarray(bvals, np.float64), np.asarray(bvecs, np.float64)
-        X = design_matrix(bvals, bvecs)
-        if np.linalg.matrix_rank(X) < 7:
-            raise ConfigError("the FA bias correction needs volumes that determine a tensor (a b0 and six "
-                              "non-coplanar directions)")
+        # the fit's own design (DIPY's: the six elements, then -ln S0); TensorModel refuses one that
+        # cannot determine a tensor
+        X = TensorModel(gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_THRESHOLD)).design_matrix
         self.config = config
         self.b = float(bvals[bvals > B0_THRESHOLD].mean())   # b of the DWIs: b MD is their attenuation
         self.fa_grid = np.linspace(*config.fa[:2], config.fa[2])
@@ -118,12 +102,15 @@ class FABiasTable:
         fits = self._simulate(torch.from_numpy(bvals), torch.from_numpy(bvecs), torch.from_numpy(np.linalg.pinv(X)))
         self.stages = []                                        # per pass, the mean estimate (F, M, S) to invert
         estimate = fits
-        for _ in range(config.passes):
+        for k in range(config.passes):
             # the fitted FA rises with the true FA; Monte-Carlo noise may break that by a hair
             self.stages.append(np.maximum.accumulate(estimate.mean(-1), axis=0))
-            estimate = estimate.copy()
-            for m, s in np.ndindex(*estimate.shape[1:3]):
-                estimate[:, m, s] = _inverse(self.stages[-1][:, m, s], estimate[:, m, s], self.fa_grid)
+            if k + 1 < config.passes:   # the next pass tabulates this pass's estimate of the same fits
+                estimate = estimate.copy()
+                for m, s in np.ndindex(*estimate.shape[1:3]):
+                    values = estimate[:, m, s].ravel()
+                    curve = np.broadcast_to(self.stages[-1][:, m, s], (len(values), len(self.fa_grid)))
+                    estimate[:, m, s] = _invert(curve, values, self.fa_grid).reshape(estimate.shape[0], -1)
 
     @property
     def mean_fa(self) -> np.ndarray:
@@ -149,11 +136,11 @@ class FABiasTable:
             shape = (*signal.shape[:2], sigma.shape[2], *signal.shape[3:])
             real = signal + sigma * torch.randn(shape, generator=gen, dtype=torch.float64)
             imag = sigma * torch.randn(shape, generator=gen, dtype=torch.float64)
-            d = (torch.log(torch.sqrt(real ** 2 + imag ** 2).clamp_min(1e-8)) @ pinv.T)[..., 1:]
+            d = (torch.log(torch.sqrt(real ** 2 + imag ** 2).clamp_min(1e-8)) @ pinv.T)[..., :6]
             D = torch.stack([torch.stack([d[..., 0], d[..., 1], d[..., 3]], -1),
                              torch.stack([d[..., 1], d[..., 2], d[..., 4]], -1),
                              torch.stack([d[..., 3], d[..., 4], d[..., 5]], -1)], -2)
-            fitted.append(fa_of(torch.linalg.eigvalsh(D)))
+            fitted.append(T.fractional_anisotropy(torch.linalg.eigvalsh(D).clamp_min(0)))   # as decompose clips
         return torch.cat(fitted).numpy()
 
     def curves(self, table: np.ndarray, b_md: np.ndarray, snr: np.ndarray) -> np.ndarray:
@@ -179,30 +166,37 @@ class FABiasTable:
         """
         out = np.asarray(fa_fit, np.float64)
         for table in self.stages:
-            h = self.curves(table, b_md, snr)
-            k = np.clip((h <= out[:, None]).sum(1), 1, h.shape[1] - 1)    # h[k - 1] <= value < h[k]
-            rows = np.arange(len(h))
-            lo, hi = h[rows, k - 1], h[rows, k]
-            t = np.clip((out - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
-            out = np.where(out < h[:, 0], 0.0, self.fa_grid[k - 1] + t * (self.fa_grid[k] - self.fa_grid[k - 1]))
+            out = _invert(self.curves(table, b_md, snr), out, self.fa_grid)
         return out
 
 
-def _inverse(curve: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """``curve^-1(values)`` on ``grid`` (``curve`` non-decreasing over it); 0 below ``curve[0]``, the top above."""
-    return np.where(values < curve[0], 0.0, np.interp(values, curve, grid))
+def _invert(h: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Each row's ``h^-1(value)`` on ``grid`` (``h`` (V, F) non-decreasing along F): piecewise linear,
+    0 below ``h[:, 0]`` (no true FA gives a value that low on average), the top above ``h[:, -1]``."""
+    k = np.clip((h <= values[:, None]).sum(1), 1, h.shape[1] - 1)    # h[k - 1] <= value < h[k]
+    rows = np.arange(len(h))
+    lo, hi = h[rows, k - 1], h[rows, k]
+    t = np.clip((values - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+    return np.where(values < h[:, 0], 0.0, grid[k - 1] + t * (grid[k] - grid[k - 1]))
+
+
+def repeat_sigma(b0s: np.ndarray, mask: np.ndarray) -> float:
+    """The noise standard deviation from repeated b0s ``(X, Y, Z, k)``, k >= 2: the root of the mean,
+    over the mask, of each voxel's sample variance (0 where the b0s are identical or the mask empty)."""
+    inside = np.asarray(b0s, np.float64)[np.asarray(mask, dtype=bool)]
+    return float(np.sqrt(np.mean(inside.var(axis=1, ddof=1)))) if len(inside) else 0.0
 
 
 def noise_sigma(b0s: np.ndarray, mask: np.ndarray) -> float:
     """The noise standard deviation of a scan's b0s ``(X, Y, Z)`` or ``(X, Y, Z, K)``, in their units.
 
-    With two or more b0s: the median absolute difference of the first two over the mask,
-    ``sigma sqrt(2)`` for independent noise (0.6745 of it). With one (or two that are
-    identical, a copied volume): along each axis of at least three voxels, the second
-    difference ``x_i - (x_{i-1} + x_{i+1}) / 2`` of voxels whose two neighbours are in the
-    mask (``sigma sqrt(3/2)``), the smallest of the axes (tissue edges inflate the differences
-    across them). Both assume noise that is independent from voxel to voxel and close to
-    Gaussian (SNR above about 5); interpolated scans read as less noisy than they are.
+    With two or more b0s, :func:`repeat_sigma`. With one (or repeats that are identical, a
+    copied volume): along each axis of at least three voxels, the second difference
+    ``x_i - (x_{i-1} + x_{i+1}) / 2`` of voxels whose two neighbours are in the mask (``sigma
+    sqrt(3/2)``), its median absolute value (0.6745 sigma sqrt(3/2)), the smallest of the axes
+    (tissue edges inflate the differences across them). Both assume noise that is independent
+    from voxel to voxel and close to Gaussian (SNR above about 5); interpolated scans read as
+    less noisy than they are.
     """
     b0s = np.asarray(b0s, np.float64)
     mask = np.asarray(mask, dtype=bool)
@@ -211,7 +205,7 @@ def noise_sigma(b0s: np.ndarray, mask: np.ndarray) -> float:
     if int(mask.sum()) < MIN_NOISE_VOXELS:
         raise ConfigError(f"the mask holds {int(mask.sum())} voxels; the noise needs at least {MIN_NOISE_VOXELS}")
     if b0s.shape[3] >= 2:
-        sigma = float(np.median(np.abs(b0s[..., 0] - b0s[..., 1])[mask]) / (0.6745 * np.sqrt(2)))
+        sigma = repeat_sigma(b0s, mask)
         if sigma > 0:
             return sigma
     b0 = b0s[..., 0]
@@ -254,27 +248,39 @@ def with_fa(evals: np.ndarray, fa: np.ndarray, min_fa: float = MIN_FA) -> np.nda
     return md + np.maximum(s, 0)[..., None] * dev
 
 
-def fa_corrected(seven: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
-                 sigma: float) -> tuple[np.ndarray, dict]:
-    """The noise-corrected FA ``(X, Y, Z)`` of the WLS fit of one b0 and six DWIs ``(X, Y, Z, 7)``, and a record.
+def check_six_dwis(bvals: np.ndarray) -> None:
+    """Refuse volumes other than one b0 and six DWIs (the table simulates exactly that fit)."""
+    bvals = np.asarray(bvals, np.float64)
+    n_b0 = int((bvals <= B0_THRESHOLD).sum())
+    if len(bvals) != 7 or n_b0 != 1:
+        raise ConfigError(f"the FA bias correction needs one b0 and six DWIs, got {len(bvals)} volumes with {n_b0} b0s")
 
-    The fit's FA, its ``b MD`` and the b0 over ``sigma`` (the noise's standard deviation, e.g.
-    :func:`noise_sigma`) are looked up in the :class:`FABiasTable` of these seven volumes.
+
+def fa_corrected(lsq: TensorFit, bvals: np.ndarray, bvecs: np.ndarray, sigma: float) -> tuple[np.ndarray, dict]:
+    """The noise-corrected FA ``(X, Y, Z)`` of ``lsq``, a least-squares fit of one b0 and six DWIs, and a record.
+
+    ``bvals``, ``bvecs``: the seven volumes ``lsq`` fitted. Each voxel's FA, ``b MD`` and fitted
+    S0 over ``sigma`` (the noise's standard deviation, e.g. :func:`noise_sigma`; S0 is the b0,
+    as seven volumes determine the fit exactly) are looked up in their :class:`FABiasTable`.
     """
-    mask = np.asarray(mask, dtype=bool)
-    bvals, bvecs = np.asarray(bvals, np.float64), np.asarray(bvecs, np.float64)
-    if seven.shape[-1] != 7 or len(bvals) != 7 or int((bvals <= B0_THRESHOLD).sum()) != 1:
-        raise ConfigError(f"the FA bias correction needs one b0 and six DWIs, got {len(bvals)} volumes with "
-                          f"{int((bvals <= B0_THRESHOLD).sum())} b0s")
+    check_six_dwis(bvals)
     if not sigma > 0:
         raise ConfigError(f"the noise standard deviation must be positive, got {sigma}")
     table = FABiasTable(bvals, bvecs)
-    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_THRESHOLD)
-    evals = TensorModel(gtab, "WLS").fit(seven, mask, dtype="float64", progress=False).evals[mask]
-    evals = torch.from_numpy(np.clip(evals, 0, None).astype(np.float64))
-    b0 = np.asarray(seven[..., int(np.argmin(bvals))], np.float64)[mask]
+    mask = lsq.mask
+    evals = torch.from_numpy(np.clip(lsq.evals[mask], 0, None).astype(np.float64))
     out = np.zeros(mask.shape)
-    out[mask] = table.invert(fa_of(evals).numpy(), table.b * evals.mean(-1).numpy(), b0 / float(sigma))
-    return out, {"method": "Monte-Carlo inverse of the mean FA of the six-DWI WLS fit (difftract.reconst.fa_bias)",
+    out[mask] = table.invert(T.fractional_anisotropy(evals).numpy(), table.b * T.mean_diffusivity(evals).numpy(),
+                             lsq.s0[mask] / float(sigma))
+    return out, {"method": "Monte-Carlo inverse of the mean FA of the six-DWI least-squares fit "
+                           "(difftract.reconst.fa_bias)",
                  "noise_sigma": float(sigma), "draws": table.config.draws, "passes": table.config.passes,
                  "seed": table.config.seed}
+
+
+def with_corrected_fa(fit: TensorFit, fa: np.ndarray, record: dict) -> TensorFit:
+    """``fit`` with each voxel's FA set to ``fa`` (:func:`with_fa`: eigenvectors, MD and shape kept) and
+    ``record`` in its params as ``fa_correction``."""
+    evals = np.array(fit.evals, dtype=np.float64)
+    evals[fit.mask] = with_fa(evals[fit.mask], fa[fit.mask])
+    return replace(fit, evals=evals, params={**fit.params, "fa_correction": record})

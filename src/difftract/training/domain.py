@@ -26,6 +26,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from ..io.gradients import B0_THRESHOLD
+from ..reconst.fa_bias import repeat_sigma
 
 SHELL_MARGIN = 50.0        # s/mm^2 beyond the training shells still counted inside
 SNR_MARGIN = 0.8           # a scan's SNR estimate may be 20% under the training minimum
@@ -149,9 +150,8 @@ def estimate_snr(b0s: np.ndarray, mask: np.ndarray) -> float | None:
     mask = np.asarray(mask, dtype=bool)
     if b0s.ndim != 4 or b0s.shape[-1] < 2 or not mask.any():
         return None
-    inside = b0s[mask]
-    sigma = np.sqrt(np.mean(inside.var(axis=1, ddof=1)))
-    return float(np.median(inside.mean(axis=1)) / sigma) if sigma > 0 else None
+    sigma = repeat_sigma(b0s, mask)
+    return float(np.median(b0s[mask].mean(axis=1)) / sigma) if sigma > 0 else None
 
 
 def scan_snr(signal, bvals, mask) -> float | None:

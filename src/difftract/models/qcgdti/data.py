@@ -50,7 +50,7 @@ from ...io.dwi import load_subject
 from ...io.gradients import B0_THRESHOLD
 from ...eval.tensor_errors import FA_BINS
 from ...reconst import tensor as T
-from ...reconst.dti import TensorModel
+from ...reconst.dti import TensorFit, TensorModel
 from ...reconst.sh import SHELL_TOLERANCE, shell_groups, shells
 from ...training.dataset import EpochDataset
 from .model import LOSSES, N_DWI, TARGETS, TENSOR_SCALE, frobenius2, tensor_parts
@@ -80,12 +80,17 @@ class QCGSubject:
         return np.flatnonzero(self.bvals <= B0_THRESHOLD)
 
 
+def reference_fit(data, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray, device: str = "cpu",
+                  method: str = "WLS") -> TensorFit:
+    """The fit of the given volumes by ``method`` (default WLS), in float64."""
+    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_THRESHOLD)
+    return TensorModel(gtab, method).fit(data, mask, device=device, dtype="float64", progress=False)
+
+
 def reference_tensor(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,
                      device: str = "cpu", method: str = "WLS") -> np.ndarray:
     """The tensor of the given volumes by ``method`` (default WLS), (X, Y, Z, 6) in mm^2/s (zero outside the mask)."""
-    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_THRESHOLD)
-    fit = TensorModel(gtab, method).fit(data, mask, device=device, dtype="float64", progress=False)
-    return fit.lower_triangular().astype(np.float32)
+    return reference_fit(data, bvals, bvecs, mask, device, method).lower_triangular().astype(np.float32)
 
 
 def shell_references(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray,

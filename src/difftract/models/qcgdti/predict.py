@@ -20,9 +20,9 @@ from ...errors import ConfigError
 from ...io.gradients import B0_THRESHOLD
 from ...reconst import tensor as T
 from ...reconst.dti import EIGENVALUE_TOL, TensorFit
-from ...reconst.fa_bias import fa_corrected, noise_sigma, with_fa
+from ...reconst.fa_bias import fa_corrected, noise_sigma, with_corrected_fa
 from ...reconst.voxels import MaskedSignal, volume_array
-from .data import brain_scale, make_input, pad_to, q_coordinates
+from .data import brain_scale, make_input, pad_to, q_coordinates, reference_fit
 from ...training.domain import scan_report
 from .model import N_DWI, TENSOR_SCALE, QCGDTI, build_model
 from .schemes import SixSet, check_six
@@ -118,7 +118,7 @@ class QCGTensorModel:
         seven volumes' least-squares fit
         (:func:`~difftract.reconst.fa_bias.fa_corrected`); the network's eigenvectors,
         MD and eigenvalue shape are kept. ``sigma`` is the noise's standard deviation, by
-        default estimated from the scan's first two b0s (or its one b0).
+        default estimated from the scan's b0s (:func:`~difftract.reconst.fa_bias.noise_sigma`).
 
         ``data`` is a 4D array or a :class:`MaskedSignal` (then the seven volumes are put on
         the grid, zero outside the held voxels, and nothing else). The fit's
@@ -139,14 +139,12 @@ class QCGTensorModel:
         lt = self.predict(b0, dwis, bvals[idx], bvecs[idx], mask)
         scale = np.max(bvals[idx])
         evals, evecs = T.decompose(torch.from_numpy(lt.astype(np.float64)), EIGENVALUE_TOL / scale)
-        evals = evals.numpy()
         report = scan_report(self.meta.get("domain"), data, bvals, mask, bvals[idx], voxel_size)
-        extra = {}
+        fit = TensorFit(evals.numpy() * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
+                        {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index, **report})
         if fa_correction:
             seven = [b0_index, *idx.tolist()]
-            sigma = noise_sigma(volume_array(data, b0s[:2]), mask) if sigma is None else sigma
-            fa, extra["fa_correction"] = fa_corrected(np.concatenate([b0[..., None], dwis], axis=-1), bvals[seven],
-                                                      bvecs[seven], mask, sigma)
-            evals[mask] = with_fa(evals[mask], fa[mask])
-        return TensorFit(evals * mask[..., None], evecs.numpy() * mask[..., None, None], b0 * mask, mask,
-                         {**self.params, "six_indices": idx.tolist(), "b0_index": b0_index, **report, **extra})
+            lsq = reference_fit(np.concatenate([b0[..., None], dwis], axis=-1), bvals[seven], bvecs[seven], mask)
+            sigma = noise_sigma(volume_array(data, b0s), mask) if sigma is None else sigma
+            fit = with_corrected_fa(fit, *fa_corrected(lsq, bvals[seven], bvecs[seven], sigma))
+        return fit
