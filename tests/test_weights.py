@@ -195,6 +195,11 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
     paper = bw.RECIPES["qcgdti_paper"]   # the paper's architecture: the earlier recipe without the least-squares input
     assert paper["options"] == [*bw.RECIPES["qcgdti_phantoms"]["options"], "--no-lsq-input"] and not paper["install"]
     assert "scripts/build_weights.py qcgdti_paper" in readme
+    assert bw.main(["qcgdti_paper", "--dry-run", "--work", str(tmp_path / "paper")]) == 0
+    trains = [line for line in (tmp_path / "paper" / "commands.sh").read_text().splitlines() if " train qcgdti " in line]
+    assert len(trains) == 2 and all(line.rstrip(")").split(" --out ")[0].endswith(
+        " ".join(f"train/{n}" for n in bw.RECIPES["qcgdti_phantoms"]["subjects"])) for line in trains)
+    assert all("--no-lsq-input" in line for line in trains) and trains[1].rstrip(")").endswith("--resume")
     # QCG-DTI: the earlier recipe's phantoms and two runs first, then the streamed fine-tuning from its result
     assert bw.main(["qcgdti", "--dry-run", "--work", str(tmp_path / "qcgdti")]) == 0
     log = (tmp_path / "qcgdti" / "commands.sh").read_text()
