@@ -40,6 +40,10 @@ measured against.
 
 ``--sampler-steps 3,5`` adds, per model, a deterministic row with that many sampler steps
 (the reverse diffusion from ``y_1 = 0`` without noise, :mod:`difftract.models.ddtracking.diffusion`).
+``--fodf-guide 0.3,0.5`` adds, per model, a row guided by the CSD fODF ``det`` tracks (each step moved
+that fraction of the way to the nearest peak, :mod:`difftract.models.ddtracking.guide`);
+``--target-guide W`` makes the target model's row with that weight the one the targets, the
+stochastic row, the reproducibility checks and the speed run use.
 ``--ablation DIR`` adds a row per variant of the paper's ablation (``DIR/{variant}.pt``, from
 ``scripts/train_ddtracking_ablation.sh``) on the test columns. ``--stochastic`` adds the target
 model's stochastic S = 5 row and, per column, the angle between each step in a crossing voxel
@@ -79,6 +83,7 @@ from difftract.io.tractogram import load_tractogram
 from difftract.models.ddtracking.data import input_sh
 from difftract.models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS, TrackingDefaults
 from difftract.models.ddtracking.getter import DDTrackingGetter, load_ddtracking
+from difftract.models.ddtracking.guide import FodfGuide, GuideConfig
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from difftract.reconst.csd import CsdModel
 from difftract.tracking.getters import make_getter
@@ -107,6 +112,9 @@ TARGETS = [
     Target("f1_margin_tests", ">=", 0.03, f"{ISSUE}: the same for F1"),
     Target("nc_tests", "<", 0.10, f"{ISSUE}: NC of DDTracking, mean over the test columns"),
     Target("ib_over_det_tests", "<=", 0.0, f"{ISSUE}: IB of DDTracking minus det's, mean over the test columns"),
+    Target("f1_margin_best_row_tests", "measured", None, "the F1 margin against the one classical row with the best "
+           "mean F1 over the test columns (the target above takes the best rule of each column)"),
+    Target("vc_margin_best_row_tests", "measured", None, "the same for VC"),
     Target("nc_true_peaks_tests", "measured", None, "the NC that the noise-free fibre directions give at "
            "1 voxel (the shipped models' step), mean over the test columns: the floor of the NC target for a "
            "local rule"),
@@ -192,14 +200,16 @@ class Subject:
         return Tracker(make_getter("peak", peaks=peaks, max_angle=45), self.criterion, self.vox,
                        self.params(step_mm, integrator))
 
-    def learned(self, loaded: tuple, steps: int, stochastic: bool, **kw) -> Tracker:
+    def learned(self, loaded: tuple, steps: int, stochastic: bool, guide: float = 0.0, **kw) -> Tracker:
         """DDTracking, ``loaded`` as :func:`load_ddtracking` returns it, at its weights' step
-        (:class:`TrackingDefaults`: 1 voxel for the shipped models)."""
+        (:class:`TrackingDefaults`: 1 voxel for the shipped models), guided by the CSD fODF ``det``
+        tracks with weight ``guide`` (0: the network alone)."""
         model, meta = loaded
         kind = model.config.input
         if kind not in self.inputs:
             self.inputs[kind] = input_sh(self.dwi, kind)
-        getter = DDTrackingGetter(model, self.inputs[kind], 45.0, steps, stochastic, self.vox)
+        fodf_guide = FodfGuide(self.field, GuideConfig(weight=guide)) if guide else None
+        getter = DDTrackingGetter(model, self.inputs[kind], 45.0, steps, stochastic, self.vox, guide=fodf_guide)
         return Tracker(getter, self.criterion, self.vox, self.params(TrackingDefaults.from_meta(meta).step_mm(self.vox)),
                        **kw)
 
@@ -223,6 +233,11 @@ class Subject:
         return [apply_affine(inverse, np.asarray(s)) for s in out], seconds
 
 
+def guided(model: str, weight: float) -> str:
+    """The row name of ``model`` with the fODF guide of ``weight`` (0: the network alone)."""
+    return f"ddtracking {model}" + (f" guide {weight:g}" if weight else "")
+
+
 def parse_models(specs: list[str] | None) -> dict[str, tuple]:
     """``NAME=W`` or a shipped name -> {row name: (model, meta)}; default: every shipped model."""
     models = {}
@@ -243,6 +258,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="where the test phantoms are written (default: a temporary dir)")
     ints = lambda s: tuple(int(x) for x in s.split(",") if x)   # noqa: E731
     words = lambda s: tuple(x for x in s.split(",") if x)       # noqa: E731
+    floats = lambda s: tuple(float(x) for x in s.split(",") if x)   # noqa: E731
     ap.add_argument("--columns", type=words, default=COLUMNS, help="default: " + ",".join(COLUMNS))
     ap.add_argument("--unseen-seeds", type=ints, default=(9001, 9002, 9003, 9005, 9006),
                     help="random-preset test seeds (default: 9001,9002,9003,9005,9006)")
@@ -258,6 +274,11 @@ def main() -> None:
                          "--valid-only; DIPY's rows always do: return_all=False)")
     ap.add_argument("--sampler-steps", type=ints, default=(), metavar="S[,S...]",
                     help="add a deterministic row per model for each of these sampler step counts (> 1)")
+    ap.add_argument("--fodf-guide", type=floats, default=(), metavar="W[,W...]",
+                    help="add a row per model for each of these --fodf-guide weights (> 0)")
+    ap.add_argument("--target-guide", type=float, default=0.0, metavar="W",
+                    help="the targets apply to the target model's row with this --fodf-guide weight (default: 0, "
+                         "the network alone); the stochastic and speed rows use it too")
     ap.add_argument("--stochastic", action="store_true",
                     help="add the target model's stochastic S=5 row and the angular spread in crossings")
     ap.add_argument("--speed-seeds", type=int, default=10_000, help="seeds of the speed run (0: skip it)")
@@ -306,27 +327,31 @@ def main() -> None:
                 for steps in (k for k in args.sampler_steps if k > 1):
                     tracker = s.learned(loaded, steps, False, chunk_size=10_000)
                     add(f"ddtracking {name} S={steps}", *run(tracker, s.seeds))
+                for w in sorted(set(args.fodf_guide) | ({args.target_guide} if name == args.target_model else set())):
+                    if w > 0:
+                        add(guided(name, w), *run(s.learned(loaded, 1, False, w, chunk_size=10_000), s.seeds))
             if col != "seen":
                 for variant, loaded in ablation.items():
                     add(f"ablation {variant}", *run(s.learned(loaded, 1, False, chunk_size=10_000), s.seeds))
             if args.stochastic:
-                add(f"ddtracking {args.target_model} S=5 stoch",
-                    *run(s.learned(models[args.target_model], 5, True, chunk_size=10_000), s.seeds))
+                add(f"{guided(args.target_model, args.target_guide)} S=5 stoch",
+                    *run(s.learned(models[args.target_model], 5, True, args.target_guide, chunk_size=10_000), s.seeds))
                 spreads.setdefault(col, {})[label] = {name: crossing_spread(lines, s.peaks, s.crossing)
                                                       for name, lines in tracked.items()}
     columns = summarise(tables)
     print_columns(columns)
-    measure_targets(check, columns, f"ddtracking {args.target_model}", args.no_dipy)
+    measure_targets(check, columns, guided(args.target_model, args.target_guide), args.no_dipy)
     spread = print_spreads(spreads) if spreads else {}
     ablation_order(check, columns, args.ablation)
-    repro = reproducibility(check, seen, models[args.target_model]) if seen is not None else {}
+    repro = reproducibility(check, seen, models[args.target_model], args.target_guide) if seen is not None else {}
     if seen is None:
         for name in REPRO:
             check.unmeasured(name, "needs the seen column")
-    speed = speed_run(check, seen, models, args.target_model, args.speed_seeds, args.busy, args.sampler_steps)
+    speed = speed_run(check, seen, models, args.target_model, args.speed_seeds, args.busy, args.sampler_steps,
+                      args.target_guide, args.fodf_guide)
     check.finish({"benchmark": "bench_ddtracking", "models": {n: {"weights": m["path"], "sha256": m["sha256"]}
                                                              for n, (_, m) in models.items()},
-                  "target_model": args.target_model, "max_seeds": args.max_seeds, "tables": _plain(tables),
+                  "target_model": args.target_model, "target_guide": args.target_guide, "max_seeds": args.max_seeds, "tables": _plain(tables),
                   "columns": columns, "crossing_spread_deg": spread, "reproducibility": repro, "speed": speed, "speed_seeds": args.speed_seeds,
                   "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
 
@@ -360,8 +385,8 @@ def print_columns(columns: dict[str, dict[str, dict]]) -> None:
 def measure_targets(check, columns: dict[str, dict[str, dict]], row: str, no_dipy: bool) -> None:
     tests = [c for c in TESTS if c in columns]
     if not tests:
-        for name in ("vc_margin_tests", "f1_margin_tests", "nc_tests", "ib_over_det_tests", "vb_fraction_tests",
-                     "nc_true_peaks_tests", "f1_true_peaks_tests"):
+        for name in ("vc_margin_tests", "f1_margin_tests", "f1_margin_best_row_tests", "vc_margin_best_row_tests",
+                     "nc_tests", "ib_over_det_tests", "vb_fraction_tests", "nc_true_peaks_tests", "f1_true_peaks_tests"):
             check.unmeasured(name, "no test column was run")
         return
     classical = [r for r in CLASSICAL if not (no_dipy and r.startswith("dipy"))]
@@ -371,6 +396,8 @@ def measure_targets(check, columns: dict[str, dict[str, dict]], row: str, no_dip
 
     check.measure("vc_margin_tests", mean(lambda c: c[row]["VS_ratio"] - max(c[r]["VS_ratio"] for r in classical)))
     check.measure("f1_margin_tests", mean(lambda c: c[row]["mean_f1"] - max(c[r]["mean_f1"] for r in classical)))
+    for key, name in (("mean_f1", "f1_margin_best_row_tests"), ("VS_ratio", "vc_margin_best_row_tests")):
+        check.measure(name, mean(lambda c: c[row][key]) - max(mean(lambda c: c[r][key]) for r in classical))
     check.measure("nc_tests", mean(lambda c: c[row]["NC_ratio"]))
     check.measure("ib_over_det_tests", mean(lambda c: c[row]["IB"] - c["det"]["IB"]))
     check.measure("vb_fraction_tests", mean(lambda c: c[row]["VB_fraction"]))
@@ -393,10 +420,10 @@ def ablation_order(check, columns: dict[str, dict[str, dict]], directory: Path |
     check.measure("ablation_order", all(ol[a] < ol[b] for a, b in zip(VARIANTS, VARIANTS[1:])))
 
 
-def reproducibility(check, s: Subject, loaded: tuple) -> dict[str, bool]:
+def reproducibility(check, s: Subject, loaded: tuple, guide: float = 0.0) -> dict[str, bool]:
     """On the first 1,000 seeds of the seen phantom."""
     few = s.seeds[:1000]
-    det, sto = s.learned(loaded, 1, False), s.learned(loaded, 5, True)
+    det, sto = s.learned(loaded, 1, False, guide), s.learned(loaded, 5, True, guide)
     repro = {"deterministic_repeats": same(run(det, few)[0], run(det, few)[0]),
              "stochastic_same_seed_repeats": same(run(sto, few, 3)[0], run(sto, few, 3)[0]),
              "stochastic_other_seed_differs": not same(run(sto, few, 3)[0], run(sto, few, 4)[0])}
@@ -412,8 +439,9 @@ def _spin() -> None:   # the other busy process of the slowdown run
 
 
 def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int, busy: bool,
-              sampler_steps: tuple[int, ...] = ()) -> dict[str, dict]:
-    """Streamlines and seeds per second on ``n_seeds`` seeds of the seen phantom, every rule at DDTracking's step."""
+              sampler_steps: tuple[int, ...] = (), guide: float = 0.0, guides: tuple[float, ...] = ()) -> dict[str, dict]:
+    """Streamlines and seeds per second on ``n_seeds`` seeds of the seen phantom, every rule at DDTracking's step
+    (each model also with each of ``guides``; the default model's stochastic row with ``guide``)."""
     if n_seeds <= 0 or s is None:
         for name in ("fast_streamlines_per_s", "full_streamlines_per_s"):
             check.skip(name, "no speed run (--speed-seeds 0 or no seen column)")
@@ -431,8 +459,11 @@ def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int
             for k in (1,) + tuple(k for k in sampler_steps if k > 1):
                 out[f"ddtracking {name} S={k} {device}"] = (
                     lambda m=loaded, k=k: run(s.learned(m, k, False, device=device, chunk_size=chunk), seeds))
-        out[f"ddtracking {default} stochastic S=5 {device}"] = (
-            lambda: run(s.learned(models[default], 5, True, device=device, chunk_size=chunk), seeds))
+            for w in sorted((set(guides) | ({guide} if name == default else set())) - {0.0}):
+                out[f"{guided(name, w)} S=1 {device}"] = (
+                    lambda m=loaded, w=w: run(s.learned(m, 1, False, w, device=device, chunk_size=chunk), seeds))
+        out[f"{guided(default, guide)} stochastic S=5 {device}"] = (
+            lambda: run(s.learned(models[default], 5, True, guide, device=device, chunk_size=chunk), seeds))
         return out
 
     speed = {}

@@ -88,6 +88,26 @@ def test_track_with_ddtracking(weights, subjects, tmp_path, capsys):
     assert side["params"]["step_mm"] == 2.0                  # one voxel of the 2 mm phantom
 
 
+def test_track_with_the_fodf_guide(weights, subjects, tmp_path):
+    """--fodf-guide fits CSD (or reads --sh), changes the streamlines, and the sidecar says how."""
+    d = subjects[0]
+    common = [*map(str, scan_args(d)), "--method", "ddtracking", "--weights", str(weights), "--seeds-per-voxel", "1",
+              "--min-len-mm", "0"]
+    out = {name: tmp_path / f"{name}.trx" for name in ("plain", "guided", "given")}
+    fod = tmp_path / "fod.nii.gz"
+    assert main(["-q", "fit", "csd", *map(str, scan_args(d)[:5]), "--out", str(fod)]) == 0
+    assert main(["-q", "track", *common, "--out", str(out["plain"])]) == 0
+    assert main(["-q", "track", *common, "--fodf-guide", "0.5", "--out", str(out["guided"])]) == 0
+    assert main(["-q", "track", *common, "--fodf-guide", "0.5", "--sh", str(fod), "--out", str(out["given"])]) == 0
+    lines = {k: load_tractogram(p).streamlines.get_data() for k, p in out.items()}
+    assert lines["plain"].shape != lines["guided"].shape or not np.array_equal(lines["plain"], lines["guided"])
+    assert np.array_equal(lines["guided"], lines["given"])   # the same CSD fit, fitted or read
+    guided = json.loads((tmp_path / "guided.json").read_text())["params"]
+    assert guided["fodf_guide"] == 0.5 and guided["fodf_guide_angle"] == 30.0 and guided["fodf_guide_fod"] == "CSD lmax 8"
+    assert json.loads((tmp_path / "given.json").read_text())["params"]["fodf_guide_fod"] == str(fod)
+    assert json.loads((tmp_path / "plain.json").read_text())["params"]["fodf_guide"] == 0.0
+
+
 def test_track_deterministic_same_seed_same_tractogram(weights, subjects, tmp_path):
     d = subjects[1]
     paths = []
@@ -107,6 +127,9 @@ def test_track_deterministic_same_seed_same_tractogram(weights, subjects, tmp_pa
     (["--method", "det", "--seeds-per-voxel", "0"], "--seeds-per-voxel must be at least 1"),
     (["--method", "det", "--model", "fast"], "--weights and --model only apply to --method ddtracking"),
     (["--method", "ddtracking", "--model", "fast", "--weights", "w.pt"], "give one of them"),
+    (["--method", "det", "--fodf-guide", "0.3"], "only apply to --method ddtracking"),
+    (["--method", "ddtracking", "--fodf-guide", "1.5"], "--fodf-guide must be in [0, 1]"),
+    (["--method", "ddtracking", "--sh", "fod.nii.gz"], "DDTracking reads the DWI itself"),
 ])
 def test_bad_options(subjects, tmp_path, capsys, extra, message):
     d = subjects[0]

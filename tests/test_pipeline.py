@@ -109,6 +109,28 @@ def test_ddtracking_run_writes_the_very_sh_it_tracked(subject, tmp_path, monkeyp
     assert shell == 1000.0            # the shell nearest b=1000, as DDTracking was trained
 
 
+def test_a_guided_ddtracking_run_is_guided_by_the_fodf_it_writes(subject, tmp_path, monkeypatch):
+    from difftract.models.ddtracking import getter as dd
+
+    guides = []
+    original = dd.DDTrackingGetter.__init__
+
+    def spy(self, *args, guide=None, **kwargs):
+        guides.append(guide)
+        original(self, *args, guide=guide, **kwargs)
+
+    monkeypatch.setattr(dd.DDTrackingGetter, "__init__", spy)
+    out = tmp_path / "guided"
+    run_subject(Subject.find(subject), out, RunOptions(methods=("ddtracking",), seed=1, min_len_mm=10,
+                                                       fodf_guide=0.3), console=Console(quiet=True))
+    written = np.asarray(nib.load(str(out / "fod.nii.gz")).dataobj)
+    assert len(guides) == 1 and guides[0].config.weight == 0.3
+    assert np.array_equal(written, guides[0].field.coeffs.numpy())
+    record = json.loads((out / "tracks.json").read_text())
+    assert record["params"]["fodf_guide"] == 0.3 and record["params"]["fodf_guide_fod"].endswith("fod.nii.gz")
+    assert "--fodf-guide 0.3" in record["equivalent"] and "fod.nii.gz" in record["equivalent"]
+
+
 def test_run_options_refuse_what_cannot_work(subject):
     from difftract.errors import ConfigError
 
@@ -125,6 +147,9 @@ def test_run_options_refuse_what_cannot_work(subject):
         RunOptions(methods=("det", "det"))
     with pytest.raises(ConfigError, match="--shell and --lmax"):
         RunOptions(methods=("ddtracking",), lmax=6)
+    assert RunOptions(methods=("ddtracking",), lmax=6, fodf_guide=0.3).lmax == 6   # the guide's CSD fit
+    with pytest.raises(ConfigError, match="--fodf-guide only applies to --method ddtracking"):
+        RunOptions(methods=("det",), fodf_guide=0.3)
 
 
 def test_tracking_a_given_fodf_reads_no_signal(cli, subject, tmp_path, monkeypatch):

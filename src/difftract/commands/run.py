@@ -57,6 +57,10 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
     p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped --model)")
     p.add_argument("--model", choices=tuple(SHIPPED_MODELS), metavar="{full,fast}",
                    help=f"the shipped DDTracking model: the paper's sizes or the small CPU one (default: {DEFAULT_MODEL})")
+    p.add_argument("--fodf-guide", type=float, default=0.0, metavar="W",
+                   help="DDTracking: move each step the fraction W of the way to the nearest CSD fODF peak "
+                        "(fod.nii.gz is fitted for it; chosen on validation phantoms: 0.3 for --model full, 0.7 for fast; "
+                        "default: %(default)s, the network alone)")
     p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
     if stop_mask:
         p.add_argument("--stop-mask", type=Path, metavar="M",
@@ -87,7 +91,7 @@ def run_options(args: argparse.Namespace, stop_mask: Path | None = None):
     return RunOptions(methods=(args.method,), weights=args.weights, model=args.model, format=args.format,
                       stop_mask=stop_mask, fa_threshold=args.fa_threshold,
                       seeds_per_voxel=args.seeds_per_voxel, seed=args.seed, min_len_mm=args.min_len_mm,
-                      shell=args.shell, lmax=args.lmax, zero_nonfinite=args.zero_nonfinite,
+                      shell=args.shell, lmax=args.lmax, fodf_guide=args.fodf_guide, zero_nonfinite=args.zero_nonfinite,
                       compute=Compute(device=args.device, chunk_size=args.chunk_size))
 
 

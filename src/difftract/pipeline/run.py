@@ -61,6 +61,9 @@ class RunOptions:
         The CSD fit's shell (default: the highest) and lmax (default 8), for det and prob.
     peaks : bool
         Also write the CSD peaks (``peaks.nii.gz``).
+    fodf_guide : float
+        DDTracking: the weight of the CSD fODF's peaks in each step (0: the network alone;
+        :mod:`~difftract.models.ddtracking.guide`); the fODF is fitted and written as for det.
     """
 
     methods: tuple[str, ...] = (DEFAULT_METHOD,)
@@ -75,6 +78,7 @@ class RunOptions:
     shell: float | None = None
     lmax: int | None = None
     peaks: bool = False
+    fodf_guide: float = 0.0
     zero_nonfinite: bool = False
     compute: Compute = field(default_factory=Compute)
 
@@ -87,7 +91,9 @@ class RunOptions:
         if (self.weights is not None or self.model is not None) and "ddtracking" not in self.methods:
             raise ConfigError("--weights and --model apply only to --method ddtracking")
         check_model_choice(self.weights, self.model)
-        if self.methods == ("ddtracking",) and (self.shell is not None or self.lmax is not None):
+        if self.fodf_guide and "ddtracking" not in self.methods:
+            raise ConfigError("--fodf-guide only applies to --method ddtracking")
+        if self.methods == ("ddtracking",) and not self.fodf_guide and (self.shell is not None or self.lmax is not None):
             raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob; DDTracking reads the SH "
                               "(lmax 6) of the shell nearest b=1000, as it was trained; for a scheme without such a "
                               "shell use --method det or prob with --shell/--lmax")
@@ -206,6 +212,10 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
         if method == "ddtracking":
             source = _learned_input_stage(subject, dwi, directory, learned, options, console)
             track_extra = {"weights": options.weights, "model": options.model}
+            if options.fodf_guide:     # the CSD fODF guides its steps (models/ddtracking/guide.py)
+                fod = fod or _csd_stage(subject, dwi, directory, options, console)
+                source.fod = fod
+                track_extra |= {"fodf_guide": options.fodf_guide, "sh": directory / "fod.nii.gz"}
         else:
             if fod is None:
                 fod = _csd_stage(subject, dwi, directory, options, console)
@@ -330,7 +340,8 @@ def _track_stage(subject, dwi, tracks: Path, method: str, source, stop, stop_pat
     from .track import Seeding, Stopping, TrackOptions, track
 
     track_options = TrackOptions(method=method, seeds_per_voxel=options.seeds_per_voxel,
-                                 min_len_mm=options.min_len_mm, seed=options.seed)
+                                 min_len_mm=options.min_len_mm, seed=options.seed,
+                                 fodf_guide=options.fodf_guide if method == "ddtracking" else 0.0)
     line = command_line("track", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
                         zero_nonfinite=options.zero_nonfinite, stop_mask=stop_path, method=method,
                         seeds_per_voxel=options.seeds_per_voxel, min_len_mm=options.min_len_mm, seed=options.seed,

@@ -60,6 +60,7 @@ class TrackOptions:
     valid_only: bool = False
     sampler_steps: int = 1
     stochastic: bool = False
+    fodf_guide: float = 0.0               # DDTracking: the weight of the CSD fODF's peaks (models/ddtracking/guide.py)
     seed: int = 0
 
     def __post_init__(self):
@@ -68,7 +69,8 @@ class TrackOptions:
         if self.sampler_steps < 1:
             raise ConfigError(f"--sampler-steps must be at least 1, got {self.sampler_steps}")
         learned_only = [f"--{k}" for k, on in (("stochastic", self.stochastic),
-                                               ("sampler-steps", self.sampler_steps != 1)) if on]
+                                               ("sampler-steps", self.sampler_steps != 1),
+                                               ("fodf-guide", self.fodf_guide != 0)) if on]
         if learned_only and self.method != "ddtracking":
             raise ConfigError(f"{', '.join(learned_only)} only apply to --method ddtracking")
         if self.method == "ddtracking" and self.integrator != "euler":
@@ -83,6 +85,17 @@ class FodSource:
     legacy: bool = False
     description: str = "CSD"
     mask: np.ndarray | None = None     # where ``peak`` looks for peaks (default: everywhere)
+
+    @classmethod
+    def fitted(cls, dwi, lmax: int = 8, compute: Compute = Compute(), console: Console = Console()) -> FodSource:
+        """The CSD fODF of ``dwi`` (auto response, the highest shell), as ``track`` fits it without ``--sh``."""
+        from ..reconst.csd import CsdModel
+
+        log.info("no --sh: fitting CSD (lmax %d, auto response)", lmax)
+        with memory_guard(f"the CSD fit (lmax {lmax})", compute.torch_device, None):
+            fit = CsdModel(dwi.gtab, lmax=lmax, legacy=False).fit(dwi.signal, dwi.mask,
+                                                                  **compute.fit_options(console.bars))
+        return cls(fit.coeffs.astype(np.float32), description=f"CSD lmax {lmax}", mask=dwi.mask)
 
     def defaults(self, voxel_sizes) -> tuple[float, int]:
         return 1.0, SEEDS_PER_VOXEL
@@ -112,6 +125,9 @@ class LearnedSource:
     """The DDTracking network, its weights' metadata, and the SH it reads (the scan's signal SH, or its
     CSD fODF SH for a network trained on those: :func:`~difftract.models.ddtracking.data.input_sh`).
 
+    ``fod`` is the CSD fODF (a :class:`FodSource`) that guides its steps under
+    ``TrackOptions.fodf_guide`` (:mod:`~difftract.models.ddtracking.guide`); None without a guide.
+
     ``domain`` compares the scan with what the network was trained on
     (:func:`~difftract.models.ddtracking.domain.scan_domain`): :func:`track` warns in one
     line when the scan lies outside, and the sidecar records it.
@@ -121,16 +137,19 @@ class LearnedSource:
     meta: dict
     sh: np.ndarray
     domain: dict = field(default_factory=dict)
+    fod: FodSource | None = None
 
     @classmethod
-    def for_scan(cls, model: torch.nn.Module, meta: dict, sh: np.ndarray, dwi) -> LearnedSource:
+    def for_scan(cls, model: torch.nn.Module, meta: dict, sh: np.ndarray, dwi, fod: FodSource | None = None
+                 ) -> LearnedSource:
         """The network, the SH it reads, and how ``dwi`` compares with its training domain."""
         from ..models.ddtracking.domain import scan_domain
 
-        return cls(model, meta, sh, scan_domain(meta, dwi))
+        return cls(model, meta, sh, scan_domain(meta, dwi), fod)
 
     @classmethod
-    def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu") -> LearnedSource:
+    def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu", fod: FodSource | None = None
+               ) -> LearnedSource:
         """:meth:`for_scan` with the input fitted from ``dwi`` at the network's lmax: the signal SH of the
         shell nearest b=1000, or the CSD fODF SH for a network of ``input`` fodf
         (:func:`~difftract.models.ddtracking.data.input_sh`)."""
@@ -138,7 +157,7 @@ class LearnedSource:
         from ..reconst.sh import lmax_from_ncoeffs
 
         lmax = lmax_from_ncoeffs(model.config.n_coeffs)
-        return cls.for_scan(model, meta, input_sh(dwi, model.config.input, lmax, device=device), dwi)
+        return cls.for_scan(model, meta, input_sh(dwi, model.config.input, lmax, device=device), dwi, fod)
 
     def warn_domain(self, scan) -> None:
         """One line when the scan lies outside the network's training data."""
@@ -164,7 +183,26 @@ class LearnedSource:
                         "are converted, but resampling to isotropic voxels matches training better",
                         tuple(round(float(v), 3) for v in voxel_sizes))
         return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
-                                voxel_sizes=voxel_sizes)
+                                voxel_sizes=voxel_sizes, guide=self.guide(options))
+
+    def guide(self, options: TrackOptions):
+        """The fODF guide of ``options.fodf_guide`` (None at 0)."""
+        from ..models.ddtracking.guide import FodfGuide, GuideConfig
+        from ..tracking.sh_field import SHField
+
+        if options.fodf_guide == 0:
+            return None
+        if self.fod is None:
+            raise ConfigError("--fodf-guide needs the CSD fODF: give LearnedSource a fod")
+        field_ = SHField(self.fod.coeffs, legacy=self.fod.legacy, pmf_threshold=options.pmf_threshold)
+        return FodfGuide(field_, GuideConfig(weight=options.fodf_guide))
+
+    def guide_record(self, options: TrackOptions) -> dict:
+        from ..models.ddtracking.guide import GuideConfig
+
+        if options.fodf_guide == 0:
+            return {"fodf_guide": 0.0}
+        return {**GuideConfig(weight=options.fodf_guide).record(), "fodf_guide_fod": self.fod.description}
 
     sh_basis = "descoteaux07"     # input_sh fits the published basis, signal or fODF
 
@@ -281,8 +319,8 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
                     "so give --chunk-size %d to reproduce this tractogram elsewhere", chunk, chunk)
     tracker = Tracker(getter, stopping.criterion, dwi.voxel_sizes, params, device=device, dtype=dtype,
                       chunk_size=chunk, workers=workers)
-    learned = {"sampler_steps": options.sampler_steps, "stochastic": options.stochastic} \
-        if isinstance(source, LearnedSource) else {}
+    learned = {"sampler_steps": options.sampler_steps, "stochastic": options.stochastic,
+               **source.guide_record(options)} if isinstance(source, LearnedSource) else {}
     record = provenance("track", {"method": options.method, **params.to_dict(), "max_angle": options.max_angle,
                                   "pmf_threshold": options.pmf_threshold, "stopping": stopping.description,
                                   "seeding": seeding.record(per_voxel), "device": str(device),

@@ -27,7 +27,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from ..reconst.peaks import find_peaks, local_maxima
+from ..reconst.peaks import local_maxima
 from .getter_protocol import Getter, StatelessGetter
 from .integrators import normalize
 from .interpolate import nearest
@@ -158,12 +158,7 @@ class ClosestPeakGetter(_SHGetter):
         self.relative_peak_threshold = float(relative_peak_threshold)
 
     def _peaks(self, points) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.field
-        pmf = f.thresholded(f.pmf(points))
-        index, _ = find_peaks(pmf, f.neighbours, f.close, self.relative_peak_threshold, f.vertices.shape[0])
-        width = max(int((index >= 0).sum(dim=1).max()), 1) if len(index) else 1
-        index = index[:, :width]
-        return f.vertices[index.clamp(min=0)], index >= 0
+        return self.field.peaks(points, self.relative_peak_threshold)
 
     def seed_directions(self, seeds):
         """Every peak of each seed, in peak order (one streamline each)."""

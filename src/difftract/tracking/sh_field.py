@@ -14,7 +14,7 @@ import torch
 from dipy.core.sphere import Sphere
 
 from ..errors import ConfigError
-from ..reconst.peaks import close_pairs, default_sphere, sphere_neighbours
+from ..reconst.peaks import close_pairs, default_sphere, find_peaks, sphere_neighbours
 from ..reconst.sh import lmax_from_ncoeffs, sh_basis
 from .interpolate import grid_volume, trilinear
 
@@ -99,3 +99,16 @@ class SHField:
         """Zero the values below ``pmf_threshold`` times the (non-negative) maximum."""
         top = pmf.max(dim=1, keepdim=True).values.clamp(min=0)
         return torch.where(pmf < self.pmf_threshold * top, torch.zeros_like(pmf), pmf)
+
+    def peaks(self, points: torch.Tensor, relative_peak_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+        """The peaks of the thresholded pmf at ``points``: directions ``(N, K, 3)`` and which are present ``(N, K)``.
+
+        Local maxima on the sphere at least ``relative_peak_threshold`` of the largest and
+        ``min_separation_angle`` apart, largest first (DIPY's ``peak_directions``); ``K`` is the
+        most any point has (at least 1).
+        """
+        index, _ = find_peaks(self.thresholded(self.pmf(points)), self.neighbours, self.close,
+                              relative_peak_threshold, self.vertices.shape[0])
+        width = max(int((index >= 0).sum(dim=1).max()), 1) if len(index) else 1
+        index = index[:, :width]
+        return self.vertices[index.clamp(min=0)], index >= 0

@@ -9,6 +9,7 @@
 - :mod:`.augment`: the 48 symmetries of the voxel grid, applied exactly to a training sample;
 - :mod:`.inference`: the tracking step as dense matrices (the same function, faster on CPUs);
 - :mod:`.getter`: the tracker's direction getter (GRU state per streamline) and weight loading;
+- :mod:`.guide`: the fODF guide, each step moved towards the nearest CSD fODF peak;
 - :mod:`.defaults`: the shipped models (``full``, ``fast``) and a model's own tracking settings;
 - :mod:`.domain`: what a network was trained on, and whether a scan lies inside it.
 """
@@ -16,7 +17,9 @@
 from .data import DDTrackingTask, StreamlineDataset, input_sh, prepare_subject, signal_sh
 from .diffusion import DiffusionConfig
 from .getter import DDTrackingGetter, load_ddtracking
+from .guide import FodfGuide, GuideConfig
 from .model import VARIANTS, DDTracking, DDTrackingConfig, build_model
 
 __all__ = ["DDTrackingTask", "StreamlineDataset", "prepare_subject", "input_sh", "signal_sh", "DiffusionConfig",
-           "DDTrackingGetter", "load_ddtracking", "VARIANTS", "DDTracking", "DDTrackingConfig", "build_model"]
+           "DDTrackingGetter", "load_ddtracking", "FodfGuide", "GuideConfig", "VARIANTS", "DDTracking",
+           "DDTrackingConfig", "build_model"]

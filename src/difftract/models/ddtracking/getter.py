@@ -10,7 +10,8 @@ batched together. Per step, at the current points:
    ``steps`` sampler steps from ``y_1 = 0`` (deterministic) or ``y_1 ~ N(0, I)``
    (``stochastic``; draws from the tracker's per-chunk generator, so ``--seed`` fixes
    them);
-4. it is invalid (the half ends) off the grid or more than ``max_angle`` from ``d_{t-1}``:
+4. with a ``guide``, it is moved part of the way to the nearest CSD fODF peak (:mod:`.guide`);
+5. it is invalid (the half ends) off the grid or more than ``max_angle`` from ``d_{t-1}``:
    the model's output is a direction with a sign, so turning back is a turn of > 90 degrees.
 
 The network runs as :class:`.inference.TrackingNetwork`, a dense copy of its weights made when
@@ -43,6 +44,7 @@ from ...tracking.getters import _cos
 from ...tracking.interpolate import grid_volume, inside_grid, trilinear
 from .defaults import DEFAULT_MODEL, SHIPPED_MODELS, check_model_choice
 from .features import samples
+from .guide import FodfGuide
 from .inference import TrackingNetwork
 from .model import DDTracking, build_model
 
@@ -80,6 +82,8 @@ class DDTrackingGetter:
         Sample from ``y_1 ~ N(0, I)`` with the posterior noise (probabilistic tracking).
     voxel_sizes : sequence of 3 float
         The scan's voxel sizes: the network works in voxel space, the tracker in mm.
+    guide : FodfGuide, optional
+        Moves each direction part of the way to the nearest CSD fODF peak (:mod:`.guide`).
 
     Use the Euler integrator: RK2/RK4's intermediate evaluations would advance the GRU at
     points the streamline never reaches.
@@ -89,7 +93,7 @@ class DDTrackingGetter:
     cos_max_angle: float
 
     def __init__(self, model: DDTracking, sh, max_angle: float = 45.0, steps: int = 1, stochastic: bool = False,
-                 voxel_sizes=(1.0, 1.0, 1.0)):
+                 voxel_sizes=(1.0, 1.0, 1.0), guide: FodfGuide | None = None):
         if steps < 1:
             raise ConfigError(f"--sampler-steps must be at least 1, got {steps}")
         sh = grid_volume(np.asarray(sh, dtype=np.float32) if not isinstance(sh, torch.Tensor) else sh)
@@ -99,7 +103,9 @@ class DDTrackingGetter:
         sizes = np.asarray(voxel_sizes, dtype=np.float64)
         if sizes.shape != (3,) or not np.all(sizes > 0):
             raise ConfigError(f"voxel sizes must be three positive numbers, got {voxel_sizes}")
-        self.sh = sh
+        if guide is not None and guide.field.shape != tuple(sh.shape[:3]):
+            raise ConfigError(f"the guide's fODF grid {guide.field.shape} differs from the scan's {tuple(sh.shape[:3])}")
+        self.sh, self.guide = sh, (None if guide is None else guide.to(sh.device, sh.dtype))
         self.network = TrackingNetwork(model)
         self.max_angle, self.cos_max_angle = float(max_angle), _cos(max_angle)
         self.steps, self.stochastic = int(steps), bool(stochastic)
@@ -113,6 +119,7 @@ class DDTrackingGetter:
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         out.network = self.network.to(device, dtype)
+        out.guide = None if self.guide is None else self.guide.to(device, dtype)
         out.sh, out.sphere, out.basis, out.voxel_sizes = (
             t.to(device=device, dtype=dtype) for t in (self.sh, self.sphere, self.basis, self.voxel_sizes))
         return out
@@ -145,7 +152,8 @@ class DDTrackingGetter:
         branches = 27 * c.conv_channels + 2 * c.mlp_hidden + c.z_dim + c.v_dim
         gru = c.gru_layers * 5 * c.gru_hidden
         denoiser = 8 * c.denoiser_width + c.time_dim
-        return (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2   # x2: inputs and outputs of each layer live together
+        guide = 0 if self.guide is None else self.guide.bytes_per_seed(dtype_bytes)
+        return (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2 + guide   # x2: inputs and outputs of each layer live together
 
     def bytes_per_point(self, dtype_bytes: int) -> int:
         """The forward half's spatial encoding ``z_t`` of each point, kept for :meth:`init_backward`."""
@@ -202,6 +210,8 @@ class DDTrackingGetter:
             state["z_log"].add(z, state["h"])
         c, h = self.network.recur(z, self._to_voxel(prev), state["h"])
         dirs = self._to_mm(self.network.direction(c, v, self.steps, self.stochastic, state.get("generator")))
+        if self.guide is not None:
+            dirs = self.guide(points, dirs)
         valid = inside_grid(self.sh, points) & ((dirs * prev).sum(dim=-1) >= self.cos_max_angle)
         return dirs, valid, {**state, "h": h}
 

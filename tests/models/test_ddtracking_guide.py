@@ -1,0 +1,129 @@
+"""The fODF guide: DDTracking's direction moved towards the nearest CSD fODF peak."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from difftract.errors import ConfigError
+from difftract.models.ddtracking.getter import DDTrackingGetter
+from difftract.models.ddtracking.guide import FodfGuide, GuideConfig
+from difftract.reconst.peaks import default_sphere
+from difftract.reconst.sh import sh_basis
+from difftract.tracking.sh_field import SHField
+from difftract.tracking.stopping import BinaryCriterion
+from difftract.tracking.tracker import Tracker, TrackingParams
+
+from .test_ddtracking_getter import model
+
+VERTICES = np.asarray(default_sphere().vertices, dtype=np.float64)
+U1 = VERTICES[10]    # a fibre direction on a sphere vertex, so a peak lands on it exactly
+
+
+def _second_fibre() -> np.ndarray:
+    """The vertex nearest 70 degrees from U1 (a crossing the peak search resolves)."""
+    angle = np.degrees(np.arccos(np.clip(np.abs(VERTICES @ U1), 0, 1)))
+    return VERTICES[np.argmin(np.abs(angle - 70.0))]
+
+
+def fodf_field(directions, shape=(5, 5, 5), lmax=8) -> SHField:
+    """A constant field whose fODF is a sum of sharp lobes along ``directions`` (least-squares SH fit)."""
+    dense = np.concatenate([VERTICES, -VERTICES])
+    amplitude = sum(np.exp(-40.0 * (1.0 - (dense @ u) ** 2)) for u in directions)
+    B, _ = sh_basis(dense, lmax, False)
+    coeffs = np.linalg.lstsq(B, amplitude, rcond=None)[0]
+    return SHField(np.broadcast_to(coeffs, (*shape, len(coeffs))).copy(), legacy=False)
+
+
+def turned(u: np.ndarray, degrees: float) -> np.ndarray:
+    """``u`` turned by ``degrees`` about an axis perpendicular to it."""
+    axis = np.cross(u, [0.0, 0.0, 1.0] if abs(u[2]) < 0.9 else [1.0, 0.0, 0.0])
+    axis /= np.linalg.norm(axis)
+    t = np.radians(degrees)
+    return u * np.cos(t) + np.cross(axis, u) * np.sin(t)
+
+
+def _dirs(*vectors) -> torch.Tensor:
+    return torch.as_tensor(np.stack(vectors), dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def crossing():
+    return fodf_field([U1, _second_fibre()])
+
+
+def test_the_peaks_of_the_field_are_its_fibres(crossing):
+    peaks, present = crossing.peaks(torch.full((1, 3), 2.0, dtype=torch.float64))
+    found = peaks[0][present[0]].numpy()
+    assert len(found) == 2
+    for u in (U1, _second_fibre()):
+        assert np.max(np.abs(found @ u)) > 1 - 1e-9
+
+
+def test_weight_one_snaps_to_the_peak_the_direction_is_nearest_with_its_sign(crossing):
+    guide = FodfGuide(crossing, GuideConfig(weight=1.0, max_angle=30.0))
+    u2 = _second_fibre()
+    points = torch.full((3, 3), 2.0, dtype=torch.float64)
+    dirs = _dirs(turned(U1, 12), -turned(U1, 20), turned(u2, 15))    # the network picks the peak and the sign
+    out = guide(points, dirs).numpy()
+    np.testing.assert_allclose(out, np.stack([U1, -U1, u2]), atol=1e-12)
+
+
+def test_a_weight_moves_part_of_the_way_and_far_or_absent_peaks_leave_it(crossing):
+    w = 0.3
+    guide = FodfGuide(crossing, GuideConfig(weight=w, max_angle=30.0))
+    d = turned(U1, 20)
+    out = guide(torch.full((1, 3), 2.0, dtype=torch.float64), _dirs(d))[0].numpy()
+    expected = (1 - w) * d + w * U1
+    np.testing.assert_allclose(out, expected / np.linalg.norm(expected), atol=1e-12)
+    assert 0 < np.degrees(np.arccos(out @ U1)) < 20                   # between the two
+    far = turned(U1, 35.0)                                               # > 30 degrees from U1, far from the other
+    assert min(np.degrees(np.arccos(np.abs(far @ u))) for u in (U1, _second_fibre())) > 30
+    np.testing.assert_allclose(guide(torch.full((1, 3), 2.0, dtype=torch.float64), _dirs(far))[0].numpy(), far)
+    empty = SHField(np.zeros((5, 5, 5, 45)), legacy=False)                # no fODF: no peak, no change
+    d = F.normalize(torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    out = FodfGuide(empty, GuideConfig(weight=1.0))(torch.full((6, 3), 2.0, dtype=torch.float64), d)
+    assert torch.equal(out, d)
+
+
+def test_weight_zero_is_the_network_alone(crossing):
+    d = F.normalize(torch.randn(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), dim=-1)
+    out = FodfGuide(crossing, GuideConfig(weight=0.0))(torch.full((20, 3), 2.0, dtype=torch.float64), d)
+    torch.testing.assert_close(out, d, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kw, message", [({"weight": 1.5}, "--fodf-guide must be in [0, 1]"),
+                                         ({"weight": -0.1}, "--fodf-guide must be in [0, 1]"),
+                                         ({"max_angle": 0.0}, "angle"),
+                                         ({"relative_peak_threshold": 1.0}, "peak threshold")])
+def test_bad_configs_are_refused(kw, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        GuideConfig(**kw)
+
+
+def test_the_guided_getter_steps_along_the_fodf_and_tracks(crossing):
+    """With weight 1 every step the network takes within 30 degrees of a peak is that peak; the GRU reads it."""
+    sh = np.zeros((5, 5, 5, 28), np.float32)
+    sh[..., 0] = 1.0
+    plain = DDTrackingGetter(model(), sh, max_angle=90)
+    guided = DDTrackingGetter(model(), sh, max_angle=90, guide=FodfGuide(crossing, GuideConfig(weight=1.0)))
+    points = torch.full((8, 3), 2.0)
+    prev = F.normalize(torch.randn(8, 3, generator=torch.Generator().manual_seed(2)), dim=-1)
+    d0, _, _ = plain.directions(points, prev, plain.init(points, prev))
+    d1, valid, _ = guided.directions(points, prev, guided.init(points, prev))
+    peaks = torch.as_tensor(np.stack([U1, _second_fibre()]), dtype=torch.float32)
+    near = (d0 @ peaks.T).abs().amax(dim=1)
+    snapped = (d1 @ peaks.T).abs().amax(dim=1)
+    assert torch.all(snapped[near >= np.cos(np.radians(30))] > 1 - 1e-5)
+    assert torch.allclose(d1[near < np.cos(np.radians(30)) - 1e-3], d0[near < np.cos(np.radians(30)) - 1e-3])
+    tracker = Tracker(guided, BinaryCriterion(np.ones((5, 5, 5), bool)), (2.0, 2.0, 2.0),
+                      TrackingParams(step_mm=1.0, min_len_mm=0.0, max_len_mm=20.0))
+    lines = [s for chunk in tracker.track(torch.full((4, 3), 2.0, dtype=torch.float64)) for s in chunk.split()]
+    assert len(lines) == 4 and guided.bytes_per_seed(4) > plain.bytes_per_seed(4)
+
+
+def test_a_guide_on_another_grid_is_refused(crossing):
+    with pytest.raises(ConfigError, match="guide's fODF grid"):
+        DDTrackingGetter(model(), np.zeros((4, 4, 4, 28), np.float32), guide=FodfGuide(crossing))
