@@ -285,6 +285,8 @@ def main() -> None:
     ap.add_argument("--busy", action="store_true", help="rerun the speed run beside one busy process")
     ap.add_argument("--threads", type=int, default=2)
     args, check = parse_args(ap, "bench_ddtracking", TARGETS)
+    for w in (*args.fodf_guide, args.target_guide):
+        GuideConfig(weight=w)                     # refused here, not after an hour of rows
     torch.set_num_threads(args.threads)
     args.work = args.work or Path(tempfile.mkdtemp())
     models = parse_models(args.model)
@@ -489,8 +491,8 @@ def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int
         slow = f", {r['slowdown_busy']:.2f}x slower beside a busy process" if "slowdown_busy" in r else ""
         print(f"speed {name:36} {r['streamlines_per_s']:9.1f} streamlines/s {r['seeds_per_s']:9.1f} seeds/s "
               f"({r['ratio_vs_det']:.3f}x det{slow})")
-    for model in ("fast", "full"):
-        row = speed.get(f"ddtracking {model} S=1 cpu")
+    for model in ("fast", "full"):     # the target model's row with its guide, as the accuracy targets
+        row = speed.get(f"{guided(model, guide if model == default else 0.0)} S=1 cpu")
         if row is None:
             check.unmeasured(f"{model}_streamlines_per_s", f"no '{model}' model row (--model {model})")
         else:

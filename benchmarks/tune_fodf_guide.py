@@ -1,13 +1,14 @@
 """Choose DDTracking's ``--fodf-guide`` weight on validation phantoms, never on the test ones.
 
-Run: ``.venv/bin/python benchmarks/tune_fodf_guide.py --work val_work --model full --weights 0,0.3,0.5,0.7``
+Run: ``.venv/bin/python benchmarks/tune_fodf_guide.py --work val_work --model full --guides 0,0.3,0.5,0.7``
 (about 6 minutes for ``full`` on 2 cores, 2 for ``fast``; ``--stochastic`` for the S = 5 sampler).
 
 The validation phantoms are trained on by no model and tested on by no benchmark: our
 ``random`` preset with seeds 8001-8003 and a ``brain-random`` geometry (seed 8004), below the
 test range and far from the streamed training seeds (``phantom/splits.py``), and DIPY's
 signal on the foreign ``random`` and ``fibercup`` layouts (seeds 9201, 9202; foreign phantoms
-are test data by construction, and ``bench_ddtracking.py`` tests on ``crossroads`` 9101 only).
+are test data by construction, so their seeds lie in the test range, but ``bench_ddtracking.py``
+tests on the ``crossroads`` layout, seed 9101, only).
 Scheme, seeds, mask and settings are ``bench_ddtracking.py``'s. The rule that picks the
 weight (fixed before the test run, README "Learned tracking"): the largest mean F1 whose
 mean VC stays within 0.02 of the network alone.
@@ -52,14 +53,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="where the validation phantoms are written")
     ap.add_argument("--model", default="full", help="a shipped model (full, fast) or a weights file")
-    ap.add_argument("--weights", default="0,0.3,0.5,0.7", help="guide weights to compare (default: %(default)s)")
+    ap.add_argument("--guides", default="0,0.3,0.5,0.7", help="--fodf-guide weights to compare (default: %(default)s)")
     ap.add_argument("--stochastic", action="store_true", help="the stochastic S = 5 sampler instead of S = 1")
     ap.add_argument("--classical", action="store_true", help="add the det and prob rows")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_ddtracking(model=args.model) if args.model in ("full", "fast") else load_ddtracking(Path(args.model))
-    weights = [float(w) for w in args.weights.split(",")]
+    weights = [float(w) for w in args.guides.split(",")]
     steps = 5 if args.stochastic else 1
     rows: dict[str, list[list[float]]] = {}
     for directory in phantoms(args.work):

@@ -109,7 +109,7 @@ def test_ddtracking_run_writes_the_very_sh_it_tracked(subject, tmp_path, monkeyp
     assert shell == 1000.0            # the shell nearest b=1000, as DDTracking was trained
 
 
-def test_a_guided_ddtracking_run_is_guided_by_the_fodf_it_writes(subject, tmp_path, monkeypatch):
+def test_a_guided_ddtracking_run_is_guided_by_the_fodf_it_writes(cli, subject, tmp_path, monkeypatch):
     from difftract.models.ddtracking import getter as dd
 
     guides = []
@@ -127,8 +127,16 @@ def test_a_guided_ddtracking_run_is_guided_by_the_fodf_it_writes(subject, tmp_pa
     assert len(guides) == 1 and guides[0].config.weight == 0.3
     assert np.array_equal(written, guides[0].field.coeffs.numpy())
     record = json.loads((out / "tracks.json").read_text())
-    assert record["params"]["fodf_guide"] == 0.3 and record["params"]["fodf_guide_fod"].endswith("fod.nii.gz")
-    assert "--fodf-guide 0.3" in record["equivalent"] and "fod.nii.gz" in record["equivalent"]
+    assert record["params"]["fodf_guide"] == 0.3 and record["params"]["fodf_guide_fod"] == str(out / "fod.nii.gz")
+    line = shlex.split(record["equivalent"])[1:]                # the recorded track line reproduces the run
+    assert line[line.index("--sh") + 1] == str(out / "fod.nii.gz") and line[line.index("--fodf-guide") + 1] == "0.3"
+    alone = tmp_path / "alone.trx"
+    line[line.index("--out") + 1] = str(alone)
+    again = cli(*line)
+    assert again.returncode == 0, again.stderr
+    reference = subject / "mask.nii.gz"
+    assert len(_points(alone, reference)) > 0
+    assert _same(_points(out / "tracks.trx", reference), _points(alone, reference))
 
 
 def test_run_options_refuse_what_cannot_work(subject):
@@ -150,6 +158,11 @@ def test_run_options_refuse_what_cannot_work(subject):
     assert RunOptions(methods=("ddtracking",), lmax=6, fodf_guide=0.3).lmax == 6   # the guide's CSD fit
     with pytest.raises(ConfigError, match="--fodf-guide only applies to --method ddtracking"):
         RunOptions(methods=("det",), fodf_guide=0.3)
+    for bad in (1.5, -0.1, float("nan")):        # refused before any fit
+        with pytest.raises(ConfigError, match="--fodf-guide must be in"):
+            RunOptions(methods=("ddtracking",), fodf_guide=bad)
+    assert "fodf_guide" not in RunOptions().record()            # cohorts finished before the option still match
+    assert RunOptions(methods=("ddtracking",), fodf_guide=0.3).record()["fodf_guide"] == 0.3
 
 
 def test_tracking_a_given_fodf_reads_no_signal(cli, subject, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ outputs (in OUT):
   sh.nii.gz             signal SH (ddtracking only): exactly the array DDTracking tracked
   fod_ddtracking.nii.gz instead of sh.nii.gz for weights trained with --input fodf: the CSD fODF at the
                         network's lmax, which it reads times 2 sqrt(pi)
-  fod.nii.gz            CSD fODF (det and prob only)
+  fod.nii.gz            CSD fODF (det and prob, and ddtracking with --fodf-guide)
   stop_mask.nii.gz      where tracking went (only when made from FA, see --stop-mask)
   tracks.trx            the tractogram (--format), with tracks.json (provenance)
   scores.json           Tractometer scores (only with ground truth: SUBJECT_DIR/gt/scoring.json)
@@ -78,9 +78,9 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
     p.add_argument("--min-len-mm", type=float, default=20.0,
                    help="shortest streamline kept, mm (default: %(default)s; lower it for a small field of view)")
     p.add_argument("--shell", type=float, metavar="B",
-                   help="det/prob: the shell of the CSD fit (default: the highest; a DDTracking network of the "
-                        "fODF reads the highest, as it was trained)")
-    p.add_argument("--lmax", type=int, metavar="N", help="det/prob: the CSD fit's lmax (default: 8)")
+                   help="det/prob/--fodf-guide: the shell of the CSD fit (default: the highest; a DDTracking network "
+                        "of the fODF reads the highest, as it was trained)")
+    p.add_argument("--lmax", type=int, metavar="N", help="det/prob/--fodf-guide: the CSD fit's lmax (default: 8)")
     p.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
 
 

@@ -48,7 +48,7 @@ examples:
       --method ddtracking --model fast --out dd.trx
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \\
       --method ddtracking --stochastic --sampler-steps 5 --seed 1 --weights my.pt --out dd_prob.trx
-  difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \
+  difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \\
       --method ddtracking --fodf-guide 0.3 --out dd_guided.trx
 """
 
@@ -150,8 +150,7 @@ def cmd_track(args: argparse.Namespace) -> int:
                         mask=dwi.mask)
     elif model is None or args.fodf_guide:
         fod = FodSource.fitted(dwi, args.lmax, fit_compute, console)
-    source = fod if model is None else LearnedSource.fitted(*model, dwi, device=compute.torch_device,
-                                                              fod=fod if args.fodf_guide else None)
+    source = fod if model is None else LearnedSource.fitted(*model, dwi, device=compute.torch_device, fod=fod)
     stop = load_mask(args.stop_mask, dwi.shape, dwi.affine, "stop mask") if args.stop_mask else dwi.mask
     if args.fa_threshold is not None:
         stopping = Stopping.from_fa(dwi, args.fa_threshold, fit_compute, console)

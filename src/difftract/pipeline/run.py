@@ -58,7 +58,8 @@ class RunOptions:
     seeds_per_voxel : int, optional
         Random seeds per mask voxel (default: the rule's; DDTracking's from its weights).
     shell, lmax : optional
-        The CSD fit's shell (default: the highest) and lmax (default 8), for det and prob.
+        The CSD fit's shell (default: the highest) and lmax (default 8), for det, prob and the
+        fODF guide.
     peaks : bool
         Also write the CSD peaks (``peaks.nii.gz``).
     fodf_guide : float
@@ -93,8 +94,13 @@ class RunOptions:
         check_model_choice(self.weights, self.model)
         if self.fodf_guide and "ddtracking" not in self.methods:
             raise ConfigError("--fodf-guide only applies to --method ddtracking")
+        if self.fodf_guide:
+            from ..models.ddtracking.guide import GuideConfig
+
+            GuideConfig(weight=self.fodf_guide)     # refuses a weight outside [0, 1] before any fit
         if self.methods == ("ddtracking",) and not self.fodf_guide and (self.shell is not None or self.lmax is not None):
-            raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob; DDTracking reads the SH "
+            raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob (or of --fodf-guide); "
+                              "DDTracking reads the SH "
                               "(lmax 6) of the shell nearest b=1000, as it was trained; for a scheme without such a "
                               "shell use --method det or prob with --shell/--lmax")
         if self.seeds_per_voxel is not None and self.seeds_per_voxel < 1:
@@ -105,6 +111,8 @@ class RunOptions:
     def record(self) -> dict:
         """The options as plain values (``run.json``; a cohort compares them before skipping a subject)."""
         values = {k: v for k, v in asdict(self).items() if k != "compute"}
+        if not values["fodf_guide"]:        # unguided runs record what they did before the option existed
+            del values["fodf_guide"]
         values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                   for k, v in values.items()}
         return {**values, **{k: str(v) for k, v in asdict(self.compute).items()}}
@@ -210,11 +218,14 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
     summary = RunSummary(directory, {}, {}, {}, {})
     for method in options.methods:
         if method == "ddtracking":
-            source = _learned_input_stage(subject, dwi, directory, learned, options, console)
-            track_extra = {"weights": options.weights, "model": options.model}
+            guide = None
             if options.fodf_guide:     # the CSD fODF guides its steps (models/ddtracking/guide.py)
-                fod = fod or _csd_stage(subject, dwi, directory, options, console)
-                source.fod = fod
+                if fod is None:
+                    fod = _csd_stage(subject, dwi, directory, options, console)
+                guide = fod
+            source = _learned_input_stage(subject, dwi, directory, learned, options, console, guide)
+            track_extra = {"weights": options.weights, "model": options.model}
+            if guide is not None:
                 track_extra |= {"fodf_guide": options.fodf_guide, "sh": directory / "fod.nii.gz"}
         else:
             if fod is None:
@@ -290,11 +301,13 @@ def given_stop_mask(options: RunOptions, subject: Subject, dwi) -> np.ndarray | 
     return stop
 
 
-def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOptions, console: Console):
+def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOptions, console: Console,
+                         guide=None):
     """DDTracking's input, fitted once at the network's lmax and written, then tracked: the signal SH
     (``fit sh``, the shell nearest b=1000, float32) as ``sh.nii.gz``, or for a network trained on the
     CSD fODF (``input`` fodf) that fODF (``fit csd``, the highest shell) as ``fod_ddtracking.nii.gz``,
-    which the network reads times :data:`~difftract.models.ddtracking.data.FODF_SCALE`."""
+    which the network reads times :data:`~difftract.models.ddtracking.data.FODF_SCALE`; ``guide``, the
+    CSD fODF (a :class:`~.track.FodSource`) that guides its steps, or None."""
     from ..models.ddtracking.data import fodf_input, signal_sh_shell
     from ..reconst.sh import lmax_from_ncoeffs
     from .fits import fit_csd, fit_sh
@@ -309,13 +322,13 @@ def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOpt
                             dtype="float32", device=options.compute.named_device)
         console.stage(line)
         fit = fit_csd(dwi, out, lmax=lmax, compute=float32, console=console, equivalent=line)
-        return LearnedSource.for_scan(model, meta, fodf_input(fit.coeffs), dwi)
+        return LearnedSource.for_scan(model, meta, fodf_input(fit.coeffs), dwi, guide)
     out, shell = directory / "sh.nii.gz", signal_sh_shell(dwi.bvals)
     line = command_line("fit sh", subject.dwi, subject.bval, subject.bvec, **scan, out=out, lmax=lmax, shell=shell,
                         dtype="float32", device=options.compute.named_device)
     console.stage(line)
     fit = fit_sh(dwi, out, lmax=lmax, shell=shell, compute=float32, console=console, equivalent=line)
-    return LearnedSource.for_scan(model, meta, fit.coeffs.astype(np.float32, copy=False), dwi)
+    return LearnedSource.for_scan(model, meta, fit.coeffs.astype(np.float32, copy=False), dwi, guide)
 
 
 def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Console):

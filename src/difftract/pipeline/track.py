@@ -73,8 +73,15 @@ class TrackOptions:
                                                ("fodf-guide", self.fodf_guide != 0)) if on]
         if learned_only and self.method != "ddtracking":
             raise ConfigError(f"{', '.join(learned_only)} only apply to --method ddtracking")
+        self.guide_config()                     # a weight outside [0, 1] is refused before any fit
         if self.method == "ddtracking" and self.integrator != "euler":
             raise ConfigError("DDTracking advances its GRU one point per step: use --integrator euler")
+
+    def guide_config(self):
+        """DDTracking's fODF guide (:class:`~difftract.models.ddtracking.guide.GuideConfig`), None without one."""
+        from ..models.ddtracking.guide import GuideConfig
+
+        return GuideConfig(weight=self.fodf_guide) if self.fodf_guide else None
 
 
 @dataclass
@@ -186,23 +193,24 @@ class LearnedSource:
                                 voxel_sizes=voxel_sizes, guide=self.guide(options))
 
     def guide(self, options: TrackOptions):
-        """The fODF guide of ``options.fodf_guide`` (None at 0)."""
-        from ..models.ddtracking.guide import FodfGuide, GuideConfig
+        """The fODF guide of ``options.fodf_guide`` on :attr:`fod` (None at 0)."""
+        from ..models.ddtracking.guide import FodfGuide
         from ..tracking.sh_field import SHField
 
-        if options.fodf_guide == 0:
+        config = options.guide_config()
+        if config is None:
             return None
         if self.fod is None:
             raise ConfigError("--fodf-guide needs the CSD fODF: give LearnedSource a fod")
-        field_ = SHField(self.fod.coeffs, legacy=self.fod.legacy, pmf_threshold=options.pmf_threshold)
-        return FodfGuide(field_, GuideConfig(weight=options.fodf_guide))
+        return FodfGuide(SHField(self.fod.coeffs, legacy=self.fod.legacy, pmf_threshold=options.pmf_threshold),
+                         config)
 
     def guide_record(self, options: TrackOptions) -> dict:
-        from ..models.ddtracking.guide import GuideConfig
-
-        if options.fodf_guide == 0:
+        """What the sidecar says of the guide: its settings and the fODF it read, or ``fodf_guide`` 0."""
+        config = options.guide_config()
+        if config is None:
             return {"fodf_guide": 0.0}
-        return {**GuideConfig(weight=options.fodf_guide).record(), "fodf_guide_fod": self.fod.description}
+        return {**config.record(), "fodf_guide_fod": self.fod.description, "fodf_guide_sh_basis": self.fod.sh_basis}
 
     sh_basis = "descoteaux07"     # input_sh fits the published basis, signal or fODF
 

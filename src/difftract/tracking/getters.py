@@ -59,9 +59,8 @@ class _SHGetter(StatelessGetter):
         return out
 
     def bytes_per_seed(self, dtype_bytes: int) -> int:
-        """The pmf on the sphere with its cone key and masks (about four V-vectors), and the 8 corners' SH."""
-        V, C = self.field.vertices.shape[0], self.field.basis_t.shape[0]
-        return V * (4 * dtype_bytes + 2) + 8 * C * dtype_bytes
+        """The pmf on the sphere with its cone key and masks, and the 8 corners' SH."""
+        return self.field.bytes_per_query(dtype_bytes)
 
     def seed_directions(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The highest local maximum of the raw pmf at each seed (DIPY's det/prob rule).
@@ -167,14 +166,8 @@ class ClosestPeakGetter(_SHGetter):
         return peaks[present], seed_index
 
     def directions(self, points, prev_dirs, state):
-        peaks, present = self._peaks(points)
-        dots = (peaks * prev_dirs[:, None, :]).sum(dim=-1)
-        score = torch.where(present, dots.abs(), torch.full_like(dots, -1.0))
-        best = score.argmax(dim=1)
-        dot = dots.gather(1, best[:, None])[:, 0]
-        peak = peaks[torch.arange(len(points), device=points.device), best]
-        valid = present.any(dim=1) & (dot.abs() >= self.cos_max_angle)
-        return torch.where((dot >= 0)[:, None], peak, -peak), valid, state
+        peak, cos = self.field.closest_peak(points, prev_dirs, self.relative_peak_threshold)
+        return peak, cos >= self.cos_max_angle, state       # cos is -1 where there is no peak
 
 
 class PeakGetter(StatelessGetter):

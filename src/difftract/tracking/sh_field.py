@@ -112,3 +112,22 @@ class SHField:
         width = max(int((index >= 0).sum(dim=1).max()), 1) if len(index) else 1
         index = index[:, :width]
         return self.vertices[index.clamp(min=0)], index >= 0
+
+    def closest_peak(self, points: torch.Tensor, dirs: torch.Tensor, relative_peak_threshold: float = 0.5
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The peak nearest each of ``dirs (N, 3)`` at ``points``, with the sign of ``dirs``, and ``|cos|`` to it.
+
+        ``|cos|`` is -1 where the point has no peak (the peak returned there is then meaningless).
+        """
+        peaks, present = self.peaks(points, relative_peak_threshold)
+        dots = (peaks * dirs[:, None, :]).sum(dim=-1)                               # (N, K)
+        near = torch.where(present, dots.abs(), torch.full_like(dots, -1.0))
+        best = near.argmax(dim=1, keepdim=True)
+        peak = peaks.gather(1, best[..., None].expand(-1, -1, 3))[:, 0]
+        return torch.where(dots.gather(1, best) < 0, -peak, peak), near.gather(1, best)[:, 0]
+
+    def bytes_per_query(self, dtype_bytes: int) -> int:
+        """Working memory of one point's pmf query: the pmf on the sphere with its masks (about four
+        V-vectors) and the 8 corners' SH."""
+        V, C = self.vertices.shape[0], self.basis_t.shape[0]
+        return V * (4 * dtype_bytes + 2) + 8 * C * dtype_bytes

@@ -15,13 +15,14 @@ used when it lies within ``max_angle`` of ``d_net``; elsewhere ``d = d_net``. Th
 the thresholded pmf, at least half the largest, 25 degrees apart). The network still chooses
 the peak, so a crossing is crossed where its memory says. The moved direction is the move the
 streamline makes, so it is also the previous move the GRU reads at the next step, as in
-training.
+training. Seeds still start along the signal's principal direction (the getter's rule): the
+first step is the network's, guided like the others.
 
 ``w = 1`` is closest-peak tracking whose choice among the peaks is the network's. It loses the
-steering back: the streamlines drift out of their bundle's side (on validation phantoms NC
-rose by 0.05-0.2). ``w`` between 0.3 and 0.5 keeps most of it and corrects the orientation
-(README, "Learned tracking", for the figures and how the default was chosen on validation
-phantoms, not the test ones).
+steering back: the streamlines drift out of their bundle's side (on three test phantoms
+probed first, NC rose by 0.05-0.17). The weight is the caller's: the shipped networks were
+measured best at 0.3 (``full``) and 0.7 (``fast``) on validation phantoms, not the test ones
+(``benchmarks/tune_fodf_guide.py``; README, "Learned tracking", for the figures).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from torch.nn import functional as F
 from ...errors import ConfigError
 from ...tracking.sh_field import SHField
 
-DEFAULT_WEIGHT = 0.3
 DEFAULT_ANGLE = 30.0
 
 
@@ -53,12 +53,12 @@ class GuideConfig:
         Peaks smaller than this fraction of the largest are not peaks.
     """
 
-    weight: float = DEFAULT_WEIGHT
+    weight: float
     max_angle: float = DEFAULT_ANGLE
     relative_peak_threshold: float = 0.5
 
     def __post_init__(self):
-        if not 0.0 <= self.weight <= 1.0:
+        if not 0.0 <= self.weight <= 1.0:          # NaN fails too
             raise ConfigError(f"--fodf-guide must be in [0, 1], got {self.weight}")
         if not 0.0 < self.max_angle <= 90.0:
             raise ConfigError(f"the guide's angle must be in (0, 90] degrees, got {self.max_angle}")
@@ -82,7 +82,7 @@ class FodfGuide:
     config : GuideConfig
     """
 
-    def __init__(self, field: SHField, config: GuideConfig = GuideConfig()):
+    def __init__(self, field: SHField, config: GuideConfig):
         self.field, self.config = field, config
         self.cos_max = math.cos(math.radians(config.max_angle))
 
@@ -90,17 +90,13 @@ class FodfGuide:
         return FodfGuide(self.field.to(device, dtype), self.config)
 
     def __call__(self, points: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
-        """``dirs (N, 3)`` (unit, physical, along the array axes) moved towards the fODF peak nearest each, at ``points (N, 3)``."""
-        peaks, present = self.field.peaks(points, self.config.relative_peak_threshold)
-        dots = (peaks * dirs[:, None, :]).sum(dim=-1)                             # (N, K)
-        near = torch.where(present, dots.abs(), torch.full_like(dots, -1.0))       # -1: no peak there
-        best = near.argmax(dim=1, keepdim=True)
-        sign = torch.where(dots.gather(1, best) < 0, -1.0, 1.0)
-        peak = peaks.gather(1, best[..., None].expand(-1, -1, 3))[:, 0] * sign
+        """``dirs (N, 3)`` (unit, physical, along the array axes) moved towards the fODF peak nearest each,
+        at ``points (N, 3)``; unchanged where no peak lies within ``max_angle``."""
+        peak, cos = self.field.closest_peak(points, dirs, self.config.relative_peak_threshold)
         w = self.config.weight
         moved = F.normalize((1.0 - w) * dirs + w * peak, dim=-1)
-        return torch.where(near.gather(1, best) >= self.cos_max, moved, dirs)
+        return torch.where((cos >= self.cos_max)[:, None], moved, dirs)      # cos is -1 where there is no peak
 
     def bytes_per_seed(self, dtype_bytes: int) -> int:
-        """The pmf on the sphere, its thresholded copy and the peak search's masks: about four V-vectors."""
-        return self.field.vertices.shape[0] * (4 * dtype_bytes + 2) + 8 * self.field.basis_t.shape[0] * dtype_bytes
+        """One pmf query per step (as the ``closest`` rule's)."""
+        return self.field.bytes_per_query(dtype_bytes)
