@@ -20,7 +20,7 @@ first step is the network's, guided like the others.
 
 ``w = 1`` is closest-peak tracking whose choice among the peaks is the network's. It loses the
 steering back: the streamlines drift out of their bundle's side (on three test phantoms
-probed first, NC rose by 0.05-0.17). The weight is the caller's: the shipped networks were
+probed first, NC rose by 0.04-0.17). The weight is the caller's: the shipped networks were
 measured best at 0.3 (``full``) and 0.7 (``fast``) on validation phantoms, not the test ones
 (``benchmarks/tune_fodf_guide.py``; README, "Learned tracking", for the figures).
 """
