@@ -25,6 +25,7 @@ import torch
 from bench_ddtracking import SCHEME, Subject, run
 from difftract.eval.tractometer import score
 from difftract.models.ddtracking.getter import load_ddtracking
+from difftract.models.ddtracking.guide import GuideConfig
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from foreign import ForeignConfig, build_foreign, save_foreign
 
@@ -61,6 +62,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_ddtracking(model=args.model) if args.model in ("full", "fast") else load_ddtracking(Path(args.model))
     weights = [float(w) for w in args.guides.split(",")]
+    for w in weights:
+        GuideConfig(weight=w)                     # refused before the phantoms are simulated
     steps = 5 if args.stochastic else 1
     rows: dict[str, list[list[float]]] = {}
     for directory in phantoms(args.work):

@@ -154,3 +154,25 @@ def test_subjects_finished_with_other_options_are_reported_not_reused(first_run,
     result = run_cohort(listing, out, dataclasses.replace(OPTIONS, seed=OPTIONS.seed + 1), workers=2)
     assert result.workers is None and result.counts() == {"failed": 2}
     assert all("other options" in r["error"] and "--force" in r["error"] for r in result.rows)
+
+
+def test_a_finished_run_is_compared_with_every_option_even_one_it_predates(tmp_path):
+    """A run made before --fodf-guide existed counts as unguided; a guided one is not an unguided rerun's."""
+    from difftract.pipeline.cohort import is_complete
+
+    def finished(name, options, drop=()):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "report.html").write_text("")
+        (out / options.tracks_name(options.methods[0])).write_text("")
+        params = {k: v for k, v in options.record().items() if k not in drop}
+        (out / "run.json").write_text(json.dumps({"params": params}))
+        return out
+
+    plain = RunOptions(methods=("ddtracking",))
+    guided = RunOptions(methods=("ddtracking",), fodf_guide=0.3)
+    assert is_complete(finished("old", plain, drop=("fodf_guide",)), plain)
+    with pytest.raises(ConfigError, match="fodf_guide 0.3"):
+        is_complete(finished("guided", guided), plain)
+    with pytest.raises(ConfigError, match="fodf_guide 0.0"):
+        is_complete(finished("unguided", plain), guided)

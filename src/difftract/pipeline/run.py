@@ -111,8 +111,6 @@ class RunOptions:
     def record(self) -> dict:
         """The options as plain values (``run.json``; a cohort compares them before skipping a subject)."""
         values = {k: v for k, v in asdict(self).items() if k != "compute"}
-        if not values["fodf_guide"]:        # unguided runs record what they did before the option existed
-            del values["fodf_guide"]
         values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                   for k, v in values.items()}
         return {**values, **{k: str(v) for k, v in asdict(self.compute).items()}}
