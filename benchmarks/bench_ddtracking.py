@@ -294,6 +294,8 @@ def main() -> None:
         v: load_ddtracking(args.ablation / f"{v}.pt") for v in VARIANTS if (args.ablation / f"{v}.pt").exists()}
     if args.target_model not in models:
         ap.error(f"--target-model {args.target_model} is not one of the rows ({', '.join(models)})")
+    guides = {name: sorted((set(args.fodf_guide) | ({args.target_guide} if name == args.target_model else set()))
+                           - {0.0}) for name in models}     # each model's guided rows (> 0)
     tables: dict[str, dict[str, dict]] = {}
     spreads: dict[str, dict[str, dict]] = {}
     seen = None   # the seen-geometry subject: reproducibility and speed run on it
@@ -329,9 +331,8 @@ def main() -> None:
                 for steps in (k for k in args.sampler_steps if k > 1):
                     tracker = s.learned(loaded, steps, False, chunk_size=10_000)
                     add(f"ddtracking {name} S={steps}", *run(tracker, s.seeds))
-                for w in sorted(set(args.fodf_guide) | ({args.target_guide} if name == args.target_model else set())):
-                    if w > 0:
-                        add(guided(name, w), *run(s.learned(loaded, 1, False, w, chunk_size=10_000), s.seeds))
+                for w in guides[name]:
+                    add(guided(name, w), *run(s.learned(loaded, 1, False, w, chunk_size=10_000), s.seeds))
             if col != "seen":
                 for variant, loaded in ablation.items():
                     add(f"ablation {variant}", *run(s.learned(loaded, 1, False, chunk_size=10_000), s.seeds))
@@ -350,7 +351,7 @@ def main() -> None:
         for name in REPRO:
             check.unmeasured(name, "needs the seen column")
     speed = speed_run(check, seen, models, args.target_model, args.speed_seeds, args.busy, args.sampler_steps,
-                      args.target_guide, args.fodf_guide)
+                      args.target_guide, guides)
     check.finish({"benchmark": "bench_ddtracking", "models": {n: {"weights": m["path"], "sha256": m["sha256"]}
                                                              for n, (_, m) in models.items()},
                   "target_model": args.target_model, "target_guide": args.target_guide, "max_seeds": args.max_seeds, "tables": _plain(tables),
@@ -441,9 +442,10 @@ def _spin() -> None:   # the other busy process of the slowdown run
 
 
 def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int, busy: bool,
-              sampler_steps: tuple[int, ...] = (), guide: float = 0.0, guides: tuple[float, ...] = ()) -> dict[str, dict]:
+              sampler_steps: tuple[int, ...] = (), guide: float = 0.0,
+              guides: dict[str, list[float]] | None = None) -> dict[str, dict]:
     """Streamlines and seeds per second on ``n_seeds`` seeds of the seen phantom, every rule at DDTracking's step
-    (each model also with each of ``guides``; the default model's stochastic row with ``guide``)."""
+    (each model also with each of its ``guides``; the default model's stochastic row with ``guide``)."""
     if n_seeds <= 0 or s is None:
         for name in ("fast_streamlines_per_s", "full_streamlines_per_s"):
             check.skip(name, "no speed run (--speed-seeds 0 or no seen column)")
@@ -461,7 +463,7 @@ def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int
             for k in (1,) + tuple(k for k in sampler_steps if k > 1):
                 out[f"ddtracking {name} S={k} {device}"] = (
                     lambda m=loaded, k=k: run(s.learned(m, k, False, device=device, chunk_size=chunk), seeds))
-            for w in sorted((set(guides) | ({guide} if name == default else set())) - {0.0}):
+            for w in (guides or {}).get(name, ()):
                 out[f"{guided(name, w)} S=1 {device}"] = (
                     lambda m=loaded, w=w: run(s.learned(m, 1, False, w, device=device, chunk_size=chunk), seeds))
         out[f"{guided(default, guide)} stochastic S=5 {device}"] = (

@@ -176,3 +176,7 @@ def test_a_finished_run_is_compared_with_every_option_even_one_it_predates(tmp_p
         is_complete(finished("guided", guided), plain)
     with pytest.raises(ConfigError, match="fodf_guide 0.0"):
         is_complete(finished("unguided", plain), guided)
+    unrecorded = finished("unrecorded", plain)          # no options recorded: nothing is assumed
+    (unrecorded / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="other options"):
+        is_complete(unrecorded, plain)

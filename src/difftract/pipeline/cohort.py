@@ -99,9 +99,6 @@ def find_subjects(subjects: str | Path, out: str | Path | None = None) -> list[t
     return list(zip(names, folders))
 
 
-BEFORE_OPTIONS = {"fodf_guide": 0.0}   # what a run made before an option existed did, as that option's value
-
-
 def is_complete(out: Path, options: RunOptions) -> bool:
     """Whether ``out`` holds a finished run of ``options``: its report, every tractogram, and these options.
 
@@ -110,7 +107,9 @@ def is_complete(out: Path, options: RunOptions) -> bool:
     """
     if not ((out / "report.html").is_file() and all((out / options.tracks_name(m)).is_file() for m in options.methods)):
         return False
-    done = {**BEFORE_OPTIONS, **(read_json(out / "run.json") or {}).get("params", {})}
+    params = (read_json(out / "run.json") or {}).get("params")
+    # an option the finished run predates (absent from its run.json) had its default then
+    done = {**RunOptions().record(), **params} if params else {}
     wanted = options.record()
     differ = sorted(k for k in wanted if k != "device" and done.get(k) != wanted[k])
     if differ:

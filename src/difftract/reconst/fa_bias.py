@@ -44,7 +44,7 @@ from dipy.core.gradients import gradient_table
 from ..errors import ConfigError
 from ..io.gradients import B0_THRESHOLD
 from . import tensor as T
-from .dti import TensorFit, TensorModel
+from .dti import TensorFit, TensorModel, fit_log_linear
 
 
 MIN_FA = 0.01   # the corrected tensor's lowest FA: enough to keep its eigenvectors (see with_fa)
@@ -84,8 +84,8 @@ class FABiasTable:
     Parameters
     ----------
     bvals, bvecs : array
-        The volumes the fit uses (b0s and DWIs), as the fit sees them. Their least-squares
-        log-linear fit is simulated; with one b0 and six DWIs it is exact, so OLS and WLS agree.
+        The volumes the fit uses (b0s and DWIs), as the fit sees them. Their log-linear fit
+        is simulated (OLS; with one b0 and six DWIs it is exact, so OLS and WLS agree).
     config : FABiasConfig
     """
 
@@ -99,7 +99,7 @@ class FABiasTable:
         self.fa_grid = np.linspace(*config.fa[:2], config.fa[2])
         self.log_b_md = np.log(np.geomspace(*config.b_md[:2], config.b_md[2]))
         self.log_snr = np.log(np.geomspace(*config.snr[:2], config.snr[2]))
-        fits = self._simulate(torch.from_numpy(bvals), torch.from_numpy(bvecs), torch.from_numpy(np.linalg.pinv(X)))
+        fits = self._simulate(torch.from_numpy(bvals), torch.from_numpy(bvecs), torch.from_numpy(np.asarray(X)))
         self.stages = []                                        # per pass, the mean estimate (F, M, S) to invert
         estimate = fits
         for k in range(config.passes):
@@ -117,10 +117,12 @@ class FABiasTable:
         """``h``: the mean fitted FA over (FA, b MD, SNR)."""
         return self.stages[0]
 
-    def _simulate(self, bvals: torch.Tensor, bvecs: torch.Tensor, pinv: torch.Tensor) -> np.ndarray:
+    def _simulate(self, bvals: torch.Tensor, bvecs: torch.Tensor, X: torch.Tensor) -> np.ndarray:
         """The fitted FA of ``draws`` noisy fits at each point of (FA, b MD, SNR): ``(F, M, S, draws)``.
 
-        A few FAs at a time, so that memory stays near 100 MB.
+        The fit is :func:`~.dti.fit_log_linear`'s (its signal floor included), the FA that of
+        :func:`~.tensor.decompose`'s clipped eigenvalues. A few FAs at a time, so that memory
+        stays near 100 MB.
         """
         gen = torch.Generator().manual_seed(self.config.seed)
         n = self.config.draws
@@ -136,11 +138,10 @@ class FABiasTable:
             shape = (*signal.shape[:2], sigma.shape[2], *signal.shape[3:])
             real = signal + sigma * torch.randn(shape, generator=gen, dtype=torch.float64)
             imag = sigma * torch.randn(shape, generator=gen, dtype=torch.float64)
-            d = (torch.log(torch.sqrt(real ** 2 + imag ** 2).clamp_min(1e-8)) @ pinv.T)[..., :6]
-            D = torch.stack([torch.stack([d[..., 0], d[..., 1], d[..., 3]], -1),
-                             torch.stack([d[..., 1], d[..., 2], d[..., 4]], -1),
-                             torch.stack([d[..., 3], d[..., 4], d[..., 5]], -1)], -2)
-            fitted.append(T.fractional_anisotropy(torch.linalg.eigvalsh(D).clamp_min(0)))   # as decompose clips
+            magnitude = torch.sqrt(real ** 2 + imag ** 2)
+            lt = fit_log_linear(magnitude.reshape(-1, magnitude.shape[-1]), X, "OLS")[:, :6]
+            evals = torch.linalg.eigvalsh(T.from_lower_triangular(lt)).clamp_min(0)
+            fitted.append(T.fractional_anisotropy(evals).reshape(magnitude.shape[:-1]))
         return torch.cat(fitted).numpy()
 
     def curves(self, table: np.ndarray, b_md: np.ndarray, snr: np.ndarray) -> np.ndarray:
