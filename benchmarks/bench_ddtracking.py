@@ -40,10 +40,12 @@ measured against.
 
 ``--sampler-steps 3,5`` adds, per model, a deterministic row with that many sampler steps
 (the reverse diffusion from ``y_1 = 0`` without noise, :mod:`difftract.models.ddtracking.diffusion`).
-``--fodf-guide 0.3,0.5`` adds, per model, a row guided by the CSD fODF ``det`` tracks (each step moved
-that fraction of the way to the nearest peak, :mod:`difftract.models.ddtracking.guide`);
-``--target-guide W`` makes the target model's row with that weight the one the targets, the
-stochastic row, the reproducibility checks and the speed run use.
+Each model also has a row guided by the CSD fODF ``det`` tracks (each step moved that fraction
+of the way to the nearest peak, :mod:`difftract.models.ddtracking.guide`) at the weight
+validated for it (``TrackingDefaults.fodf_guide``: 0.3 for ``full``, 0.7 for ``fast``), which
+is what ``difftract track`` and ``run`` use by default; ``--fodf-guide 0.3,0.5`` adds rows at
+other weights. The targets, the stochastic row, the reproducibility checks and the speed target
+use each model's default weight; ``--target-guide W`` sets the target model's (0: the network alone).
 ``--ablation DIR`` adds a row per variant of the paper's ablation (``DIR/{variant}.pt``, from
 ``scripts/train_ddtracking_ablation.sh``) on the test columns. ``--stochastic`` adds the target
 model's stochastic S = 5 row and, per column, the angle between each step in a crossing voxel
@@ -123,7 +125,8 @@ TARGETS = [
     Target("ablation_order", "==", True, f"{ISSUE}: the paper's ablation order in overlap (temporal < "
            "spatial_temporal < spatial_temporal_generative < full), mean OL over the test columns; needs --ablation",
            hard=False),
-    Target("fast_streamlines_per_s", ">=", 1000.0, f"{ISSUE}: the fast model on 2 CPU cores, same step as det"),
+    Target("fast_streamlines_per_s", ">=", 1000.0,
+           f"{ISSUE}: the fast model, guided as by default, on 2 CPU cores, same step as det"),
     Target("full_streamlines_per_s", "measured", None, f"{ISSUE}: the full model's figure"),
 ]
 
@@ -276,16 +279,17 @@ def main() -> None:
                     help="add a deterministic row per model for each of these sampler step counts (> 1)")
     ap.add_argument("--fodf-guide", type=floats, default=(), metavar="W[,W...]",
                     help="add a row per model for each of these --fodf-guide weights (> 0)")
-    ap.add_argument("--target-guide", type=float, default=0.0, metavar="W",
-                    help="the targets apply to the target model's row with this --fodf-guide weight (default: 0, "
-                         "the network alone); the stochastic and speed rows use it too")
+    ap.add_argument("--target-guide", type=float, metavar="W",
+                    help="the targets apply to the target model's row with this --fodf-guide weight (default: the "
+                         "model's validated weight, as track uses; 0: the network alone); the stochastic and speed "
+                         "rows use it too")
     ap.add_argument("--stochastic", action="store_true",
                     help="add the target model's stochastic S=5 row and the angular spread in crossings")
     ap.add_argument("--speed-seeds", type=int, default=10_000, help="seeds of the speed run (0: skip it)")
     ap.add_argument("--busy", action="store_true", help="rerun the speed run beside one busy process")
     ap.add_argument("--threads", type=int, default=2)
     args, check = parse_args(ap, "bench_ddtracking", TARGETS)
-    for w in (*args.fodf_guide, args.target_guide):
+    for w in (*args.fodf_guide, *(() if args.target_guide is None else (args.target_guide,))):
         GuideConfig(weight=w)                     # refused here, not after an hour of rows
     torch.set_num_threads(args.threads)
     args.work = args.work or Path(tempfile.mkdtemp())
@@ -294,8 +298,12 @@ def main() -> None:
         v: load_ddtracking(args.ablation / f"{v}.pt") for v in VARIANTS if (args.ablation / f"{v}.pt").exists()}
     if args.target_model not in models:
         ap.error(f"--target-model {args.target_model} is not one of the rows ({', '.join(models)})")
-    guides = {name: sorted((set(args.fodf_guide) | ({args.target_guide} if name == args.target_model else set()))
-                           - {0.0}) for name in models}     # each model's guided rows (> 0)
+    # each model's weight as `track` uses it by default; the target model's may be set
+    defaults = {name: TrackingDefaults.from_meta(meta).fodf_guide for name, (_, meta) in models.items()}
+    if args.target_guide is not None:
+        defaults[args.target_model] = args.target_guide
+    args.target_guide = defaults[args.target_model]
+    guides = {name: sorted((set(args.fodf_guide) | {defaults[name]}) - {0.0}) for name in models}   # guided rows (> 0)
     tables: dict[str, dict[str, dict]] = {}
     spreads: dict[str, dict[str, dict]] = {}
     seen = None   # the seen-geometry subject: reproducibility and speed run on it
@@ -351,7 +359,7 @@ def main() -> None:
         for name in REPRO:
             check.unmeasured(name, "needs the seen column")
     speed = speed_run(check, seen, models, args.target_model, args.speed_seeds, args.busy, args.sampler_steps,
-                      args.target_guide, guides)
+                      defaults, guides)
     check.finish({"benchmark": "bench_ddtracking", "models": {n: {"weights": m["path"], "sha256": m["sha256"]}
                                                              for n, (_, m) in models.items()},
                   "target_model": args.target_model, "target_guide": args.target_guide, "max_seeds": args.max_seeds, "tables": _plain(tables),
@@ -442,10 +450,13 @@ def _spin() -> None:   # the other busy process of the slowdown run
 
 
 def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int, busy: bool,
-              sampler_steps: tuple[int, ...] = (), guide: float = 0.0,
+              sampler_steps: tuple[int, ...] = (), weights: dict[str, float] | None = None,
               guides: dict[str, list[float]] | None = None) -> dict[str, dict]:
     """Streamlines and seeds per second on ``n_seeds`` seeds of the seen phantom, every rule at DDTracking's step
-    (each model also with each of its ``guides``; the default model's stochastic row with ``guide``)."""
+    (each model also with each of its ``guides``; the default model's stochastic row, and each model's speed
+    target, at its guide weight in ``weights``)."""
+    weights = weights or {}
+    guide = weights.get(default, 0.0)
     if n_seeds <= 0 or s is None:
         for name in ("fast_streamlines_per_s", "full_streamlines_per_s"):
             check.skip(name, "no speed run (--speed-seeds 0 or no seen column)")
@@ -493,8 +504,8 @@ def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int
         slow = f", {r['slowdown_busy']:.2f}x slower beside a busy process" if "slowdown_busy" in r else ""
         print(f"speed {name:36} {r['streamlines_per_s']:9.1f} streamlines/s {r['seeds_per_s']:9.1f} seeds/s "
               f"({r['ratio_vs_det']:.3f}x det{slow})")
-    for model in ("fast", "full"):     # the target model's row with its guide, as the accuracy targets
-        row = speed.get(f"{guided(model, guide if model == default else 0.0)} S=1 cpu")
+    for model in ("fast", "full"):     # each model's row with its guide, as track uses it
+        row = speed.get(f"{guided(model, weights.get(model, 0.0))} S=1 cpu")
         if row is None:
             check.unmeasured(f"{model}_streamlines_per_s", f"no '{model}' model row (--model {model})")
         else:

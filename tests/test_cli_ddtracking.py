@@ -103,7 +103,8 @@ def test_track_with_the_fodf_guide(weights, subjects, tmp_path):
     assert lines["plain"].shape != lines["guided"].shape or not np.array_equal(lines["plain"], lines["guided"])
     assert np.array_equal(lines["guided"], lines["given"])   # the same CSD fit, fitted or read
     guided = json.loads((tmp_path / "guided.json").read_text())["params"]
-    assert guided["fodf_guide"] == 0.5 and guided["fodf_guide_angle"] == 30.0 and guided["fodf_guide_fod"] == "CSD lmax 8"
+    assert guided["fodf_guide"] == 0.5 and guided["fodf_guide_angle"] == 30.0
+    assert guided["fodf_guide_fod"] == "CSD lmax 8, b=1000"      # the highest shell with enough directions
     assert json.loads((tmp_path / "given.json").read_text())["params"]["fodf_guide_fod"] == str(fod)
     assert json.loads((tmp_path / "plain.json").read_text())["params"]["fodf_guide"] == 0.0
 
@@ -129,7 +130,7 @@ def test_track_deterministic_same_seed_same_tractogram(weights, subjects, tmp_pa
     (["--method", "ddtracking", "--model", "fast", "--weights", "w.pt"], "give one of them"),
     (["--method", "det", "--fodf-guide", "0.3"], "only apply to --method ddtracking"),
     (["--method", "ddtracking", "--fodf-guide", "1.5"], "--fodf-guide must be in [0, 1]"),
-    (["--method", "ddtracking", "--sh", "fod.nii.gz"], "DDTracking reads the DWI itself"),
+    (["--method", "ddtracking", "--fodf-guide", "0", "--sh", "fod.nii.gz"], "DDTracking reads the DWI itself"),
 ])
 def test_bad_options(subjects, tmp_path, capsys, extra, message):
     d = subjects[0]
@@ -193,5 +194,6 @@ def test_fodf_input_end_to_end(weights, subjects, tmp_path):
     # what the network read: the scaled fODF, in track and in run alike (same seeds: the same streamlines)
     model, meta = load_ddtracking(out)
     np.testing.assert_array_equal(LearnedSource.fitted(model, meta, dwi).sh, fodf_sh(dwi))
+    assert json.loads(tracks.with_suffix(".json").read_text())["params"]["fodf_guide"] == 0.0   # no validated weight
     ran, tracked = (load_tractogram(p).streamlines for p in (run_dir / "tracks.trx", tracks))
     assert len(tracked) > 0 and np.array_equal(ran.get_data(), tracked.get_data())

@@ -157,7 +157,8 @@ def test_subjects_finished_with_other_options_are_reported_not_reused(first_run,
 
 
 def test_a_finished_run_is_compared_with_every_option_even_one_it_predates(tmp_path):
-    """A run made before --fodf-guide existed counts as unguided; a guided one is not an unguided rerun's."""
+    """A run made before --fodf-guide existed counts as unguided, which the default (the network's validated
+    weight) no longer is; a guided run is not an unguided rerun's, nor the reverse."""
     from difftract.pipeline.cohort import is_complete
 
     def finished(name, options, drop=()):
@@ -169,9 +170,14 @@ def test_a_finished_run_is_compared_with_every_option_even_one_it_predates(tmp_p
         (out / "run.json").write_text(json.dumps({"params": params}))
         return out
 
-    plain = RunOptions(methods=("ddtracking",))
+    plain = RunOptions(methods=("ddtracking",), fodf_guide=0.0)
     guided = RunOptions(methods=("ddtracking",), fodf_guide=0.3)
+    default = RunOptions(methods=("ddtracking",)).resolved()     # as run_cohort compares: the weight made explicit
+    assert default.fodf_guide == 0.3
     assert is_complete(finished("old", plain, drop=("fodf_guide",)), plain)
+    with pytest.raises(ConfigError, match=r"fodf_guide 0.0, now 0.3"):
+        is_complete(tmp_path / "old", default)
+    assert is_complete(finished("default", default), guided)       # the default's weight, given explicitly
     with pytest.raises(ConfigError, match="fodf_guide 0.3"):
         is_complete(finished("guided", guided), plain)
     with pytest.raises(ConfigError, match="fodf_guide 0.0"):

@@ -109,7 +109,8 @@ def test_ddtracking_run_writes_the_very_sh_it_tracked(subject, tmp_path, monkeyp
     assert shell == 1000.0            # the shell nearest b=1000, as DDTracking was trained
 
 
-def test_a_guided_ddtracking_run_is_guided_by_the_fodf_it_writes(cli, subject, tmp_path, monkeypatch):
+def test_a_ddtracking_run_is_guided_by_the_fodf_it_writes(cli, subject, tmp_path, monkeypatch):
+    """By default with the weight validated for the shipped ``full`` network (0.3), which the track line records."""
     from difftract.models.ddtracking import getter as dd
 
     guides = []
@@ -121,8 +122,8 @@ def test_a_guided_ddtracking_run_is_guided_by_the_fodf_it_writes(cli, subject, t
 
     monkeypatch.setattr(dd.DDTrackingGetter, "__init__", spy)
     out = tmp_path / "guided"
-    run_subject(Subject.find(subject), out, RunOptions(methods=("ddtracking",), seed=1, min_len_mm=10,
-                                                       fodf_guide=0.3), console=Console(quiet=True))
+    run_subject(Subject.find(subject), out, RunOptions(methods=("ddtracking",), seed=1, min_len_mm=10),
+                console=Console(quiet=True))
     written = np.asarray(nib.load(str(out / "fod.nii.gz")).dataobj)
     assert len(guides) == 1 and guides[0].config.weight == 0.3
     assert np.array_equal(written, guides[0].field.coeffs.numpy())
@@ -137,6 +138,27 @@ def test_a_guided_ddtracking_run_is_guided_by_the_fodf_it_writes(cli, subject, t
     reference = subject / "mask.nii.gz"
     assert len(_points(alone, reference)) > 0
     assert _same(_points(out / "tracks.trx", reference), _points(alone, reference))
+
+
+def test_a_network_fits_its_guides_fodf_from_the_scan_when_none_is_given(subject, tmp_path):
+    """The Python API as the README shows it: a shipped network given no fODF is guided by default all the
+    same (fitted once, when the guide is first needed), and tracks unguided without a fit at weight 0."""
+    from difftract.io.dwi import load_mask
+    from difftract.models.ddtracking import load_ddtracking
+    from difftract.pipeline import LearnedSource, Seeding, Stopping, TrackOptions, track
+
+    found = Subject.find(subject)
+    dwi = found.load()
+    wm = load_mask(found.wm, dwi.shape, dwi.affine, "stop mask")
+    source = LearnedSource.fitted(*load_ddtracking(model="fast"), dwi)
+    assert source.fod is None
+    for name, weight in (("alone", 0.0), ("default", None)):
+        track(dwi, tmp_path / f"{name}.trx", source, Stopping.from_mask(wm, "wm"), Seeding(mask=wm, description="wm"),
+              TrackOptions(method="ddtracking", min_len_mm=10, fodf_guide=weight), console=Console(quiet=True))
+        assert (source.fod is None) == (weight == 0.0)      # no CSD fit for the network alone
+    record = json.loads((tmp_path / "default.json").read_text())["params"]
+    assert record["fodf_guide"] == 0.7 and record["fodf_guide_fod"].startswith("CSD lmax 8, b=")
+    assert json.loads((tmp_path / "alone.json").read_text())["params"]["fodf_guide"] == 0.0
 
 
 def test_run_options_refuse_what_cannot_work(subject):
@@ -154,8 +176,14 @@ def test_run_options_refuse_what_cannot_work(subject):
     with pytest.raises(ConfigError, match="distinct"):
         RunOptions(methods=("det", "det"))
     with pytest.raises(ConfigError, match="--shell and --lmax"):
-        RunOptions(methods=("ddtracking",), lmax=6)
+        RunOptions(methods=("ddtracking",), lmax=6, fodf_guide=0)
     assert RunOptions(methods=("ddtracking",), lmax=6, fodf_guide=0.3).lmax == 6   # the guide's CSD fit
+    unset = RunOptions(methods=("ddtracking",), lmax=6)        # the network's own weight: known once it is read
+    assert unset.fodf_guide is None and unset.resolved().fodf_guide == 0.3          # the shipped full network's
+    assert RunOptions(methods=("ddtracking",)).resolved({"sha256": "not a shipped network"}).fodf_guide == 0.0
+    with pytest.raises(ConfigError, match="--shell and --lmax"):                    # unguided after all
+        unset.resolved({"sha256": "not a shipped network"})
+    assert RunOptions().record()["fodf_guide"] == 0.0 and RunOptions().resolved() == RunOptions()   # det: as before
     with pytest.raises(ConfigError, match="--fodf-guide only applies to --method ddtracking"):
         RunOptions(methods=("det",), fodf_guide=0.3)
     for bad in (1.5, -0.1, float("nan")):        # refused before any fit

@@ -72,5 +72,8 @@ def test_run_takes_the_shell_and_lmax_a_q_space_scheme_needs(tmp_path, capsys):
     assert main(["-q", "run", str(subject), "--out", str(out), "--method", "det", "--shell", "2774", "--lmax", "6"]) == 0
     assert json.loads((out / "fod.json").read_text())["params"]["lmax"] == 6
     assert main(["-q", "run", str(subject), "--out", str(tmp_path / "dd"), "--method", "ddtracking",
-                 "--shell", "2774"]) == 2
+                 "--shell", "2774"]) == 2             # the shell of the guide's CSD, at lmax 8 unless given
+    assert "a lower order would do: --lmax 6" in capsys.readouterr().err
+    assert main(["-q", "run", str(subject), "--out", str(tmp_path / "dd"), "--method", "ddtracking",
+                 "--fodf-guide", "0", "--shell", "2774"]) == 2
     assert "DDTracking reads" in capsys.readouterr().err

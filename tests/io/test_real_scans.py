@@ -21,7 +21,7 @@ from dipy.core.gradients import gradient_table
 from difftract.errors import ConfigError, InputError
 from difftract.io import load_dwi
 from difftract.reconst.sh import (SHELL_TOLERANCE, distinct_directions, min_directions, select_shell,
-                                  shell_groups, shells)
+                                  shell_groups, shells, well_sampled_shell)
 
 SCANS = ("small_64D", "small_101D", "small_25")
 
@@ -209,3 +209,24 @@ def test_no_dipy_overlap_warning_on_a_dsi_scheme(subjects):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         shell_groups(np.loadtxt(_fnames("small_101D")[1]).ravel())
+
+
+def test_the_well_sampled_shell_is_the_highest_with_enough_directions():
+    from dipy.core.gradients import gradient_table
+    from dipy.core.sphere import HemiSphere, disperse_charges
+
+    def scheme(*shells):
+        bvals, bvecs = [0.0], [np.zeros(3)]
+        rng = np.random.default_rng(0)
+        for b, n in shells:
+            theta, phi = np.arccos(rng.uniform(-1, 1, n)), rng.uniform(0, 2 * np.pi, n)
+            points, _ = disperse_charges(HemiSphere(theta=theta, phi=phi), 200)
+            bvals += [b] * n
+            bvecs += list(points.vertices)
+        return gradient_table(np.asarray(bvals), bvecs=np.asarray(bvecs))
+
+    assert well_sampled_shell(scheme((1000, 64))) == (1000.0, 8)
+    assert well_sampled_shell(scheme((1000, 64), (3000, 20))) == (3000.0, 6)     # the highest, at what it allows
+    assert well_sampled_shell(scheme((1000, 30), (3000, 12))) == (1000.0, 8)     # too sparse for lmax 6: the next
+    assert well_sampled_shell(scheme((1000, 64)), up_to=6) == (1000.0, 6)
+    assert well_sampled_shell(scheme((1000, 10))) is None

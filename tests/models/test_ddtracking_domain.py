@@ -106,3 +106,5 @@ def test_track_warns_in_one_line_and_the_sidecar_records_it(outside, tmp_path, c
     record = json.loads(out.with_suffix(".json").read_text())
     assert len(record["params"]["domain_warnings"]) == 3 and record["params"]["training_domain"]["ndirs"] == [30, 90]
     assert record["params"]["weights"].endswith("ddtracking_fast.pt")
+    # the shipped model's validated fODF guide, its CSD at the highest order 20 directions allow
+    assert record["params"]["fodf_guide"] == 0.7 and record["params"]["fodf_guide_fod"] == "CSD lmax 6, b=4000"

@@ -18,7 +18,7 @@ outputs (in OUT):
   sh.nii.gz             signal SH (ddtracking only): exactly the array DDTracking tracked
   fod_ddtracking.nii.gz instead of sh.nii.gz for weights trained with --input fodf: the CSD fODF at the
                         network's lmax, which it reads times 2 sqrt(pi)
-  fod.nii.gz            CSD fODF (det and prob, and ddtracking with --fodf-guide)
+  fod.nii.gz            CSD fODF (det and prob, and ddtracking's --fodf-guide unless 0)
   stop_mask.nii.gz      where tracking went (only when made from FA, see --stop-mask)
   tracks.trx            the tractogram (--format), with tracks.json (provenance)
   scores.json           Tractometer scores (only with ground truth: SUBJECT_DIR/gt/scoring.json)
@@ -57,10 +57,10 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
     p.add_argument("--weights", type=Path, metavar="W", help="DDTracking weights (default: the shipped --model)")
     p.add_argument("--model", choices=tuple(SHIPPED_MODELS), metavar="{full,fast}",
                    help=f"the shipped DDTracking model: the paper's sizes or the small CPU one (default: {DEFAULT_MODEL})")
-    p.add_argument("--fodf-guide", type=float, default=0.0, metavar="W",
-                   help="DDTracking: move each step the fraction W of the way to the nearest CSD fODF peak "
-                        "(fod.nii.gz is fitted for it; chosen on validation phantoms: 0.3 for --model full, 0.7 for fast; "
-                        "default: %(default)s, the network alone)")
+    p.add_argument("--fodf-guide", type=float, metavar="W",
+                   help="DDTracking: move each step the fraction W of the way to the CSD fODF peak it points at "
+                        "(fod.nii.gz is fitted for it); 0: the network alone (default: the weight validated for the "
+                        "model, 0.3 for --model full and 0.7 for fast; 0 for other --weights)")
     p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
     if stop_mask:
         p.add_argument("--stop-mask", type=Path, metavar="M",
@@ -78,9 +78,12 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
     p.add_argument("--min-len-mm", type=float, default=20.0,
                    help="shortest streamline kept, mm (default: %(default)s; lower it for a small field of view)")
     p.add_argument("--shell", type=float, metavar="B",
-                   help="det/prob/--fodf-guide: the shell of the CSD fit (default: the highest; a DDTracking network "
-                        "of the fODF reads the highest, as it was trained)")
-    p.add_argument("--lmax", type=int, metavar="N", help="det/prob/--fodf-guide: the CSD fit's lmax (default: 8)")
+                   help="det/prob/--fodf-guide: the shell of the CSD fit (default: the highest; for DDTracking's guide "
+                        "alone the highest with the directions for lmax 6; a DDTracking network of the fODF reads the "
+                        "highest, as it was trained)")
+    p.add_argument("--lmax", type=int, metavar="N",
+                   help="det/prob/--fodf-guide: the CSD fit's lmax (default: 8; for DDTracking's guide alone the "
+                        "highest up to 8 its shell allows)")
     p.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
 
 

@@ -27,9 +27,11 @@ direction rules (--method):
            matter as --stop-mask. A scan outside the network's training data (the read shell's
            b-value and direction count, voxel size, b0 SNR: the weights' domain) gets a one-line
            warning, recorded in the sidecar (domain_warnings). --fodf-guide W moves each of its
-           steps the fraction W of the way to the nearest peak of the CSD fODF (--sh, or fitted)
-           within 30 degrees: the network chooses the bundle and the peak, the fODF sharpens
-           the orientation
+           steps the fraction W of the way to the CSD fODF peak it points at (--sh, or fitted on
+           the highest shell with enough directions) within 30 degrees: the network chooses the
+           bundle and the peak, the fODF sharpens the orientation. W defaults to the weight
+           validated for the shipped model (0.3 full, 0.7 fast; 0 for other --weights);
+           --fodf-guide 0 is the network alone, without a CSD fit
 
 The fODF is --sh (descoteaux07 SH, basis from its sidecar or --sh-basis) or, without it, a
 CSD fit of the scan (lmax --lmax, auto response). Tracking stops outside --stop-mask (default
@@ -49,7 +51,7 @@ examples:
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \\
       --method ddtracking --stochastic --sampler-steps 5 --seed 1 --weights my.pt --out dd_prob.trx
   difftract track dwi.nii.gz dwi.bval dwi.bvec --mask brain.nii.gz --stop-mask wm.nii.gz \\
-      --method ddtracking --fodf-guide 0.3 --out dd_guided.trx
+      --method ddtracking --fodf-guide 0 --out dd_network_alone.trx
 """
 
 
@@ -72,14 +74,15 @@ def add_parser(sub) -> None:
                    help="DDTracking reverse-diffusion steps (default: %(default)s, the one-step regression)")
     p.add_argument("--stochastic", action="store_true",
                    help="DDTracking: sample from noise (probabilistic tracking; --seed fixes the draws)")
-    p.add_argument("--fodf-guide", type=float, default=0.0, metavar="W",
-                   help="DDTracking: move each step the fraction W of the way to the nearest CSD fODF peak (--sh, "
-                        "or fitted; chosen on validation phantoms: 0.3 for --model full, 0.7 for fast; default: "
-                        "%(default)s, the network alone)")
+    p.add_argument("--fodf-guide", type=float, metavar="W",
+                   help="DDTracking: move each step the fraction W of the way to the CSD fODF peak it points at "
+                        "(--sh, or fitted); 0: the network alone (default: the weight validated for the model, 0.3 for "
+                        "--model full and 0.7 for fast; 0 for other --weights)")
     p.add_argument("--sh", type=Path, metavar="FOD",
                    help="fODF SH volume to track, or to guide DDTracking with (default: fit CSD)")
     p.add_argument("--sh-basis", choices=SH_BASES, help="basis of --sh (default: from its JSON sidecar)")
-    p.add_argument("--lmax", type=int, default=8, help="lmax of the CSD fit without --sh (default: %(default)s)")
+    p.add_argument("--lmax", type=int, help="lmax of the CSD fit without --sh (default: 8; for DDTracking's guide the "
+                                            "highest up to 8 that the highest shell with enough directions allows)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds-per-voxel", type=int, metavar="N",
                        help="N random seeds in every seed voxel (default: 1; ddtracking: its weights' own)")
@@ -123,8 +126,6 @@ def cmd_track(args: argparse.Namespace) -> int:
         raise ConfigError("--sh-basis names the basis of --sh; give --sh too (a fitted fODF is descoteaux07)")
     if args.seed_mask is not None and args.seeds_file is not None:
         raise ConfigError("--seeds-file gives the seed points; --seed-mask would be ignored: give one of them")
-    if args.method == "ddtracking" and args.sh is not None and not args.fodf_guide:
-        raise ConfigError("--sh gives an fODF for the classical rules or --fodf-guide; DDTracking reads the DWI itself")
     options = TrackOptions(method=args.method, step_mm=args.step_mm, seeds_per_voxel=args.seeds_per_voxel,
                            max_angle=args.max_angle, min_len_mm=args.min_len_mm, max_len_mm=args.max_len_mm,
                            integrator=args.integrator, pmf_threshold=args.pmf_threshold, valid_only=args.valid_only,
@@ -138,6 +139,10 @@ def cmd_track(args: argparse.Namespace) -> int:
         from ..models.ddtracking.getter import load_ddtracking
 
         model = load_ddtracking(args.weights, args.model)
+    guided = model is not None and LearnedSource.guide_weight_of(model[1], options) > 0
+    if model is not None and args.sh is not None and not guided:
+        raise ConfigError("--sh gives an fODF for the classical rules or DDTracking's --fodf-guide, which is 0 here; "
+                          "DDTracking reads the DWI itself")
     stop_path = args.stop_mask or args.mask
     if stop_path is None and args.fa_threshold is None:
         raise ConfigError("tracking needs a stopping rule: give --mask, --stop-mask or --fa-threshold")
@@ -148,8 +153,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.sh is not None:
         fod = FodSource(load_sh(args.sh, dwi), sh_basis_of(args.sh, args.sh_basis), description=str(args.sh),
                         mask=dwi.mask)
-    elif model is None or args.fodf_guide:
-        fod = FodSource.fitted(dwi, args.lmax, fit_compute, console)
+    elif model is None or (guided and args.lmax is not None):    # else LearnedSource fits the guide's if need be
+        fod = FodSource.fitted(dwi, 8 if args.lmax is None else args.lmax, fit_compute, console)
     source = fod if model is None else LearnedSource.fitted(*model, dwi, device=compute.torch_device, fod=fod)
     stop = load_mask(args.stop_mask, dwi.shape, dwi.affine, "stop mask") if args.stop_mask else dwi.mask
     if args.fa_threshold is not None:

@@ -16,7 +16,8 @@ from .fits import fit_csd, fit_dti, fit_sh
 from .run import RunOptions, RunSummary, run_into, run_subject
 from .score import score_tractogram
 from .subject import Subject
-from .track import FodSource, LearnedSource, Seeding, Stopping, TrackOptions, TrackResult, track
+from .sources import FodSource, LearnedSource
+from .track import Seeding, Stopping, TrackOptions, TrackResult, track
 
 __all__ = ["ClusterOptions", "ClusterResult", "cluster_tractogram", "ConnectomeOptions", "connectome_of", "Compute",
            "Console", "command_line", "run_demo", "simulate_to", "fit_csd", "fit_dti", "fit_sh",

@@ -268,6 +268,7 @@ def run_cohort(subjects: str | Path, out: str | Path, options: RunOptions = RunO
         if value is not None and value < 1:
             raise ConfigError(f"{label} must be at least 1, got {value}")
     memory = _memory_limit(memory_per_worker)
+    options = options.resolved()    # DDTracking's guide weight made explicit: what run.json records
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "the cohort's output must be a folder; this is a file")

@@ -59,12 +59,15 @@ class RunOptions:
         Random seeds per mask voxel (default: the rule's; DDTracking's from its weights).
     shell, lmax : optional
         The CSD fit's shell (default: the highest) and lmax (default 8), for det, prob and the
-        fODF guide.
+        fODF guide. DDTracking alone, with neither given: the highest shell with the directions
+        for lmax 6 or more, at the highest order up to 8 they allow.
     peaks : bool
         Also write the CSD peaks (``peaks.nii.gz``).
-    fodf_guide : float
+    fodf_guide : float, optional
         DDTracking: the weight of the CSD fODF's peaks in each step (0: the network alone;
         :mod:`~difftract.models.ddtracking.guide`); the fODF is fitted and written as for det.
+        Default: the weight validated for the network (0.3 ``full``, 0.7 ``fast``, 0 for other
+        weights); 0 without ``ddtracking``.
     """
 
     methods: tuple[str, ...] = (DEFAULT_METHOD,)
@@ -79,7 +82,7 @@ class RunOptions:
     shell: float | None = None
     lmax: int | None = None
     peaks: bool = False
-    fodf_guide: float = 0.0
+    fodf_guide: float | None = None
     zero_nonfinite: bool = False
     compute: Compute = field(default_factory=Compute)
 
@@ -98,19 +101,42 @@ class RunOptions:
             from ..models.ddtracking.guide import GuideConfig
 
             GuideConfig(weight=self.fodf_guide)     # refuses a weight outside [0, 1] before any fit
-        if self.methods == ("ddtracking",) and not self.fodf_guide and (self.shell is not None or self.lmax is not None):
-            raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob (or of --fodf-guide); "
-                              "DDTracking reads the SH "
-                              "(lmax 6) of the shell nearest b=1000, as it was trained; for a scheme without such a "
-                              "shell use --method det or prob with --shell/--lmax")
+        # nothing reads --shell/--lmax for DDTracking alone, unguided (None: the network's weight, resolved())
+        csd_given = self.shell is not None or self.lmax is not None
+        if self.methods == ("ddtracking",) and self.fodf_guide == 0 and csd_given:
+            raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob (or of --fodf-guide, 0 "
+                              "here); DDTracking reads the SH (lmax 6) of the shell nearest b=1000, as it was "
+                              "trained; for a scheme without such a shell use --method det or prob with "
+                              "--shell/--lmax")
         if self.seeds_per_voxel is not None and self.seeds_per_voxel < 1:
             raise ConfigError(f"--seeds-per-voxel must be at least 1, got {self.seeds_per_voxel}")
         if not 0.0 <= self.fa_threshold < 1.0:
             raise ConfigError(f"--fa-threshold must be in [0, 1), got {self.fa_threshold}")
 
+    def guide_weight(self, meta: dict) -> float:
+        """``fodf_guide``, or where it is None the validated weight of the network of weights metadata ``meta``."""
+        from .sources import LearnedSource
+
+        return LearnedSource.guide_weight_of(meta, self)
+
+    def resolved(self, meta: dict | None = None) -> RunOptions:
+        """These options with DDTracking's guide weight made explicit: where ``fodf_guide`` is None, the one
+        validated for the network (weights metadata ``meta``, read from the weights when None). A run records
+        the weight it used, so a later default cannot pass for it."""
+        if self.fodf_guide is not None or "ddtracking" not in self.methods:
+            return self
+        if meta is None:
+            from ..models.ddtracking.getter import load_ddtracking
+
+            meta = load_ddtracking(self.weights, self.model)[1]
+        return replace(self, fodf_guide=self.guide_weight(meta))
+
     def record(self) -> dict:
-        """The options as plain values (``run.json``; a cohort compares them before skipping a subject)."""
+        """The options as plain values (``run.json``; a cohort compares them before skipping a subject).
+        Without DDTracking ``fodf_guide`` is 0, as before the option had a default of its network's."""
         values = {k: v for k, v in asdict(self).items() if k != "compute"}
+        if "ddtracking" not in self.methods:
+            values["fodf_guide"] = 0.0
         values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                   for k, v in values.items()}
         return {**values, **{k: str(v) for k, v in asdict(self.compute).items()}}
@@ -163,6 +189,8 @@ def run_subject(subject: str | Path | Subject, out: str | Path, options: RunOpti
     check_output(out, force, inputs=[*subject.files, *(p for p in (options.stop_mask, options.weights) if p),
                                      subject.directory])
     learned = _load_model(options)              # bad weights are refused before any fitting
+    if learned is not None:
+        options = options.resolved(learned[1])
     start = time.perf_counter()
     dwi = subject.load(options.zero_nonfinite)  # the one read of the scan
     stop_given = given_stop_mask(options, subject, dwi)
@@ -216,15 +244,16 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
     summary = RunSummary(directory, {}, {}, {}, {})
     for method in options.methods:
         if method == "ddtracking":
-            guide = None
-            if options.fodf_guide:     # the CSD fODF guides its steps (models/ddtracking/guide.py)
+            guide, weight = None, options.guide_weight(learned[1])
+            if weight:     # the CSD fODF guides its steps (models/ddtracking/guide.py)
                 if fod is None:
                     fod = _csd_stage(subject, dwi, directory, options, console)
                 guide = fod
             source = _learned_input_stage(subject, dwi, directory, learned, options, console, guide)
-            track_extra = {"weights": options.weights, "model": options.model}
+            # the weight is written out, so that the line repeats this run whatever a later default
+            track_extra = {"weights": options.weights, "model": options.model, "fodf_guide": weight}
             if guide is not None:
-                track_extra |= {"fodf_guide": options.fodf_guide, "sh": directory / "fod.nii.gz"}
+                track_extra |= {"sh": directory / "fod.nii.gz"}
         else:
             if fod is None:
                 fod = _csd_stage(subject, dwi, directory, options, console)
@@ -309,7 +338,7 @@ def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOpt
     from ..models.ddtracking.data import fodf_input, signal_sh_shell
     from ..reconst.sh import lmax_from_ncoeffs
     from .fits import fit_csd, fit_sh
-    from .track import LearnedSource
+    from .sources import LearnedSource
 
     model, meta = learned
     lmax, float32 = lmax_from_ncoeffs(model.config.n_coeffs), replace(options.compute, dtype="float32")
@@ -331,17 +360,22 @@ def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOpt
 
 def _csd_stage(subject, dwi, directory: Path, options: RunOptions, console: Console):
     """The CSD fODF for the classical rules, kept in float32 (the values written to ``fod.nii.gz``)."""
+    from ..reconst.sh import well_sampled_shell
     from .fits import fit_csd
-    from .track import FodSource
+    from .sources import FodSource
 
     out = directory / "fod.nii.gz"
     peaks = directory / "peaks.nii.gz" if options.peaks else None
-    lmax = options.lmax if options.lmax is not None else CSD_LMAX
+    lmax, shell = options.lmax, options.shell
+    if options.methods == ("ddtracking",) and lmax is None and shell is None:
+        # the guide's fODF alone: the highest shell with the directions for lmax 6+, as FodSource.for_guide
+        shell, lmax = well_sampled_shell(dwi.gtab, up_to=CSD_LMAX) or (None, None)
+    lmax = CSD_LMAX if lmax is None else lmax
     line = command_line("fit csd", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
-                        zero_nonfinite=options.zero_nonfinite, out=out, peaks=peaks, lmax=lmax, shell=options.shell,
+                        zero_nonfinite=options.zero_nonfinite, out=out, peaks=peaks, lmax=lmax, shell=shell,
                         device=options.compute.named_device)
     console.stage(line)
-    fit = fit_csd(dwi, out, peaks_out=peaks, lmax=lmax, shell=options.shell, compute=options.compute,
+    fit = fit_csd(dwi, out, peaks_out=peaks, lmax=lmax, shell=shell, compute=options.compute,
                   console=console, equivalent=line)
     return FodSource(fit.coeffs.astype(np.float32), legacy=False, description=str(out), mask=dwi.mask)
 
@@ -352,7 +386,7 @@ def _track_stage(subject, dwi, tracks: Path, method: str, source, stop, stop_pat
 
     track_options = TrackOptions(method=method, seeds_per_voxel=options.seeds_per_voxel,
                                  min_len_mm=options.min_len_mm, seed=options.seed,
-                                 fodf_guide=options.fodf_guide if method == "ddtracking" else 0.0)
+                                 fodf_guide=extra.get("fodf_guide") if method == "ddtracking" else None)
     line = command_line("track", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
                         zero_nonfinite=options.zero_nonfinite, stop_mask=stop_path, method=method,
                         seeds_per_voxel=options.seeds_per_voxel, min_len_mm=options.min_len_mm, seed=options.seed,

@@ -1,10 +1,11 @@
 """Tracking as a pipeline stage: a direction source, a stopping rule and seeds -> a tractogram file.
 
 ``difftract track`` and :func:`.run.run_subject` both call :func:`track`. The direction
-source is a classical fODF (:class:`FodSource`: det, prob, closest, peak) or the DDTracking
-network on the SH its weights read, the signal's or the CSD fODF's (:class:`LearnedSource`);
-the defaults that belong to a rule live with it (:data:`~difftract.tracking.seeding.SEEDS_PER_VOXEL`, the tracker's 1 mm step,
-and a model's own from its weights: :class:`~difftract.models.ddtracking.defaults.TrackingDefaults`).
+source (:mod:`.sources`) is a classical fODF (:class:`~.sources.FodSource`: det, prob, closest,
+peak) or the DDTracking network on the SH its weights read, the signal's or the CSD fODF's
+(:class:`~.sources.LearnedSource`); the defaults that belong to a rule live with it
+(:data:`~difftract.tracking.seeding.SEEDS_PER_VOXEL`, the tracker's 1 mm step, and a model's
+own from its weights: :class:`~difftract.models.ddtracking.defaults.TrackingDefaults`).
 Streamlines are streamed to the file chunk by chunk, so memory is bounded by the chunk
 size (sized from the getter's per-seed cost and the free memory), not by the tractogram.
 Under ``torchrun`` (``WORLD_SIZE > 1``) every rank tracks whole chunks of the same seeds and
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,12 +26,12 @@ import torch
 from ..errors import ConfigError
 from ..io.atomic import check_outputs
 from ..io.sidecar import provenance, sidecar_path
-from ..tracking.seeding import SEEDS_PER_VOXEL
 from .compute import Compute, memory_guard
+from .sources import FodSource, LearnedSource
+from .track_options import TrackOptions
 from ..console import Console
 
 log = logging.getLogger("difftract")
-SH_BASES = ("descoteaux07", "descoteaux07_legacy")
 
 
 class Grid(Protocol):
@@ -43,181 +44,6 @@ class Grid(Protocol):
 
     @property
     def voxel_sizes(self) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class TrackOptions:
-    """How streamlines grow and are kept (``None``: the rule's own default)."""
-
-    method: str = "det"
-    step_mm: float | None = None          # 1 mm; DDTracking: its training step
-    seeds_per_voxel: int | None = None    # SEEDS_PER_VOXEL; DDTracking: its weights'
-    max_angle: float = 45.0
-    min_len_mm: float = 20.0
-    max_len_mm: float = 250.0
-    integrator: str = "euler"
-    pmf_threshold: float = 0.1
-    valid_only: bool = False
-    sampler_steps: int = 1
-    stochastic: bool = False
-    fodf_guide: float = 0.0               # DDTracking: the weight of the CSD fODF's peaks (models/ddtracking/guide.py)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.seeds_per_voxel is not None and self.seeds_per_voxel < 1:
-            raise ConfigError(f"--seeds-per-voxel must be at least 1, got {self.seeds_per_voxel}")
-        if self.sampler_steps < 1:
-            raise ConfigError(f"--sampler-steps must be at least 1, got {self.sampler_steps}")
-        learned_only = [f"--{k}" for k, on in (("stochastic", self.stochastic),
-                                               ("sampler-steps", self.sampler_steps != 1),
-                                               ("fodf-guide", self.fodf_guide != 0)) if on]
-        if learned_only and self.method != "ddtracking":
-            raise ConfigError(f"{', '.join(learned_only)} only apply to --method ddtracking")
-        self.guide_config()                     # a weight outside [0, 1] is refused before any fit
-        if self.method == "ddtracking" and self.integrator != "euler":
-            raise ConfigError("DDTracking advances its GRU one point per step: use --integrator euler")
-
-    def guide_config(self):
-        """DDTracking's fODF guide (:class:`~difftract.models.ddtracking.guide.GuideConfig`), None without one."""
-        from ..models.ddtracking.guide import GuideConfig
-
-        return GuideConfig(weight=self.fodf_guide) if self.fodf_guide else None
-
-
-@dataclass
-class FodSource:
-    """A classical rule's field: fODF SH coefficients ``(X, Y, Z, m)`` and their basis."""
-
-    coeffs: np.ndarray
-    legacy: bool = False
-    description: str = "CSD"
-    mask: np.ndarray | None = None     # where ``peak`` looks for peaks (default: everywhere)
-
-    @classmethod
-    def fitted(cls, dwi, lmax: int = 8, compute: Compute = Compute(), console: Console = Console()) -> FodSource:
-        """The CSD fODF of ``dwi`` (auto response, the highest shell), as ``track`` fits it without ``--sh``."""
-        from ..reconst.csd import CsdModel
-
-        log.info("no --sh: fitting CSD (lmax %d, auto response)", lmax)
-        with memory_guard(f"the CSD fit (lmax {lmax})", compute.torch_device, None):
-            fit = CsdModel(dwi.gtab, lmax=lmax, legacy=False).fit(dwi.signal, dwi.mask,
-                                                                  **compute.fit_options(console.bars))
-        return cls(fit.coeffs.astype(np.float32), description=f"CSD lmax {lmax}", mask=dwi.mask)
-
-    def defaults(self, voxel_sizes) -> tuple[float, int]:
-        return 1.0, SEEDS_PER_VOXEL
-
-    def getter(self, options: TrackOptions, voxel_sizes, compute: Compute, console: Console):
-        from ..reconst.peaks import peaks_from_sh
-        from ..tracking.getters import make_getter
-        from ..tracking.sh_field import SHField
-
-        sh_field = SHField(self.coeffs, legacy=self.legacy, pmf_threshold=options.pmf_threshold)
-        peaks = None
-        if options.method == "peak":
-            found = peaks_from_sh(self.coeffs, self.mask, legacy=self.legacy, **compute.fit_options(console.bars))
-            peaks = torch.as_tensor(found.dirs)
-        return make_getter(options.method, sh=sh_field, peaks=peaks, max_angle=options.max_angle)
-
-    @property
-    def sh_basis(self) -> str:
-        return SH_BASES[int(self.legacy)]
-
-    def record(self) -> dict:
-        return {"fod": self.description}
-
-
-@dataclass
-class LearnedSource:
-    """The DDTracking network, its weights' metadata, and the SH it reads (the scan's signal SH, or its
-    CSD fODF SH for a network trained on those: :func:`~difftract.models.ddtracking.data.input_sh`).
-
-    ``fod`` is the CSD fODF (a :class:`FodSource`) that guides its steps under
-    ``TrackOptions.fodf_guide`` (:mod:`~difftract.models.ddtracking.guide`); None without a guide.
-
-    ``domain`` compares the scan with what the network was trained on
-    (:func:`~difftract.models.ddtracking.domain.scan_domain`): :func:`track` warns in one
-    line when the scan lies outside, and the sidecar records it.
-    """
-
-    model: torch.nn.Module
-    meta: dict
-    sh: np.ndarray
-    domain: dict = field(default_factory=dict)
-    fod: FodSource | None = None
-
-    @classmethod
-    def for_scan(cls, model: torch.nn.Module, meta: dict, sh: np.ndarray, dwi, fod: FodSource | None = None
-                 ) -> LearnedSource:
-        """The network, the SH it reads, and how ``dwi`` compares with its training domain."""
-        from ..models.ddtracking.domain import scan_domain
-
-        return cls(model, meta, sh, scan_domain(meta, dwi), fod)
-
-    @classmethod
-    def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu", fod: FodSource | None = None
-               ) -> LearnedSource:
-        """:meth:`for_scan` with the input fitted from ``dwi`` at the network's lmax: the signal SH of the
-        shell nearest b=1000, or the CSD fODF SH for a network of ``input`` fodf
-        (:func:`~difftract.models.ddtracking.data.input_sh`)."""
-        from ..models.ddtracking.data import input_sh
-        from ..reconst.sh import lmax_from_ncoeffs
-
-        lmax = lmax_from_ncoeffs(model.config.n_coeffs)
-        return cls.for_scan(model, meta, input_sh(dwi, model.config.input, lmax, device=device), dwi, fod)
-
-    def warn_domain(self, scan) -> None:
-        """One line when the scan lies outside the network's training data."""
-        if self.domain.get("domain_warnings"):
-            log.warning("DDTracking: %s is outside the network's training data (%s); its streamlines may be "
-                        "unreliable, compare with --method det", scan, "; ".join(self.domain["domain_warnings"]))
-
-    def defaults(self, voxel_sizes) -> tuple[float, int]:
-        from ..models.ddtracking.defaults import TrackingDefaults
-
-        own = TrackingDefaults.from_meta(self.meta)
-        return own.step_mm(voxel_sizes), own.seeds_per_voxel
-
-    def getter(self, options: TrackOptions, voxel_sizes, compute: Compute, console: Console):
-        from ..models.ddtracking.getter import DDTrackingGetter
-
-        trained = self.defaults(voxel_sizes)[0]
-        if options.step_mm is not None and abs(options.step_mm - trained) > 1e-6 * trained:
-            log.warning("--step-mm %g differs from the step DDTracking was trained with (%g mm here)",
-                        options.step_mm, trained)
-        if not np.allclose(voxel_sizes, min(voxel_sizes), rtol=1e-3):
-            log.warning("anisotropic voxels %s: DDTracking was trained in voxel units, so its steps and directions "
-                        "are converted, but resampling to isotropic voxels matches training better",
-                        tuple(round(float(v), 3) for v in voxel_sizes))
-        return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
-                                voxel_sizes=voxel_sizes, guide=self.guide(options))
-
-    def guide(self, options: TrackOptions):
-        """The fODF guide of ``options.fodf_guide`` on :attr:`fod` (None at 0)."""
-        from ..models.ddtracking.guide import FodfGuide
-        from ..tracking.sh_field import SHField
-
-        config = options.guide_config()
-        if config is None:
-            return None
-        if self.fod is None:
-            raise ConfigError("--fodf-guide needs the CSD fODF: give LearnedSource a fod")
-        return FodfGuide(SHField(self.fod.coeffs, legacy=self.fod.legacy, pmf_threshold=options.pmf_threshold),
-                         config)
-
-    def guide_record(self, options: TrackOptions) -> dict:
-        """What the sidecar says of the guide: its settings and the fODF it read, or ``fodf_guide`` 0."""
-        config = options.guide_config()
-        if config is None:
-            return {"fodf_guide": 0.0}
-        return {**config.record(), "fodf_guide_fod": self.fod.description, "fodf_guide_sh_basis": self.fod.sh_basis}
-
-    sh_basis = "descoteaux07"     # input_sh fits the published basis, signal or fODF
-
-    def record(self) -> dict:
-        meta = self.meta
-        return {"model": "ddtracking", "variant": meta["config"]["variant"], "weights": meta["path"],
-                "weights_sha256": meta["sha256"], "input": meta.get("input"), **self.domain}
 
 
 @dataclass

@@ -177,6 +177,23 @@ def min_directions(lmax: int) -> int:
     return max(n_coeffs(4), -(-n_coeffs(lmax) // 2))
 
 
+def well_sampled_shell(gtab: GradientTable, min_lmax: int = 6, up_to: int = 8,
+                       b0_threshold: float = B0_THRESHOLD) -> tuple[float, int] | None:
+    """The highest shell whose directions allow a fit at ``min_lmax`` or more (:func:`min_directions`), and the
+    highest order up to ``up_to`` they allow; None when no shell has enough directions.
+
+    What a CSD fit for fODF peaks takes by default: the highest shell, as MRtrix and DIPY do,
+    unless it is too sparse (a b = 3000 shell of 12 directions beside b = 1000 with 30).
+    """
+    bvecs = np.asarray(gtab.bvecs, dtype=np.float64)
+    for group in reversed(shell_groups(gtab.bvals, b0_threshold)):
+        have = distinct_directions(bvecs[group.indices])
+        lmax = next((lmax for lmax in range(up_to, min_lmax - 1, -2) if have >= min_directions(lmax)), None)
+        if lmax is not None:
+            return float(group.bval), lmax
+    return None
+
+
 def scheme_summary(groups: list[Shell], bvecs: np.ndarray) -> str:
     """``b=317 (310-330): 3 dirs, b=616: 6 dirs, ...`` for messages."""
     return ", ".join(f"{g.describe()}: {distinct_directions(bvecs[g.indices])}" for g in groups)

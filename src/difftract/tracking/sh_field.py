@@ -9,6 +9,8 @@ zero (which also clears every negative value). The sphere defaults to DIPY's
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from dipy.core.sphere import Sphere
@@ -56,6 +58,7 @@ class SHField:
         self.neighbours = torch.as_tensor(sphere_neighbours(self.sphere.edges, len(vertices)))
         self.close = torch.as_tensor(close_pairs(vertices, min_separation_angle))
         self._buffers: dict[str, torch.Tensor] = {}
+        self._table: OrientationTable | None = None      # built by the first climb
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -71,6 +74,7 @@ class SHField:
         out.neighbours = self.neighbours.to(device)
         out.close = self.close.to(device)
         out._buffers = {}
+        out._table = None
         return out
 
     def buffer(self, name: str, rows: int) -> torch.Tensor:
@@ -126,8 +130,91 @@ class SHField:
         peak = peaks.gather(1, best[..., None].expand(-1, -1, 3))[:, 0]
         return torch.where(dots.gather(1, best) < 0, -peak, peak), near.gather(1, best)[:, 0]
 
+    def climbed_peak(self, points: torch.Tensor, dirs: torch.Tensor, relative_peak_threshold: float = 0.5,
+                     max_hops: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """The peak whose basin holds each of ``dirs (N, 3)``: :meth:`closest_peak`'s answer at a fraction of its cost.
+
+        From the vertex nearest each direction, step to the largest neighbour while it is
+        larger (at most ``max_hops``). The vertex reached is a peak when it is at least
+        ``relative_peak_threshold`` of the largest value above the thresholded pmf's floor,
+        as in :meth:`peaks`; it is returned with the sign of ``dirs`` and ``|cos|`` to it
+        (-1 where the climb ends on no such peak, or has not ended).
+
+        Only the vertices on the way are compared, where :meth:`peaks` finds every local
+        maximum of the sphere, sorts them and merges close pairs: that pass is most of a
+        guided DDTracking step's extra cost. The answers differ where the direction lies
+        in one peak's basin but nearer another (two peaks about 45 degrees apart), and
+        where a small maximum within ``min_separation_angle`` of a larger one (which
+        :meth:`peaks` merges into it) holds the direction: on brain-phantom points with
+        directions up to 25 degrees from a peak, 0.5% of answers. On a GPU every hop runs
+        (a climb that has ended stays put), so no step waits for the host.
+        """
+        pmf = self.pmf(points, out=self.buffer("climb", points.shape[0]))
+        low, top = pmf.amin(dim=1), pmf.amax(dim=1)                # (6x faster than aminmax on a CPU)
+        # the floor of the thresholded pmf: its minimum, which is 0 unless nothing was cleared
+        floor = torch.where(low >= self.pmf_threshold * top.clamp(min=0), low, torch.zeros_like(low)).clamp(min=0)
+        if self._table is None:
+            self._table = OrientationTable(self.vertices)
+        at = self._table.nearest(dirs)
+        value = pmf.gather(1, at[:, None])[:, 0]
+        rising = torch.ones_like(value, dtype=torch.bool)
+        for _ in range(max_hops):
+            around = self.neighbours[at]                                # (N, d)
+            best, which = pmf.gather(1, around).max(dim=1)
+            rising = best > value
+            # a climb that has ended stays put, so a GPU runs every hop rather than wait for the host
+            if points.device.type == "cpu" and not bool(rising.any()):
+                break
+            at = torch.where(rising, around.gather(1, which[:, None])[:, 0], at)
+            value = torch.maximum(value, best)
+        peak = self.vertices[at]
+        dots = (peak * dirs).sum(dim=-1)
+        # a maximum of the thresholded pmf: not cleared by pmf_threshold, and large enough above its floor
+        is_peak = (~rising & (value > floor) & (value >= self.pmf_threshold * top.clamp(min=0))
+                   & (value - floor >= relative_peak_threshold * (top - floor)))
+        return (torch.where(dots[:, None] < 0, -peak, peak),
+                torch.where(is_peak, dots.abs(), torch.full_like(dots, -1.0)))
+
     def bytes_per_query(self, dtype_bytes: int) -> int:
         """Working memory of one point's pmf query: the pmf on the sphere with its masks (about four
         V-vectors) and the 8 corners' SH."""
         V, C = self.vertices.shape[0], self.basis_t.shape[0]
         return V * (4 * dtype_bytes + 2) + 8 * C * dtype_bytes
+
+
+class OrientationTable:
+    """The sphere vertex nearest each orientation, read from a table instead of searched.
+
+    The orientations (directions up to sign) are binned by polar and azimuthal angle,
+    ``bins_per_degree`` bins per degree, and each bin holds the vertex nearest its centre
+    (largest ``|cos|``). A lookup is a few operations per direction where the search is a
+    product with every vertex and an argmax (a fifth of a climb's cost). The vertex read
+    is the nearest one except within about half a bin of where two vertices are equally
+    near, and then it is that neighbour (at most 1.4 degrees further at 1 bin per degree).
+
+    Parameters
+    ----------
+    vertices : Tensor (V, 3)
+        Unit vectors, each standing for itself and its antipode.
+    bins_per_degree : int
+        Table resolution (90 x 360 bins at 1).
+    """
+
+    def __init__(self, vertices: torch.Tensor, bins_per_degree: int = 1):
+        self.n_theta, self.n_phi = 90 * bins_per_degree, 360 * bins_per_degree
+        theta = (torch.arange(self.n_theta, dtype=torch.float64) + 0.5) * (math.pi / 2 / self.n_theta)
+        phi = (torch.arange(self.n_phi, dtype=torch.float64) + 0.5) * (2 * math.pi / self.n_phi) - math.pi
+        t, p = torch.meshgrid(theta, phi, indexing="ij")
+        centres = torch.stack([t.sin() * p.cos(), t.sin() * p.sin(), t.cos()], dim=-1).reshape(-1, 3)
+        v = vertices.detach().to("cpu", torch.float64)
+        table = torch.cat([(part @ v.T).abs().argmax(dim=1) for part in centres.split(8192)])
+        self.table = table.reshape(self.n_theta, self.n_phi).to(vertices.device)
+
+    def nearest(self, dirs: torch.Tensor) -> torch.Tensor:
+        """Vertex indices ``(N,)`` of unit ``dirs (N, 3)``."""
+        up = torch.where(dirs[:, 2:] < 0, -dirs, dirs)                    # the orientation with z >= 0
+        theta = torch.acos(up[:, 2].clamp(max=1.0))
+        phi = torch.atan2(up[:, 1], up[:, 0])
+        i = (theta * (self.n_theta / (math.pi / 2))).long().clamp_(0, self.n_theta - 1)
+        j = ((phi + math.pi) * (self.n_phi / (2 * math.pi))).long().clamp_(0, self.n_phi - 1)
+        return self.table[i, j]

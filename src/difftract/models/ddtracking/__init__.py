@@ -9,7 +9,7 @@
 - :mod:`.augment`: the 48 symmetries of the voxel grid, applied exactly to a training sample;
 - :mod:`.inference`: the tracking step as dense matrices (the same function, faster on CPUs);
 - :mod:`.getter`: the tracker's direction getter (GRU state per streamline) and weight loading;
-- :mod:`.guide`: the fODF guide, each step moved towards the nearest CSD fODF peak;
+- :mod:`.guide`: the fODF guide, each step moved towards the CSD fODF peak it points at;
 - :mod:`.defaults`: the shipped models (``full``, ``fast``) and a model's own tracking settings;
 - :mod:`.domain`: what a network was trained on, and whether a scan lies inside it.
 """

@@ -10,7 +10,7 @@ batched together. Per step, at the current points:
    ``steps`` sampler steps from ``y_1 = 0`` (deterministic) or ``y_1 ~ N(0, I)``
    (``stochastic``; draws from the tracker's per-chunk generator, so ``--seed`` fixes
    them);
-4. with a ``guide``, it is moved part of the way to the nearest CSD fODF peak (:mod:`.guide`);
+4. with a ``guide``, it is moved part of the way to the CSD fODF peak it points at (:mod:`.guide`);
 5. it is invalid (the half ends) off the grid or more than ``max_angle`` from ``d_{t-1}``:
    the model's output is a direction with a sign, so turning back is a turn of > 90 degrees.
 
@@ -83,7 +83,7 @@ class DDTrackingGetter:
     voxel_sizes : sequence of 3 float
         The scan's voxel sizes: the network works in voxel space, the tracker in mm.
     guide : FodfGuide, optional
-        Moves each direction part of the way to the nearest CSD fODF peak (:mod:`.guide`).
+        Moves each direction part of the way to the CSD fODF peak it points at (:mod:`.guide`).
 
     Use the Euler integrator: RK2/RK4's intermediate evaluations would advance the GRU at
     points the streamline never reaches.

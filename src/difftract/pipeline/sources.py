@@ -1,0 +1,199 @@
+"""What a tracker reads: a classical rule's fODF (:class:`FodSource`) or the DDTracking network
+with the SH its weights read (:class:`LearnedSource`), each with the defaults that belong to it.
+
+:func:`~.track.track` takes either. A network is guided by the CSD fODF by default, at the
+weight validated for it (:class:`~difftract.models.ddtracking.defaults.TrackingDefaults`):
+its fODF is given (``fod``) or fitted from the scan when first needed, on the highest shell
+with the directions for lmax 6 or more (:func:`~difftract.reconst.sh.well_sampled_shell`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..console import Console
+from ..errors import ConfigError
+from ..tracking.seeding import SEEDS_PER_VOXEL
+from .compute import Compute, memory_guard
+from .track_options import TrackOptions
+
+log = logging.getLogger("difftract")
+SH_BASES = ("descoteaux07", "descoteaux07_legacy")
+
+
+@dataclass
+class FodSource:
+    """A classical rule's field: fODF SH coefficients ``(X, Y, Z, m)`` and their basis."""
+
+    coeffs: np.ndarray
+    legacy: bool = False
+    description: str = "CSD"
+    mask: np.ndarray | None = None     # where ``peak`` looks for peaks (default: everywhere)
+
+    @classmethod
+    def fitted(cls, dwi, lmax: int = 8, compute: Compute = Compute(), console: Console = Console(),
+               shell: float | None = None) -> FodSource:
+        """The CSD fODF of ``dwi`` (auto response; ``shell`` None: the highest), as ``track`` fits it without
+        ``--sh``."""
+        from ..reconst.csd import CsdModel
+
+        on = "" if shell is None else f", b={shell:g}"
+        log.info("no --sh: fitting CSD (lmax %d%s, auto response)", lmax, on)
+        with memory_guard(f"the CSD fit (lmax {lmax})", compute.torch_device, None):
+            fit = CsdModel(dwi.gtab, lmax=lmax, legacy=False, shell=shell).fit(dwi.signal, dwi.mask,
+                                                                               **compute.fit_options(console.bars))
+        return cls(fit.coeffs.astype(np.float32), description=f"CSD lmax {lmax}{on}", mask=dwi.mask)
+
+    @classmethod
+    def for_guide(cls, dwi, compute: Compute = Compute(), console: Console = Console()) -> FodSource | None:
+        """The CSD fODF that guides DDTracking when none is given: on the highest shell with the directions for
+        lmax 6 or more, at the highest order up to 8 they allow (the highest shell alone leaves no shell out);
+        None when no shell has them (DDTracking's own lmax 6 input cannot be fitted either)."""
+        from ..reconst.sh import well_sampled_shell
+
+        plan = well_sampled_shell(dwi.gtab)
+        if plan is None:
+            return None
+        shell, lmax = plan
+        return cls.fitted(dwi, lmax, compute, console, shell=shell)
+
+    def defaults(self, voxel_sizes) -> tuple[float, int]:
+        return 1.0, SEEDS_PER_VOXEL
+
+    def getter(self, options: TrackOptions, voxel_sizes, compute: Compute, console: Console):
+        from ..reconst.peaks import peaks_from_sh
+        from ..tracking.getters import make_getter
+        from ..tracking.sh_field import SHField
+
+        sh_field = SHField(self.coeffs, legacy=self.legacy, pmf_threshold=options.pmf_threshold)
+        peaks = None
+        if options.method == "peak":
+            found = peaks_from_sh(self.coeffs, self.mask, legacy=self.legacy, **compute.fit_options(console.bars))
+            peaks = torch.as_tensor(found.dirs)
+        return make_getter(options.method, sh=sh_field, peaks=peaks, max_angle=options.max_angle)
+
+    @property
+    def sh_basis(self) -> str:
+        return SH_BASES[int(self.legacy)]
+
+    def record(self) -> dict:
+        return {"fod": self.description}
+
+
+@dataclass
+class LearnedSource:
+    """The DDTracking network, its weights' metadata, and the SH it reads (the scan's signal SH, or its
+    CSD fODF SH for a network trained on those: :func:`~difftract.models.ddtracking.data.input_sh`).
+
+    ``fod`` is the CSD fODF (a :class:`FodSource`) that guides its steps under
+    ``TrackOptions.fodf_guide`` (:mod:`~difftract.models.ddtracking.guide`), by default the
+    weight validated for the network (:meth:`guide_weight`). Without one, it is fitted from
+    ``scan`` (the scan the input was fitted from, :meth:`fitted`) when a guide first needs it
+    (:meth:`FodSource.for_guide`).
+
+    ``domain`` compares the scan with what the network was trained on
+    (:func:`~difftract.models.ddtracking.domain.scan_domain`): :func:`track` warns in one
+    line when the scan lies outside, and the sidecar records it.
+    """
+
+    model: torch.nn.Module
+    meta: dict
+    sh: np.ndarray
+    domain: dict = field(default_factory=dict)
+    fod: FodSource | None = None
+    scan: object | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_scan(cls, model: torch.nn.Module, meta: dict, sh: np.ndarray, dwi, fod: FodSource | None = None
+                 ) -> LearnedSource:
+        """The network, the SH it reads, and how ``dwi`` compares with its training domain (``dwi`` also gives
+        the guide's fODF where ``fod`` is None)."""
+        from ..models.ddtracking.domain import scan_domain
+
+        return cls(model, meta, sh, scan_domain(meta, dwi), fod, dwi)
+
+    @classmethod
+    def fitted(cls, model: torch.nn.Module, meta: dict, dwi, device="cpu", fod: FodSource | None = None
+               ) -> LearnedSource:
+        """:meth:`for_scan` with the input fitted from ``dwi`` at the network's lmax: the signal SH of the
+        shell nearest b=1000, or the CSD fODF SH for a network of ``input`` fodf
+        (:func:`~difftract.models.ddtracking.data.input_sh`)."""
+        from ..models.ddtracking.data import input_sh
+        from ..reconst.sh import lmax_from_ncoeffs
+
+        lmax = lmax_from_ncoeffs(model.config.n_coeffs)
+        return cls.for_scan(model, meta, input_sh(dwi, model.config.input, lmax, device=device), dwi, fod)
+
+    def warn_domain(self, scan) -> None:
+        """One line when the scan lies outside the network's training data."""
+        if self.domain.get("domain_warnings"):
+            log.warning("DDTracking: %s is outside the network's training data (%s); its streamlines may be "
+                        "unreliable, compare with --method det", scan, "; ".join(self.domain["domain_warnings"]))
+
+    def defaults(self, voxel_sizes) -> tuple[float, int]:
+        from ..models.ddtracking.defaults import TrackingDefaults
+
+        own = TrackingDefaults.from_meta(self.meta)
+        return own.step_mm(voxel_sizes), own.seeds_per_voxel
+
+    def getter(self, options: TrackOptions, voxel_sizes, compute: Compute, console: Console):
+        from ..models.ddtracking.getter import DDTrackingGetter
+
+        trained = self.defaults(voxel_sizes)[0]
+        if options.step_mm is not None and abs(options.step_mm - trained) > 1e-6 * trained:
+            log.warning("--step-mm %g differs from the step DDTracking was trained with (%g mm here)",
+                        options.step_mm, trained)
+        if not np.allclose(voxel_sizes, min(voxel_sizes), rtol=1e-3):
+            log.warning("anisotropic voxels %s: DDTracking was trained in voxel units, so its steps and directions "
+                        "are converted, but resampling to isotropic voxels matches training better",
+                        tuple(round(float(v), 3) for v in voxel_sizes))
+        return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
+                                voxel_sizes=voxel_sizes, guide=self.guide(options, compute, console))
+
+    def guide_weight(self, options: TrackOptions) -> float:
+        """``options.fodf_guide``, or where it is None the network's validated weight
+        (:class:`~difftract.models.ddtracking.defaults.TrackingDefaults`: 0.3 for ``full``, 0.7 for ``fast``)."""
+        return self.guide_weight_of(self.meta, options)
+
+    @staticmethod
+    def guide_weight_of(meta: dict, options) -> float:
+        """:meth:`guide_weight` for a network's weights metadata, before its input is fitted (``options``: any
+        with a ``fodf_guide``)."""
+        from ..models.ddtracking.defaults import TrackingDefaults
+
+        return TrackingDefaults.from_meta(meta).fodf_guide if options.fodf_guide is None else options.fodf_guide
+
+    def guide(self, options: TrackOptions, compute: Compute = Compute(), console: Console = Console()):
+        """The fODF guide of :meth:`guide_weight` on :attr:`fod`, fitted from :attr:`scan` if need be (None at 0)."""
+        from ..models.ddtracking.guide import FodfGuide
+        from ..tracking.sh_field import SHField
+
+        config = options.guide_config(self.guide_weight(options))
+        if config is None:
+            return None
+        if self.fod is None and self.scan is not None:
+            self.fod = FodSource.for_guide(self.scan, replace(compute, dtype="auto"), console)
+        if self.fod is None:
+            raise ConfigError(f"--fodf-guide {config.weight:g} needs the CSD fODF, and the scan has no shell with "
+                              "the 15 directions CSD needs at lmax 6: give one (--sh), or --fodf-guide 0 for the "
+                              "network alone")
+        return FodfGuide(SHField(self.fod.coeffs, legacy=self.fod.legacy, pmf_threshold=options.pmf_threshold),
+                         config)
+
+    def guide_record(self, options: TrackOptions) -> dict:
+        """What the sidecar says of the guide: its settings and the fODF it read, or ``fodf_guide`` 0."""
+        config = options.guide_config(self.guide_weight(options))
+        if config is None:
+            return {"fodf_guide": 0.0}
+        return {**config.record(), "fodf_guide_fod": self.fod.description, "fodf_guide_sh_basis": self.fod.sh_basis}
+
+    sh_basis = "descoteaux07"     # input_sh fits the published basis, signal or fODF
+
+    def record(self) -> dict:
+        meta = self.meta
+        return {"model": "ddtracking", "variant": meta["config"]["variant"], "weights": meta["path"],
+                "weights_sha256": meta["sha256"], "input": meta.get("input"), **self.domain}
