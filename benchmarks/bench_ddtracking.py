@@ -41,7 +41,7 @@ measured against.
 ``--sampler-steps 3,5`` adds, per model, a deterministic row with that many sampler steps
 (the reverse diffusion from ``y_1 = 0`` without noise, :mod:`difftract.models.ddtracking.diffusion`).
 Each model also has a row guided by the CSD fODF ``det`` tracks (each step moved that fraction
-of the way to the nearest peak, :mod:`difftract.models.ddtracking.guide`) at the weight
+of the way to the peak it points at, :mod:`difftract.models.ddtracking.guide`) at the weight
 validated for it (``TrackingDefaults.fodf_guide``: 0.3 for ``full``, 0.7 for ``fast``), which
 is what ``difftract track`` and ``run`` use by default; ``--fodf-guide 0.3,0.5`` adds rows at
 other weights. The targets, the stochastic row, the reproducibility checks and the speed target

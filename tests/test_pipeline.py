@@ -129,6 +129,7 @@ def test_a_ddtracking_run_is_guided_by_the_fodf_it_writes(cli, subject, tmp_path
     assert np.array_equal(written, guides[0].field.coeffs.numpy())
     record = json.loads((out / "tracks.json").read_text())
     assert record["params"]["fodf_guide"] == 0.3 and record["params"]["fodf_guide_fod"] == str(out / "fod.nii.gz")
+    assert json.loads((out / "run.json").read_text())["params"]["fodf_guide"] == 0.3      # the weight used
     line = shlex.split(record["equivalent"])[1:]                # the recorded track line reproduces the run
     assert line[line.index("--sh") + 1] == str(out / "fod.nii.gz") and line[line.index("--fodf-guide") + 1] == "0.3"
     alone = tmp_path / "alone.trx"

@@ -79,11 +79,11 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
                    help="shortest streamline kept, mm (default: %(default)s; lower it for a small field of view)")
     p.add_argument("--shell", type=float, metavar="B",
                    help="det/prob/--fodf-guide: the shell of the CSD fit (default: the highest; for DDTracking's guide "
-                        "alone the highest with the directions for lmax 6; a DDTracking network of the fODF reads the "
-                        "highest, as it was trained)")
+                        "alone, with neither --shell nor --lmax, the highest with the directions for lmax 6; a "
+                        "DDTracking network of the fODF reads the highest, as it was trained)")
     p.add_argument("--lmax", type=int, metavar="N",
-                   help="det/prob/--fodf-guide: the CSD fit's lmax (default: 8; for DDTracking's guide alone the "
-                        "highest up to 8 its shell allows)")
+                   help="det/prob/--fodf-guide: the CSD fit's lmax (default: 8; for DDTracking's guide alone, with "
+                        "neither --shell nor --lmax, the highest up to 8 that shell allows)")
     p.add_argument("--zero-nonfinite", action="store_true", help="set NaN/Inf voxels of the DWI to 0 instead of refusing")
 
 

@@ -82,7 +82,8 @@ def add_parser(sub) -> None:
                    help="fODF SH volume to track, or to guide DDTracking with (default: fit CSD)")
     p.add_argument("--sh-basis", choices=SH_BASES, help="basis of --sh (default: from its JSON sidecar)")
     p.add_argument("--lmax", type=int, help="lmax of the CSD fit without --sh (default: 8; for DDTracking's guide the "
-                                            "highest up to 8 that the highest shell with enough directions allows)")
+                                            "highest up to 8 its shell allows: the highest shell with enough "
+                                            "directions for lmax 6, or for --lmax)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds-per-voxel", type=int, metavar="N",
                        help="N random seeds in every seed voxel (default: 1; ddtracking: its weights' own)")
@@ -116,6 +117,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from ..io.sh import load_sh, sh_basis_of
     from ..io.sidecar import sidecar_path
     from ..pipeline import Compute, Console, FodSource, LearnedSource, Seeding, Stopping, TrackOptions, track
+    from ..models.ddtracking.getter import load_ddtracking
     from ..pipeline.shards import join
 
     given = [p for p in (args.sh, args.stop_mask, args.seed_mask, args.seeds_file, args.weights) if p]
@@ -134,11 +136,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     compute = Compute(device=args.device, dtype=args.dtype, chunk_size=args.chunk_size)
     group = join(compute.torch_device)     # under torchrun: each rank on its own device, rank 0 speaks
     console = Console(quiet=args.quiet or (group is not None and not group.leader))
-    model = None
-    if args.method == "ddtracking":     # bad weights are refused before the scan is read
-        from ..models.ddtracking.getter import load_ddtracking
-
-        model = load_ddtracking(args.weights, args.model)
+    model = load_ddtracking(args.weights, args.model) if args.method == "ddtracking" else None   # before the scan
     guided = model is not None and LearnedSource.guide_weight_of(model[1], options) > 0
     if model is not None and args.sh is not None and not guided:
         raise ConfigError("--sh gives an fODF for the classical rules or DDTracking's --fodf-guide, which is 0 here; "
@@ -153,8 +151,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.sh is not None:
         fod = FodSource(load_sh(args.sh, dwi), sh_basis_of(args.sh, args.sh_basis), description=str(args.sh),
                         mask=dwi.mask)
-    elif model is None or (guided and args.lmax is not None):    # else LearnedSource fits the guide's if need be
+    elif model is None:
         fod = FodSource.fitted(dwi, 8 if args.lmax is None else args.lmax, fit_compute, console)
+    elif guided and args.lmax is not None:      # else LearnedSource fits the guide's when it needs it
+        fod = FodSource.for_guide(dwi, fit_compute, console, args.lmax)
     source = fod if model is None else LearnedSource.fitted(*model, dwi, device=compute.torch_device, fod=fod)
     stop = load_mask(args.stop_mask, dwi.shape, dwi.affine, "stop mask") if args.stop_mask else dwi.mask
     if args.fa_threshold is not None:

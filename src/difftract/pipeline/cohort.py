@@ -113,8 +113,11 @@ def is_complete(out: Path, options: RunOptions) -> bool:
     wanted = options.record()
     differ = sorted(k for k in wanted if k != "device" and done.get(k) != wanted[k])
     if differ:
+        # DDTracking runs made before the guide became the default were unguided
+        keep = "; --fodf-guide 0 takes runs made without the guide" if differ == ["fodf_guide"] else ""
         raise ConfigError(f"{out} was finished with other options ({', '.join(f'{k} {done.get(k)!r}' for k in differ)}, "
-                          f"now {', '.join(repr(wanted[k]) for k in differ)}); rerun with --force or give another --out")
+                          f"now {', '.join(repr(wanted[k]) for k in differ)}); rerun with --force or give another "
+                          f"--out{keep}")
     return True
 
 

@@ -104,9 +104,10 @@ class RunOptions:
         # nothing reads --shell/--lmax for DDTracking alone, unguided (None: the network's weight, resolved())
         csd_given = self.shell is not None or self.lmax is not None
         if self.methods == ("ddtracking",) and self.fodf_guide == 0 and csd_given:
-            raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob (or of --fodf-guide, 0 "
-                              "here); DDTracking reads the SH (lmax 6) of the shell nearest b=1000, as it was "
-                              "trained; for a scheme without such a shell use --method det or prob with "
+            raise ConfigError("--shell and --lmax set the CSD fit of --method det or prob, or of DDTracking's fODF "
+                              "guide, which is off here (--fodf-guide 0, or weights with no validated guide: give "
+                              "--fodf-guide W); DDTracking reads the SH (lmax 6) of the shell nearest b=1000, as it "
+                              "was trained; for a scheme without such a shell use --method det or prob with "
                               "--shell/--lmax")
         if self.seeds_per_voxel is not None and self.seeds_per_voxel < 1:
             raise ConfigError(f"--seeds-per-voxel must be at least 1, got {self.seeds_per_voxel}")
@@ -218,6 +219,8 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
     from .report import report
     from .score import score_tractogram
 
+    if learned is not None:
+        options = options.resolved(learned[1])     # run.json and the track line hold the guide weight used
     compute = options.compute
     scan = (subject.dwi, subject.bval, subject.bvec)
     common = {"mask": subject.mask, "zero_nonfinite": options.zero_nonfinite}

@@ -49,15 +49,17 @@ class FodSource:
         return cls(fit.coeffs.astype(np.float32), description=f"CSD lmax {lmax}{on}", mask=dwi.mask)
 
     @classmethod
-    def for_guide(cls, dwi, compute: Compute = Compute(), console: Console = Console()) -> FodSource | None:
+    def for_guide(cls, dwi, compute: Compute = Compute(), console: Console = Console(), lmax: int | None = None
+                  ) -> FodSource | None:
         """The CSD fODF that guides DDTracking when none is given: on the highest shell with the directions for
         lmax 6 or more, at the highest order up to 8 they allow (the highest shell alone leaves no shell out);
-        None when no shell has them (DDTracking's own lmax 6 input cannot be fitted either)."""
+        None when no shell has them (DDTracking's own lmax 6 input cannot be fitted either). With ``lmax``, on
+        the highest shell with the directions for it (or the highest shell, whose fit then says why not)."""
         from ..reconst.sh import well_sampled_shell
 
-        plan = well_sampled_shell(dwi.gtab)
+        plan = well_sampled_shell(dwi.gtab, 6, 8) if lmax is None else well_sampled_shell(dwi.gtab, lmax, lmax)
         if plan is None:
-            return None
+            return None if lmax is None else cls.fitted(dwi, lmax, compute, console)
         shell, lmax = plan
         return cls.fitted(dwi, lmax, compute, console, shell=shell)
 
@@ -175,12 +177,16 @@ class LearnedSource:
         config = options.guide_config(self.guide_weight(options))
         if config is None:
             return None
-        if self.fod is None and self.scan is not None:
-            self.fod = FodSource.for_guide(self.scan, replace(compute, dtype="auto"), console)
+        if self.fod is None and self.scan is None:
+            raise ConfigError(f"--fodf-guide {config.weight:g} needs the CSD fODF: give LearnedSource a fod, or "
+                              "make it with LearnedSource.fitted or for_scan (which fit one from the scan)")
         if self.fod is None:
-            raise ConfigError(f"--fodf-guide {config.weight:g} needs the CSD fODF, and the scan has no shell with "
-                              "the 15 directions CSD needs at lmax 6: give one (--sh), or --fodf-guide 0 for the "
-                              "network alone")
+            self.fod = FodSource.for_guide(self.scan, replace(compute, dtype="auto"), console)
+            if self.fod is None:
+                raise ConfigError(f"--fodf-guide {config.weight:g} needs the CSD fODF, and the scan has no shell "
+                                  "with the 15 directions CSD needs at lmax 6: give one (--sh), or --fodf-guide 0 "
+                                  "for the network alone")
+            self.scan = None          # fitted: the source need not keep the scan alive
         return FodfGuide(SHField(self.fod.coeffs, legacy=self.fod.legacy, pmf_threshold=options.pmf_threshold),
                          config)
 

@@ -16,8 +16,8 @@ found by climbing the pmf on the sphere from ``d_net``
 ``closest`` rule's are: a local maximum of the thresholded pmf at least half the largest.
 The climb compares a few vertices where the ``closest`` rule's search
 (:meth:`~difftract.tracking.sh_field.SHField.peaks`) compares all 362 and sorts the maxima:
-guided, the ``fast`` network tracks 8-10% fewer streamlines per second than alone, against
-25% with the search. The two give the same peak at 99.5% of points (they differ where
+guided, the ``fast`` network tracks 5-10% fewer streamlines per second than alone, against
+23-25% with the search. The two give the same peak at 99.5% of points (they differ where
 ``d_net`` lies in one peak's basin but nearer another, and where a small maximum near a
 larger one, which the search merges, holds it); where the climb finds no peak within
 ``max_angle``, the search finds one at 0.06-0.11% of tracking steps (four test phantoms),
