@@ -84,8 +84,10 @@ def main() -> None:
     alone = means.get("W = 0")
     if alone is not None:
         allowed = {n: m for n, m in means.items() if n.startswith("W =") and m[0] >= alone[0] - VC_SLACK}
-        print(f"chosen (largest F1 with VC within {VC_SLACK} of the network alone): "
-              f"{max(allowed, key=lambda n: allowed[n][3])}")
+        chosen = max(allowed, key=lambda n: allowed[n][3])
+        print(f"chosen (largest F1 with VC within {VC_SLACK} of the network alone): {chosen}")
+        if not args.stochastic:     # the default of track and run for these weights (models/ddtracking/defaults.py)
+            print(f'VALIDATED_GUIDES entry: "{loaded[1]["sha256"]}": {chosen.removeprefix("W = ")}')
 
 
 if __name__ == "__main__":

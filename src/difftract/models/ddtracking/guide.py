@@ -21,7 +21,7 @@ guided, the ``fast`` network tracks 5-10% fewer streamlines per second than alon
 ``d_net`` lies in one peak's basin but nearer another, and where a small maximum near a
 larger one, which the search merges, holds it); where the climb finds no peak within
 ``max_angle``, the search finds one at 0.06-0.11% of tracking steps (four test phantoms),
-not worth its cost. The validation figures of either are equal to within 0.002.
+not worth its cost. The validation means of either are equal to within 0.003.
 
 The network still chooses the peak, so a crossing is crossed where its memory says. The
 moved direction is the move the streamline makes, so it is also the previous move the GRU
