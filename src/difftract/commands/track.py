@@ -117,6 +117,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from ..io.sh import load_sh, sh_basis_of
     from ..io.sidecar import sidecar_path
     from ..pipeline import Compute, Console, FodSource, LearnedSource, Seeding, Stopping, TrackOptions, track
+    from ..models.ddtracking.defaults import TrackingDefaults
     from ..models.ddtracking.getter import load_ddtracking
     from ..pipeline.shards import join
 
@@ -137,10 +138,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     group = join(compute.torch_device)     # under torchrun: each rank on its own device, rank 0 speaks
     console = Console(quiet=args.quiet or (group is not None and not group.leader))
     model = load_ddtracking(args.weights, args.model) if args.method == "ddtracking" else None   # before the scan
-    guided = model is not None and LearnedSource.guide_weight_of(model[1], options) > 0
+    guided = model is not None and options.guide_config(TrackingDefaults.from_meta(model[1]).fodf_guide) is not None
     if model is not None and args.sh is not None and not guided:
-        raise ConfigError("--sh gives an fODF for the classical rules or DDTracking's --fodf-guide, which is 0 here; "
-                          "DDTracking reads the DWI itself")
+        raise ConfigError("--sh is for the classical rules or a --fodf-guide (0 here): DDTracking reads the DWI itself")
     stop_path = args.stop_mask or args.mask
     if stop_path is None and args.fa_threshold is None:
         raise ConfigError("tracking needs a stopping rule: give --mask, --stop-mask or --fa-threshold")

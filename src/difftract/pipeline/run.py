@@ -125,7 +125,7 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
     summary = RunSummary(directory, {}, {}, {}, {})
     for method in options.methods:
         if method == "ddtracking":
-            guide, weight = None, options.guide_weight(learned[1])
+            guide, weight = None, options.fodf_guide         # resolved above
             if weight:     # the CSD fODF guides its steps (models/ddtracking/guide.py)
                 if fod is None:
                     fod = _csd_stage(subject, dwi, directory, options, console)

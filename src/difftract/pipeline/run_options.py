@@ -96,23 +96,19 @@ class RunOptions:
         if not 0.0 <= self.fa_threshold < 1.0:
             raise ConfigError(f"--fa-threshold must be in [0, 1), got {self.fa_threshold}")
 
-    def guide_weight(self, meta: dict) -> float:
-        """``fodf_guide``, or where it is None the validated weight of the network of weights metadata ``meta``."""
-        from .sources import LearnedSource
-
-        return LearnedSource.guide_weight_of(meta, self)
-
     def resolved(self, meta: dict | None = None) -> RunOptions:
         """These options with DDTracking's guide weight made explicit: where ``fodf_guide`` is None, the one
         validated for the network (weights metadata ``meta``, read from the weights when None). A run records
         the weight it used, so a later default cannot pass for it."""
         if self.fodf_guide is not None or "ddtracking" not in self.methods:
             return self
+        from ..models.ddtracking.defaults import TrackingDefaults
+
         if meta is None:
             from ..models.ddtracking.getter import load_ddtracking
 
             meta = load_ddtracking(self.weights, self.model)[1]
-        return replace(self, fodf_guide=self.guide_weight(meta))
+        return replace(self, fodf_guide=TrackingDefaults.from_meta(meta).fodf_guide)
 
     def record(self) -> dict:
         """The options as plain values (``run.json``; a cohort compares them before skipping a subject).

@@ -93,7 +93,7 @@ class LearnedSource:
 
     ``fod`` is the CSD fODF (a :class:`FodSource`) that guides its steps under
     ``TrackOptions.fodf_guide`` (:mod:`~difftract.models.ddtracking.guide`), by default the
-    weight validated for the network (:meth:`guide_weight`). Without one, it is fitted from
+    weight validated for the network (:meth:`guide_config`). Without one, it is fitted from
     ``scan`` (the scan the input was fitted from, :meth:`fitted`) when a guide first needs it
     (:meth:`FodSource.for_guide`).
 
@@ -156,25 +156,19 @@ class LearnedSource:
         return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
                                 voxel_sizes=voxel_sizes, guide=self.guide(options, compute, console))
 
-    def guide_weight(self, options: TrackOptions) -> float:
-        """``options.fodf_guide``, or where it is None the network's validated weight
+    def guide_config(self, options: TrackOptions):
+        """``options.guide_config`` with the network's validated weight where ``fodf_guide`` is None
         (:class:`~difftract.models.ddtracking.defaults.TrackingDefaults`: 0.3 for ``full``, 0.7 for ``fast``)."""
-        return self.guide_weight_of(self.meta, options)
-
-    @staticmethod
-    def guide_weight_of(meta: dict, options) -> float:
-        """:meth:`guide_weight` for a network's weights metadata, before its input is fitted (``options``: any
-        with a ``fodf_guide``)."""
         from ..models.ddtracking.defaults import TrackingDefaults
 
-        return TrackingDefaults.from_meta(meta).fodf_guide if options.fodf_guide is None else options.fodf_guide
+        return options.guide_config(TrackingDefaults.from_meta(self.meta).fodf_guide)
 
     def guide(self, options: TrackOptions, compute: Compute = Compute(), console: Console = Console()):
-        """The fODF guide of :meth:`guide_weight` on :attr:`fod`, fitted from :attr:`scan` if need be (None at 0)."""
+        """The fODF guide of :meth:`guide_config` on :attr:`fod`, fitted from :attr:`scan` if need be (None at 0)."""
         from ..models.ddtracking.guide import FodfGuide
         from ..tracking.sh_field import SHField
 
-        config = options.guide_config(self.guide_weight(options))
+        config = self.guide_config(options)
         if config is None:
             return None
         if self.fod is None and self.scan is None:
@@ -192,7 +186,7 @@ class LearnedSource:
 
     def guide_record(self, options: TrackOptions) -> dict:
         """What the sidecar says of the guide: its settings and the fODF it read, or ``fodf_guide`` 0."""
-        config = options.guide_config(self.guide_weight(options))
+        config = self.guide_config(options)
         if config is None:
             return {"fodf_guide": 0.0}
         return {**config.record(), "fodf_guide_fod": self.fod.description, "fodf_guide_sh_basis": self.fod.sh_basis}

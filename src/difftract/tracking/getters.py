@@ -156,12 +156,9 @@ class ClosestPeakGetter(_SHGetter):
         super().__init__(field, max_angle)
         self.relative_peak_threshold = float(relative_peak_threshold)
 
-    def _peaks(self, points) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.field.peaks(points, self.relative_peak_threshold)
-
     def seed_directions(self, seeds):
         """Every peak of each seed, in peak order (one streamline each)."""
-        peaks, present = self._peaks(seeds)
+        peaks, present = self.field.peaks(seeds, self.relative_peak_threshold)
         seed_index = torch.nonzero(present)[:, 0]                   # row-major: by seed, then peak
         return peaks[present], seed_index
 
