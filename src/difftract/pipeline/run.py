@@ -68,8 +68,8 @@ def run_subject(subject: str | Path | Subject, out: str | Path, options: RunOpti
     check_output(out, force, inputs=[*subject.files, *(p for p in (options.stop_mask, options.weights) if p),
                                      subject.directory])
     learned = _load_model(options)              # bad weights are refused before any fitting
-    if learned is not None:
-        options = options.resolved(learned[1])
+    if learned is not None:     # (run_into resolves too, for the demo): a weight of 0 beside --shell is refused
+        options = options.resolved(learned[1])     # here, before the scan is read
     start = time.perf_counter()
     dwi = subject.load(options.zero_nonfinite)  # the one read of the scan
     stop_given = given_stop_mask(options, subject, dwi)
@@ -215,7 +215,7 @@ def _learned_input_stage(subject, dwi, directory: Path, learned, options: RunOpt
     (``fit sh``, the shell nearest b=1000, float32) as ``sh.nii.gz``, or for a network trained on the
     CSD fODF (``input`` fodf) that fODF (``fit csd``, the highest shell) as ``fod_ddtracking.nii.gz``,
     which the network reads times :data:`~difftract.models.ddtracking.data.FODF_SCALE`; ``guide``, the
-    CSD fODF (a :class:`~.track.FodSource`) that guides its steps, or None."""
+    CSD fODF (a :class:`~.sources.FodSource`) that guides its steps, or None."""
     from ..models.ddtracking.data import fodf_input, signal_sh_shell
     from ..reconst.sh import lmax_from_ncoeffs
     from .fits import fit_csd, fit_sh
