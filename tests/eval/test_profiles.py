@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from difftract.eval.profiles import bundle_profiles, orient, profiles_csv, summary, write_profiles_csv
+from difftract.eval.profiles import (bundle_profiles, gaussian_weights, orient, profiles_csv, summary,
+                                     write_profiles_csv)
 from difftract.io.sidecar import sidecar_path
 
 SHAPE = (24, 9, 9)
@@ -129,3 +130,24 @@ def test_streamlines_in_mm_with_the_image_affine_give_the_voxel_space_profile():
     np.testing.assert_allclose(in_mm["fa"], bundle_profiles({"b": voxels}, fa, md)["b"]["fa"], atol=1e-9)
     with pytest.raises(ValueError, match="voxel-space"):
         bundle_profiles({"b": mm}, fa, md, affine, rois={"b": _rois()})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gaussian_weights_are_dipys(seed):
+    """The batched weights equal DIPY's loop over nodes and streamlines, to rounding."""
+    from dipy.stats.analysis import gaussian_weights as dipy_weights
+    from dipy.tracking.streamline import Streamlines
+
+    rng = np.random.default_rng(seed)
+    bundle = _bundle(n=int(rng.integers(4, 80)), seed=seed, shift=float(rng.uniform(0.05, 1.0)))
+    bundle = [s + rng.normal(scale=0.3, size=s.shape) for s in bundle]     # bent, not only shifted
+    ours = gaussian_weights(bundle, 20)
+    theirs = np.asarray(dipy_weights(Streamlines(bundle), n_points=20))
+    assert ours.shape == theirs.shape == (len(bundle), 20)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(ours.sum(axis=0), 1.0, rtol=1e-12)
+    # a node every streamline passes through (here the first): equal weights, as DIPY gives
+    pinned = [np.vstack([[2.0, 4.0, 4.0], s[1:]]) for s in bundle]
+    ours, theirs = gaussian_weights(pinned, 20), np.asarray(dipy_weights(Streamlines(pinned), n_points=20))
+    np.testing.assert_allclose(ours[:, 0], 1.0 / len(bundle), rtol=1e-12)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=0)

@@ -36,6 +36,7 @@ the bundle bends). Multi-coil noise floors are higher than Rician at the same SN
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -267,7 +268,7 @@ def fa_corrected(lsq: TensorFit, bvals: np.ndarray, bvecs: np.ndarray, sigma: fl
     check_six_dwis(bvals)
     if not sigma > 0:
         raise ConfigError(f"the noise standard deviation must be positive, got {sigma}")
-    table = FABiasTable(bvals, bvecs)
+    table = _table(tuple(np.asarray(bvals, np.float64).ravel()), tuple(np.asarray(bvecs, np.float64).ravel()))
     mask = lsq.mask
     evals = torch.from_numpy(np.clip(lsq.evals[mask], 0, None).astype(np.float64))
     out = np.zeros(mask.shape)
@@ -277,6 +278,13 @@ def fa_corrected(lsq: TensorFit, bvals: np.ndarray, bvecs: np.ndarray, sigma: fl
                            "(difftract.reconst.fa_bias)",
                  "noise_sigma": float(sigma), "draws": table.config.draws, "passes": table.config.passes,
                  "seed": table.config.seed}
+
+
+@lru_cache(maxsize=4)
+def _table(bvals: tuple[float, ...], bvecs: tuple[float, ...]) -> FABiasTable:
+    """The default table of a scheme, built once per process: it is seeded, so a cohort's
+    subjects on one scheme (or a scan's repeated fits) share it rather than simulate it again."""
+    return FABiasTable(np.array(bvals), np.array(bvecs).reshape(-1, 3))
 
 
 def with_corrected_fa(fit: TensorFit, fa: np.ndarray, record: dict) -> TensorFit:

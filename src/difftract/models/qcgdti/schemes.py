@@ -27,6 +27,7 @@ DSM6 = np.array([[0.910, 0.416, 0.0], [0.910, -0.416, 0.0], [0.416, 0.0, 0.910],
 DSM6 /= np.linalg.norm(DSM6, axis=1, keepdims=True)
 MAX_MEAN_ANGLE = 5.0
 MAX_CONDITION = 2.0
+_BATCH = 256              # rotations tried at once by flexible_six
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,31 @@ def _nearest(target: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, shell: fl
     return SixSet(tuple(int(i) for i in idx), float(shell), float(angles.mean()), design_condition(bvecs[idx]))
 
 
+def _first_passing(targets: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
+                   shell: float) -> tuple[int, SixSet] | None:
+    """The first of ``targets`` (K, 6, 3) whose nearest volumes pass both criteria, with its set.
+
+    :func:`_nearest` and the acceptance test for many rotations at once: a 60-direction
+    shell accepts about one rotation in a hundred, and trying them one at a time cost
+    seconds per subject (a QCG-DTI training pool draws hundreds of sets).
+    """
+    candidates = np.flatnonzero(np.abs(bvals - shell) <= SHELL_TOLERANCE)
+    if len(candidates) < targets.shape[1]:
+        return None
+    cos = np.abs(targets @ bvecs[candidates].T)                       # (K, 6, M)
+    pick = cos.argmax(axis=2)
+    ordered = np.sort(pick, axis=1)
+    distinct = np.all(ordered[:, 1:] != ordered[:, :-1], axis=1)
+    best = np.take_along_axis(cos, pick[..., None], axis=2)[..., 0]
+    mean_angle = np.degrees(np.arccos(np.clip(best, 0.0, 1.0))).mean(axis=1)
+    for k in np.flatnonzero(distinct & (mean_angle < MAX_MEAN_ANGLE)):   # few; the condition decides
+        idx = candidates[pick[k]]
+        condition = design_condition(bvecs[idx])
+        if condition < MAX_CONDITION:
+            return int(k), SixSet(tuple(int(i) for i in idx), float(shell), float(mean_angle[k]), condition)
+    return None
+
+
 def fixed_six(bvals: np.ndarray, bvecs: np.ndarray, shell: float | None = None) -> SixSet:
     """The volumes nearest to the unrotated DSM6 on ``shell`` (default: the lowest shell)."""
     available = shells(bvals)
@@ -87,12 +113,26 @@ def flexible_six(bvals: np.ndarray, bvecs: np.ndarray, rng: np.random.Generator,
     if shell is not None and not _has_shell(bvals, shell):
         raise ConfigError(f"the scheme has no shell b={shell:g}; its shells are "
                           f"{', '.join(f'{b:g}' for b in available)}")
-    for _ in range(max_tries):
-        b = float(rng.choice(available)) if shell is None else float(shell)
-        target = DSM6 @ Rotation.random(random_state=rng).as_matrix().T
-        found = _nearest(target, bvals, bvecs, b)
-        if found is not None and found.mean_angle < MAX_MEAN_ANGLE and found.condition < MAX_CONDITION:
-            return found
+    tried = 0
+    while tried < max_tries:
+        batch = min(_BATCH, max_tries - tried)
+        state = rng.bit_generator.state
+        per_try = (available[rng.integers(len(available), size=batch)] if shell is None
+                   else np.full(batch, float(shell)))
+        targets = DSM6 @ np.swapaxes(Rotation.from_quat(rng.standard_normal((batch, 4))).as_matrix(), 1, 2)
+        first: tuple[int, SixSet] | None = None
+        for b in np.unique(per_try):
+            tries = np.flatnonzero(per_try == b)
+            found = _first_passing(targets[tries], bvals, bvecs, float(b))
+            if found is not None and (first is None or tries[found[0]] < first[0]):
+                first = (int(tries[found[0]]), found[1])
+        if first is not None:
+            if shell is not None:
+                # leave ``rng`` where drawing one rotation (four normals) per try would have
+                rng.bit_generator.state = state
+                rng.standard_normal((first[0] + 1, 4))
+            return first[1]
+        tried += batch
     raise ConfigError(f"no rotation of DSM6 in {max_tries} tries matched six directions within "
                       f"{MAX_MEAN_ANGLE:g} degrees (condition < {MAX_CONDITION:g}); the shell is too sparse "
                       "(about 60 or more directions per shell are needed)")
