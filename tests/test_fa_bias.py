@@ -201,3 +201,18 @@ def test_fit_dti_fa_correction_needs_seven_volumes_for_wls(six_dwi_scan, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "one b0 and six DWIs" in err and "dwi.bval" in err and "--select-six" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_schemes_table_is_built_once_and_is_the_one_built_afresh():
+    """fa_corrected keeps the last schemes' tables: they are seeded, so reusing one changes nothing."""
+    from difftract.reconst.fa_bias import _table
+
+    rng = np.random.default_rng(3)
+    seven = noisy_scan(cylinders(0.6, 200, rng), 20, rng)[:, None, None, :]
+    lsq = reference_fit(seven, BVALS, BVECS, np.ones(seven.shape[:3], bool))
+    _table.cache_clear()
+    first, _ = fa_corrected(lsq, BVALS, BVECS, 5.0)
+    again, _ = fa_corrected(lsq, BVALS, BVECS, 5.0)
+    info = _table.cache_info()
+    assert info.misses == 1 and info.hits == 1
+    np.testing.assert_array_equal(first, again)

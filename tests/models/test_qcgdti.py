@@ -147,6 +147,30 @@ def test_flexible_sets_meet_both_criteria_and_follow_the_seed():
     assert [p.shell for p in pool] == [1000.0, 3000.0, 1000.0, 3000.0]
 
 
+def test_flexible_six_draws_the_sets_a_try_by_try_search_draws():
+    """Rotations are tried 256 at once, but the set found and the rng left behind are those of one
+    rotation drawn and tested per try (the recipe of the shipped QCG-DTI weights draws its pools so)."""
+    from scipy.spatial.transform import Rotation
+
+    bvals, bvecs = make_scheme((1000.0, 2000.0), (60, 60), 1, np.random.default_rng(3))
+
+    def one_at_a_time(rng, shell):
+        m = np.abs(bvals - shell) < 1
+        while True:
+            target = DSM6 @ Rotation.random(random_state=rng).as_matrix().T
+            cos = np.abs(target @ bvecs[m].T)
+            pick = cos.argmax(axis=1)
+            idx = np.flatnonzero(m)[pick]
+            angle = np.degrees(np.arccos(np.clip(cos.max(axis=1), 0, 1))).mean()
+            if len(set(pick.tolist())) == 6 and angle < 5 and design_condition(bvecs[idx]) < 2:
+                return tuple(int(i) for i in idx)
+
+    batched, reference = np.random.default_rng(11), np.random.default_rng(11)
+    for shell in (1000.0, 2000.0, 2000.0, 1000.0):
+        assert flexible_six(bvals, bvecs, batched, shell=shell).indices == one_at_a_time(reference, shell)
+    assert batched.random() == reference.random()
+
+
 def test_flexible_six_refuses_a_sparse_shell():
     bvals, bvecs = make_scheme((1000.0,), (12,), 1, np.random.default_rng(0))
     with pytest.raises(ConfigError, match="too sparse"):
