@@ -203,7 +203,7 @@ def test_fit_dti_fa_correction_needs_seven_volumes_for_wls(six_dwi_scan, tmp_pat
     assert not (tmp_path / "o").exists()
 
 
-def test_a_schemes_table_is_built_once_and_is_the_one_built_afresh():
+def test_a_schemes_table_is_built_once():
     """fa_corrected keeps the last schemes' tables: they are seeded, so reusing one changes nothing."""
     from difftract.reconst.fa_bias import _table
 
