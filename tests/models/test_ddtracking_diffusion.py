@@ -7,7 +7,7 @@ import torch
 
 from difftract.errors import ConfigError
 from difftract.models.ddtracking.diffusion import (DiffusionConfig, decoupled_loss, diffuse, eps_from_h,
-                                                   loss_weights, sample, sample_k)
+                                                   loss_weights, sample, sample_k, sampler_noise)
 
 
 def test_forward_marginal_is_fading_data_plus_brownian_noise():
@@ -109,3 +109,16 @@ def test_refusals():
         sample(lambda y, k: y, 1, steps=0)
     with pytest.raises(ConfigError, match="k_min"):
         DiffusionConfig(k_min=0.0)
+
+
+def test_noise_drawn_beforehand_gives_the_same_samples():
+    """``sampler_noise`` draws what ``sample`` would, in its order: rows of it sample those rows."""
+    def denoise(y, k):
+        return -torch.tanh(y + 1.0)
+
+    drawn = sample(denoise, 16, steps=4, stochastic=True, generator=torch.Generator().manual_seed(7))
+    noise = sampler_noise(16, 3, 4, torch.Generator().manual_seed(7))
+    assert len(noise) == 4
+    torch.testing.assert_close(sample(denoise, 16, steps=4, stochastic=True, noise=noise), drawn, atol=0, rtol=0)
+    top = sample(denoise, 5, steps=4, stochastic=True, noise=[e[:5] for e in noise])
+    torch.testing.assert_close(top, drawn[:5], atol=1e-6, rtol=0)

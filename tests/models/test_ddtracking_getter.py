@@ -223,3 +223,33 @@ def test_anisotropic_voxels_move_along_the_networks_voxel_direction(phantom, sh)
         expected = m.direction(c, v)
     move = dirs / torch.tensor(sizes)          # the tracker's move: dir / voxel size * step
     torch.testing.assert_close(torch.nn.functional.normalize(move, dim=1), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_a_step_in_blocks_of_rows_is_the_step_at_once(sh, monkeypatch, stochastic):
+    """On a CPU the network takes a step's rows in blocks; the directions, states and logged ``z_t``
+    are those of one call, and a stochastic step draws the same numbers from the generator."""
+    import difftract.models.ddtracking.getter as getter_module
+
+    g = DDTrackingGetter(model(), sh, max_angle=90, steps=3, stochastic=stochastic)
+    rng = np.random.default_rng(0)
+    n = 50
+    points = torch.as_tensor(rng.uniform(4, 12, (n, 3)), dtype=torch.float32)
+    prev = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, 3)), dtype=torch.float32), dim=-1)
+    h0 = torch.as_tensor(rng.normal(size=tuple(g.network.initial(n).shape)), dtype=torch.float32)
+
+    def step(block_rows):
+        monkeypatch.setattr(getter_module, "CPU_BLOCK_ROWS", block_rows)
+        generator = torch.Generator().manual_seed(3)
+        state = g.init(points, prev, generator)
+        state["h"] = h0.clone()
+        dirs, valid, new = g.directions(points, prev, state)
+        return dirs, valid, new["h"], state["z_log"].entries[0], torch.rand(4, generator=generator)
+
+    whole = step(10_000)
+    assert len(g._block_rows(n)) == 1
+    blocks = step(7)
+    assert len(g._block_rows(n)) == 8                     # the last of 1 row
+    for a, b in zip(whole, blocks):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert torch.equal(whole[-1], blocks[-1])             # the generator is left where one call leaves it

@@ -85,9 +85,19 @@ def decoupled_loss(h_pred: Tensor, eps_pred: Tensor, h: Tensor, eps: Tensor, k: 
 Denoiser = Callable[[Tensor, Tensor], Tensor]   # (y_k (N, D), k (N, 1)) -> h_pred (N, D)
 
 
+def sampler_noise(n: int, dim: int = 3, steps: int = 1, generator: torch.Generator | None = None, device=None,
+                  dtype: torch.dtype = torch.float32) -> list[Tensor]:
+    """The draws of a stochastic :func:`sample` of ``n`` samples, in its order: ``y_1``, then each step's noise.
+
+    Drawn once for all ``n`` and sliced, they let the samples be computed in blocks of rows
+    with the random stream of one call.
+    """
+    return [torch.randn(n, dim, generator=generator, device=device, dtype=dtype) for _ in range(steps)]
+
+
 def sample(denoise: Denoiser, n: int, dim: int = 3, steps: int = 1, stochastic: bool = False,
            generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32,
-           normalise: bool = True) -> Tensor:
+           normalise: bool = True, noise: list[Tensor] | None = None) -> Tensor:
     """Run the reverse process from ``k = 1`` to ``0`` in ``steps`` equal steps.
 
     Parameters
@@ -105,11 +115,14 @@ def sample(denoise: Denoiser, n: int, dim: int = 3, steps: int = 1, stochastic: 
         The source of every random draw (same generator state, same samples).
     normalise : bool
         Return unit vectors (zero vectors stay zero).
+    noise : list of Tensor, optional
+        With ``stochastic``, this sample's rows of :func:`sampler_noise` (nothing is drawn).
     """
     if steps < 1:
         raise ConfigError(f"the sampler needs at least one step, got {steps}")
     if stochastic:
-        y = torch.randn(n, dim, generator=generator, device=device, dtype=dtype)
+        noise = sampler_noise(n, dim, steps, generator, device, dtype) if noise is None else noise
+        y = noise[0]
     else:
         y = torch.zeros(n, dim, device=device, dtype=dtype)
     for i in range(steps):
@@ -119,6 +132,5 @@ def sample(denoise: Denoiser, n: int, dim: int = 3, steps: int = 1, stochastic: 
         h_pred = denoise(y, torch.full((n, 1), k, device=y.device, dtype=y.dtype))
         y = (k_next / k) * y - (step / k) * h_pred
         if stochastic and i + 1 < steps:
-            noise = torch.randn(n, dim, generator=generator, device=y.device, dtype=y.dtype)
-            y = y + (step * k_next / k) ** 0.5 * noise
+            y = y + (step * k_next / k) ** 0.5 * noise[i + 1]
     return F.normalize(y, dim=-1) if normalise else y

@@ -247,10 +247,12 @@ class TrackingNetwork:
 
     @torch.no_grad()
     def direction(self, c: Tensor, v: Tensor | None, steps: int = 1, stochastic: bool = False,
-                  generator: torch.Generator | None = None) -> Tensor:
-        """As :meth:`.model.DDTracking.direction`: unit directions ``(N, 3)``."""
+                  generator: torch.Generator | None = None, noise: list[Tensor] | None = None) -> Tensor:
+        """As :meth:`.model.DDTracking.direction`: unit directions ``(N, 3)``; ``noise``, the rows'
+        :func:`.diffusion.sampler_noise` drawn beforehand (stochastic)."""
         if self.head is not None:
             return F.normalize(self.head(torch.cat([c, v], dim=-1) if v is not None else c), dim=-1)
         g_point, l_all = self.denoiser.conditions(c, v)
         return diffusion.sample(lambda y, k: self.denoiser.h(y, k, g_point, l_all), len(c), 3, steps=steps,
-                                stochastic=stochastic, generator=generator, device=c.device, dtype=c.dtype)
+                                stochastic=stochastic, generator=generator, device=c.device, dtype=c.dtype,
+                                noise=noise)
