@@ -31,7 +31,11 @@ wall time are measured:
   mask voxel (``--dipy-csd-voxels``; DIPY fits a voxel at a time, its memory is the loaded
   scan's) with ``auto_response_ssst``;
 - ``run-brain`` (not in the default stages: minutes to hours): ``difftract simulate
-  --preset brain`` then ``difftract run PHANTOM --method det``.
+  --preset brain`` then ``difftract run PHANTOM --method det``;
+- ``track-ddtracking`` (not in the default stages): ``difftract track --method ddtracking
+  --model M --sh FOD --stop-mask wm --seeds-per-voxel 1`` (``--dd-model``, default ``fast``)
+  in ``--max-seeds`` white-matter voxels (all when 0), chunked as ``track`` chunks by
+  default, guided by the fODF of ``fit-csd``: the learned tracker at a real brain's size.
 
 Targets (``--check``): peak RSS of ``fit csd`` and ``track`` at most 6 GB on the HCP-sized
 scan (issue 21); the other stages are reported. With a smaller ``--shape`` the targets are
@@ -58,10 +62,11 @@ from _cli import run_cli
 TARGETS = [
     Target("fit_csd_peak_gb", "<=", 6.0, "issue 21: peak RSS <= 6 GB for an HCP-sized scan"),
     Target("track_peak_gb", "<=", 6.0, "issue 21: peak RSS <= 6 GB for an HCP-sized scan"),
+    Target("track_ddtracking_peak_gb", "<=", 6.0, "issue 21's bound, for DDTracking (stage track-ddtracking)"),
     Target("check_peak_gb", "measured", None, "issue 21 (reported)"),
     Target("fit_dti_peak_gb", "measured", None, "issue 21 (reported)"),
 ]
-STAGES = ("check", "fit-dti", "fit-csd", "track", "dipy-dti", "dipy-csd", "run-brain")
+STAGES = ("check", "fit-dti", "fit-csd", "track", "dipy-dti", "dipy-csd", "run-brain", "track-ddtracking")
 DEFAULT_STAGES = "check,fit-dti,fit-csd,track,dipy-dti,dipy-csd"
 SHELLS = (1000.0, 2000.0, 3000.0)
 VOXEL_MM = 1.25
@@ -227,6 +232,8 @@ def main() -> None:
     parser.add_argument("--max-seeds", type=int, default=0,
                         help="white-matter voxels seeded by the second track run (0, the default: all, one seed per white-matter voxel as the issue asks); "
                              "the first seeds one chunk")
+    parser.add_argument("--dd-model", default="fast", choices=("fast", "full"),
+                        help="DDTracking model of stage track-ddtracking (default: %(default)s)")
     parser.add_argument("--track-chunk", type=int, default=500, help="tracker chunk, seeds (default: %(default)s)")
     parser.add_argument("--dipy-csd-voxels", type=int, default=5000,
                         help="mask voxels DIPY's CSD fits (default: %(default)s; its memory is the loaded scan's)")
@@ -265,7 +272,7 @@ def main() -> None:
             figures[f"{ours}_rss_ratio_dipy"] = rows[theirs]["peak_gb"] / rows[ours]["peak_gb"]
             print(f"{theirs} / {ours} peak RSS: {figures[f'{ours}_rss_ratio_dipy']:.2f}x")
     for target, stage in (("fit_csd_peak_gb", "fit-csd"), ("track_peak_gb", "track"), ("check_peak_gb", "check"),
-                          ("fit_dti_peak_gb", "fit-dti")):
+                          ("fit_dti_peak_gb", "fit-dti"), ("track_ddtracking_peak_gb", "track-ddtracking")):
         if stage in rows:
             check.measure(target, rows[stage]["peak_gb"])
         elif stage not in stages:
@@ -295,7 +302,7 @@ def run_stages(stages: list[str], work: Path, args, check) -> dict:
     if "fit-dti" in stages:
         attempt("fit-dti", lambda: record("fit-dti", *run_cli("fit", "dti", *scan, "--out-dir", work / "dti",
                                                               "--force")))
-    if "fit-csd" in stages or ("track" in stages and not fod.exists()):
+    if "fit-csd" in stages or ({"track", "track-ddtracking"} & set(stages) and not fod.exists()):
         attempt("fit-csd", lambda: record("fit-csd", *run_cli("fit", "csd", *scan, "--lmax", "8", "--out", fod,
                                                               "--force")))
     if "track" in stages:
@@ -313,6 +320,19 @@ def run_stages(stages: list[str], work: Path, args, check) -> dict:
                 rows["track"]["peak_gb"] = max(rows["track"]["peak_gb"], peak)
                 rows["track"]["note"] = "the larger of the two runs"
             attempt(name, track)
+    if "track-ddtracking" in stages:
+        def ddtracking():
+            seeds = seed_mask(d, args.max_seeds, "seeds_dd.nii.gz")
+            seconds, peak = run_cli("track", *scan, "--out", work / "track_dd.trx", "--method", "ddtracking",
+                                    "--model", args.dd_model, "--sh", fod, "--stop-mask", d / "wm.nii.gz",
+                                    "--seed-mask", seeds, "--seeds-per-voxel", "1", "--force")
+            from difftract.io.tractogram import load_tractogram
+
+            n_seeds = int(np.asarray(nib.load(str(work / "scan" / "seeds_dd.nii.gz")).dataobj).sum())
+            n_lines = len(load_tractogram(work / "track_dd.trx").streamlines)
+            record("track-ddtracking", seconds, peak, f"--model {args.dd_model}: {n_lines:,} streamlines from "
+                   f"{n_seeds:,} seeds (the default chunks, guided by the fODF; the wall time includes the SH fit)")
+        attempt("track-ddtracking", ddtracking)
     if "dipy-dti" in stages:
         attempt("dipy-dti", lambda: record("dipy-dti", *run_python(DIPY_DTI, str(d))[:2],
                                            "load_nifti (the int16 array as stored) + TensorModel WLS"))
