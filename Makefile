@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/difftract demo --out demo_out --force
 
+# Two workers (pytest-xdist), each test file on one of them with its fixtures: the suite took
+# 8:38 in one process and 5:47 in two on a 2-core machine. `.venv/bin/python -m pytest` alone
+# still runs it in one process.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
