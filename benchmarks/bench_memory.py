@@ -328,7 +328,7 @@ def run_stages(stages: list[str], work: Path, args, check) -> dict:
                                     "--seed-mask", seeds, "--seeds-per-voxel", "1", "--force")
             from difftract.io.tractogram import load_tractogram
 
-            n_seeds = int(np.asarray(nib.load(str(work / "scan" / "seeds_dd.nii.gz")).dataobj).sum())
+            n_seeds = int(np.asarray(nib.load(str(seeds)).dataobj).sum())
             n_lines = len(load_tractogram(work / "track_dd.trx").streamlines)
             record("track-ddtracking", seconds, peak, f"--model {args.dd_model}: {n_lines:,} streamlines from "
                    f"{n_seeds:,} seeds (the default chunks, guided by the fODF; the wall time includes the SH fit)")

@@ -152,11 +152,14 @@ def test_flexible_six_draws_the_sets_a_try_by_try_search_draws():
     rotation drawn and tested per try (the recipe of the shipped QCG-DTI weights draws its pools so)."""
     from scipy.spatial.transform import Rotation
 
-    bvals, bvecs = make_scheme((1000.0, 2000.0), (60, 60), 1, np.random.default_rng(3))
+    bvals, bvecs = make_scheme((1000.0, 2000.0, 3000.0), (60, 60, 45), 1, np.random.default_rng(3))
+    tries = []
 
     def one_at_a_time(rng, shell):
         m = np.abs(bvals - shell) < 1
+        tries.append(0)
         while True:
+            tries[-1] += 1
             target = DSM6 @ Rotation.random(random_state=rng).as_matrix().T
             cos = np.abs(target @ bvecs[m].T)
             pick = cos.argmax(axis=1)
@@ -166,9 +169,10 @@ def test_flexible_six_draws_the_sets_a_try_by_try_search_draws():
                 return tuple(int(i) for i in idx)
 
     batched, reference = np.random.default_rng(11), np.random.default_rng(11)
-    for shell in (1000.0, 2000.0, 2000.0, 1000.0):
+    for shell in (1000.0, 2000.0, 3000.0, 2000.0, 3000.0, 1000.0):
         assert flexible_six(bvals, bvecs, batched, shell=shell).indices == one_at_a_time(reference, shell)
     assert batched.random() == reference.random()
+    assert max(tries) > 256 and min(tries) < 256          # hits in the first batch and in a later one
 
 
 def test_flexible_six_refuses_a_sparse_shell():

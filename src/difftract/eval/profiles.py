@@ -55,7 +55,14 @@ def gaussian_weights(bundle: list[np.ndarray], n_points: int = N_POINTS) -> np.n
     and nodes in Python, inverting a 3x3 matrix at each: seconds per bundle of thousands of
     streamlines, which dominated a report.
 
-    Raises ``numpy.linalg.LinAlgError`` where a covariance is singular, as DIPY does.
+    Returns
+    -------
+    (n_streamlines, n_points) array (one streamline: all ones, where DIPY returns ``[1]``).
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        Where a node's covariance is singular, as DIPY does.
     """
     from dipy.tracking.streamline import set_number_of_points
 

@@ -91,6 +91,11 @@ def sampler_noise(n: int, dim: int = 3, steps: int = 1, generator: torch.Generat
 
     Drawn once for all ``n`` and sliced, they let the samples be computed in blocks of rows
     with the random stream of one call.
+
+    Returns
+    -------
+    list of ``steps`` tensors ``(n, dim)``: ``y_1``, then the noise added after each step
+    but the last.
     """
     return [torch.randn(n, dim, generator=generator, device=device, dtype=dtype) for _ in range(steps)]
 

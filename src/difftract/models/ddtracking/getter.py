@@ -50,9 +50,10 @@ from .inference import TrackingNetwork
 from .model import DDTracking, build_model
 
 # Rows of a tracking step the network takes at once on a CPU. Its activations for a block stay
-# in the caches: on the brain phantom's SH, one thread, 13,600 rows ran 1.4x (``full``) and
-# 1.6x (``fast``) faster per step in blocks of 1,024 than at once, with the same results, and
-# the chunk's activations need no longer fit in memory together. A GPU takes the step whole.
+# in the caches: on the brain phantom's SH, one thread, 13,600 rows ran 1.3-1.4x (``full``) and
+# 1.4-1.6x (``fast``) faster per step in blocks of 1,024 than at once, with the same results
+# (benchmarks/measure_step_blocks.py), and the chunk's activations need no longer fit in memory
+# together. A GPU takes the step whole.
 CPU_BLOCK_ROWS = 1024
 
 
@@ -153,16 +154,21 @@ class DDTrackingGetter:
     def bytes_per_seed(self, dtype_bytes: int) -> int:
         """One network step per streamline: the 3x3x3 SH neighbourhood, the spatial branches' activations,
         the GRU's gates and states (three gates per layer) and the denoiser, about 20x a classical pmf
-        query at the paper's sizes; on a CPU, where a step runs in blocks of :data:`CPU_BLOCK_ROWS`
-        rows (a fixed ~120 MB per worker for ``full``), only what every row keeps through the step:
-        its GRU states in and out, its ``z_t`` and direction."""
+        query at the paper's sizes.
+
+        On a CPU a step runs in blocks of :data:`CPU_BLOCK_ROWS` rows, whose activations are a
+        fixed cost (about 90 MB per worker for ``full``); a row then costs what it keeps through
+        the step (its GRU states in and out, ``z_t``, directions and noise, twice while the blocks
+        are joined) and the GRU of :meth:`init_backward`, which replays all rows at once.
+        """
         c = self.network.config
         guide = 0 if self.guide is None else self.guide.bytes_per_seed(dtype_bytes)
+        gru = c.gru_layers * 5 * c.gru_hidden
         if self.sh.device.type == "cpu":
-            return (2 * c.gru_layers * c.gru_hidden + c.z_dim + 3 * (self.steps + 2)) * dtype_bytes + guide
+            kept = 2 * c.gru_layers * c.gru_hidden + c.z_dim + 3 * (self.steps + 2)
+            return (2 * kept + 2 * gru) * dtype_bytes + guide
         neighbourhood = 27 * c.n_coeffs * (1 + c.conv_channels // 8)
         branches = 27 * c.conv_channels + 2 * c.mlp_hidden + c.z_dim + c.v_dim
-        gru = c.gru_layers * 5 * c.gru_hidden
         denoiser = 8 * c.denoiser_width + c.time_dim
         return (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2 + guide   # x2: inputs and outputs of each layer live together
 

@@ -105,7 +105,9 @@ def flexible_six(bvals: np.ndarray, bvecs: np.ndarray, rng: np.random.Generator,
     """Six volumes nearest to a randomly rotated DSM6, on ``shell`` (None: a random shell per try).
 
     Rotations are drawn until the set passes both criteria (mean angle < 5 degrees,
-    condition number < 2); a scheme too sparse for that is an error.
+    condition number < 2); a scheme too sparse for that is an error. They are tried
+    :data:`_BATCH` at a time; with a ``shell``, the set and the state ``rng`` is left in are
+    those of drawing one rotation (four normals) per try.
     """
     available = shells(bvals)
     if len(available) == 0:
