@@ -1,4 +1,4 @@
-"""DDTracking's tracking step on a CPU: all rows at once against blocks of rows (``CPU_BLOCK_ROWS``).
+"""DDTracking's tracking step on a CPU: all rows at once against blocks of rows (``block_rows``).
 
 Run: ``.venv/bin/python benchmarks/measure_step_blocks.py SH [--model full|fast] [--rows N]``
 with the signal SH a run wrote (``difftract run W/brain_9004 --method ddtracking`` writes
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-import difftract.models.ddtracking.getter as getter_module
 from difftract.models.ddtracking.getter import DDTrackingGetter, load_ddtracking
 
 
@@ -42,7 +41,7 @@ def main() -> None:
     h = getter.network.initial(args.rows)
 
     def step(block_rows: int) -> tuple[float, torch.Tensor]:
-        getter_module.CPU_BLOCK_ROWS = block_rows
+        getter.block_rows = block_rows
         getter.directions(points, prev, {"h": h})                        # warm-up
         start = time.perf_counter()
         for _ in range(args.repeats):

@@ -226,20 +226,22 @@ def test_anisotropic_voxels_move_along_the_networks_voxel_direction(phantom, sh)
 
 
 @pytest.mark.parametrize("stochastic", [False, True])
-def test_a_step_in_blocks_of_rows_is_the_step_at_once(sh, monkeypatch, stochastic):
+def test_a_step_in_blocks_of_rows_is_the_step_at_once(sh, stochastic):
     """On a CPU the network takes a step's rows in blocks; the directions, states and logged ``z_t``
     are those of one call, and a stochastic step draws the same numbers from the generator."""
-    import difftract.models.ddtracking.getter as getter_module
-
     g = DDTrackingGetter(model(), sh, max_angle=90, steps=3, stochastic=stochastic)
     rng = np.random.default_rng(0)
     n = 50
     points = torch.as_tensor(rng.uniform(4, 12, (n, 3)), dtype=torch.float32)
     prev = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, 3)), dtype=torch.float32), dim=-1)
     h0 = torch.as_tensor(rng.normal(size=tuple(g.network.initial(n).shape)), dtype=torch.float32)
+    step_rows = []
+    network_step = g._step
+    g._step = lambda points, *rest: step_rows.append(len(points)) or network_step(points, *rest)
 
     def step(block_rows):
-        monkeypatch.setattr(getter_module, "CPU_BLOCK_ROWS", block_rows)
+        g.block_rows = block_rows
+        step_rows.clear()
         generator = torch.Generator().manual_seed(3)
         state = g.init(points, prev, generator)
         state["h"] = h0.clone()
@@ -247,9 +249,34 @@ def test_a_step_in_blocks_of_rows_is_the_step_at_once(sh, monkeypatch, stochasti
         return dirs, valid, new["h"], state["z_log"].entries[0], torch.rand(4, generator=generator)
 
     whole = step(10_000)
-    assert len(g._block_rows(n)) == 1
+    assert step_rows == [50]
     blocks = step(7)
-    assert len(g._block_rows(n)) == 8                     # the last of 1 row
+    assert step_rows == [7] * 7 + [1]
     for a, b in zip(whole, blocks):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert torch.equal(whole[-1], blocks[-1])             # the generator is left where one call leaves it
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_the_backward_replay_in_blocks_is_the_replay_at_once(sh, logged):
+    """init_backward runs the GRU (and, without a usable log, the encoder) in the same blocks."""
+    g = DDTrackingGetter(model(), sh, max_angle=90)
+    rng = np.random.default_rng(1)
+    S, T = 20, 5
+    seeds = torch.as_tensor(rng.uniform(6, 10, (S, 3)), dtype=torch.float32)
+    count = torch.as_tensor(rng.integers(1, T + 1, S))
+    fwd = seeds[:, None] + torch.arange(1, T + 1.0)[None, :, None] * torch.tensor([0.6, 0.3, 0.1])
+    fwd[torch.arange(T)[None, :] >= count[:, None]] = 0
+
+    def replay(block_rows):
+        g.block_rows = block_rows
+        state = None
+        if logged:                                 # the forward half's calls, logging z_t
+            state = g.init(seeds, torch.ones(S, 3))
+            for i in range(T + 1):
+                rows = torch.nonzero(count >= i)[:, 0]
+                points = torch.cat([seeds[:, None], fwd], dim=1)[rows, i]
+                g.directions(points, torch.ones(len(rows), 3), {**state, "h": state["h"][rows]})
+        return g.init_backward(seeds, -torch.ones(S, 3), fwd, count, forward_state=state)["h"]
+
+    torch.testing.assert_close(replay(3), replay(10_000), atol=1e-5, rtol=0)

@@ -121,6 +121,7 @@ class DDTrackingGetter:
         self.sphere = torch.as_tensor(np.asarray(default_sphere().vertices), dtype=sh.dtype)   # (V, 3) hemisphere
         self.basis = torch.as_tensor(sh_basis(self.sphere.numpy(), 2, False)[0], dtype=sh.dtype)   # (V, 6)
         self.peak_sign = -1.0 if self.network.config.input == "fodf" else 1.0   # seeds: argmin of sign * amplitude
+        self.block_rows = CPU_BLOCK_ROWS         # rows per network call on a CPU (:meth:`_in_blocks`)
 
     def to(self, device, dtype):
         """A copy on ``device`` in ``dtype``, rebuilt from the weights read when this getter was made."""
@@ -156,19 +157,19 @@ class DDTrackingGetter:
         the GRU's gates and states (three gates per layer) and the denoiser, about 20x a classical pmf
         query at the paper's sizes.
 
-        On a CPU a step runs in blocks of :data:`CPU_BLOCK_ROWS` rows, whose activations are a
-        fixed cost (about 90 MB per worker for ``full``); a row then costs what it keeps through
-        the step (its GRU states in and out, ``z_t``, directions and noise, twice while the blocks
-        are joined) and the GRU of :meth:`init_backward`, which replays all rows at once.
+        On a CPU the network runs in blocks of :attr:`block_rows` rows (:meth:`_in_blocks`), whose
+        activations are a fixed cost (about 90 MB per worker for ``full``); a row then costs what
+        it keeps through a step: its GRU states in and out, ``z_t``, directions and noise, twice
+        while the blocks are joined.
         """
         c = self.network.config
         guide = 0 if self.guide is None else self.guide.bytes_per_seed(dtype_bytes)
-        gru = c.gru_layers * 5 * c.gru_hidden
         if self.sh.device.type == "cpu":
             kept = 2 * c.gru_layers * c.gru_hidden + c.z_dim + 3 * (self.steps + 2)
-            return (2 * kept + 2 * gru) * dtype_bytes + guide
+            return 2 * kept * dtype_bytes + guide
         neighbourhood = 27 * c.n_coeffs * (1 + c.conv_channels // 8)
         branches = 27 * c.conv_channels + 2 * c.mlp_hidden + c.z_dim + c.v_dim
+        gru = c.gru_layers * 5 * c.gru_hidden
         denoiser = 8 * c.denoiser_width + c.time_dim
         return (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2 + guide   # x2: inputs and outputs of each layer live together
 
@@ -213,20 +214,17 @@ class DDTrackingGetter:
             back = (m - i.clamp(min=1))                                            # q_i - q_{i-1}, or q_1 - q_0
             prev = F.normalize(full[rows, back] - full[rows, back + 1], dim=-1)
             z = log[T - j] if log is not None and len(log[T - j]) == len(rows) else None
-            if z is None:
-                z, _ = self.network.spatial(samples(self.sh, point), local=False)
-            h[rows] = self.network.recur(z, prev, h[rows])[1]
+            h[rows] = self._in_blocks(self._replay, point, prev, h[rows], z)[0]
         if kept is not None:
             kept.clear()
         return self._with_generator({"h": h}, generator)
 
     def directions(self, points, prev_dirs, state):
         prev = F.normalize(prev_dirs, dim=-1)
-        noise = (sampler_noise(len(points), 3, self.steps, state.get("generator"), points.device, points.dtype)
-                 if self.stochastic and self.network.denoiser is not None else None)   # the draws of one call
-        parts = [self._step(points[r], prev[r], state["h"][r], None if noise is None else [e[r] for e in noise])
-                 for r in self._block_rows(len(points))]
-        z, h, dirs = (torch.cat(p) if len(parts) > 1 else p[0] for p in zip(*parts))
+        noise = (torch.stack(sampler_noise(len(points), 3, self.steps, state.get("generator"), points.device,
+                                           points.dtype), dim=1)
+                 if self.stochastic and self.network.denoiser is not None else None)   # the draws of one call, (N, S, 3)
+        z, h, dirs = self._in_blocks(self._step, points, prev, state["h"], noise)
         if "z_log" in state:                                                       # the forward half
             state["z_log"].add(z, state["h"])
         if self.guide is not None:
@@ -238,13 +236,24 @@ class DDTrackingGetter:
         """The network on some rows: their ``z_t``, new GRU state and direction (mm)."""
         z, v = self.network.spatial(samples(self.sh, points))
         c, h = self.network.recur(z, self._to_voxel(prev), h)
+        noise = None if noise is None else list(noise.unbind(1))
         return z, h, self._to_mm(self.network.direction(c, v, self.steps, self.stochastic, noise=noise))
 
-    def _block_rows(self, n: int) -> list[slice]:
-        """The rows of a step in blocks of :data:`CPU_BLOCK_ROWS` on a CPU (one block on a GPU)."""
-        if self.sh.device.type != "cpu" or n <= CPU_BLOCK_ROWS:
-            return [slice(0, n)]
-        return [slice(s, s + CPU_BLOCK_ROWS) for s in range(0, n, CPU_BLOCK_ROWS)]
+    def _replay(self, points, prev, h, z):
+        """:meth:`init_backward`'s GRU step on some rows (``z`` None: encoded again)."""
+        if z is None:
+            z, _ = self.network.spatial(samples(self.sh, points), local=False)
+        return (self.network.recur(z, prev, h)[1],)
+
+    def _in_blocks(self, fn, *rows_first):
+        """``fn`` over the rows of ``rows_first`` (tensors with rows on axis 0, or None) in blocks of
+        :attr:`block_rows` on a CPU, its outputs joined; a GPU takes all rows at once."""
+        n = len(rows_first[0])
+        if self.sh.device.type != "cpu" or n <= self.block_rows:
+            return fn(*rows_first)
+        parts = [fn(*(None if t is None else t[s:s + self.block_rows] for t in rows_first))
+                 for s in range(0, n, self.block_rows)]
+        return tuple(torch.cat(p) for p in zip(*parts))
 
     def _with_generator(self, state, generator):
         if self.stochastic:
