@@ -51,28 +51,11 @@ def _has_shell(bvals: np.ndarray, shell: float) -> bool:
     return bool(np.any(np.abs(shells(bvals) - shell) <= SHELL_TOLERANCE))
 
 
-def _nearest(target: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, shell: float) -> SixSet | None:
-    """The scheme volumes of ``shell`` nearest (sign-invariant) to the six ``target`` directions."""
-    candidates = np.flatnonzero(np.abs(bvals - shell) <= SHELL_TOLERANCE)
-    if len(candidates) < len(target):
-        return None
-    cos = np.abs(target @ bvecs[candidates].T)
-    pick = cos.argmax(axis=1)
-    if len(set(pick.tolist())) < len(target):
-        return None
-    angles = np.degrees(np.arccos(np.clip(cos[np.arange(len(target)), pick], 0.0, 1.0)))
-    idx = candidates[pick]
-    return SixSet(tuple(int(i) for i in idx), float(shell), float(angles.mean()), design_condition(bvecs[idx]))
-
-
-def _first_passing(targets: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
-                   shell: float) -> tuple[int, SixSet] | None:
-    """The first of ``targets`` (K, 6, 3) whose nearest volumes pass both criteria, with its set.
-
-    :func:`_nearest` and the acceptance test for many rotations at once: a 60-direction
-    shell accepts about one rotation in a hundred, and trying them one at a time cost
-    seconds per subject (a QCG-DTI training pool draws hundreds of sets).
-    """
+def _nearest(targets: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
+             shell: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The volumes of ``shell`` nearest (sign-invariant) to each of ``targets`` (K, 6, 3): their indices
+    ``(K, 6)``, whether the six are distinct ``(K,)`` and their mean angle to the targets in degrees
+    ``(K,)``; None when the shell has fewer than six volumes."""
     candidates = np.flatnonzero(np.abs(bvals - shell) <= SHELL_TOLERANCE)
     if len(candidates) < targets.shape[1]:
         return None
@@ -81,12 +64,29 @@ def _first_passing(targets: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
     ordered = np.sort(pick, axis=1)
     distinct = np.all(ordered[:, 1:] != ordered[:, :-1], axis=1)
     best = np.take_along_axis(cos, pick[..., None], axis=2)[..., 0]
-    mean_angle = np.degrees(np.arccos(np.clip(best, 0.0, 1.0))).mean(axis=1)
+    return candidates[pick], distinct, np.degrees(np.arccos(np.clip(best, 0.0, 1.0))).mean(axis=1)
+
+
+def _six_set(volumes: np.ndarray, shell: float, mean_angle: float, bvecs: np.ndarray) -> SixSet:
+    return SixSet(tuple(int(i) for i in volumes), float(shell), float(mean_angle), design_condition(bvecs[volumes]))
+
+
+def _first_passing(targets: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
+                   shell: float) -> tuple[int, SixSet] | None:
+    """The first of ``targets`` (K, 6, 3) whose nearest volumes pass both criteria, with its set.
+
+    Many rotations at once: a 60-direction shell accepts about one rotation in a hundred, and
+    trying them one at a time cost seconds per subject (a QCG-DTI training pool draws hundreds
+    of sets).
+    """
+    found = _nearest(targets, bvals, bvecs, shell)
+    if found is None:
+        return None
+    volumes, distinct, mean_angle = found
     for k in np.flatnonzero(distinct & (mean_angle < MAX_MEAN_ANGLE)):   # few; the condition decides
-        idx = candidates[pick[k]]
-        condition = design_condition(bvecs[idx])
-        if condition < MAX_CONDITION:
-            return int(k), SixSet(tuple(int(i) for i in idx), float(shell), float(mean_angle[k]), condition)
+        six = _six_set(volumes[k], shell, mean_angle[k], bvecs)
+        if six.condition < MAX_CONDITION:
+            return int(k), six
     return None
 
 
@@ -94,10 +94,10 @@ def fixed_six(bvals: np.ndarray, bvecs: np.ndarray, shell: float | None = None) 
     """The volumes nearest to the unrotated DSM6 on ``shell`` (default: the lowest shell)."""
     available = shells(bvals)
     shell = float(available[0] if shell is None else shell)
-    found = _nearest(DSM6, bvals, bvecs, shell) if _has_shell(bvals, shell) else None
-    if found is None:
+    found = _nearest(DSM6[None], bvals, bvecs, shell) if _has_shell(bvals, shell) else None
+    if found is None or not found[1][0]:
         raise ConfigError(f"the scheme has no six distinct directions near DSM6 on shell b={shell:g}")
-    return found
+    return _six_set(found[0][0], shell, found[2][0], bvecs)
 
 
 def flexible_six(bvals: np.ndarray, bvecs: np.ndarray, rng: np.random.Generator,
