@@ -117,9 +117,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     from ..io.sh import load_sh, sh_basis_of
     from ..io.sidecar import sidecar_path
     from ..pipeline import Compute, Console, FodSource, LearnedSource, Seeding, Stopping, TrackOptions, track
-    from ..models.ddtracking.defaults import TrackingDefaults
-    from ..models.ddtracking.getter import load_ddtracking
     from ..pipeline.shards import join
+    from ..pipeline.sources import load_network
 
     given = [p for p in (args.sh, args.stop_mask, args.seed_mask, args.seeds_file, args.weights) if p]
     check_outputs([args.out, sidecar_path(args.out)], args.force, inputs=scan_inputs(args) + given)
@@ -137,8 +136,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     compute = Compute(device=args.device, dtype=args.dtype, chunk_size=args.chunk_size)
     group = join(compute.torch_device)     # under torchrun: each rank on its own device, rank 0 speaks
     console = Console(quiet=args.quiet or (group is not None and not group.leader))
-    model = load_ddtracking(args.weights, args.model) if args.method == "ddtracking" else None   # before the scan
-    guided = model is not None and options.guide_config(TrackingDefaults.from_meta(model[1]).fodf_guide) is not None
+    model, guided = load_network(args.weights, args.model, options) if args.method == "ddtracking" else (None, False)
     if model is not None and args.sh is not None and not guided:
         raise ConfigError("--sh is for the classical rules or a --fodf-guide (0 here): DDTracking reads the DWI itself")
     stop_path = args.stop_mask or args.mask

@@ -86,6 +86,24 @@ class FodSource:
         return {"fod": self.description}
 
 
+def guide_config_of(meta: dict, options: TrackOptions):
+    """``options.guide_config`` with the validated weight of the network of weights metadata ``meta`` where
+    ``fodf_guide`` is None (:class:`~difftract.models.ddtracking.defaults.TrackingDefaults`: 0.3 for
+    ``full``, 0.7 for ``fast``), known before the network's input is fitted."""
+    from ..models.ddtracking.defaults import TrackingDefaults
+
+    return options.guide_config(TrackingDefaults.from_meta(meta).fodf_guide)
+
+
+def load_network(weights, model: str | None, options: TrackOptions) -> tuple[tuple, bool]:
+    """DDTracking's network and weights metadata (:func:`~difftract.models.ddtracking.getter.load_ddtracking`;
+    read before the scan, so that bad weights are refused first) and whether its fODF guide is on."""
+    from ..models.ddtracking.getter import load_ddtracking
+
+    network = load_ddtracking(weights, model)
+    return network, guide_config_of(network[1], options) is not None
+
+
 @dataclass
 class LearnedSource:
     """The DDTracking network, its weights' metadata, and the SH it reads (the scan's signal SH, or its
@@ -157,11 +175,8 @@ class LearnedSource:
                                 voxel_sizes=voxel_sizes, guide=self.guide(options, compute, console))
 
     def guide_config(self, options: TrackOptions):
-        """``options.guide_config`` with the network's validated weight where ``fodf_guide`` is None
-        (:class:`~difftract.models.ddtracking.defaults.TrackingDefaults`: 0.3 for ``full``, 0.7 for ``fast``)."""
-        from ..models.ddtracking.defaults import TrackingDefaults
-
-        return options.guide_config(TrackingDefaults.from_meta(self.meta).fodf_guide)
+        """:func:`guide_config_of` this network."""
+        return guide_config_of(self.meta, options)
 
     def guide(self, options: TrackOptions, compute: Compute = Compute(), console: Console = Console()):
         """The fODF guide of :meth:`guide_config` on :attr:`fod`, fitted from :attr:`scan` if need be (None at 0)."""
