@@ -35,7 +35,8 @@ wall time are measured:
 - ``track-ddtracking`` (not in the default stages): ``difftract track --method ddtracking
   --model M --sh FOD --stop-mask wm --seeds-per-voxel 1`` (``--dd-model``, default ``fast``)
   in ``--max-seeds`` white-matter voxels (all when 0), chunked as ``track`` chunks by
-  default, guided by the fODF of ``fit-csd``: the learned tracker at a real brain's size.
+  default, guided by the fODF of ``fit-csd``: the learned tracker at a real brain's size;
+  then ``--method det`` on the same seeds and chunks, the reference its ratios are to.
 
 Targets (``--check``): peak RSS of ``fit csd`` and ``track`` at most 6 GB on the HCP-sized
 scan (issue 21); the other stages are reported. With a smaller ``--shape`` the targets are
@@ -322,16 +323,24 @@ def run_stages(stages: list[str], work: Path, args, check) -> dict:
             attempt(name, track)
     if "track-ddtracking" in stages:
         def ddtracking():
-            seeds = seed_mask(d, args.max_seeds, "seeds_dd.nii.gz")
-            seconds, peak = run_cli("track", *scan, "--out", work / "track_dd.trx", "--method", "ddtracking",
-                                    "--model", args.dd_model, "--sh", fod, "--stop-mask", d / "wm.nii.gz",
-                                    "--seed-mask", seeds, "--seeds-per-voxel", "1", "--force")
             from difftract.io.tractogram import load_tractogram
 
+            seeds = seed_mask(d, args.max_seeds, "seeds_dd.nii.gz")
             n_seeds = int(np.asarray(nib.load(str(seeds)).dataobj).sum())
-            n_lines = len(load_tractogram(work / "track_dd.trx").streamlines)
-            record("track-ddtracking", seconds, peak, f"--model {args.dd_model}: {n_lines:,} streamlines from "
-                   f"{n_seeds:,} seeds (the default chunks, guided by the fODF; the wall time includes the SH fit)")
+            for method in ("ddtracking", "det"):          # det on the same seeds and chunks: the reference
+                out = work / f"track_{method}.trx"
+                extra = ["--model", args.dd_model] if method == "ddtracking" else []
+                seconds, peak = run_cli("track", *scan, "--out", out, "--method", method, *extra, "--sh", fod,
+                                        "--stop-mask", d / "wm.nii.gz", "--seed-mask", seeds,
+                                        "--seeds-per-voxel", "1", "--force")
+                n_lines = len(load_tractogram(out).streamlines)
+                name = "track-ddtracking" if method == "ddtracking" else "track-ddtracking: det reference"
+                what = (f"--model {args.dd_model}, guided by the fODF; the wall time includes the SH fit"
+                        if method == "ddtracking" else "the same seeds and default chunks")
+                record(name, seconds, peak, f"{n_lines:,} streamlines from {n_seeds:,} seeds ({what})")
+            dd, det = rows["track-ddtracking"], rows["track-ddtracking: det reference"]
+            print(f"  DDTracking / det in this run: peak RSS {dd['peak_gb'] / det['peak_gb']:.2f}x, "
+                  f"wall time {dd['seconds'] / det['seconds']:.1f}x", flush=True)
         attempt("track-ddtracking", ddtracking)
     if "dipy-dti" in stages:
         attempt("dipy-dti", lambda: record("dipy-dti", *run_python(DIPY_DTI, str(d))[:2],
