@@ -130,6 +130,6 @@ def test_noise_drawn_beforehand_gives_the_same_samples():
     drawn = sample(denoise, 16, steps=4, stochastic=True, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(drawn, before, atol=1e-6, rtol=0)
     noise = sampler_noise(16, 3, 4, torch.Generator().manual_seed(7))
-    assert len(noise) == 4
-    top = sample(denoise, 5, steps=4, stochastic=True, noise=[e[:5] for e in noise])
+    assert noise.shape == (16, 4, 3)
+    top = sample(denoise, 5, steps=4, stochastic=True, noise=noise[:5])
     torch.testing.assert_close(top, before[:5], atol=1e-6, rtol=0)

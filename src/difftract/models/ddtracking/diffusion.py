@@ -86,7 +86,7 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]   # (y_k (N, D), k (N, 1)) -> h_pr
 
 
 def sampler_noise(n: int, dim: int = 3, steps: int = 1, generator: torch.Generator | None = None, device=None,
-                  dtype: torch.dtype = torch.float32) -> list[Tensor]:
+                  dtype: torch.dtype = torch.float32) -> Tensor:
     """The draws of a stochastic :func:`sample` of ``n`` samples, in its order: ``y_1``, then each step's noise.
 
     Drawn once for all ``n`` and sliced, they let the samples be computed in blocks of rows
@@ -94,15 +94,16 @@ def sampler_noise(n: int, dim: int = 3, steps: int = 1, generator: torch.Generat
 
     Returns
     -------
-    list of ``steps`` tensors ``(n, dim)``: ``y_1``, then the noise added after each step
-    but the last.
+    ``(n, steps, dim)``: per sample, ``y_1``, then the noise added after each step but the
+    last (drawn step by step, each for all ``n``).
     """
-    return [torch.randn(n, dim, generator=generator, device=device, dtype=dtype) for _ in range(steps)]
+    return torch.stack([torch.randn(n, dim, generator=generator, device=device, dtype=dtype) for _ in range(steps)],
+                       dim=1)
 
 
 def sample(denoise: Denoiser, n: int, dim: int = 3, steps: int = 1, stochastic: bool = False,
            generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32,
-           normalise: bool = True, noise: list[Tensor] | None = None) -> Tensor:
+           normalise: bool = True, noise: Tensor | None = None) -> Tensor:
     """Run the reverse process from ``k = 1`` to ``0`` in ``steps`` equal steps.
 
     Parameters
@@ -120,14 +121,14 @@ def sample(denoise: Denoiser, n: int, dim: int = 3, steps: int = 1, stochastic: 
         The source of every random draw (same generator state, same samples).
     normalise : bool
         Return unit vectors (zero vectors stay zero).
-    noise : list of Tensor, optional
+    noise : Tensor, optional
         With ``stochastic``, this sample's rows of :func:`sampler_noise` (nothing is drawn).
     """
     if steps < 1:
         raise ConfigError(f"the sampler needs at least one step, got {steps}")
     if stochastic:
         noise = sampler_noise(n, dim, steps, generator, device, dtype) if noise is None else noise
-        y = noise[0]
+        y = noise[:, 0]
     else:
         y = torch.zeros(n, dim, device=device, dtype=dtype)
     for i in range(steps):
@@ -137,5 +138,5 @@ def sample(denoise: Denoiser, n: int, dim: int = 3, steps: int = 1, stochastic: 
         h_pred = denoise(y, torch.full((n, 1), k, device=y.device, dtype=y.dtype))
         y = (k_next / k) * y - (step / k) * h_pred
         if stochastic and i + 1 < steps:
-            y = y + (step * k_next / k) ** 0.5 * noise[i + 1]
+            y = y + (step * k_next / k) ** 0.5 * noise[:, i + 1]
     return F.normalize(y, dim=-1) if normalise else y

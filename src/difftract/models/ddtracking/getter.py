@@ -221,9 +221,8 @@ class DDTrackingGetter:
 
     def directions(self, points, prev_dirs, state):
         prev = F.normalize(prev_dirs, dim=-1)
-        noise = (torch.stack(sampler_noise(len(points), 3, self.steps, state.get("generator"), points.device,
-                                           points.dtype), dim=1)
-                 if self.stochastic and self.network.denoiser is not None else None)   # the draws of one call, (N, S, 3)
+        noise = (sampler_noise(len(points), 3, self.steps, state.get("generator"), points.device, points.dtype)
+                 if self.stochastic and self.network.denoiser is not None else None)   # the draws of one call
         z, h, dirs = self._in_blocks(self._step, points, prev, state["h"], noise)
         if "z_log" in state:                                                       # the forward half
             state["z_log"].add(z, state["h"])
@@ -236,7 +235,6 @@ class DDTrackingGetter:
         """The network on some rows: their ``z_t``, new GRU state and direction (mm)."""
         z, v = self.network.spatial(samples(self.sh, points))
         c, h = self.network.recur(z, self._to_voxel(prev), h)
-        noise = None if noise is None else list(noise.unbind(1))
         return z, h, self._to_mm(self.network.direction(c, v, self.steps, self.stochastic, noise=noise))
 
     def _replay(self, points, prev, h, z):

@@ -247,7 +247,7 @@ class TrackingNetwork:
 
     @torch.no_grad()
     def direction(self, c: Tensor, v: Tensor | None, steps: int = 1, stochastic: bool = False,
-                  generator: torch.Generator | None = None, noise: list[Tensor] | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
         """As :meth:`.model.DDTracking.direction`: unit directions ``(N, 3)``; ``noise``, the rows'
         :func:`.diffusion.sampler_noise` drawn beforehand (stochastic)."""
         if self.head is not None:
