@@ -204,15 +204,21 @@ def test_fit_dti_fa_correction_needs_seven_volumes_for_wls(six_dwi_scan, tmp_pat
 
 
 def test_a_schemes_table_is_built_once():
-    """fa_corrected keeps the last schemes' tables: they are seeded, so reusing one changes nothing."""
+    """fa_corrected keeps the last schemes' tables (seeded: the one a fresh build gives), one per scheme."""
     from difftract.reconst.fa_bias import _table
 
     rng = np.random.default_rng(3)
     seven = noisy_scan(cylinders(0.6, 200, rng), 20, rng)[:, None, None, :]
     lsq = reference_fit(seven, BVALS, BVECS, np.ones(seven.shape[:3], bool))
     _table.cache_clear()
-    first, _ = fa_corrected(lsq, BVALS, BVECS, 5.0)
-    again, _ = fa_corrected(lsq, BVALS, BVECS, 5.0)
+    fa_corrected(lsq, BVALS, BVECS, 5.0)
+    fa_corrected(lsq, BVALS, BVECS, 5.0)
     info = _table.cache_info()
     assert info.misses == 1 and info.hits == 1
-    np.testing.assert_array_equal(first, again)
+    cached = _table(tuple(BVALS.astype(float)), tuple(BVECS.astype(float).ravel()))
+    fresh = FABiasTable(BVALS, BVECS)
+    assert len(cached.stages) == len(fresh.stages)
+    for a, b in zip(cached.stages, fresh.stages):             # the scheme's own table, its directions in order
+        np.testing.assert_array_equal(a, b)
+    fa_corrected(lsq, BVALS, BVECS[[0, 2, 1, 3, 4, 5, 6]], 5.0)          # another scheme: its own table
+    assert _table.cache_info().misses == 2
