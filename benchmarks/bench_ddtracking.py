@@ -56,6 +56,9 @@ columns (unseen, brain, foreign) of the default model: VC and F1 at least 3 poin
 best classical row, NC under 10%, IB no higher than ``det``'s; every bundle found (soft);
 deterministic runs repeat exactly and stochastic ones repeat for a seed (hard). Speed (hard
 where stated): the fast model >= 1,000 streamlines/s on the CPU at the same step as ``det``.
+Since a bundle without a valid streamline scores F1 0 in the means, the benchmark also lists,
+per test phantom, the bundles the target row missed where a classical row found one (and the
+reverse), and measures its F1 margin on the bundles both found (``_bundles.py``).
 
 The speed run splits its seeds as ``difftract track`` does (the tracker's default chunks: two
 chunks on a CPU, one per worker thread, so both cores work; one chunk on a GPU). The scored
@@ -77,6 +80,7 @@ import numpy as np
 from nibabel.affines import apply_affine
 import torch
 
+from _bundles import bundle_entries, common_f1_margin, missed_bundles
 from _check import Target, parse_args
 from _spread import crossing_spread, load_crossings, print_spreads
 from difftract.eval.tractometer import load_scoring, score
@@ -121,6 +125,9 @@ TARGETS = [
            "1 voxel (the shipped models' step), mean over the test columns: the floor of the NC target for a "
            "local rule"),
     Target("f1_true_peaks_tests", "measured", None, "the F1 of the same row: the ceiling of a local rule"),
+    Target("f1_margin_common_bundles_tests", "measured", None, "the F1 margin on the bundles both DDTracking and "
+           "the classical row found (per column, against the classical row best on them; mean over the test "
+           "columns): the reconstruction of a bundle once found, apart from which bundles were found"),
     Target("vb_fraction_tests", ">=", 1.0, "README: every bundle found (VB / bundles, test columns)", hard=False),
     Target("ablation_order", "==", True, f"{ISSUE}: the paper's ablation order in overlap (temporal < "
            "spatial_temporal < spatial_temporal_generative < full), mean OL over the test columns; needs --ablation",
@@ -321,7 +328,8 @@ def main() -> None:
                 tracked[name] = lines
                 result = score(lines, s.config).scores
                 r = rows[name] = {k: result[k] for k in KEYS} | {"n": len(lines), "seconds": round(seconds, 1),
-                                                               "bundles": s.n_bundles}
+                                                               "bundles": s.n_bundles,
+                                                               "bundle_wise": bundle_entries(result)}
                 print(f"{name:30} {r['n']:6} {r['VS_ratio']:6.3f} {r['IC_ratio']:6.3f} {r['NC_ratio']:6.3f} "
                       f"{r['VB']:3} {r['IB']:3} {r['mean_OL']:6.3f} {r['mean_OR_vs']:6.3f} {r['mean_f1']:6.3f} "
                       f"{seconds:8.1f}", flush=True)
@@ -352,6 +360,7 @@ def main() -> None:
     columns = summarise(tables)
     print_columns(columns)
     measure_targets(check, columns, guided(args.target_model, args.target_guide), args.no_dipy)
+    bundles = found_and_missed(check, tables, guided(args.target_model, args.target_guide), args.no_dipy)
     spread = print_spreads(spreads) if spreads else {}
     ablation_order(check, columns, args.ablation)
     repro = reproducibility(check, seen, models[args.target_model], args.target_guide) if seen is not None else {}
@@ -363,7 +372,7 @@ def main() -> None:
     check.finish({"benchmark": "bench_ddtracking", "models": {n: {"weights": m["path"], "sha256": m["sha256"]}
                                                              for n, (_, m) in models.items()},
                   "target_model": args.target_model, "target_guide": args.target_guide, "max_seeds": args.max_seeds, "tables": _plain(tables),
-                  "columns": columns, "crossing_spread_deg": spread, "reproducibility": repro, "speed": speed, "speed_seeds": args.speed_seeds,
+                  "columns": columns, "bundles": bundles, "crossing_spread_deg": spread, "reproducibility": repro, "speed": speed, "speed_seeds": args.speed_seeds,
                   "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
 
 
@@ -414,6 +423,33 @@ def measure_targets(check, columns: dict[str, dict[str, dict]], row: str, no_dip
     check.measure("vb_fraction_tests", mean(lambda c: c[row]["VB_fraction"]))
     check.measure("nc_true_peaks_tests", mean(lambda c: c[TRUE_PEAKS_DD]["NC_ratio"]))
     check.measure("f1_true_peaks_tests", mean(lambda c: c[TRUE_PEAKS_DD]["mean_f1"]))
+
+
+def found_and_missed(check, tables: dict[str, dict[str, dict]], row: str, no_dipy: bool) -> dict:
+    """The F1 margin's two parts (:mod:`_bundles`): the bundles ``row`` missed where a classical row found one,
+    per test phantom, and its F1 margin on the bundles both found, per test column and on their mean."""
+    tests = [c for c in TESTS if c in tables]
+    classical = [r for r in CLASSICAL if not (no_dipy and r.startswith("dipy"))]
+    if not tests:
+        check.unmeasured("f1_margin_common_bundles_tests", "no test column was run")
+        return {}
+    print(f"\nBundles found and missed by {row} (a missed bundle scores F1 0 in the means):")
+    missed = {}
+    for col in tests:
+        for label, rules in tables[col].items():
+            missed[label] = m = missed_bundles(rules, row, classical)
+            says = [f"against {rule}, missed {', '.join(d['row_missed']) or '-'}, found alone "
+                    f"{', '.join(d['classical_missed']) or '-'}" for rule, d in m.items()]
+            print(f"  [{col}] {label}: " + "; ".join(says))
+    common = common_f1_margin(tables, row, classical, tests)
+    for col, c in common.items():
+        print(f"  [{col}] F1 on the bundles both found: {c['row_f1']:.3f} against {c['against']} "
+              f"{c['classical_f1']:.3f} ({c['margin']:+.3f})")
+    if len(common) == len(tests):
+        check.measure("f1_margin_common_bundles_tests", float(np.mean([c["margin"] for c in common.values()])))
+    else:
+        check.unmeasured("f1_margin_common_bundles_tests", "a test column has no bundle found by both rows")
+    return {"missed": missed, "common_f1": common}
 
 
 def ablation_order(check, columns: dict[str, dict[str, dict]], directory: Path | None) -> None:
