@@ -46,7 +46,8 @@ validated for it (``TrackingDefaults.fodf_guide``: 0.3 for ``full``, 0.7 for ``f
 is what ``difftract track`` and ``run`` use by default; ``--fodf-guide 0.3,0.5`` adds rows at
 other weights. The targets, the stochastic row, the reproducibility checks and the speed target
 use each model's default weight; ``--target-guide W`` sets the target model's (0: the network alone).
-``--ablation DIR`` adds a row per variant of the paper's ablation (``DIR/{variant}.pt``, from
+``--bf16`` adds each model's default row with its large products in bfloat16 (``track
+--matmul-dtype bfloat16``), scored and timed. ``--ablation DIR`` adds a row per variant of the paper's ablation (``DIR/{variant}.pt``, from
 ``scripts/train_ddtracking_ablation.sh``) on the test columns. ``--stochastic`` adds the target
 model's stochastic S = 5 row and, per column, the angle between each step in a crossing voxel
 and the nearest true peak for every row.
@@ -210,16 +211,18 @@ class Subject:
         return Tracker(make_getter("peak", peaks=peaks, max_angle=45), self.criterion, self.vox,
                        self.params(step_mm, integrator))
 
-    def learned(self, loaded: tuple, steps: int, stochastic: bool, guide: float = 0.0, **kw) -> Tracker:
+    def learned(self, loaded: tuple, steps: int, stochastic: bool, guide: float = 0.0,
+                matmul_dtype: torch.dtype | None = None, **kw) -> Tracker:
         """DDTracking, ``loaded`` as :func:`load_ddtracking` returns it, at its weights' step
         (:class:`TrackingDefaults`: 1 voxel for the shipped models), guided by the CSD fODF ``det``
-        tracks with weight ``guide`` (0: the network alone)."""
+        tracks with weight ``guide`` (0: the network alone), its products in ``matmul_dtype``."""
         model, meta = loaded
         kind = model.config.input
         if kind not in self.inputs:
             self.inputs[kind] = input_sh(self.dwi, kind)
         fodf_guide = FodfGuide(self.field, GuideConfig(weight=guide)) if guide else None
-        getter = DDTrackingGetter(model, self.inputs[kind], 45.0, steps, stochastic, self.vox, guide=fodf_guide)
+        getter = DDTrackingGetter(model, self.inputs[kind], 45.0, steps, stochastic, self.vox, guide=fodf_guide,
+                                  matmul_dtype=matmul_dtype)
         return Tracker(getter, self.criterion, self.vox, self.params(TrackingDefaults.from_meta(meta).step_mm(self.vox)),
                        **kw)
 
@@ -292,6 +295,9 @@ def main() -> None:
                          "rows use it too")
     ap.add_argument("--stochastic", action="store_true",
                     help="add the target model's stochastic S=5 row and the angular spread in crossings")
+    ap.add_argument("--bf16", action="store_true",
+                    help="add each model's default row with bfloat16 products (track --matmul-dtype bfloat16), "
+                         "scored and in the speed run")
     ap.add_argument("--speed-seeds", type=int, default=10_000, help="seeds of the speed run (0: skip it)")
     ap.add_argument("--busy", action="store_true", help="rerun the speed run beside one busy process")
     ap.add_argument("--threads", type=int, default=2)
@@ -349,6 +355,9 @@ def main() -> None:
                     add(f"ddtracking {name} S={steps}", *run(tracker, s.seeds))
                 for w in guides[name]:
                     add(guided(name, w), *run(s.learned(loaded, 1, False, w, chunk_size=10_000), s.seeds))
+                if args.bf16:
+                    add(f"{guided(name, defaults[name])} bf16", *run(s.learned(
+                        loaded, 1, False, defaults[name], torch.bfloat16, chunk_size=10_000), s.seeds))
             if col != "seen":
                 for variant, loaded in ablation.items():
                     add(f"ablation {variant}", *run(s.learned(loaded, 1, False, chunk_size=10_000), s.seeds))
@@ -368,7 +377,7 @@ def main() -> None:
         for name in REPRO:
             check.unmeasured(name, "needs the seen column")
     speed = speed_run(check, seen, models, args.target_model, args.speed_seeds, args.busy, args.sampler_steps,
-                      defaults, guides)
+                      defaults, guides, args.bf16)
     check.finish({"benchmark": "bench_ddtracking", "models": {n: {"weights": m["path"], "sha256": m["sha256"]}
                                                              for n, (_, m) in models.items()},
                   "target_model": args.target_model, "target_guide": args.target_guide, "max_seeds": args.max_seeds, "tables": _plain(tables),
@@ -487,7 +496,7 @@ def _spin() -> None:   # the other busy process of the slowdown run
 
 def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int, busy: bool,
               sampler_steps: tuple[int, ...] = (), weights: dict[str, float] | None = None,
-              guides: dict[str, list[float]] | None = None) -> dict[str, dict]:
+              guides: dict[str, list[float]] | None = None, bf16: bool = False) -> dict[str, dict]:
     """Streamlines and seeds per second on ``n_seeds`` seeds of the seen phantom, every rule at DDTracking's step
     (each model also with each of its ``guides``; the default model's stochastic row, and each model's speed
     target, at its guide weight in ``weights``)."""
@@ -513,6 +522,10 @@ def speed_run(check, s: Subject | None, models: dict, default: str, n_seeds: int
             for w in (guides or {}).get(name, ()):
                 out[f"{guided(name, w)} S=1 {device}"] = (
                     lambda m=loaded, w=w: run(s.learned(m, 1, False, w, device=device, chunk_size=chunk), seeds))
+            if bf16:
+                w = weights.get(name, 0.0)
+                out[f"{guided(name, w)} bf16 S=1 {device}"] = (lambda m=loaded, w=w: run(
+                    s.learned(m, 1, False, w, torch.bfloat16, device=device, chunk_size=chunk), seeds))
         out[f"{guided(default, guide)} stochastic S=5 {device}"] = (
             lambda: run(s.learned(models[default], 5, True, guide, device=device, chunk_size=chunk), seeds))
         return out

@@ -9,7 +9,8 @@ import torch
 from difftract.errors import ConfigError
 from difftract.models.ddtracking.data import signal_sh
 from difftract.models.ddtracking.features import neighbourhood
-from difftract.models.ddtracking.getter import DDTrackingGetter
+from difftract.models.ddtracking.getter import MIN_PADDED_ROWS, DDTrackingGetter
+from difftract.models.ddtracking.inference import TrackingNetwork
 from difftract.models.ddtracking.model import DDTracking, DDTrackingConfig
 from difftract.phantom import PhantomConfig, simulate
 from difftract.tracking.stopping import BinaryCriterion
@@ -280,3 +281,70 @@ def test_the_backward_replay_in_blocks_is_the_replay_at_once(sh, logged):
         return g.init_backward(seeds, -torch.ones(S, 3), fwd, count, forward_state=state)["h"]
 
     torch.testing.assert_close(replay(3), replay(10_000), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_padded_blocks_give_the_rows_of_unpadded_ones(sh, stochastic, monkeypatch):
+    """Where the network asks for it (bfloat16 products on a CPU), each block is padded to a power of two
+    of at least MIN_PADDED_ROWS rows (at most block_rows) and cut back: the same directions, states and
+    draws as without padding (float32 here, so that only the padding differs)."""
+    g = DDTrackingGetter(model(), sh, max_angle=90, steps=3, stochastic=stochastic)
+    rng = np.random.default_rng(2)
+    n = 50
+    points = torch.as_tensor(rng.uniform(4, 12, (n, 3)), dtype=torch.float32)
+    prev = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, 3)), dtype=torch.float32), dim=-1)
+    step_rows = []
+    network_step = g._step
+    g._step = lambda points, *rest: step_rows.append(len(points)) or network_step(points, *rest)
+
+    def step(block_rows, pad):
+        monkeypatch.setattr(TrackingNetwork, "pads_rows", property(lambda self: pad))
+        g.block_rows = block_rows
+        step_rows.clear()
+        state = g.init(points, prev, torch.Generator().manual_seed(3))
+        dirs, valid, new = g.directions(points, prev, state)
+        return dirs, valid, new["h"], state["z_log"].entries[0]
+
+    plain = step(10_000, False)
+    assert step_rows == [50]
+    for block_rows, rows in ((10_000, [64]), (40, [40, 32]), (20, [20, 20, 20])):
+        padded = step(block_rows, True)
+        assert step_rows == rows
+        assert [len(t) for t in padded] == [n] * 4
+        for a, b in zip(plain, padded):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert MIN_PADDED_ROWS == 32
+
+
+def test_bfloat16_products_track_as_float32_to_a_fraction_of_a_degree(sh):
+    """``matmul_dtype=torch.bfloat16``: the large products' matrices in bfloat16, everything the tracker sees in
+    float32, and each direction within the rounding of 8-bit mantissas (about 0.4% per product) of float32's."""
+    m = model()
+    g32 = DDTrackingGetter(m, sh, max_angle=90)
+    g16 = DDTrackingGetter(m, sh, max_angle=90, matmul_dtype=torch.bfloat16)
+    net = g16.network
+    assert net.pads_rows and not g32.network.pads_rows
+    assert net.conv[0].dtype == net.gru.layers[0][0].dtype == net.mlps[0].first[0].dtype == torch.bfloat16
+    assert net.conv[1].dtype == torch.float32                            # biases and norms stay in float32
+    rng = np.random.default_rng(4)
+    n = 300
+    points = torch.as_tensor(rng.uniform(3, 13, (n, 3)), dtype=torch.float32)
+    prev = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, 3)), dtype=torch.float32), dim=-1)
+    d32, _, s32 = g32.directions(points, prev, g32.init(points, prev))
+    d16, _, s16 = g16.directions(points, prev, g16.init(points, prev))
+    assert d16.dtype == s16["h"].dtype == torch.float32
+    angle = torch.rad2deg(torch.arccos((d32 * d16).sum(-1).clamp(-1, 1)))
+    assert 0 < angle.median() < 1.0, angle.median()                      # rounded, but far below a tracking error
+    # (this random network has points where its output nearly vanishes and the direction turns far on rounding)
+    assert (s32["h"] - s16["h"]).abs().median() < 0.01
+    assert g16.to("cpu", torch.float64).network.matmul_dtype == torch.bfloat16   # a copy keeps its products' dtype
+
+
+def test_matmul_dtype_is_checked_and_only_for_ddtracking():
+    from difftract.pipeline import TrackOptions
+
+    assert TrackOptions(method="ddtracking", matmul_dtype="bfloat16").matmul_dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="--matmul-dtype must be one of float32, bfloat16"):
+        TrackOptions(method="ddtracking", matmul_dtype="float16")
+    with pytest.raises(ConfigError, match="--matmul-dtype only apply to --method ddtracking"):
+        TrackOptions(method="det", matmul_dtype="bfloat16")

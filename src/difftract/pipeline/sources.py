@@ -172,7 +172,8 @@ class LearnedSource:
                         "are converted, but resampling to isotropic voxels matches training better",
                         tuple(round(float(v), 3) for v in voxel_sizes))
         return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
-                                voxel_sizes=voxel_sizes, guide=self.guide(options, compute, console))
+                                voxel_sizes=voxel_sizes, guide=self.guide(options, compute, console),
+                                matmul_dtype=getattr(torch, options.matmul_dtype))
 
     def guide_config(self, options: TrackOptions):
         """:func:`guide_config_of` this network."""

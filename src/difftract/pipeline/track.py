@@ -154,6 +154,7 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
     tracker = Tracker(getter, stopping.criterion, dwi.voxel_sizes, params, device=device, dtype=dtype,
                       chunk_size=chunk, workers=workers)
     learned = {"sampler_steps": options.sampler_steps, "stochastic": options.stochastic,
+               "matmul_dtype": options.matmul_dtype,
                **source.guide_record(options)} if isinstance(source, LearnedSource) else {}
     record = provenance("track", {"method": options.method, **params.to_dict(), "max_angle": options.max_angle,
                                   "pmf_threshold": options.pmf_threshold, "stopping": stopping.description,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..models.ddtracking.defaults import MATMUL_DTYPES
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class TrackOptions:
     sampler_steps: int = 1
     stochastic: bool = False
     fodf_guide: float | None = None       # DDTracking: the CSD fODF's weight (models/ddtracking/guide.py); the model's
+    matmul_dtype: str = "float32"         # DDTracking: its large products' dtype, float32 or bfloat16 (inference.py)
     seed: int = 0
 
     def __post_init__(self):
@@ -36,9 +38,12 @@ class TrackOptions:
             raise ConfigError(f"--seeds-per-voxel must be at least 1, got {self.seeds_per_voxel}")
         if self.sampler_steps < 1:
             raise ConfigError(f"--sampler-steps must be at least 1, got {self.sampler_steps}")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise ConfigError(f"--matmul-dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.matmul_dtype!r}")
         learned_only = [f"--{k}" for k, on in (("stochastic", self.stochastic),
                                                ("sampler-steps", self.sampler_steps != 1),
-                                               ("fodf-guide", bool(self.fodf_guide))) if on]
+                                               ("fodf-guide", bool(self.fodf_guide)),
+                                               ("matmul-dtype", self.matmul_dtype != "float32")) if on]
         if learned_only and self.method != "ddtracking":
             raise ConfigError(f"{', '.join(learned_only)} only apply to --method ddtracking")
         self.guide_config()                     # a weight outside [0, 1] is refused before any fit

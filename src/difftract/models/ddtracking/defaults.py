@@ -27,6 +27,7 @@ import numpy as np
 from ...errors import ConfigError
 
 SHIPPED_MODELS = {"full": "ddtracking", "fast": "ddtracking_fast"}   # --model -> shipped weights name
+MATMUL_DTYPES = ("float32", "bfloat16")     # --matmul-dtype: the network's large products (.inference)
 DEFAULT_MODEL = "full"
 # weights SHA256 -> --fodf-guide: the largest validation F1 with VC within 0.02 of the network alone
 VALIDATED_GUIDES = {

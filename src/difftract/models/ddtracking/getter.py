@@ -56,6 +56,11 @@ from .model import DDTracking, build_model
 # together. A GPU takes the step whole.
 CPU_BLOCK_ROWS = 1024
 
+# The fewest rows of a padded block (bfloat16 products on a CPU, :meth:`DDTrackingGetter._in_blocks`). Padding a
+# block to the next power of two at most doubles its work and leaves 6 row counts from 32 to 1,024 (each of
+# oneDNN's bfloat16 kernels, about 20 ms to make, is then made once per run); a tail of a few rows costs 32.
+MIN_PADDED_ROWS = 32
+
 
 def load_ddtracking(weights: str | Path | None = None, model: str | None = None) -> tuple[DDTracking, dict]:
     """The network (eval mode, CPU) and its weights-file metadata.
@@ -92,6 +97,10 @@ class DDTrackingGetter:
         The scan's voxel sizes: the network works in voxel space, the tracker in mm.
     guide : FodfGuide, optional
         Moves each direction part of the way to the CSD fODF peak it points at (:mod:`.guide`).
+    matmul_dtype : torch.dtype, optional
+        ``torch.bfloat16``: the network's large products in bfloat16 (:mod:`.inference`); on a
+        CPU each block of rows is then padded to a power of two of at least :data:`MIN_PADDED_ROWS`
+        rows, so that oneDNN makes its kernels for a few row counts only.
 
     Use the Euler integrator: RK2/RK4's intermediate evaluations would advance the GRU at
     points the streamline never reaches.
@@ -101,7 +110,7 @@ class DDTrackingGetter:
     cos_max_angle: float
 
     def __init__(self, model: DDTracking, sh, max_angle: float = 45.0, steps: int = 1, stochastic: bool = False,
-                 voxel_sizes=(1.0, 1.0, 1.0), guide: FodfGuide | None = None):
+                 voxel_sizes=(1.0, 1.0, 1.0), guide: FodfGuide | None = None, matmul_dtype: torch.dtype | None = None):
         if steps < 1:
             raise ConfigError(f"--sampler-steps must be at least 1, got {steps}")
         sh = grid_volume(np.asarray(sh, dtype=np.float32) if not isinstance(sh, torch.Tensor) else sh)
@@ -114,7 +123,7 @@ class DDTrackingGetter:
         if guide is not None and guide.field.shape != tuple(sh.shape[:3]):
             raise ConfigError(f"the guide's fODF grid {guide.field.shape} differs from the scan's {tuple(sh.shape[:3])}")
         self.sh, self.guide = sh, (None if guide is None else guide.to(sh.device, sh.dtype))
-        self.network = TrackingNetwork(model)
+        self.network = TrackingNetwork(model, matmul_dtype=matmul_dtype)
         self.max_angle, self.cos_max_angle = float(max_angle), _cos(max_angle)
         self.steps, self.stochastic = int(steps), bool(stochastic)
         self.voxel_sizes = torch.as_tensor(sizes / sizes.min(), dtype=sh.dtype)
@@ -245,13 +254,24 @@ class DDTrackingGetter:
 
     def _in_blocks(self, fn, *rows_first):
         """``fn`` over the rows of ``rows_first`` (tensors with rows on axis 0, or None) in blocks of
-        :attr:`block_rows` on a CPU, its outputs joined; a GPU takes all rows at once."""
+        :attr:`block_rows` on a CPU, its outputs joined; a GPU takes all rows at once. Where the
+        network asks for it (:attr:`.inference.TrackingNetwork.pads_rows`), each block is padded
+        with copies of its last row to a power of two and its outputs cut back."""
         n = len(rows_first[0])
-        if self.sh.device.type != "cpu" or n <= self.block_rows:
+        if self.sh.device.type != "cpu" or (n <= self.block_rows and not self.network.pads_rows):
             return fn(*rows_first)
-        parts = [fn(*(None if t is None else t[s:s + self.block_rows] for t in rows_first))
+        parts = [self._padded(fn, [None if t is None else t[s:s + self.block_rows] for t in rows_first])
                  for s in range(0, n, self.block_rows)]
-        return tuple(torch.cat(p) for p in zip(*parts))
+        return parts[0] if len(parts) == 1 else tuple(torch.cat(p) for p in zip(*parts))
+
+    def _padded(self, fn, block: list):
+        """``fn`` on one block's rows, padded to a power of two first where the network asks for it."""
+        m = len(block[0])
+        rows = min(self.block_rows, max(MIN_PADDED_ROWS, 1 << (m - 1).bit_length())) if self.network.pads_rows else m
+        if rows <= m or m == 0:
+            return fn(*block)
+        out = fn(*(None if t is None else torch.cat([t, t[-1:].expand(rows - m, *t.shape[1:])]) for t in block))
+        return tuple(o[:m] for o in out)
 
     def _with_generator(self, state, generator):
         if self.stochastic:
