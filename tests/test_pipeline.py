@@ -187,6 +187,10 @@ def test_run_options_refuse_what_cannot_work(subject):
     assert RunOptions().record()["fodf_guide"] == 0.0 and RunOptions().resolved() == RunOptions()   # det: as before
     with pytest.raises(ConfigError, match="--fodf-guide only applies to --method ddtracking"):
         RunOptions(methods=("det",), fodf_guide=0.3)
+    with pytest.raises(ConfigError, match="--matmul-dtype only applies to --method ddtracking"):
+        RunOptions(methods=("det",), matmul_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="--matmul-dtype must be one of float32, bfloat16"):
+        RunOptions(methods=("ddtracking",), matmul_dtype="float16")
     for bad in (1.5, -0.1, float("nan")):        # refused before any fit
         with pytest.raises(ConfigError, match="--fodf-guide must be in"):
             RunOptions(methods=("ddtracking",), fodf_guide=bad)

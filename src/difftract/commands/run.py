@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
+from ..models.ddtracking.defaults import DEFAULT_MODEL, MATMUL_DTYPES, SHIPPED_MODELS
 from ..pipeline.run import DEFAULT_METHOD, FORMATS, METHODS
 
 EPILOG = """\
@@ -61,6 +61,8 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
                    help="DDTracking: move each step the fraction W of the way to the CSD fODF peak it points at "
                         "(fod.nii.gz is fitted for it); 0: the network alone (default: the weight validated for the "
                         "model, 0.3 for --model full and 0.7 for fast; 0 for other --weights)")
+    p.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32", help="DDTracking's large products "
+                   "(default: %(default)s; bfloat16: faster on CPUs with AMX or AVX512-BF16, slower elsewhere)")
     p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
     if stop_mask:
         p.add_argument("--stop-mask", type=Path, metavar="M",
@@ -95,6 +97,7 @@ def run_options(args: argparse.Namespace, stop_mask: Path | None = None):
                       stop_mask=stop_mask, fa_threshold=args.fa_threshold,
                       seeds_per_voxel=args.seeds_per_voxel, seed=args.seed, min_len_mm=args.min_len_mm,
                       shell=args.shell, lmax=args.lmax, fodf_guide=args.fodf_guide, zero_nonfinite=args.zero_nonfinite,
+                      matmul_dtype=args.matmul_dtype,
                       compute=Compute(device=args.device, chunk_size=args.chunk_size))
 
 

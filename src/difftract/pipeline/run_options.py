@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..models.ddtracking.defaults import check_model_choice
+from ..models.ddtracking.defaults import MATMUL_DTYPES, check_model_choice
 from .compute import Compute
 
 METHODS = ("ddtracking", "det", "prob")
@@ -50,6 +50,8 @@ class RunOptions:
         :mod:`~difftract.models.ddtracking.guide`); the fODF is fitted and written as for det.
         Default: the weight validated for the network (0.3 ``full``, 0.7 ``fast``, 0 for other
         weights); 0 without ``ddtracking``.
+    matmul_dtype : {"float32", "bfloat16"}
+        DDTracking: the dtype of its network's large products (``track --matmul-dtype``).
     """
 
     methods: tuple[str, ...] = (DEFAULT_METHOD,)
@@ -65,6 +67,7 @@ class RunOptions:
     lmax: int | None = None
     peaks: bool = False
     fodf_guide: float | None = None
+    matmul_dtype: str = "float32"
     zero_nonfinite: bool = False
     compute: Compute = field(default_factory=Compute)
 
@@ -79,6 +82,10 @@ class RunOptions:
         check_model_choice(self.weights, self.model)
         if self.fodf_guide and "ddtracking" not in self.methods:
             raise ConfigError("--fodf-guide only applies to --method ddtracking")
+        if self.matmul_dtype != "float32" and "ddtracking" not in self.methods:
+            raise ConfigError("--matmul-dtype only applies to --method ddtracking")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise ConfigError(f"--matmul-dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.matmul_dtype!r}")
         if self.fodf_guide:
             from ..models.ddtracking.guide import GuideConfig
 
