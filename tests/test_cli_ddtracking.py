@@ -199,7 +199,7 @@ def test_fodf_input_end_to_end(weights, subjects, tmp_path):
     assert len(tracked) > 0 and np.array_equal(ran.get_data(), tracked.get_data())
 
 
-def test_track_with_bfloat16_products(weights, subjects, tmp_path):
+def test_track_with_bfloat16_products(weights, subjects, tmp_path, monkeypatch, capsys):
     """--matmul-dtype bfloat16: the same seeds give streamlines of nearly the float32 run's lengths, the same run
     twice the same tractogram, and the sidecar says which products ran."""
     d = subjects[1]
@@ -214,3 +214,6 @@ def test_track_with_bfloat16_products(weights, subjects, tmp_path):
     assert len(runs["bf16"]) == len(runs["f32"]) > 0
     assert json.loads((tmp_path / "bf16.json").read_text())["params"]["matmul_dtype"] == "bfloat16"
     assert json.loads((tmp_path / "f32.json").read_text())["params"]["matmul_dtype"] == "float32"
+    monkeypatch.setattr("difftract.pipeline.sources._cpu_has_bfloat16", lambda: False)
+    assert main(["-q", "track", *common, "--matmul-dtype", "bfloat16", "--out", str(tmp_path / "emulated.trx")]) == 0
+    assert "this CPU has no bfloat16 units" in capsys.readouterr().err

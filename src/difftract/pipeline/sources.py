@@ -86,6 +86,14 @@ class FodSource:
         return {"fod": self.description}
 
 
+def _cpu_has_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 products natively on this CPU (True where torch cannot say)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def guide_config_of(meta: dict, options: TrackOptions):
     """``options.guide_config`` with the validated weight of the network of weights metadata ``meta`` where
     ``fodf_guide`` is None (:class:`~difftract.models.ddtracking.defaults.TrackingDefaults`: 0.3 for
@@ -171,6 +179,9 @@ class LearnedSource:
             log.warning("anisotropic voxels %s: DDTracking was trained in voxel units, so its steps and directions "
                         "are converted, but resampling to isotropic voxels matches training better",
                         tuple(round(float(v), 3) for v in voxel_sizes))
+        if options.matmul_dtype == "bfloat16" and compute.torch_device.type == "cpu" and not _cpu_has_bfloat16():
+            log.warning("--matmul-dtype bfloat16: this CPU has no bfloat16 units (AMX, AVX512-BF16), so its bfloat16 "
+                        "products are emulated and may be slower than float32's")
         return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
                                 voxel_sizes=voxel_sizes, guide=self.guide(options, compute, console),
                                 matmul_dtype=getattr(torch, options.matmul_dtype))
