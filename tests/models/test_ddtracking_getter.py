@@ -307,13 +307,13 @@ def test_padded_blocks_give_the_rows_of_unpadded_ones(sh, stochastic, monkeypatc
 
     plain = step(10_000, False)
     assert step_rows == [50]
-    for block_rows, rows in ((10_000, [64]), (40, [40, 32]), (20, [20, 20, 20])):
+    for block_rows, rows in ((10_000, [128]), (40, [40, 40]), (20, [20, 20, 20])):
         padded = step(block_rows, True)
         assert step_rows == rows
         assert [len(t) for t in padded] == [n] * 4
         for a, b in zip(plain, padded):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    assert MIN_PADDED_ROWS == 32
+    assert MIN_PADDED_ROWS == 128
 
 
 def test_bfloat16_products_track_as_float32_to_a_fraction_of_a_degree(sh):
