@@ -23,9 +23,10 @@ import numpy as np
 
 
 def bundle_entries(scores: dict) -> dict[str, dict]:
-    """Per bundle of a :func:`difftract.eval.tractometer.score` result: its VS count and its F1."""
+    """Per bundle of a :func:`difftract.eval.tractometer.score` result: its VS count and its F1 (bundles without
+    a ground-truth mask, which score no F1, left out)."""
     return {name: {"VS": int(b["VS"]), "f1": float(b["f1"])}
-            for name, b in scores["bundle_wise"].items() if name != "IB"}
+            for name, b in scores["bundle_wise"].items() if name != "IB" and "f1" in b}
 
 
 def _common_means(phantoms: list[dict[str, dict]], row: str, other: str) -> tuple[float, float] | None:
@@ -45,9 +46,10 @@ def common_f1_margin(tables: dict[str, dict[str, dict]], row: str, classical: li
     """Per column, ``row``'s F1 margin on the bundles it and a classical row both found.
 
     ``tables[column][phantom][rule]`` holds each row's ``bundle_wise`` (:func:`bundle_entries`).
-    The classical row compared is the one with the best F1 on those bundles (as the F1 target
-    takes the column's best classical row). Returns ``{column: {"margin", "against", "row_f1",
-    "classical_f1"}}`` for the columns where some phantom has bundles in common.
+    Each classical row is compared on the bundles it shares with ``row`` (sets that differ
+    from row to row), and the smallest margin is kept: the hardest comparison, as the F1
+    target takes the column's best classical row. Returns ``{column: {"margin", "against",
+    "row_f1", "classical_f1"}}`` for the columns where some phantom has bundles in common.
     """
     out = {}
     for column in columns:
@@ -56,7 +58,7 @@ def common_f1_margin(tables: dict[str, dict[str, dict]], row: str, classical: li
         pairs = {rule: _common_means(phantoms, row, rule) for rule in classical}
         pairs = {rule: p for rule, p in pairs.items() if p is not None}
         if pairs:
-            best = max(pairs, key=lambda rule: pairs[rule][1])
+            best = min(pairs, key=lambda rule: pairs[rule][0] - pairs[rule][1])
             ours, theirs = pairs[best]
             out[column] = {"margin": ours - theirs, "against": best, "row_f1": ours, "classical_f1": theirs}
     return out

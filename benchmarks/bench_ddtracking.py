@@ -47,7 +47,8 @@ is what ``difftract track`` and ``run`` use by default; ``--fodf-guide 0.3,0.5``
 other weights. The targets, the stochastic row, the reproducibility checks and the speed target
 use each model's default weight; ``--target-guide W`` sets the target model's (0: the network alone).
 ``--bf16`` adds each model's default row with its large products in bfloat16 (``track
---matmul-dtype bfloat16``), scored and timed. ``--ablation DIR`` adds a row per variant of the paper's ablation (``DIR/{variant}.pt``, from
+--matmul-dtype bfloat16``), scored and timed.
+``--ablation DIR`` adds a row per variant of the paper's ablation (``DIR/{variant}.pt``, from
 ``scripts/train_ddtracking_ablation.sh``) on the test columns. ``--stochastic`` adds the target
 model's stochastic S = 5 row and, per column, the angle between each step in a crossing voxel
 and the nearest true peak for every row.
@@ -127,7 +128,7 @@ TARGETS = [
            "local rule"),
     Target("f1_true_peaks_tests", "measured", None, "the F1 of the same row: the ceiling of a local rule"),
     Target("f1_margin_common_bundles_tests", "measured", None, "the F1 margin on the bundles both DDTracking and "
-           "the classical row found (per column, against the classical row best on them; mean over the test "
+           "a classical row found (per column, the smallest over the classical rows; mean over the test "
            "columns): the reconstruction of a bundle once found, apart from which bundles were found"),
     Target("vb_fraction_tests", ">=", 1.0, "README: every bundle found (VB / bundles, test columns)", hard=False),
     Target("ablation_order", "==", True, f"{ISSUE}: the paper's ablation order in overlap (temporal < "

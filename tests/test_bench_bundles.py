@@ -20,6 +20,7 @@ def rule(**bundles):
 
 def test_bundle_entries_keep_vs_and_f1_and_drop_the_invalid_bundles():
     scores = {"bundle_wise": {"a": {"VS": 3, "f1": 0.5, "OL": 0.4}, "b": {"VS": 0, "f1": 0.0},
+                              "c": {"VS": 2, "note": "Scoring skipped: no gt_mask"},
                               "IB": {"a_head_b_tail": {"IC": 2}}}}
     assert bundle_entries(scores) == {"a": {"VS": 3, "f1": 0.5}, "b": {"VS": 0, "f1": 0.0}}
 
@@ -31,7 +32,7 @@ def test_a_missed_bundle_leaves_the_common_margin_and_is_listed():
              "prob": rule(a=(10, 0.85), b=(5, 0.77), c=(1, 0.5))}
     tables = {"unseen": {"p1": rules}}
     out = common_f1_margin(tables, "dd", ["det", "prob"], ["unseen"])["unseen"]
-    assert out["against"] == "prob"                      # 0.81 on {a, b} against det's 0.80
+    assert out["against"] == "prob"                      # +0.09 on {a, b} against det's +0.10
     assert out["row_f1"] == pytest.approx(0.9)
     assert out["margin"] == pytest.approx(0.09)
     missed = missed_bundles(rules, "dd", ["det", "prob"])
@@ -40,7 +41,8 @@ def test_a_missed_bundle_leaves_the_common_margin_and_is_listed():
 
 
 def test_the_common_margin_compares_each_classical_row_on_its_own_common_bundles():
-    # det found only a, where it is far ahead; prob found a and b. Against det the common set is {a}.
+    # det found only a, where it is far ahead; prob found a and b. Against det the common set is {a}, and the
+    # smallest margin (-0.35 against det, +0.05 against prob) is kept
     tables = {"foreign": {"p1": {"dd": rule(a=(3, 0.6), b=(3, 0.9)),
                                  "det": rule(a=(3, 0.95), b=(0, 0.0)),
                                  "prob": rule(a=(3, 0.7), b=(3, 0.8))}}}

@@ -200,18 +200,22 @@ def test_fodf_input_end_to_end(weights, subjects, tmp_path):
 
 
 def test_track_with_bfloat16_products(weights, subjects, tmp_path, monkeypatch, capsys):
-    """--matmul-dtype bfloat16: the same seeds give streamlines of nearly the float32 run's lengths, the same run
-    twice the same tractogram, and the sidecar says which products ran."""
+    """--matmul-dtype bfloat16: the same seeds give about the float32 run's streamlines (rounding may end one
+    sooner or later), the same run twice the same tractogram, and the sidecar says which products ran."""
     d = subjects[1]
     common = [*map(str, scan_args(d)), "--method", "ddtracking", "--weights", str(weights), "--seeds-per-voxel", "1",
               "--min-len-mm", "0", "--seed", "4"]
     runs = {}
-    for name, extra in (("f32", []), ("bf16", ["--matmul-dtype", "bfloat16"]), ("bf16b", ["--matmul-dtype", "bfloat16"])):
+    bf16 = ["--matmul-dtype", "bfloat16"]
+    for name, extra in (("f32", []), ("bf16", bf16), ("bf16b", bf16)):
         out = tmp_path / f"{name}.trx"
         assert main(["-q", "track", *common, *extra, "--out", str(out)]) == 0
         runs[name] = load_tractogram(out).streamlines
     assert np.array_equal(runs["bf16"].get_data(), runs["bf16b"].get_data())
-    assert len(runs["bf16"]) == len(runs["f32"]) > 0
+    n16, n32 = len(runs["bf16"]), len(runs["f32"])
+    assert n32 > 0 and abs(n16 - n32) <= max(2, 0.05 * n32)
+    gap = np.median(runs["bf16"]._lengths) - np.median(runs["f32"]._lengths)
+    assert abs(gap) <= 0.1 * np.median(runs["f32"]._lengths)
     assert json.loads((tmp_path / "bf16.json").read_text())["params"]["matmul_dtype"] == "bfloat16"
     assert json.loads((tmp_path / "f32.json").read_text())["params"]["matmul_dtype"] == "float32"
     monkeypatch.setattr("difftract.pipeline.sources._cpu_has_bfloat16", lambda: False)

@@ -307,13 +307,12 @@ def test_padded_blocks_give_the_rows_of_unpadded_ones(sh, stochastic, monkeypatc
 
     plain = step(10_000, False)
     assert step_rows == [50]
-    for block_rows, rows in ((10_000, [128]), (40, [40, 40]), (20, [20, 20, 20])):
+    for block_rows, rows in ((10_000, [max(MIN_PADDED_ROWS, 64)]), (40, [40, 40]), (20, [20, 20, 20])):
         padded = step(block_rows, True)
         assert step_rows == rows
         assert [len(t) for t in padded] == [n] * 4
         for a, b in zip(plain, padded):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    assert MIN_PADDED_ROWS == 128
 
 
 def test_bfloat16_products_track_as_float32_to_a_fraction_of_a_degree(sh):
@@ -348,3 +347,40 @@ def test_matmul_dtype_is_checked_and_only_for_ddtracking():
         TrackOptions(method="ddtracking", matmul_dtype="float16")
     with pytest.raises(ConfigError, match="--matmul-dtype only apply to --method ddtracking"):
         TrackOptions(method="det", matmul_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_the_backward_replay_in_padded_blocks_is_the_replay_at_once(sh, logged, monkeypatch):
+    """init_backward's GRU (and, without a usable log, the encoder on a column slice of the spatial matrix) in
+    padded blocks: the states of the replay at once (float32 products, so that only the padding differs)."""
+    g = DDTrackingGetter(model(), sh, max_angle=90)
+    rng = np.random.default_rng(5)
+    S, T = 20, 5
+    seeds = torch.as_tensor(rng.uniform(6, 10, (S, 3)), dtype=torch.float32)
+    count = torch.as_tensor(rng.integers(1, T + 1, S))
+    fwd = seeds[:, None] + torch.arange(1, T + 1.0)[None, :, None] * torch.tensor([0.5, 0.4, 0.1])
+    fwd[torch.arange(T)[None, :] >= count[:, None]] = 0
+
+    def replay(pad):
+        monkeypatch.setattr(TrackingNetwork, "pads_rows", property(lambda self: pad))
+        state = None
+        if logged:
+            state = g.init(seeds, torch.ones(S, 3))
+            for i in range(T + 1):
+                rows = torch.nonzero(count >= i)[:, 0]
+                points = torch.cat([seeds[:, None], fwd], dim=1)[rows, i]
+                g.directions(points, torch.ones(len(rows), 3), {**state, "h": state["h"][rows]})
+            assert all(len(z) == len(z.untyped_storage()) // (z.shape[1] * z.element_size())
+                       for z in state["z_log"].entries)          # the log keeps its rows, not the padded block
+        return g.init_backward(seeds, -torch.ones(S, 3), fwd, count, forward_state=state)["h"]
+
+    torch.testing.assert_close(replay(True), replay(False), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_getter_takes_no_rows_and_refuses_other_dtypes(sh):
+    g = DDTrackingGetter(model(), sh, max_angle=90, matmul_dtype=torch.bfloat16)
+    none = torch.zeros(0, 3)
+    dirs, valid, _ = g.directions(none, none, g.init(none, none))
+    assert dirs.shape == (0, 3) and valid.shape == (0,)
+    with pytest.raises(ConfigError, match="products' dtype must be float32, float64 or bfloat16"):
+        DDTrackingGetter(model(), sh, matmul_dtype=torch.int8)

@@ -157,3 +157,14 @@ def test_no_points_no_error():
     net = TrackingNetwork(m)
     c, v, h = step(net, none, torch.zeros(0, 3, dtype=torch.float64), net.initial(0))
     assert c.shape == (0, m.config.gru_hidden) and net.direction(c, v).shape == (0, 3)
+
+
+def test_the_dense_mlps_are_the_modules_bit_for_bit_in_float32():
+    """float32 tracks are unchanged by the bfloat16 option: each spatial MLP runs as F.linear does."""
+    import copy
+
+    m = random_model("full", sizes=FAST).float()
+    net = TrackingNetwork(m)
+    x = torch.randn(64, net.width, generator=torch.Generator().manual_seed(2))
+    for dense, branch in zip(net.mlps, [m.spatial.z, m.spatial.v]):
+        assert torch.equal(dense(x), copy.deepcopy(branch.mlp[2:])(x))

@@ -62,7 +62,7 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
                         "(fod.nii.gz is fitted for it); 0: the network alone (default: the weight validated for the "
                         "model, 0.3 for --model full and 0.7 for fast; 0 for other --weights)")
     p.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32", help="DDTracking's large products "
-                   "(default: %(default)s; bfloat16: faster on CPUs with bfloat16 units, AMX or AVX512-BF16)")
+                   "(default: %(default)s: the tracking --dtype's; bfloat16: faster on CPUs with AMX or AVX512-BF16)")
     p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
     if stop_mask:
         p.add_argument("--stop-mask", type=Path, metavar="M",

@@ -79,7 +79,7 @@ def add_parser(sub) -> None:
                         "(--sh, or fitted); 0: the network alone (default: the weight validated for the model, 0.3 for "
                         "--model full and 0.7 for fast; 0 for other --weights)")
     p.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32", help="DDTracking's large products "
-                   "(default: %(default)s; bfloat16: faster on CPUs with bfloat16 units, AMX or AVX512-BF16)")
+                   "(default: %(default)s: the tracking --dtype's; bfloat16: faster on CPUs with AMX or AVX512-BF16)")
     p.add_argument("--sh", type=Path, metavar="FOD",
                    help="fODF SH volume to track, or to guide DDTracking with (default: fit CSD)")
     p.add_argument("--sh-basis", choices=SH_BASES, help="basis of --sh (default: from its JSON sidecar)")

@@ -82,10 +82,10 @@ class RunOptions:
         check_model_choice(self.weights, self.model)
         if self.fodf_guide and "ddtracking" not in self.methods:
             raise ConfigError("--fodf-guide only applies to --method ddtracking")
-        if self.matmul_dtype != "float32" and "ddtracking" not in self.methods:
-            raise ConfigError("--matmul-dtype only applies to --method ddtracking")
         if self.matmul_dtype not in MATMUL_DTYPES:
             raise ConfigError(f"--matmul-dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.matmul_dtype!r}")
+        if self.matmul_dtype != "float32" and "ddtracking" not in self.methods:
+            raise ConfigError("--matmul-dtype only applies to --method ddtracking")
         if self.fodf_guide:
             from ..models.ddtracking.guide import GuideConfig
 

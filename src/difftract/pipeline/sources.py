@@ -87,9 +87,10 @@ class FodSource:
 
 
 def _cpu_has_bfloat16() -> bool:
-    """Whether oneDNN runs bfloat16 products natively on this CPU (True where torch cannot say)."""
+    """Whether this CPU has bfloat16 units (AVX512-BF16 or AMX; True where torch cannot say). oneDNN's own
+    ``_is_mkldnn_bf16_supported`` asks only for AVX512 and is True where it emulates them."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return True
 

@@ -153,8 +153,9 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
                     "so give --chunk-size %d to reproduce this tractogram elsewhere", chunk, chunk)
     tracker = Tracker(getter, stopping.criterion, dwi.voxel_sizes, params, device=device, dtype=dtype,
                       chunk_size=chunk, workers=workers)
-    learned = {"sampler_steps": options.sampler_steps, "stochastic": options.stochastic,
-               "matmul_dtype": options.matmul_dtype,
+    # the products' dtype as run: float32 means the tracking dtype's (float64 with --dtype float64)
+    products = "bfloat16" if options.matmul_dtype == "bfloat16" else str(dtype).removeprefix("torch.")
+    learned = {"sampler_steps": options.sampler_steps, "stochastic": options.stochastic, "matmul_dtype": products,
                **source.guide_record(options)} if isinstance(source, LearnedSource) else {}
     record = provenance("track", {"method": options.method, **params.to_dict(), "max_angle": options.max_angle,
                                   "pmf_threshold": options.pmf_threshold, "stopping": stopping.description,

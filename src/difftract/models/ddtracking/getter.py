@@ -31,6 +31,7 @@ from the spatial encodings the forward half logged at those points.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ from .model import DDTracking, build_model
 CPU_BLOCK_ROWS = 1024
 
 # The fewest rows of a padded block (bfloat16 products on a CPU, :meth:`DDTrackingGetter._in_blocks`). Padding a
-# block to the next power of two at most doubles its work and leaves 4 row counts from 128 to 1,024: each of
+# block to the next power of two (at least 128 rows: a block of 5 runs as 128) leaves 4 row counts: each of
 # oneDNN's bfloat16 kernels, about 20 ms to make, is made for ~30 matrices and each count once per run. On 10,000
 # fibercup seeds, 128 tracked about 8% faster than 32 (more counts to make, less padding; fast and full models)
 # and 14% faster than 1,024 (one count, the most padding; fast).
@@ -260,20 +261,21 @@ class DDTrackingGetter:
         network asks for it (:attr:`.inference.TrackingNetwork.pads_rows`), each block is padded
         with copies of its last row to a power of two and its outputs cut back."""
         n = len(rows_first[0])
-        if self.sh.device.type != "cpu" or (n <= self.block_rows and not self.network.pads_rows):
+        if n == 0 or self.sh.device.type != "cpu" or (n <= self.block_rows and not self.network.pads_rows):
             return fn(*rows_first)
         parts = [self._padded(fn, [None if t is None else t[s:s + self.block_rows] for t in rows_first])
                  for s in range(0, n, self.block_rows)]
         return parts[0] if len(parts) == 1 else tuple(torch.cat(p) for p in zip(*parts))
 
-    def _padded(self, fn, block: list):
+    def _padded(self, fn: Callable[..., tuple[torch.Tensor, ...]],
+                block: list[torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
         """``fn`` on one block's rows, padded to a power of two first where the network asks for it."""
         m = len(block[0])
         rows = min(self.block_rows, max(MIN_PADDED_ROWS, 1 << (m - 1).bit_length())) if self.network.pads_rows else m
-        if rows <= m or m == 0:
+        if rows <= m:
             return fn(*block)
         out = fn(*(None if t is None else torch.cat([t, t[-1:].expand(rows - m, *t.shape[1:])]) for t in block))
-        return tuple(o[:m] for o in out)
+        return tuple(o[:m].clone() for o in out)      # not views: the forward log keeps z_t for the whole half
 
     def _with_generator(self, state, generator):
         if self.stochastic:

@@ -25,7 +25,8 @@ The results equal :class:`~.model.DDTracking`'s up to float rounding (tests comp
 
 ``matmul_dtype=torch.bfloat16`` runs the large products (the spatial convolution and MLPs, the
 GRU, the denoiser's convolutions and FiLM projections) on bfloat16 copies of their matrices,
-each activation cast as it enters and the product, accumulated in float32, cast back; the
+each activation cast as it enters and the product, accumulated in float32 but returned in
+bfloat16 (a CPU's bfloat16 product gives no float32 output in torch 2.13), cast back; the
 norms, nonlinearities, the GRU's state and the sampler stay in the network's dtype. On CPUs with
 bfloat16 units (AMX, AVX512-BF16) these products run about 3-4x faster than in float32, and the
 steps move by a fraction of a degree (README, "Learned tracking"). oneDNN makes its bfloat16
@@ -45,6 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...errors import ConfigError
 from . import diffusion
 from .denoiser import Denoiser, FiLMResBlock
 from .encoders import TemporalEncoder, time_embedding
@@ -211,7 +213,8 @@ class _DenseGRU:
 
 
 class _DenseMlp:
-    """A spatial branch's Linear, GELU, Linear, each Linear as ``F.linear`` runs it (``addmm`` on the weight's transpose)."""
+    """A spatial branch's Linear, GELU, Linear, each Linear as ``F.linear`` runs it (``addmm`` on the weight's
+    transpose, so float32 results are bit for bit the module's)."""
 
     def __init__(self, layers: nn.Sequential, put: Callable[[Tensor], Tensor], mat: Callable[[Tensor], Tensor]):
         first, act, second = layers
@@ -240,6 +243,8 @@ class TrackingNetwork:
                  matmul_dtype: torch.dtype | None = None):
         first = next(model.parameters())
         self.device, self.dtype = torch.device(device or first.device), dtype or first.dtype
+        if matmul_dtype not in (None, torch.float32, torch.float64, torch.bfloat16):
+            raise ConfigError(f"the products' dtype must be float32, float64 or bfloat16, got {matmul_dtype}")
         self.matmul_dtype = matmul_dtype or self.dtype
         self.source = m = copy.deepcopy(model).to("cpu", torch.float64).eval()
         c = self.config = m.config
@@ -266,7 +271,8 @@ class TrackingNetwork:
         the products in bfloat16 still if they were."""
         if torch.device(device) == self.device and dtype == self.dtype:
             return self
-        return TrackingNetwork(self.source, device, dtype, None if self.matmul_dtype == self.dtype else self.matmul_dtype)
+        own = None if self.matmul_dtype == self.dtype else self.matmul_dtype
+        return TrackingNetwork(self.source, device, dtype, own)
 
     def initial(self, n: int) -> Tensor:
         """A fresh GRU state ``(n, layers, hidden)``."""
