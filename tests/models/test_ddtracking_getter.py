@@ -258,29 +258,40 @@ def test_a_step_in_blocks_of_rows_is_the_step_at_once(sh, stochastic):
     assert torch.equal(whole[-1], blocks[-1])             # the generator is left where one call leaves it
 
 
-@pytest.mark.parametrize("logged", [False, True])
-def test_the_backward_replay_in_blocks_is_the_replay_at_once(sh, logged):
-    """init_backward runs the GRU (and, without a usable log, the encoder) in the same blocks."""
-    g = DDTrackingGetter(model(), sh, max_angle=90)
-    rng = np.random.default_rng(1)
-    S, T = 20, 5
+def forward_half(seed: int, S: int = 20, T: int = 5):
+    """Seeds ``(S, 3)``, forward counts ``(S,)`` in 1..T and forward points ``(S, T, 3)`` (zero past the count)."""
+    rng = np.random.default_rng(seed)
     seeds = torch.as_tensor(rng.uniform(6, 10, (S, 3)), dtype=torch.float32)
     count = torch.as_tensor(rng.integers(1, T + 1, S))
     fwd = seeds[:, None] + torch.arange(1, T + 1.0)[None, :, None] * torch.tensor([0.6, 0.3, 0.1])
     fwd[torch.arange(T)[None, :] >= count[:, None]] = 0
+    return seeds, count, fwd
 
-    def replay(block_rows):
+
+def replay(g, seeds, count, fwd, logged: bool):
+    """init_backward's state, after the forward half's calls logging z_t when ``logged``; and that log."""
+    (S, T), state, entries = fwd.shape[:2], None, []
+    if logged:
+        state = g.init(seeds, torch.ones(S, 3))
+        for i in range(T + 1):
+            rows = torch.nonzero(count >= i)[:, 0]
+            points = torch.cat([seeds[:, None], fwd], dim=1)[rows, i]
+            g.directions(points, torch.ones(len(rows), 3), {**state, "h": state["h"][rows]})
+        entries = list(state["z_log"].entries)
+    return g.init_backward(seeds, -torch.ones(S, 3), fwd, count, forward_state=state)["h"], entries
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_the_backward_replay_in_blocks_is_the_replay_at_once(sh, logged):
+    """init_backward runs the GRU (and, without a usable log, the encoder) in the same blocks."""
+    g = DDTrackingGetter(model(), sh, max_angle=90)
+    half = forward_half(1)
+
+    def in_blocks(block_rows):
         g.block_rows = block_rows
-        state = None
-        if logged:                                 # the forward half's calls, logging z_t
-            state = g.init(seeds, torch.ones(S, 3))
-            for i in range(T + 1):
-                rows = torch.nonzero(count >= i)[:, 0]
-                points = torch.cat([seeds[:, None], fwd], dim=1)[rows, i]
-                g.directions(points, torch.ones(len(rows), 3), {**state, "h": state["h"][rows]})
-        return g.init_backward(seeds, -torch.ones(S, 3), fwd, count, forward_state=state)["h"]
+        return replay(g, *half, logged)[0]
 
-    torch.testing.assert_close(replay(3), replay(10_000), atol=1e-5, rtol=0)
+    torch.testing.assert_close(in_blocks(3), in_blocks(10_000), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("stochastic", [False, True])
@@ -354,27 +365,16 @@ def test_the_backward_replay_in_padded_blocks_is_the_replay_at_once(sh, logged, 
     """init_backward's GRU (and, without a usable log, the encoder on a column slice of the spatial matrix) in
     padded blocks: the states of the replay at once (float32 products, so that only the padding differs)."""
     g = DDTrackingGetter(model(), sh, max_angle=90)
-    rng = np.random.default_rng(5)
-    S, T = 20, 5
-    seeds = torch.as_tensor(rng.uniform(6, 10, (S, 3)), dtype=torch.float32)
-    count = torch.as_tensor(rng.integers(1, T + 1, S))
-    fwd = seeds[:, None] + torch.arange(1, T + 1.0)[None, :, None] * torch.tensor([0.5, 0.4, 0.1])
-    fwd[torch.arange(T)[None, :] >= count[:, None]] = 0
+    half = forward_half(5)
 
-    def replay(pad):
+    def padded(pad):
         monkeypatch.setattr(TrackingNetwork, "pads_rows", property(lambda self: pad))
-        state = None
-        if logged:
-            state = g.init(seeds, torch.ones(S, 3))
-            for i in range(T + 1):
-                rows = torch.nonzero(count >= i)[:, 0]
-                points = torch.cat([seeds[:, None], fwd], dim=1)[rows, i]
-                g.directions(points, torch.ones(len(rows), 3), {**state, "h": state["h"][rows]})
-            assert all(len(z) == len(z.untyped_storage()) // (z.shape[1] * z.element_size())
-                       for z in state["z_log"].entries)          # the log keeps its rows, not the padded block
-        return g.init_backward(seeds, -torch.ones(S, 3), fwd, count, forward_state=state)["h"]
+        h, log = replay(g, *half, logged)
+        # the log keeps its own rows, not the padded block they were cut from
+        assert all(z.untyped_storage().nbytes() == z.numel() * z.element_size() for z in log)
+        return h
 
-    torch.testing.assert_close(replay(True), replay(False), atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded(True), padded(False), atol=1e-5, rtol=0)
 
 
 def test_bfloat16_getter_takes_no_rows_and_refuses_other_dtypes(sh):
