@@ -218,6 +218,6 @@ def test_track_with_bfloat16_products(weights, subjects, tmp_path, monkeypatch, 
     assert abs(gap) <= 0.1 * np.median(runs["f32"]._lengths)
     assert json.loads((tmp_path / "bf16.json").read_text())["params"]["matmul_dtype"] == "bfloat16"
     assert json.loads((tmp_path / "f32.json").read_text())["params"]["matmul_dtype"] == "float32"
-    monkeypatch.setattr("difftract.pipeline.sources._cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr("difftract.pipeline.sources.cpu_has_bfloat16", lambda: False)
     assert main(["-q", "track", *common, "--matmul-dtype", "bfloat16", "--out", str(tmp_path / "emulated.trx")]) == 0
     assert "this CPU has no bfloat16 units" in capsys.readouterr().err

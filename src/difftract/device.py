@@ -37,3 +37,12 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"dtype must be float32 or float64, got {name!r}")
     return DTYPES[name]
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 units (AVX512-BF16 or AMX; True where torch cannot say). oneDNN's own
+    ``_is_mkldnn_bf16_supported`` asks only for AVX512 and is True where it emulates them."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return True

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..console import Console
+from ..device import cpu_has_bfloat16
 from ..errors import ConfigError
 from ..tracking.seeding import SEEDS_PER_VOXEL
 from .compute import Compute, memory_guard
@@ -84,15 +85,6 @@ class FodSource:
 
     def record(self) -> dict:
         return {"fod": self.description}
-
-
-def _cpu_has_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 units (AVX512-BF16 or AMX; True where torch cannot say). oneDNN's own
-    ``_is_mkldnn_bf16_supported`` asks only for AVX512 and is True where it emulates them."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return True
 
 
 def guide_config_of(meta: dict, options: TrackOptions):
@@ -180,7 +172,7 @@ class LearnedSource:
             log.warning("anisotropic voxels %s: DDTracking was trained in voxel units, so its steps and directions "
                         "are converted, but resampling to isotropic voxels matches training better",
                         tuple(round(float(v), 3) for v in voxel_sizes))
-        if options.matmul_dtype == "bfloat16" and compute.torch_device.type == "cpu" and not _cpu_has_bfloat16():
+        if options.matmul_dtype == "bfloat16" and compute.torch_device.type == "cpu" and not cpu_has_bfloat16():
             log.warning("--matmul-dtype bfloat16: this CPU has no bfloat16 units (AMX, AVX512-BF16), so its bfloat16 "
                         "products are emulated and may be slower than float32's")
         return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
