@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..models.ddtracking.defaults import MATMUL_DTYPES, check_model_choice
+from ..models.ddtracking.defaults import check_matmul_dtype, check_model_choice
 from .compute import Compute
 
 METHODS = ("ddtracking", "det", "prob")
@@ -82,10 +82,7 @@ class RunOptions:
         check_model_choice(self.weights, self.model)
         if self.fodf_guide and "ddtracking" not in self.methods:
             raise ConfigError("--fodf-guide only applies to --method ddtracking")
-        if self.matmul_dtype not in MATMUL_DTYPES:
-            raise ConfigError(f"--matmul-dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.matmul_dtype!r}")
-        if self.matmul_dtype != "float32" and "ddtracking" not in self.methods:
-            raise ConfigError("--matmul-dtype only applies to --method ddtracking")
+        check_matmul_dtype(self.matmul_dtype, "ddtracking" in self.methods)
         if self.fodf_guide:
             from ..models.ddtracking.guide import GuideConfig
 

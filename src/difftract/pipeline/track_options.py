@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..models.ddtracking.defaults import MATMUL_DTYPES
+from ..models.ddtracking.defaults import check_matmul_dtype
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,10 @@ class TrackOptions:
             raise ConfigError(f"--seeds-per-voxel must be at least 1, got {self.seeds_per_voxel}")
         if self.sampler_steps < 1:
             raise ConfigError(f"--sampler-steps must be at least 1, got {self.sampler_steps}")
-        if self.matmul_dtype not in MATMUL_DTYPES:
-            raise ConfigError(f"--matmul-dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.matmul_dtype!r}")
+        check_matmul_dtype(self.matmul_dtype, self.method == "ddtracking")
         learned_only = [f"--{k}" for k, on in (("stochastic", self.stochastic),
                                                ("sampler-steps", self.sampler_steps != 1),
-                                               ("fodf-guide", bool(self.fodf_guide)),
-                                               ("matmul-dtype", self.matmul_dtype != "float32")) if on]
+                                               ("fodf-guide", bool(self.fodf_guide))) if on]
         if learned_only and self.method != "ddtracking":
             raise ConfigError(f"{', '.join(learned_only)} only apply to --method ddtracking")
         self.guide_config()                     # a weight outside [0, 1] is refused before any fit

@@ -44,6 +44,14 @@ def check_model_choice(weights, model: str | None) -> None:
         raise ConfigError(f"--model must be one of {', '.join(SHIPPED_MODELS)}, got {model!r}")
 
 
+def check_matmul_dtype(matmul_dtype: str, ddtracking: bool) -> None:
+    """Refuse an unknown ``--matmul-dtype``, and bfloat16 products for a rule without a network."""
+    if matmul_dtype not in MATMUL_DTYPES:
+        raise ConfigError(f"--matmul-dtype must be one of {', '.join(MATMUL_DTYPES)}, got {matmul_dtype!r}")
+    if matmul_dtype != "float32" and not ddtracking:
+        raise ConfigError("--matmul-dtype only applies to --method ddtracking")
+
+
 @dataclass(frozen=True)
 class TrackingDefaults:
     """A model's own tracking settings.
