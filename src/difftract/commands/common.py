@@ -46,6 +46,15 @@ def add_compute_arguments(parser: argparse.ArgumentParser,
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
+def add_matmul_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """--matmul-dtype, DDTracking's products (``track``, ``run``, ``cohort``)."""
+    from ..models.ddtracking.defaults import MATMUL_DTYPES
+
+    parser.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32",
+                        help="DDTracking's large products (default: %(default)s: the tracking --dtype's; bfloat16: "
+                             "faster on CPUs with AMX or AVX512-BF16)")
+
+
 def add_training_run_arguments(parser, seed: int, device: str) -> None:
     """--seed, --device, --resume, --force: how every trainer's run starts (W is its --out weights)."""
     parser.add_argument("--seed", type=int, default=seed, help="(default: %(default)s)")

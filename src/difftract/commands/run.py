@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models.ddtracking.defaults import DEFAULT_MODEL, MATMUL_DTYPES, SHIPPED_MODELS
+from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
 from ..pipeline.run import DEFAULT_METHOD, FORMATS, METHODS
+from .common import add_matmul_dtype_argument
 
 EPILOG = """\
 outputs (in OUT):
@@ -61,8 +62,7 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
                    help="DDTracking: move each step the fraction W of the way to the CSD fODF peak it points at "
                         "(fod.nii.gz is fitted for it); 0: the network alone (default: the weight validated for the "
                         "model, 0.3 for --model full and 0.7 for fast; 0 for other --weights)")
-    p.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32", help="DDTracking's large products "
-                   "(default: %(default)s: the tracking --dtype's; bfloat16: faster on CPUs with AMX or AVX512-BF16)")
+    add_matmul_dtype_argument(p)
     p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
     if stop_mask:
         p.add_argument("--stop-mask", type=Path, metavar="M",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io.sh import BASES as SH_BASES
-from ..models.ddtracking.defaults import DEFAULT_MODEL, MATMUL_DTYPES, SHIPPED_MODELS
-from .common import add_compute_arguments, add_scan_arguments, load_scan, scan_inputs
+from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
+from .common import add_compute_arguments, add_matmul_dtype_argument, add_scan_arguments, load_scan, scan_inputs
 
 EPILOG = """\
 direction rules (--method):
@@ -78,8 +78,7 @@ def add_parser(sub) -> None:
                    help="DDTracking: move each step the fraction W of the way to the CSD fODF peak it points at "
                         "(--sh, or fitted); 0: the network alone (default: the weight validated for the model, 0.3 for "
                         "--model full and 0.7 for fast; 0 for other --weights)")
-    p.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32", help="DDTracking's large products "
-                   "(default: %(default)s: the tracking --dtype's; bfloat16: faster on CPUs with AMX or AVX512-BF16)")
+    add_matmul_dtype_argument(p)
     p.add_argument("--sh", type=Path, metavar="FOD",
                    help="fODF SH volume to track, or to guide DDTracking with (default: fit CSD)")
     p.add_argument("--sh-basis", choices=SH_BASES, help="basis of --sh (default: from its JSON sidecar)")
