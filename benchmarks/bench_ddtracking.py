@@ -412,6 +412,11 @@ def print_columns(columns: dict[str, dict[str, dict]]) -> None:
             print(f"{'':{len(col) + 3}}{rule:24} " + " ".join(f"{r[k]:6.3f}" for k, _ in keys) + spread)
 
 
+def classical_rows(no_dipy: bool) -> list[str]:
+    """The classical rows the margins are taken against (DIPY's left out with ``--no-dipy``)."""
+    return [r for r in CLASSICAL if not (no_dipy and r.startswith("dipy"))]
+
+
 def measure_targets(check, columns: dict[str, dict[str, dict]], row: str, no_dipy: bool) -> None:
     tests = [c for c in TESTS if c in columns]
     if not tests:
@@ -419,7 +424,7 @@ def measure_targets(check, columns: dict[str, dict[str, dict]], row: str, no_dip
                      "nc_tests", "ib_over_det_tests", "vb_fraction_tests", "nc_true_peaks_tests", "f1_true_peaks_tests"):
             check.unmeasured(name, "no test column was run")
         return
-    classical = [r for r in CLASSICAL if not (no_dipy and r.startswith("dipy"))]
+    classical = classical_rows(no_dipy)
 
     def mean(f):
         return float(np.mean([f(columns[c]) for c in tests]))
@@ -439,7 +444,7 @@ def found_and_missed(check, tables: dict[str, dict[str, dict]], row: str, no_dip
     """The F1 margin's two parts (:mod:`_bundles`): the bundles ``row`` missed where a classical row found one,
     per test phantom, and its F1 margin on the bundles both found, per test column and on their mean."""
     tests = [c for c in TESTS if c in tables]
-    classical = [r for r in CLASSICAL if not (no_dipy and r.startswith("dipy"))]
+    classical = classical_rows(no_dipy)
     if not tests:
         check.unmeasured("f1_margin_common_bundles_tests", "no test column was run")
         return {}
