@@ -226,33 +226,40 @@ def test_anisotropic_voxels_move_along_the_networks_voxel_direction(phantom, sh)
     torch.testing.assert_close(torch.nn.functional.normalize(move, dim=1), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("stochastic", [False, True])
-def test_a_step_in_blocks_of_rows_is_the_step_at_once(sh, stochastic):
-    """On a CPU the network takes a step's rows in blocks; the directions, states and logged ``z_t``
-    are those of one call, and a stochastic step draws the same numbers from the generator."""
-    g = DDTrackingGetter(model(), sh, max_angle=90, steps=3, stochastic=stochastic)
-    rng = np.random.default_rng(0)
-    n = 50
+def blocked_steps(g: DDTrackingGetter, monkeypatch, seed: int, n: int = 50):
+    """A step of ``g`` on ``n`` random rows, in blocks of ``block_rows`` and padded or not: the step's directions,
+    validity, states and logged ``z_t``, the generator's next draws, and the row counts the network was called
+    with."""
+    rng = np.random.default_rng(seed)
     points = torch.as_tensor(rng.uniform(4, 12, (n, 3)), dtype=torch.float32)
     prev = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, 3)), dtype=torch.float32), dim=-1)
     h0 = torch.as_tensor(rng.normal(size=tuple(g.network.initial(n).shape)), dtype=torch.float32)
-    step_rows = []
+    calls = []
     network_step = g._step
-    g._step = lambda points, *rest: step_rows.append(len(points)) or network_step(points, *rest)
+    g._step = lambda points, *rest: calls.append(len(points)) or network_step(points, *rest)
 
-    def step(block_rows):
+    def step(block_rows: int, pad: bool = False):
+        monkeypatch.setattr(TrackingNetwork, "pads_rows", property(lambda self: pad))
         g.block_rows = block_rows
-        step_rows.clear()
+        calls.clear()
         generator = torch.Generator().manual_seed(3)
         state = g.init(points, prev, generator)
         state["h"] = h0.clone()
         dirs, valid, new = g.directions(points, prev, state)
-        return dirs, valid, new["h"], state["z_log"].entries[0], torch.rand(4, generator=generator)
+        return (dirs, valid, new["h"], state["z_log"].entries[0], torch.rand(4, generator=generator)), list(calls)
 
-    whole = step(10_000)
-    assert step_rows == [50]
-    blocks = step(7)
-    assert step_rows == [7] * 7 + [1]
+    return step
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_a_step_in_blocks_of_rows_is_the_step_at_once(sh, stochastic, monkeypatch):
+    """On a CPU the network takes a step's rows in blocks; the directions, states and logged ``z_t``
+    are those of one call, and a stochastic step draws the same numbers from the generator."""
+    step = blocked_steps(DDTrackingGetter(model(), sh, max_angle=90, steps=3, stochastic=stochastic), monkeypatch, 0)
+    whole, rows = step(10_000)
+    assert rows == [50]
+    blocks, rows = step(7)
+    assert rows == [7] * 7 + [1]
     for a, b in zip(whole, blocks):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert torch.equal(whole[-1], blocks[-1])             # the generator is left where one call leaves it
@@ -299,31 +306,16 @@ def test_padded_blocks_give_the_rows_of_unpadded_ones(sh, stochastic, monkeypatc
     """Where the network asks for it (bfloat16 products on a CPU), each block is padded to a power of two
     of at least MIN_PADDED_ROWS rows (at most block_rows) and cut back: the same directions, states and
     draws as without padding (float32 here, so that only the padding differs)."""
-    g = DDTrackingGetter(model(), sh, max_angle=90, steps=3, stochastic=stochastic)
-    rng = np.random.default_rng(2)
-    n = 50
-    points = torch.as_tensor(rng.uniform(4, 12, (n, 3)), dtype=torch.float32)
-    prev = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, 3)), dtype=torch.float32), dim=-1)
-    step_rows = []
-    network_step = g._step
-    g._step = lambda points, *rest: step_rows.append(len(points)) or network_step(points, *rest)
-
-    def step(block_rows, pad):
-        monkeypatch.setattr(TrackingNetwork, "pads_rows", property(lambda self: pad))
-        g.block_rows = block_rows
-        step_rows.clear()
-        state = g.init(points, prev, torch.Generator().manual_seed(3))
-        dirs, valid, new = g.directions(points, prev, state)
-        return dirs, valid, new["h"], state["z_log"].entries[0]
-
-    plain = step(10_000, False)
-    assert step_rows == [50]
-    for block_rows, rows in ((10_000, [max(MIN_PADDED_ROWS, 64)]), (40, [40, 40]), (20, [20, 20, 20])):
-        padded = step(block_rows, True)
-        assert step_rows == rows
-        assert [len(t) for t in padded] == [n] * 4
+    step = blocked_steps(DDTrackingGetter(model(), sh, max_angle=90, steps=3, stochastic=stochastic), monkeypatch, 2)
+    plain, rows = step(10_000)
+    assert rows == [50]
+    for block_rows, expected in ((10_000, [max(MIN_PADDED_ROWS, 64)]), (40, [40, 40]), (20, [20, 20, 20])):
+        padded, rows = step(block_rows, pad=True)
+        assert rows == expected
+        assert [len(t) for t in padded[:4]] == [50] * 4
         for a, b in zip(plain, padded):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        assert torch.equal(plain[-1], padded[-1])         # padding draws nothing
 
 
 def test_bfloat16_products_track_as_float32_to_a_fraction_of_a_degree(sh):
@@ -356,7 +348,7 @@ def test_matmul_dtype_is_checked_and_only_for_ddtracking():
     assert TrackOptions(method="ddtracking", matmul_dtype="bfloat16").matmul_dtype == "bfloat16"
     with pytest.raises(ConfigError, match="--matmul-dtype must be one of float32, bfloat16"):
         TrackOptions(method="ddtracking", matmul_dtype="float16")
-    with pytest.raises(ConfigError, match="--matmul-dtype only apply to --method ddtracking"):
+    with pytest.raises(ConfigError, match="--matmul-dtype only applies to --method ddtracking"):
         TrackOptions(method="det", matmul_dtype="bfloat16")
 
 
