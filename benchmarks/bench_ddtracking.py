@@ -47,7 +47,8 @@ is what ``difftract track`` and ``run`` use by default; ``--fodf-guide 0.3,0.5``
 other weights. The targets, the stochastic row, the reproducibility checks and the speed target
 use each model's default weight; ``--target-guide W`` sets the target model's (0: the network alone).
 ``--bf16`` adds each model's default row with its large products in bfloat16 (``track
---matmul-dtype bfloat16``), scored and timed.
+--matmul-dtype bfloat16``), scored and timed. ``--symmetries inversion,perms`` adds each model's
+default row averaged over those groups of the grid's symmetries (``track --symmetries``), scored.
 ``--ablation DIR`` adds a row per variant of the paper's ablation (``DIR/{variant}.pt``, from
 ``scripts/train_ddtracking_ablation.sh``) on the test columns. ``--stochastic`` adds the target
 model's stochastic S = 5 row and, per column, the angle between each step in a crossing voxel
@@ -92,6 +93,7 @@ from difftract.models.ddtracking.data import input_sh
 from difftract.models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS, TrackingDefaults
 from difftract.models.ddtracking.getter import DDTrackingGetter, load_ddtracking
 from difftract.models.ddtracking.guide import FodfGuide, GuideConfig
+from difftract.models.ddtracking.symmetrise import check_symmetries
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from difftract.reconst.csd import CsdModel
 from difftract.tracking.getters import make_getter
@@ -213,17 +215,18 @@ class Subject:
                        self.params(step_mm, integrator))
 
     def learned(self, loaded: tuple, steps: int, stochastic: bool, guide: float = 0.0,
-                matmul_dtype: torch.dtype | None = None, **kw) -> Tracker:
+                matmul_dtype: torch.dtype | None = None, symmetries: str = "none", **kw) -> Tracker:
         """DDTracking, ``loaded`` as :func:`load_ddtracking` returns it, at its weights' step
         (:class:`TrackingDefaults`: 1 voxel for the shipped models), guided by the CSD fODF ``det``
-        tracks with weight ``guide`` (0: the network alone), its products in ``matmul_dtype``."""
+        tracks with weight ``guide`` (0: the network alone), its products in ``matmul_dtype``, its
+        directions averaged over the grid ``symmetries`` (:mod:`difftract.models.ddtracking.symmetrise`)."""
         model, meta = loaded
         kind = model.config.input
         if kind not in self.inputs:
             self.inputs[kind] = input_sh(self.dwi, kind)
         fodf_guide = FodfGuide(self.field, GuideConfig(weight=guide)) if guide else None
         getter = DDTrackingGetter(model, self.inputs[kind], 45.0, steps, stochastic, self.vox, guide=fodf_guide,
-                                  matmul_dtype=matmul_dtype)
+                                  matmul_dtype=matmul_dtype, symmetries=symmetries)
         return Tracker(getter, self.criterion, self.vox, self.params(TrackingDefaults.from_meta(meta).step_mm(self.vox)),
                        **kw)
 
@@ -299,6 +302,9 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true",
                     help="add each model's default row with bfloat16 products (track --matmul-dtype bfloat16), "
                          "scored and in the speed run")
+    ap.add_argument("--symmetries", type=lambda v: [check_symmetries(g) for g in v.split(",")], default=(),
+                    metavar="G[,G...]", help="add each model's default row averaged over these groups of grid "
+                    "symmetries (track --symmetries; models/ddtracking/symmetrise.py)")
     ap.add_argument("--speed-seeds", type=int, default=10_000, help="seeds of the speed run (0: skip it)")
     ap.add_argument("--busy", action="store_true", help="rerun the speed run beside one busy process")
     ap.add_argument("--threads", type=int, default=2)
@@ -359,6 +365,9 @@ def main() -> None:
                 if args.bf16:
                     add(f"{guided(name, defaults[name])} bf16", *run(s.learned(
                         loaded, 1, False, defaults[name], torch.bfloat16, chunk_size=10_000), s.seeds))
+                for group in args.symmetries:
+                    add(f"{guided(name, defaults[name])} G={group}", *run(s.learned(
+                        loaded, 1, False, defaults[name], symmetries=group, chunk_size=10_000), s.seeds))
             if col != "seen":
                 for variant, loaded in ablation.items():
                     add(f"ablation {variant}", *run(s.learned(loaded, 1, False, chunk_size=10_000), s.seeds))

@@ -26,6 +26,7 @@ from bench_ddtracking import SCHEME, Subject, run
 from difftract.eval.tractometer import score
 from difftract.models.ddtracking.getter import load_ddtracking
 from difftract.models.ddtracking.guide import GuideConfig
+from difftract.models.ddtracking.symmetrise import check_symmetries
 from difftract.phantom import PhantomConfig, save_phantom, simulate
 from foreign import ForeignConfig, build_foreign, save_foreign
 
@@ -50,6 +51,11 @@ def phantoms(work: Path) -> list[Path]:
     return out
 
 
+def row(weight: float, symmetries: str) -> str:
+    """A row's name: its guide weight, and its symmetries unless none."""
+    return f"W = {weight:g}" + ("" if symmetries == "none" else f", G = {symmetries}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="where the validation phantoms are written")
@@ -57,6 +63,8 @@ def main() -> None:
     ap.add_argument("--guides", default="0,0.3,0.5,0.7", help="--fodf-guide weights to compare (default: %(default)s)")
     ap.add_argument("--stochastic", action="store_true", help="the stochastic S = 5 sampler instead of S = 1")
     ap.add_argument("--classical", action="store_true", help="add the det and prob rows")
+    ap.add_argument("--symmetries", default="none", help="grid symmetries to average over, comma-separated "
+                    "(models/ddtracking/symmetrise.py; default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,26 +72,30 @@ def main() -> None:
     weights = [float(w) for w in args.guides.split(",")]
     for w in weights:
         GuideConfig(weight=w)                     # refused before the phantoms are simulated
+    groups = [check_symmetries(g) for g in args.symmetries.split(",")]
     steps = 5 if args.stochastic else 1
     rows: dict[str, list[list[float]]] = {}
     for directory in phantoms(args.work):
         s = Subject(directory, 1, 3000)
         trackers = {m: s.classical(m) for m in (("det", "prob") if args.classical else ())}
-        trackers |= {f"W = {w:g}": s.learned(loaded, steps, args.stochastic, w, chunk_size=10_000) for w in weights}
+        trackers |= {row(w, g): s.learned(loaded, steps, args.stochastic, w, symmetries=g, chunk_size=10_000)
+                     for g in groups for w in weights}
         for name, tracker in trackers.items():
             lines, seconds = run(tracker, s.seeds)
             r = score(lines, s.config).scores
             rows.setdefault(name, []).append([r["VS_ratio"], r["NC_ratio"], r["IB"], r["mean_f1"]])
-            print(f"{directory.name:24} {name:8} VC {r['VS_ratio']:.3f} NC {r['NC_ratio']:.3f} IB {r['IB']:3} "
+            print(f"{directory.name:24} {name:22} VC {r['VS_ratio']:.3f} NC {r['NC_ratio']:.3f} IB {r['IB']:3} "
                   f"F1 {r['mean_f1']:.3f} ({seconds:.1f} s)", flush=True)
     print(f"\nmeans over {len(OURS) + len(FOREIGN)} validation phantoms ({args.model}, S = {steps}"
           f"{', stochastic' if args.stochastic else ''}):")
     means = {name: np.mean(v, axis=0) for name, v in rows.items()}
     for name, (vc, nc, ib, f1) in means.items():
-        print(f"  {name:8} VC {vc:.3f} NC {nc:.3f} IB {ib:5.1f} F1 {f1:.3f}")
+        print(f"  {name:22} VC {vc:.3f} NC {nc:.3f} IB {ib:5.1f} F1 {f1:.3f}")
+    if groups != ["none"]:
+        print(f"(symmetries compared at each weight; the rule below reads the rows without them)")
     alone = means.get("W = 0")
     if alone is not None:
-        allowed = {n: m for n, m in means.items() if n.startswith("W =") and m[0] >= alone[0] - VC_SLACK}
+        allowed = {n: m for n, m in means.items() if n.startswith("W =") and "," not in n and m[0] >= alone[0] - VC_SLACK}
         chosen = max(allowed, key=lambda n: allowed[n][3])
         print(f"chosen (largest F1 with VC within {VC_SLACK} of the network alone): {chosen}")
         if not args.stochastic:     # the default of track and run for these weights (models/ddtracking/defaults.py)

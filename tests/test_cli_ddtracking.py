@@ -221,3 +221,25 @@ def test_track_with_bfloat16_products(weights, subjects, tmp_path, monkeypatch, 
     monkeypatch.setattr("difftract.pipeline.sources.cpu_has_bfloat16", lambda: False)
     assert main(["-q", "track", *common, "--matmul-dtype", "bfloat16", "--out", str(tmp_path / "emulated.trx")]) == 0
     assert "this CPU has no bfloat16 units" in capsys.readouterr().err
+
+
+def test_track_with_symmetries(weights, subjects, tmp_path, capsys):
+    """--symmetries: the same run twice the same tractogram, another than the network alone's, the group in the
+    sidecar; refused with a classical rule (exit 2)."""
+    d = subjects[1]
+    common = [*map(str, scan_args(d)), "--method", "ddtracking", "--weights", str(weights), "--seeds-per-voxel", "1",
+              "--min-len-mm", "0", "--seed", "4"]
+    runs = {}
+    for name, extra in (("alone", []), ("swap", ["--symmetries", "swap"]), ("swap2", ["--symmetries", "swap"])):
+        out = tmp_path / f"{name}.trx"
+        assert main(["-q", "track", *common, *extra, "--out", str(out)]) == 0
+        runs[name] = load_tractogram(out).streamlines
+    assert len(runs["swap"]) > 0 and np.array_equal(runs["swap"].get_data(), runs["swap2"].get_data())
+    assert len(runs["swap"]) != len(runs["alone"]) or not np.array_equal(runs["swap"].get_data(),
+                                                                         runs["alone"].get_data())
+    assert json.loads((tmp_path / "swap.json").read_text())["params"]["symmetries"] == "swap"
+    assert json.loads((tmp_path / "alone.json").read_text())["params"]["symmetries"] == "none"
+    capsys.readouterr()
+    assert main(["-q", "track", *map(str, scan_args(d)), "--symmetries", "perms", "--out", str(tmp_path / "d.trx")]) == 2
+    assert "--symmetries only applies to --method ddtracking" in capsys.readouterr().err
+    assert not (tmp_path / "d.trx").exists()

@@ -191,6 +191,10 @@ def test_run_options_refuse_what_cannot_work(subject):
         RunOptions(methods=("det",), matmul_dtype="bfloat16")
     with pytest.raises(ConfigError, match="--matmul-dtype must be one of float32, bfloat16"):
         RunOptions(methods=("ddtracking",), matmul_dtype="float16")
+    with pytest.raises(ConfigError, match="--symmetries only applies to --method ddtracking"):
+        RunOptions(methods=("det",), symmetries="swap")
+    with pytest.raises(ConfigError, match="unknown DDTracking symmetries 'mirror'"):
+        RunOptions(methods=("ddtracking",), symmetries="mirror")
     for bad in (1.5, -0.1, float("nan")):        # refused before any fit
         with pytest.raises(ConfigError, match="--fodf-guide must be in"):
             RunOptions(methods=("ddtracking",), fodf_guide=bad)

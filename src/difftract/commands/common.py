@@ -46,13 +46,18 @@ def add_compute_arguments(parser: argparse.ArgumentParser,
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
-def add_matmul_dtype_argument(parser: argparse.ArgumentParser) -> None:
-    """--matmul-dtype, DDTracking's products (``track``, ``run``, ``cohort``)."""
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """--matmul-dtype and --symmetries, how DDTracking's network runs (``track``, ``run``, ``cohort``)."""
     from ..models.ddtracking.defaults import MATMUL_DTYPES
+    from ..models.ddtracking.symmetrise import SUBGROUPS
 
     parser.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32",
                         help="DDTracking's large products (default: %(default)s: the tracking --dtype's; bfloat16: "
                              "faster on CPUs with AMX or AVX512-BF16)")
+    parser.add_argument("--symmetries", choices=list(SUBGROUPS), default="none",
+                        help="DDTracking: average each step over this group of the voxel grid's symmetries, one "
+                             "network copy per member, so that the tracks turn with the scan (inversion and swap: "
+                             "2 copies, perms 6, flips 8, all 48; default: %(default)s)")
 
 
 def add_training_run_arguments(parser, seed: int, device: str) -> None:

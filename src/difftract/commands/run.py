@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
 from ..pipeline.run import DEFAULT_METHOD, FORMATS, METHODS
-from .common import add_matmul_dtype_argument
+from .common import add_network_arguments
 
 EPILOG = """\
 outputs (in OUT):
@@ -62,7 +62,7 @@ def add_run_options(p: argparse.ArgumentParser, stop_mask: bool) -> None:
                    help="DDTracking: move each step the fraction W of the way to the CSD fODF peak it points at "
                         "(fod.nii.gz is fitted for it); 0: the network alone (default: the weight validated for the "
                         "model, 0.3 for --model full and 0.7 for fast; 0 for other --weights)")
-    add_matmul_dtype_argument(p)
+    add_network_arguments(p)
     p.add_argument("--format", choices=FORMATS, default="trx", help="tractogram format (default: %(default)s)")
     if stop_mask:
         p.add_argument("--stop-mask", type=Path, metavar="M",
@@ -97,7 +97,7 @@ def run_options(args: argparse.Namespace, stop_mask: Path | None = None):
                       stop_mask=stop_mask, fa_threshold=args.fa_threshold,
                       seeds_per_voxel=args.seeds_per_voxel, seed=args.seed, min_len_mm=args.min_len_mm,
                       shell=args.shell, lmax=args.lmax, fodf_guide=args.fodf_guide, zero_nonfinite=args.zero_nonfinite,
-                      matmul_dtype=args.matmul_dtype,
+                      matmul_dtype=args.matmul_dtype, symmetries=args.symmetries,
                       compute=Compute(device=args.device, chunk_size=args.chunk_size))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io.sh import BASES as SH_BASES
 from ..models.ddtracking.defaults import DEFAULT_MODEL, SHIPPED_MODELS
-from .common import add_compute_arguments, add_matmul_dtype_argument, add_scan_arguments, load_scan, scan_inputs
+from .common import add_compute_arguments, add_network_arguments, add_scan_arguments, load_scan, scan_inputs
 
 EPILOG = """\
 direction rules (--method):
@@ -78,7 +78,7 @@ def add_parser(sub) -> None:
                    help="DDTracking: move each step the fraction W of the way to the CSD fODF peak it points at "
                         "(--sh, or fitted); 0: the network alone (default: the weight validated for the model, 0.3 for "
                         "--model full and 0.7 for fast; 0 for other --weights)")
-    add_matmul_dtype_argument(p)
+    add_network_arguments(p)
     p.add_argument("--sh", type=Path, metavar="FOD",
                    help="fODF SH volume to track, or to guide DDTracking with (default: fit CSD)")
     p.add_argument("--sh-basis", choices=SH_BASES, help="basis of --sh (default: from its JSON sidecar)")
@@ -133,7 +133,7 @@ def cmd_track(args: argparse.Namespace) -> int:
                            max_angle=args.max_angle, min_len_mm=args.min_len_mm, max_len_mm=args.max_len_mm,
                            integrator=args.integrator, pmf_threshold=args.pmf_threshold, valid_only=args.valid_only,
                            sampler_steps=args.sampler_steps, stochastic=args.stochastic, fodf_guide=args.fodf_guide,
-                           matmul_dtype=args.matmul_dtype, seed=args.seed)
+                           matmul_dtype=args.matmul_dtype, symmetries=args.symmetries, seed=args.seed)
     compute = Compute(device=args.device, dtype=args.dtype, chunk_size=args.chunk_size)
     group = join(compute.torch_device)     # under torchrun: each rank on its own device, rank 0 speaks
     console = Console(quiet=args.quiet or (group is not None and not group.leader))

@@ -133,7 +133,8 @@ def run_into(subject: Subject, dwi, directory: Path, options: RunOptions, *, con
             source = _learned_input_stage(subject, dwi, directory, learned, options, console, guide)
             # the weight is written out, so that the line repeats this run whatever a later default
             track_extra = {"weights": options.weights, "model": options.model, "fodf_guide": weight,
-                           "matmul_dtype": None if options.matmul_dtype == "float32" else options.matmul_dtype}
+                           "matmul_dtype": None if options.matmul_dtype == "float32" else options.matmul_dtype,
+                           "symmetries": None if options.symmetries == "none" else options.symmetries}
             if guide is not None:
                 track_extra |= {"sh": directory / "fod.nii.gz"}
         else:
@@ -269,7 +270,8 @@ def _track_stage(subject, dwi, tracks: Path, method: str, source, stop, stop_pat
     track_options = TrackOptions(method=method, seeds_per_voxel=options.seeds_per_voxel,
                                  min_len_mm=options.min_len_mm, seed=options.seed,
                                  fodf_guide=extra.get("fodf_guide") if method == "ddtracking" else None,
-                                 matmul_dtype=extra.get("matmul_dtype") or "float32")
+                                 matmul_dtype=extra.get("matmul_dtype") or "float32",
+                                 symmetries=extra.get("symmetries") or "none")
     line = command_line("track", subject.dwi, subject.bval, subject.bvec, mask=subject.mask,
                         zero_nonfinite=options.zero_nonfinite, stop_mask=stop_path, method=method,
                         seeds_per_voxel=options.seeds_per_voxel, min_len_mm=options.min_len_mm, seed=options.seed,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..models.ddtracking.defaults import check_matmul_dtype, check_model_choice
+from ..models.ddtracking.symmetrise import check_symmetries
 from .compute import Compute
 
 METHODS = ("ddtracking", "det", "prob")
@@ -52,6 +53,8 @@ class RunOptions:
         weights); 0 without ``ddtracking``.
     matmul_dtype : {"float32", "bfloat16"}
         DDTracking: the dtype of its network's large products (``track --matmul-dtype``).
+    symmetries : str
+        DDTracking: the grid symmetries each step is averaged over (``track --symmetries``).
     """
 
     methods: tuple[str, ...] = (DEFAULT_METHOD,)
@@ -68,6 +71,7 @@ class RunOptions:
     peaks: bool = False
     fodf_guide: float | None = None
     matmul_dtype: str = "float32"
+    symmetries: str = "none"
     zero_nonfinite: bool = False
     compute: Compute = field(default_factory=Compute)
 
@@ -83,6 +87,7 @@ class RunOptions:
         if self.fodf_guide and "ddtracking" not in self.methods:
             raise ConfigError("--fodf-guide only applies to --method ddtracking")
         check_matmul_dtype(self.matmul_dtype, "ddtracking" in self.methods)
+        check_symmetries(self.symmetries, "ddtracking" in self.methods)
         if self.fodf_guide:
             from ..models.ddtracking.guide import GuideConfig
 

@@ -177,7 +177,7 @@ class LearnedSource:
                         "products are emulated and may be slower than float32's")
         return DDTrackingGetter(self.model, self.sh, options.max_angle, options.sampler_steps, options.stochastic,
                                 voxel_sizes=voxel_sizes, guide=self.guide(options, compute, console),
-                                matmul_dtype=getattr(torch, options.matmul_dtype))
+                                matmul_dtype=getattr(torch, options.matmul_dtype), symmetries=options.symmetries)
 
     def guide_config(self, options: TrackOptions):
         """:func:`guide_config_of` this network."""

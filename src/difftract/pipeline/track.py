@@ -156,6 +156,7 @@ def track(dwi: Grid, out: Path, source: FodSource | LearnedSource, stopping: Sto
     # the products' dtype as run: float32 means the tracking dtype's (float64 with --dtype float64)
     products = "bfloat16" if options.matmul_dtype == "bfloat16" else str(dtype).removeprefix("torch.")
     learned = {"sampler_steps": options.sampler_steps, "stochastic": options.stochastic, "matmul_dtype": products,
+               "symmetries": options.symmetries,
                **source.guide_record(options)} if isinstance(source, LearnedSource) else {}
     record = provenance("track", {"method": options.method, **params.to_dict(), "max_angle": options.max_angle,
                                   "pmf_threshold": options.pmf_threshold, "stopping": stopping.description,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..models.ddtracking.defaults import check_matmul_dtype
+from ..models.ddtracking.symmetrise import check_symmetries
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class TrackOptions:
     stochastic: bool = False
     fodf_guide: float | None = None       # DDTracking: the CSD fODF's weight (models/ddtracking/guide.py); the model's
     matmul_dtype: str = "float32"         # DDTracking: its large products' dtype, float32 or bfloat16 (inference.py)
+    symmetries: str = "none"            # DDTracking: the grid symmetries each step is averaged over (symmetrise.py)
     seed: int = 0
 
     def __post_init__(self):
@@ -39,6 +41,7 @@ class TrackOptions:
         if self.sampler_steps < 1:
             raise ConfigError(f"--sampler-steps must be at least 1, got {self.sampler_steps}")
         check_matmul_dtype(self.matmul_dtype, self.method == "ddtracking")
+        check_symmetries(self.symmetries, self.method == "ddtracking")
         learned_only = [f"--{k}" for k, on in (("stochastic", self.stochastic),
                                                ("sampler-steps", self.sampler_steps != 1),
                                                ("fodf-guide", bool(self.fodf_guide))) if on]

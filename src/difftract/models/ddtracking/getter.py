@@ -10,7 +10,10 @@ batched together. Per step, at the current points:
    ``steps`` sampler steps from ``y_1 = 0`` (deterministic) or ``y_1 ~ N(0, I)``
    (``stochastic``; draws from the tracker's per-chunk generator, so ``--seed`` fixes
    them);
-4. with a ``guide``, it is moved part of the way to the CSD fODF peak it points at (:mod:`.guide`);
+4. with ``symmetries``, steps 1-3 run once per member ``R`` of a group of the grid's symmetries, on the
+   turned input with a GRU state of their own, and the direction is the mean of the ``R^T d_R``
+   (:mod:`.symmetrise`); with a ``guide``, it is then moved part of the way to the CSD fODF peak
+   it points at (:mod:`.guide`);
 5. it is invalid (the half ends) off the grid or more than ``max_angle`` from ``d_{t-1}``:
    the model's output is a direction with a sign, so turning back is a turn of > 90 degrees.
 
@@ -49,6 +52,7 @@ from .features import samples
 from .guide import FodfGuide
 from .inference import TrackingNetwork
 from .model import DDTracking, build_model
+from .symmetrise import Symmetries
 
 # Rows of a tracking step the network takes at once on a CPU. Its activations for a block stay
 # in the caches: on the brain phantom's SH, one thread, 13,600 rows ran 1.3-1.4x (``full``) and
@@ -104,6 +108,10 @@ class DDTrackingGetter:
         ``torch.bfloat16``: the network's large products in bfloat16 (:mod:`.inference`); on a
         CPU each block of rows is then padded to a power of two of at least :data:`MIN_PADDED_ROWS`
         rows, so that oneDNN makes its kernels for a few row counts only.
+    symmetries : str
+        A group of the voxel grid's symmetries (:data:`.symmetrise.SUBGROUPS`) to average
+        each direction over, one network copy per element (:mod:`.symmetrise`); ``"none"``: the
+        network once.
 
     Use the Euler integrator: RK2/RK4's intermediate evaluations would advance the GRU at
     points the streamline never reaches.
@@ -113,7 +121,8 @@ class DDTrackingGetter:
     cos_max_angle: float
 
     def __init__(self, model: DDTracking, sh, max_angle: float = 45.0, steps: int = 1, stochastic: bool = False,
-                 voxel_sizes=(1.0, 1.0, 1.0), guide: FodfGuide | None = None, matmul_dtype: torch.dtype | None = None):
+                 voxel_sizes=(1.0, 1.0, 1.0), guide: FodfGuide | None = None, matmul_dtype: torch.dtype | None = None,
+                 symmetries: str = "none"):
         if steps < 1:
             raise ConfigError(f"--sampler-steps must be at least 1, got {steps}")
         sh = grid_volume(np.asarray(sh, dtype=np.float32) if not isinstance(sh, torch.Tensor) else sh)
@@ -133,7 +142,11 @@ class DDTrackingGetter:
         self.sphere = torch.as_tensor(np.asarray(default_sphere().vertices), dtype=sh.dtype)   # (V, 3) hemisphere
         self.basis = torch.as_tensor(sh_basis(self.sphere.numpy(), 2, False)[0], dtype=sh.dtype)   # (V, 6)
         self.peak_sign = -1.0 if self.network.config.input == "fodf" else 1.0   # seeds: argmin of sign * amplitude
-        self.block_rows = CPU_BLOCK_ROWS         # rows per network call on a CPU (:meth:`_in_blocks`)
+        self.symmetries = (None if symmetries == "none" else                   # (the name is checked either way)
+                           Symmetries(symmetries, model.config.n_coeffs, sh.device, sh.dtype))
+        self.copies = 1 if self.symmetries is None else len(self.symmetries)
+        # streamlines per network call on a CPU (:meth:`_in_blocks`): CPU_BLOCK_ROWS network rows
+        self.block_rows = max(1, CPU_BLOCK_ROWS // self.copies)
 
     def to(self, device, dtype):
         """A copy on ``device`` in ``dtype``, rebuilt from the weights read when this getter was made."""
@@ -141,6 +154,7 @@ class DDTrackingGetter:
         out.__dict__.update(self.__dict__)
         out.network = self.network.to(device, dtype)
         out.guide = None if self.guide is None else self.guide.to(device, dtype)
+        out.symmetries = None if self.symmetries is None else self.symmetries.to(device, dtype)
         out.sh, out.sphere, out.basis, out.voxel_sizes = (
             t.to(device=device, dtype=dtype) for t in (self.sh, self.sphere, self.basis, self.voxel_sizes))
         return out
@@ -177,21 +191,27 @@ class DDTrackingGetter:
         c = self.network.config
         guide = 0 if self.guide is None else self.guide.bytes_per_seed(dtype_bytes)
         if self.sh.device.type == "cpu":
-            kept = 2 * c.gru_layers * c.gru_hidden + c.z_dim + 3 * (self.steps + 2)
+            kept = self.copies * (2 * c.gru_layers * c.gru_hidden + c.z_dim + 3 * (self.steps + 2))
             return 2 * kept * dtype_bytes + guide
         neighbourhood = 27 * c.n_coeffs * (1 + c.conv_channels // 8)
         branches = 27 * c.conv_channels + 2 * c.mlp_hidden + c.z_dim + c.v_dim
         gru = c.gru_layers * 5 * c.gru_hidden
         denoiser = 8 * c.denoiser_width + c.time_dim
-        return (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2 + guide   # x2: inputs and outputs of each layer live together
+        per_copy = (neighbourhood + branches + gru + denoiser) * dtype_bytes * 2   # x2: a layer's input and output
+        return self.copies * per_copy + guide
 
     def bytes_per_point(self, dtype_bytes: int) -> int:
         """The forward half's spatial encoding ``z_t`` of each point, kept for :meth:`init_backward`."""
-        return self.network.config.z_dim * dtype_bytes
+        return self.copies * self.network.config.z_dim * dtype_bytes
+
+    def _initial(self, n: int) -> torch.Tensor:
+        """Fresh GRU states: ``(n, layers, hidden)``, or ``(n, copies, layers, hidden)`` with symmetries."""
+        h = self.network.initial(n * self.copies)
+        return h if self.symmetries is None else h.reshape(n, self.copies, *h.shape[1:])
 
     def init(self, seeds, first_dirs, generator=None):
         # each forward step's z_t, for init_backward (shared by every copy of the state: _take passes it on)
-        state = {"h": self.network.initial(len(seeds)), "z_log": _Log()}
+        state = {"h": self._initial(len(seeds)), "z_log": _Log()}
         return self._with_generator(state, generator)
 
     def init_backward(self, seeds, first_dirs, forward_points, forward_count, generator=None, forward_state=None):
@@ -213,7 +233,7 @@ class DDTrackingGetter:
         S, T = forward_points.shape[:2]
         kept = forward_state.get("z_log") if isinstance(forward_state, dict) else None
         log = kept.entries if kept is not None and len(kept.entries) == T + 1 else None
-        h = self.network.initial(S)
+        h = self._initial(S)
         full = torch.cat([seeds[:, None], forward_points], dim=1)                  # f_0 = seed, f_1 .. f_T
         n = forward_count
         for j in range(T):
@@ -244,16 +264,29 @@ class DDTrackingGetter:
         return dirs, valid, {**state, "h": h}
 
     def _step(self, points, prev, h, noise):
-        """The network on some rows: their ``z_t``, new GRU state and direction (mm)."""
-        z, v = self.network.spatial(samples(self.sh, points))
-        c, h = self.network.recur(z, self._to_voxel(prev), h)
-        return z, h, self._to_mm(self.network.direction(c, v, self.steps, self.stochastic, noise=noise))
+        """The network on some rows: their ``z_t``, new GRU state and direction (mm); with symmetries, each
+        row's copies (:mod:`.symmetrise`: ``z_t`` and states per copy, the direction their mean)."""
+        x, prev, s = samples(self.sh, points), self._to_voxel(prev), self.symmetries
+        if s is not None:
+            x, prev, h = s.samples(x), s.vectors(prev), h.flatten(0, 1)
+            noise = None if noise is None else s.vectors(noise)
+        z, v = self.network.spatial(x)
+        c, h = self.network.recur(z, prev, h)
+        dirs = self.network.direction(c, v, self.steps, self.stochastic, noise=noise)
+        if s is not None:
+            z, h, dirs = z.unflatten(0, (-1, self.copies)), h.unflatten(0, (-1, self.copies)), s.mean(dirs)
+        return z, h, self._to_mm(dirs)
 
     def _replay(self, points, prev, h, z):
         """:meth:`init_backward`'s GRU step on some rows (``z`` None: encoded again)."""
+        s = self.symmetries
+        if s is not None:
+            prev, h, z = s.vectors(prev), h.flatten(0, 1), None if z is None else z.flatten(0, 1)
         if z is None:
-            z, _ = self.network.spatial(samples(self.sh, points), local=False)
-        return (self.network.recur(z, prev, h)[1],)
+            x = samples(self.sh, points)
+            z, _ = self.network.spatial(x if s is None else s.samples(x), local=False)
+        h = self.network.recur(z, prev, h)[1]
+        return (h if s is None else h.unflatten(0, (-1, self.copies)),)
 
     def _in_blocks(self, fn, *rows_first):
         """``fn`` over the rows of ``rows_first`` (tensors with rows on axis 0, or None) in blocks of
