@@ -37,7 +37,7 @@ from difftract.io.dwi import load_subject
 from difftract.io.tractogram import load_tractogram
 from difftract.models.ddtracking.augment import GridSymmetries
 from difftract.models.ddtracking.data import input_sh, resample
-from difftract.models.ddtracking.defaults import VALIDATED_GUIDES
+from difftract.models.ddtracking.defaults import TrackingDefaults
 from difftract.models.ddtracking.features import neighbourhood
 from difftract.models.ddtracking.getter import load_ddtracking
 from difftract.models.ddtracking.symmetrise import SUBGROUPS
@@ -45,7 +45,8 @@ from difftract.tracking.seeding import random_seeds
 
 
 def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.rad2deg(torch.acos((F.normalize(a, dim=-1) * b).sum(-1).abs().clamp(max=1.0)))
+    """Degrees between directions with a sign (the network's are: a turn of over 90 degrees ends a streamline)."""
+    return torch.rad2deg(torch.acos((F.normalize(a, dim=-1) * b).sum(-1).clamp(-1.0, 1.0)))
 
 
 @torch.inference_mode()
@@ -74,21 +75,29 @@ def one_step(directory: Path, loaded, n_streamlines: int = 200) -> dict[str, flo
 
 
 def mirrored(src: Path, dst: Path) -> Path:
-    """``src`` mirrored across x = y: arrays with x and y swapped, peaks' and gradients' components too."""
+    """``src`` mirrored across x = y: arrays with x and y swapped, peaks' and gradients' components too.
+
+    The ground truth's streamlines are swapped in mm, which is the mirror for a diagonal affine
+    whose x and y agree (a square grid centred alike on both axes), checked here; the scoring
+    reads the masks and ROIs only (``gt/bundles`` is left as it is).
+    """
+    affine = nib.load(src / "dwi.nii.gz").affine
+    shape = nib.load(src / "dwi.nii.gz").shape
+    if (shape[0] != shape[1] or not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3])))
+            or not np.isclose(affine[0, 0], affine[1, 1]) or not np.isclose(affine[0, 3], affine[1, 3])
+            or affine[0, 0] <= 0 or affine[2, 2] <= 0):
+        raise SystemExit(f"{src}: the mirror test needs a square x-y grid with a diagonal, positive affine "
+                         "equal on x and y")
     shutil.copytree(src, dst)
     for path in dst.rglob("*.nii.gz"):
         img = nib.load(path)
-        if not np.allclose(img.header.get_zooms()[0], img.header.get_zooms()[1]):
-            raise SystemExit(f"{path}: x and y voxel sizes differ; the mirror test needs them equal")
         a = np.swapaxes(np.asarray(img.dataobj), 0, 1)
         if path.name == "peaks.nii.gz":
             a = a.reshape(*a.shape[:3], -1, 3)[..., [1, 0, 2]].reshape(a.shape)
         nib.save(nib.Nifti1Image(np.ascontiguousarray(a), img.affine, img.header), path)
     bvecs = np.loadtxt(src / "dwi.bvec")
-    if np.linalg.det(nib.load(src / "dwi.nii.gz").affine[:3, :3]) <= 0:
-        raise SystemExit(f"{src}: the mirror test expects a positive-determinant affine")
-    swapped = bvecs.copy()
-    swapped[0], swapped[1] = -bvecs[1], -bvecs[0]      # FSL's flipped x: voxel (-bx, by) -> (by, -bx) -> file (-by, -bx)
+    swapped = bvecs.copy()      # FSL's x is flipped (positive affine): voxel (-bx, by) -> (by, -bx) -> file (-by, -bx)
+    swapped[0], swapped[1] = -bvecs[1], -bvecs[0]
     np.savetxt(dst / "dwi.bvec", swapped, fmt="%.8f")
     truth = nib.streamlines.load(str(src / "tractogram.trk"))
     nib.streamlines.save(nib.streamlines.Tractogram([s[:, [1, 0, 2]] for s in truth.streamlines],
@@ -97,8 +106,27 @@ def mirrored(src: Path, dst: Path) -> Path:
     return dst
 
 
+def crossing_peaks(s: Subject, bundles: list[str]) -> None:
+    """How many CSD fODF peaks (``det``'s field and threshold) the voxels where all ``bundles`` overlap show,
+    and how far a single peak lies from the true fibre directions there."""
+    masks = [np.asarray(nib.load(s.directory / "gt" / "masks" / f"{b}.nii.gz").dataobj) > 0 for b in bundles]
+    voxels = np.argwhere(np.logical_and.reduce(masks))
+    if len(voxels) == 0:
+        return
+    dirs, present = s.field.peaks(torch.as_tensor(voxels, dtype=torch.float32))
+    count = present.sum(dim=1).numpy()
+    single = dirs[:, 0].numpy()[count == 1]
+    truth = s.peaks[tuple(voxels[count == 1].T)][:, : len(bundles)]              # (V, bundles, 3)
+    angles = np.degrees(np.arccos(np.clip(np.abs(np.einsum("vi,vki->vk", single, truth)
+                                                 / np.maximum(np.linalg.norm(truth, axis=-1), 1e-12)), 0, 1)))
+    print(f"  CSD peaks where {', '.join(bundles)} overlap ({len(voxels)} voxels): "
+          + ", ".join(f"{k} peak(s) in {int((count == k).sum())}" for k in range(1, int(count.max()) + 1))
+          + f"; a single peak lies {angles.mean(axis=0).round(1).tolist()} degrees from the true directions")
+
+
 def mirror_test(directory: Path, loaded, bundles: list[str], symmetries: list[str]) -> None:
-    guide = VALIDATED_GUIDES.get(loaded[1].get("sha256"), 0.0)
+    """Part 2: seeds in each of ``bundles`` tracked in the phantom and its mirror; valid streamlines per bundle."""
+    guide = TrackingDefaults.from_meta(loaded[1]).fodf_guide
     with tempfile.TemporaryDirectory() as tmp:
         for label, d in (("as simulated", directory), ("mirrored x = y", mirrored(directory, Path(tmp) / "m"))):
             s = Subject(d, 1, 10)
@@ -107,6 +135,7 @@ def mirror_test(directory: Path, loaded, bundles: list[str], symmetries: list[st
                       (lambda g=g: s.learned(loaded, 1, False, guide, symmetries=g, chunk_size=10_000))
                       for g in ["none", *symmetries]}
             print(f"\n{directory.name}, {label}: valid streamlines per bundle (and invalid, no connection)")
+            crossing_peaks(s, bundles)
             for bundle in bundles:
                 mask = np.asarray(nib.load(d / "gt" / "masks" / f"{bundle}.nii.gz").dataobj) > 0
                 seeds = random_seeds(mask & s.wm, 2, torch.Generator().manual_seed(0))

@@ -240,6 +240,14 @@ def test_track_with_symmetries(weights, subjects, tmp_path, capsys):
     assert json.loads((tmp_path / "swap.json").read_text())["params"]["symmetries"] == "swap"
     assert json.loads((tmp_path / "alone.json").read_text())["params"]["symmetries"] == "none"
     capsys.readouterr()
-    assert main(["-q", "track", *map(str, scan_args(d)), "--symmetries", "perms", "--out", str(tmp_path / "d.trx")]) == 2
+    refused = tmp_path / "d.trx"
+    assert main(["-q", "track", *map(str, scan_args(d)), "--symmetries", "perms", "--out", str(refused)]) == 2
     assert "--symmetries only applies to --method ddtracking" in capsys.readouterr().err
-    assert not (tmp_path / "d.trx").exists()
+    assert not refused.exists()
+    # run hands the group to its track stage, and its equivalent track line repeats it
+    run_dir = tmp_path / "run"
+    assert main(["-q", "run", str(d), "--out", str(run_dir), "--method", "ddtracking", "--weights", str(weights),
+                 "--seeds-per-voxel", "1", "--min-len-mm", "0", "--seed", "4", "--symmetries", "swap",
+                 "--device", "cpu"]) == 0
+    sidecar = json.loads((run_dir / "tracks.json").read_text())
+    assert sidecar["params"]["symmetries"] == "swap" and "--symmetries swap" in json.dumps(sidecar["equivalent"])

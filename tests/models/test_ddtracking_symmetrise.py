@@ -60,12 +60,12 @@ def test_the_subgroups_are_groups_with_the_identity_first():
 
 def test_the_copies_are_the_augmentations_turned_samples(volume):
     """Copy ``k`` of a step reads what :meth:`GridSymmetries.apply` makes of the sample (the training's turn)."""
-    sym, table = Symmetries("flips", 28), GridSymmetries(28)
+    sym, table = Symmetries("perms", 28), GridSymmetries(28)      # not all involutions: R and R^T differ
     points, prev = points_and_moves(7)
     x = samples(torch.as_tensor(volume), points)
     copies = sym.samples(x).unflatten(0, (7, len(sym)))
     moves = sym.vectors(prev).unflatten(0, (7, len(sym)))
-    for k, g in enumerate(SUBGROUPS["flips"]):
+    for k, g in enumerate(SUBGROUPS["perms"]):
         patches, turned_prev, _ = table.apply(g, x.permute(0, 4, 1, 2, 3), prev, prev)
         torch.testing.assert_close(copies[:, k], patches.permute(0, 2, 3, 4, 1), atol=1e-5, rtol=0)
         torch.testing.assert_close(moves[:, k], turned_prev)
@@ -111,6 +111,34 @@ def test_symmetrised_steps_in_blocks_and_the_backward_replay(volume):
     assert logged.shape == (len(seeds), 6, *g.network.initial(1).shape[1:])
     assert entries[0].shape == (len(seeds), 6, g.network.config.z_dim)
     torch.testing.assert_close(logged, replay(g, seeds, count, fwd, logged=False)[0], atol=1e-9, rtol=0)
+    plain = DDTrackingGetter(g.network.source, g.sh, max_angle=90)     # the identity copy replays as the network alone
+    torch.testing.assert_close(logged[:, 0], replay(plain, seeds, count, fwd, logged=False)[0], atol=1e-9, rtol=0)
+
+
+def test_stochastic_copies_read_the_noise_turned(volume, monkeypatch):
+    """Copy ``R`` reads ``R e``: the scan turned by ``Q`` with the noise ``Q e`` turns the step (equivariance in
+    distribution, since ``e`` is isotropic); with the noise left as it is, it does not."""
+    import difftract.models.ddtracking.getter as getter_module
+
+    m, scan = model().double(), torch.as_tensor(volume, dtype=torch.float64)
+    points, prev = (t.double() for t in points_and_moves())
+    e = torch.as_tensor(np.random.default_rng(5).normal(size=(len(points), 2, 3)))
+    noise = {"e": e}
+    monkeypatch.setattr(getter_module, "sampler_noise", lambda *a, **k: noise["e"])
+
+    def step(volume_, points_, prev_):
+        g = DDTrackingGetter(m, volume_, max_angle=90, steps=2, stochastic=True, symmetries="perms")
+        return g.directions(points_, prev_, g.init(points_, prev_, torch.Generator()))[0]
+
+    base = step(scan, points, prev)
+    g = SUBGROUPS["perms"][3]                                   # a 3-cycle of the axes
+    Q = torch.as_tensor(grid_symmetries()[g])
+    other = torch.as_tensor(turned(volume.astype(np.float64), Q.numpy()))
+    moved = CENTRE + (points - CENTRE) @ Q.T
+    noise["e"] = e @ Q.T
+    torch.testing.assert_close(step(other, moved, prev @ Q.T), base @ Q.T, atol=1e-9, rtol=0)
+    noise["e"] = e
+    assert float((step(other, moved, prev @ Q.T) - base @ Q.T).abs().max()) > 1e-3
 
 
 def test_stochastic_symmetrised_steps_repeat_and_memory_counts_the_copies(volume):
@@ -122,3 +150,18 @@ def test_stochastic_symmetrised_steps_repeat_and_memory_counts_the_copies(volume
     alone = DDTrackingGetter(m, volume, steps=3)
     assert g.bytes_per_point(4) == 2 * alone.bytes_per_point(4)
     assert g.bytes_per_seed(4) == 2 * alone.bytes_per_seed(4)
+
+
+def test_padded_blocks_count_network_rows(volume):
+    """With bfloat16 products on a CPU a block is padded so that the network sees at least MIN_PADDED_ROWS rows:
+    MIN_PADDED_ROWS // copies streamlines, not MIN_PADDED_ROWS of them (8x the rows with 8 copies)."""
+    from difftract.models.ddtracking.getter import MIN_PADDED_ROWS
+
+    g = DDTrackingGetter(model(), volume, max_angle=90, symmetries="flips", matmul_dtype=torch.bfloat16)
+    assert g.network.pads_rows
+    calls = []
+    network_step = g._step
+    g._step = lambda points, *rest: calls.append(len(points)) or network_step(points, *rest)
+    points, prev = points_and_moves(5)
+    dirs = two_steps(g, points, prev)
+    assert calls == [MIN_PADDED_ROWS // 8] * 2 and dirs.shape == (5, 3) and bool(torch.isfinite(dirs).all())

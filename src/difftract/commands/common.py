@@ -54,10 +54,11 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matmul-dtype", choices=MATMUL_DTYPES, default="float32",
                         help="DDTracking's large products (default: %(default)s: the tracking --dtype's; bfloat16: "
                              "faster on CPUs with AMX or AVX512-BF16)")
+    sizes = ", ".join(f"{name} {len(members)}" for name, members in SUBGROUPS.items() if name != "none")
     parser.add_argument("--symmetries", choices=list(SUBGROUPS), default="none",
                         help="DDTracking: average each step over this group of the voxel grid's symmetries, one "
-                             "network copy per member, so that the tracks turn with the scan (inversion and swap: "
-                             "2 copies, perms 6, flips 8, all 48; default: %(default)s)")
+                             f"network copy per member, so that each step turns with the scan (copies: {sizes}; "
+                             "default: %(default)s)")
 
 
 def add_training_run_arguments(parser, seed: int, device: str) -> None:

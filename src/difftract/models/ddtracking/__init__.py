@@ -10,6 +10,7 @@
 - :mod:`.inference`: the tracking step as dense matrices (the same function, faster on CPUs);
 - :mod:`.getter`: the tracker's direction getter (GRU state per streamline) and weight loading;
 - :mod:`.guide`: the fODF guide, each step moved towards the CSD fODF peak it points at;
+- :mod:`.symmetrise`: each step averaged over a group of the grid's symmetries (test-time);
 - :mod:`.defaults`: the shipped models (``full``, ``fast``) and a model's own tracking settings;
 - :mod:`.domain`: what a network was trained on, and whether a scan lies inside it.
 """

@@ -65,7 +65,8 @@ CPU_BLOCK_ROWS = 1024
 # block to the next power of two (at least 128 rows: a block of 5 runs as 128) leaves 4 row counts: each of
 # oneDNN's bfloat16 kernels, about 20 ms to make, is made for ~30 matrices and each count once per run. On 10,000
 # fibercup seeds, 128 tracked about 8% faster than 32 (more counts to make, less padding; fast and full models)
-# and 14% faster than 1,024 (one count, the most padding; fast).
+# and 14% faster than 1,024 (one count, the most padding; fast). With symmetries (:mod:`.symmetrise`) a block holds
+# streamlines, each ``copies`` network rows: it is padded to at least ``MIN_PADDED_ROWS // copies`` streamlines.
 MIN_PADDED_ROWS = 128
 
 
@@ -183,10 +184,10 @@ class DDTrackingGetter:
         the GRU's gates and states (three gates per layer) and the denoiser, about 20x a classical pmf
         query at the paper's sizes.
 
-        On a CPU the network runs in blocks of :attr:`block_rows` rows (:meth:`_in_blocks`), whose
-        activations are a fixed cost (about 90 MB per worker for ``full``); a row then costs what
-        it keeps through a step: its GRU states in and out, ``z_t``, directions and noise, twice
-        while the blocks are joined.
+        On a CPU the network runs in blocks of :attr:`block_rows` streamlines (:meth:`_in_blocks`), whose
+        activations are a fixed cost (about 90 MB per worker for ``full``); a streamline then costs what
+        it keeps through a step, per copy (:mod:`.symmetrise`): its GRU states in and out, ``z_t``,
+        directions and noise, twice while the blocks are joined.
         """
         c = self.network.config
         guide = 0 if self.guide is None else self.guide.bytes_per_seed(dtype_bytes)
@@ -210,7 +211,7 @@ class DDTrackingGetter:
         return h if self.symmetries is None else h.reshape(n, self.copies, *h.shape[1:])
 
     def init(self, seeds, first_dirs, generator=None):
-        # each forward step's z_t, for init_backward (shared by every copy of the state: _take passes it on)
+        # each forward step's z_t, for init_backward (shared by every row selection of the state: _take passes it on)
         state = {"h": self._initial(len(seeds)), "z_log": _Log()}
         return self._with_generator(state, generator)
 
@@ -289,8 +290,8 @@ class DDTrackingGetter:
         return (h if s is None else h.unflatten(0, (-1, self.copies)),)
 
     def _in_blocks(self, fn, *rows_first):
-        """``fn`` over the rows of ``rows_first`` (tensors with rows on axis 0, or None) in blocks of
-        :attr:`block_rows` on a CPU, its outputs joined; a GPU takes all rows at once. Where the
+        """``fn`` over the streamlines of ``rows_first`` (tensors with a streamline per row on axis 0, or None)
+        in blocks of :attr:`block_rows` on a CPU, its outputs joined; a GPU takes all at once. Where the
         network asks for it (:attr:`.inference.TrackingNetwork.pads_rows`), each block is padded
         with copies of its last row to a power of two and its outputs cut back."""
         n = len(rows_first[0])
@@ -304,7 +305,8 @@ class DDTrackingGetter:
                 block: list[torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
         """``fn`` on one block's rows, padded to a power of two first where the network asks for it."""
         m = len(block[0])
-        rows = min(self.block_rows, max(MIN_PADDED_ROWS, 1 << (m - 1).bit_length())) if self.network.pads_rows else m
+        fewest = max(1, MIN_PADDED_ROWS // self.copies)      # network rows, not streamlines, make the kernels
+        rows = min(self.block_rows, max(fewest, 1 << (m - 1).bit_length())) if self.network.pads_rows else m
         if rows <= m:
             return fn(*block)
         out = fn(*(None if t is None else torch.cat([t, t[-1:].expand(rows - m, *t.shape[1:])]) for t in block))

@@ -2,25 +2,35 @@
 
 A network trained with the 48 grid symmetries (:mod:`.augment`) is equivariant only as far as
 it learnt to be. Measured one step at a time along the true streamlines of a phantom (the
-network fed the true past), the shipped networks' direction for a turned input, turned back,
-differs from their direction for the input by a median 4.7 (``fast``) to 6.2 (``full``)
-degrees, about their whole median error against the truth. Where the fODF shows one peak
-for two crossing bundles, the choice between them then follows the bundles' orientation to
-the grid axes, not the streamline's past: on the foreign phantom's 45-degree crossing,
-mirrored across the x = y plane, the bundle ``full`` keeps swaps with the mirror (README,
-"Learned tracking").
+network fed the true past; ``benchmarks/measure_equivariance.py``), the shipped ``full``
+network's direction for a turned input, turned back, differs from its direction for the input
+by a median 4.5-6.2 degrees, about its whole median error against the truth. Where the fODF
+shows one peak for two crossing bundles, the choice between them then follows the bundles'
+orientation to the grid axes, not the streamline's past: on the foreign test phantom's
+45-degree crossing, mirrored across the x = y plane, the bundle ``full`` keeps swaps with the
+mirror (README, "The network is not equivariant").
 
 For a group ``G`` of signed permutations ``R`` (a subgroup of the 48), every streamline runs
-``|G|`` copies of the network, copy ``R`` on the turned input (:class:`.augment.GridSymmetries`:
-the neighbourhood ``M patch[R^T o]``, the previous direction ``R d``, its own GRU state) and
-the move is
+``|G|`` copies of the network, copy ``R`` on the turned input (the neighbourhood
+``M patch[R^T o]``, the previous direction ``R d``, as :class:`.augment.GridSymmetries` turns
+a training window; a GRU state of its own) and the move is
 
     d = normalize(sum_R R^T d_R)
 
-With ``G`` a group the rule is exactly equivariant to it: turning the scan by any ``R`` in
-``G`` turns the tracks. Stochastic copies draw one noise ``e`` per streamline and copy ``R``
-reads ``R e``, so the noise turns with the input too. The cost is ``|G|`` network rows per
-streamline and step.
+With ``G`` a group each step is exactly equivariant to it: the scan, point and previous
+direction turned by any ``R`` in ``G`` turn the direction. (Whole tracks turn too only where
+the rest of the tracker does: seed directions come from a sphere that most symmetries do
+not keep, and a flip of z swaps which half is tracked first.) The cost is ``|G|`` network
+rows per streamline and step.
+
+Two consequences of taking the mean:
+
+- where the copies disagree (each choosing another branch of a crossing) the mean lies
+  between their choices; the fODF guide, applied after, then moves it to the nearest peak;
+- stochastic copies draw one noise ``e`` per streamline and copy ``R`` reads ``R e`` (so each
+  step is equivariant in distribution), but the mean of ``|G|`` correlated samples spreads
+  less than one sample: with many copies probabilistic tracking narrows towards the
+  deterministic.
 """
 
 from __future__ import annotations
@@ -44,11 +54,12 @@ def _indices(matrices: list[np.ndarray]) -> tuple[int, ...]:
 
 
 def _subgroups() -> dict[str, tuple[int, ...]]:
+    """The groups ``--symmetries`` names: positions of their members in :func:`.augment.grid_symmetries`."""
     eye, swap = np.eye(3), np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
     flips = [np.diag(s) for s in ((1, 1, 1), (-1, -1, -1), (-1, 1, 1), (1, -1, 1), (1, 1, -1), (1, -1, -1),
                                    (-1, 1, -1), (-1, -1, 1))]
     return {"none": (0,),
-            "inversion": _indices([eye, -eye]),                        # d -> -d: the streamline read backwards
+            "inversion": _indices([eye, -eye]),                        # the point reflection through the centre
             "swap": _indices([eye, swap]),                             # the x = y mirror
             "perms": _indices([np.eye(3)[list(p)] for p in itertools.permutations(range(3))]),   # the axes' 6 orders
             "flips": _indices(flips),                                  # the 8 sign patterns, order 8
@@ -73,24 +84,32 @@ class Symmetries:
     Rows come streamline-major: the ``K`` copies of streamline ``n`` are rows ``n K .. n K + K - 1``.
     """
 
-    def __init__(self, name: str, n_coeffs: int, device=None, dtype: torch.dtype = torch.float32):
+    def __init__(self, name: str, n_coeffs: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32):
         self.name = check_symmetries(name)
         index = list(SUBGROUPS[name])
         table = grid_symmetries_for(n_coeffs)
+        # fitted again in float64 (the table's M are float32, for training), kept so that a copy in
+        # float64 is exact too; the getter's copies are cast from these
+        self._R64 = torch.as_tensor(table.R[index], dtype=torch.float64)                  # (K, 3, 3)
         lmax = lmax_from_ncoeffs(n_coeffs)
-        self.R = torch.as_tensor(table.R[index], device=device, dtype=dtype)       # (K, 3, 3)
-        # made again in float64 (the table's are float32, for training): exact to the scan's rounding
-        self.M = torch.as_tensor(np.stack([sh_matrix(R, lmax) for R in table.R[index]]), device=device, dtype=dtype)
-        self.source = table.source[index].to(device)                                # (K, 27)
+        self._M64 = torch.as_tensor(np.stack([sh_matrix(R, lmax) for R in table.R[index]]))   # (K, m, m)
+        self.source = table.source[index]                                                  # (K, 27)
+        self._place(device, dtype)
+
+    def _place(self, device, dtype: torch.dtype) -> None:
+        self.R = self._R64.to(device=device, dtype=dtype)
+        self.M = self._M64.to(device=device, dtype=dtype)
+        self.source = self.source.to(device)
 
     def __len__(self) -> int:
-        return len(self.R)
+        return len(self._R64)
 
     def to(self, device, dtype: torch.dtype) -> Symmetries:
+        """A copy on ``device`` in ``dtype`` (cast from the float64 matrices)."""
         out = object.__new__(type(self))
-        out.name = self.name
-        out.R, out.M = self.R.to(device=device, dtype=dtype), self.M.to(device=device, dtype=dtype)
-        out.source = self.source.to(device)
+        out.__dict__.update(self.__dict__)
+        out._place(device, dtype)
         return out
 
     def samples(self, x: Tensor) -> Tensor:
