@@ -4,7 +4,7 @@ A network trained with the 48 grid symmetries (:mod:`.augment`) is equivariant o
 it learnt to be. Measured one step at a time along the true streamlines of a phantom (the
 network fed the true past; ``benchmarks/measure_equivariance.py``), the shipped ``full``
 network's direction for a turned input, turned back, differs from its direction for the input
-by a median 4.5-6.2 degrees, about its whole median error against the truth. Where the fODF
+by a median 4.4-6.2 degrees, about its whole median error against the truth. Where the fODF
 shows one peak for two crossing bundles, the choice between them then follows the bundles'
 orientation to the grid axes, not the streamline's past: on the foreign test phantom's
 45-degree crossing, mirrored across the x = y plane, the bundle ``full`` keeps swaps with the
