@@ -63,7 +63,8 @@ class GridSymmetries:
     def __init__(self, n_coeffs: int):
         lmax = lmax_from_ncoeffs(n_coeffs)
         self.R = grid_symmetries()
-        self.M = torch.as_tensor(np.stack([sh_matrix(R, lmax) for R in self.R]), dtype=torch.float32)
+        # float64, cast where used: a sample's dtype in training, the scan's in tracking (.symmetrise)
+        self.M = torch.as_tensor(np.stack([sh_matrix(R, lmax) for R in self.R]), dtype=torch.float64)
         offsets = OFFSETS.numpy().astype(int)
         where = {tuple(o): i for i, o in enumerate(offsets)}
         # source[g, i]: the offset whose values land on offset i, R^T o_i

@@ -43,8 +43,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from ...reconst.sh import lmax_from_ncoeffs
-from .augment import grid_symmetries, grid_symmetries_for, sh_matrix
+from .augment import grid_symmetries, grid_symmetries_for
 
 
 def _indices(matrices: list[np.ndarray]) -> tuple[int, ...]:
@@ -57,7 +56,7 @@ def _subgroups() -> dict[str, tuple[int, ...]]:
     """The groups ``--symmetries`` names: positions of their members in :func:`.augment.grid_symmetries`."""
     eye, swap = np.eye(3), np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
     flips = [np.diag(s) for s in ((1, 1, 1), (-1, -1, -1), (-1, 1, 1), (1, -1, 1), (1, 1, -1), (1, -1, -1),
-                                   (-1, 1, -1), (-1, -1, 1))]
+                                   (-1, 1, -1), (-1, -1, 1))]     # (this order: the copies' sum, as measured)
     return {"none": (0,),
             "inversion": _indices([eye, -eye]),                        # the point reflection through the centre
             "swap": _indices([eye, swap]),                             # the x = y mirror
@@ -87,30 +86,18 @@ class Symmetries:
     def __init__(self, name: str, n_coeffs: int, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32):
         self.name = check_symmetries(name)
-        index = list(SUBGROUPS[name])
-        table = grid_symmetries_for(n_coeffs)
-        # fitted again in float64 (the table's M are float32, for training), kept so that a copy in
-        # float64 is exact too; the getter's copies are cast from these
-        self._R64 = torch.as_tensor(table.R[index], dtype=torch.float64)                  # (K, 3, 3)
-        lmax = lmax_from_ncoeffs(n_coeffs)
-        self._M64 = torch.as_tensor(np.stack([sh_matrix(R, lmax) for R in table.R[index]]))   # (K, m, m)
-        self.source = table.source[index]                                                  # (K, 27)
-        self._place(device, dtype)
-
-    def _place(self, device, dtype: torch.dtype) -> None:
-        self.R = self._R64.to(device=device, dtype=dtype)
-        self.M = self._M64.to(device=device, dtype=dtype)
-        self.source = self.source.to(device)
+        self.n_coeffs, self.index = n_coeffs, list(SUBGROUPS[name])
+        table = grid_symmetries_for(n_coeffs)            # the training's turns, their matrices in float64
+        self.R = torch.as_tensor(table.R[self.index], device=device, dtype=dtype)   # (K, 3, 3)
+        self.M = table.M[self.index].to(device=device, dtype=dtype)               # (K, m, m)
+        self.source = table.source[self.index].to(device)                         # (K, 27)
 
     def __len__(self) -> int:
-        return len(self._R64)
+        return len(self.index)
 
     def to(self, device, dtype: torch.dtype) -> Symmetries:
-        """A copy on ``device`` in ``dtype`` (cast from the float64 matrices)."""
-        out = object.__new__(type(self))
-        out.__dict__.update(self.__dict__)
-        out._place(device, dtype)
-        return out
+        """The same group on ``device`` in ``dtype`` (cast from the float64 table)."""
+        return Symmetries(self.name, self.n_coeffs, device, dtype)
 
     def samples(self, x: Tensor) -> Tensor:
         """Channels-last neighbourhoods ``(N, 3, 3, 3, m)`` -> each copy's ``(N K, 3, 3, 3, m)``."""
