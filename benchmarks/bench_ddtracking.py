@@ -426,7 +426,25 @@ def classical_rows(no_dipy: bool) -> list[str]:
     return [r for r in CLASSICAL if not (no_dipy and r.startswith("dipy"))]
 
 
+def target_figures(columns: dict[str, dict[str, dict]], row: str, classical: list[str],
+                   tests: list[str]) -> dict[str, float]:
+    """Issue 19's figures for ``row``, means over the ``tests`` columns: the margins against each column's best
+    classical row and against the one best classical row, NC, IB minus ``det``'s, VB as a fraction."""
+    def mean(f):
+        return float(np.mean([f(columns[c]) for c in tests]))
+
+    out = {"vc_margin_tests": mean(lambda c: c[row]["VS_ratio"] - max(c[r]["VS_ratio"] for r in classical)),
+           "f1_margin_tests": mean(lambda c: c[row]["mean_f1"] - max(c[r]["mean_f1"] for r in classical))}
+    for key, name in (("mean_f1", "f1_margin_best_row_tests"), ("VS_ratio", "vc_margin_best_row_tests")):
+        out[name] = mean(lambda c: c[row][key]) - max(mean(lambda c: c[r][key]) for r in classical)
+    out["nc_tests"] = mean(lambda c: c[row]["NC_ratio"])
+    out["ib_over_det_tests"] = mean(lambda c: c[row]["IB"] - c["det"]["IB"])
+    out["vb_fraction_tests"] = mean(lambda c: c[row]["VB_fraction"])
+    return out
+
+
 def measure_targets(check, columns: dict[str, dict[str, dict]], row: str, no_dipy: bool) -> None:
+    """The targets on ``row``'s figures; every learned row's figures printed beside them (the targets read one)."""
     tests = [c for c in TESTS if c in columns]
     if not tests:
         for name in ("vc_margin_tests", "f1_margin_tests", "f1_margin_best_row_tests", "vc_margin_best_row_tests",
@@ -434,19 +452,17 @@ def measure_targets(check, columns: dict[str, dict[str, dict]], row: str, no_dip
             check.unmeasured(name, "no test column was run")
         return
     classical = classical_rows(no_dipy)
-
-    def mean(f):
-        return float(np.mean([f(columns[c]) for c in tests]))
-
-    check.measure("vc_margin_tests", mean(lambda c: c[row]["VS_ratio"] - max(c[r]["VS_ratio"] for r in classical)))
-    check.measure("f1_margin_tests", mean(lambda c: c[row]["mean_f1"] - max(c[r]["mean_f1"] for r in classical)))
-    for key, name in (("mean_f1", "f1_margin_best_row_tests"), ("VS_ratio", "vc_margin_best_row_tests")):
-        check.measure(name, mean(lambda c: c[row][key]) - max(mean(lambda c: c[r][key]) for r in classical))
-    check.measure("nc_tests", mean(lambda c: c[row]["NC_ratio"]))
-    check.measure("ib_over_det_tests", mean(lambda c: c[row]["IB"] - c["det"]["IB"]))
-    check.measure("vb_fraction_tests", mean(lambda c: c[row]["VB_fraction"]))
-    check.measure("nc_true_peaks_tests", mean(lambda c: c[TRUE_PEAKS_DD]["NC_ratio"]))
-    check.measure("f1_true_peaks_tests", mean(lambda c: c[TRUE_PEAKS_DD]["mean_f1"]))
+    print(f"\nIssue 19's figures per learned row (means over {', '.join(tests)}; the targets read {row}):")
+    print(f"  {'row':42} {'VC margin':>10} {'F1 margin':>10} {'NC':>7} {'IB - det':>9}")
+    for rule in columns[tests[0]]:
+        if rule.startswith(("ddtracking", "ablation")) and all(rule in columns[c] for c in tests):
+            f = target_figures(columns, rule, classical, tests)
+            print(f"  {rule:42} {f['vc_margin_tests']:+10.4f} {f['f1_margin_tests']:+10.4f} {f['nc_tests']:7.4f} "
+                  f"{f['ib_over_det_tests']:+9.2f}")
+    for name, value in target_figures(columns, row, classical, tests).items():
+        check.measure(name, value)
+    for key, name in (("NC_ratio", "nc_true_peaks_tests"), ("mean_f1", "f1_true_peaks_tests")):
+        check.measure(name, float(np.mean([columns[c][TRUE_PEAKS_DD][key] for c in tests])))
 
 
 def found_and_missed(check, tables: dict[str, dict[str, dict]], row: str, no_dipy: bool) -> dict:

@@ -93,10 +93,10 @@ def main() -> None:
     means = {name: np.mean(v, axis=0) for name, v in rows.items()}
     for name, (vc, nc, ib, f1) in means.items():
         print(f"  {name:22} VC {vc:.3f} NC {nc:.3f} IB {ib:5.1f} F1 {f1:.3f}")
-    plain = {row(w, "none") for w in weights} if "none" in groups else set()
+    plain = {row(w, "none") for w in weights}          # the weight is chosen among these
     if groups != ["none"]:
         print("(symmetries compared at each weight; the weight is chosen among the rows without them)")
-    alone = means.get("W = 0") if plain else None
+    alone = means.get(row(0.0, "none"))
     if alone is not None:
         allowed = {n: m for n, m in means.items() if n in plain and m[0] >= alone[0] - VC_SLACK}
         chosen = max(allowed, key=lambda n: allowed[n][3])
