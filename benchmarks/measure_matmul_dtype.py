@@ -4,8 +4,10 @@ Run: ``.venv/bin/python benchmarks/measure_matmul_dtype.py W/seen_fibercup_0 [--
 [--seeds 10000] [--threads 2] [--repeats 2]`` on a phantom directory (the speed run's, from
 ``bench_ddtracking.py --work W``). Each model tracks the same seeds, guided as by default, with
 the tracker's own chunks; float32 and bfloat16 take turns, after one untimed warm-up run each
-(oneDNN builds its bfloat16 kernels then), so that the machine's drift falls on both. Prints
-seeds/s per run and the ratio of the medians, then one JSON object as the last line.
+(oneDNN builds its bfloat16 kernels then), so that the machine's drift falls on both; ``det`` at
+the same step takes its turn too, the reference of the issue's speed figures. Prints seeds/s per
+run, the ratio of the medians and each dtype's ratio to ``det``, then one JSON object as the
+last line.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ def main() -> None:
         weight = TrackingDefaults.from_meta(loaded[1]).fodf_guide
         rules = {str(dtype).removeprefix("torch."): s.learned(loaded, 1, False, weight, dtype)
                  for dtype in (torch.float32, torch.bfloat16)}
+        rules["det"] = s.classical("det", TrackingDefaults.from_meta(loaded[1]).step_mm(s.vox))   # at the same step
         for tracker in rules.values():
             run(tracker, seeds)                                           # warm-up, untimed
         rates = {dtype: [] for dtype in rules}
@@ -48,11 +51,14 @@ def main() -> None:
             for dtype, tracker in rules.items():
                 lines, seconds = run(tracker, seeds)
                 rates[dtype].append(len(seeds) / seconds)
-                print(f"{name} (guide {weight:g}) {dtype:8}: {rates[dtype][-1]:7.1f} seeds/s, {len(lines)} streamlines",
+                print(f"{name} (guide {weight:g}) {dtype:8}: {rates[dtype][-1]:8.1f} seeds/s, {len(lines)} streamlines",
                       flush=True)
-        ratio = statistics.median(rates["bfloat16"]) / statistics.median(rates["float32"])
-        print(f"{name}: bfloat16 / float32 = {ratio:.2f}x ({args.threads} threads, {len(seeds)} seeds)")
-        out[name] = {"seeds_per_s": rates, "ratio": ratio}
+        median = {rule: statistics.median(r) for rule, r in rates.items()}
+        ratio = median["bfloat16"] / median["float32"]
+        of_det = {d: median[d] / median["det"] for d in ("float32", "bfloat16")}
+        print(f"{name}: bfloat16 / float32 = {ratio:.2f}x; of det's rate: float32 {of_det['float32']:.3f}, "
+              f"bfloat16 {of_det['bfloat16']:.3f} ({args.threads} threads, {len(seeds)} seeds)")
+        out[name] = {"seeds_per_s": rates, "ratio": ratio, "of_det": of_det}
     print(json.dumps({"threads": args.threads, "seeds": len(seeds), "models": out}))
 
 
