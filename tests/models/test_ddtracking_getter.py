@@ -226,6 +226,14 @@ def test_anisotropic_voxels_move_along_the_networks_voxel_direction(phantom, sh)
     torch.testing.assert_close(torch.nn.functional.normalize(move, dim=1), expected, atol=1e-5, rtol=1e-5)
 
 
+def recorded_rows(g: DDTrackingGetter) -> list[int]:
+    """The row counts of ``g``'s network calls from now on (appended as they come)."""
+    calls: list[int] = []
+    network_step = g._step
+    g._step = lambda points, *rest: calls.append(len(points)) or network_step(points, *rest)
+    return calls
+
+
 def blocked_steps(g: DDTrackingGetter, monkeypatch, seed: int, n: int = 50):
     """A step of ``g`` on ``n`` random rows, in blocks of ``block_rows`` and padded or not: the step's directions,
     validity, states and logged ``z_t``, the generator's next draws, and the row counts the network was called
@@ -234,9 +242,7 @@ def blocked_steps(g: DDTrackingGetter, monkeypatch, seed: int, n: int = 50):
     points = torch.as_tensor(rng.uniform(4, 12, (n, 3)), dtype=torch.float32)
     prev = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n, 3)), dtype=torch.float32), dim=-1)
     h0 = torch.as_tensor(rng.normal(size=tuple(g.network.initial(n).shape)), dtype=torch.float32)
-    calls = []
-    network_step = g._step
-    g._step = lambda points, *rest: calls.append(len(points)) or network_step(points, *rest)
+    calls = recorded_rows(g)
 
     def step(block_rows: int, pad: bool = False):
         monkeypatch.setattr(TrackingNetwork, "pads_rows", property(lambda self: pad))

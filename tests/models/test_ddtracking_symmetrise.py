@@ -9,10 +9,10 @@ import torch
 from difftract.errors import ConfigError
 from difftract.models.ddtracking.augment import GridSymmetries, grid_symmetries, sh_matrix
 from difftract.models.ddtracking.features import samples
-from difftract.models.ddtracking.getter import CPU_BLOCK_ROWS, DDTrackingGetter
+from difftract.models.ddtracking.getter import CPU_BLOCK_ROWS, MIN_PADDED_ROWS, DDTrackingGetter
 from difftract.models.ddtracking.symmetrise import SUBGROUPS, Symmetries, check_symmetries
 
-from .test_ddtracking_getter import forward_half, model, replay
+from .test_ddtracking_getter import forward_half, model, recorded_rows, replay
 
 N = 11            # a cube, so that every symmetry maps the grid onto itself
 CENTRE = (N - 1) / 2
@@ -155,13 +155,9 @@ def test_stochastic_symmetrised_steps_repeat_and_memory_counts_the_copies(volume
 def test_padded_blocks_count_network_rows(volume):
     """With bfloat16 products on a CPU a block is padded so that the network sees at least MIN_PADDED_ROWS rows:
     MIN_PADDED_ROWS // copies streamlines, not MIN_PADDED_ROWS of them (8x the rows with 8 copies)."""
-    from difftract.models.ddtracking.getter import MIN_PADDED_ROWS
-
     g = DDTrackingGetter(model(), volume, max_angle=90, symmetries="flips", matmul_dtype=torch.bfloat16)
     assert g.network.pads_rows
-    calls = []
-    network_step = g._step
-    g._step = lambda points, *rest: calls.append(len(points)) or network_step(points, *rest)
+    calls = recorded_rows(g)
     points, prev = points_and_moves(5)
     dirs = two_steps(g, points, prev)
     assert calls == [MIN_PADDED_ROWS // 8] * 2 and dirs.shape == (5, 3) and bool(torch.isfinite(dirs).all())
