@@ -60,3 +60,18 @@ def test_measure_targets_reads_the_target_row_and_prints_every_learned_row(capsy
     assert printed["b"] == ["-0.0250", "+0.0250", "0.2000", "+1.00"]
     measure_targets(check := _Check(), {"seen": COLUMNS["unseen"]}, "ddtracking b", no_dipy=True)
     assert "f1_margin_tests" in check.unmeasured_names and not check.measured
+
+
+def test_the_moved_fibercup_is_a_test_column_and_the_earlier_columns_are_printed_apart(capsys):
+    moved = {"det": row(0.5, 0.6, ib=4), "prob": row(0.4, 0.7, ib=6), TRUE_PEAKS_DD: row(0.9, 0.9, nc=0.2),
+             "ddtracking a": row(0.7, 0.9, nc=0.1, ib=3), "ddtracking b": row(0.5, 0.6, ib=4)}
+    check = _Check()
+    measure_targets(check, {**COLUMNS, "moved": moved}, "ddtracking a", no_dipy=True)
+    # means over unseen, moved and foreign (the test columns present)
+    assert check.measured["f1_margin_tests"] == pytest.approx(((0.75 - 0.8) + (0.9 - 0.7) + (0.8 - 0.9)) / 3)
+    out = capsys.readouterr().out
+    tables = out.split("Issue 19's figures per learned row")[1:]
+    assert len(tables) == 2 and "unseen, moved, foreign" in tables[0] and "unseen, foreign;" in tables[1]
+    earlier = {line.split()[1]: line.split()[2:] for line in tables[1].splitlines()
+               if line.strip().startswith("ddtracking")}
+    assert earlier["a"][1] == "-0.0750"   # as without the moved column

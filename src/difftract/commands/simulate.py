@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
     sim.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist unless --force)")
     sim.add_argument("--preset", choices=PRESETS,
                      default="fibercup",
-                     help="geometry: FiberCup-like slab, 2-3 straight crossing bundles, random 3D bundles, 32 "
+                     help="geometry: FiberCup-like slab (fibercup-moved: its bundles moved by the seed), 2-3 straight crossing bundles, random 3D bundles, 32 "
                           "named bundles of a whole brain on the MNI152 template, or random bundles between "
                           "grey-matter regions through the MNI152 white matter, new for every seed "
                           "(default: %(default)s)")

@@ -1,4 +1,4 @@
-"""Phantom layouts: ``fibercup``, ``crossing`` and ``random`` (``brain``: :mod:`.brain`;
+"""Phantom layouts: ``fibercup``, ``fibercup-moved``, ``crossing`` and ``random`` (``brain``: :mod:`.brain`;
 ``brain-random``: :mod:`.brain_random`).
 
 Each preset returns a :class:`Layout`: the grid, the tissue domain (the brain mask) and
@@ -20,7 +20,7 @@ Z = np.array([0.0, 0.0, 1.0])
 # shape and the geometry scales with it; the brain presets resample the template and keep
 # their geometry in mm. Fibercup's 120 mm disc needs its 2 mm voxels on a 64-voxel grid.
 SCALABLE_PRESETS = ("crossing", "random", "brain", "brain-random")
-PRESETS = ("fibercup", "crossing", "random", "brain", "brain-random")
+PRESETS = ("fibercup", "fibercup-moved", "crossing", "random", "brain", "brain-random")
 
 
 @dataclass
@@ -76,6 +76,19 @@ def slab(preset: str, size: int, n_slices: int, voxel_size: float, streamlines_p
     return shape, centre, bundle
 
 
+# FiberCup-like bundles: in-plane control points (mm from the slab's centre) and radii
+FIBERCUP_BUNDLES = (
+    ("horizontal", ((-52, 6), (-25, 10), (0, 11), (25, 10), (52, 6)), (4.0,)),
+    ("vertical", ((-2, -40), (0, -15), (0, 20), (-3, 50)), (4.0,)),
+    ("u_shape", ((-38, 40), (-38, 30), (-29, 21), (-20, 30), (-20, 40)), (3.0,)),
+    ("fan", ((14, 22), (27, 27), (40, 30)), (2.0, 8.0)),
+    ("kiss_left", ((10, -6), (21, -24), (10, -42)), (3.2,)),
+    ("kiss_right", ((36, -6), (27, -24), (36, -42)), (3.2,)),
+    ("arc", ((-50, -12), (-42, -30), (-28, -42), (-14, -48)), (3.0,)),
+)
+FIBERCUP_RADIUS_MM = 60.0   # the disc of tissue
+
+
 def fibercup(streamlines_per_bundle: int = 200, voxel_size: float = 2.0, n_slices: int = 10) -> Layout:
     """A FiberCup-like slab: 7 bundles in a disc of radius 60 mm.
 
@@ -83,24 +96,69 @@ def fibercup(streamlines_per_bundle: int = 200, voxel_size: float = 2.0, n_slice
     at a bottleneck (``kiss_left``, ``kiss_right``), a tight U-turn (``u_shape``), a
     fanning bundle whose radius grows fourfold (``fan``) and a long curved bundle
     (``arc``). Bundles span the slab's thickness, leaving one slice of background above
-    and below. The geometry is fixed; the seed only changes noise and fibre sampling.
+    and below. The geometry is fixed; the seed only changes noise and fibre sampling
+    (``fibercup-moved`` moves the bundles with the seed).
     """
     shape, centre, bundle = slab("fibercup", 64, n_slices, voxel_size, streamlines_per_bundle)
+    bundles = [bundle(name, xy, radius) for name, xy, radius in FIBERCUP_BUNDLES]
+    return Layout(shape, voxel_size, bundles, _disc(centre))
 
-    bundles = [
-        bundle("horizontal", [(-52, 6), (-25, 10), (0, 11), (25, 10), (52, 6)], (4.0,)),
-        bundle("vertical", [(-2, -40), (0, -15), (0, 20), (-3, 50)], (4.0,)),
-        bundle("u_shape", [(-38, 40), (-38, 30), (-29, 21), (-20, 30), (-20, 40)], (3.0,)),
-        bundle("fan", [(14, 22), (27, 27), (40, 30)], (2.0, 8.0)),
-        bundle("kiss_left", [(10, -6), (21, -24), (10, -42)], (3.2,)),
-        bundle("kiss_right", [(36, -6), (27, -24), (36, -42)], (3.2,)),
-        bundle("arc", [(-50, -12), (-42, -30), (-28, -42), (-14, -48)], (3.0,)),
-    ]
 
+def _disc(centre: np.ndarray):
     def disc(points: np.ndarray) -> np.ndarray:
-        return np.hypot(points[:, 0] - centre[0], points[:, 1] - centre[1]) <= 60.0
+        return np.hypot(points[:, 0] - centre[0], points[:, 1] - centre[1]) <= FIBERCUP_RADIUS_MM
+    return disc
 
-    return Layout(shape, voxel_size, bundles, disc)
+
+def fibercup_moved(rng: np.random.Generator, streamlines_per_bundle: int = 200, voxel_size: float = 2.0,
+                   n_slices: int = 10, max_tries: int = 200) -> Layout:
+    """FiberCup's seven bundles moved by the seed: a new geometry of the same kinds.
+
+    The bundles move in groups that keep FiberCup's configurations: the crossing pair, the
+    kissing pair (its bottleneck), and each other bundle alone. A group turns about the
+    disc's centre by up to 40 degrees (which keeps its ends near the rim, where FiberCup's
+    lie) and about its own centroid by up to 20, shifts by about 3 mm, and scales its radii
+    by 0.8-1.25; the crossing's second bundle turns by up to 20 degrees more, so that the
+    crossing angle spans about 70-110 degrees. Then the whole layout turns in-plane by any
+    angle and is mirrored with probability 1/2, so that its bundles run at new angles to
+    the voxel grid. A group that leaves the disc is drawn again (the moves keep each
+    centreline's shape, so the U-turn stays as tight as FiberCup's). Crossings and kissings
+    that the moves make are kept, as in the ``random`` preset.
+    """
+    shape, centre, bundle = slab("fibercup-moved", 64, n_slices, voxel_size, streamlines_per_bundle)
+    domain = _disc(centre)
+    spec = {name: (np.asarray(xy, dtype=np.float64), radius) for name, xy, radius in FIBERCUP_BUNDLES}
+    # (members, extra turn of the members after the first, degrees)
+    groups = ((("horizontal", "vertical"), 20.0), (("u_shape",), 0.0), (("fan",), 0.0),
+              (("kiss_left", "kiss_right"), 0.0), (("arc",), 0.0))
+    whole = _rotation(rng.uniform(0.0, 2.0 * np.pi))
+    if rng.uniform() < 0.5:
+        whole = whole @ np.diag([1.0, -1.0])
+    bundles = []
+    for names, twist in groups:
+        own_centre = np.mean(np.concatenate([spec[n][0] for n in names]), axis=0)
+        for _ in range(max_tries):
+            about_disc = _rotation(np.radians(rng.uniform(-40.0, 40.0)))
+            about_own = [_rotation(np.radians(rng.uniform(-20.0, 20.0)))]
+            about_own += [about_own[0] @ _rotation(np.radians(rng.uniform(-twist, twist))) for _ in names[1:]]
+            shift = rng.normal(scale=3.0, size=2)
+            scale = rng.uniform(0.8, 1.25)
+            moved = []
+            for name, turn in zip(names, about_own):
+                xy, radius = spec[name]
+                xy = ((xy - own_centre) @ turn.T + own_centre) @ about_disc.T + shift
+                moved.append(bundle(name, xy @ whole.T, tuple(scale * r for r in radius)))
+            if all(_inside(make_tube(b, ds=0.5), domain) for b in moved):
+                bundles.extend(moved)
+                break
+        else:  # pragma: no cover - the unmoved bundles fit, so a draw near them does
+            raise ConfigError(f"could not place fibercup bundle {names[0]} inside the disc in {max_tries} tries")
+    return Layout(shape, voxel_size, bundles, domain)
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
 
 
 def crossing(angles: tuple[float, ...] = (90.0,), streamlines_per_bundle: int = 100,
@@ -187,8 +245,11 @@ def folds_locally(tube: Tube, max_bend: float = MAX_BEND) -> bool:
 def _fits(bundle: Bundle, domain, max_bend: float = MAX_BEND) -> bool:
     """True when the tube lies inside the domain and never folds onto itself (:func:`folds_locally`)."""
     tube = make_tube(bundle, ds=0.5)
-    if folds_locally(tube, max_bend):
-        return False
+    return not folds_locally(tube, max_bend) and _inside(tube, domain)
+
+
+def _inside(tube: Tube, domain) -> bool:
+    """True when the tube's rim lies inside the domain."""
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     rim = tube.fibres(np.column_stack([np.cos(angles), np.sin(angles)]))
     return bool(np.all(domain(rim.reshape(-1, 3))))

@@ -11,13 +11,15 @@ import numpy as np
 from ..errors import ConfigError
 from .brain import brain
 from .brain_random import brain_random_layout
-from .presets import PRESETS, Layout, crossing, fibercup, random_layout
+from .presets import PRESETS, Layout, crossing, fibercup, fibercup_moved, random_layout
 
 
 def get_layout(preset: str, rng: np.random.Generator, **kwargs) -> Layout:
     """Build the named preset's layout (extra keyword arguments go to the preset)."""
     if preset == "fibercup":
         return fibercup(**kwargs)
+    if preset == "fibercup-moved":
+        return fibercup_moved(rng, **kwargs)
     if preset == "crossing":
         return crossing(**kwargs)
     if preset == "random":

@@ -4,8 +4,9 @@ A learned model is judged on what it never saw. Phantom seeds are split once, he
 every script and command: seeds below :data:`TEST_SEED_START` may be used for training
 and validation; seeds from it on are test subjects, and training refuses them. The
 geometry of the ``random`` and ``brain-random`` presets follows the seed, so a test seed
-is also an unseen geometry. Fixed-geometry presets (``fibercup``, ``crossing``,
-``brain``) are "seen geometry" for any model trained on them, whatever the seed.
+is also an unseen geometry, as it is for ``fibercup-moved`` (FiberCup's bundles moved by the
+seed). Fixed-geometry presets (``fibercup``, ``crossing``, ``brain``) are "seen geometry"
+for any model trained on them, whatever the seed.
 
 Streams of fresh subjects for training (:func:`training_seed`) are laid out so that ranks
 and epochs never overlap and never reach the test range.
