@@ -159,6 +159,22 @@ for name in ("ddtracking", "ddtracking_fast"):
         RECIPES[f"{name}_{suffix}"] = {**RECIPES[name], "install": False,
                                        "options": [*RECIPES[name]["options"], *extra],
                                        "quick_options": [*RECIPES[name]["quick_options"], *extra]}
+# issue 19's equivariance fine-tuning: the shipped `full` network trained on for 12 epochs on new streamed
+# subjects (stream base 1) at a third of its learning rate, with the equivariance penalty
+# (models/ddtracking/consistency.py) and without it (the control: the same epochs, subjects and seeds);
+# not shipped unless validation picks it (README)
+def _replaced(options: list[str], **values: str) -> list[str]:
+    """``options`` with the value after each ``--NAME`` (underscores for dashes) replaced."""
+    out = list(options)
+    for name, value in values.items():
+        out[out.index("--" + name.replace("_", "-")) + 1] = value
+    return out
+
+
+DD_FINETUNE = [*_replaced(DD_STREAM, lr="1e-4"), "--stream-base", "1", "--init", "full"]
+for name, extra in (("ddtracking_finetune", []), ("ddtracking_equivariant", ["--equivariance", "5"])):
+    RECIPES[name] = {"train": "ddtracking", "install": False, "subjects": [], "options": [*DD_FINETUNE, *extra],
+                     "epochs": (12, 12), "quick_subjects": [], "quick_options": [*DD_STREAM_QUICK, *extra]}
 # issue 20's architecture ablation: the paper's network (no least-squares tensor in its last layer,
 # no gain branches), otherwise the qcgdti_phantoms recipe: the same phantoms, seeds and epochs
 # (not shipped; the README's QCG-DTI section)

@@ -251,3 +251,26 @@ def test_track_with_symmetries(weights, subjects, tmp_path, capsys):
                  "--device", "cpu"]) == 0
     sidecar = json.loads((run_dir / "tracks.json").read_text())
     assert sidecar["params"]["symmetries"] == "swap" and "--symmetries swap" in json.dumps(sidecar["equivalent"])
+
+
+def test_fine_tune_with_the_equivariance_penalty(weights, subjects, tmp_path, capsys):
+    """--init starts from trained weights (refusing another architecture); --equivariance logs the gap and
+    the sidecar records both."""
+    out = tmp_path / "tuned.pt"
+    one = [a if a != "2" or TINY[i - 1] != "--epochs" else "1" for i, a in enumerate(TINY)]
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(out), *one,
+                 "--init", str(weights), "--equivariance", "5", "--cache-dir", str(tmp_path / "c")]) == 0
+    row = json.loads(out.with_name("tuned.metrics.jsonl").read_text().splitlines()[0])
+    assert row["train_equivariance_deg"] > 0 and "val_equivariance" in row
+    params = json.loads(out.with_name("tuned.json").read_text())["params"]
+    assert params["equivariance"] == 5.0 and params["init"] == {"file": "w.pt", "sha256": sha256(weights)}
+    # it starts from the weights: at a vanishing learning rate it ends where they are
+    still = tmp_path / "still.pt"
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(still), *one, "--lr", "1e-12",
+                 "--init", str(weights), "--cache-dir", str(tmp_path / "c")]) == 0
+    a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (weights, still))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-9) for k in a)
+    wider = [a if a != "16" or one[i - 1] != "--gru-hidden" else "32" for i, a in enumerate(one)]
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(tmp_path / "x.pt"), *wider,
+                 "--init", str(weights)]) == 2
+    assert "differs from this run's" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

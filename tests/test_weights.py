@@ -192,6 +192,12 @@ def test_build_script_runs_the_documented_recipe(tmp_path, capsys):
         half = bw.RECIPES[f"ddtracking_fast_{suffix}"]   # the step ablation: the same run at half a voxel
         assert half["options"] == [*bw.RECIPES["ddtracking_fast"]["options"], *extra] and half["install"] is False
         assert f"scripts/build_weights.py ddtracking_fast_{suffix}" in readme
+    control, equivariant = bw.RECIPES["ddtracking_finetune"], bw.RECIPES["ddtracking_equivariant"]
+    assert equivariant["options"] == [*control["options"], "--equivariance", "5"] and not equivariant["install"]
+    assert control["options"][-2:] == ["--init", "full"] and "--stream-base" in control["options"]
+    for name in ("ddtracking_finetune", "ddtracking_equivariant"):   # fine-tunings of the shipped `full`
+        assert f"scripts/build_weights.py {name}" in readme
+        assert bw.main([name, "--dry-run", "--work", str(tmp_path / name)]) == 0
     paper = bw.RECIPES["qcgdti_paper"]   # the paper's architecture: the earlier recipe without the least-squares input
     assert paper["options"] == [*bw.RECIPES["qcgdti_phantoms"]["options"], "--no-lsq-input"] and not paper["install"]
     assert "scripts/build_weights.py qcgdti_paper" in readme

@@ -68,6 +68,9 @@ def add_parser(models) -> None:
                       help="error of the first previous direction, degrees (default: %(default)s)")
     data.add_argument("--augment", action="store_true",
                       help="turn each training window by one of the 48 symmetries of the voxel grid (exact)")
+    data.add_argument("--equivariance", type=float, default=o.equivariance, metavar="WEIGHT",
+                      help="weight of a penalty on the network's equivariance gap: each batch also runs turned by a "
+                           "random grid symmetry (about 2x the time; default: %(default)s, none)")
     data.add_argument("--samples-per-epoch", type=int, default=o.samples_per_epoch, help="(default: %(default)s)")
     data.add_argument("--val-samples", type=int, default=o.val_samples, help="(default: %(default)s)")
     data.add_argument("--val-subjects", type=int, default=o.val_subjects,
@@ -77,6 +80,8 @@ def add_parser(models) -> None:
     opt.add_argument("--epochs", type=int, default=o.epochs, help="(default: %(default)s)")
     opt.add_argument("--batch-size", type=int, default=o.batch_size,
                      help="streamline windows per step (default: %(default)s)")
+    opt.add_argument("--init", metavar="W", help="start from these weights (a file, or a shipped model: full, fast) of "
+                                                 "the same architecture")
     opt.add_argument("--lr", type=float, default=o.lr, help="AdamW learning rate (default: %(default)s)")
     opt.add_argument("--weight-decay", type=float, default=o.weight_decay, help="(default: %(default)s)")
     opt.add_argument("--patience", type=int, default=o.patience,
@@ -102,7 +107,7 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     options = DDTrackingTrainOptions(
         model=model, diffusion=DiffusionConfig(k_min=args.k_min, max_weight=args.max_weight), step=args.step,
         window=args.window, jitter=args.jitter, jitter_corr=args.jitter_corr, seed_angle=args.seed_angle,
-        augment=args.augment, samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
+        augment=args.augment, equivariance=args.equivariance, init=args.init, samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
         val_subjects=args.val_subjects,
         cache_dir=args.cache_dir, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device)

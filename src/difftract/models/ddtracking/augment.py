@@ -77,7 +77,7 @@ class GridSymmetries:
     def apply(self, g: int, patches: torch.Tensor, prev: torch.Tensor, target: torch.Tensor):
         """Symmetry ``g`` of a sample: ``patches (T, m, 3, 3, 3)``, ``prev`` and ``target`` ``(T, 3)``."""
         T, m = patches.shape[:2]
-        flat = patches.reshape(T, m, 27)[:, :, self.source[g]]
-        turned = torch.einsum("ij,tjk->tik", self.M[g].to(patches.dtype), flat).reshape(patches.shape)
-        Rt = self.Rt[g].to(prev.dtype)
+        flat = patches.reshape(T, m, 27)[:, :, self.source[g].to(patches.device)]
+        turned = torch.einsum("ij,tjk->tik", self.M[g].to(patches.device, patches.dtype), flat).reshape(patches.shape)
+        Rt = self.Rt[g].to(prev.device, prev.dtype)
         return turned, prev @ Rt, target @ Rt

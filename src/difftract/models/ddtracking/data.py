@@ -45,6 +45,7 @@ from ...reconst.sh import SHModel, shells
 from ...training.dataset import EpochDataset
 from . import diffusion
 from .augment import grid_symmetries_for
+from .consistency import consistent_loss, random_symmetry
 from .features import neighbourhood
 
 log = logging.getLogger("difftract")
@@ -281,14 +282,18 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 class DDTrackingTask:
     """The trainer's task: the decoupled diffusion loss, or SmoothL1 on the direction (regression variants).
 
+    With ``equivariance`` > 0 (generative variants), each batch also runs turned by a random
+    grid symmetry, with that weight on the equivariance penalty (:mod:`.consistency`).
+
     Also reports the mean angle (degrees) between the target and the model's one-shot
     estimate (``-h_pred`` at the drawn ``k``, or the regressed direction).
     """
 
     collate = staticmethod(collate)
 
-    def __init__(self, config: diffusion.DiffusionConfig | None = None):
+    def __init__(self, config: diffusion.DiffusionConfig | None = None, equivariance: float = 0.0):
         self.config = config or diffusion.DiffusionConfig()
+        self.equivariance = float(equivariance)   # weight of :mod:`.consistency`'s penalty; 0: none
 
     def loss(self, model, batch, generator=None) -> tuple[torch.Tensor, dict[str, float]]:
         target = batch["target"]
@@ -297,9 +302,14 @@ class DDTrackingTask:
             P = len(target)
             k = diffusion.sample_k(P, self.config.k_min, generator, target.device, target.dtype)
             eps = torch.randn(P, 3, generator=generator, device=target.device, dtype=target.dtype)
-            out = model(batch["patches"], batch["prev"], batch["lengths"], diffusion.diffuse(target, k, eps), k)
-            loss, parts = diffusion.decoupled_loss(out["h"], out["eps"], -target, eps, k, self.config.max_weight)
-            estimate = -out["h"]
+            if self.equivariance > 0:
+                g = random_symmetry(generator, target.device)
+                loss, estimate, parts = consistent_loss(model, batch, k, eps, self.equivariance,
+                                                        self.config.max_weight, g)
+            else:
+                out = model(batch["patches"], batch["prev"], batch["lengths"], diffusion.diffuse(target, k, eps), k)
+                loss, parts = diffusion.decoupled_loss(out["h"], out["eps"], -target, eps, k, self.config.max_weight)
+                estimate = -out["h"]
         else:
             out = model(batch["patches"], batch["prev"], batch["lengths"])
             estimate = out["direction"]

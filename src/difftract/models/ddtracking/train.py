@@ -52,6 +52,12 @@ class DDTrackingTrainOptions:
     augment : bool
         Turn each training sample by one of the 48 symmetries of the voxel grid, drawn
         uniformly (:mod:`.augment`; exact for the input, never applied to validation).
+    equivariance : float
+        Weight of the equivariance penalty (:mod:`.consistency`; generative variants): each
+        batch also runs turned by a random grid symmetry. 0: none.
+    init : str or Path, optional
+        Start from these weights (a file, or a shipped model's name: ``full``, ``fast``) of
+        the same architecture, instead of a random initialisation.
     samples_per_epoch, val_samples : int
     val_subjects : int
         Subjects held out (the last ones; with one subject, 10% of its streamlines).
@@ -72,6 +78,8 @@ class DDTrackingTrainOptions:
     jitter_corr: float = 0.7
     seed_angle: float = 15.0
     augment: bool = False
+    equivariance: float = 0.0
+    init: str | Path | None = None
     samples_per_epoch: int = 2000
     val_samples: int = 256
     val_subjects: int = 1
@@ -83,6 +91,11 @@ class DDTrackingTrainOptions:
     patience: int = 8
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self):
+        if self.equivariance < 0 or (self.equivariance > 0 and not self.model.generative):
+            raise ConfigError(f"--equivariance must be >= 0, and > 0 only for a generative variant (got "
+                              f"{self.equivariance} for {self.model.variant})")
 
     @property
     def noise(self) -> dict:
@@ -133,12 +146,14 @@ def train_ddtracking(out: str | Path, subjects: Sequence[str | Path] = (),
         pool, (train_set, val_set, data_meta) = None, _subject_windows(out, subjects, options)
     torch.manual_seed(options.seed)
     model = DDTracking(config)
+    init_meta = {} if options.init is None else {"init": _load_init(model, options.init)}
     meta = {"model": "ddtracking", "config": config.as_dict(), "diffusion": dataclasses.asdict(diff),
             "step_voxels": options.step, **options.noise, "augment": "grid48" if options.augment else None,
-            "input": INPUT_DESCRIPTIONS[config.input], **data_meta}
+            "input": INPUT_DESCRIPTIONS[config.input], "equivariance": options.equivariance, **init_meta,
+            **data_meta}
     with pool if pool is not None else contextlib.nullcontext(), \
             oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {options.batch_size})"):
-        result = train(model, DDTrackingTask(diff), train_set, val_set, tc, out, resume=resume,
+        result = train(model, DDTrackingTask(diff, options.equivariance), train_set, val_set, tc, out, resume=resume,
                        force=force, device=device, model_meta=meta, progress=not console.quiet, log=log.info)
     if distributed_rank()[0] != 0:
         return result
@@ -149,6 +164,20 @@ def train_ddtracking(out: str | Path, subjects: Sequence[str | Path] = (),
                 f"{result.best_val_loss:.4g} at epoch {result.best_epoch} (last validation angle "
                 f"{last.get('val_angle_deg', float('nan')):.1f} deg) -> {out}")
     return result
+
+
+def _load_init(model: DDTracking, init: str | Path) -> dict:
+    """Load ``init`` (a weights file or a shipped model's name) into ``model``; what the sidecar records."""
+    from .defaults import SHIPPED_MODELS
+    from .getter import load_ddtracking
+
+    shipped = str(init) in SHIPPED_MODELS
+    start, meta = load_ddtracking(model=str(init)) if shipped else load_ddtracking(Path(init))
+    if start.config != model.config:
+        raise ConfigError(f"--init {init}: its architecture {start.config.as_dict()} differs from this run's "
+                          f"{model.config.as_dict()} (give the same architecture options)")
+    model.load_state_dict(start.state_dict())
+    return {"file": str(init) if shipped else Path(init).name, "sha256": meta.get("sha256")}
 
 
 def split_validation(subjects: list, n_val: int, seed: int) -> tuple[list, list]:
