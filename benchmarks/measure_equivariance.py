@@ -149,13 +149,14 @@ def mirror_test(directory: Path, loaded, bundles: list[str], symmetries: list[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("phantoms", type=Path, nargs="+")
-    ap.add_argument("--model", default="full", help="a shipped model (full, fast)")
+    ap.add_argument("--model", default="full", help="a shipped model (full, fast) or a weights file")
     ap.add_argument("--mirror", help="bundles of the first phantom for the mirror test, comma-separated")
     ap.add_argument("--mirror-symmetries", default="swap", help="groups tracked in the mirror test (default: swap)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_ddtracking(model=args.model)
+    shipped = args.model in ("full", "fast")
+    loaded = load_ddtracking(model=args.model) if shipped else load_ddtracking(Path(args.model))
     print(f"one step along the truth, {args.model}: median error (degrees) per group, and the equivariance gap")
     print(f"{'phantom':26}" + "".join(f"{n:>10}" for n in SUBGROUPS) + f"{'gap':>8}")
     for d in args.phantoms:
