@@ -57,7 +57,7 @@ default row averaged over those groups of the grid's symmetries (``track --symme
 model's stochastic S = 5 row and, per column, the angle between each step in a crossing voxel
 and the nearest true peak for every row.
 
-Targets (``--check``; ``--help`` lists them), from issue 19, on the mean over the three test
+Targets (``--check``; ``--help`` lists them), from issue 19, on the mean over the four test
 columns (unseen, moved, brain, foreign: the issue's unseen sets) of the default model: VC and F1 at least 3 points above the
 best classical row, NC under 10%, IB no higher than ``det``'s; every bundle found (soft);
 deterministic runs repeat exactly and stochastic ones repeat for a seed (hard). Speed (hard

@@ -37,7 +37,7 @@ from difftract.io.dwi import load_subject
 from difftract.io.tractogram import load_tractogram
 from difftract.models.ddtracking.augment import GridSymmetries
 from difftract.models.ddtracking.data import input_sh, resample
-from difftract.models.ddtracking.defaults import TrackingDefaults
+from difftract.models.ddtracking.defaults import SHIPPED_MODELS, TrackingDefaults
 from difftract.models.ddtracking.features import neighbourhood
 from difftract.models.ddtracking.getter import load_ddtracking
 from difftract.models.ddtracking.symmetrise import SUBGROUPS
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    shipped = args.model in ("full", "fast")
+    shipped = args.model in SHIPPED_MODELS
     loaded = load_ddtracking(model=args.model) if shipped else load_ddtracking(Path(args.model))
     print(f"one step along the truth, {args.model}: median error (degrees) per group, and the equivariance gap")
     print(f"{'phantom':26}" + "".join(f"{n:>10}" for n in SUBGROUPS) + f"{'gap':>8}")

@@ -172,6 +172,7 @@ def _replaced(options: list[str], **values: str) -> list[str]:
 
 
 DD_FINETUNE = [*_replaced(DD_STREAM, lr="1e-4"), "--stream-base", "1", "--init", "full"]
+# (--quick trains the tiny sizes, which the shipped weights do not fit: its runs start afresh)
 for name, extra in (("ddtracking_finetune", []), ("ddtracking_equivariant", ["--equivariance", "5"])):
     RECIPES[name] = {"train": "ddtracking", "install": False, "subjects": [], "options": [*DD_FINETUNE, *extra],
                      "epochs": (12, 12), "quick_subjects": [], "quick_options": [*DD_STREAM_QUICK, *extra]}

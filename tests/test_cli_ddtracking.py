@@ -259,7 +259,7 @@ def test_fine_tune_with_the_equivariance_penalty(weights, subjects, tmp_path, ca
     out = tmp_path / "tuned.pt"
     one = [a if a != "2" or TINY[i - 1] != "--epochs" else "1" for i, a in enumerate(TINY)]
     assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(out), *one,
-                 "--init", str(weights), "--equivariance", "5", "--cache-dir", str(tmp_path / "c")]) == 0
+                 "--init", str(weights), "--equivariance", "5", "--augment", "--cache-dir", str(tmp_path / "c")]) == 0
     row = json.loads(out.with_name("tuned.metrics.jsonl").read_text().splitlines()[0])
     assert row["train_equivariance_deg"] > 0 and "val_equivariance" in row
     params = json.loads(out.with_name("tuned.json").read_text())["params"]
@@ -274,3 +274,17 @@ def test_fine_tune_with_the_equivariance_penalty(weights, subjects, tmp_path, ca
     assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(tmp_path / "x.pt"), *wider,
                  "--init", str(weights)]) == 2
     assert "differs from this run's" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+def test_resume_with_the_equivariance_penalty_continues_exactly(subjects, tmp_path):
+    """The penalty's draws (a symmetry per batch) come from the trainer's generator: a resumed run
+    ends where an uninterrupted one does."""
+    penalty = ["--equivariance", "5", "--augment", "--cache-dir", str(tmp_path / "c")]
+    one = [a if a != "2" or TINY[i - 1] != "--epochs" else "1" for i, a in enumerate(TINY)]
+    whole, part = tmp_path / "whole.pt", tmp_path / "part.pt"
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(whole), *TINY, *penalty]) == 0
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(part), *one, *penalty]) == 0
+    assert main(["-q", "train", "ddtracking", *map(str, subjects), "--out", str(part), *TINY, *penalty,
+                 "--resume"]) == 0
+    a, b = (torch.load(p.with_name(p.stem + ".ckpt.pt"), weights_only=True)["model"] for p in (whole, part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -46,7 +46,8 @@ class Equivariant(torch.nn.Module):
         return {"h": h, "eps": y}
 
 
-@pytest.mark.parametrize("g", [1, 7, 23, 47])
+# 24 and 33 turn the axes in a 3-cycle: R^T differs from R, so a transpose would show
+@pytest.mark.parametrize("g", [1, 7, 23, 24, 33, 47])
 def test_an_equivariant_network_pays_nothing_and_a_broken_one_does(g):
     b = batch()
     k, eps = draws(len(b["target"]))
@@ -75,7 +76,7 @@ def test_the_penalty_teaches_a_network_its_symmetry():
 
     def gap():
         with torch.no_grad():
-            return consistent_loss(model, b, k, eps, 1.0, 100.0, 5)[2]["equivariance"]
+            return consistent_loss(model, b, k, eps, 1.0, 100.0, 24)[2]["equivariance"]
 
     before = gap()
     for _ in range(40):
@@ -87,15 +88,21 @@ def test_the_penalty_teaches_a_network_its_symmetry():
 
 def consistent_gap(model, b, k, eps) -> torch.Tensor:
     """The penalty as a tensor: the weighted loss minus the loss at weight 0."""
-    with_penalty, _, _ = consistent_loss(model, b, k, eps, 1.0, 100.0, 5)
-    without, _, _ = consistent_loss(model, b, k, eps, 0.0, 100.0, 5)
+    with_penalty, _, _ = consistent_loss(model, b, k, eps, 1.0, 100.0, 24)
+    without, _, _ = consistent_loss(model, b, k, eps, 0.0, 100.0, 24)
     return with_penalty - without
 
 
 def test_the_task_uses_the_penalty_only_when_weighted():
     model = DDTracking(DDTrackingConfig(variant="full", **TINY)).double()
     b = batch()
-    plain = DDTrackingTask().loss(model, b, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    plain = DDTrackingTask().loss(model, b, g)
+    # without the penalty the task draws what it drew before the option: k, then the noise
+    expected = torch.Generator().manual_seed(2)
+    torch.rand(12, 1, generator=expected, dtype=torch.float64)
+    torch.randn(12, 3, generator=expected, dtype=torch.float64)
+    assert torch.equal(g.get_state(), expected.get_state())
     again = DDTrackingTask(equivariance=0.0).loss(model, b, torch.Generator().manual_seed(2))
     assert float(plain[0].detach()) == float(again[0].detach()) and "equivariance" not in plain[1]
     weighted = DDTrackingTask(equivariance=2.0).loss(model, b, torch.Generator().manual_seed(2))
@@ -113,21 +120,26 @@ def test_the_turned_half_is_the_turned_batch():
             return super().forward(patches, prev, lengths, y, k)
 
     k, eps = draws(len(b["target"]))
-    consistent_loss(Spy(), b, k, eps, 1.0, 100.0, 11)
-    patches, prev, target = grid_symmetries_for(28).apply(11, b["patches"], b["prev"], b["target"])
+    consistent_loss(Spy(), b, k, eps, 1.0, 100.0, 33)
+    patches, prev, target = grid_symmetries_for(28).apply(33, b["patches"], b["prev"], b["target"])
     P = len(target)
     torch.testing.assert_close(seen["patches"][P:], patches)
     torch.testing.assert_close(seen["prev"][P:], prev)
     assert seen["lengths"].tolist() == [5, 7, 5, 7]
     # y_k of the turned half is the turned y_k of the first: the same k, the noise turned too
-    Rt = grid_symmetries_for(28).Rt[11].double()
+    Rt = grid_symmetries_for(28).Rt[33].double()
+    assert not torch.equal(Rt, Rt.T)
     torch.testing.assert_close(seen["y"][P:], seen["y"][:P] @ Rt)
 
 
-def test_the_options_refuse_a_penalty_for_a_regression_variant_or_below_zero():
+def test_the_options_refuse_a_penalty_for_a_regression_variant_without_augmentation_or_below_zero():
     from difftract.models.ddtracking.train import DDTrackingTrainOptions
 
     with pytest.raises(ConfigError, match="--equivariance"):
-        DDTrackingTrainOptions(model=DDTrackingConfig(variant="spatial_temporal", **TINY), equivariance=1.0)
+        DDTrackingTrainOptions(model=DDTrackingConfig(variant="spatial_temporal", **TINY), equivariance=1.0,
+                               augment=True)
     with pytest.raises(ConfigError, match="--equivariance"):
         DDTrackingTrainOptions(equivariance=-1.0)
+    with pytest.raises(ConfigError, match="needs --augment"):
+        DDTrackingTrainOptions(equivariance=1.0)
+    assert DDTrackingTrainOptions(equivariance=1.0, augment=True).equivariance == 1.0

@@ -14,7 +14,12 @@ in one call, as it is and turned by a random symmetry ``R`` (not the identity): 
 neighbourhoods, the previous and target directions, and the diffusion's noise and noisy
 direction ``y_k`` turned, at the same diffusion time ``k``. The diffusion loss is the mean
 over both halves, and the penalty is ``mean |R^T h(R x) - h(x)|^2`` on the predicted ``h``
-(``-y_0``, what the deterministic sampler returns). Both halves get its gradient.
+(``-y_0``, what the deterministic sampler returns). Both halves get its gradient. The turn
+runs outside mixed precision, so that both halves read the same numbers.
+
+The validation loss (which picks the best epoch and drives the schedule) is this whole loss,
+penalty included, so it is not comparable with a run without the penalty; the metrics log its
+parts (``loss_h``, ``loss_eps``, ``equivariance``).
 """
 
 from __future__ import annotations
@@ -42,15 +47,18 @@ def consistent_loss(model, batch: dict[str, Tensor], k: Tensor, eps: Tensor, wei
     """
     target, P = batch["target"], len(batch["target"])
     symmetries = grid_symmetries_for(int(batch["patches"].shape[1]))
-    patches, prev, turned_target = symmetries.apply(g, batch["patches"], batch["prev"], target)
-    Rt = symmetries.Rt[g].to(device=target.device, dtype=target.dtype)   # d -> R d on row vectors
-    y = diffusion.diffuse(target, k, eps)
+    with torch.autocast(target.device.type, enabled=False):   # the turn exact, not rounded by AMP
+        patches, prev, turned_target = symmetries.apply(g, batch["patches"], batch["prev"], target)
+        Rt = symmetries.Rt[g].to(device=target.device, dtype=target.dtype)   # d -> R d on row vectors
+        y = diffusion.diffuse(target, k, eps)
+        turned_y, turned_eps = y @ Rt, eps @ Rt
     out = model(torch.cat([batch["patches"], patches]), torch.cat([batch["prev"], prev]),
-                torch.cat([batch["lengths"], batch["lengths"]]), torch.cat([y, y @ Rt]), torch.cat([k, k]))
+                torch.cat([batch["lengths"], batch["lengths"]]), torch.cat([y, turned_y]), torch.cat([k, k]))
     loss, parts = diffusion.decoupled_loss(out["h"], out["eps"], -torch.cat([target, turned_target]),
-                                           torch.cat([eps, eps @ Rt]), torch.cat([k, k]), max_weight)
-    h, h_turned_back = out["h"][:P], out["h"][P:] @ Rt.T
-    penalty = (h_turned_back - h).pow(2).sum(-1).mean()
+                                           torch.cat([eps, turned_eps]), torch.cat([k, k]), max_weight)
+    with torch.autocast(target.device.type, enabled=False):
+        h, h_turned_back = out["h"][:P].float(), out["h"][P:].float() @ Rt.T.float()
+        penalty = (h_turned_back - h).pow(2).sum(-1).mean()
     a, b = h.detach(), h_turned_back.detach()
     angle = torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1))   # exact near 0, unlike acos
     parts = {**parts, "equivariance": float(penalty.detach()), "equivariance_deg": float(torch.rad2deg(angle).mean())}

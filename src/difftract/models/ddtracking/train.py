@@ -53,8 +53,9 @@ class DDTrackingTrainOptions:
         Turn each training sample by one of the 48 symmetries of the voxel grid, drawn
         uniformly (:mod:`.augment`; exact for the input, never applied to validation).
     equivariance : float
-        Weight of the equivariance penalty (:mod:`.consistency`; generative variants): each
-        batch also runs turned by a random grid symmetry. 0: none.
+        Weight of the equivariance penalty (:mod:`.consistency`; generative variants, with
+        ``augment``): each batch also runs turned by a random grid symmetry. 0: none. The
+        validation loss then includes the penalty.
     init : str or Path, optional
         Start from these weights (a file, or a shipped model's name: ``full``, ``fast``) of
         the same architecture, instead of a random initialisation.
@@ -96,6 +97,9 @@ class DDTrackingTrainOptions:
         if self.equivariance < 0 or (self.equivariance > 0 and not self.model.generative):
             raise ConfigError(f"--equivariance must be >= 0, and > 0 only for a generative variant (got "
                               f"{self.equivariance} for {self.model.variant})")
+        if self.equivariance > 0 and not self.augment:   # the symmetry holds for the data only when augmented
+            raise ConfigError("--equivariance needs --augment: without it the training windows are not "
+                              "symmetric under the grid's turns, and the penalty would teach a symmetry the data lacks")
 
     @property
     def noise(self) -> dict:
@@ -149,8 +153,9 @@ def train_ddtracking(out: str | Path, subjects: Sequence[str | Path] = (),
     init_meta = {} if options.init is None else {"init": _load_init(model, options.init)}
     meta = {"model": "ddtracking", "config": config.as_dict(), "diffusion": dataclasses.asdict(diff),
             "step_voxels": options.step, **options.noise, "augment": "grid48" if options.augment else None,
-            "input": INPUT_DESCRIPTIONS[config.input], "equivariance": options.equivariance, **init_meta,
-            **data_meta}
+            "input": INPUT_DESCRIPTIONS[config.input], **init_meta, **data_meta}
+    if options.equivariance > 0:   # only then: checkpoints written before the option still resume
+        meta["equivariance"] = options.equivariance
     with pool if pool is not None else contextlib.nullcontext(), \
             oom_guard(f"DDTracking training on {device}", f"lower --batch-size (it was {options.batch_size})"):
         result = train(model, DDTrackingTask(diff, options.equivariance), train_set, val_set, tc, out, resume=resume,
