@@ -58,8 +58,8 @@ model's stochastic S = 5 row and, per column, the angle between each step in a c
 and the nearest true peak for every row.
 
 Targets (``--check``; ``--help`` lists them), from issue 19, on the mean over the four test
-columns (unseen, moved, brain, foreign: the issue's unseen sets) of the default model: VC and F1 at least 3 points above the
-best classical row, NC under 10%, IB no higher than ``det``'s; every bundle found (soft);
+columns (unseen, moved, brain, foreign: the issue's unseen sets) of the default model: VC and
+F1 at least 3 points above the best classical row, NC under 10%, IB no higher than ``det``'s; every bundle found (soft);
 deterministic runs repeat exactly and stochastic ones repeat for a seed (hard). Speed (hard
 where stated): the fast model >= 1,000 streamlines/s on the CPU at the same step as ``det``.
 Since a bundle without a valid streamline scores F1 0 in the means, the benchmark also lists,
@@ -451,7 +451,8 @@ def target_figures(columns: dict[str, dict[str, dict]], row: str, classical: lis
     return out
 
 
-def print_target_figures(columns: dict[str, dict[str, dict]], classical: list[str], tests: list[str], note: str) -> None:
+def print_target_figures(columns: dict[str, dict[str, dict]], classical: list[str], tests: list[str],
+                         note: str) -> None:
     """Issue 19's figures of every learned row, means over ``tests``."""
     print(f"\nIssue 19's figures per learned row (means over {', '.join(tests)}; {note}):")
     print(f"  {'row':42} {'VC margin':>10} {'F1 margin':>10} {'NC':>7} {'IB - det':>9}")
@@ -474,7 +475,8 @@ def measure_targets(check, columns: dict[str, dict[str, dict]], row: str, no_dip
     earlier = [c for c in EARLIER_TESTS if c in columns]
     print_target_figures(columns, classical, tests, f"the targets read {row}")
     if "moved" in tests and earlier:
-        print_target_figures(columns, classical, earlier, "the test columns before the moved fibercup; not the targets")
+        print_target_figures(columns, classical, earlier,
+                             "the test columns before the moved fibercup; not the targets")
     for name, value in target_figures(columns, row, classical, tests).items():
         check.measure(name, value)
     for key, name in (("NC_ratio", "nc_true_peaks_tests"), ("mean_f1", "f1_true_peaks_tests")):

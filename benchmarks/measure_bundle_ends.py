@@ -24,36 +24,38 @@ from scipy import ndimage
 
 from bench_ddtracking import Subject, run
 from difftract.models.ddtracking.defaults import TrackingDefaults
-from difftract.models.ddtracking.getter import load_ddtracking
+from difftract.models.ddtracking.getter import load_named
 
 
-def region_of(s: Subject, point: np.ndarray) -> str:
-    """The bundle whose head or tail region holds the point's voxel, or ``-``."""
-    i = tuple(np.clip(np.round(point).astype(int), 0, np.array(s.config.shape) - 1))
-    return next((b.name for b in s.config.bundles if b.head[i] or b.tail[i]), "-")
+def end_regions(s: Subject) -> tuple[np.ndarray, list[str]]:
+    """A label volume of the end regions (0: none; ``k``: bundle ``names[k]``'s head or tail) and the names."""
+    labels = np.zeros(s.config.shape, dtype=np.int16)
+    for k, b in enumerate(s.config.bundles, start=1):
+        labels[(b.head | b.tail) & (labels == 0)] = k
+    return labels, ["-", *(b.name for b in s.config.bundles)]
 
 
 def ends(s: Subject, lines: list[np.ndarray], bundle) -> tuple[Counter, np.ndarray]:
     """Counts of end-region pairs, and the free ends' distances to the bundle's region they did not reach."""
-    pairs, distances = Counter(), []
+    labels, names = end_regions(s)
     to_head = ndimage.distance_transform_edt(~bundle.head)
     to_tail = ndimage.distance_transform_edt(~bundle.tail)
-    for line in lines:
-        a, b = region_of(s, line[0]), region_of(s, line[-1])
-        pairs[tuple(sorted((a, b)))] += 1
-        if sorted((a, b)) == ["-", bundle.name]:
-            free, joined = (line[0], line[-1]) if a == "-" else (line[-1], line[0])
-            i = tuple(np.clip(np.round(free).astype(int), 0, np.array(s.config.shape) - 1))
-            j = tuple(np.clip(np.round(joined).astype(int), 0, np.array(s.config.shape) - 1))
-            distances.append(to_tail[i] if bundle.head[j] else to_head[i])
-    return pairs, np.array(distances)
+    first, last = (np.clip(np.rint([line[i] for line in lines]).astype(int), 0, np.array(s.config.shape) - 1)
+                   for i in (0, -1))
+    a, b = (np.array(names)[labels[tuple(v.T)]] for v in (first, last))
+    pairs = Counter(tuple(sorted(p)) for p in zip(a, b))
+    one = ((a == bundle.name) & (b == "-")) | ((a == "-") & (b == bundle.name))
+    free = np.where((a == "-")[:, None], first, last)[one]          # the end in no region
+    joined = np.where((a == "-")[:, None], last, first)[one]        # the end in one of the bundle's
+    distances = np.where(bundle.head[tuple(joined.T)], to_tail[tuple(free.T)], to_head[tuple(free.T)])
+    return pairs, distances
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("phantom", type=Path)
     ap.add_argument("--bundle", required=True, help="the bundle whose voxels seed")
-    ap.add_argument("--model", default="full", help="a shipped model (full, fast)")
+    ap.add_argument("--model", default="full", help="a shipped model (full, fast) or a weights file")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,15 +64,16 @@ def main() -> None:
     if bundle is None:
         ap.error(f"no bundle {args.bundle!r}; the phantom has {', '.join(b.name for b in s.config.bundles)}")
     seeds = torch.from_numpy(np.argwhere(bundle.gt_mask & s.wm).astype(np.float32))
-    loaded = load_ddtracking(model=args.model)
+    loaded = load_named(args.model)
     guide = TrackingDefaults.from_meta(loaded[1]).fodf_guide
     print(f"{args.phantom.name}, bundle {bundle.name}: {len(seeds)} seeds (one per voxel of its mask)")
-    for name, tracker in (("det", s.classical("det")),
-                          (f"ddtracking {args.model} W {guide:g}", s.learned(loaded, 1, False, guide, chunk_size=10_000))):
+    rules = {"det": s.classical("det"),
+             f"ddtracking {args.model} W {guide:g}": s.learned(loaded, 1, False, guide, chunk_size=10_000)}
+    for name, tracker in rules.items():
         lines, _ = run(tracker, seeds)
         pairs, distances = ends(s, lines, bundle)
         print(f"\n{name}: {len(lines)} streamlines; end regions: "
-              + ", ".join(f"{a}-{b} {n}" for (a, b), n in pairs.most_common(6)))
+              + ", ".join(f"{a} + {b} {n}" for (a, b), n in pairs.most_common(6)))
         if len(distances):
             q = np.percentile(distances, [25, 50, 75])
             print(f"  {len(distances)} join one of {bundle.name}'s regions and none: their free end lies "

@@ -35,11 +35,11 @@ from bench_ddtracking import Subject, run
 from difftract.eval.tractometer import segment
 from difftract.io.dwi import load_subject
 from difftract.io.tractogram import load_tractogram
-from difftract.models.ddtracking.augment import GridSymmetries
+from difftract.models.ddtracking.augment import grid_symmetries_for
 from difftract.models.ddtracking.data import input_sh, resample
-from difftract.models.ddtracking.defaults import SHIPPED_MODELS, TrackingDefaults
+from difftract.models.ddtracking.defaults import TrackingDefaults
 from difftract.models.ddtracking.features import neighbourhood
-from difftract.models.ddtracking.getter import load_ddtracking
+from difftract.models.ddtracking.getter import load_named
 from difftract.models.ddtracking.symmetrise import SUBGROUPS
 from difftract.tracking.seeding import random_seeds
 
@@ -62,7 +62,7 @@ def one_step(directory: Path, loaded, n_streamlines: int = 200) -> dict[str, flo
     target = torch.cat(steps)
     patches = torch.cat([neighbourhood(sh, torch.from_numpy(r[:-1])) for r in lines])
     lengths = torch.tensor([len(r) - 1 for r in lines])
-    table = GridSymmetries(sh.shape[-1])
+    table = grid_symmetries_for(sh.shape[-1])
     back = []
     for g in range(len(table)):
         p, d, _ = table.apply(g, patches, prev, target)
@@ -155,8 +155,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    shipped = args.model in SHIPPED_MODELS
-    loaded = load_ddtracking(model=args.model) if shipped else load_ddtracking(Path(args.model))
+    loaded = load_named(args.model)
     print(f"one step along the truth, {args.model}: median error (degrees) per group, and the equivariance gap")
     print(f"{'phantom':26}" + "".join(f"{n:>10}" for n in SUBGROUPS) + f"{'gap':>8}")
     for d in args.phantoms:

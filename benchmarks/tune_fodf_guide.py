@@ -26,7 +26,7 @@ import torch
 
 from bench_ddtracking import SCHEME, Subject, run
 from difftract.eval.tractometer import score
-from difftract.models.ddtracking.getter import load_ddtracking
+from difftract.models.ddtracking.getter import load_named
 from difftract.models.ddtracking.guide import GuideConfig
 from difftract.models.ddtracking.symmetrise import check_symmetries
 from difftract.phantom import PhantomConfig, save_phantom, simulate
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_ddtracking(model=args.model) if args.model in ("full", "fast") else load_ddtracking(Path(args.model))
+    loaded = load_named(args.model)
     weights = [float(w) for w in args.guides.split(",")]
     for w in weights:
         GuideConfig(weight=w)                     # refused before the phantoms are simulated

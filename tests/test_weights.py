@@ -85,6 +85,22 @@ def test_shipped_ddtracking_tracks_fibercup(phantom_dir):
     assert result["VB"] == 7 and result["VS_ratio"] > 0.8 and result["NC_ratio"] < 0.15, result
 
 
+def test_load_named_takes_a_shipped_name_or_a_weights_file(tmp_path):
+    """What --init and the scripts' --model take: ``fast`` is the shipped file; a path loads that file; a missing
+    one is an input error naming it."""
+    import shutil
+
+    from difftract.models.ddtracking.getter import load_named
+
+    _, meta = load_named("fast")
+    assert meta["sha256"] == W.expected_sums()["ddtracking_fast.pt"]
+    shutil.copyfile(W.WEIGHTS_DIR / "ddtracking_fast.pt", tmp_path / "mine.pt")
+    _, mine = load_named(tmp_path / "mine.pt")
+    assert mine["sha256"] == meta["sha256"] and mine["config"] == meta["config"]
+    with pytest.raises(InputError, match="missing.pt"):
+        load_named(tmp_path / "missing.pt")
+
+
 def test_set_checksum_keeps_the_other_lines(tmp_path):
     sums = tmp_path / "SHA256SUMS"
     a, b, c = "a" * 64, "b" * 64, "c" * 64

@@ -57,9 +57,9 @@ def add_parser(sub) -> None:
     sim.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist unless --force)")
     sim.add_argument("--preset", choices=PRESETS,
                      default="fibercup",
-                     help="geometry: FiberCup-like slab (fibercup-moved: its bundles moved by the seed), 2-3 straight crossing bundles, random 3D bundles, 32 "
-                          "named bundles of a whole brain on the MNI152 template, or random bundles between "
-                          "grey-matter regions through the MNI152 white matter, new for every seed "
+                     help="geometry: FiberCup-like slab (fibercup-moved: its bundles moved by the seed), 2-3 "
+                          "straight crossing bundles, random 3D bundles, 32 named bundles of a whole brain on the "
+                          "MNI152 template, or random bundles between grey-matter regions through the MNI152 white matter, new for every seed "
                           "(default: %(default)s)")
     sim.add_argument("--snr", type=float, default=None,
                      help="b0 SNR in fibre tissue (Rician noise); 0 for no noise (default: 20; drawn with --randomize)")

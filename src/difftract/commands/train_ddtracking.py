@@ -107,8 +107,8 @@ def cmd_train_ddtracking(args: argparse.Namespace) -> int:
     options = DDTrackingTrainOptions(
         model=model, diffusion=DiffusionConfig(k_min=args.k_min, max_weight=args.max_weight), step=args.step,
         window=args.window, jitter=args.jitter, jitter_corr=args.jitter_corr, seed_angle=args.seed_angle,
-        augment=args.augment, equivariance=args.equivariance, init=args.init, samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples,
-        val_subjects=args.val_subjects,
+        augment=args.augment, equivariance=args.equivariance, init=args.init,
+        samples_per_epoch=args.samples_per_epoch, val_samples=args.val_samples, val_subjects=args.val_subjects,
         cache_dir=args.cache_dir, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device)
     train_ddtracking(args.out, args.subjects, options, stream=stream.stream_options(args),

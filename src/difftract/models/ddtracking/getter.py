@@ -86,6 +86,12 @@ def load_ddtracking(weights: str | Path | None = None, model: str | None = None)
     return model.eval(), meta
 
 
+def load_named(spec: str | Path) -> tuple[DDTracking, dict]:
+    """:func:`load_ddtracking` of a shipped model's name (``full``, ``fast``) or of a weights file: what
+    ``train ddtracking --init`` and the benchmark scripts' ``--model`` take."""
+    return load_ddtracking(model=str(spec)) if str(spec) in SHIPPED_MODELS else load_ddtracking(Path(spec))
+
+
 class DDTrackingGetter:
     """A :class:`~difftract.tracking.getter_protocol.Getter` with per-streamline state (the GRU's).
 

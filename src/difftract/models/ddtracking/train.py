@@ -174,15 +174,14 @@ def train_ddtracking(out: str | Path, subjects: Sequence[str | Path] = (),
 def _load_init(model: DDTracking, init: str | Path) -> dict:
     """Load ``init`` (a weights file or a shipped model's name) into ``model``; what the sidecar records."""
     from .defaults import SHIPPED_MODELS
-    from .getter import load_ddtracking
+    from .getter import load_named
 
-    shipped = str(init) in SHIPPED_MODELS
-    start, meta = load_ddtracking(model=str(init)) if shipped else load_ddtracking(Path(init))
+    start, meta = load_named(init)
     if start.config != model.config:
         raise ConfigError(f"--init {init}: its architecture {start.config.as_dict()} differs from this run's "
                           f"{model.config.as_dict()} (give the same architecture options)")
     model.load_state_dict(start.state_dict())
-    return {"file": str(init) if shipped else Path(init).name, "sha256": meta.get("sha256")}
+    return {"file": str(init) if str(init) in SHIPPED_MODELS else Path(init).name, "sha256": meta.get("sha256")}
 
 
 def split_validation(subjects: list, n_val: int, seed: int) -> tuple[list, list]:
